@@ -1,0 +1,67 @@
+//! Bounded line framing.
+//!
+//! Protocol status lines and listings are read one line at a time from a
+//! buffer that the driver fills. A line longer than the limit is an error, not
+//! a reason to keep reading: a server that never ends a line must not make us
+//! buffer without bound.
+
+use thiserror::Error;
+
+/// A line was longer than the caller allowed.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("line longer than {limit} bytes without an end")]
+pub struct LineTooLong {
+    /// The limit that was exceeded.
+    pub limit: usize,
+}
+
+/// Finds the first complete line in `buf`.
+///
+/// Returns `Ok(Some((line_end, next)))` where `buf[..line_end]` is the line
+/// without its terminator and `buf[next..]` is what follows. A line ends with
+/// LF; a CR before the LF is stripped. `Ok(None)` means more bytes are needed,
+/// and `Err` that `limit` bytes arrived without a line end.
+pub fn find_line(buf: &[u8], limit: usize) -> Result<Option<(usize, usize)>, LineTooLong> {
+    let window = &buf[..buf.len().min(limit.saturating_add(2))];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(lf) => {
+            let end = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
+            if end > limit {
+                return Err(LineTooLong { limit });
+            }
+            Ok(Some((end, lf + 1)))
+        }
+        None if buf.len() > limit + 1 => Err(LineTooLong { limit }),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_crlf_and_lf_lines() {
+        assert_eq!(find_line(b"+OK hi\r\nrest", 100), Ok(Some((6, 8))));
+        assert_eq!(find_line(b"+OK hi\nrest", 100), Ok(Some((6, 7))));
+        assert_eq!(find_line(b"\r\n", 100), Ok(Some((0, 2))));
+    }
+
+    #[test]
+    fn incomplete_line_needs_more() {
+        assert_eq!(find_line(b"+OK partial", 100), Ok(None));
+        assert_eq!(find_line(b"+OK partial\r", 100), Ok(None));
+    }
+
+    #[test]
+    fn every_read_is_bounded_line_limit() {
+        let long = vec![b'a'; 200];
+        assert_eq!(find_line(&long, 100), Err(LineTooLong { limit: 100 }));
+        let mut exact = vec![b'a'; 100];
+        exact.extend_from_slice(b"\r\n");
+        assert_eq!(find_line(&exact, 100), Ok(Some((100, 102))));
+        let mut over = vec![b'a'; 101];
+        over.extend_from_slice(b"\r\n");
+        assert!(find_line(&over, 100).is_err());
+    }
+}
