@@ -1,1 +1,460 @@
+//! Private OpenSSH and Dovecot servers for sshmail's tests and benchmarks.
+//!
+//! A [`Testbed`] lives in one temporary directory and holds:
+//!
+//! - an `sshd` with its own config and host key, public-key login only, on an
+//!   ephemeral 127.0.0.1 port, with a fresh client key and a `known_hosts`
+//!   file that trusts its host key;
+//! - a Dovecot with POP3 and IMAP on ephemeral loopback ports, passwd-file
+//!   authentication and a Maildir in the same directory.
+//!
+//! Both run in the foreground as children of the test process and are ended
+//! by PID when the testbed is dropped. Nothing here skips: if a server cannot
+//! start, the constructor returns an error that says why, and the test fails.
+//!
+//! Run as root, the mail account and the SSH login belong to a dedicated
+//! unprivileged user ([`TEST_USER`], created on first use), because Dovecot
+//! refuses to access mail as root. Run as anyone else, everything is that
+//! user's.
 
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The unprivileged account used for mail and SSH logins when running as root.
+pub const TEST_USER: &str = "sshmail-test";
+/// The POP3/IMAP login name in Dovecot's passwd-file.
+pub const MAIL_USER: &str = "mailuser";
+/// Its password.
+pub const MAIL_PASSWORD: &str = "correct horse battery staple";
+
+/// Options for starting a testbed.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `AllowTcpForwarding` in sshd_config.
+    pub allow_tcp_forwarding: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { allow_tcp_forwarding: true }
+    }
+}
+
+/// A Unix account: name, uid, gid, home.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Login name.
+    pub name: String,
+    /// Numeric user id.
+    pub uid: u32,
+    /// Numeric group id.
+    pub gid: u32,
+}
+
+/// Running sshd and Dovecot in one temporary directory.
+pub struct Testbed {
+    dir: tempfile::TempDir,
+    /// The account that logs in over SSH and owns the mail.
+    pub account: Account,
+    /// sshd's port on 127.0.0.1.
+    pub ssh_port: u16,
+    /// Dovecot's POP3 port on 127.0.0.1.
+    pub pop3_port: u16,
+    /// Dovecot's IMAP port on 127.0.0.1.
+    pub imap_port: u16,
+    /// The client's private key (ed25519, no passphrase).
+    pub client_key: PathBuf,
+    /// A known_hosts file that trusts the sshd's host key as `[127.0.0.1]:PORT`.
+    pub known_hosts: PathBuf,
+    /// The host key line (`ssh-ed25519 AAAA...`).
+    pub host_key_line: String,
+    /// The Dovecot config file (for `imap -c`).
+    pub dovecot_config: PathBuf,
+    sshd: Option<Child>,
+    dovecot: Option<Child>,
+    seq: u32,
+}
+
+impl Testbed {
+    /// Starts both servers with default options.
+    pub fn start() -> Result<Testbed> {
+        Self::start_with(Options::default())
+    }
+
+    /// Starts both servers.
+    pub fn start_with(opts: Options) -> Result<Testbed> {
+        let account = test_account()?;
+        let dir = tempfile::Builder::new().prefix("sshmail-testbed.").tempdir()?;
+        // The mail user must reach its Maildir below this directory.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        let mut bed = Testbed {
+            dir,
+            account,
+            ssh_port: 0,
+            pop3_port: 0,
+            imap_port: 0,
+            client_key: PathBuf::new(),
+            known_hosts: PathBuf::new(),
+            host_key_line: String::new(),
+            dovecot_config: PathBuf::new(),
+            sshd: None,
+            dovecot: None,
+            seq: 0,
+        };
+        bed.start_dovecot()?;
+        bed.start_sshd(&opts)?;
+        Ok(bed)
+    }
+
+    /// The temporary directory holding everything.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The mail account's Maildir on the server side.
+    pub fn server_maildir(&self) -> PathBuf {
+        self.path().join("home/Maildir")
+    }
+
+    /// `user@127.0.0.1:port` for sshmail's `--ssh`.
+    pub fn ssh_destination(&self) -> String {
+        format!("{}@127.0.0.1:{}", self.account.name, self.ssh_port)
+    }
+
+    /// sshd's log file.
+    pub fn sshd_log(&self) -> PathBuf {
+        self.path().join("sshd.log")
+    }
+
+    /// PID of the listening sshd.
+    pub fn sshd_pid(&self) -> Option<u32> {
+        self.sshd.as_ref().map(Child::id)
+    }
+
+    /// PIDs of the per-connection sshd processes (children of the listener).
+    pub fn sshd_session_pids(&self) -> Vec<u32> {
+        let Some(master) = self.sshd_pid() else { return Vec::new() };
+        descendants(master)
+    }
+
+    /// Puts a message into the server's INBOX (Maildir `new/`), owned by the
+    /// mail account so Dovecot can read it. Returns the file name.
+    pub fn add_message(&mut self, content: &[u8]) -> Result<String> {
+        self.seq += 1;
+        let name = format!("{}.M{}P{}.testbed", 1_700_000_000 + self.seq, self.seq, std::process::id());
+        let md = self.server_maildir();
+        let tmp = md.join("tmp").join(&name);
+        fs::write(&tmp, content)?;
+        chown(&tmp, &self.account)?;
+        fs::rename(&tmp, md.join("new").join(&name))?;
+        Ok(name)
+    }
+
+    /// Number of messages in the server's INBOX (new/ and cur/).
+    pub fn server_message_count(&self) -> Result<usize> {
+        let md = self.server_maildir();
+        Ok(fs::read_dir(md.join("new"))?.count() + fs::read_dir(md.join("cur"))?.count())
+    }
+
+    fn start_dovecot(&mut self) -> Result<()> {
+        let root = self.path().to_path_buf();
+        let home = root.join("home");
+        for sub in ["new", "cur", "tmp"] {
+            fs::create_dir_all(home.join("Maildir").join(sub))?;
+        }
+        chown_tree(&home, &self.account)?;
+        let passwd = root.join("dovecot.passwd");
+        fs::write(
+            &passwd,
+            format!(
+                "{MAIL_USER}:{{PLAIN}}{MAIL_PASSWORD}:{}:{}::{}\n",
+                self.account.uid,
+                self.account.gid,
+                home.display()
+            ),
+        )?;
+        let (pop3, imap) = (free_port()?, free_port()?);
+        let running_as_root = rustix_uid() == 0;
+        let users = if running_as_root {
+            "default_internal_user = dovecot\ndefault_login_user = dovenull\n".to_string()
+        } else {
+            let me = &self.account.name;
+            format!("default_internal_user = {me}\ndefault_login_user = {me}\n")
+        };
+        let config = format!(
+            "base_dir = {root}/dovecot-run\n\
+             state_dir = {root}/dovecot-state\n\
+             log_path = {root}/dovecot.log\n\
+             instance_name = sshmail-testbed-{pid}-{pop3}\n\
+             listen = 127.0.0.1\n\
+             ssl = no\n\
+             disable_plaintext_auth = no\n\
+             protocols = pop3 imap\n\
+             mail_location = maildir:~/Maildir\n\
+             pop3_no_flag_updates = yes\n\
+             pop3_uidl_format = %08Xv%08Xu\n\
+             first_valid_uid = 1\n\
+             {users}\
+             passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+             userdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+             service pop3-login {{\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
+             service imap-login {{\n  inet_listener imap {{\n    port = {imap}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             service stats {{\n  unix_listener stats-writer {{\n    mode = 0666\n  }}\n}}\n",
+            root = root.display(),
+            pid = std::process::id(),
+            passwd = passwd.display(),
+        );
+        let conf_path = root.join("dovecot.conf");
+        fs::write(&conf_path, config)?;
+        let child = Command::new(find_program("dovecot", &["/usr/sbin/dovecot"])?)
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(fs::File::create(root.join("dovecot.stderr"))?))
+            .spawn()
+            .context("starting dovecot (is dovecot-core installed?)")?;
+        self.dovecot = Some(child);
+        self.pop3_port = pop3;
+        self.imap_port = imap;
+        self.dovecot_config = conf_path;
+        wait_for_port(pop3, &root.join("dovecot.log"))?;
+        wait_for_port(imap, &root.join("dovecot.log"))?;
+        Ok(())
+    }
+
+    fn start_sshd(&mut self, opts: &Options) -> Result<()> {
+        let root = self.path().to_path_buf();
+        let host_key = root.join("ssh_host_ed25519_key");
+        keygen(&host_key)?;
+        let client_key = root.join("client_ed25519");
+        keygen(&client_key)?;
+        let authorized = root.join("authorized_keys");
+        fs::copy(client_key.with_extension("pub"), &authorized)?;
+        fs::set_permissions(&authorized, fs::Permissions::from_mode(0o644))?;
+        let port = free_port()?;
+        fs::create_dir_all("/run/sshd").ok();
+        let config = format!(
+            "Port {port}\n\
+             ListenAddress 127.0.0.1\n\
+             HostKey {hk}\n\
+             PidFile {root}/sshd.pid\n\
+             UsePAM no\n\
+             StrictModes no\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             AuthorizedKeysFile {authorized}\n\
+             AllowUsers {user}\n\
+             AllowTcpForwarding {fwd}\n\
+             PermitRootLogin prohibit-password\n\
+             ClientAliveInterval 0\n\
+             MaxStartups 100\n\
+             MaxSessions 100\n\
+             LogLevel VERBOSE\n\
+             Subsystem sftp internal-sftp\n",
+            hk = host_key.display(),
+            root = root.display(),
+            authorized = authorized.display(),
+            user = self.account.name,
+            fwd = if opts.allow_tcp_forwarding { "yes" } else { "no" },
+        );
+        let conf_path = root.join("sshd_config");
+        fs::write(&conf_path, config)?;
+        let child = Command::new(find_program("sshd", &["/usr/sbin/sshd"])?)
+            .arg("-D")
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-E")
+            .arg(root.join("sshd.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting sshd (is openssh-server installed?)")?;
+        self.sshd = Some(child);
+        self.ssh_port = port;
+        wait_for_port(port, &root.join("sshd.log"))?;
+        let pubkey = fs::read_to_string(host_key.with_extension("pub"))?;
+        let mut fields = pubkey.split_whitespace();
+        let line = format!("{} {}", fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        let known_hosts = root.join("known_hosts");
+        fs::write(&known_hosts, format!("[127.0.0.1]:{port} {line}\n"))?;
+        self.client_key = client_key;
+        self.known_hosts = known_hosts;
+        self.host_key_line = line;
+        Ok(())
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // End what we started, by PID: first the per-connection sshd
+        // processes (a frozen one would otherwise linger), then the servers.
+        for pid in self.sshd_session_pids() {
+            signal(pid, "CONT");
+            signal(pid, "KILL");
+        }
+        for child in [self.sshd.take(), self.dovecot.take()].into_iter().flatten() {
+            let mut child = child;
+            signal(child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal (by name, as `kill -NAME`) to one process.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+}
+
+/// All descendants of `pid`, found through /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        let Ok(entries) = fs::read_dir("/proc") else { break };
+        for e in entries.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+            // The ppid is the second field after the parenthesised command.
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+            let ppid = after.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
+            if ppid == Some(parent) {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    out
+}
+
+fn test_account() -> Result<Account> {
+    if rustix_uid() != 0 {
+        let name = run_text(Command::new("id").arg("-un"))?;
+        return Ok(Account { name, uid: rustix_uid(), gid: run_text(Command::new("id").arg("-g"))?.parse()? });
+    }
+    if Command::new("id").arg(TEST_USER).stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
+        return lookup(TEST_USER);
+    }
+    let status = Command::new("useradd")
+        .args(["--system", "--create-home", "--home-dir", "/var/lib/sshmail-test", "--shell", "/bin/sh", TEST_USER])
+        .status()
+        .context("running useradd")?;
+    // 9: created meanwhile by a parallel test.
+    if !status.success() && status.code() != Some(9) {
+        bail!("could not create the test account {TEST_USER} with useradd");
+    }
+    // sshd without PAM refuses a locked ('!') account even for key logins.
+    Command::new("usermod").args(["-p", "*", TEST_USER]).status()?;
+    lookup(TEST_USER)
+}
+
+fn lookup(name: &str) -> Result<Account> {
+    Ok(Account {
+        name: name.to_string(),
+        uid: run_text(Command::new("id").args(["-u", name]))?.parse()?,
+        gid: run_text(Command::new("id").args(["-g", name]))?.parse()?,
+    })
+}
+
+fn rustix_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+fn run_text(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+fn chown(path: &Path, account: &Account) -> Result<()> {
+    if rustix_uid() == 0 {
+        std::os::unix::fs::chown(path, Some(account.uid), Some(account.gid))?;
+    }
+    Ok(())
+}
+
+fn chown_tree(path: &Path, account: &Account) -> Result<()> {
+    chown(path, account)?;
+    if path.is_dir() {
+        for e in fs::read_dir(path)? {
+            chown_tree(&e?.path(), account)?;
+        }
+    }
+    Ok(())
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "sshmail-testbed", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .context("running ssh-keygen (is openssh-client installed?)")?;
+    if !status.success() {
+        bail!("ssh-keygen failed for {}", path.display());
+    }
+    Ok(())
+}
+
+/// Generates an ed25519 key pair at `path` (and `path.pub`).
+pub fn generate_key(path: &Path) -> Result<()> {
+    keygen(path)
+}
+
+fn find_program(name: &str, candidates: &[&str]) -> Result<PathBuf> {
+    for c in candidates {
+        if Path::new(c).exists() {
+            return Ok(PathBuf::from(c));
+        }
+    }
+    bail!("{name} is not installed (looked in {candidates:?}); install the Debian packages named in README.md")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let log = fs::read_to_string(log).unwrap_or_default();
+    bail!("server did not listen on 127.0.0.1:{port} within 20 s; its log:\n{log}")
+}
+
+/// Writes `content` to `path`, creating parents.
+pub fn write_file(path: &Path, content: &[u8]) -> Result<()> {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p)?;
+    }
+    fs::File::create(path)?.write_all(content)?;
+    Ok(())
+}
+
+pub mod corpus;

@@ -1,0 +1,321 @@
+//! Command line: argument parsing, logging set-up, exit codes.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Command as ConfigCommand, RawAccount};
+use crate::error::{Error, Exit};
+use crate::fetch::{self, Presentation};
+use crate::ssh::{SshPool, target};
+
+const EXIT_CODES: &str = "\
+Exit codes (as fetchmail's):
+  0  mail was delivered
+  1  no new mail
+  2  connection or SSH error (includes refused host keys)
+  3  authentication failed (SSH or mail server)
+  4  protocol error or timeout
+  5  usage or config syntax error
+  6  config file holding a password is readable by others
+  7  the server reported an error
+  10 local delivery failed
+With several accounts, the worst error wins; without errors, 0 if any mail came.";
+
+/// Mail through SSH: fetch POP3 mail over an in-process SSH connection and
+/// deliver it to a Maildir, durably and exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "sshmail", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// More log output (-v: progress of each account, -vv: protocol debugging).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Print only errors (no progress bar, no summary).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Fetch new mail from every configured account, the named ones, or the
+    /// server given with --ssh.
+    #[command(after_help = EXIT_CODES)]
+    Fetch(FetchArgs),
+}
+
+/// `sshmail fetch` options.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Accounts to fetch (names of [account.NAME] tables); default: all.
+    pub accounts: Vec<String>,
+    /// Config file [default: $XDG_CONFIG_HOME/sshmail/config.toml].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Fetch from this SSH host without a config file: [USER@]HOST[:PORT]
+    /// (a ~/.ssh/config Host alias works too).
+    #[arg(long, value_name = "DEST")]
+    pub ssh: Option<String>,
+    /// Use POP3 (the default, and for now the only protocol).
+    #[arg(long)]
+    pub pop3: bool,
+    /// Mail server as seen from the SSH host [default: localhost:110].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// Mail login name [default: the SSH user].
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Shell command that prints the mail password.
+    #[arg(long, value_name = "CMD")]
+    pub password_command: Option<String>,
+    /// POP3 login method: auto, user, apop, plain.
+    #[arg(long, value_name = "METHOD")]
+    pub auth: Option<String>,
+    /// Leave messages on the server (fetch only those not fetched before).
+    #[arg(long, short = 'k')]
+    pub keep: bool,
+    /// Fetch all messages, also those fetched before.
+    #[arg(long, short = 'a')]
+    pub all: bool,
+    /// Ask for SSH compression (like ssh -C).
+    #[arg(long, short = 'C')]
+    pub compress: bool,
+    /// Where to deliver: maildir:PATH [default: maildir:~/Maildir].
+    #[arg(long, value_name = "SPEC")]
+    pub deliver: Option<String>,
+    /// SSH identity file (may be repeated).
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub identity: Vec<String>,
+    /// known_hosts file to use instead of ~/.ssh/known_hosts.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<String>,
+    /// Trust an unknown host key on first use and record it (never a changed one).
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+    /// Seconds any single wait may take; a frozen link is noticed within it.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Directory for the delivery ledgers [default: $XDG_STATE_HOME/sshmail].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
+    /// ssh_config file to read instead of ~/.ssh/config.
+    #[arg(long, short = 'F', value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => Exit::Usage.code(),
+            };
+        }
+    };
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sshmail: cannot start: {e}");
+            return Exit::Connect.code();
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Cmd::Fetch(ref args) => run_fetch(&cli, args).await,
+        }
+    });
+    // Channels close from spawned tasks; give them a moment, bounded.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code.code()
+}
+
+fn init_logging(cli: &Cli) {
+    let default = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn",
+            1 => "sshmail=info,warn",
+            2 => "sshmail=debug,info",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SSHMAIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(cli.verbose >= 2)
+        .without_time()
+        .init();
+}
+
+async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
+    let accounts = match accounts_for(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sshmail: {e}");
+            return e.exit();
+        }
+    };
+    let ssh_config = match target::load_ssh_config(args.ssh_config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sshmail: {e}");
+            return e.exit();
+        }
+    };
+    let interactive = std::io::stderr().is_terminal() && !cli.quiet;
+    let show = Presentation { progress: interactive };
+    let pool = SshPool::new();
+    let mut worst: Option<Exit> = None;
+    let mut any_mail = false;
+    for account in &accounts {
+        match fetch::fetch_account(account, &pool, ssh_config.as_ref(), show).await {
+            Ok(o) => {
+                any_mail |= o.delivered > 0;
+                if interactive || cli.verbose > 0 {
+                    eprintln!(
+                        "{}: {} new of {} ({}), {} deleted{}{}",
+                        account.name,
+                        o.delivered,
+                        o.on_server,
+                        human_bytes(o.bytes),
+                        o.deleted,
+                        if o.refused > 0 { format!(", {} refused by the server", o.refused) } else { String::new() },
+                        if o.recovered > 0 { format!(", {} finished from an interrupted run", o.recovered) } else { String::new() },
+                    );
+                }
+                if o.refused > 0 {
+                    worst = worst.max(Some(Exit::Server));
+                }
+            }
+            Err(e) => {
+                eprintln!("sshmail: {}: {e}", account.name);
+                worst = worst.max(Some(e.exit()));
+            }
+        }
+    }
+    pool.close_all().await;
+    match worst {
+        Some(e) => e,
+        None if any_mail => Exit::Delivered,
+        None => Exit::NoMail,
+    }
+}
+
+fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
+    let overrides = RawAccount {
+        ssh: args.ssh.clone(),
+        protocol: args.pop3.then(|| "pop3".to_string()),
+        server: args.server.clone(),
+        user: args.user.clone(),
+        password_command: args.password_command.clone().map(ConfigCommand::Shell),
+        auth: args.auth.clone(),
+        keep: args.keep.then_some(true),
+        fetch_all: args.all.then_some(true),
+        compress: args.compress.then_some(true),
+        deliver: args.deliver.clone(),
+        identity: (!args.identity.is_empty()).then(|| args.identity.clone()),
+        known_hosts: args.known_hosts.clone(),
+        host_key_policy: args.accept_new_host_key.then(|| "accept-new".to_string()),
+        timeout: args.timeout,
+        ..Default::default()
+    };
+    if let Some(dest) = &args.ssh {
+        if !args.accounts.is_empty() {
+            return Err(Error::Config("give either account names or --ssh, not both".into()));
+        }
+        let server = args.server.as_deref().unwrap_or("localhost:110");
+        let user = args.user.as_deref().unwrap_or("");
+        let name: String = format!("ssh-{dest}-{user}-{server}")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' })
+            .collect();
+        return Ok(vec![config::resolve(&name, &overrides, args.state_dir.as_deref())?]);
+    }
+    let path = args.config.clone().unwrap_or_else(config::default_config_path);
+    if args.config.is_none() && !path.exists() {
+        return Err(Error::Config(format!(
+            "no config file at {}; write one (see `man sshmail`) or give --ssh HOST",
+            path.display()
+        )));
+    }
+    let raw = config::load(&path)?;
+    let state_dir = args.state_dir.clone().or(raw.state_dir.clone());
+    let names: Vec<String> =
+        if args.accounts.is_empty() { raw.account.keys().cloned().collect() } else { args.accounts.clone() };
+    if names.is_empty() {
+        return Err(Error::Config(format!("{} defines no [account.NAME]", path.display())));
+    }
+    names
+        .iter()
+        .map(|n| {
+            let base = raw
+                .account
+                .get(n)
+                .ok_or_else(|| Error::Config(format!("no account {n:?} in {}", path.display())))?;
+            config::resolve(n, &merge(base, &overrides), state_dir.as_deref())
+        })
+        .collect()
+}
+
+/// Command-line values win over the file's.
+fn merge(base: &RawAccount, over: &RawAccount) -> RawAccount {
+    let mut m = base.clone();
+    macro_rules! take {
+        ($($f:ident),*) => { $( if over.$f.is_some() { m.$f = over.$f.clone(); } )* };
+    }
+    take!(protocol, server, user, auth, keep, fetch_all, compress, deliver, identity, known_hosts, host_key_policy, timeout);
+    if over.password_command.is_some() {
+        m.password = None;
+        m.password_command = over.password_command.clone();
+    }
+    m
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.2} GB", n as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_codes_match_fetchmail() {
+        let codes: Vec<i32> = [Exit::Delivered, Exit::NoMail, Exit::Connect, Exit::Auth, Exit::Protocol, Exit::Usage, Exit::Permissions, Exit::Server, Exit::Delivery]
+            .iter()
+            .map(|e| e.code())
+            .collect();
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 10]);
+    }
+
+    #[test]
+    fn command_line_overrides_file() {
+        let base = RawAccount { ssh: Some("h".into()), keep: Some(false), password: Some("x".into()), ..Default::default() };
+        let over = RawAccount { keep: Some(true), password_command: Some(ConfigCommand::Shell("p".into())), ..Default::default() };
+        let m = merge(&base, &over);
+        assert_eq!(m.keep, Some(true));
+        assert!(m.password.is_none() && m.password_command.is_some());
+        assert_eq!(m.ssh.as_deref(), Some("h"));
+    }
+}

@@ -1,0 +1,435 @@
+//! Configuration in two stages.
+//!
+//! [`RawConfig`] is the TOML file as written: every field optional, strings
+//! as the user typed them. [`resolve`] turns it into [`Account`]s with typed,
+//! checked values and defaults filled in. Nothing after this module reads raw
+//! configuration.
+//!
+//! ```toml
+//! [account.work]
+//! ssh = "me@shell.example.org"      # [user@]host[:port], or a ~/.ssh/config Host
+//! protocol = "pop3"
+//! server = "localhost:110"          # as seen from the SSH host
+//! user = "me"
+//! password_command = "pass show mail/work"
+//! deliver = "maildir:~/Maildir"
+//! ```
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where ledgers live; default `$XDG_STATE_HOME/sshmail`.
+    pub state_dir: Option<String>,
+    /// Accounts by name.
+    #[serde(default)]
+    pub account: BTreeMap<String, RawAccount>,
+}
+
+/// One account as written. Every field is optional here; [`resolve`] checks.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    pub ssh: Option<String>,
+    pub protocol: Option<String>,
+    pub server: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_command: Option<Command>,
+    pub auth: Option<String>,
+    pub keep: Option<bool>,
+    pub fetch_all: Option<bool>,
+    pub compress: Option<bool>,
+    pub deliver: Option<String>,
+    pub identity: Option<Vec<String>>,
+    pub known_hosts: Option<String>,
+    pub host_key_policy: Option<String>,
+    pub timeout: Option<u64>,
+    pub ssh_password_command: Option<Command>,
+}
+
+/// A command: a string run by `/bin/sh -c`, or an argument vector run as is.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Command {
+    /// Run through the shell, because the user wrote shell.
+    Shell(String),
+    /// Run directly, no shell.
+    Argv(Vec<String>),
+}
+
+impl Command {
+    /// Runs the command and returns its first output line as a secret.
+    pub fn read_secret(&self, what: &str) -> Result<Secret> {
+        let mut cmd = match self {
+            Command::Shell(s) => {
+                let mut c = std::process::Command::new("/bin/sh");
+                c.arg("-c").arg(s);
+                c
+            }
+            Command::Argv(v) if !v.is_empty() => {
+                let mut c = std::process::Command::new(&v[0]);
+                c.args(&v[1..]);
+                c
+            }
+            Command::Argv(_) => return Err(Error::Config(format!("{what}: empty command"))),
+        };
+        let out = cmd
+            .stdin(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| Error::Config(format!("{what}: cannot run {self:?}: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Auth(format!("{what}: {self:?} exited with {}", out.status)));
+        }
+        let text = String::from_utf8(out.stdout).map_err(|_| Error::Auth(format!("{what}: output is not UTF-8")))?;
+        Ok(Secret::new(text.lines().next().unwrap_or("")))
+    }
+}
+
+/// The mail protocol of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// POP3.
+    Pop3,
+}
+
+/// How to log in to a POP3 server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pop3Auth {
+    /// SASL PLAIN if offered, else USER/PASS.
+    Auto,
+    /// USER/PASS.
+    User,
+    /// APOP (needs a timestamp in the greeting).
+    Apop,
+    /// AUTH PLAIN.
+    Plain,
+}
+
+/// What to do with an unknown host key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Refuse unknown hosts.
+    Strict,
+    /// Trust an unknown host on first use and record its key (hashed).
+    AcceptNew,
+}
+
+/// Where delivered mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A Maildir (created if missing).
+    Maildir(PathBuf),
+}
+
+/// Where a password comes from.
+#[derive(Debug, Clone)]
+pub enum PasswordSource {
+    /// None given.
+    None,
+    /// Written in the config.
+    Literal(Secret),
+    /// Printed by a command.
+    Command(Command),
+}
+
+impl PasswordSource {
+    /// The password, running the command if needed.
+    pub fn get(&self, what: &str) -> Result<Option<Secret>> {
+        match self {
+            PasswordSource::None => Ok(None),
+            PasswordSource::Literal(s) => Ok(Some(s.clone())),
+            PasswordSource::Command(c) => c.read_secret(what).map(Some),
+        }
+    }
+}
+
+/// The SSH side of an account, before `~/.ssh/config` is applied.
+#[derive(Debug, Clone)]
+pub struct SshDestination {
+    /// User, if given in `user@host`.
+    pub user: Option<String>,
+    /// Host name or `~/.ssh/config` alias.
+    pub host: String,
+    /// Port, if given in `host:port`.
+    pub port: Option<u16>,
+}
+
+impl SshDestination {
+    /// Parses `[user@]host[:port]` (IPv6 as `[addr]:port`).
+    pub fn parse(s: &str) -> Result<SshDestination> {
+        let bad = || Error::Config(format!("bad SSH destination {s:?}: expected [user@]host[:port]"));
+        let (user, rest) = match s.rsplit_once('@') {
+            Some((u, r)) if !u.is_empty() => (Some(u.to_string()), r),
+            Some(_) => return Err(bad()),
+            None => (None, s),
+        };
+        let (host, port) = split_host_port(rest).ok_or_else(bad)?;
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(SshDestination { user, host, port })
+    }
+}
+
+/// Splits `host[:port]` or `[v6]:port`.
+pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        return Some((h.to_string(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Some((h.to_string(), Some(p.parse().ok()?))),
+        Some(_) => Some((s.to_string(), None)),
+        None => Some((s.to_string(), None)),
+    }
+}
+
+/// A fully resolved account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The account's name (config table key, or `adhoc`).
+    pub name: String,
+    /// The SSH host to go through.
+    pub ssh: SshDestination,
+    /// The mail protocol.
+    pub protocol: Protocol,
+    /// The mail server as seen from the SSH host.
+    pub server_host: String,
+    /// Its port.
+    pub server_port: u16,
+    /// Mail login name.
+    pub user: String,
+    /// Mail password.
+    pub password: PasswordSource,
+    /// POP3 login method.
+    pub pop3_auth: Pop3Auth,
+    /// Leave messages on the server.
+    pub keep: bool,
+    /// Fetch messages already fetched before.
+    pub fetch_all: bool,
+    /// Ask for SSH compression.
+    pub compress: bool,
+    /// Where mail goes.
+    pub deliver: Delivery,
+    /// Identity files given for this account (before ~/.ssh/config's).
+    pub identities: Vec<PathBuf>,
+    /// A known_hosts file given for this account.
+    pub known_hosts: Option<PathBuf>,
+    /// Unknown host key policy, if the account sets one.
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// How long any single wait may take.
+    pub timeout: Duration,
+    /// Password for SSH password / keyboard-interactive login, if asked for.
+    pub ssh_password: PasswordSource,
+    /// Directory for this account's ledger.
+    pub state_dir: PathBuf,
+}
+
+/// The default config file: `$XDG_CONFIG_HOME/sshmail/config.toml`.
+pub fn default_config_path() -> PathBuf {
+    xdg_dir("XDG_CONFIG_HOME", ".config").join("sshmail/config.toml")
+}
+
+/// The default state directory: `$XDG_STATE_HOME/sshmail`.
+pub fn default_state_dir() -> PathBuf {
+    xdg_dir("XDG_STATE_HOME", ".local/state").join("sshmail")
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => home().join(fallback),
+    }
+}
+
+/// The user's home directory.
+pub fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Expands a leading `~/`.
+pub fn expand_tilde(s: &str) -> PathBuf {
+    match s.strip_prefix("~/") {
+        Some(rest) => home().join(rest),
+        None if s == "~" => home(),
+        None => PathBuf::from(s),
+    }
+}
+
+/// Reads and parses a config file, refusing one that holds a password and is
+/// readable by group or others.
+pub fn load(path: &Path) -> Result<RawConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read config {}: {e}", path.display())))?;
+    let raw: RawConfig =
+        toml::from_str(&text).map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?;
+    if raw.account.values().any(|a| a.password.is_some()) {
+        let mode = std::fs::metadata(path)
+            .map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::Permissions(format!(
+                "config {} holds a password but is readable by others (mode {:03o}); run: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            )));
+        }
+    }
+    Ok(raw)
+}
+
+/// Resolves one raw account.
+pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<Account> {
+    let ctx = |msg: String| Error::Config(format!("account {name}: {msg}"));
+    let ssh = SshDestination::parse(raw.ssh.as_deref().ok_or_else(|| ctx("no `ssh` destination".into()))?)
+        .map_err(|e| ctx(e.to_string()))?;
+    let protocol = match raw.protocol.as_deref().unwrap_or("pop3") {
+        "pop3" | "pop" => Protocol::Pop3,
+        other => return Err(ctx(format!("unknown protocol {other:?} (this version supports: pop3)"))),
+    };
+    let (server_host, server_port) = match raw.server.as_deref() {
+        None => ("localhost".to_string(), 110),
+        Some(s) => {
+            let (h, p) = split_host_port(s).ok_or_else(|| ctx(format!("bad server {s:?}")))?;
+            (h, p.unwrap_or(110))
+        }
+    };
+    let user = match &raw.user {
+        Some(u) => u.clone(),
+        None => ssh.user.clone().unwrap_or_else(local_user),
+    };
+    let password = match (&raw.password, &raw.password_command) {
+        (Some(_), Some(_)) => return Err(ctx("give `password` or `password_command`, not both".into())),
+        (Some(p), None) => PasswordSource::Literal(Secret::new(p.clone())),
+        (None, Some(c)) => PasswordSource::Command(c.clone()),
+        (None, None) => PasswordSource::None,
+    };
+    let pop3_auth = match raw.auth.as_deref().unwrap_or("auto") {
+        "auto" => Pop3Auth::Auto,
+        "user" | "pass" => Pop3Auth::User,
+        "apop" => Pop3Auth::Apop,
+        "plain" => Pop3Auth::Plain,
+        other => return Err(ctx(format!("unknown auth {other:?} (auto, user, apop, plain)"))),
+    };
+    let deliver = parse_delivery(raw.deliver.as_deref().unwrap_or("maildir:~/Maildir")).map_err(|e| ctx(e.to_string()))?;
+    let host_key_policy = match raw.host_key_policy.as_deref() {
+        None => None,
+        Some("strict" | "yes") => Some(HostKeyPolicy::Strict),
+        Some("accept-new") => Some(HostKeyPolicy::AcceptNew),
+        Some(other) => return Err(ctx(format!("unknown host_key_policy {other:?} (strict, accept-new)"))),
+    };
+    let timeout = raw.timeout.unwrap_or(30);
+    if timeout == 0 {
+        return Err(ctx("timeout must be at least 1 second".into()));
+    }
+    let ssh_password = match &raw.ssh_password_command {
+        Some(c) => PasswordSource::Command(c.clone()),
+        None => PasswordSource::None,
+    };
+    Ok(Account {
+        name: name.to_string(),
+        ssh,
+        protocol,
+        server_host,
+        server_port,
+        user,
+        password,
+        pop3_auth,
+        keep: raw.keep.unwrap_or(false),
+        fetch_all: raw.fetch_all.unwrap_or(false),
+        compress: raw.compress.unwrap_or(false),
+        deliver,
+        identities: raw.identity.iter().flatten().map(|s| expand_tilde(s)).collect(),
+        known_hosts: raw.known_hosts.as_deref().map(expand_tilde),
+        host_key_policy,
+        timeout: Duration::from_secs(timeout),
+        ssh_password,
+        state_dir: state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
+    })
+}
+
+/// Parses a `--deliver` / `deliver` value.
+pub fn parse_delivery(s: &str) -> Result<Delivery> {
+    match s.split_once(':') {
+        Some(("maildir", path)) if !path.is_empty() => Ok(Delivery::Maildir(expand_tilde(path))),
+        _ => Err(Error::Config(format!("bad delivery {s:?}: expected maildir:PATH"))),
+    }
+}
+
+fn local_user() -> String {
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "root".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_destinations() {
+        let d = SshDestination::parse("me@shell.example.org:2222").unwrap();
+        assert_eq!((d.user.as_deref(), d.host.as_str(), d.port), (Some("me"), "shell.example.org", Some(2222)));
+        let d = SshDestination::parse("host").unwrap();
+        assert_eq!((d.user, d.host.as_str(), d.port), (None, "host", None));
+        let d = SshDestination::parse("[::1]:22").unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("::1", Some(22)));
+        assert!(SshDestination::parse("@host").is_err());
+        assert!(SshDestination::parse("host:notaport").is_err());
+    }
+
+    #[test]
+    fn resolves_with_defaults() {
+        let raw: RawConfig = toml::from_str(
+            "[account.work]\nssh = \"me@shell\"\npassword_command = [\"pass\", \"show\", \"mail\"]\n",
+        )
+        .unwrap();
+        let a = resolve("work", &raw.account["work"], Some("/tmp/st")).unwrap();
+        assert_eq!((a.server_host.as_str(), a.server_port, a.user.as_str()), ("localhost", 110, "me"));
+        assert!(!a.keep && !a.compress);
+        assert_eq!(a.timeout, Duration::from_secs(30));
+        assert!(matches!(a.password, PasswordSource::Command(Command::Argv(_))));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_values() {
+        assert!(toml::from_str::<RawConfig>("[account.a]\nssh = \"h\"\npasword = \"x\"\n").is_err());
+        let raw = RawAccount { ssh: Some("h".into()), protocol: Some("smtp".into()), ..Default::default() };
+        let e = resolve("a", &raw, None).unwrap_err().to_string();
+        assert!(e.contains("unknown protocol"), "{e}");
+        let raw = RawAccount { ssh: Some("h".into()), deliver: Some("mbox".into()), ..Default::default() };
+        assert!(resolve("a", &raw, None).is_err());
+    }
+
+    #[test]
+    fn secrets_stay_secret_config_password_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[account.a]\nssh = \"h\"\npassword = \"hunter2\"\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(&path).unwrap_err();
+        assert!(matches!(e, Error::Permissions(_)));
+        assert_eq!(e.exit().code(), 6);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let raw = load(&path).unwrap();
+        let a = resolve("a", &raw.account["a"], None).unwrap();
+        assert!(!format!("{a:?}").contains("hunter2"));
+    }
+}

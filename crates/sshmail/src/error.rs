@@ -1,0 +1,88 @@
+//! Errors graded by what the user must do, and the exit codes they map to.
+//!
+//! The exit codes are fetchmail's, so scripts and cron wrappers written for
+//! fetchmail keep working.
+
+use thiserror::Error;
+
+/// Process exit codes (as fetchmail's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exit {
+    /// One or more messages were delivered.
+    Delivered = 0,
+    /// There was no new mail.
+    NoMail = 1,
+    /// The connection or the SSH session failed (includes host key refusals).
+    Connect = 2,
+    /// Authentication (SSH or mail server) failed.
+    Auth = 3,
+    /// The server broke the protocol or stopped answering.
+    Protocol = 4,
+    /// Bad command line or config syntax.
+    Usage = 5,
+    /// The config file is readable by others and holds a password.
+    Permissions = 6,
+    /// The server reported an error (mailbox locked, command refused).
+    Server = 7,
+    /// A message could not be delivered locally.
+    Delivery = 10,
+}
+
+impl Exit {
+    /// The numeric process status.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+/// An error that ends the work on one account.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// TCP connect, SSH transport, channel open, lost link.
+    #[error("{0}")]
+    Connect(String),
+    /// The host key was unknown, changed or revoked.
+    #[error("{0}")]
+    HostKey(String),
+    /// SSH or mail login refused.
+    #[error("{0}")]
+    Auth(String),
+    /// Malformed or unexpected server data, or a timeout waiting for it.
+    #[error("{0}")]
+    Protocol(String),
+    /// The server answered -ERR / NO / BAD to something it should accept.
+    #[error("{0}")]
+    Server(String),
+    /// Bad configuration or arguments.
+    #[error("{0}")]
+    Config(String),
+    /// A config file holding a secret is readable by others.
+    #[error("{0}")]
+    Permissions(String),
+    /// Local delivery or the local state failed.
+    #[error("{0}")]
+    Delivery(String),
+}
+
+impl Error {
+    /// The exit code this error maps to.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Connect(_) | Error::HostKey(_) => Exit::Connect,
+            Error::Auth(_) => Exit::Auth,
+            Error::Protocol(_) => Exit::Protocol,
+            Error::Server(_) => Exit::Server,
+            Error::Config(_) => Exit::Usage,
+            Error::Permissions(_) => Exit::Permissions,
+            Error::Delivery(_) => Exit::Delivery,
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shorthand for a delivery error from an I/O error with context.
+pub fn delivery(context: impl std::fmt::Display, e: std::io::Error) -> Error {
+    Error::Delivery(format!("{context}: {e}"))
+}

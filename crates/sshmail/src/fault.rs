@@ -1,0 +1,29 @@
+//! Fault injection for crash tests.
+//!
+//! When the environment variable `SSHMAIL_FAULT` names a point (`NAME`, or
+//! `NAME@N` for its N-th hit), the process kills itself with SIGKILL when it
+//! reaches that point: no destructors, no flushing, as if the machine or the
+//! OOM killer stopped it there. Unset, a point costs one load and compare.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+/// Marks a point where a crash is tested.
+pub fn point(name: &str) {
+    let target = TARGET.get_or_init(|| {
+        let v = std::env::var("SSHMAIL_FAULT").ok()?;
+        Some(match v.split_once('@') {
+            Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+            None => (v, 1),
+        })
+    });
+    if let Some((want, nth)) = target {
+        if want == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+            eprintln!("sshmail: fault injected at {name}");
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Per-account delivery state: what was delivered, crash-safe.
+//!
+//! One file per account, `<state_dir>/<account>.ledger`, an append-only
+//! journal of text lines:
+//!
+//! ```text
+//! # sshmail ledger v1
+//! P <key> <token>     prepared: the message is durable in the sink's staging
+//!                     area (Maildir tmp/) under <token>, not yet visible
+//! D <key>             delivered: durable and visible; never fetch it again
+//! F <key>             forget a P that turned out not to be delivered
+//! ```
+//!
+//! Every append is fsync'd before the caller goes on. On open the journal is
+//! replayed; a torn last line (a crash mid-append) is ignored. At the end of
+//! a run the journal is compacted by writing a fresh file and renaming it
+//! over the old one, so it does not grow without bound.
+//!
+//! A second process working on the same account is refused by an exclusive
+//! lock on `<account>.lock`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result, delivery};
+use crate::fault;
+
+const HEADER: &str = "# sshmail ledger v1\n";
+
+/// The delivery journal of one account.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    file: File,
+    _lock: File,
+    delivered: HashSet<String>,
+    pending: HashMap<String, String>,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) and replays the ledger of `account` in
+    /// `dir`, taking the account's lock.
+    pub fn open(dir: &Path, account: &str) -> Result<Ledger> {
+        fs::create_dir_all(dir).map_err(|e| delivery(format!("cannot create state directory {}", dir.display()), e))?;
+        let safe: String = account
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' })
+            .collect();
+        let lock_path = dir.join(format!("{safe}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| delivery(format!("cannot open {}", lock_path.display()), e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+            Error::Delivery(format!(
+                "account {account} is being fetched by another sshmail process (lock {} is held)",
+                lock_path.display()
+            ))
+        })?;
+        let path = dir.join(format!("{safe}.ledger"));
+        let (delivered, pending) = match fs::read(&path) {
+            Ok(bytes) => replay(&bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(delivery(format!("cannot read ledger {}", path.display()), e)),
+        };
+        let file = open_append(&path)?;
+        Ok(Ledger { path, file, _lock: lock, delivered, pending })
+    }
+
+    /// True if `key` was delivered before.
+    pub fn is_delivered(&self, key: &str) -> bool {
+        self.delivered.contains(key)
+    }
+
+    /// Number of delivered keys on record.
+    pub fn delivered_count(&self) -> usize {
+        self.delivered.len()
+    }
+
+    /// Prepared but not confirmed deliveries, left by an interrupted run.
+    pub fn pending(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.pending.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// Records that these messages are durable in staging under their tokens.
+    pub fn prepare(&mut self, items: &[(String, String)]) -> Result<()> {
+        let mut buf = String::new();
+        for (key, token) in items {
+            check_field(key)?;
+            check_field(token)?;
+            buf.push_str(&format!("P {key} {token}\n"));
+        }
+        self.append(&buf)?;
+        for (key, token) in items {
+            self.pending.insert(key.clone(), token.clone());
+        }
+        Ok(())
+    }
+
+    /// Records that these messages are delivered.
+    pub fn commit(&mut self, keys: &[String]) -> Result<()> {
+        let mut buf = String::new();
+        for key in keys {
+            check_field(key)?;
+            buf.push_str(&format!("D {key}\n"));
+        }
+        self.append(&buf)?;
+        for key in keys {
+            self.pending.remove(key);
+            self.delivered.insert(key.clone());
+        }
+        Ok(())
+    }
+
+    /// Drops a pending entry whose message never became durable.
+    pub fn forget(&mut self, key: &str) -> Result<()> {
+        self.append(&format!("F {key}\n"))?;
+        self.pending.remove(key);
+        Ok(())
+    }
+
+    /// Rewrites the journal keeping only the delivered keys for which `keep`
+    /// is true (those still on the server) and every pending entry.
+    pub fn compact(&mut self, keep: impl Fn(&str) -> bool) -> Result<()> {
+        self.delivered.retain(|k| keep(k));
+        let mut text = String::from(HEADER);
+        let mut keys: Vec<_> = self.delivered.iter().collect();
+        keys.sort();
+        for k in keys {
+            text.push_str(&format!("D {k}\n"));
+        }
+        for (k, t) in &self.pending {
+            text.push_str(&format!("P {k} {t}\n"));
+        }
+        let tmp = self.path.with_extension("ledger.new");
+        let ctx = |e| delivery(format!("cannot rewrite ledger {}", self.path.display()), e);
+        {
+            let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).map_err(ctx)?;
+            f.write_all(text.as_bytes()).map_err(ctx)?;
+            f.sync_all().map_err(ctx)?;
+        }
+        fs::rename(&tmp, &self.path).map_err(ctx)?;
+        sync_dir(self.path.parent().unwrap_or(Path::new("."))).map_err(ctx)?;
+        self.file = open_append(&self.path)?;
+        Ok(())
+    }
+
+    fn append(&mut self, text: &str) -> Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let ctx = |e| delivery(format!("cannot write ledger {}", self.path.display()), e);
+        self.file.write_all(text.as_bytes()).map_err(ctx)?;
+        fault::point("ledger-appended");
+        self.file.sync_data().map_err(ctx)?;
+        fault::point("ledger-synced");
+        Ok(())
+    }
+}
+
+fn check_field(s: &str) -> Result<()> {
+    if s.is_empty() || s.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(Error::Protocol(format!("refusing to record an id with spaces or control characters: {s:?}")));
+    }
+    Ok(())
+}
+
+fn open_append(path: &Path) -> Result<File> {
+    let new = !path.exists();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| delivery(format!("cannot open ledger {}", path.display()), e))?;
+    if new {
+        f.write_all(HEADER.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| delivery("cannot write ledger", e))?;
+        sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(|e| delivery("cannot sync state directory", e))?;
+    }
+    Ok(f)
+}
+
+/// Replays journal bytes. Only complete lines count.
+fn replay(bytes: &[u8]) -> (HashSet<String>, HashMap<String, String>) {
+    let mut delivered = HashSet::new();
+    let mut pending = HashMap::new();
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &bytes[..=i],
+        None => &[][..],
+    };
+    for line in String::from_utf8_lossy(complete).lines() {
+        let mut w = line.split(' ');
+        match (w.next(), w.next(), w.next()) {
+            (Some("P"), Some(k), Some(t)) => {
+                pending.insert(k.to_string(), t.to_string());
+            }
+            (Some("D"), Some(k), None) => {
+                pending.remove(k);
+                delivered.insert(k.to_string());
+            }
+            (Some("F"), Some(k), None) => {
+                pending.remove(k);
+            }
+            _ => {}
+        }
+    }
+    (delivered, pending)
+}
+
+/// fsyncs a directory, making renames and creations in it durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut l = Ledger::open(dir.path(), "work").unwrap();
+            l.prepare(&[("uid1".into(), "tok1".into()), ("uid2".into(), "tok2".into())]).unwrap();
+            l.commit(&["uid1".into()]).unwrap();
+        }
+        let l = Ledger::open(dir.path(), "work").unwrap();
+        assert!(l.is_delivered("uid1"));
+        assert!(!l.is_delivered("uid2"));
+        assert_eq!(l.pending(), vec![("uid2".to_string(), "tok2".to_string())]);
+    }
+
+    #[test]
+    fn torn_last_line_is_ignored() {
+        let (d, p) = replay(b"# sshmail ledger v1\nD a\nD b\nD c");
+        assert!(d.contains("a") && d.contains("b") && !d.contains("c"));
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn compaction_keeps_only_what_is_asked_and_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path(), "a").unwrap();
+        l.prepare(&[("x".into(), "t".into())]).unwrap();
+        l.commit(&["a1".into(), "a2".into()]).unwrap();
+        l.compact(|k| k == "a2").unwrap();
+        l.commit(&["a3".into()]).unwrap();
+        drop(l);
+        let l = Ledger::open(dir.path(), "a").unwrap();
+        assert!(!l.is_delivered("a1") && l.is_delivered("a2") && l.is_delivered("a3"));
+        assert_eq!(l.pending().len(), 1);
+    }
+
+    #[test]
+    fn second_process_on_same_account_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Ledger::open(dir.path(), "a").unwrap();
+        let e = Ledger::open(dir.path(), "a").unwrap_err().to_string();
+        assert!(e.contains("another sshmail"), "{e}");
+        assert!(Ledger::open(dir.path(), "b").is_ok());
+    }
+
+    #[test]
+    fn ids_with_spaces_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path(), "a").unwrap();
+        assert!(l.commit(&["a b".into()]).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! sshmail: mail through SSH.
+//!
+//! The tool fetches mail by POP3 from a server reached through an in-process
+//! SSH connection and delivers it locally, durably, exactly once. The module
+//! layout follows the data flow:
+//!
+//! config → ssh (pool, channels) → wire + protocol core → deliver → ledger
+//!
+//! and only then back to the server to delete.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod error;
+pub mod fault;
+pub mod fetch;
+pub mod ledger;
+pub mod secret;
+pub mod ssh;
+pub mod wire;

@@ -1,0 +1,185 @@
+//! Where and how to connect: an account's SSH destination with
+//! `~/.ssh/config` applied.
+//!
+//! Precedence is OpenSSH's: what the account (or the command line) says wins,
+//! then the first matching value in `~/.ssh/config`, then defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ssh2_config::{ParseRule, SshConfig};
+
+use crate::config::{Account, HostKeyPolicy, PasswordSource, SshDestination, expand_tilde, home};
+use crate::error::{Error, Result};
+
+/// A resolved SSH connection target.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// The name the user gave (alias), used in messages.
+    pub alias: String,
+    /// The host to connect to (HostName).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The login user.
+    pub user: String,
+    /// Identity files to try, in order.
+    pub identities: Vec<PathBuf>,
+    /// Use only the listed identities, also from the agent.
+    pub identities_only: bool,
+    /// known_hosts files to consult; the first is where new keys are written.
+    pub known_hosts: Vec<PathBuf>,
+    /// Unknown host key policy.
+    pub policy: HostKeyPolicy,
+    /// Ask for zlib compression.
+    pub compress: bool,
+    /// Per-wait timeout; keepalives are sent at a third of it.
+    pub timeout: Duration,
+    /// Password for password / keyboard-interactive, if the account gives one.
+    pub password: PasswordSource,
+    /// Hosts to jump through first (ProxyJump), outermost first.
+    pub jumps: Vec<SshDestination>,
+}
+
+impl SshTarget {
+    /// The pool key: one connection per (user, host, port).
+    pub fn key(&self) -> (String, String, u16) {
+        (self.user.clone(), self.host.clone(), self.port)
+    }
+}
+
+/// Loads `~/.ssh/config` if it exists. A broken file is an error, not ignored.
+pub fn load_ssh_config(path: Option<&Path>) -> Result<Option<SshConfig>> {
+    let default = home().join(".ssh/config");
+    let path = path.unwrap_or(&default);
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Config(format!("cannot read {}: {e}", path.display()))),
+    };
+    let mut reader = std::io::BufReader::new(file);
+    SshConfig::default()
+        .parse(&mut reader, ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS)
+        .map(Some)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// Resolves the SSH destination of `account` against an ssh config.
+pub fn resolve(account: &Account, ssh_config: Option<&SshConfig>) -> Result<SshTarget> {
+    resolve_destination(&account.ssh, ssh_config, account)
+}
+
+fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, account: &Account) -> Result<SshTarget> {
+    let params = ssh_config.map(|c| c.query(&dest.host));
+    let first = |key: &str| -> Option<String> {
+        params.as_ref()?.unsupported_fields.get(key).and_then(|v| v.first()).cloned()
+    };
+    let host = params.as_ref().and_then(|p| p.host_name.clone()).unwrap_or_else(|| dest.host.clone());
+    let port = dest.port.or(params.as_ref().and_then(|p| p.port)).unwrap_or(22);
+    let user = dest
+        .user
+        .clone()
+        .or(params.as_ref().and_then(|p| p.user.clone()))
+        .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "root".into()));
+    let mut identities = account.identities.clone();
+    if let Some(files) = params.as_ref().and_then(|p| p.identity_file.clone()) {
+        identities.extend(files.iter().map(|p| expand_tilde(&p.to_string_lossy())));
+    }
+    let identities_only = first("identitiesonly").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+    let mut known_hosts = Vec::new();
+    if let Some(f) = &account.known_hosts {
+        known_hosts.push(f.clone());
+    } else if let Some(list) = params.as_ref().and_then(|p| p.unsupported_fields.get("userknownhostsfile")) {
+        known_hosts.extend(list.iter().filter(|s| *s != "none").map(|s| expand_tilde(s)));
+    }
+    if known_hosts.is_empty() {
+        known_hosts.push(home().join(".ssh/known_hosts"));
+        known_hosts.push(home().join(".ssh/known_hosts2"));
+    }
+    if account.known_hosts.is_none() {
+        known_hosts.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
+    }
+    let policy = match account.host_key_policy {
+        Some(p) => p,
+        None => match first("stricthostkeychecking").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("accept-new") => HostKeyPolicy::AcceptNew,
+            Some("no" | "off") => {
+                // We never accept a changed key; "no" only means "accept new".
+                HostKeyPolicy::AcceptNew
+            }
+            _ => HostKeyPolicy::Strict,
+        },
+    };
+    let compress = account.compress || params.as_ref().and_then(|p| p.compression).unwrap_or(false);
+    let jumps = match params.as_ref().and_then(|p| p.proxy_jump.clone()) {
+        Some(list) if !list.iter().any(|j| j == "none") => {
+            list.iter().map(|j| SshDestination::parse(j)).collect::<Result<Vec<_>>>()?
+        }
+        _ => Vec::new(),
+    };
+    Ok(SshTarget {
+        alias: dest.host.clone(),
+        host,
+        port,
+        user,
+        identities,
+        identities_only,
+        known_hosts,
+        policy,
+        compress,
+        timeout: account.timeout,
+        password: account.ssh_password.clone(),
+        jumps,
+    })
+}
+
+/// Resolves a ProxyJump hop: its own `~/.ssh/config` entry, the account's
+/// known_hosts and policy, no jumps of its own (one level, like `-J a,b`
+/// flattened by the caller).
+pub fn resolve_jump(dest: &SshDestination, ssh_config: Option<&SshConfig>, account: &Account) -> Result<SshTarget> {
+    let mut t = resolve_destination(dest, ssh_config, account)?;
+    t.jumps.clear();
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RawAccount, resolve as resolve_account};
+
+    fn parse(text: &str) -> SshConfig {
+        SshConfig::default()
+            .parse(&mut text.as_bytes(), ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS)
+            .unwrap()
+    }
+
+    #[test]
+    fn ssh_config_supplies_what_the_account_leaves_open() {
+        let cfg = parse(
+            "Host mail\n  HostName shell.example.org\n  User alice\n  Port 2222\n  IdentityFile /keys/id_mail\n  IdentitiesOnly yes\n  UserKnownHostsFile /kh/one /kh/two\n  StrictHostKeyChecking accept-new\n  Compression yes\n",
+        );
+        let raw = RawAccount { ssh: Some("mail".into()), ..Default::default() };
+        let account = resolve_account("a", &raw, None).unwrap();
+        let t = resolve(&account, Some(&cfg)).unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.user.as_str()), ("shell.example.org", 2222, "alice"));
+        assert_eq!(t.identities, vec![PathBuf::from("/keys/id_mail")]);
+        assert!(t.identities_only && t.compress);
+        assert_eq!(t.known_hosts[..2], [PathBuf::from("/kh/one"), PathBuf::from("/kh/two")]);
+        assert_eq!(t.policy, HostKeyPolicy::AcceptNew);
+    }
+
+    #[test]
+    fn account_wins_over_ssh_config() {
+        let cfg = parse("Host mail\n  User alice\n  Port 2222\n  StrictHostKeyChecking accept-new\n");
+        let raw = RawAccount {
+            ssh: Some("bob@mail:22".into()),
+            host_key_policy: Some("strict".into()),
+            known_hosts: Some("/my/kh".into()),
+            ..Default::default()
+        };
+        let account = resolve_account("a", &raw, None).unwrap();
+        let t = resolve(&account, Some(&cfg)).unwrap();
+        assert_eq!((t.user.as_str(), t.port, t.policy), ("bob", 22, HostKeyPolicy::Strict));
+        assert_eq!(t.known_hosts, vec![PathBuf::from("/my/kh")]);
+    }
+}
