@@ -3,11 +3,19 @@
 //! One [`Wire`] per connection: it owns the read buffer, so bytes that arrive
 //! beyond the current reply (pipelined answers) stay buffered for the next
 //! one. Every read waits at most `timeout`; every line is bounded.
+//!
+//! Writes go through a writer task of their own. With pipelining, the server
+//! may be streaming a large body at us while we queue the next command; on an
+//! SSH channel, a write that waits for the connection's event loop while that
+//! loop waits for us to read would deadlock. A separate writer means reading
+//! never waits on writing.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sshmail_proto::line::find_line;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 
@@ -16,7 +24,10 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// A stream with a read buffer and a per-wait timeout.
 pub struct Wire<S> {
-    io: S,
+    io: ReadHalf<S>,
+    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    write_error: Arc<Mutex<Option<Error>>>,
+    writer_task: Option<tokio::task::JoinHandle<()>>,
     buf: Vec<u8>,
     start: usize,
     timeout: Duration,
@@ -25,10 +36,42 @@ pub struct Wire<S> {
     pub received: u64,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
     /// Wraps `io`; `peer` names the other side in errors.
     pub fn new(io: S, timeout: Duration, peer: impl Into<String>) -> Wire<S> {
-        Wire { io, buf: Vec::with_capacity(READ_CHUNK), start: 0, timeout, peer: peer.into(), received: 0 }
+        let peer = peer.into();
+        let (read, mut write) = tokio::io::split(io);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let write_error = Arc::new(Mutex::new(None));
+        let errors = write_error.clone();
+        let who = peer.clone();
+        let writer_task = tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                let done = async {
+                    write.write_all(&bytes).await?;
+                    write.flush().await
+                };
+                let failure = match tokio::time::timeout(timeout, done).await {
+                    Ok(Ok(())) => continue,
+                    Err(_) => Error::Protocol(format!("{who} stopped accepting data for {} s", timeout.as_secs())),
+                    Ok(Err(e)) => Error::Connect(format!("connection to {who} failed: {e}")),
+                };
+                *errors.lock().expect("write error lock") = Some(failure);
+                return;
+            }
+            let _ = tokio::time::timeout(timeout, write.shutdown()).await;
+        });
+        Wire {
+            io: read,
+            writer: Some(tx),
+            write_error,
+            writer_task: Some(writer_task),
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            timeout,
+            peer,
+            received: 0,
+        }
     }
 
     /// The name of the other side.
@@ -97,23 +140,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
-    /// Writes all of `data` and flushes, within the timeout.
+    /// Queues `data` for the writer task. A failure of an earlier write is
+    /// reported here; a failure of this one, by the next call or by the read
+    /// that waits for the answer.
     pub async fn send(&mut self, data: &[u8]) -> Result<()> {
-        let io = &mut self.io;
-        let write = async {
-            io.write_all(data).await?;
-            io.flush().await
-        };
-        match tokio::time::timeout(self.timeout, write).await {
-            Err(_) => Err(Error::Protocol(format!("{} stopped accepting data for {} s", self.peer, self.timeout.as_secs()))),
-            Ok(Err(e)) => Err(Error::Connect(format!("connection to {} failed: {e}", self.peer))),
-            Ok(Ok(())) => Ok(()),
+        if let Some(e) = self.write_error.lock().expect("write error lock").take() {
+            return Err(e);
+        }
+        match &self.writer {
+            Some(tx) if tx.send(data.to_vec()).is_ok() => Ok(()),
+            _ => Err(Error::Connect(format!("connection to {} is closed for writing", self.peer))),
         }
     }
 
-    /// Closes the write side.
+    /// Closes the write side once everything queued is written.
     pub async fn shutdown(&mut self) {
-        let _ = tokio::time::timeout(self.timeout, self.io.shutdown()).await;
+        self.writer = None;
+        if let Some(task) = self.writer_task.take() {
+            let _ = tokio::time::timeout(self.timeout, task).await;
+        }
     }
 }
 

@@ -214,7 +214,7 @@ impl Run<'_> {
         to_delete: Vec<(u32, String)>,
     ) -> Result<HashSet<String>>
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let depth = if pop.caps.pipelining { PIPELINE_DEPTH } else { 1 };
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -294,7 +294,7 @@ impl Run<'_> {
     /// Reads one RETR reply and body into the Maildir's staging area.
     async fn receive<S>(&mut self, pop: &mut Pop3<S>, buf: &mut Vec<u8>) -> Result<Option<Finished>>
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         if let Reply::Err(t) = pop.reply().await? {
             tracing::debug!("RETR refused: {t}");

@@ -27,7 +27,7 @@ pub struct Pop3<S> {
     greeting: String,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Pop3<S> {
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     /// Reads the greeting.
     pub async fn start(mut wire: Wire<S>) -> Result<Pop3<S>> {
         let line = wire.read_line(MAX_LINE).await?;
