@@ -39,7 +39,10 @@ impl Default for DotDecoder {
 impl DotDecoder {
     /// A decoder positioned at the first line of a body.
     pub fn new() -> Self {
-        DotDecoder { state: State::LineStart, written: 0 }
+        DotDecoder {
+            state: State::LineStart,
+            written: 0,
+        }
     }
 
     /// True once the terminating `.` line has been consumed.

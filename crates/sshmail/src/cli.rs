@@ -26,7 +26,7 @@ With several accounts, the worst error wins; without errors, 0 if any mail came.
 /// Mail through SSH: fetch POP3 mail over an in-process SSH connection and
 /// deliver it to a Maildir, durably and exactly once.
 #[derive(Debug, Parser)]
-#[command(name = "sshmail", version, after_help = EXIT_CODES)]
+#[command(name = "sshmail", version, after_help = EXIT_CODES, args_override_self = true)]
 pub struct Cli {
     /// More log output (-v: progress of each account, -vv: protocol debugging).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -119,7 +119,10 @@ pub fn main() -> i32 {
         }
     };
     init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sshmail: cannot start: {e}");
@@ -173,7 +176,9 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         }
     };
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
-    let show = Presentation { progress: interactive };
+    let show = Presentation {
+        progress: interactive,
+    };
     let pool = SshPool::new();
     let mut worst: Option<Exit> = None;
     let mut any_mail = false;
@@ -189,8 +194,16 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                         o.on_server,
                         human_bytes(o.bytes),
                         o.deleted,
-                        if o.refused > 0 { format!(", {} refused by the server", o.refused) } else { String::new() },
-                        if o.recovered > 0 { format!(", {} finished from an interrupted run", o.recovered) } else { String::new() },
+                        if o.refused > 0 {
+                            format!(", {} refused by the server", o.refused)
+                        } else {
+                            String::new()
+                        },
+                        if o.recovered > 0 {
+                            format!(", {} finished from an interrupted run", o.recovered)
+                        } else {
+                            String::new()
+                        },
                     );
                 }
                 if o.refused > 0 {
@@ -231,17 +244,32 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
     };
     if let Some(dest) = &args.ssh {
         if !args.accounts.is_empty() {
-            return Err(Error::Config("give either account names or --ssh, not both".into()));
+            return Err(Error::Config(
+                "give either account names or --ssh, not both".into(),
+            ));
         }
         let server = args.server.as_deref().unwrap_or("localhost:110");
         let user = args.user.as_deref().unwrap_or("");
         let name: String = format!("ssh-{dest}-{user}-{server}")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
-        return Ok(vec![config::resolve(&name, &overrides, args.state_dir.as_deref())?]);
+        return Ok(vec![config::resolve(
+            &name,
+            &overrides,
+            args.state_dir.as_deref(),
+        )?]);
     }
-    let path = args.config.clone().unwrap_or_else(config::default_config_path);
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(config::default_config_path);
     if args.config.is_none() && !path.exists() {
         return Err(Error::Config(format!(
             "no config file at {}; write one (see `man sshmail`) or give --ssh HOST",
@@ -250,10 +278,16 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
     }
     let raw = config::load(&path)?;
     let state_dir = args.state_dir.clone().or(raw.state_dir.clone());
-    let names: Vec<String> =
-        if args.accounts.is_empty() { raw.account.keys().cloned().collect() } else { args.accounts.clone() };
+    let names: Vec<String> = if args.accounts.is_empty() {
+        raw.account.keys().cloned().collect()
+    } else {
+        args.accounts.clone()
+    };
     if names.is_empty() {
-        return Err(Error::Config(format!("{} defines no [account.NAME]", path.display())));
+        return Err(Error::Config(format!(
+            "{} defines no [account.NAME]",
+            path.display()
+        )));
     }
     names
         .iter()
@@ -273,7 +307,20 @@ fn merge(base: &RawAccount, over: &RawAccount) -> RawAccount {
     macro_rules! take {
         ($($f:ident),*) => { $( if over.$f.is_some() { m.$f = over.$f.clone(); } )* };
     }
-    take!(protocol, server, user, auth, keep, fetch_all, compress, deliver, identity, known_hosts, host_key_policy, timeout);
+    take!(
+        protocol,
+        server,
+        user,
+        auth,
+        keep,
+        fetch_all,
+        compress,
+        deliver,
+        identity,
+        known_hosts,
+        host_key_policy,
+        timeout
+    );
     if over.password_command.is_some() {
         m.password = None;
         m.password_command = over.password_command.clone();
@@ -302,17 +349,36 @@ mod tests {
 
     #[test]
     fn exit_codes_match_fetchmail() {
-        let codes: Vec<i32> = [Exit::Delivered, Exit::NoMail, Exit::Connect, Exit::Auth, Exit::Protocol, Exit::Usage, Exit::Permissions, Exit::Server, Exit::Delivery]
-            .iter()
-            .map(|e| e.code())
-            .collect();
+        let codes: Vec<i32> = [
+            Exit::Delivered,
+            Exit::NoMail,
+            Exit::Connect,
+            Exit::Auth,
+            Exit::Protocol,
+            Exit::Usage,
+            Exit::Permissions,
+            Exit::Server,
+            Exit::Delivery,
+        ]
+        .iter()
+        .map(|e| e.code())
+        .collect();
         assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 10]);
     }
 
     #[test]
     fn command_line_overrides_file() {
-        let base = RawAccount { ssh: Some("h".into()), keep: Some(false), password: Some("x".into()), ..Default::default() };
-        let over = RawAccount { keep: Some(true), password_command: Some(ConfigCommand::Shell("p".into())), ..Default::default() };
+        let base = RawAccount {
+            ssh: Some("h".into()),
+            keep: Some(false),
+            password: Some("x".into()),
+            ..Default::default()
+        };
+        let over = RawAccount {
+            keep: Some(true),
+            password_command: Some(ConfigCommand::Shell("p".into())),
+            ..Default::default()
+        };
         let m = merge(&base, &over);
         assert_eq!(m.keep, Some(true));
         assert!(m.password.is_none() && m.password_command.is_some());

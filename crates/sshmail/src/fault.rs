@@ -20,10 +20,12 @@ pub fn point(name: &str) {
             None => (v, 1),
         })
     });
-    if let Some((want, nth)) = target {
-        if want == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
-            eprintln!("sshmail: fault injected at {name}");
-            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        }
+    if let Some((want, nth)) = target
+        && want == name
+        && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth
+    {
+        eprintln!("sshmail: fault injected at {name}");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }

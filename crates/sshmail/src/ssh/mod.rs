@@ -34,10 +34,10 @@ impl SshPool {
         // Holding the lock while connecting makes concurrent callers for the
         // same host wait for one connection instead of opening several.
         let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&target.key()) {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
+        if let Some(s) = sessions.get(&target.key())
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
         }
         let mut via: Option<Arc<SshSession>> = None;
         for hop in jumps {
