@@ -22,6 +22,10 @@ use crate::error::{Result, delivery};
 use crate::fault;
 use crate::ledger::sync_dir;
 
+/// Ends the middle part of our own file names, so that files left in `tmp/`
+/// by a crashed sshmail can be told from other writers' files.
+const OWN_MARK: &str = "sshmail";
+
 /// A Maildir on local disk.
 #[derive(Debug)]
 pub struct Maildir {
@@ -97,7 +101,7 @@ impl Maildir {
             .unwrap_or_default();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let name = format!(
-            "{}.M{}P{}Q{}.{}",
+            "{}.M{}P{}Q{}{OWN_MARK}.{}",
             now.as_secs(),
             now.subsec_micros(),
             std::process::id(),
@@ -219,22 +223,34 @@ impl Maildir {
         Ok(false)
     }
 
-    /// Removes files in `tmp/` older than 36 hours (the Maildir rule), left by
-    /// crashes before their data was recorded.
+    /// Cleans `tmp/`: removes our own files whose writer process is gone
+    /// (a crashed fetch; anything it had recorded was recovered before this
+    /// is called), and anyone's files older than 36 hours (the Maildir rule).
     pub fn clean_tmp(&self) {
-        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
-            return;
-        };
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else { return };
         let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(36 * 3600);
         for e in entries.flatten() {
-            if e.metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t < cutoff)
-            {
+            let name = e.file_name();
+            let orphan = orphan_pid(&name.to_string_lossy(), &self.host)
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+            if orphan || stale {
                 let _ = fs::remove_file(e.path());
             }
         }
     }
+}
+
+/// The writer PID in one of our own names for this host, if it is one.
+fn orphan_pid(name: &str, host: &str) -> Option<u32> {
+    let mut parts = name.splitn(3, '.');
+    let (_, middle, right) = (parts.next()?, parts.next()?, parts.next()?);
+    if right != host {
+        return None;
+    }
+    let middle = middle.strip_suffix(OWN_MARK)?;
+    let after_p = &middle[middle.find('P')? + 1..];
+    after_p[..after_p.find('Q')?].parse().ok()
 }
 
 #[cfg(test)]
@@ -297,6 +313,23 @@ mod tests {
         .unwrap();
         assert!(md.recover(&f.name).unwrap());
         assert!(!md.recover("nonexistent.name").unwrap());
+    }
+
+    #[test]
+    fn orphans_of_dead_writers_are_removed_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path()).unwrap();
+        let live = md.begin().unwrap();
+        let dead = format!("1.M1P{}Q0{OWN_MARK}.{}", u32::MAX - 1, md.host);
+        let foreign = format!("1.M1P{}Q0.{}", u32::MAX - 1, md.host);
+        for n in [&dead, &foreign] {
+            fs::write(md.path().join("tmp").join(n), b"x").unwrap();
+        }
+        md.clean_tmp();
+        assert!(live.path.exists(), "a live writer's file was removed");
+        assert!(!md.path().join("tmp").join(&dead).exists(), "our dead writer's file stayed");
+        assert!(md.path().join("tmp").join(&foreign).exists(), "another program's file was removed");
+        assert_eq!(orphan_pid(&dead, &md.host), Some(u32::MAX - 1));
     }
 
     #[test]

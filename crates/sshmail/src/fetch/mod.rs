@@ -75,7 +75,6 @@ pub async fn fetch_account(
     let mut ledger = Ledger::open(&account.state_dir, &account.name)?;
     let Delivery::Maildir(path) = &account.deliver;
     let maildir = Maildir::open(path)?;
-    maildir.clean_tmp();
     let mut outcome = Outcome::default();
     for (key, token) in ledger.pending() {
         if maildir.recover(&token)? {
@@ -85,6 +84,8 @@ pub async fn fetch_account(
             ledger.forget(&key)?;
         }
     }
+    // Only after recovery, which may still need staged files.
+    maildir.clean_tmp();
     if outcome.recovered > 0 {
         tracing::info!(
             "{}: finished {} deliveries interrupted in an earlier run",
