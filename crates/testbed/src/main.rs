@@ -1,0 +1,70 @@
+//! `sshmail-testbed`: run the test servers by hand, for benchmarks and demos.
+//!
+//! ```text
+//! sshmail-testbed serve [--messages N] [--kind mixed|small] [--size BYTES] --env-file FILE
+//! ```
+//!
+//! Starts sshd and Dovecot, fills the INBOX, writes shell variable
+//! assignments describing them to FILE, and runs until its standard input
+//! closes; then it stops both servers (by PID) and removes its directory.
+
+#![forbid(unsafe_code)]
+
+use std::io::Read as _;
+
+use anyhow::{Context, Result, bail};
+use sshmail_testbed::{MAIL_PASSWORD, MAIL_USER, Testbed, corpus};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("serve") {
+        bail!("usage: sshmail-testbed serve [--messages N] [--kind mixed|small] [--size BYTES] --env-file FILE");
+    }
+    let mut messages = 100usize;
+    let mut kind = "mixed".to_string();
+    let mut size = 4096usize;
+    let mut env_file = None;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--messages" => messages = value()?.parse()?,
+            "--kind" => kind = value()?,
+            "--size" => size = value()?.parse()?,
+            "--env-file" => env_file = Some(value()?),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    let env_file = env_file.context("--env-file is required")?;
+    let mut bed = Testbed::start()?;
+    for i in 0..messages {
+        let m = match kind.as_str() {
+            "mixed" => corpus::mixed_message(i, 50),
+            "small" => corpus::small_message(i, size),
+            other => bail!("unknown --kind {other}"),
+        };
+        bed.add_message(&m)?;
+    }
+    let vars = [
+        ("TESTBED_DIR", bed.path().display().to_string()),
+        ("SSH_PORT", bed.ssh_port.to_string()),
+        ("SSH_USER", bed.account.name.clone()),
+        ("POP3_PORT", bed.pop3_port.to_string()),
+        ("IMAP_PORT", bed.imap_port.to_string()),
+        ("CLIENT_KEY", bed.client_key.display().to_string()),
+        ("KNOWN_HOSTS", bed.known_hosts.display().to_string()),
+        ("MAIL_USER", MAIL_USER.to_string()),
+        ("MAIL_PASSWORD", MAIL_PASSWORD.to_string()),
+        ("SERVER_MAILDIR", bed.server_maildir().display().to_string()),
+        ("MESSAGES", messages.to_string()),
+    ];
+    let text: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+    let tmp = format!("{env_file}.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &env_file)?;
+    // Serve until whoever started us closes our stdin.
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    drop(bed);
+    Ok(())
+}
