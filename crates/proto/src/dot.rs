@@ -39,10 +39,7 @@ impl Default for DotDecoder {
 impl DotDecoder {
     /// A decoder positioned at the first line of a body.
     pub fn new() -> Self {
-        DotDecoder {
-            state: State::LineStart,
-            written: 0,
-        }
+        DotDecoder { state: State::LineStart, written: 0 }
     }
 
     /// True once the terminating `.` line has been consumed.
@@ -81,10 +78,8 @@ impl DotDecoder {
                 }
                 (State::LineStart | State::Middle, _) => {
                     // Copy the run of ordinary bytes in one go.
-                    let run_end = input[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .map_or(input.len(), |p| i + p);
+                    let run_end =
+                        input[i..].iter().position(|&c| c == b'\r' || c == b'\n').map_or(input.len(), |p| i + p);
                     out.push(b);
                     out.extend_from_slice(&input[i..run_end]);
                     i = run_end;

@@ -25,11 +25,7 @@ pub fn find_line(buf: &[u8], limit: usize) -> Result<Option<(usize, usize)>, Lin
     let window = &buf[..buf.len().min(limit.saturating_add(2))];
     match window.iter().position(|&b| b == b'\n') {
         Some(lf) => {
-            let end = if lf > 0 && buf[lf - 1] == b'\r' {
-                lf - 1
-            } else {
-                lf
-            };
+            let end = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
             if end > limit {
                 return Err(LineTooLong { limit });
             }

@@ -130,10 +130,7 @@ impl Command {
 
     /// True for commands whose `+OK` is followed by a multi-line body.
     pub fn is_multiline(&self) -> bool {
-        matches!(
-            self,
-            Command::Capa | Command::Uidl | Command::List | Command::Retr(_)
-        )
+        matches!(self, Command::Capa | Command::Uidl | Command::List | Command::Retr(_))
     }
 }
 
@@ -144,11 +141,7 @@ pub fn is_terminator(line: &[u8]) -> bool {
 
 /// Removes the dot-stuffing of a listing line.
 pub fn unstuff(line: &[u8]) -> &[u8] {
-    if line.starts_with(b"..") {
-        &line[1..]
-    } else {
-        line
-    }
+    if line.starts_with(b"..") { &line[1..] } else { line }
 }
 
 /// What a server said it supports, from CAPA.
@@ -239,21 +232,12 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         s.push(T[(n >> 18) as usize & 63] as char);
         s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        s.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
+        s.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        s.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
     }
     s
 }
@@ -264,19 +248,13 @@ mod tests {
 
     #[test]
     fn parses_replies() {
-        assert_eq!(
-            Reply::parse(b"+OK Dovecot ready."),
-            Ok(Reply::Ok("Dovecot ready.".into()))
-        );
+        assert_eq!(Reply::parse(b"+OK Dovecot ready."), Ok(Reply::Ok("Dovecot ready.".into())));
         assert_eq!(Reply::parse(b"+OK"), Ok(Reply::Ok(String::new())));
         assert_eq!(
             Reply::parse(b"-ERR [AUTH] Authentication failed."),
             Ok(Reply::Err("[AUTH] Authentication failed.".into()))
         );
-        assert_eq!(
-            Reply::parse(b"-ERR [IN-USE] locked").unwrap().code(),
-            Some("IN-USE")
-        );
+        assert_eq!(Reply::parse(b"-ERR [IN-USE] locked").unwrap().code(), Some("IN-USE"));
         assert!(Reply::parse(b"+OKAY").is_err());
         assert!(Reply::parse(b"* OK IMAP").is_err());
         assert!(Reply::parse(b"").is_err());
@@ -284,31 +262,16 @@ mod tests {
 
     #[test]
     fn secrets_stay_secret_in_debug() {
-        let s = format!(
-            "{:?} {:?}",
-            Command::Pass("hunter2".into()),
-            Command::AuthPlain(sasl_plain("u", "hunter2"))
-        );
+        let s = format!("{:?} {:?}", Command::Pass("hunter2".into()), Command::AuthPlain(sasl_plain("u", "hunter2")));
         assert!(!s.contains("hunter2"));
         assert!(!s.contains(&sasl_plain("u", "hunter2")));
-        assert_eq!(
-            Command::Pass("hunter2".into()).to_wire(),
-            b"PASS hunter2\r\n"
-        );
+        assert_eq!(Command::Pass("hunter2".into()).to_wire(), b"PASS hunter2\r\n");
     }
 
     #[test]
     fn capabilities() {
         let mut c = Capabilities::default();
-        for l in [
-            "CAPA",
-            "TOP",
-            "UIDL",
-            "RESP-CODES",
-            "PIPELINING",
-            "USER",
-            "SASL PLAIN login",
-        ] {
+        for l in ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "USER", "SASL PLAIN login"] {
             c.add_line(l.as_bytes());
         }
         assert!(c.pipelining && c.uidl && c.user && !c.stls);
@@ -319,10 +282,7 @@ mod tests {
     fn listings() {
         assert_eq!(parse_stat("2 320"), Ok((2, 320)));
         assert!(parse_stat("x").is_err());
-        assert_eq!(
-            parse_uidl_line(b"1 whqtswO00WBw418f9t5JxYwZ"),
-            Ok((1, "whqtswO00WBw418f9t5JxYwZ".into()))
-        );
+        assert_eq!(parse_uidl_line(b"1 whqtswO00WBw418f9t5JxYwZ"), Ok((1, "whqtswO00WBw418f9t5JxYwZ".into())));
         assert!(parse_uidl_line(b"1").is_err());
         assert!(parse_uidl_line(b"1 bad\x01id").is_err());
         assert!(parse_uidl_line(&[b"1 ".as_slice(), &[b'a'; 71]].concat()).is_err());
@@ -339,9 +299,6 @@ mod tests {
         );
         assert_eq!(apop_timestamp("Dovecot ready."), None);
         // RFC 4616 example: authzid empty, "tim" / "tanstaaftanstaaf".
-        assert_eq!(
-            sasl_plain("tim", "tanstaaftanstaaf"),
-            "AHRpbQB0YW5zdGFhZnRhbnN0YWFm"
-        );
+        assert_eq!(sasl_plain("tim", "tanstaaftanstaaf"), "AHRpbQB0YW5zdGFhZnRhbnN0YWFm");
     }
 }

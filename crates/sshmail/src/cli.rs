@@ -119,10 +119,7 @@ pub fn main() -> i32 {
         }
     };
     init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sshmail: cannot start: {e}");
@@ -156,6 +153,7 @@ fn init_logging(cli: &Cli) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(cli.verbose >= 2)
+        .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .init();
 }
@@ -176,9 +174,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         }
     };
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
-    let show = Presentation {
-        progress: interactive,
-    };
+    let show = Presentation { progress: interactive };
     let pool = SshPool::new();
     let mut worst: Option<Exit> = None;
     let mut any_mail = false;
@@ -194,11 +190,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                         o.on_server,
                         human_bytes(o.bytes),
                         o.deleted,
-                        if o.refused > 0 {
-                            format!(", {} refused by the server", o.refused)
-                        } else {
-                            String::new()
-                        },
+                        if o.refused > 0 { format!(", {} refused by the server", o.refused) } else { String::new() },
                         if o.recovered > 0 {
                             format!(", {} finished from an interrupted run", o.recovered)
                         } else {
@@ -244,32 +236,14 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
     };
     if let Some(dest) = &args.ssh {
         if !args.accounts.is_empty() {
-            return Err(Error::Config(
-                "give either account names or --ssh, not both".into(),
-            ));
+            return Err(Error::Config("give either account names or --ssh, not both".into()));
         }
-        let server = args.server.as_deref().unwrap_or("localhost:110");
-        let user = args.user.as_deref().unwrap_or("");
-        let name: String = format!("ssh-{dest}-{user}-{server}")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        return Ok(vec![config::resolve(
-            &name,
-            &overrides,
-            args.state_dir.as_deref(),
-        )?]);
+        // The name shows in messages and, made file-safe, names the ledger.
+        let mut account = config::resolve("adhoc", &overrides, args.state_dir.as_deref())?;
+        account.name = format!("{}@{}:{} via {dest}", account.user, account.server_host, account.server_port);
+        return Ok(vec![account]);
     }
-    let path = args
-        .config
-        .clone()
-        .unwrap_or_else(config::default_config_path);
+    let path = args.config.clone().unwrap_or_else(config::default_config_path);
     if args.config.is_none() && !path.exists() {
         return Err(Error::Config(format!(
             "no config file at {}; write one (see `man sshmail`) or give --ssh HOST",
@@ -278,24 +252,16 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
     }
     let raw = config::load(&path)?;
     let state_dir = args.state_dir.clone().or(raw.state_dir.clone());
-    let names: Vec<String> = if args.accounts.is_empty() {
-        raw.account.keys().cloned().collect()
-    } else {
-        args.accounts.clone()
-    };
+    let names: Vec<String> =
+        if args.accounts.is_empty() { raw.account.keys().cloned().collect() } else { args.accounts.clone() };
     if names.is_empty() {
-        return Err(Error::Config(format!(
-            "{} defines no [account.NAME]",
-            path.display()
-        )));
+        return Err(Error::Config(format!("{} defines no [account.NAME]", path.display())));
     }
     names
         .iter()
         .map(|n| {
-            let base = raw
-                .account
-                .get(n)
-                .ok_or_else(|| Error::Config(format!("no account {n:?} in {}", path.display())))?;
+            let base =
+                raw.account.get(n).ok_or_else(|| Error::Config(format!("no account {n:?} in {}", path.display())))?;
             config::resolve(n, &merge(base, &overrides), state_dir.as_deref())
         })
         .collect()
@@ -328,7 +294,8 @@ fn merge(base: &RawAccount, over: &RawAccount) -> RawAccount {
     m
 }
 
-fn human_bytes(n: u64) -> String {
+/// A byte count for people: `12.3 MB`.
+pub fn human_bytes(n: u64) -> String {
     match n {
         0..1_000 => format!("{n} B"),
         1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
@@ -368,12 +335,8 @@ mod tests {
 
     #[test]
     fn command_line_overrides_file() {
-        let base = RawAccount {
-            ssh: Some("h".into()),
-            keep: Some(false),
-            password: Some("x".into()),
-            ..Default::default()
-        };
+        let base =
+            RawAccount { ssh: Some("h".into()), keep: Some(false), password: Some("x".into()), ..Default::default() };
         let over = RawAccount {
             keep: Some(true),
             password_command: Some(ConfigCommand::Shell("p".into())),

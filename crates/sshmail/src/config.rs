@@ -90,13 +90,9 @@ impl Command {
             .output()
             .map_err(|e| Error::Config(format!("{what}: cannot run {self:?}: {e}")))?;
         if !out.status.success() {
-            return Err(Error::Auth(format!(
-                "{what}: {self:?} exited with {}",
-                out.status
-            )));
+            return Err(Error::Auth(format!("{what}: {self:?} exited with {}", out.status)));
         }
-        let text = String::from_utf8(out.stdout)
-            .map_err(|_| Error::Auth(format!("{what}: output is not UTF-8")))?;
+        let text = String::from_utf8(out.stdout).map_err(|_| Error::Auth(format!("{what}: output is not UTF-8")))?;
         Ok(Secret::new(text.lines().next().unwrap_or("")))
     }
 }
@@ -173,11 +169,7 @@ pub struct SshDestination {
 impl SshDestination {
     /// Parses `[user@]host[:port]` (IPv6 as `[addr]:port`).
     pub fn parse(s: &str) -> Result<SshDestination> {
-        let bad = || {
-            Error::Config(format!(
-                "bad SSH destination {s:?}: expected [user@]host[:port]"
-            ))
-        };
+        let bad = || Error::Config(format!("bad SSH destination {s:?}: expected [user@]host[:port]"));
         let (user, rest) = match s.rsplit_once('@') {
             Some((u, r)) if !u.is_empty() => (Some(u.to_string()), r),
             Some(_) => return Err(bad()),
@@ -269,9 +261,7 @@ fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
 
 /// The user's home directory.
 pub fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
 }
 
 /// Expands a leading `~/`.
@@ -288,8 +278,7 @@ pub fn expand_tilde(s: &str) -> PathBuf {
 pub fn load(path: &Path) -> Result<RawConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("cannot read config {}: {e}", path.display())))?;
-    let raw: RawConfig = toml::from_str(&text)
-        .map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?;
+    let raw: RawConfig = toml::from_str(&text).map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?;
     if raw.account.values().any(|a| a.password.is_some()) {
         let mode = std::fs::metadata(path)
             .map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?
@@ -310,18 +299,12 @@ pub fn load(path: &Path) -> Result<RawConfig> {
 /// Resolves one raw account.
 pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<Account> {
     let ctx = |msg: String| Error::Config(format!("account {name}: {msg}"));
-    let ssh = SshDestination::parse(
-        raw.ssh
-            .as_deref()
-            .ok_or_else(|| ctx("no `ssh` destination".into()))?,
-    )
-    .map_err(|e| ctx(e.to_string()))?;
+    let ssh = SshDestination::parse(raw.ssh.as_deref().ok_or_else(|| ctx("no `ssh` destination".into()))?)
+        .map_err(|e| ctx(e.to_string()))?;
     let protocol = match raw.protocol.as_deref().unwrap_or("pop3") {
         "pop3" | "pop" => Protocol::Pop3,
         other => {
-            return Err(ctx(format!(
-                "unknown protocol {other:?} (this version supports: pop3)"
-            )));
+            return Err(ctx(format!("unknown protocol {other:?} (this version supports: pop3)")));
         }
     };
     let (server_host, server_port) = match raw.server.as_deref() {
@@ -349,21 +332,17 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         "apop" => Pop3Auth::Apop,
         "plain" => Pop3Auth::Plain,
         other => {
-            return Err(ctx(format!(
-                "unknown auth {other:?} (auto, user, apop, plain)"
-            )));
+            return Err(ctx(format!("unknown auth {other:?} (auto, user, apop, plain)")));
         }
     };
-    let deliver = parse_delivery(raw.deliver.as_deref().unwrap_or("maildir:~/Maildir"))
-        .map_err(|e| ctx(e.to_string()))?;
+    let deliver =
+        parse_delivery(raw.deliver.as_deref().unwrap_or("maildir:~/Maildir")).map_err(|e| ctx(e.to_string()))?;
     let host_key_policy = match raw.host_key_policy.as_deref() {
         None => None,
         Some("strict" | "yes") => Some(HostKeyPolicy::Strict),
         Some("accept-new") => Some(HostKeyPolicy::AcceptNew),
         Some(other) => {
-            return Err(ctx(format!(
-                "unknown host_key_policy {other:?} (strict, accept-new)"
-            )));
+            return Err(ctx(format!("unknown host_key_policy {other:?} (strict, accept-new)")));
         }
     };
     let timeout = raw.timeout.unwrap_or(30);
@@ -387,19 +366,12 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         fetch_all: raw.fetch_all.unwrap_or(false),
         compress: raw.compress.unwrap_or(false),
         deliver,
-        identities: raw
-            .identity
-            .iter()
-            .flatten()
-            .map(|s| expand_tilde(s))
-            .collect(),
+        identities: raw.identity.iter().flatten().map(|s| expand_tilde(s)).collect(),
         known_hosts: raw.known_hosts.as_deref().map(expand_tilde),
         host_key_policy,
         timeout: Duration::from_secs(timeout),
         ssh_password,
-        state_dir: state_dir
-            .map(expand_tilde)
-            .unwrap_or_else(default_state_dir),
+        state_dir: state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
     })
 }
 
@@ -407,16 +379,12 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
 pub fn parse_delivery(s: &str) -> Result<Delivery> {
     match s.split_once(':') {
         Some(("maildir", path)) if !path.is_empty() => Ok(Delivery::Maildir(expand_tilde(path))),
-        _ => Err(Error::Config(format!(
-            "bad delivery {s:?}: expected maildir:PATH"
-        ))),
+        _ => Err(Error::Config(format!("bad delivery {s:?}: expected maildir:PATH"))),
     }
 }
 
 fn local_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "root".into())
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "root".into())
 }
 
 #[cfg(test)]
@@ -426,10 +394,7 @@ mod tests {
     #[test]
     fn parses_destinations() {
         let d = SshDestination::parse("me@shell.example.org:2222").unwrap();
-        assert_eq!(
-            (d.user.as_deref(), d.host.as_str(), d.port),
-            (Some("me"), "shell.example.org", Some(2222))
-        );
+        assert_eq!((d.user.as_deref(), d.host.as_str(), d.port), (Some("me"), "shell.example.org", Some(2222)));
         let d = SshDestination::parse("host").unwrap();
         assert_eq!((d.user, d.host.as_str(), d.port), (None, "host", None));
         let d = SshDestination::parse("[::1]:22").unwrap();
@@ -440,40 +405,23 @@ mod tests {
 
     #[test]
     fn resolves_with_defaults() {
-        let raw: RawConfig = toml::from_str(
-            "[account.work]\nssh = \"me@shell\"\npassword_command = [\"pass\", \"show\", \"mail\"]\n",
-        )
-        .unwrap();
+        let raw: RawConfig =
+            toml::from_str("[account.work]\nssh = \"me@shell\"\npassword_command = [\"pass\", \"show\", \"mail\"]\n")
+                .unwrap();
         let a = resolve("work", &raw.account["work"], Some("/tmp/st")).unwrap();
-        assert_eq!(
-            (a.server_host.as_str(), a.server_port, a.user.as_str()),
-            ("localhost", 110, "me")
-        );
+        assert_eq!((a.server_host.as_str(), a.server_port, a.user.as_str()), ("localhost", 110, "me"));
         assert!(!a.keep && !a.compress);
         assert_eq!(a.timeout, Duration::from_secs(30));
-        assert!(matches!(
-            a.password,
-            PasswordSource::Command(Command::Argv(_))
-        ));
+        assert!(matches!(a.password, PasswordSource::Command(Command::Argv(_))));
     }
 
     #[test]
     fn rejects_unknown_keys_and_values() {
-        assert!(
-            toml::from_str::<RawConfig>("[account.a]\nssh = \"h\"\npasword = \"x\"\n").is_err()
-        );
-        let raw = RawAccount {
-            ssh: Some("h".into()),
-            protocol: Some("smtp".into()),
-            ..Default::default()
-        };
+        assert!(toml::from_str::<RawConfig>("[account.a]\nssh = \"h\"\npasword = \"x\"\n").is_err());
+        let raw = RawAccount { ssh: Some("h".into()), protocol: Some("smtp".into()), ..Default::default() };
         let e = resolve("a", &raw, None).unwrap_err().to_string();
         assert!(e.contains("unknown protocol"), "{e}");
-        let raw = RawAccount {
-            ssh: Some("h".into()),
-            deliver: Some("mbox".into()),
-            ..Default::default()
-        };
+        let raw = RawAccount { ssh: Some("h".into()), deliver: Some("mbox".into()), ..Default::default() };
         assert!(resolve("a", &raw, None).is_err());
     }
 

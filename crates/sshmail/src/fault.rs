@@ -25,7 +25,6 @@ pub fn point(name: &str) {
         && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth
     {
         eprintln!("sshmail: fault injected at {name}");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }

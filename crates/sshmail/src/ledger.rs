@@ -44,22 +44,9 @@ impl Ledger {
     /// Opens (creating if needed) and replays the ledger of `account` in
     /// `dir`, taking the account's lock.
     pub fn open(dir: &Path, account: &str) -> Result<Ledger> {
-        fs::create_dir_all(dir).map_err(|e| {
-            delivery(
-                format!("cannot create state directory {}", dir.display()),
-                e,
-            )
-        })?;
-        let safe: String = account
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        fs::create_dir_all(dir).map_err(|e| delivery(format!("cannot create state directory {}", dir.display()), e))?;
+        let safe: String =
+            account.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' }).collect();
         let lock_path = dir.join(format!("{safe}.lock"));
         let lock = OpenOptions::new()
             .create(true)
@@ -79,20 +66,11 @@ impl Ledger {
             Ok(bytes) => replay(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(e) => {
-                return Err(delivery(
-                    format!("cannot read ledger {}", path.display()),
-                    e,
-                ));
+                return Err(delivery(format!("cannot read ledger {}", path.display()), e));
             }
         };
         let file = open_append(&path)?;
-        Ok(Ledger {
-            path,
-            file,
-            _lock: lock,
-            delivered,
-            pending,
-        })
+        Ok(Ledger { path, file, _lock: lock, delivered, pending })
     }
 
     /// True if `key` was delivered before.
@@ -107,11 +85,7 @@ impl Ledger {
 
     /// Prepared but not confirmed deliveries, left by an interrupted run.
     pub fn pending(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self
-            .pending
-            .iter()
-            .map(|(k, t)| (k.clone(), t.clone()))
-            .collect();
+        let mut v: Vec<_> = self.pending.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
         v.sort();
         v
     }
@@ -169,13 +143,8 @@ impl Ledger {
         let tmp = self.path.with_extension("ledger.new");
         let ctx = |e| delivery(format!("cannot rewrite ledger {}", self.path.display()), e);
         {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(ctx)?;
+            let mut f =
+                OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).map_err(ctx)?;
             f.write_all(text.as_bytes()).map_err(ctx)?;
             f.sync_all().map_err(ctx)?;
         }
@@ -200,9 +169,7 @@ impl Ledger {
 
 fn check_field(s: &str) -> Result<()> {
     if s.is_empty() || s.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(Error::Protocol(format!(
-            "refusing to record an id with spaces or control characters: {s:?}"
-        )));
+        return Err(Error::Protocol(format!("refusing to record an id with spaces or control characters: {s:?}")));
     }
     Ok(())
 }
@@ -216,11 +183,8 @@ fn open_append(path: &Path) -> Result<File> {
         .open(path)
         .map_err(|e| delivery(format!("cannot open ledger {}", path.display()), e))?;
     if new {
-        f.write_all(HEADER.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| delivery("cannot write ledger", e))?;
-        sync_dir(path.parent().unwrap_or(Path::new(".")))
-            .map_err(|e| delivery("cannot sync state directory", e))?;
+        f.write_all(HEADER.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| delivery("cannot write ledger", e))?;
+        sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(|e| delivery("cannot sync state directory", e))?;
     }
     Ok(f)
 }
@@ -266,11 +230,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut l = Ledger::open(dir.path(), "work").unwrap();
-            l.prepare(&[
-                ("uid1".into(), "tok1".into()),
-                ("uid2".into(), "tok2".into()),
-            ])
-            .unwrap();
+            l.prepare(&[("uid1".into(), "tok1".into()), ("uid2".into(), "tok2".into())]).unwrap();
             l.commit(&["uid1".into()]).unwrap();
         }
         let l = Ledger::open(dir.path(), "work").unwrap();

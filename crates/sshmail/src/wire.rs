@@ -53,10 +53,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
                 };
                 let failure = match tokio::time::timeout(timeout, done).await {
                     Ok(Ok(())) => continue,
-                    Err(_) => Error::Protocol(format!(
-                        "{who} stopped accepting data for {} s",
-                        timeout.as_secs()
-                    )),
+                    Err(_) => Error::Protocol(format!("{who} stopped accepting data for {} s", timeout.as_secs())),
                     Ok(Err(e)) => Error::Connect(format!("connection to {who} failed: {e}")),
                 };
                 *errors.lock().expect("write error lock") = Some(failure);
@@ -116,19 +113,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
             }
             Ok(Err(e)) => {
                 self.buf.truncate(old);
-                return Err(Error::Connect(format!(
-                    "connection to {} failed: {e}",
-                    self.peer
-                )));
+                return Err(Error::Connect(format!("connection to {} failed: {e}", self.peer)));
             }
             Ok(Ok(n)) => n,
         };
         self.buf.truncate(old + n);
         if n == 0 {
-            return Err(Error::Connect(format!(
-                "{} closed the connection unexpectedly",
-                self.peer
-            )));
+            return Err(Error::Connect(format!("{} closed the connection unexpectedly", self.peer)));
         }
         self.received += n as u64;
         Ok(())
@@ -158,10 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
         }
         match &self.writer {
             Some(tx) if tx.send(data.to_vec()).is_ok() => Ok(()),
-            _ => Err(Error::Connect(format!(
-                "connection to {} is closed for writing",
-                self.peer
-            ))),
+            _ => Err(Error::Connect(format!("connection to {} is closed for writing", self.peer))),
         }
     }
 
@@ -210,9 +198,6 @@ mod tests {
         let (server, client) = tokio::io::duplex(1024);
         drop(server);
         let mut w = Wire::new(client, Duration::from_secs(5), "gone");
-        assert!(matches!(
-            w.read_line(100).await.unwrap_err(),
-            Error::Connect(_)
-        ));
+        assert!(matches!(w.read_line(100).await.unwrap_err(), Error::Connect(_)));
     }
 }

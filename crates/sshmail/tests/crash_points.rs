@@ -29,13 +29,8 @@ fn durable_before_destructive_kill_at_every_step_pop3_maildir() {
     for point in POINTS {
         let mut env = Env::new();
         env.add_messages((0..12).map(|i| corpus::mixed_message(i, 0)));
-        let child = env
-            .command(&[])
-            .env("SSHMAIL_FAULT", point)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child =
+            env.command(&[]).env("SSHMAIL_FAULT", point).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let out = wait_bounded(child, Duration::from_secs(60));
         assert_eq!(out.status.code(), None, "{point}: the fault did not fire; stderr: {}", stderr(&out));
         assert!(stderr(&out).contains("fault injected"), "{point}: {}", stderr(&out));

@@ -20,18 +20,10 @@ fn env_with_big_mail() -> Env {
 
 /// Starts a fetch and waits until a message is being written locally.
 fn start_and_wait_for_transfer(env: &Env, extra: &[&str]) -> std::process::Child {
-    let child = env
-        .command(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.command(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while env.tmp_files() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the fetch never started writing a message"
-        );
+        assert!(Instant::now() < deadline, "the fetch never started writing a message");
         std::thread::sleep(Duration::from_micros(200));
     }
     child
@@ -40,10 +32,7 @@ fn start_and_wait_for_transfer(env: &Env, extra: &[&str]) -> std::process::Child
 fn assert_only_complete_messages(env: &Env) {
     let expected = env.expected();
     for m in env.delivered() {
-        assert!(
-            expected.binary_search(&m).is_ok(),
-            "a delivered message is not one of the originals (partial?)"
-        );
+        assert!(expected.binary_search(&m).is_ok(), "a delivered message is not one of the originals (partial?)");
     }
 }
 
@@ -57,27 +46,14 @@ fn sshd_killed_mid_retr_gives_prompt_error_and_next_run_completes() {
         signal(pid, "KILL");
     }
     let out = wait_bounded(child, Duration::from_secs(30));
-    assert!(
-        matches!(code(&out), 2 | 4),
-        "expected a connection/protocol error, got {}: {}",
-        code(&out),
-        stderr(&out)
-    );
+    assert!(matches!(code(&out), 2 | 4), "expected a connection/protocol error, got {}: {}", code(&out), stderr(&out));
     assert_only_complete_messages(&env);
     assert_eq!(env.tmp_files(), 0, "a cut-off message was left in tmp/");
-    assert_eq!(
-        env.bed.server_message_count().unwrap(),
-        30,
-        "nothing may be deleted without QUIT"
-    );
+    assert_eq!(env.bed.server_message_count().unwrap(), 30, "nothing may be deleted without QUIT");
 
     let out = env.run(&[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(
-        env.delivered(),
-        env.expected(),
-        "every message exactly once after the rerun"
-    );
+    assert_eq!(env.delivered(), env.expected(), "every message exactly once after the rerun");
     assert_eq!(env.bed.server_message_count().unwrap(), 0);
 }
 
@@ -98,17 +74,9 @@ fn frozen_sshd_is_noticed_within_the_timeout_and_next_run_completes() {
         signal(pid, "CONT");
         signal(pid, "KILL");
     }
-    assert!(
-        matches!(code(&out), 2 | 4),
-        "expected a connection/protocol error, got {}: {}",
-        code(&out),
-        stderr(&out)
-    );
+    assert!(matches!(code(&out), 2 | 4), "expected a connection/protocol error, got {}: {}", code(&out), stderr(&out));
     let err = stderr(&out);
-    assert!(
-        err.contains("stalled") || err.contains("eepalive") || err.contains("closed"),
-        "{err}"
-    );
+    assert!(err.contains("stalled") || err.contains("eepalive") || err.contains("closed"), "{err}");
     eprintln!("frozen link noticed after {took:?}");
     assert_only_complete_messages(&env);
     assert_eq!(env.tmp_files(), 0);

@@ -13,11 +13,7 @@ fn two_hundred_mixed_messages_arrive_exactly_once_and_byte_identical() {
     // Keep mode: everything arrives, the server keeps its copies.
     let out = env.run(&["--keep"]);
     assert_exit(&out, 0);
-    assert_eq!(
-        env.delivered(),
-        env.expected(),
-        "delivered mail differs from the originals"
-    );
+    assert_eq!(env.delivered(), env.expected(), "delivered mail differs from the originals");
     assert_eq!(env.bed.server_message_count().unwrap(), 200);
     assert_eq!(env.tmp_files(), 0);
 
@@ -40,12 +36,7 @@ fn delete_mode_empties_the_server_only_after_delivery() {
     let out = env.run(&["-v"]);
     assert_exit(&out, 0);
     assert_eq!(env.delivered(), env.expected());
-    assert_eq!(
-        env.bed.server_message_count().unwrap(),
-        0,
-        "stderr: {}",
-        stderr(&out)
-    );
+    assert_eq!(env.bed.server_message_count().unwrap(), 0, "stderr: {}", stderr(&out));
 
     // New mail after that is fetched; nothing old comes back.
     env.add_messages((40..45).map(|i| corpus::mixed_message(i, 0)));

@@ -20,10 +20,7 @@ fn host_keys_are_verified_unknown_host_is_refused() {
     let out = env.run(&["--known-hosts", empty.to_str().unwrap()]);
     assert_exit(&out, 2);
     let err = stderr(&out);
-    assert!(
-        err.contains("is not known") && err.contains("SHA256:"),
-        "{err}"
-    );
+    assert!(err.contains("is not known") && err.contains("SHA256:"), "{err}");
     assert!(env.delivered().is_empty());
     assert_eq!(env.bed.server_message_count().unwrap(), 5);
 }
@@ -32,18 +29,10 @@ fn host_keys_are_verified_unknown_host_is_refused() {
 fn accept_new_records_a_hashed_line_and_then_trusts_it() {
     let env = env_with_mail();
     let kh = env.home.path().join("kh/known_hosts");
-    let out = env.run(&[
-        "--known-hosts",
-        kh.to_str().unwrap(),
-        "--accept-new-host-key",
-        "--keep",
-    ]);
+    let out = env.run(&["--known-hosts", kh.to_str().unwrap(), "--accept-new-host-key", "--keep"]);
     assert_exit(&out, 0);
     let text = std::fs::read_to_string(&kh).unwrap();
-    assert!(
-        text.starts_with("|1|") && !text.contains("127.0.0.1"),
-        "{text}"
-    );
+    assert!(text.starts_with("|1|") && !text.contains("127.0.0.1"), "{text}");
     assert!(text.contains(&env.bed.host_key_line), "{text}");
     // Strict from now on, and the recorded key is trusted.
     let out = env.run(&["--known-hosts", kh.to_str().unwrap(), "--keep"]);
@@ -60,31 +49,15 @@ fn host_keys_are_verified_changed_key_is_refused_even_with_accept_new() {
     let kh = env.home.path().join("changed_known_hosts");
     std::fs::write(
         &kh,
-        format!(
-            "# old key\n[127.0.0.1]:{} {} {}\n",
-            env.bed.ssh_port,
-            fields.next().unwrap(),
-            fields.next().unwrap()
-        ),
+        format!("# old key\n[127.0.0.1]:{} {} {}\n", env.bed.ssh_port, fields.next().unwrap(), fields.next().unwrap()),
     )
     .unwrap();
-    let out = env.run(&[
-        "--known-hosts",
-        kh.to_str().unwrap(),
-        "--accept-new-host-key",
-    ]);
+    let out = env.run(&["--known-hosts", kh.to_str().unwrap(), "--accept-new-host-key"]);
     assert_exit(&out, 2);
     let err = stderr(&out);
     assert!(err.contains("changed"), "{err}");
-    assert!(
-        err.contains(&format!("{}:2", kh.display())),
-        "names file:line: {err}"
-    );
-    assert_eq!(
-        err.matches("SHA256:").count(),
-        2,
-        "names both fingerprints: {err}"
-    );
+    assert!(err.contains(&format!("{}:2", kh.display())), "names file:line: {err}");
+    assert_eq!(err.matches("SHA256:").count(), 2, "names both fingerprints: {err}");
     assert!(env.delivered().is_empty());
     assert_eq!(env.bed.server_message_count().unwrap(), 5);
 }
@@ -115,11 +88,7 @@ fn wrong_ssh_key_gives_exit_3() {
     sshmail_testbed::generate_key(&wrong).unwrap();
     let out = env.command_with_identity(&wrong, &[]).output().unwrap();
     assert_exit(&out, 3);
-    assert!(
-        stderr(&out).contains("SSH authentication"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("SSH authentication"), "{}", stderr(&out));
     assert!(env.delivered().is_empty());
 }
 
@@ -129,27 +98,17 @@ fn wrong_mail_password_gives_exit_3() {
     std::fs::write(env.home.path().join("password"), "not the password").unwrap();
     let out = env.run(&[]);
     assert_exit(&out, 3);
-    assert!(
-        stderr(&out).contains("login as mailuser refused"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("login as mailuser refused"), "{}", stderr(&out));
     assert_eq!(env.bed.server_message_count().unwrap(), 5);
 }
 
 #[test]
 fn forwarding_forbidden_gives_a_clear_error() {
-    let mut env = Env::with(Options {
-        allow_tcp_forwarding: false,
-    });
+    let mut env = Env::with(Options { allow_tcp_forwarding: false });
     env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
     let out = env.run(&[]);
     assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("AllowTcpForwarding"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("AllowTcpForwarding"), "{}", stderr(&out));
     assert!(env.delivered().is_empty());
 }
 
@@ -161,9 +120,5 @@ fn nothing_listening_at_the_server_address_gives_a_clear_error() {
     cmd.args(["--server", "127.0.0.1:1"]);
     let out = cmd.output().unwrap();
     assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("refused the forward to 127.0.0.1:1"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("refused the forward to 127.0.0.1:1"), "{}", stderr(&out));
 }

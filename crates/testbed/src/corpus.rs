@@ -30,8 +30,8 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "mail", "through", "ssh", "tunnel", "server", "Grüße", "naïve", "café", "delivery", "maildir",
-    "pop3", "imap", "durable", "ledger", "From", ".", "..", "the", "a", "über",
+    "mail", "through", "ssh", "tunnel", "server", "Grüße", "naïve", "café", "delivery", "maildir", "pop3", "imap",
+    "durable", "ledger", "From", ".", "..", "the", "a", "über",
 ];
 
 /// Message `i` of a mixed corpus. Every `big_every`-th message (if non-zero)
@@ -44,25 +44,20 @@ pub fn mixed_message(i: usize, big_every: usize) -> Vec<u8> {
     m.push_str("To: mailuser@example.net\n");
     match i % 4 {
         0 => m.push_str(&format!("Subject: plain message {i}\n")),
-        1 => m.push_str(&format!(
-            "Subject: =?UTF-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?= {i}\n"
-        )),
+        1 => m.push_str(&format!("Subject: =?UTF-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?= {i}\n")),
         2 => m.push_str(&format!("Subject: =?ISO-8859-1?Q?caf=E9_au_lait?= {i}\n")),
         _ => m.push_str(&format!("Subject: 8-bit header Grüße {i}\n")),
     }
-    m.push_str(&format!(
-        "Message-ID: <msg{i}.{}@example.org>\n",
-        rng.next_u64()
-    ));
+    m.push_str(&format!("Message-ID: <msg{i}.{}@example.org>\n", rng.next_u64()));
     m.push_str("Date: Sat, 21 Nov 2026 12:00:00 +0000\n");
     m.push_str("MIME-Version: 1.0\n");
     let big = big_every > 0 && i % big_every == big_every - 1;
     let boundary = format!("=-=boundary-{i}=-=");
     if big {
+        m.push_str(&format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\n\n"));
         m.push_str(&format!(
-            "Content-Type: multipart/mixed; boundary=\"{boundary}\"\n\n"
+            "--{boundary}\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
         ));
-        m.push_str(&format!("--{boundary}\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"));
     } else {
         m.push_str("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n");
     }
@@ -76,9 +71,7 @@ pub fn mixed_message(i: usize, big_every: usize) -> Vec<u8> {
             _ => {}
         }
         let n = rng.range(1, 14);
-        let words: Vec<&str> = (0..n)
-            .map(|_| WORDS[rng.range(0, WORDS.len() as u64) as usize])
-            .collect();
+        let words: Vec<&str> = (0..n).map(|_| WORDS[rng.range(0, WORDS.len() as u64) as usize]).collect();
         m.push_str(&words.join(" "));
         m.push('\n');
     }
@@ -122,16 +115,8 @@ fn base64_lines(data: &[u8]) -> Vec<u8> {
                 | u32::from(*c.get(2).unwrap_or(&0));
             out.push(T[(n >> 18) as usize & 63]);
             out.push(T[(n >> 12) as usize & 63]);
-            out.push(if c.len() > 1 {
-                T[(n >> 6) as usize & 63]
-            } else {
-                b'='
-            });
-            out.push(if c.len() > 2 {
-                T[n as usize & 63]
-            } else {
-                b'='
-            });
+            out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] } else { b'=' });
+            out.push(if c.len() > 2 { T[n as usize & 63] } else { b'=' });
         }
         out.push(b'\n');
     }

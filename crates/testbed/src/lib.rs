@@ -45,9 +45,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            allow_tcp_forwarding: true,
-        }
+        Options { allow_tcp_forwarding: true }
     }
 }
 
@@ -95,9 +93,7 @@ impl Testbed {
     /// Starts both servers.
     pub fn start_with(opts: Options) -> Result<Testbed> {
         let account = test_account()?;
-        let dir = tempfile::Builder::new()
-            .prefix("sshmail-testbed.")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("sshmail-testbed.").tempdir()?;
         // The mail user must reach its Maildir below this directory.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let mut bed = Testbed {
@@ -156,12 +152,7 @@ impl Testbed {
     /// mail account so Dovecot can read it. Returns the file name.
     pub fn add_message(&mut self, content: &[u8]) -> Result<String> {
         self.seq += 1;
-        let name = format!(
-            "{}.M{}P{}.testbed",
-            1_700_000_000 + self.seq,
-            self.seq,
-            std::process::id()
-        );
+        let name = format!("{}.M{}P{}.testbed", 1_700_000_000 + self.seq, self.seq, std::process::id());
         let md = self.server_maildir();
         let tmp = md.join("tmp").join(&name);
         fs::write(&tmp, content)?;
@@ -278,11 +269,7 @@ impl Testbed {
             root = root.display(),
             authorized = authorized.display(),
             user = self.account.name,
-            fwd = if opts.allow_tcp_forwarding {
-                "yes"
-            } else {
-                "no"
-            },
+            fwd = if opts.allow_tcp_forwarding { "yes" } else { "no" },
         );
         let conf_path = root.join("sshd_config");
         fs::write(&conf_path, config)?;
@@ -302,11 +289,7 @@ impl Testbed {
         wait_for_port(port, &root.join("sshd.log"))?;
         let pubkey = fs::read_to_string(host_key.with_extension("pub"))?;
         let mut fields = pubkey.split_whitespace();
-        let line = format!(
-            "{} {}",
-            fields.next().unwrap_or(""),
-            fields.next().unwrap_or("")
-        );
+        let line = format!("{} {}", fields.next().unwrap_or(""), fields.next().unwrap_or(""));
         let known_hosts = root.join("known_hosts");
         fs::write(&known_hosts, format!("[127.0.0.1]:{port} {line}\n"))?;
         self.client_key = client_key;
@@ -324,10 +307,7 @@ impl Drop for Testbed {
             signal(pid, "CONT");
             signal(pid, "KILL");
         }
-        for child in [self.sshd.take(), self.dovecot.take()]
-            .into_iter()
-            .flatten()
-        {
+        for child in [self.sshd.take(), self.dovecot.take()].into_iter().flatten() {
             let mut child = child;
             signal(child.id(), "TERM");
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -345,11 +325,7 @@ impl Drop for Testbed {
 
 /// Sends a signal (by name, as `kill -NAME`) to one process.
 pub fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).stderr(Stdio::null()).status();
 }
 
 /// All descendants of `pid`, found through /proc.
@@ -371,10 +347,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
             let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
                 continue;
             };
-            let ppid = after
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse::<u32>().ok());
+            let ppid = after.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
             if ppid == Some(parent) {
                 out.push(child);
                 frontier.push(child);
@@ -387,31 +360,13 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 fn test_account() -> Result<Account> {
     if rustix_uid() != 0 {
         let name = run_text(Command::new("id").arg("-un"))?;
-        return Ok(Account {
-            name,
-            uid: rustix_uid(),
-            gid: run_text(Command::new("id").arg("-g"))?.parse()?,
-        });
+        return Ok(Account { name, uid: rustix_uid(), gid: run_text(Command::new("id").arg("-g"))?.parse()? });
     }
-    if Command::new("id")
-        .arg(TEST_USER)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success()
-    {
+    if Command::new("id").arg(TEST_USER).stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
         return lookup(TEST_USER);
     }
     let status = Command::new("useradd")
-        .args([
-            "--system",
-            "--create-home",
-            "--home-dir",
-            "/var/lib/sshmail-test",
-            "--shell",
-            "/bin/sh",
-            TEST_USER,
-        ])
+        .args(["--system", "--create-home", "--home-dir", "/var/lib/sshmail-test", "--shell", "/bin/sh", TEST_USER])
         .status()
         .context("running useradd")?;
     // 9: created meanwhile by a parallel test.
@@ -419,9 +374,7 @@ fn test_account() -> Result<Account> {
         bail!("could not create the test account {TEST_USER} with useradd");
     }
     // sshd without PAM refuses a locked ('!') account even for key logins.
-    Command::new("usermod")
-        .args(["-p", "*", TEST_USER])
-        .status()?;
+    Command::new("usermod").args(["-p", "*", TEST_USER]).status()?;
     lookup(TEST_USER)
 }
 
@@ -464,16 +417,7 @@ fn chown_tree(path: &Path, account: &Account) -> Result<()> {
 
 fn keygen(path: &Path) -> Result<()> {
     let status = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "sshmail-testbed",
-            "-f",
-        ])
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "sshmail-testbed", "-f"])
         .arg(path)
         .stdin(Stdio::null())
         .status()
@@ -495,9 +439,7 @@ fn find_program(name: &str, candidates: &[&str]) -> Result<PathBuf> {
             return Ok(PathBuf::from(c));
         }
     }
-    bail!(
-        "{name} is not installed (looked in {candidates:?}); install the Debian packages named in README.md"
-    )
+    bail!("{name} is not installed (looked in {candidates:?}); install the Debian packages named in README.md")
 }
 
 fn free_port() -> Result<u16> {

@@ -49,9 +49,7 @@ impl Staged {
     /// Appends message bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         self.len += data.len() as u64;
-        self.file
-            .write_all(data)
-            .map_err(|e| delivery(format!("cannot write {}", self.path.display()), e))
+        self.file.write_all(data).map_err(|e| delivery(format!("cannot write {}", self.path.display()), e))
     }
 }
 
@@ -78,15 +76,8 @@ impl Maildir {
                     .map_err(|e| delivery(format!("cannot create Maildir {}", d.display()), e))?;
             }
         }
-        let host = gethostname::gethostname()
-            .to_string_lossy()
-            .replace('/', "\\057")
-            .replace(':', "\\072");
-        Ok(Maildir {
-            root: root.to_path_buf(),
-            host,
-            seq: AtomicU64::new(0),
-        })
+        let host = gethostname::gethostname().to_string_lossy().replace('/', "\\057").replace(':', "\\072");
+        Ok(Maildir { root: root.to_path_buf(), host, seq: AtomicU64::new(0) })
     }
 
     /// The Maildir's root.
@@ -96,9 +87,7 @@ impl Maildir {
 
     /// Starts a new message in `tmp/`.
     pub fn begin(&self) -> Result<Staged> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "{}.M{}P{}Q{}{OWN_MARK}.{}",
@@ -115,25 +104,14 @@ impl Maildir {
             .mode(0o600)
             .open(&path)
             .map_err(|e| delivery(format!("cannot create {}", path.display()), e))?;
-        Ok(Staged {
-            name,
-            path,
-            file: BufWriter::with_capacity(128 * 1024, file),
-            len: 0,
-        })
+        Ok(Staged { name, path, file: BufWriter::with_capacity(128 * 1024, file), len: 0 })
     }
 
     /// Flushes a complete staged message.
     pub fn finish(&self, staged: Staged) -> Result<Finished> {
-        let Staged {
-            name,
-            path,
-            file,
-            len,
-        } = staged;
-        let file = file
-            .into_inner()
-            .map_err(|e| delivery(format!("cannot write {}", path.display()), e.into_error()))?;
+        let Staged { name, path, file, len } = staged;
+        let file =
+            file.into_inner().map_err(|e| delivery(format!("cannot write {}", path.display()), e.into_error()))?;
         Ok(Finished { name, file, len })
     }
 
@@ -153,23 +131,14 @@ impl Maildir {
                 .chunks(chunk)
                 .map(|part| {
                     s.spawn(move || {
-                        part.iter()
-                            .map(|f| f.file.sync_data().map_err(|e| (f.name.clone(), e)))
-                            .collect::<Vec<_>>()
+                        part.iter().map(|f| f.file.sync_data().map_err(|e| (f.name.clone(), e))).collect::<Vec<_>>()
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .filter_map(|r| r.err())
-                .collect()
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).filter_map(|r| r.err()).collect()
         });
         if let Some((name, e)) = errors.into_iter().next() {
-            return Err(delivery(
-                format!("cannot sync {}", self.root.join("tmp").join(name).display()),
-                e,
-            ));
+            return Err(delivery(format!("cannot sync {}", self.root.join("tmp").join(name).display()), e));
         }
         fault::point("maildir-synced");
         Ok(())
@@ -189,8 +158,7 @@ impl Maildir {
     fn publish_one(&self, name: &str) -> Result<()> {
         let from = self.root.join("tmp").join(name);
         let to = self.root.join("new").join(name);
-        fs::rename(&from, &to)
-            .map_err(|e| delivery(format!("cannot move {} to new/", from.display()), e))
+        fs::rename(&from, &to).map_err(|e| delivery(format!("cannot move {} to new/", from.display()), e))
     }
 
     /// After a crash: is the message staged as `name` delivered? Finishes a
@@ -198,8 +166,7 @@ impl Maildir {
     /// caller fetches it again.
     pub fn recover(&self, name: &str) -> Result<bool> {
         if self.root.join("new").join(name).exists() {
-            sync_dir(&self.root.join("new"))
-                .map_err(|e| delivery("cannot sync Maildir new/", e))?;
+            sync_dir(&self.root.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
             return Ok(true);
         }
         // A reader may have moved it to cur/ and added flags already.
@@ -216,8 +183,7 @@ impl Maildir {
         }
         if self.root.join("tmp").join(name).exists() {
             self.publish_one(name)?;
-            sync_dir(&self.root.join("new"))
-                .map_err(|e| delivery("cannot sync Maildir new/", e))?;
+            sync_dir(&self.root.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
             return Ok(true);
         }
         Ok(false)
@@ -258,10 +224,8 @@ mod tests {
     use super::*;
 
     fn read_new(md: &Path) -> Vec<Vec<u8>> {
-        let mut v: Vec<_> = fs::read_dir(md.join("new"))
-            .unwrap()
-            .map(|e| fs::read(e.unwrap().path()).unwrap())
-            .collect();
+        let mut v: Vec<_> =
+            fs::read_dir(md.join("new")).unwrap().map(|e| fs::read(e.unwrap().path()).unwrap()).collect();
         v.sort();
         v
     }
@@ -306,11 +270,7 @@ mod tests {
         assert!(md.recover(&f.name).unwrap());
         assert_eq!(read_new(md.path()).len(), 1);
         // Moved to cur/ with flags by a reader.
-        fs::rename(
-            md.path().join("new").join(&f.name),
-            md.path().join("cur").join(format!("{}:2,S", f.name)),
-        )
-        .unwrap();
+        fs::rename(md.path().join("new").join(&f.name), md.path().join("cur").join(format!("{}:2,S", f.name))).unwrap();
         assert!(md.recover(&f.name).unwrap());
         assert!(!md.recover("nonexistent.name").unwrap());
     }

@@ -87,34 +87,19 @@ pub async fn fetch_account(
     // Only after recovery, which may still need staged files.
     maildir.clean_tmp();
     if outcome.recovered > 0 {
-        tracing::info!(
-            "{}: finished {} deliveries interrupted in an earlier run",
-            account.name,
-            outcome.recovered
-        );
+        tracing::info!("{}: finished {} deliveries interrupted in an earlier run", account.name, outcome.recovered);
     }
 
     let password = account.password.get("password_command")?;
     let target = target::resolve(account, ssh_config)?;
-    let jumps = target
-        .jumps
-        .iter()
-        .map(|j| target::resolve_jump(j, ssh_config, account))
-        .collect::<Result<Vec<_>>>()?;
+    let jumps =
+        target.jumps.iter().map(|j| target::resolve_jump(j, ssh_config, account)).collect::<Result<Vec<_>>>()?;
     let session = pool.get(&target, &jumps).await?;
-    let channel = session
-        .forward(&account.server_host, account.server_port)
-        .await?;
-    let peer = format!(
-        "POP3 server {}:{} (via {})",
-        account.server_host,
-        account.server_port,
-        session.name()
-    );
+    let channel = session.forward(&account.server_host, account.server_port).await?;
+    let peer = format!("POP3 server {}:{} (via {})", account.server_host, account.server_port, session.name());
     let mut pop = Pop3::start(Wire::new(channel, account.timeout, peer)).await?;
     pop.capa().await?;
-    pop.login(&account.user, password.as_ref(), account.pop3_auth)
-        .await?;
+    pop.login(&account.user, password.as_ref(), account.pop3_auth).await?;
     let listing = pop.scan().await?;
     outcome.on_server = listing.len();
 
@@ -123,10 +108,7 @@ pub async fn fetch_account(
     let mut to_delete = Vec::new();
     for (n, uid, size) in &listing {
         if !seen.insert(uid.clone()) {
-            tracing::warn!(
-                "{}: UIDL {uid} appears twice; message {n} is left alone",
-                pop.peer()
-            );
+            tracing::warn!("{}: UIDL {uid} appears twice; message {n} is left alone", pop.peer());
             continue;
         }
         if account.fetch_all || !ledger.is_delivered(uid) {
@@ -144,13 +126,7 @@ pub async fn fetch_account(
     );
 
     let bar = progress_bar(show, &to_fetch);
-    let run = Run {
-        account,
-        maildir: &maildir,
-        ledger: &mut ledger,
-        outcome: &mut outcome,
-        bar: &bar,
-    };
+    let run = Run { account, maildir: &maildir, ledger: &mut ledger, outcome: &mut outcome, bar: &bar };
     let result = run.transfer(&mut pop, to_fetch, to_delete).await;
     bar.finish_and_clear();
     let deleted = match result {
@@ -187,12 +163,12 @@ pub async fn fetch_account(
     }
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
-        "{}: {} delivered ({:.1} MB), {} deleted, {} received over SSH in {secs:.2} s",
+        "{}: {} delivered ({}), {} deleted, {} received through SSH in {secs:.2} s",
         account.name,
         outcome.delivered,
-        outcome.bytes as f64 / 1e6,
+        crate::cli::human_bytes(outcome.bytes),
         outcome.deleted,
-        pop.received()
+        crate::cli::human_bytes(pop.received())
     );
     Ok(outcome)
 }
@@ -204,11 +180,9 @@ fn progress_bar(show: Presentation, to_fetch: &[(u32, String, u64)]) -> Progress
     let total: u64 = to_fetch.iter().map(|(_, _, s)| s).sum();
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     bar.set_message(format!("0/{} messages", to_fetch.len()));
     bar
@@ -240,11 +214,7 @@ impl Run<'_> {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
-        let depth = if pop.caps.pipelining {
-            PIPELINE_DEPTH
-        } else {
-            1
-        };
+        let depth = if pop.caps.pipelining { PIPELINE_DEPTH } else { 1 };
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut outgoing: Vec<Command> = Vec::new();
         let mut dele_queue: VecDeque<(u32, String)> = to_delete.into();
@@ -296,31 +266,21 @@ impl Run<'_> {
                         }
                         Ok(None) => {
                             self.outcome.refused += 1;
-                            tracing::warn!(
-                                "{}: message {n} ({uid}) refused by the server; left there",
-                                pop.peer()
-                            );
+                            tracing::warn!("{}: message {n} ({uid}) refused by the server; left there", pop.peer());
                         }
                         Err(e) => {
                             // Complete messages of this batch are still good:
                             // make them durable so the next run need not fetch
                             // them again. Nothing is deleted (no QUIT follows).
                             if let Err(commit_err) = self.commit(&mut batch) {
-                                tracing::error!(
-                                    "could not save the finished messages: {commit_err}"
-                                );
+                                tracing::error!("could not save the finished messages: {commit_err}");
                             }
                             return Err(e);
                         }
                     }
-                    self.bar
-                        .set_message(format!("{}/{} messages", i + 1, total));
-                    let last_retr =
-                        next == total && !in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
-                    if batch.len() >= BATCH_MESSAGES
-                        || batch_bytes >= BATCH_BYTES
-                        || (last_retr && !batch.is_empty())
-                    {
+                    self.bar.set_message(format!("{}/{} messages", i + 1, total));
+                    let last_retr = next == total && !in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
+                    if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES || (last_retr && !batch.is_empty()) {
                         let uids = self.commit(&mut batch)?;
                         batch_bytes = 0;
                         if !self.account.keep {
@@ -373,11 +333,7 @@ impl Run<'_> {
         // Order is important: content durable, then named in the ledger,
         // then visible, then recorded as delivered.
         self.maildir.sync_staged(&files)?;
-        let prepared: Vec<_> = uids
-            .iter()
-            .cloned()
-            .zip(files.iter().map(|f| f.name.clone()))
-            .collect();
+        let prepared: Vec<_> = uids.iter().cloned().zip(files.iter().map(|f| f.name.clone())).collect();
         self.ledger.prepare(&prepared)?;
         self.maildir.publish(&files)?;
         self.ledger.commit(&uids)?;

@@ -31,23 +31,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     /// Reads the greeting.
     pub async fn start(mut wire: Wire<S>) -> Result<Pop3<S>> {
         let line = wire.read_line(MAX_LINE).await?;
-        let greeting = match Reply::parse(&line)
-            .map_err(|e| Error::Protocol(format!("{}: {e}", wire.peer())))?
-        {
+        let greeting = match Reply::parse(&line).map_err(|e| Error::Protocol(format!("{}: {e}", wire.peer())))? {
             Reply::Ok(text) => text,
             Reply::Err(text) => {
-                return Err(Error::Server(format!(
-                    "{} refused the session: {text}",
-                    wire.peer()
-                )));
+                return Err(Error::Server(format!("{} refused the session: {text}", wire.peer())));
             }
         };
         tracing::debug!("S: +OK {greeting}");
-        Ok(Pop3 {
-            wire,
-            caps: Capabilities::default(),
-            greeting,
-        })
+        Ok(Pop3 { wire, caps: Capabilities::default(), greeting })
     }
 
     /// The peer name, for messages.
@@ -76,10 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     pub async fn expect_ok(&mut self, what: &str) -> Result<String> {
         match self.reply().await? {
             Reply::Ok(t) => Ok(t),
-            Reply::Err(t) => Err(Error::Server(format!(
-                "{}: {what} failed: -ERR {t}",
-                self.wire.peer()
-            ))),
+            Reply::Err(t) => Err(Error::Server(format!("{}: {what} failed: -ERR {t}", self.wire.peer()))),
         }
     }
 
@@ -92,10 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
                 return Ok(lines);
             }
             if lines.len() >= MAX_LISTING {
-                return Err(Error::Protocol(format!(
-                    "{}: listing longer than {MAX_LISTING} lines",
-                    self.wire.peer()
-                )));
+                return Err(Error::Protocol(format!("{}: listing longer than {MAX_LISTING} lines", self.wire.peer())));
             }
             lines.push(pop3::unstuff(&line).to_vec());
         }
@@ -113,12 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     }
 
     /// Logs in with the account's method.
-    pub async fn login(
-        &mut self,
-        user: &str,
-        password: Option<&Secret>,
-        method: Pop3Auth,
-    ) -> Result<()> {
+    pub async fn login(&mut self, user: &str, password: Option<&Secret>, method: Pop3Auth) -> Result<()> {
         let Some(password) = password else {
             return Err(Error::Auth(format!(
                 "{}: the POP3 server wants a password for {user}; set password_command (or --password-command)",
@@ -132,19 +112,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
         };
         let replies = match method {
             Pop3Auth::Plain => {
-                self.send(&[Command::AuthPlain(pop3::sasl_plain(
-                    user,
-                    password.expose(),
-                ))])
-                .await?;
+                self.send(&[Command::AuthPlain(pop3::sasl_plain(user, password.expose()))]).await?;
                 vec![self.reply().await?]
             }
             Pop3Auth::Apop => {
                 let stamp = pop3::apop_timestamp(&self.greeting).ok_or_else(|| {
-                    Error::Auth(format!(
-                        "{}: APOP asked for, but the greeting has no timestamp",
-                        self.peer()
-                    ))
+                    Error::Auth(format!("{}: APOP asked for, but the greeting has no timestamp", self.peer()))
                 })?;
                 let digest = Md5::digest(format!("{stamp}{}", password.expose()).as_bytes());
                 let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -153,10 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
             }
             Pop3Auth::User | Pop3Auth::Auto => {
                 // USER and PASS pipelined when allowed: one round trip.
-                let cmds = [
-                    Command::User(user.to_string()),
-                    Command::Pass(password.expose().to_string()),
-                ];
+                let cmds = [Command::User(user.to_string()), Command::Pass(password.expose().to_string())];
                 if self.caps.pipelining {
                     self.send(&cmds).await?;
                     vec![self.reply().await?, self.reply().await?]
@@ -178,10 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
                     Some("IN-USE") | Some("SYS/TEMP") => {
                         Error::Server(format!("{}: mailbox busy: -ERR {text}", self.peer()))
                     }
-                    _ => Error::Auth(format!(
-                        "{}: login as {user} refused: -ERR {text}",
-                        self.peer()
-                    )),
+                    _ => Error::Auth(format!("{}: login as {user} refused: -ERR {text}", self.peer())),
                 });
             }
         }
@@ -216,14 +183,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
         let list = self.listing().await?;
         let mut sizes = std::collections::HashMap::with_capacity(list.len());
         for l in &list {
-            let (n, size) = pop3::parse_list_line(l)
-                .map_err(|e| Error::Protocol(format!("{}: {e}", self.peer())))?;
+            let (n, size) = pop3::parse_list_line(l).map_err(|e| Error::Protocol(format!("{}: {e}", self.peer())))?;
             sizes.insert(n, size);
         }
         let mut out = Vec::with_capacity(uidl.len());
         for l in &uidl {
-            let (n, uid) = pop3::parse_uidl_line(l)
-                .map_err(|e| Error::Protocol(format!("{}: {e}", self.peer())))?;
+            let (n, uid) = pop3::parse_uidl_line(l).map_err(|e| Error::Protocol(format!("{}: {e}", self.peer())))?;
             out.push((n, uid, sizes.get(&n).copied().unwrap_or(0)));
         }
         Ok(out)

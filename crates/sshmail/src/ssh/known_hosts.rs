@@ -58,11 +58,7 @@ pub enum Verdict {
 
 /// The name OpenSSH looks up for a host and port.
 pub fn lookup_name(host: &str, port: u16) -> String {
-    if port == 22 {
-        host.to_string()
-    } else {
-        format!("[{host}]:{port}")
-    }
+    if port == 22 { host.to_string() } else { format!("[{host}]:{port}") }
 }
 
 /// The SHA256 fingerprint of a key, as `ssh-keygen -l` shows it.
@@ -73,12 +69,7 @@ pub fn fingerprint(key: &PublicKey) -> String {
 /// Checks `key` for `host`/`port` against every file in `files` (missing
 /// files count as empty). A revocation anywhere wins; then a match; then a
 /// change; else unknown.
-pub fn check(
-    files: &[PathBuf],
-    host: &str,
-    port: u16,
-    key: &PublicKey,
-) -> std::io::Result<Verdict> {
+pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> std::io::Result<Verdict> {
     let name = lookup_name(host, port).to_ascii_lowercase();
     let mut trusted = None;
     let mut changed = None;
@@ -95,13 +86,8 @@ pub fn check(
             if !entry.matches(&name) {
                 continue;
             }
-            let at = Location {
-                file: file.clone(),
-                line: i + 1,
-            };
-            let Ok(listed) =
-                PublicKey::from_openssh(&format!("{} {}", entry.key_type, entry.key_b64))
-            else {
+            let at = Location { file: file.clone(), line: i + 1 };
+            let Ok(listed) = PublicKey::from_openssh(&format!("{} {}", entry.key_type, entry.key_b64)) else {
                 continue;
             };
             let same = listed.key_data() == key.key_data();
@@ -112,10 +98,7 @@ pub fn check(
                     trusted.get_or_insert(at);
                 }
                 Marker::None if listed.algorithm() == key.algorithm() => {
-                    changed.get_or_insert(Verdict::Changed {
-                        at,
-                        known: fingerprint(&listed),
-                    });
+                    changed.get_or_insert(Verdict::Changed { at, known: fingerprint(&listed) });
                 }
                 Marker::None => {}
             }
@@ -148,11 +131,7 @@ pub fn append_hashed(file: &Path, host: &str, port: u16, key: &PublicKey) -> std
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(file)?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(file)?;
     f.write_all(line.as_bytes())?;
     f.sync_all()
 }
@@ -188,12 +167,7 @@ impl<'a> Entry<'a> {
         if marker != Marker::None {
             first = fields.next()?;
         }
-        Some(Entry {
-            marker,
-            patterns: first,
-            key_type: fields.next()?,
-            key_b64: fields.next()?,
-        })
+        Some(Entry { marker, patterns: first, key_type: fields.next()?, key_b64: fields.next()? })
     }
 
     /// True if the patterns select `name` (already lower-case).
@@ -257,10 +231,8 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
 mod tests {
     use super::*;
 
-    const KEY_A: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA4Wnf7809rafH7bywEj2PUgPB5vDgYnByf99vRcZ5T4";
-    const KEY_B: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMIlZZ7rOlsmTEybyZKcsB/qDTZdMJuxMRwZP+rLasQS";
+    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA4Wnf7809rafH7bywEj2PUgPB5vDgYnByf99vRcZ5T4";
+    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMIlZZ7rOlsmTEybyZKcsB/qDTZdMJuxMRwZP+rLasQS";
 
     fn key(s: &str) -> PublicKey {
         PublicKey::from_openssh(s).unwrap()
@@ -273,68 +245,35 @@ mod tests {
         let v = check(std::slice::from_ref(&f), host, port, &key(k)).unwrap();
         // Locations name a temp file; compare line numbers only.
         match v {
-            Verdict::Trusted(at) => Verdict::Trusted(Location {
-                file: PathBuf::new(),
-                line: at.line,
-            }),
-            Verdict::Revoked(at) => Verdict::Revoked(Location {
-                file: PathBuf::new(),
-                line: at.line,
-            }),
-            Verdict::Changed { at, known } => Verdict::Changed {
-                at: Location {
-                    file: PathBuf::new(),
-                    line: at.line,
-                },
-                known,
-            },
+            Verdict::Trusted(at) => Verdict::Trusted(Location { file: PathBuf::new(), line: at.line }),
+            Verdict::Revoked(at) => Verdict::Revoked(Location { file: PathBuf::new(), line: at.line }),
+            Verdict::Changed { at, known } => {
+                Verdict::Changed { at: Location { file: PathBuf::new(), line: at.line }, known }
+            }
             Verdict::Unknown => Verdict::Unknown,
         }
     }
 
     fn at(line: usize) -> Location {
-        Location {
-            file: PathBuf::new(),
-            line,
-        }
+        Location { file: PathBuf::new(), line }
     }
 
     #[test]
     fn plain_and_port_entries() {
         assert_eq!(
-            check_text(
-                &format!("mail.example.org {KEY_A}\n"),
-                "mail.example.org",
-                22,
-                KEY_A
-            ),
+            check_text(&format!("mail.example.org {KEY_A}\n"), "mail.example.org", 22, KEY_A),
             Verdict::Trusted(at(1))
         );
         assert_eq!(
-            check_text(
-                &format!("mail.example.org {KEY_A}\n"),
-                "mail.example.org",
-                2222,
-                KEY_A
-            ),
+            check_text(&format!("mail.example.org {KEY_A}\n"), "mail.example.org", 2222, KEY_A),
             Verdict::Unknown
         );
         assert_eq!(
-            check_text(
-                &format!("# c\n[mail.example.org]:2222 {KEY_A}\n"),
-                "mail.example.org",
-                2222,
-                KEY_A
-            ),
+            check_text(&format!("# c\n[mail.example.org]:2222 {KEY_A}\n"), "mail.example.org", 2222, KEY_A),
             Verdict::Trusted(at(2))
         );
         assert_eq!(
-            check_text(
-                &format!("MAIL.Example.org\t{KEY_A}\n"),
-                "mail.example.org",
-                22,
-                KEY_A
-            ),
+            check_text(&format!("MAIL.Example.org\t{KEY_A}\n"), "mail.example.org", 22, KEY_A),
             Verdict::Trusted(at(1))
         );
     }
@@ -342,21 +281,10 @@ mod tests {
     #[test]
     fn wildcards_and_negation() {
         let text = format!("*.example.org,!bad.example.org {KEY_A}\n");
+        assert_eq!(check_text(&text, "mail.example.org", 22, KEY_A), Verdict::Trusted(at(1)));
+        assert_eq!(check_text(&text, "bad.example.org", 22, KEY_A), Verdict::Unknown);
         assert_eq!(
-            check_text(&text, "mail.example.org", 22, KEY_A),
-            Verdict::Trusted(at(1))
-        );
-        assert_eq!(
-            check_text(&text, "bad.example.org", 22, KEY_A),
-            Verdict::Unknown
-        );
-        assert_eq!(
-            check_text(
-                &format!("ma?l.example.org {KEY_A}\n"),
-                "mail.example.org",
-                22,
-                KEY_A
-            ),
+            check_text(&format!("ma?l.example.org {KEY_A}\n"), "mail.example.org", 22, KEY_A),
             Verdict::Trusted(at(1))
         );
         assert!(wildcard_match("*", "anything"));
@@ -379,19 +307,13 @@ mod tests {
     #[test]
     fn host_keys_are_verified_revoked_wins_over_plain_line() {
         let text = format!("mail.example.org {KEY_A}\n@revoked * {KEY_A}\n");
-        assert_eq!(
-            check_text(&text, "mail.example.org", 22, KEY_A),
-            Verdict::Revoked(at(2))
-        );
+        assert_eq!(check_text(&text, "mail.example.org", 22, KEY_A), Verdict::Revoked(at(2)));
     }
 
     #[test]
     fn cert_authority_does_not_vouch_for_plain_keys() {
         let text = format!("@cert-authority *.example.org {KEY_A}\n");
-        assert_eq!(
-            check_text(&text, "mail.example.org", 22, KEY_A),
-            Verdict::Unknown
-        );
+        assert_eq!(check_text(&text, "mail.example.org", 22, KEY_A), Verdict::Unknown);
     }
 
     #[test]
@@ -400,52 +322,25 @@ mod tests {
         let f = dir.path().join("sub/known_hosts");
         append_hashed(&f, "127.0.0.1", 2022, &key(KEY_A)).unwrap();
         let text = std::fs::read_to_string(&f).unwrap();
-        assert!(
-            text.starts_with("|1|") && !text.contains("127.0.0.1"),
-            "{text}"
-        );
+        assert!(text.starts_with("|1|") && !text.contains("127.0.0.1"), "{text}");
         let files = [f];
-        assert!(matches!(
-            check(&files, "127.0.0.1", 2022, &key(KEY_A)).unwrap(),
-            Verdict::Trusted(_)
-        ));
-        assert_eq!(
-            check(&files, "127.0.0.1", 22, &key(KEY_A)).unwrap(),
-            Verdict::Unknown
-        );
-        assert!(matches!(
-            check(&files, "127.0.0.1", 2022, &key(KEY_B)).unwrap(),
-            Verdict::Changed { .. }
-        ));
+        assert!(matches!(check(&files, "127.0.0.1", 2022, &key(KEY_A)).unwrap(), Verdict::Trusted(_)));
+        assert_eq!(check(&files, "127.0.0.1", 22, &key(KEY_A)).unwrap(), Verdict::Unknown);
+        assert!(matches!(check(&files, "127.0.0.1", 2022, &key(KEY_B)).unwrap(), Verdict::Changed { .. }));
     }
 
     #[test]
     fn openssh_hashed_line_matches() {
         // Made by `ssh-keygen -H` from the line "mail.example.org KEY_A".
-        let text =
-            format!("|1|IIXKY3Z82CyygdIDYF3TS5MNpBo=|ffC9vexcjCn09at/FOALH0fMKbw= {KEY_A}\n");
-        assert_eq!(
-            check_text(&text, "mail.example.org", 22, KEY_A),
-            Verdict::Trusted(at(1))
-        );
-        assert_eq!(
-            check_text(&text, "other.example.org", 22, KEY_A),
-            Verdict::Unknown
-        );
-        assert!(matches!(
-            check_text(&text, "mail.example.org", 22, KEY_B),
-            Verdict::Changed { .. }
-        ));
+        let text = format!("|1|IIXKY3Z82CyygdIDYF3TS5MNpBo=|ffC9vexcjCn09at/FOALH0fMKbw= {KEY_A}\n");
+        assert_eq!(check_text(&text, "mail.example.org", 22, KEY_A), Verdict::Trusted(at(1)));
+        assert_eq!(check_text(&text, "other.example.org", 22, KEY_A), Verdict::Unknown);
+        assert!(matches!(check_text(&text, "mail.example.org", 22, KEY_B), Verdict::Changed { .. }));
     }
 
     #[test]
     fn garbage_lines_are_skipped() {
-        let text = format!(
-            "@weird x y z\nnot-a-line\nmail.example.org ssh-ed25519 !!!!\nmail.example.org {KEY_A}\n"
-        );
-        assert_eq!(
-            check_text(&text, "mail.example.org", 22, KEY_A),
-            Verdict::Trusted(at(4))
-        );
+        let text = format!("@weird x y z\nnot-a-line\nmail.example.org ssh-ed25519 !!!!\nmail.example.org {KEY_A}\n");
+        assert_eq!(check_text(&text, "mail.example.org", 22, KEY_A), Verdict::Trusted(at(4)));
     }
 }

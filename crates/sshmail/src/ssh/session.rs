@@ -23,18 +23,9 @@ pub type Channel = ChannelStream<client::Msg>;
 /// What the host key check decided, kept for the error message.
 #[derive(Debug, Clone)]
 enum HostKeyRefusal {
-    Unknown {
-        fingerprint: String,
-    },
-    Changed {
-        at: known_hosts::Location,
-        known: String,
-        offered: String,
-    },
-    Revoked {
-        at: known_hosts::Location,
-        fingerprint: String,
-    },
+    Unknown { fingerprint: String },
+    Changed { at: known_hosts::Location, known: String, offered: String },
+    Revoked { at: known_hosts::Location, fingerprint: String },
     Io(String),
 }
 
@@ -47,10 +38,7 @@ struct Handler {
 impl client::Handler for Handler {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let key: &PublicKey = match key {
             russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => key,
             // We do not ask for certificates (no host_key_certificates in
@@ -61,10 +49,7 @@ impl client::Handler for Handler {
         let verdict = known_hosts::check(&t.known_hosts, &t.host, t.port, key);
         let refusal = match verdict {
             Ok(Verdict::Trusted(at)) => {
-                tracing::debug!(
-                    "host key for {} matches {at}",
-                    known_hosts::lookup_name(&t.host, t.port)
-                );
+                tracing::debug!("host key for {} matches {at}", known_hosts::lookup_name(&t.host, t.port));
                 return Ok(true);
             }
             Ok(Verdict::Unknown) if t.policy == HostKeyPolicy::AcceptNew => {
@@ -79,24 +64,14 @@ impl client::Handler for Handler {
                         );
                         return Ok(true);
                     }
-                    Err(e) => HostKeyRefusal::Io(format!(
-                        "cannot record the new host key in {}: {e}",
-                        file.display()
-                    )),
+                    Err(e) => HostKeyRefusal::Io(format!("cannot record the new host key in {}: {e}", file.display())),
                 }
             }
-            Ok(Verdict::Unknown) => HostKeyRefusal::Unknown {
-                fingerprint: known_hosts::fingerprint(key),
-            },
-            Ok(Verdict::Changed { at, known }) => HostKeyRefusal::Changed {
-                at,
-                known,
-                offered: known_hosts::fingerprint(key),
-            },
-            Ok(Verdict::Revoked(at)) => HostKeyRefusal::Revoked {
-                at,
-                fingerprint: known_hosts::fingerprint(key),
-            },
+            Ok(Verdict::Unknown) => HostKeyRefusal::Unknown { fingerprint: known_hosts::fingerprint(key) },
+            Ok(Verdict::Changed { at, known }) => {
+                HostKeyRefusal::Changed { at, known, offered: known_hosts::fingerprint(key) }
+            }
+            Ok(Verdict::Revoked(at)) => HostKeyRefusal::Revoked { at, fingerprint: known_hosts::fingerprint(key) },
             Err(e) => HostKeyRefusal::Io(format!("cannot read known_hosts: {e}")),
         };
         *self.refusal.lock().expect("refusal lock") = Some(refusal);
@@ -114,11 +89,7 @@ pub struct SshSession {
 
 impl std::fmt::Debug for SshSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "SshSession({}@{}:{})",
-            self.target.user, self.target.host, self.target.port
-        )
+        write!(f, "SshSession({}@{}:{})", self.target.user, self.target.host, self.target.port)
     }
 }
 
@@ -128,10 +99,7 @@ impl SshSession {
     pub async fn connect(target: &SshTarget, jump: Option<Arc<SshSession>>) -> Result<SshSession> {
         let where_ = format!("{}@{}:{}", target.user, target.host, target.port);
         let refusal = Arc::new(Mutex::new(None));
-        let handler = Handler {
-            target: target.clone(),
-            refusal: refusal.clone(),
-        };
+        let handler = Handler { target: target.clone(), refusal: refusal.clone() };
         let config = Arc::new(client_config(target));
         let timeout = target.timeout;
         let connecting = async {
@@ -140,11 +108,7 @@ impl SshSession {
                     let addr = (target.host.as_str(), target.port);
                     let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
                         .await
-                        .map_err(|_| {
-                            Error::Connect(format!(
-                                "{where_}: TCP connect timed out after {timeout:?}"
-                            ))
-                        })?
+                        .map_err(|_| Error::Connect(format!("{where_}: TCP connect timed out after {timeout:?}")))?
                         .map_err(|e| Error::Connect(format!("{where_}: cannot connect: {e}")))?;
                     tcp.set_nodelay(true).ok();
                     Ok(client::connect_stream(config, tcp, handler).await)
@@ -169,26 +133,13 @@ impl SshSession {
             }
         };
         authenticate(&mut handle, target).await?;
-        tracing::info!(
-            "SSH connected to {where_}{}",
-            if target.compress {
-                " (compression requested)"
-            } else {
-                ""
-            }
-        );
-        Ok(SshSession {
-            handle,
-            target: target.clone(),
-            _jump: jump,
-        })
+        tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
+        Ok(SshSession { handle, target: target.clone(), _jump: jump })
     }
 
     /// Opens a direct-tcpip channel to `host:port` as seen from the SSH host.
     pub async fn forward(&self, host: &str, port: u16) -> Result<Channel> {
-        let open = self
-            .handle
-            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0);
+        let open = self.handle.channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0);
         let ch = tokio::time::timeout(self.target.timeout, open)
             .await
             .map_err(|_| Error::Connect(format!("{}: opening a channel to {host}:{port} timed out", self.name())))?
@@ -210,18 +161,12 @@ impl SshSession {
 
     /// `user@host:port`, for messages.
     pub fn name(&self) -> String {
-        format!(
-            "{}@{}:{}",
-            self.target.user, self.target.host, self.target.port
-        )
+        format!("{}@{}:{}", self.target.user, self.target.host, self.target.port)
     }
 
     /// Sends SSH_MSG_DISCONNECT.
     pub async fn close(&self) {
-        let _ = self
-            .handle
-            .disconnect(russh::Disconnect::ByApplication, "bye", "en")
-            .await;
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "bye", "en").await;
     }
 }
 
@@ -258,12 +203,7 @@ fn client_config(target: &SshTarget) -> client::Config {
 
 fn host_key_error(t: &SshTarget, r: HostKeyRefusal) -> Error {
     let name = known_hosts::lookup_name(&t.host, t.port);
-    let files = t
-        .known_hosts
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let files = t.known_hosts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     Error::HostKey(match r {
         HostKeyRefusal::Unknown { fingerprint } => format!(
             "host key for {name} is not known (server offered {fingerprint}; looked in {files}) — refusing. \
@@ -284,11 +224,7 @@ fn host_key_error(t: &SshTarget, r: HostKeyRefusal) -> Error {
 async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Result<()> {
     let where_ = format!("{}@{}:{}", t.user, t.host, t.port);
     let mut tried = Vec::new();
-    let wanted: Vec<PublicKey> = t
-        .identities
-        .iter()
-        .filter_map(|p| read_public_key(p))
-        .collect();
+    let wanted: Vec<PublicKey> = t.identities.iter().filter_map(|p| read_public_key(p)).collect();
 
     // 1. The agent.
     if std::env::var_os("SSH_AUTH_SOCK").is_some() {
@@ -297,17 +233,12 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
                 let keys = agent.request_identities().await.unwrap_or_default();
                 for key in keys {
                     let public = key.public_key().into_owned();
-                    if t.identities_only
-                        && !wanted.iter().any(|w| w.key_data() == public.key_data())
-                    {
+                    if t.identities_only && !wanted.iter().any(|w| w.key_data() == public.key_data()) {
                         continue;
                     }
                     let hash = rsa_hash(handle, &public).await;
                     tried.push(format!("agent key {}", known_hosts::fingerprint(&public)));
-                    match handle
-                        .authenticate_publickey_with(&t.user, public, hash, &mut agent)
-                        .await
-                    {
+                    match handle.authenticate_publickey_with(&t.user, public, hash, &mut agent).await {
                         Ok(r) if r.success() => return Ok(()),
                         Ok(_) => {}
                         Err(e) => tracing::debug!("agent signing failed: {e}"),
@@ -320,10 +251,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
 
     // 2. Identity files: the listed ones, else OpenSSH's defaults.
     let files = if t.identities.is_empty() {
-        ["id_ed25519", "id_ecdsa", "id_rsa"]
-            .iter()
-            .map(|n| crate::config::home().join(".ssh").join(n))
-            .collect()
+        ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|n| crate::config::home().join(".ssh").join(n)).collect()
     } else {
         t.identities.clone()
     };
@@ -335,7 +263,10 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
             Ok(k) => k,
             Err(russh::keys::Error::KeyIsEncrypted) => {
                 let Some(pass) = prompt_passphrase(&path)? else {
-                    tried.push(format!("{} (encrypted; no terminal to ask for its passphrase — add it to ssh-agent)", path.display()));
+                    tried.push(format!(
+                        "{} (encrypted; no terminal to ask for its passphrase — add it to ssh-agent)",
+                        path.display()
+                    ));
                     continue;
                 };
                 russh::keys::load_secret_key(&path, Some(&pass))
@@ -389,28 +320,12 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
     }
     Err(Error::Auth(format!(
         "SSH authentication to {where_} failed; tried: {}",
-        if tried.is_empty() {
-            "nothing (no agent, no identity file)".to_string()
-        } else {
-            tried.join(", ")
-        }
+        if tried.is_empty() { "nothing (no agent, no identity file)".to_string() } else { tried.join(", ") }
     )))
 }
 
-async fn rsa_hash(
-    handle: &client::Handle<Handler>,
-    key: &PublicKey,
-) -> Option<russh::keys::HashAlg> {
-    if key.algorithm().is_rsa() {
-        handle
-            .best_supported_rsa_hash()
-            .await
-            .ok()
-            .flatten()
-            .flatten()
-    } else {
-        None
-    }
+async fn rsa_hash(handle: &client::Handle<Handler>, key: &PublicKey) -> Option<russh::keys::HashAlg> {
+    if key.algorithm().is_rsa() { handle.best_supported_rsa_hash().await.ok().flatten().flatten() } else { None }
 }
 
 fn read_public_key(private: &std::path::Path) -> Option<PublicKey> {

@@ -56,18 +56,12 @@ pub fn load_ssh_config(path: Option<&Path>) -> Result<Option<SshConfig>> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(Error::Config(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )));
+            return Err(Error::Config(format!("cannot read {}: {e}", path.display())));
         }
     };
     let mut reader = std::io::BufReader::new(file);
     SshConfig::default()
-        .parse(
-            &mut reader,
-            ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
-        )
+        .parse(&mut reader, ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS)
         .map(Some)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
@@ -77,28 +71,12 @@ pub fn resolve(account: &Account, ssh_config: Option<&SshConfig>) -> Result<SshT
     resolve_destination(&account.ssh, ssh_config, account)
 }
 
-fn resolve_destination(
-    dest: &SshDestination,
-    ssh_config: Option<&SshConfig>,
-    account: &Account,
-) -> Result<SshTarget> {
+fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, account: &Account) -> Result<SshTarget> {
     let params = ssh_config.map(|c| c.query(&dest.host));
-    let first = |key: &str| -> Option<String> {
-        params
-            .as_ref()?
-            .unsupported_fields
-            .get(key)
-            .and_then(|v| v.first())
-            .cloned()
-    };
-    let host = params
-        .as_ref()
-        .and_then(|p| p.host_name.clone())
-        .unwrap_or_else(|| dest.host.clone());
-    let port = dest
-        .port
-        .or(params.as_ref().and_then(|p| p.port))
-        .unwrap_or(22);
+    let first =
+        |key: &str| -> Option<String> { params.as_ref()?.unsupported_fields.get(key).and_then(|v| v.first()).cloned() };
+    let host = params.as_ref().and_then(|p| p.host_name.clone()).unwrap_or_else(|| dest.host.clone());
+    let port = dest.port.or(params.as_ref().and_then(|p| p.port)).unwrap_or(22);
     let user = dest
         .user
         .clone()
@@ -112,15 +90,8 @@ fn resolve_destination(
     let mut known_hosts = Vec::new();
     if let Some(f) = &account.known_hosts {
         known_hosts.push(f.clone());
-    } else if let Some(list) = params
-        .as_ref()
-        .and_then(|p| p.unsupported_fields.get("userknownhostsfile"))
-    {
-        known_hosts.extend(
-            list.iter()
-                .filter(|s| *s != "none")
-                .map(|s| expand_tilde(s)),
-        );
+    } else if let Some(list) = params.as_ref().and_then(|p| p.unsupported_fields.get("userknownhostsfile")) {
+        known_hosts.extend(list.iter().filter(|s| *s != "none").map(|s| expand_tilde(s)));
     }
     if known_hosts.is_empty() {
         known_hosts.push(home().join(".ssh/known_hosts"));
@@ -131,11 +102,7 @@ fn resolve_destination(
     }
     let policy = match account.host_key_policy {
         Some(p) => p,
-        None => match first("stricthostkeychecking")
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        None => match first("stricthostkeychecking").as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("accept-new") => HostKeyPolicy::AcceptNew,
             Some("no" | "off") => {
                 // We never accept a changed key; "no" only means "accept new".
@@ -146,10 +113,9 @@ fn resolve_destination(
     };
     let compress = account.compress || params.as_ref().and_then(|p| p.compression).unwrap_or(false);
     let jumps = match params.as_ref().and_then(|p| p.proxy_jump.clone()) {
-        Some(list) if !list.iter().any(|j| j == "none") => list
-            .iter()
-            .map(|j| SshDestination::parse(j))
-            .collect::<Result<Vec<_>>>()?,
+        Some(list) if !list.iter().any(|j| j == "none") => {
+            list.iter().map(|j| SshDestination::parse(j)).collect::<Result<Vec<_>>>()?
+        }
         _ => Vec::new(),
     };
     Ok(SshTarget {
@@ -171,11 +137,7 @@ fn resolve_destination(
 /// Resolves a ProxyJump hop: its own `~/.ssh/config` entry, the account's
 /// known_hosts and policy, no jumps of its own (one level, like `-J a,b`
 /// flattened by the caller).
-pub fn resolve_jump(
-    dest: &SshDestination,
-    ssh_config: Option<&SshConfig>,
-    account: &Account,
-) -> Result<SshTarget> {
+pub fn resolve_jump(dest: &SshDestination, ssh_config: Option<&SshConfig>, account: &Account) -> Result<SshTarget> {
     let mut t = resolve_destination(dest, ssh_config, account)?;
     t.jumps.clear();
     Ok(t)
@@ -188,10 +150,7 @@ mod tests {
 
     fn parse(text: &str) -> SshConfig {
         SshConfig::default()
-            .parse(
-                &mut text.as_bytes(),
-                ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
-            )
+            .parse(&mut text.as_bytes(), ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS)
             .unwrap()
     }
 
@@ -200,29 +159,19 @@ mod tests {
         let cfg = parse(
             "Host mail\n  HostName shell.example.org\n  User alice\n  Port 2222\n  IdentityFile /keys/id_mail\n  IdentitiesOnly yes\n  UserKnownHostsFile /kh/one /kh/two\n  StrictHostKeyChecking accept-new\n  Compression yes\n",
         );
-        let raw = RawAccount {
-            ssh: Some("mail".into()),
-            ..Default::default()
-        };
+        let raw = RawAccount { ssh: Some("mail".into()), ..Default::default() };
         let account = resolve_account("a", &raw, None).unwrap();
         let t = resolve(&account, Some(&cfg)).unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.user.as_str()),
-            ("shell.example.org", 2222, "alice")
-        );
+        assert_eq!((t.host.as_str(), t.port, t.user.as_str()), ("shell.example.org", 2222, "alice"));
         assert_eq!(t.identities, vec![PathBuf::from("/keys/id_mail")]);
         assert!(t.identities_only && t.compress);
-        assert_eq!(
-            t.known_hosts[..2],
-            [PathBuf::from("/kh/one"), PathBuf::from("/kh/two")]
-        );
+        assert_eq!(t.known_hosts[..2], [PathBuf::from("/kh/one"), PathBuf::from("/kh/two")]);
         assert_eq!(t.policy, HostKeyPolicy::AcceptNew);
     }
 
     #[test]
     fn account_wins_over_ssh_config() {
-        let cfg =
-            parse("Host mail\n  User alice\n  Port 2222\n  StrictHostKeyChecking accept-new\n");
+        let cfg = parse("Host mail\n  User alice\n  Port 2222\n  StrictHostKeyChecking accept-new\n");
         let raw = RawAccount {
             ssh: Some("bob@mail:22".into()),
             host_key_policy: Some("strict".into()),
@@ -231,10 +180,7 @@ mod tests {
         };
         let account = resolve_account("a", &raw, None).unwrap();
         let t = resolve(&account, Some(&cfg)).unwrap();
-        assert_eq!(
-            (t.user.as_str(), t.port, t.policy),
-            ("bob", 22, HostKeyPolicy::Strict)
-        );
+        assert_eq!((t.user.as_str(), t.port, t.policy), ("bob", 22, HostKeyPolicy::Strict));
         assert_eq!(t.known_hosts, vec![PathBuf::from("/my/kh")]);
     }
 }

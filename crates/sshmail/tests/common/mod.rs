@@ -23,18 +23,11 @@ impl Env {
     }
 
     pub fn with(opts: Options) -> Env {
-        let bed = Testbed::start_with(opts)
-            .expect("the testbed (sshd + Dovecot) must start; see README for the packages");
-        let home = tempfile::Builder::new()
-            .prefix("sshmail-home.")
-            .tempdir()
-            .unwrap();
+        let bed =
+            Testbed::start_with(opts).expect("the testbed (sshd + Dovecot) must start; see README for the packages");
+        let home = tempfile::Builder::new().prefix("sshmail-home.").tempdir().unwrap();
         std::fs::write(home.path().join("password"), MAIL_PASSWORD).unwrap();
-        Env {
-            bed,
-            home,
-            originals: Vec::new(),
-        }
+        Env { bed, home, originals: Vec::new() }
     }
 
     /// Puts `msgs` on the server and remembers them as the expected result.
@@ -75,10 +68,7 @@ impl Env {
             .arg("--user")
             .arg(MAIL_USER)
             .arg("--password-command")
-            .arg(format!(
-                "cat '{}'",
-                self.home.path().join("password").display()
-            ))
+            .arg(format!("cat '{}'", self.home.path().join("password").display()))
             .arg("--identity")
             .arg(identity)
             .arg("--known-hosts")
@@ -93,12 +83,7 @@ impl Env {
 
     /// Runs sshmail to completion (bounded) and returns its output.
     pub fn run(&self, extra: &[&str]) -> Output {
-        let child = self
-            .command(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = self.command(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         wait_bounded(child, Duration::from_secs(120))
     }
 
@@ -116,17 +101,13 @@ impl Env {
 
     /// Files left in the Maildir's tmp/.
     pub fn tmp_files(&self) -> usize {
-        std::fs::read_dir(self.maildir().join("tmp"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        std::fs::read_dir(self.maildir().join("tmp")).map(|d| d.count()).unwrap_or(0)
     }
 }
 
 pub fn read_dir_contents(dir: &Path) -> Vec<Vec<u8>> {
     let mut v: Vec<Vec<u8>> = match std::fs::read_dir(dir) {
-        Ok(d) => d
-            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-            .collect(),
+        Ok(d) => d.map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect(),
         Err(_) => Vec::new(),
     };
     v.sort();
@@ -143,10 +124,7 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!(
-                "sshmail did not finish within {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("sshmail did not finish within {limit:?}; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -163,10 +141,5 @@ pub fn stderr(out: &Output) -> String {
 /// Asserts the exit code, showing stderr when it differs.
 #[track_caller]
 pub fn assert_exit(out: &Output, expected: i32) {
-    assert_eq!(
-        code(out),
-        expected,
-        "unexpected exit code; stderr:\n{}",
-        stderr(out)
-    );
+    assert_eq!(code(out), expected, "unexpected exit code; stderr:\n{}", stderr(out));
 }
