@@ -8,9 +8,11 @@
 //! - [`line`]: bounded CRLF line framing over a caller-owned buffer.
 //! - [`dot`]: streaming decoder for dot-stuffed multi-line bodies (POP3 RETR).
 //! - [`pop3`]: POP3 (RFC 1939, 2449, 5034) commands and reply parsing.
+//! - [`imap`]: IMAP commands, a streaming response reader, mailbox names.
 
 #![forbid(unsafe_code)]
 
 pub mod dot;
+pub mod imap;
 pub mod line;
 pub mod pop3;
