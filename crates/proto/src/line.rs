@@ -65,3 +65,63 @@ mod tests {
         assert!(find_line(&over, 100).is_err());
     }
 }
+
+/// Turns CRLF line ends into LF in a stream of chunks. A CR not followed by
+/// LF is kept.
+#[derive(Debug, Default, Clone)]
+pub struct CrlfToLf {
+    pending_cr: bool,
+}
+
+impl CrlfToLf {
+    /// Converts `input`, appending to `out`.
+    pub fn convert(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut rest = input;
+        if self.pending_cr {
+            self.pending_cr = false;
+            if rest.first() != Some(&b'\n') {
+                out.push(b'\r');
+            }
+        }
+        while let Some(p) = rest.iter().position(|&b| b == b'\r') {
+            out.extend_from_slice(&rest[..p]);
+            match rest.get(p + 1) {
+                Some(b'\n') => {}
+                Some(_) => out.push(b'\r'),
+                None => self.pending_cr = true,
+            }
+            rest = &rest[p + 1..];
+        }
+        out.extend_from_slice(rest);
+    }
+
+    /// Ends the stream: a CR held back at the very end is data.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.pending_cr) {
+            out.push(b'\r');
+        }
+    }
+}
+
+#[cfg(test)]
+mod crlf_tests {
+    use super::*;
+
+    fn conv(input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut c = CrlfToLf::default();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk) {
+            c.convert(piece, &mut out);
+        }
+        c.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn converts_across_chunk_boundaries() {
+        let input = b"a\r\nb\rc\r\n\r\nend\r";
+        for chunk in 1..8 {
+            assert_eq!(conv(input, chunk), b"a\nb\rc\n\nend\r", "chunk {chunk}");
+        }
+    }
+}

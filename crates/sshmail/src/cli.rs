@@ -23,8 +23,8 @@ Exit codes (as fetchmail's):
   10 local delivery failed
 With several accounts, the worst error wins; without errors, 0 if any mail came.";
 
-/// Mail through SSH: fetch POP3 mail over an in-process SSH connection and
-/// deliver it to a Maildir, durably and exactly once.
+/// Mail through SSH: fetch POP3 or IMAP mail over an in-process SSH
+/// connection and deliver it to a Maildir, durably and exactly once.
 #[derive(Debug, Parser)]
 #[command(name = "sshmail", version, after_help = EXIT_CODES, args_override_self = true)]
 pub struct Cli {
@@ -59,10 +59,46 @@ pub struct FetchArgs {
     /// (a ~/.ssh/config Host alias works too).
     #[arg(long, value_name = "DEST")]
     pub ssh: Option<String>,
-    /// Use POP3 (the default, and for now the only protocol).
-    #[arg(long)]
+    /// Use POP3 (the default).
+    #[arg(long, conflicts_with = "imap")]
     pub pop3: bool,
-    /// Mail server as seen from the SSH host [default: localhost:110].
+    /// Use IMAP (by default through an exec channel running the remote imapd).
+    #[arg(long)]
+    pub imap: bool,
+    /// How to reach the server: forward (SSH direct-tcpip), exec (remote
+    /// imapd, PREAUTH), command (local --tunnel command), tls, starttls.
+    #[arg(long, value_name = "HOW")]
+    pub via: Option<String>,
+    /// The remote IMAP server binary for --via exec [default: detected].
+    #[arg(long, value_name = "CMD")]
+    pub imapd: Option<String>,
+    /// Local command whose stdin/stdout reach the server (--via command),
+    /// run by /bin/sh -c, e.g. 'ssh -q host /usr/sbin/imapd'.
+    #[arg(long, value_name = "CMD")]
+    pub tunnel: Option<String>,
+    /// IMAP folder or LIST pattern (repeatable) [default: INBOX].
+    #[arg(long = "folder", value_name = "NAME")]
+    pub folders: Vec<String>,
+    /// After delivery: keep, seen (IMAP), delete [default: delete].
+    #[arg(long, value_name = "POLICY", conflicts_with = "keep")]
+    pub policy: Option<String>,
+    /// IMAP: fetch only messages without \Seen.
+    #[arg(long)]
+    pub only_unseen: bool,
+    /// Extra CA certificates (PEM) for --via tls/starttls.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<String>,
+    /// Accept exactly the server certificate with this SHA-256 (hex).
+    #[arg(long, value_name = "HEX")]
+    pub tls_fingerprint: Option<String>,
+    /// IMAP: fetch a folder whose UIDVALIDITY changed again from scratch.
+    #[arg(long)]
+    pub accept_uidvalidity_change: bool,
+    /// Largest message to fetch, in bytes; larger ones stay on the server.
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_size: Option<u64>,
+    /// Mail server [default: localhost:110 for POP3, localhost:143 for IMAP,
+    /// as seen from the SSH host].
     #[arg(long, value_name = "HOST:PORT")]
     pub server: Option<String>,
     /// Mail login name [default: the SSH user].
@@ -198,8 +234,11 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                         },
                     );
                 }
-                if o.refused > 0 {
+                if o.refused > 0 || !o.folder_errors.is_empty() {
                     worst = worst.max(Some(Exit::Server));
+                }
+                for e in &o.folder_errors {
+                    eprintln!("sshmail: {}: {e}", account.name);
                 }
             }
             Err(e) => {
@@ -219,7 +258,17 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
 fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
     let overrides = RawAccount {
         ssh: args.ssh.clone(),
-        protocol: args.pop3.then(|| "pop3".to_string()),
+        protocol: if args.imap { Some("imap".to_string()) } else { args.pop3.then(|| "pop3".to_string()) },
+        via: args.via.clone(),
+        imapd: args.imapd.clone().map(ConfigCommand::Shell),
+        tunnel: args.tunnel.clone().map(ConfigCommand::Shell),
+        folders: (!args.folders.is_empty()).then(|| args.folders.clone()),
+        policy: args.policy.clone(),
+        only_unseen: args.only_unseen.then_some(true),
+        tls_ca_file: args.tls_ca_file.clone(),
+        tls_fingerprint: args.tls_fingerprint.clone(),
+        accept_uidvalidity_change: args.accept_uidvalidity_change.then_some(true),
+        max_message_size: args.max_message_size,
         server: args.server.clone(),
         user: args.user.clone(),
         password_command: args.password_command.clone().map(ConfigCommand::Shell),
@@ -234,13 +283,24 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
         timeout: args.timeout,
         ..Default::default()
     };
-    if let Some(dest) = &args.ssh {
+    let adhoc = args.ssh.is_some() || args.tunnel.is_some() || matches!(args.via.as_deref(), Some("tls" | "starttls"));
+    if adhoc {
         if !args.accounts.is_empty() {
-            return Err(Error::Config("give either account names or --ssh, not both".into()));
+            return Err(Error::Config("give either account names or --ssh/--tunnel/--via, not both".into()));
         }
         // The name shows in messages and, made file-safe, names the ledger.
         let mut account = config::resolve("adhoc", &overrides, args.state_dir.as_deref())?;
-        account.name = format!("{}@{}:{} via {dest}", account.user, account.server_host, account.server_port);
+        let dest = args.ssh.as_deref().unwrap_or_default();
+        account.name = match &account.via {
+            config::Via::Forward => {
+                format!("{}@{}:{} via {dest}", account.user, account.server_host, account.server_port)
+            }
+            config::Via::Exec(_) => format!("imap on {dest}"),
+            config::Via::Command(c) => format!("tunnel {}", crate::transport::remote_command(c)),
+            config::Via::Tls | config::Via::StartTls => {
+                format!("{}@{}:{}", account.user, account.server_host, account.server_port)
+            }
+        };
         return Ok(vec![account]);
     }
     let path = args.config.clone().unwrap_or_else(config::default_config_path);
@@ -285,8 +345,24 @@ fn merge(base: &RawAccount, over: &RawAccount) -> RawAccount {
         identity,
         known_hosts,
         host_key_policy,
-        timeout
+        timeout,
+        via,
+        imapd,
+        tunnel,
+        folders,
+        policy,
+        only_unseen,
+        tls_ca_file,
+        tls_fingerprint,
+        accept_uidvalidity_change,
+        max_message_size
     );
+    if over.policy.is_some() {
+        m.keep = None;
+    }
+    if over.keep.is_some() {
+        m.policy = None;
+    }
     if over.password_command.is_some() {
         m.password = None;
         m.password_command = over.password_command.clone();

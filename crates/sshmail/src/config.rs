@@ -56,6 +56,17 @@ pub struct RawAccount {
     pub host_key_policy: Option<String>,
     pub timeout: Option<u64>,
     pub ssh_password_command: Option<Command>,
+    pub via: Option<String>,
+    pub imapd: Option<Command>,
+    pub tunnel: Option<Command>,
+    pub folders: Option<Vec<String>>,
+    pub policy: Option<String>,
+    pub only_unseen: Option<bool>,
+    pub tls_ca_file: Option<String>,
+    pub tls_fingerprint: Option<String>,
+    pub max_message_size: Option<u64>,
+    pub allow_expunge_all: Option<bool>,
+    pub accept_uidvalidity_change: Option<bool>,
 }
 
 /// A command: a string run by `/bin/sh -c`, or an argument vector run as is.
@@ -102,6 +113,46 @@ impl Command {
 pub enum Protocol {
     /// POP3.
     Pop3,
+    /// IMAP4rev1.
+    Imap,
+}
+
+/// How the byte stream to the mail server is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A direct-tcpip channel through the SSH host to `server`.
+    Forward,
+    /// An exec channel on the SSH host running the mail server's
+    /// preauthenticated binary (`imapd`), detected when `None`.
+    Exec(Option<Command>),
+    /// A local command whose stdin/stdout is the connection (like mbsync's
+    /// `Tunnel`).
+    Command(Command),
+    /// TLS straight to `server` (no SSH).
+    Tls,
+    /// Plain TCP to `server`, then STARTTLS (no SSH).
+    StartTls,
+}
+
+/// What happens on the server to a message once it is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Nothing: leave it as it was (IMAP: EXAMINE, BODY.PEEK).
+    Keep,
+    /// IMAP only: set \Seen.
+    Seen,
+    /// Delete it (POP3 DELE; IMAP \Deleted + UID EXPUNGE).
+    Delete,
+}
+
+/// TLS settings for `via = "tls"` / `"starttls"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Extra CA certificates (PEM) to trust besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Accept exactly this server certificate: SHA-256 of its DER, hex
+    /// (colons allowed). Replaces CA verification.
+    pub fingerprint: Option<String>,
 }
 
 /// How to log in to a POP3 server.
@@ -240,6 +291,23 @@ pub struct Account {
     pub ssh_password: PasswordSource,
     /// Directory for this account's ledger.
     pub state_dir: PathBuf,
+    /// How to reach the mail server.
+    pub via: Via,
+    /// What to do with delivered messages on the server.
+    pub policy: Policy,
+    /// IMAP folders (names or LIST patterns with `*` and `%`), UTF-8.
+    pub folders: Vec<String>,
+    /// IMAP: fetch only messages without \Seen.
+    pub only_unseen: bool,
+    /// TLS settings.
+    pub tls: TlsSettings,
+    /// Largest message accepted; larger ones stay on the server.
+    pub max_message_size: u64,
+    /// IMAP without UIDPLUS: allow a plain EXPUNGE (which also removes
+    /// messages others flagged \Deleted).
+    pub allow_expunge_all: bool,
+    /// IMAP: fetch a folder whose UIDVALIDITY changed again from scratch.
+    pub accept_uidvalidity_change: bool,
 }
 
 /// The default config file: `$XDG_CONFIG_HOME/sshmail/config.toml`.
@@ -299,19 +367,44 @@ pub fn load(path: &Path) -> Result<RawConfig> {
 /// Resolves one raw account.
 pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<Account> {
     let ctx = |msg: String| Error::Config(format!("account {name}: {msg}"));
-    let ssh = SshDestination::parse(raw.ssh.as_deref().ok_or_else(|| ctx("no `ssh` destination".into()))?)
-        .map_err(|e| ctx(e.to_string()))?;
     let protocol = match raw.protocol.as_deref().unwrap_or("pop3") {
         "pop3" | "pop" => Protocol::Pop3,
-        other => {
-            return Err(ctx(format!("unknown protocol {other:?} (this version supports: pop3)")));
+        "imap" => Protocol::Imap,
+        other => return Err(ctx(format!("unknown protocol {other:?} (pop3, imap)"))),
+    };
+    let via = match raw.via.as_deref() {
+        None if raw.tunnel.is_some() => Via::Command(raw.tunnel.clone().unwrap_or(Command::Argv(Vec::new()))),
+        None if protocol == Protocol::Imap && raw.server.is_none() => Via::Exec(raw.imapd.clone()),
+        None | Some("forward") => Via::Forward,
+        Some("exec") => Via::Exec(raw.imapd.clone()),
+        Some("command") => {
+            Via::Command(raw.tunnel.clone().ok_or_else(|| ctx("via = \"command\" needs `tunnel`".into()))?)
         }
+        Some("tls") => Via::Tls,
+        Some("starttls") => Via::StartTls,
+        Some(other) => return Err(ctx(format!("unknown via {other:?} (forward, exec, command, tls, starttls)"))),
+    };
+    if protocol == Protocol::Pop3 && matches!(via, Via::Exec(_) | Via::StartTls) {
+        return Err(ctx("POP3 goes through via = \"forward\", \"command\" or \"tls\"".into()));
+    }
+    let needs_ssh = matches!(via, Via::Forward | Via::Exec(_));
+    let ssh = match raw.ssh.as_deref() {
+        Some(s) => SshDestination::parse(s).map_err(|e| ctx(e.to_string()))?,
+        None if needs_ssh => return Err(ctx("no `ssh` destination".into())),
+        None => SshDestination { user: None, host: String::new(), port: None },
+    };
+    let default_port = match (protocol, &via) {
+        (Protocol::Pop3, Via::Tls) => 995,
+        (Protocol::Pop3, _) => 110,
+        (Protocol::Imap, Via::Tls) => 993,
+        (Protocol::Imap, _) => 143,
     };
     let (server_host, server_port) = match raw.server.as_deref() {
-        None => ("localhost".to_string(), 110),
+        None if matches!(via, Via::Tls | Via::StartTls) => return Err(ctx("TLS needs `server`".into())),
+        None => ("localhost".to_string(), default_port),
         Some(s) => {
             let (h, p) = split_host_port(s).ok_or_else(|| ctx(format!("bad server {s:?}")))?;
-            (h, p.unwrap_or(110))
+            (h, p.unwrap_or(default_port))
         }
     };
     let user = match &raw.user {
@@ -319,21 +412,17 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         None => ssh.user.clone().unwrap_or_else(local_user),
     };
     let password = match (&raw.password, &raw.password_command) {
-        (Some(_), Some(_)) => {
-            return Err(ctx("give `password` or `password_command`, not both".into()));
-        }
+        (Some(_), Some(_)) => return Err(ctx("give `password` or `password_command`, not both".into())),
         (Some(p), None) => PasswordSource::Literal(Secret::new(p.clone())),
         (None, Some(c)) => PasswordSource::Command(c.clone()),
         (None, None) => PasswordSource::None,
     };
     let pop3_auth = match raw.auth.as_deref().unwrap_or("auto") {
         "auto" => Pop3Auth::Auto,
-        "user" | "pass" => Pop3Auth::User,
+        "user" | "pass" | "login" => Pop3Auth::User,
         "apop" => Pop3Auth::Apop,
         "plain" => Pop3Auth::Plain,
-        other => {
-            return Err(ctx(format!("unknown auth {other:?} (auto, user, apop, plain)")));
-        }
+        other => return Err(ctx(format!("unknown auth {other:?} (auto, user, login, apop, plain)"))),
     };
     let deliver =
         parse_delivery(raw.deliver.as_deref().unwrap_or("maildir:~/Maildir")).map_err(|e| ctx(e.to_string()))?;
@@ -341,9 +430,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         None => None,
         Some("strict" | "yes") => Some(HostKeyPolicy::Strict),
         Some("accept-new") => Some(HostKeyPolicy::AcceptNew),
-        Some(other) => {
-            return Err(ctx(format!("unknown host_key_policy {other:?} (strict, accept-new)")));
-        }
+        Some(other) => return Err(ctx(format!("unknown host_key_policy {other:?} (strict, accept-new)"))),
     };
     let timeout = raw.timeout.unwrap_or(30);
     if timeout == 0 {
@@ -353,6 +440,21 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         Some(c) => PasswordSource::Command(c.clone()),
         None => PasswordSource::None,
     };
+    let policy = match (raw.policy.as_deref(), raw.keep) {
+        (Some(_), Some(_)) => return Err(ctx("give `policy` or `keep`, not both".into())),
+        (None, Some(true)) | (Some("keep"), None) => Policy::Keep,
+        (None, None | Some(false)) | (Some("delete"), None) => Policy::Delete,
+        (Some("seen"), None) if protocol == Protocol::Imap => Policy::Seen,
+        (Some("seen"), None) => return Err(ctx("policy \"seen\" is for IMAP; POP3 has keep or delete".into())),
+        (Some(other), None) => return Err(ctx(format!("unknown policy {other:?} (keep, seen, delete)"))),
+    };
+    let folders = raw.folders.clone().unwrap_or_else(|| vec!["INBOX".to_string()]);
+    if protocol == Protocol::Pop3 && raw.folders.is_some() {
+        return Err(ctx("POP3 has no folders; `folders` is for IMAP".into()));
+    }
+    if folders.is_empty() {
+        return Err(ctx("`folders` is empty".into()));
+    }
     Ok(Account {
         name: name.to_string(),
         ssh,
@@ -362,7 +464,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         user,
         password,
         pop3_auth,
-        keep: raw.keep.unwrap_or(false),
+        keep: policy == Policy::Keep,
         fetch_all: raw.fetch_all.unwrap_or(false),
         compress: raw.compress.unwrap_or(false),
         deliver,
@@ -372,6 +474,17 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         timeout: Duration::from_secs(timeout),
         ssh_password,
         state_dir: state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
+        via,
+        policy,
+        folders,
+        only_unseen: raw.only_unseen.unwrap_or(false),
+        tls: TlsSettings {
+            ca_file: raw.tls_ca_file.as_deref().map(expand_tilde),
+            fingerprint: raw.tls_fingerprint.clone(),
+        },
+        max_message_size: raw.max_message_size.unwrap_or(1 << 30),
+        allow_expunge_all: raw.allow_expunge_all.unwrap_or(false),
+        accept_uidvalidity_change: raw.accept_uidvalidity_change.unwrap_or(false),
     })
 }
 
@@ -416,11 +529,40 @@ mod tests {
     }
 
     #[test]
+    fn imap_defaults_to_exec_and_transports_pick_ports() {
+        let raw = RawAccount { ssh: Some("h".into()), protocol: Some("imap".into()), ..Default::default() };
+        let a = resolve("a", &raw, None).unwrap();
+        assert_eq!(
+            (a.via.clone(), a.folders.clone(), a.policy),
+            (Via::Exec(None), vec!["INBOX".to_string()], Policy::Delete)
+        );
+        let raw = RawAccount {
+            protocol: Some("imap".into()),
+            via: Some("tls".into()),
+            server: Some("imap.example.org".into()),
+            keep: Some(true),
+            ..Default::default()
+        };
+        let a = resolve("a", &raw, None).unwrap();
+        assert_eq!((a.server_port, a.policy), (993, Policy::Keep));
+        let raw = RawAccount {
+            protocol: Some("imap".into()),
+            tunnel: Some(Command::Argv(vec!["ssh".into(), "h".into(), "imapd".into()])),
+            ..Default::default()
+        };
+        assert!(matches!(resolve("a", &raw, None).unwrap().via, Via::Command(_)));
+    }
+
+    #[test]
     fn rejects_unknown_keys_and_values() {
         assert!(toml::from_str::<RawConfig>("[account.a]\nssh = \"h\"\npasword = \"x\"\n").is_err());
         let raw = RawAccount { ssh: Some("h".into()), protocol: Some("smtp".into()), ..Default::default() };
         let e = resolve("a", &raw, None).unwrap_err().to_string();
         assert!(e.contains("unknown protocol"), "{e}");
+        let raw = RawAccount { ssh: Some("h".into()), policy: Some("seen".into()), ..Default::default() };
+        assert!(resolve("a", &raw, None).is_err(), "seen is IMAP only");
+        let raw = RawAccount { via: Some("tls".into()), protocol: Some("imap".into()), ..Default::default() };
+        assert!(resolve("a", &raw, None).is_err(), "TLS needs a server");
         let raw = RawAccount { ssh: Some("h".into()), deliver: Some("mbox".into()), ..Default::default() };
         assert!(resolve("a", &raw, None).is_err());
     }

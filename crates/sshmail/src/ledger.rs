@@ -83,6 +83,22 @@ impl Ledger {
         self.delivered.len()
     }
 
+    /// The distinct second path components of delivered keys that start
+    /// with `prefix` (for IMAP keys `folder/uidvalidity/uid`: the
+    /// UIDVALIDITY values on record for a folder).
+    pub fn validities(&self, prefix: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .delivered
+            .iter()
+            .filter_map(|k| k.strip_prefix(prefix))
+            .filter_map(|rest| rest.split('/').next())
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Prepared but not confirmed deliveries, left by an interrupted run.
     pub fn pending(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = self.pending.iter().map(|(k, t)| (k.clone(), t.clone())).collect();

@@ -19,4 +19,5 @@ pub mod fetch;
 pub mod ledger;
 pub mod secret;
 pub mod ssh;
+pub mod transport;
 pub mod wire;

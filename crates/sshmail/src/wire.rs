@@ -95,29 +95,31 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
 
     /// Reads more bytes into the buffer; EOF and timeouts are errors.
     pub async fn fill(&mut self) -> Result<()> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.fill_untimed()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Protocol(format!(
+                "{} sent nothing for {} s — the server or the link is stalled",
+                self.peer,
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// Reads more bytes without a timeout, for waits that may legitimately
+    /// last long (IMAP IDLE); the caller bounds the wait itself. Cancel-safe:
+    /// dropped before completion, it leaves the buffer as it was.
+    pub async fn fill_untimed(&mut self) -> Result<()> {
         if self.start > 0 && self.start * 2 >= self.buf.len() {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + READ_CHUNK, 0);
-        let read = tokio::time::timeout(self.timeout, self.io.read(&mut self.buf[old..])).await;
-        let n = match read {
-            Err(_) => {
-                self.buf.truncate(old);
-                return Err(Error::Protocol(format!(
-                    "{} sent nothing for {} s — the server or the link is stalled",
-                    self.peer,
-                    self.timeout.as_secs()
-                )));
-            }
-            Ok(Err(e)) => {
-                self.buf.truncate(old);
-                return Err(Error::Connect(format!("connection to {} failed: {e}", self.peer)));
-            }
-            Ok(Ok(n)) => n,
-        };
-        self.buf.truncate(old + n);
+        self.buf.reserve(READ_CHUNK);
+        let n = self
+            .io
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| Error::Connect(format!("connection to {} failed: {e}", self.peer)))?;
         if n == 0 {
             return Err(Error::Connect(format!("{} closed the connection unexpectedly", self.peer)));
         }

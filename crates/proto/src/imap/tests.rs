@@ -59,9 +59,14 @@ fn transcript_parses_and_streams_bodies() {
         Response::Untagged(Untagged::Status { status: Status::PreAuth, code: Some(Code::Capability(c)), .. }) if c.contains(&"UIDPLUS".to_string())
     ));
     assert_eq!(responses[1], Response::Untagged(Untagged::Exists(2)));
-    assert!(matches!(&responses[2], Response::Untagged(Untagged::Status { code: Some(Code::UidValidity(1795309769)), .. })));
+    assert!(matches!(
+        &responses[2],
+        Response::Untagged(Untagged::Status { code: Some(Code::UidValidity(1795309769)), .. })
+    ));
     assert!(matches!(&responses[3], Response::Untagged(Untagged::Status { code: Some(Code::UidNext(3)), .. })));
-    assert!(matches!(&responses[4], Response::Tagged { tag, status: Status::Ok, code: Some(Code::ReadWrite), .. } if tag == "A1"));
+    assert!(
+        matches!(&responses[4], Response::Tagged { tag, status: Status::Ok, code: Some(Code::ReadWrite), .. } if tag == "A1")
+    );
     match &responses[5] {
         Response::Untagged(Untagged::Fetch(f)) => {
             assert_eq!((f.seq, f.uid, f.size), (1, Some(1), Some(30)));
@@ -71,7 +76,9 @@ fn transcript_parses_and_streams_bodies() {
         other => panic!("{other:?}"),
     }
     match &responses[6] {
-        Response::Untagged(Untagged::Fetch(f)) => assert_eq!((f.uid, f.size, f.body.is_some()), (Some(2), Some(4), true)),
+        Response::Untagged(Untagged::Fetch(f)) => {
+            assert_eq!((f.uid, f.size, f.body.is_some()), (Some(2), Some(4), true))
+        }
         other => panic!("{other:?}"),
     }
     match &responses[7] {
@@ -90,7 +97,9 @@ fn transcript_parses_and_streams_bodies() {
     assert!(matches!(&responses[10], Response::Untagged(Untagged::List { delimiter: None, .. })));
     assert_eq!(responses[11], Response::Continuation("idling".into()));
     assert_eq!(responses[12], Response::Untagged(Untagged::Expunge(1)));
-    assert!(matches!(&responses[13], Response::Tagged { status: Status::No, code: Some(Code::Other(c)), .. } if c == "TRYCREATE"));
+    assert!(
+        matches!(&responses[13], Response::Tagged { status: Status::No, code: Some(Code::Other(c)), .. } if c == "TRYCREATE")
+    );
     assert_eq!(responses.len(), 14);
 }
 

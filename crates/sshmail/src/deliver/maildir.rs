@@ -122,6 +122,13 @@ impl Maildir {
         let _ = fs::remove_file(path);
     }
 
+    /// Removes a finished message that will not be published.
+    pub fn discard_finished(&self, finished: Finished) {
+        let path = self.root.join("tmp").join(&finished.name);
+        drop(finished);
+        let _ = fs::remove_file(path);
+    }
+
     /// Step 1: makes every staged file's content durable, several at a time.
     pub fn sync_staged(&self, batch: &[Finished]) -> Result<()> {
         let threads = 8.min(batch.len().max(1));

@@ -7,36 +7,46 @@
 //!    staging names (`P`), fsync'd;
 //! 3. the sink publishes them (rename into `new/`, fsync the directory) and
 //!    the ledger records them delivered (`D`), fsync'd;
-//! 4. only then are DELE commands sent for them (unless keeping mail).
+//! 4. only then is the server told to delete (POP3 DELE; IMAP STORE
+//!    \Deleted + UID EXPUNGE) or to flag them \Seen.
 //!
 //! POP3 applies DELE at QUIT. If the run dies before QUIT, the server still
 //! has those messages; the ledger knows them as delivered, so the next run
-//! deletes them without delivering them again ("pending deletes").
+//! deletes them without delivering them again ("pending deletes"). IMAP
+//! works the same way: delivered messages still on the server get the
+//! policy applied on the next run.
 
+pub mod imap;
 pub mod pop3;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use sshmail_proto::imap::{Command as ImapCommand, Limits, Response, Status, Untagged, uid_set};
 use sshmail_proto::pop3::{Command, Reply};
 
-use crate::config::{Account, Delivery};
+use crate::cli::human_bytes;
+use crate::config::{Account, Delivery, Policy, Protocol};
 use crate::deliver::Maildir;
 use crate::deliver::maildir::Finished;
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::ledger::Ledger;
-use crate::ssh::{SshPool, target};
+use crate::ssh::SshPool;
+use crate::transport::{self, Stream};
 use crate::wire::Wire;
+use imap::{Bodies, Imap, Pending};
 use pop3::Pop3;
 
 /// Messages per group commit.
 const BATCH_MESSAGES: usize = 256;
 /// Bytes per group commit.
 const BATCH_BYTES: u64 = 64 << 20;
-/// RETR commands in flight when the server allows pipelining.
+/// POP3 RETR commands in flight when the server allows pipelining.
 const PIPELINE_DEPTH: usize = 64;
+/// IMAP UID FETCH batches in flight.
+const IMAP_FETCHES_IN_FLIGHT: usize = 2;
 
 /// What a fetch did.
 #[derive(Debug, Default, Clone)]
@@ -47,12 +57,14 @@ pub struct Outcome {
     pub delivered: usize,
     /// Bytes delivered.
     pub bytes: u64,
-    /// DELE commands the server accepted (applied at QUIT).
+    /// Messages deleted on the server (POP3: DELE accepted and QUIT done).
     pub deleted: usize,
-    /// Messages the server refused to send (left on the server).
+    /// Messages the server refused to send, or too big (left on the server).
     pub refused: usize,
     /// Deliveries finished from an interrupted earlier run.
     pub recovered: usize,
+    /// Folders that could not be fetched, with the reason.
+    pub folder_errors: Vec<String>,
 }
 
 /// How the run presents itself.
@@ -90,18 +102,90 @@ pub async fn fetch_account(
         tracing::info!("{}: finished {} deliveries interrupted in an earlier run", account.name, outcome.recovered);
     }
 
-    let password = account.password.get("password_command")?;
-    let target = target::resolve(account, ssh_config)?;
-    let jumps =
-        target.jumps.iter().map(|j| target::resolve_jump(j, ssh_config, account)).collect::<Result<Vec<_>>>()?;
-    let session = pool.get(&target, &jumps).await?;
-    let channel = session.forward(&account.server_host, account.server_port).await?;
-    let peer = format!("POP3 server {}:{} (via {})", account.server_host, account.server_port, session.name());
-    let mut pop = Pop3::start(Wire::new(channel, account.timeout, peer)).await?;
+    let opened = transport::open(account, pool, ssh_config).await?;
+    let diagnostics = opened.diagnostics.clone();
+    let explain = |e: Error| transport::explain(diagnostics.as_deref(), e);
+    let wire = Wire::new(opened.stream, account.timeout, opened.peer.clone());
+    let mut store = Store { maildir: &maildir, ledger: &mut ledger, outcome: &mut outcome, show };
+    let received = match account.protocol {
+        Protocol::Pop3 => pop3_flow(account, wire, &mut store).await.map_err(explain)?,
+        Protocol::Imap => {
+            imap_flow(account, wire, opened.greeting_done, opened.preauth_ok, &mut store).await.map_err(explain)?
+        }
+    };
+    tracing::info!(
+        "{}: {} delivered ({}), {} deleted, {} received in {:.2} s",
+        account.name,
+        outcome.delivered,
+        human_bytes(outcome.bytes),
+        outcome.deleted,
+        human_bytes(received),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(outcome)
+}
+
+/// The local side of a fetch: where bodies go and what is on record.
+struct Store<'a> {
+    maildir: &'a Maildir,
+    ledger: &'a mut Ledger,
+    outcome: &'a mut Outcome,
+    show: Presentation,
+}
+
+impl Store<'_> {
+    /// Group commit: sync, record staged, publish, record delivered.
+    /// Returns the keys, in batch order.
+    fn commit(&mut self, batch: &mut Vec<(String, Finished)>) -> Result<Vec<String>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (keys, files): (Vec<String>, Vec<Finished>) = std::mem::take(batch).into_iter().unzip();
+        // Order is important: content durable, then named in the ledger,
+        // then visible, then recorded as delivered.
+        self.maildir.sync_staged(&files)?;
+        let prepared: Vec<_> = keys.iter().cloned().zip(files.iter().map(|f| f.name.clone())).collect();
+        self.ledger.prepare(&prepared)?;
+        self.maildir.publish(&files)?;
+        self.ledger.commit(&keys)?;
+        fault::point("batch-recorded");
+        self.outcome.delivered += files.len();
+        self.outcome.bytes += files.iter().map(|f| f.len).sum::<u64>();
+        Ok(keys)
+    }
+
+    /// Saves what is complete after a failure; the failure is what counts.
+    fn salvage(&mut self, batch: &mut Vec<(String, Finished)>) {
+        if let Err(e) = self.commit(batch) {
+            tracing::error!("could not save the messages that were complete: {e}");
+        }
+    }
+
+    fn bar(&self, total_bytes: u64, messages: usize, what: &str) -> ProgressBar {
+        if !self.show.progress || messages == 0 {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(total_bytes);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_string());
+        bar.set_message(format!("0/{messages}"));
+        bar
+    }
+}
+
+// ---------------------------------------------------------------- POP3 --
+
+async fn pop3_flow<S: Stream>(account: &Account, wire: Wire<S>, store: &mut Store<'_>) -> Result<u64> {
+    let mut pop = Pop3::start(wire).await?;
     pop.capa().await?;
+    let password = account.password.get("password_command")?;
     pop.login(&account.user, password.as_ref(), account.pop3_auth).await?;
     let listing = pop.scan().await?;
-    outcome.on_server = listing.len();
+    store.outcome.on_server = listing.len();
 
     let mut seen = HashSet::new();
     let mut to_fetch = Vec::new();
@@ -111,9 +195,18 @@ pub async fn fetch_account(
             tracing::warn!("{}: UIDL {uid} appears twice; message {n} is left alone", pop.peer());
             continue;
         }
-        if account.fetch_all || !ledger.is_delivered(uid) {
+        if account.fetch_all || !store.ledger.is_delivered(uid) {
+            if *size > account.max_message_size {
+                tracing::warn!(
+                    "{}: message {n} is {} (over max_message_size); left on the server",
+                    pop.peer(),
+                    human_bytes(*size)
+                );
+                store.outcome.refused += 1;
+                continue;
+            }
             to_fetch.push((*n, uid.clone(), *size));
-        } else if !account.keep {
+        } else if account.policy == Policy::Delete {
             to_delete.push((*n, uid.clone()));
         }
     }
@@ -125,16 +218,13 @@ pub async fn fetch_account(
         to_delete.len()
     );
 
-    let bar = progress_bar(show, &to_fetch);
-    let run = Run { account, maildir: &maildir, ledger: &mut ledger, outcome: &mut outcome, bar: &bar };
-    let result = run.transfer(&mut pop, to_fetch, to_delete).await;
-    bar.finish_and_clear();
+    let listed: HashSet<String> = listing.iter().map(|(_, u, _)| u.clone()).collect();
+    let result = pop3_transfer(account, &mut pop, store, &to_fetch, to_delete).await;
     let deleted = match result {
-        Ok(deleted) => deleted,
+        Ok(d) => d,
         Err(e) => {
             // Nothing was expunged (no QUIT): keep every id still listed.
-            let listed: HashSet<_> = listing.iter().map(|(_, u, _)| u.clone()).collect();
-            let _ = ledger.compact(|k| listed.contains(k));
+            let _ = store.ledger.compact(|k| listed.contains(k));
             return Err(e);
         }
     };
@@ -143,203 +233,443 @@ pub async fn fetch_account(
     fault::point("quit-sent");
     let quit = pop.reply().await;
     pop.shutdown().await;
-    let listed: HashSet<_> = listing.iter().map(|(_, u, _)| u.clone()).collect();
     match quit {
         Ok(Reply::Ok(_)) => {
-            outcome.deleted = deleted.len();
-            ledger.compact(|k| listed.contains(k) && !deleted.contains(k))?;
+            store.outcome.deleted = deleted.len();
+            store.ledger.compact(|k| listed.contains(k) && !deleted.contains(k))?;
+            Ok(pop.received())
         }
         Ok(Reply::Err(t)) => {
-            ledger.compact(|k| listed.contains(k))?;
-            return Err(Error::Server(format!(
+            store.ledger.compact(|k| listed.contains(k))?;
+            Err(Error::Server(format!(
                 "{}: QUIT failed (-ERR {t}); messages marked for deletion stay on the server and will be deleted next time",
                 pop.peer()
-            )));
+            )))
         }
         Err(e) => {
-            ledger.compact(|k| listed.contains(k))?;
-            return Err(e);
+            store.ledger.compact(|k| listed.contains(k))?;
+            Err(e)
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(
-        "{}: {} delivered ({}), {} deleted, {} received through SSH in {secs:.2} s",
-        account.name,
-        outcome.delivered,
-        crate::cli::human_bytes(outcome.bytes),
-        outcome.deleted,
-        crate::cli::human_bytes(pop.received())
-    );
-    Ok(outcome)
 }
 
-fn progress_bar(show: Presentation, to_fetch: &[(u32, String, u64)]) -> ProgressBar {
-    if !show.progress || to_fetch.is_empty() {
-        return ProgressBar::hidden();
-    }
-    let total: u64 = to_fetch.iter().map(|(_, _, s)| s).sum();
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(format!("0/{} messages", to_fetch.len()));
-    bar
-}
-
-/// What is in flight on the pipelined connection, in order.
+/// What is in flight on the pipelined POP3 connection, in order.
 enum InFlight {
     Retr(usize),
     Dele(String),
 }
 
-struct Run<'a> {
-    account: &'a Account,
-    maildir: &'a Maildir,
-    ledger: &'a mut Ledger,
-    outcome: &'a mut Outcome,
-    bar: &'a ProgressBar,
+/// Retrieves `to_fetch` and deletes per policy. Returns the ids whose DELE
+/// the server accepted.
+async fn pop3_transfer<S: Stream>(
+    account: &Account,
+    pop: &mut Pop3<S>,
+    store: &mut Store<'_>,
+    to_fetch: &[(u32, String, u64)],
+    to_delete: Vec<(u32, String)>,
+) -> Result<HashSet<String>> {
+    let depth = if pop.caps.pipelining { PIPELINE_DEPTH } else { 1 };
+    let numbers: HashMap<&str, u32> = to_fetch.iter().map(|(n, u, _)| (u.as_str(), *n)).collect();
+    let bar = store.bar(to_fetch.iter().map(|(_, _, s)| s).sum(), to_fetch.len(), &account.name);
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut outgoing: Vec<Command> = Vec::new();
+    let mut dele_queue: VecDeque<(u32, String)> = to_delete.into();
+    let mut accepted = HashSet::new();
+    let mut batch: Vec<(String, Finished)> = Vec::new();
+    let mut batch_bytes = 0u64;
+    let mut next = 0usize;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let total = to_fetch.len();
+
+    loop {
+        // Keep the pipeline full: pending DELEs first, then RETRs.
+        while in_flight.len() < depth {
+            if let Some((n, uid)) = dele_queue.pop_front() {
+                outgoing.push(Command::Dele(n));
+                in_flight.push_back(InFlight::Dele(uid));
+            } else if next < total {
+                outgoing.push(Command::Retr(to_fetch[next].0));
+                in_flight.push_back(InFlight::Retr(next));
+                next += 1;
+            } else {
+                break;
+            }
+        }
+        if !outgoing.is_empty() {
+            pop.send(&outgoing).await?;
+            outgoing.clear();
+        }
+        let Some(item) = in_flight.pop_front() else { break };
+        match item {
+            InFlight::Dele(uid) => match pop.reply().await? {
+                Reply::Ok(_) => {
+                    fault::point("dele-confirmed");
+                    accepted.insert(uid);
+                }
+                Reply::Err(t) => tracing::warn!("{}: DELE of {uid} refused: -ERR {t}", pop.peer()),
+            },
+            InFlight::Retr(i) => {
+                let (n, uid, _) = &to_fetch[i];
+                let before = pop.received();
+                match pop3_receive(pop, store.maildir, &mut buf).await {
+                    Ok(Some(f)) => {
+                        batch_bytes += f.len;
+                        batch.push((uid.clone(), f));
+                    }
+                    Ok(None) => {
+                        store.outcome.refused += 1;
+                        tracing::warn!("{}: message {n} ({uid}) refused by the server; left there", pop.peer());
+                    }
+                    Err(e) => {
+                        // Complete messages of this batch are still good:
+                        // make them durable so the next run need not fetch
+                        // them again. Nothing is deleted (no QUIT follows).
+                        store.salvage(&mut batch);
+                        bar.finish_and_clear();
+                        return Err(e);
+                    }
+                }
+                bar.inc(pop.received() - before);
+                bar.set_message(format!("{}/{total}", i + 1));
+                let last_retr = next == total && !in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
+                if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES || (last_retr && !batch.is_empty()) {
+                    let keys = store.commit(&mut batch)?;
+                    batch_bytes = 0;
+                    if account.policy == Policy::Delete {
+                        dele_queue.extend(keys.into_iter().map(|k| (numbers[k.as_str()], k)));
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(accepted)
 }
 
-impl Run<'_> {
-    /// Retrieves `to_fetch` and deletes per policy. Returns the ids whose
-    /// DELE the server accepted.
-    async fn transfer<S>(
-        mut self,
-        pop: &mut Pop3<S>,
-        to_fetch: Vec<(u32, String, u64)>,
-        to_delete: Vec<(u32, String)>,
-    ) -> Result<HashSet<String>>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-    {
-        let depth = if pop.caps.pipelining { PIPELINE_DEPTH } else { 1 };
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut outgoing: Vec<Command> = Vec::new();
-        let mut dele_queue: VecDeque<(u32, String)> = to_delete.into();
-        let mut accepted = HashSet::new();
-        let mut batch: Vec<(u32, String, Finished)> = Vec::new();
-        let mut batch_bytes = 0u64;
-        let mut next = 0usize;
-        let mut buf = Vec::with_capacity(64 * 1024);
-        let total = to_fetch.len();
+/// Reads one RETR reply and body into the Maildir's staging area.
+async fn pop3_receive<S: Stream>(pop: &mut Pop3<S>, maildir: &Maildir, buf: &mut Vec<u8>) -> Result<Option<Finished>> {
+    if let Reply::Err(t) = pop.reply().await? {
+        tracing::debug!("RETR refused: {t}");
+        return Ok(None);
+    }
+    let mut staged = maildir.begin()?;
+    match pop.body_into(&mut staged, buf).await {
+        Ok(_) => {
+            fault::point("message-written");
+            Ok(Some(maildir.finish(staged)?))
+        }
+        Err(e) => {
+            maildir.discard(staged);
+            Err(e)
+        }
+    }
+}
 
-        loop {
-            // Keep the pipeline full: pending DELEs first, then RETRs.
-            while in_flight.len() < depth {
-                if let Some((n, uid)) = dele_queue.pop_front() {
-                    outgoing.push(Command::Dele(n));
-                    in_flight.push_back(InFlight::Dele(uid));
-                } else if next < total {
-                    outgoing.push(Command::Retr(to_fetch[next].0));
-                    in_flight.push_back(InFlight::Retr(next));
-                    next += 1;
-                } else {
-                    break;
+// ---------------------------------------------------------------- IMAP --
+
+/// The ledger key prefix of a folder: its name with `%`, `/`, space and
+/// non-ASCII percent-encoded, then `/`.
+fn folder_prefix(folder: &str) -> String {
+    let mut p = String::new();
+    for b in folder.bytes() {
+        if b.is_ascii_graphic() && b != b'%' && b != b'/' {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("%{b:02X}"));
+        }
+    }
+    p.push('/');
+    p
+}
+
+async fn imap_flow<S: Stream>(
+    account: &Account,
+    wire: Wire<S>,
+    greeting_done: bool,
+    preauth_ok: bool,
+    store: &mut Store<'_>,
+) -> Result<u64> {
+    let limits = Limits { max_body: account.max_message_size, ..Limits::default() };
+    let mut imap = Imap::start(wire, limits, greeting_done, preauth_ok).await?;
+    if imap.preauth {
+        tracing::info!("{}: preauthenticated by {}", account.name, imap.peer());
+    } else {
+        let password = account.password.get("password_command")?;
+        imap.login(&account.user, password.as_ref()).await?;
+    }
+    let folders = resolve_folders(&mut imap, &account.folders).await?;
+    let mut listed: HashSet<String> = HashSet::new();
+    let mut done_prefixes: Vec<String> = Vec::new();
+    for folder in &folders {
+        match imap_folder(account, &mut imap, store, folder, &mut listed).await {
+            Ok(()) => done_prefixes.push(folder_prefix(folder)),
+            Err(Error::Server(m)) => {
+                // One bad folder (gone, UIDVALIDITY changed) does not stop
+                // the others; it is reported at the end.
+                tracing::error!("{m}");
+                store.outcome.folder_errors.push(m);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    imap.logout().await;
+    store.ledger.compact(|k| listed.contains(k) || !done_prefixes.iter().any(|p| k.starts_with(p.as_str())))?;
+    Ok(imap.received())
+}
+
+/// Turns configured names and patterns into folder names.
+async fn resolve_folders<S: Stream>(imap: &mut Imap<S>, wanted: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for w in wanted {
+        if w.contains('*') || w.contains('%') {
+            let found = imap.list(w).await?;
+            if found.is_empty() {
+                tracing::warn!("{}: no folder matches {w:?}", imap.peer());
+            }
+            out.extend(found);
+        } else {
+            out.push(w.clone());
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// Fetches one folder.
+async fn imap_folder<S: Stream>(
+    account: &Account,
+    imap: &mut Imap<S>,
+    store: &mut Store<'_>,
+    folder: &str,
+    listed: &mut HashSet<String>,
+) -> Result<()> {
+    let read_only = account.policy == Policy::Keep;
+    let (validity, exists) = imap.select(folder, read_only).await?;
+    let prefix = folder_prefix(folder);
+    let validity_prefix = format!("{prefix}{validity}/");
+    let old: Vec<String> =
+        store.ledger.validities(&prefix).into_iter().filter(|v| *v != validity.to_string()).collect();
+    if !old.is_empty() {
+        let msg = format!(
+            "{}: UIDVALIDITY of {folder} changed from {} to {validity}: the server renumbered the folder, so the \
+             messages fetched before can no longer be recognised",
+            imap.peer(),
+            old.join(", ")
+        );
+        if account.policy == Policy::Delete || account.accept_uidvalidity_change {
+            tracing::warn!("{msg}; fetching what is there now as new");
+        } else {
+            return Err(Error::Server(format!(
+                "{msg}. Nothing was fetched from {folder}. To fetch everything in it again (mail you already have \
+                 would arrive twice), run once with --accept-uidvalidity-change"
+            )));
+        }
+    }
+    if exists == 0 {
+        return Ok(());
+    }
+    let scan = imap.scan().await?;
+    store.outcome.on_server += scan.len();
+    let mut to_fetch: Vec<(u32, u64)> = Vec::new();
+    let mut to_apply: Vec<u32> = Vec::new();
+    for f in &scan {
+        let uid = f.uid.unwrap_or(0);
+        let key = format!("{validity_prefix}{uid}");
+        let seen = f.flags.as_ref().is_some_and(|fl| fl.iter().any(|x| x.eq_ignore_ascii_case("\\Seen")));
+        let delivered = store.ledger.is_delivered(&key);
+        listed.insert(key);
+        if account.fetch_all || !delivered {
+            if account.only_unseen && seen {
+                continue;
+            }
+            let size = f.size.unwrap_or(0);
+            if size > account.max_message_size {
+                tracing::warn!(
+                    "{}: {folder} UID {uid} is {} (over max_message_size); left there",
+                    imap.peer(),
+                    human_bytes(size)
+                );
+                store.outcome.refused += 1;
+                continue;
+            }
+            to_fetch.push((uid, size));
+        } else if account.policy == Policy::Delete || (account.policy == Policy::Seen && !seen) {
+            // Delivered before, but the policy was not applied (or, for
+            // delete, flagged but not yet expunged): apply it now.
+            to_apply.push(uid);
+        }
+    }
+    tracing::info!(
+        "{}: {folder}: {} messages, {} to fetch, {} delivered earlier to {}",
+        account.name,
+        scan.len(),
+        to_fetch.len(),
+        to_apply.len(),
+        if account.policy == Policy::Seen { "flag \\Seen" } else { "delete" }
+    );
+
+    // Batches by count and size.
+    let mut batches: Vec<Vec<u32>> = Vec::new();
+    let mut bytes = 0u64;
+    for (uid, size) in &to_fetch {
+        if batches.last().is_none_or(|b| b.len() >= BATCH_MESSAGES || bytes >= BATCH_BYTES) {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        batches.last_mut().expect("a batch").push(*uid);
+        bytes += size;
+    }
+    let bar = store.bar(to_fetch.iter().map(|(_, s)| s).sum(), to_fetch.len(), folder);
+    let result = imap_transfer(account, imap, store, &validity_prefix, &batches, to_apply, &bar).await;
+    bar.finish_and_clear();
+    result
+}
+
+/// The pipelined fetch of one folder: UID FETCH batches in flight, each
+/// batch committed as soon as its completion arrives, then the policy
+/// applied to it.
+async fn imap_transfer<S: Stream>(
+    account: &Account,
+    imap: &mut Imap<S>,
+    store: &mut Store<'_>,
+    validity_prefix: &str,
+    batches: &[Vec<u32>],
+    to_apply: Vec<u32>,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let mut in_flight: VecDeque<(String, Pending)> = VecDeque::new();
+    if !to_apply.is_empty() {
+        apply_policy(account, imap, &to_apply, &mut in_flight).await?;
+    }
+    let mut next = 0;
+    let mut collected: HashMap<u32, Finished> = HashMap::new();
+    let mut count = 0usize;
+    let total: usize = batches.iter().map(Vec::len).sum();
+    let maildir = store.maildir;
+    let mut bodies = Bodies::into_maildir(maildir);
+    let fail = |e: Error, collected: &mut HashMap<u32, Finished>, store: &mut Store<'_>, bodies: &mut Bodies<'_>| {
+        bodies.abort();
+        let mut batch: Vec<(String, Finished)> =
+            collected.drain().map(|(uid, f)| (format!("{validity_prefix}{uid}"), f)).collect();
+        store.salvage(&mut batch);
+        e
+    };
+    loop {
+        while next < batches.len()
+            && in_flight.iter().filter(|(_, p)| matches!(p, Pending::Fetch(_))).count() < IMAP_FETCHES_IN_FLIGHT
+        {
+            let cmd = ImapCommand::UidFetch(uid_set(&batches[next]), "(UID RFC822.SIZE BODY.PEEK[])");
+            let tag = imap.send(&cmd).await.map_err(|e| fail(e, &mut collected, store, &mut bodies))?;
+            in_flight.push_back((tag, Pending::Fetch(next)));
+            next += 1;
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        let before = imap.received();
+        let response = match imap.read(&mut bodies).await {
+            Ok(r) => r,
+            Err(e) => return Err(fail(e, &mut collected, store, &mut bodies)),
+        };
+        bar.inc(imap.received() - before);
+        match response {
+            Response::Untagged(Untagged::Fetch(f)) if imap::has_body(&f) => {
+                let Some(file) = bodies.done.take() else { continue };
+                match f.uid {
+                    Some(uid) if !collected.contains_key(&uid) => {
+                        fault::point("message-written");
+                        collected.insert(uid, file);
+                        count += 1;
+                        bar.set_message(format!("{count}/{total}"));
+                    }
+                    _ => maildir.discard_finished(file),
                 }
             }
-            if !outgoing.is_empty() {
-                pop.send(&outgoing).await?;
-                outgoing.clear();
+            Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
+                let e = Error::Server(format!("{} closed the session: {text}", imap.peer()));
+                return Err(fail(e, &mut collected, store, &mut bodies));
             }
-            let Some(item) = in_flight.pop_front() else {
-                break;
-            };
-            match item {
-                InFlight::Dele(uid) => match pop.reply().await? {
-                    Reply::Ok(_) => {
-                        fault::point("dele-confirmed");
-                        accepted.insert(uid);
-                    }
-                    Reply::Err(t) => {
-                        tracing::warn!("{}: DELE of {uid} refused: -ERR {t}", pop.peer())
-                    }
-                },
-                InFlight::Retr(i) => {
-                    let (n, uid, _) = &to_fetch[i];
-                    let received = self.receive(pop, &mut buf).await;
-                    match received {
-                        Ok(Some(f)) => {
-                            batch_bytes += f.len;
-                            batch.push((*n, uid.clone(), f));
+            Response::Tagged { tag, status, code, text } => {
+                let Some(pos) = in_flight.iter().position(|(t, _)| *t == tag) else {
+                    let e = Error::Protocol(format!("{}: completion for unknown tag {tag}", imap.peer()));
+                    return Err(fail(e, &mut collected, store, &mut bodies));
+                };
+                let (_, pending) = in_flight.remove(pos).expect("position is valid");
+                let done = imap::Done { status, code, text };
+                match pending {
+                    Pending::Fetch(i) => {
+                        if done.status != Status::Ok {
+                            let e = imap.failure("UID FETCH", &done);
+                            return Err(fail(e, &mut collected, store, &mut bodies));
                         }
-                        Ok(None) => {
-                            self.outcome.refused += 1;
-                            tracing::warn!("{}: message {n} ({uid}) refused by the server; left there", pop.peer());
-                        }
-                        Err(e) => {
-                            // Complete messages of this batch are still good:
-                            // make them durable so the next run need not fetch
-                            // them again. Nothing is deleted (no QUIT follows).
-                            if let Err(commit_err) = self.commit(&mut batch) {
-                                tracing::error!("could not save the finished messages: {commit_err}");
+                        let mut batch = Vec::with_capacity(batches[i].len());
+                        for uid in &batches[i] {
+                            match collected.remove(uid) {
+                                Some(f) => batch.push((format!("{validity_prefix}{uid}"), f)),
+                                None => tracing::info!("{}: UID {uid} vanished before it was fetched", imap.peer()),
                             }
-                            return Err(e);
+                        }
+                        let keys = match store.commit(&mut batch) {
+                            Ok(k) => k,
+                            Err(e) => return Err(fail(e, &mut collected, store, &mut bodies)),
+                        };
+                        let uids: Vec<u32> =
+                            keys.iter().filter_map(|k| k.rsplit('/').next().and_then(|u| u.parse().ok())).collect();
+                        if !uids.is_empty() {
+                            apply_policy(account, imap, &uids, &mut in_flight)
+                                .await
+                                .map_err(|e| fail(e, &mut collected, store, &mut bodies))?;
                         }
                     }
-                    self.bar.set_message(format!("{}/{} messages", i + 1, total));
-                    let last_retr = next == total && !in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
-                    if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES || (last_retr && !batch.is_empty()) {
-                        let uids = self.commit(&mut batch)?;
-                        batch_bytes = 0;
-                        if !self.account.keep {
-                            dele_queue.extend(uids);
+                    Pending::Apply(uids, what) => {
+                        if done.status != Status::Ok {
+                            tracing::warn!("{}", imap.failure(what, &done));
+                        } else {
+                            fault::point("policy-applied");
+                            if what == "UID EXPUNGE" || what == "EXPUNGE" {
+                                store.outcome.deleted += uids.len();
+                            }
                         }
                     }
                 }
             }
+            _ => {}
         }
-        Ok(accepted)
     }
+    Ok(())
+}
 
-    /// Reads one RETR reply and body into the Maildir's staging area.
-    async fn receive<S>(&mut self, pop: &mut Pop3<S>, buf: &mut Vec<u8>) -> Result<Option<Finished>>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-    {
-        if let Reply::Err(t) = pop.reply().await? {
-            tracing::debug!("RETR refused: {t}");
-            return Ok(None);
+/// Queues the commands that apply the policy to delivered UIDs.
+async fn apply_policy<S: Stream>(
+    account: &Account,
+    imap: &mut Imap<S>,
+    uids: &[u32],
+    in_flight: &mut VecDeque<(String, Pending)>,
+) -> Result<()> {
+    let set = uid_set(uids);
+    match account.policy {
+        Policy::Keep => {}
+        Policy::Seen => {
+            let tag = imap.send(&ImapCommand::UidStoreAdd(set, "\\Seen")).await?;
+            in_flight.push_back((tag, Pending::Apply(uids.to_vec(), "UID STORE \\Seen")));
         }
-        let mut staged = self.maildir.begin()?;
-        let before = pop.received();
-        match pop.body_into(&mut staged, buf).await {
-            Ok(_) => {
-                self.bar.inc(pop.received() - before);
-                fault::point("message-written");
-                Ok(Some(self.maildir.finish(staged)?))
-            }
-            Err(e) => {
-                self.maildir.discard(staged);
-                Err(e)
+        Policy::Delete => {
+            let tag = imap.send(&ImapCommand::UidStoreAdd(set.clone(), "\\Deleted")).await?;
+            in_flight.push_back((tag, Pending::Apply(uids.to_vec(), "UID STORE \\Deleted")));
+            if imap.has("UIDPLUS") {
+                let tag = imap.send(&ImapCommand::UidExpunge(set)).await?;
+                in_flight.push_back((tag, Pending::Apply(uids.to_vec(), "UID EXPUNGE")));
+            } else if account.allow_expunge_all {
+                let tag = imap.send(&ImapCommand::Expunge).await?;
+                in_flight.push_back((tag, Pending::Apply(uids.to_vec(), "EXPUNGE")));
+            } else {
+                tracing::warn!(
+                    "{}: no UIDPLUS, so delivered messages are only flagged \\Deleted (a plain EXPUNGE would also remove \
+                     what others flagged; set allow_expunge_all = true to allow it)",
+                    imap.peer()
+                );
             }
         }
     }
-
-    /// Group commit: sync, record staged, publish, record delivered.
-    fn commit(&mut self, batch: &mut Vec<(u32, String, Finished)>) -> Result<Vec<(u32, String)>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut numbered = Vec::with_capacity(batch.len());
-        let mut uids = Vec::with_capacity(batch.len());
-        let mut files = Vec::with_capacity(batch.len());
-        for (n, uid, f) in std::mem::take(batch) {
-            numbered.push((n, uid.clone()));
-            uids.push(uid);
-            files.push(f);
-        }
-        // Order is important: content durable, then named in the ledger,
-        // then visible, then recorded as delivered.
-        self.maildir.sync_staged(&files)?;
-        let prepared: Vec<_> = uids.iter().cloned().zip(files.iter().map(|f| f.name.clone())).collect();
-        self.ledger.prepare(&prepared)?;
-        self.maildir.publish(&files)?;
-        self.ledger.commit(&uids)?;
-        fault::point("batch-recorded");
-        self.outcome.delivered += files.len();
-        self.outcome.bytes += files.iter().map(|f| f.len).sum::<u64>();
-        Ok(numbered)
-    }
+    Ok(())
 }

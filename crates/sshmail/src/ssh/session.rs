@@ -154,6 +154,82 @@ impl SshSession {
         Ok(ch.into_stream())
     }
 
+    /// Runs `command` on the SSH host in an exec channel and returns its
+    /// stdin/stdout as a byte stream. Its stderr (the first 64 KiB) and exit
+    /// status are collected in the returned [`ExecStatus`] for error messages.
+    pub async fn exec(&self, command: &str) -> Result<(tokio::io::DuplexStream, Arc<ExecStatus>)> {
+        let where_ = self.name();
+        let timeout = self.target.timeout;
+        let open = async {
+            let ch = self.handle.channel_open_session().await?;
+            ch.exec(true, command.as_bytes()).await?;
+            Ok::<_, russh::Error>(ch)
+        };
+        let ch = tokio::time::timeout(timeout, open)
+            .await
+            .map_err(|_| Error::Connect(format!("{where_}: starting `{command}` timed out")))?
+            .map_err(|e| Error::Connect(format!("{where_}: cannot run `{command}`: {e}")))?;
+        let status = Arc::new(ExecStatus::default());
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let (mut from_remote, to_remote) = ch.split();
+        let (mut their_read, mut their_write) = tokio::io::split(theirs);
+        let st = status.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            while let Some(msg) = from_remote.wait().await {
+                match msg {
+                    russh::ChannelMsg::Data { data } => {
+                        if their_write.write_all(&data).await.is_err() {
+                            break;
+                        }
+                    }
+                    russh::ChannelMsg::ExtendedData { data, ext: 1 } => st.add_stderr(&data),
+                    russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(exit_status),
+                    russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            // Collect a late exit status or stderr without blocking the reader.
+            let _ = their_write.shutdown().await;
+            while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), from_remote.wait()).await {
+                match msg {
+                    russh::ChannelMsg::ExtendedData { data, ext: 1 } => st.add_stderr(&data),
+                    russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(exit_status),
+                    russh::ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut writer = to_remote.make_writer();
+            let _ = tokio::io::copy(&mut their_read, &mut writer).await;
+            let _ = to_remote.eof().await;
+        });
+        Ok((ours, status))
+    }
+
+    /// Runs a short command and returns its stdout and exit status (bounded
+    /// to 64 KiB of output).
+    pub async fn run(&self, command: &str) -> Result<(Vec<u8>, Option<u32>)> {
+        use tokio::io::AsyncReadExt as _;
+        let (mut stream, status) = self.exec(command).await?;
+        let mut out = Vec::new();
+        let mut limited = (&mut stream).take(64 * 1024);
+        tokio::time::timeout(self.target.timeout, limited.read_to_end(&mut out))
+            .await
+            .map_err(|_| Error::Connect(format!("{}: `{command}` did not finish", self.name())))?
+            .map_err(|e| Error::Connect(format!("{}: `{command}`: {e}", self.name())))?;
+        drop(stream);
+        // The exit status follows the data closely; wait for it briefly.
+        for _ in 0..100 {
+            if status.exit().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok((out, status.exit()))
+    }
+
     /// True once the connection has gone away.
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
@@ -167,6 +243,35 @@ impl SshSession {
     /// Sends SSH_MSG_DISCONNECT.
     pub async fn close(&self) {
         let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "bye", "en").await;
+    }
+}
+
+/// What a remote command said on stderr and how it ended.
+#[derive(Debug, Default)]
+pub struct ExecStatus {
+    stderr: Mutex<Vec<u8>>,
+    exit: Mutex<Option<u32>>,
+}
+
+impl ExecStatus {
+    fn add_stderr(&self, data: &[u8]) {
+        let mut e = self.stderr.lock().expect("stderr lock");
+        let room = (64 * 1024usize).saturating_sub(e.len());
+        e.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    fn set_exit(&self, code: u32) {
+        *self.exit.lock().expect("exit lock") = Some(code);
+    }
+
+    /// The exit status, once known.
+    pub fn exit(&self) -> Option<u32> {
+        *self.exit.lock().expect("exit lock")
+    }
+
+    /// The stderr collected so far, as text, trimmed.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).trim().to_string()
     }
 }
 

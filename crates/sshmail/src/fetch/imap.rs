@@ -1,0 +1,466 @@
+//! IMAP client session: the I/O loop around [`sshmail_proto::imap`].
+//!
+//! Responses are read through the streaming [`ResponseReader`]; a FETCH body
+//! goes straight from the wire into a Maildir staging file, CRLF turned into
+//! LF on the way, so memory does not grow with message size.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use sshmail_proto::imap::{
+    Code, Command, Event, Fetch, Limits, Response, ResponseReader, Status, Tagger, Untagged, Value, utf7,
+};
+use sshmail_proto::line::CrlfToLf;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::deliver::Maildir;
+use crate::deliver::maildir::{Finished, Staged};
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use crate::wire::Wire;
+
+/// A tagged completion.
+#[derive(Debug, Clone)]
+pub struct Done {
+    /// OK, NO or BAD.
+    pub status: Status,
+    /// Response code.
+    pub code: Option<Code>,
+    /// Text.
+    pub text: String,
+}
+
+/// Where FETCH bodies go while a response is read.
+pub struct Bodies<'m> {
+    maildir: Option<&'m Maildir>,
+    current: Option<Staged>,
+    crlf: CrlfToLf,
+    buf: Vec<u8>,
+    /// A body that is complete and waits for its FETCH response to say
+    /// which UID it belongs to.
+    pub done: Option<Finished>,
+}
+
+impl<'m> Bodies<'m> {
+    /// Bodies are thrown away (no FETCH of bodies expected).
+    pub fn discard() -> Bodies<'static> {
+        Bodies { maildir: None, current: None, crlf: CrlfToLf::default(), buf: Vec::new(), done: None }
+    }
+
+    /// Bodies are staged in `maildir`.
+    pub fn into_maildir(maildir: &'m Maildir) -> Bodies<'m> {
+        Bodies {
+            maildir: Some(maildir),
+            current: None,
+            crlf: CrlfToLf::default(),
+            buf: Vec::with_capacity(64 * 1024),
+            done: None,
+        }
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.abort();
+        if let Some(md) = self.maildir {
+            self.current = Some(md.begin()?);
+            self.crlf = CrlfToLf::default();
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, d: &[u8]) -> Result<()> {
+        if let Some(staged) = &mut self.current {
+            self.buf.clear();
+            self.crlf.convert(d, &mut self.buf);
+            staged.write(&self.buf)?;
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        if let (Some(md), Some(mut staged)) = (self.maildir, self.current.take()) {
+            self.buf.clear();
+            self.crlf.finish(&mut self.buf);
+            staged.write(&self.buf)?;
+            if let Some(old) = self.done.replace(md.finish(staged)?) {
+                md.discard_finished(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a half-written or unclaimed body.
+    pub fn abort(&mut self) {
+        if let Some(md) = self.maildir {
+            if let Some(s) = self.current.take() {
+                md.discard(s);
+            }
+            if let Some(f) = self.done.take() {
+                md.discard_finished(f);
+            }
+        }
+    }
+}
+
+/// An IMAP connection.
+pub struct Imap<S> {
+    wire: Wire<S>,
+    reader: ResponseReader,
+    tags: Tagger,
+    /// Capabilities, upper-case.
+    pub caps: Vec<String>,
+    /// The server greeted with PREAUTH.
+    pub preauth: bool,
+    /// Untagged EXISTS/EXPUNGE seen since the last check (for IDLE).
+    pub changed: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
+    /// Reads the greeting (unless already consumed, after STARTTLS).
+    pub async fn start(wire: Wire<S>, limits: Limits, greeting_done: bool, preauth_ok: bool) -> Result<Imap<S>> {
+        let mut imap = Imap {
+            wire,
+            reader: ResponseReader::new(limits),
+            tags: Tagger::default(),
+            caps: Vec::new(),
+            preauth: false,
+            changed: false,
+        };
+        if !greeting_done {
+            let greeting = imap.read(&mut Bodies::discard()).await?;
+            match greeting {
+                Response::Untagged(Untagged::Status { status: Status::Ok, code, .. }) => imap.take_caps(code),
+                Response::Untagged(Untagged::Status { status: Status::PreAuth, code, text }) => {
+                    if !preauth_ok {
+                        return Err(Error::Protocol(format!(
+                            "{} greeted with PREAUTH ({text}) where a login was expected — refusing",
+                            imap.peer()
+                        )));
+                    }
+                    imap.preauth = true;
+                    imap.take_caps(code);
+                }
+                Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
+                    return Err(Error::Server(format!("{} refused the session: {text}", imap.peer())));
+                }
+                other => return Err(Error::Protocol(format!("{}: unexpected greeting {other:?}", imap.peer()))),
+            }
+        }
+        if imap.caps.is_empty() {
+            imap.capability().await?;
+        }
+        if !imap.caps.iter().any(|c| c == "IMAP4REV1" || c == "IMAP4REV2") {
+            return Err(Error::Protocol(format!(
+                "{} is not an IMAP4rev1 server (CAPABILITY {:?})",
+                imap.peer(),
+                imap.caps
+            )));
+        }
+        Ok(imap)
+    }
+
+    fn take_caps(&mut self, code: Option<Code>) {
+        if let Some(Code::Capability(c)) = code {
+            self.caps = c.iter().map(|s| s.to_ascii_uppercase()).collect();
+        }
+    }
+
+    /// True if the server announced `cap`.
+    pub fn has(&self, cap: &str) -> bool {
+        self.caps.iter().any(|c| c == cap)
+    }
+
+    /// The peer name.
+    pub fn peer(&self) -> &str {
+        self.wire.peer()
+    }
+
+    /// Reads one response; body literals go to `bodies`.
+    pub async fn read(&mut self, bodies: &mut Bodies<'_>) -> Result<Response> {
+        loop {
+            let (n, ev) = self
+                .reader
+                .next(self.wire.buffered())
+                .map_err(|e| Error::Protocol(format!("{}: {e}", self.wire.peer())))?;
+            match ev {
+                None if n == 0 => {
+                    self.wire.fill().await?;
+                    continue;
+                }
+                None => {}
+                Some(Event::BodyStart(_)) => bodies.start()?,
+                Some(Event::BodyData(d)) => bodies.data(d)?,
+                Some(Event::BodyEnd) => bodies.end()?,
+                Some(Event::Response(r)) => {
+                    self.wire.consume(n);
+                    self.note(&r);
+                    return Ok(r);
+                }
+            }
+            self.wire.consume(n);
+        }
+    }
+
+    fn note(&mut self, r: &Response) {
+        match r {
+            Response::Untagged(Untagged::Exists(_) | Untagged::Expunge(_)) => self.changed = true,
+            Response::Untagged(Untagged::Capability(c)) => {
+                self.caps = c.iter().map(|s| s.to_ascii_uppercase()).collect();
+            }
+            Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
+                tracing::debug!("{}: BYE {text}", self.wire.peer());
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a command; returns its tag.
+    pub async fn send(&mut self, cmd: &Command) -> Result<String> {
+        let tag = self.tags.next();
+        tracing::trace!("C: {tag} {cmd:?}");
+        self.wire.send(&cmd.to_wire(&tag)).await?;
+        Ok(tag)
+    }
+
+    /// Sends a command and collects the untagged responses until its tagged
+    /// completion. NO and BAD become errors naming `what`.
+    pub async fn run(&mut self, cmd: &Command, what: &str) -> Result<(Vec<Untagged>, Done)> {
+        let tag = self.send(cmd).await?;
+        let mut untagged = Vec::new();
+        loop {
+            match self.read(&mut Bodies::discard()).await? {
+                Response::Tagged { tag: t, status, code, text } if t == tag => {
+                    let done = Done { status, code, text };
+                    if status != Status::Ok {
+                        return Err(self.failure(what, &done));
+                    }
+                    return Ok((untagged, done));
+                }
+                Response::Tagged { tag: t, .. } => {
+                    return Err(Error::Protocol(format!("{}: completion for unknown tag {t}", self.peer())));
+                }
+                Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
+                    return Err(Error::Server(format!("{} closed the session: {text}", self.peer())));
+                }
+                Response::Untagged(u) => {
+                    if untagged.len() < 10_000_000 {
+                        untagged.push(u);
+                    }
+                }
+                Response::Continuation(_) => {
+                    return Err(Error::Protocol(format!("{}: unexpected continuation during {what}", self.peer())));
+                }
+            }
+        }
+    }
+
+    /// An error for a NO/BAD completion.
+    pub fn failure(&self, what: &str, done: &Done) -> Error {
+        let code = match &done.code {
+            Some(Code::Other(c)) => format!("[{c}] "),
+            _ => String::new(),
+        };
+        let msg = format!("{}: {what} failed: {:?} {code}{}", self.peer(), done.status, done.text);
+        match &done.code {
+            Some(Code::Other(c)) if c.starts_with("AUTHENTICATIONFAILED") || c.starts_with("AUTHORIZATIONFAILED") => {
+                Error::Auth(msg)
+            }
+            _ => Error::Server(msg),
+        }
+    }
+
+    /// CAPABILITY.
+    pub async fn capability(&mut self) -> Result<()> {
+        let (untagged, _) = self.run(&Command::Capability, "CAPABILITY").await?;
+        for u in untagged {
+            if let Untagged::Capability(c) = u {
+                self.caps = c.iter().map(|s| s.to_ascii_uppercase()).collect();
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs in, unless the server already did (PREAUTH).
+    pub async fn login(&mut self, user: &str, password: Option<&Secret>) -> Result<()> {
+        if self.preauth {
+            return Ok(());
+        }
+        let Some(password) = password else {
+            return Err(Error::Auth(format!(
+                "{}: the IMAP server wants a password for {user}; set password_command (or --password-command)",
+                self.peer()
+            )));
+        };
+        let plain_ok = self.has("AUTH=PLAIN") && self.has("SASL-IR");
+        let login_ok = !self.has("LOGINDISABLED") && Command::quotable(user) && Command::quotable(password.expose());
+        let cmd = if plain_ok || !login_ok {
+            if !self.has("AUTH=PLAIN") {
+                return Err(Error::Auth(format!(
+                    "{}: the server offers neither LOGIN nor AUTHENTICATE PLAIN on this connection",
+                    self.peer()
+                )));
+            }
+            Command::AuthenticatePlain(sshmail_proto::pop3::sasl_plain(user, password.expose()))
+        } else {
+            Command::Login(user.to_string(), password.expose().to_string())
+        };
+        let result = self.run(&cmd, &format!("login as {user}")).await;
+        match result {
+            Ok((_, done)) => {
+                self.take_caps(done.code);
+                if self.caps.is_empty() || !self.caps.iter().any(|c| c == "IMAP4REV1") {
+                    self.capability().await?;
+                }
+                Ok(())
+            }
+            Err(Error::Server(m)) => Err(Error::Auth(m)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists the folders matching a pattern (UTF-8 in, UTF-8 out), skipping
+    /// those that cannot be selected.
+    pub async fn list(&mut self, pattern: &str) -> Result<Vec<String>> {
+        let (untagged, _) = self.run(&Command::List(utf7::encode(pattern)), &format!("LIST {pattern}")).await?;
+        let mut out = Vec::new();
+        for u in untagged {
+            if let Untagged::List { flags, name, .. } = u {
+                if flags.iter().any(|f| f.eq_ignore_ascii_case("\\Noselect") || f.eq_ignore_ascii_case("\\NonExistent"))
+                {
+                    continue;
+                }
+                match utf7::decode(&name) {
+                    Some(n) => out.push(n),
+                    None => tracing::warn!(
+                        "{}: skipping folder with a malformed name {:?}",
+                        self.peer(),
+                        String::from_utf8_lossy(&name)
+                    ),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// SELECT (or EXAMINE when `read_only`). Returns (UIDVALIDITY, EXISTS).
+    pub async fn select(&mut self, folder: &str, read_only: bool) -> Result<(u32, u32)> {
+        let name = utf7::encode(folder);
+        let cmd = if read_only { Command::Examine(name) } else { Command::Select(name) };
+        let (untagged, _) = self.run(&cmd, &format!("SELECT {folder}")).await?;
+        let mut validity = None;
+        let mut exists = 0;
+        for u in untagged {
+            match u {
+                Untagged::Exists(n) => exists = n,
+                Untagged::Status { code: Some(Code::UidValidity(v)), .. } => validity = Some(v),
+                _ => {}
+            }
+        }
+        let validity =
+            validity.ok_or_else(|| Error::Protocol(format!("{}: SELECT {folder} gave no UIDVALIDITY", self.peer())))?;
+        self.changed = false;
+        Ok((validity, exists))
+    }
+
+    /// UID, FLAGS and size of every message in the selected folder.
+    pub async fn scan(&mut self) -> Result<Vec<Fetch>> {
+        let (untagged, _) = self.run(&Command::UidFetch("1:*".into(), "(UID FLAGS RFC822.SIZE)"), "UID FETCH").await?;
+        Ok(untagged
+            .into_iter()
+            .filter_map(|u| match u {
+                Untagged::Fetch(f) if f.uid.is_some() => Some(f),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// IDLE (RFC 2177) until the selected folder changes or `max` passes.
+    /// Returns true if something changed.
+    pub async fn idle(&mut self, max: Duration) -> Result<bool> {
+        if !self.has("IDLE") {
+            // Poll instead: NOOP reports changes too.
+            tokio::time::sleep(max.min(Duration::from_secs(60))).await;
+            self.changed = false;
+            self.run(&Command::Noop, "NOOP").await?;
+            return Ok(std::mem::take(&mut self.changed));
+        }
+        if std::mem::take(&mut self.changed) {
+            return Ok(true);
+        }
+        let tag = self.send(&Command::Idle).await?;
+        match self.read(&mut Bodies::discard()).await? {
+            Response::Continuation(_) => {}
+            Response::Tagged { status, code, text, .. } => {
+                return Err(self.failure("IDLE", &Done { status, code, text }));
+            }
+            _ => {}
+        }
+        let deadline = tokio::time::Instant::now() + max;
+        let changed = loop {
+            // Our own timeout must not fire while idling: wait in slices
+            // shorter than the wire's timeout, and treat silence as normal.
+            let wait = self.wire_wait(deadline).await?;
+            if !wait {
+                break false;
+            }
+            let r = self.read(&mut Bodies::discard()).await?;
+            if matches!(r, Response::Untagged(Untagged::Exists(_))) {
+                break true;
+            }
+            if let Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) = r {
+                return Err(Error::Server(format!("{} ended IDLE: {text}", self.peer())));
+            }
+        };
+        self.wire.send(b"DONE\r\n").await?;
+        loop {
+            match self.read(&mut Bodies::discard()).await? {
+                Response::Tagged { tag: t, status, code, text } if t == tag => {
+                    if status != Status::Ok {
+                        return Err(self.failure("IDLE", &Done { status, code, text }));
+                    }
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        self.changed = false;
+        Ok(changed)
+    }
+
+    /// Waits until bytes are buffered (true) or the deadline passes (false).
+    async fn wire_wait(&mut self, deadline: tokio::time::Instant) -> Result<bool> {
+        if !self.wire.buffered().is_empty() {
+            return Ok(true);
+        }
+        match tokio::time::timeout_at(deadline, self.wire.fill_untimed()).await {
+            Ok(r) => r.map(|_| true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// LOGOUT, reading up to its completion.
+    pub async fn logout(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.run(&Command::Logout, "LOGOUT")).await;
+        self.wire.shutdown().await;
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.wire.received
+    }
+}
+
+/// A command in flight in the fetch pipeline.
+pub enum Pending {
+    /// UID FETCH of a batch (index into the batch list).
+    Fetch(usize),
+    /// A STORE or EXPUNGE applying the policy to delivered UIDs.
+    Apply(Vec<u32>, &'static str),
+}
+
+/// In-flight commands by tag, in order.
+pub type InFlight = VecDeque<(String, Pending)>;
+
+/// True if a FETCH response carried a body.
+pub fn has_body(f: &Fetch) -> bool {
+    matches!(f.body, Some(Value::Streamed))
+}

@@ -1,0 +1,476 @@
+//! One byte stream to the mail server, however it is made.
+//!
+//! | via | what |
+//! |---|---|
+//! | `forward` | direct-tcpip channel through the pooled SSH connection |
+//! | `exec` | exec channel running the server's preauthenticated binary (imapd) |
+//! | `command` | a local command's stdin/stdout (argv; a shell only if written) |
+//! | `tls` | TLS to the server, certificates checked against the system roots |
+//! | `starttls` | plain TCP, then IMAP STARTTLS before anything else |
+//!
+//! Whatever the transport, the protocol layer sees `AsyncRead + AsyncWrite`.
+
+use std::io::IsTerminal as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+
+use crate::config::{Account, Command, TlsSettings, Via};
+use crate::error::{Error, Result};
+use crate::ssh::session::ExecStatus;
+use crate::ssh::{SshPool, target};
+
+/// Where an imapd may live, most common first.
+pub const IMAPD_CANDIDATES: &[&str] = &[
+    "/usr/lib/dovecot/imap",
+    "/usr/libexec/dovecot/imap",
+    "/usr/local/libexec/dovecot/imap",
+    "/usr/sbin/imapd",
+    "/usr/local/sbin/imapd",
+    "/etc/rimapd",
+    "/usr/lib/courier/courier/imapd",
+    "/usr/sbin/courier-imapd",
+];
+
+/// A byte stream to the server.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// An open transport.
+pub struct Opened {
+    /// The stream.
+    pub stream: Box<dyn Stream>,
+    /// Who is on the other end, for messages.
+    pub peer: String,
+    /// A PREAUTH greeting is expected and safe here.
+    pub preauth_ok: bool,
+    /// The server's greeting was already read (STARTTLS).
+    pub greeting_done: bool,
+    /// Diagnostics of a process on the other end (exec, command).
+    pub diagnostics: Option<Arc<dyn Diagnostics>>,
+}
+
+/// Stderr and exit status of the process behind a stream.
+pub trait Diagnostics: Send + Sync {
+    /// What it said on stderr (bounded), trimmed.
+    fn stderr(&self) -> String;
+    /// Its exit status, once known.
+    fn exit(&self) -> Option<i64>;
+}
+
+impl Diagnostics for ExecStatus {
+    fn stderr(&self) -> String {
+        ExecStatus::stderr(self)
+    }
+    fn exit(&self) -> Option<i64> {
+        ExecStatus::exit(self).map(i64::from)
+    }
+}
+
+/// Adds what the process behind a stream said to an error message.
+pub fn explain(diagnostics: Option<&dyn Diagnostics>, e: Error) -> Error {
+    let Some(d) = diagnostics else { return e };
+    let err = d.stderr();
+    let exit = d.exit().map(|c| format!(" (exit status {c})")).unwrap_or_default();
+    if err.is_empty() && exit.is_empty() {
+        return e;
+    }
+    let add = format!("; the command at the other end said{exit}: {}", if err.is_empty() { "nothing" } else { &err });
+    match e {
+        Error::Connect(m) => Error::Connect(m + &add),
+        Error::Protocol(m) => Error::Protocol(m + &add),
+        Error::Server(m) => Error::Server(m + &add),
+        other => other,
+    }
+}
+
+/// Opens the account's transport.
+pub async fn open(account: &Account, pool: &SshPool, ssh_config: Option<&ssh2_config::SshConfig>) -> Result<Opened> {
+    let server = format!("{}:{}", account.server_host, account.server_port);
+    match &account.via {
+        Via::Forward | Via::Exec(_) => {
+            let target = target::resolve(account, ssh_config)?;
+            let jumps = target
+                .jumps
+                .iter()
+                .map(|j| target::resolve_jump(j, ssh_config, account))
+                .collect::<Result<Vec<_>>>()?;
+            let session = pool.get(&target, &jumps).await?;
+            if account.via == Via::Forward {
+                let ch = session.forward(&account.server_host, account.server_port).await?;
+                return Ok(Opened {
+                    stream: Box::new(ch),
+                    peer: format!("{server} (via {})", session.name()),
+                    preauth_ok: true,
+                    greeting_done: false,
+                    diagnostics: None,
+                });
+            }
+            let command = match &account.via {
+                Via::Exec(Some(c)) => remote_command(c),
+                _ => detect_imapd(&session).await?,
+            };
+            let (stream, status) = session.exec(&command).await?;
+            Ok(Opened {
+                stream: Box::new(stream),
+                peer: format!("`{command}` on {}", session.name()),
+                preauth_ok: true,
+                greeting_done: false,
+                diagnostics: Some(status),
+            })
+        }
+        Via::Command(c) => open_command(c),
+        Via::Tls => {
+            let tcp = connect_tcp(account).await?;
+            let tls = tls_handshake(tcp, &account.server_host, &account.tls, account.timeout).await?;
+            Ok(Opened {
+                stream: Box::new(tls),
+                peer: format!("{server} (TLS)"),
+                preauth_ok: true,
+                greeting_done: false,
+                diagnostics: None,
+            })
+        }
+        Via::StartTls => {
+            let tcp = connect_tcp(account).await?;
+            let tcp = imap_starttls(tcp, &server, account.timeout).await?;
+            let tls = tls_handshake(tcp, &account.server_host, &account.tls, account.timeout).await?;
+            Ok(Opened {
+                stream: Box::new(tls),
+                peer: format!("{server} (STARTTLS)"),
+                preauth_ok: false,
+                greeting_done: true,
+                diagnostics: None,
+            })
+        }
+    }
+}
+
+/// The command line for the remote shell: an argument vector is quoted word
+/// by word; a string is the user's own shell text and goes as written.
+pub fn remote_command(c: &Command) -> String {
+    match c {
+        Command::Shell(s) => s.clone(),
+        Command::Argv(v) => v.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" "),
+    }
+}
+
+/// Quotes one word for a POSIX shell.
+pub fn shell_quote(w: &str) -> String {
+    if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+async fn detect_imapd(session: &crate::ssh::SshSession) -> Result<String> {
+    let probe = format!(
+        "for p in {}; do if [ -x \"$p\" ]; then echo \"$p\"; exit 0; fi; done; exit 1",
+        IMAPD_CANDIDATES.join(" ")
+    );
+    let (out, exit) = session.run(&probe).await?;
+    let found = String::from_utf8_lossy(&out).trim().to_string();
+    if exit != Some(0) || found.is_empty() {
+        return Err(Error::Connect(format!(
+            "no IMAP server binary found on {} (looked for {}); give its path with --imapd or `imapd` in the config, \
+             or use via = \"forward\" with a server address",
+            session.name(),
+            IMAPD_CANDIDATES.join(", ")
+        )));
+    }
+    tracing::info!("found the IMAP server {found} on {}", session.name());
+    Ok(found)
+}
+
+async fn connect_tcp(account: &Account) -> Result<tokio::net::TcpStream> {
+    let server = format!("{}:{}", account.server_host, account.server_port);
+    let tcp = tokio::time::timeout(
+        account.timeout,
+        tokio::net::TcpStream::connect((account.server_host.as_str(), account.server_port)),
+    )
+    .await
+    .map_err(|_| Error::Connect(format!("{server}: TCP connect timed out")))?
+    .map_err(|e| Error::Connect(format!("{server}: cannot connect: {e}")))?;
+    tcp.set_nodelay(true).ok();
+    Ok(tcp)
+}
+
+/// Reads the greeting, sends STARTTLS, and waits for its OK, on the bare
+/// TCP stream. Reads byte-wise so that nothing meant for TLS is swallowed.
+async fn imap_starttls(
+    tcp: tokio::net::TcpStream,
+    server: &str,
+    timeout: std::time::Duration,
+) -> Result<tokio::net::TcpStream> {
+    let mut reader = tokio::io::BufReader::with_capacity(1, tcp);
+    let read_line = async |reader: &mut tokio::io::BufReader<tokio::net::TcpStream>| -> Result<String> {
+        let mut line = Vec::new();
+        let mut limited = tokio::io::AsyncReadExt::take(&mut *reader, 8192);
+        tokio::time::timeout(timeout, limited.read_until(b'\n', &mut line))
+            .await
+            .map_err(|_| Error::Protocol(format!("{server}: no answer before STARTTLS")))?
+            .map_err(|e| Error::Connect(format!("{server}: {e}")))?;
+        if !line.ends_with(b"\n") {
+            return Err(Error::Protocol(format!("{server}: connection closed or line too long before STARTTLS")));
+        }
+        Ok(String::from_utf8_lossy(&line).trim_end().to_string())
+    };
+    let greeting = read_line(&mut reader).await?;
+    if greeting.to_ascii_uppercase().starts_with("* PREAUTH") {
+        return Err(Error::Protocol(format!(
+            "{server} greeted with PREAUTH on a connection that must first switch to TLS — refusing (a PREAUTH here \
+             would mean talking in plain text)"
+        )));
+    }
+    if !greeting.to_ascii_uppercase().starts_with("* OK") {
+        return Err(Error::Server(format!("{server} refused the connection: {greeting}")));
+    }
+    reader.get_mut().write_all(b"S0 STARTTLS\r\n").await.map_err(|e| Error::Connect(format!("{server}: {e}")))?;
+    loop {
+        let line = read_line(&mut reader).await?;
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("S0 OK") {
+            break;
+        }
+        if upper.starts_with("S0 ") {
+            return Err(Error::Server(format!("{server} refused STARTTLS: {line}")));
+        }
+    }
+    Ok(reader.into_inner())
+}
+
+async fn tls_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    host: &str,
+    settings: &TlsSettings,
+    timeout: std::time::Duration,
+) -> Result<tokio_rustls::client::TlsStream<S>> {
+    let config = tls_config(settings)?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| Error::Config(format!("{host:?} is not a valid TLS server name")))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio::time::timeout(timeout, connector.connect(name, stream))
+        .await
+        .map_err(|_| Error::Connect(format!("{host}: TLS handshake timed out")))?
+        .map_err(|e| Error::Connect(format!("{host}: TLS handshake failed: {e}")))
+}
+
+fn tls_config(settings: &TlsSettings) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+    if let Some(fp) = &settings.fingerprint {
+        let want: Vec<u8> = parse_hex(fp).ok_or_else(|| Error::Config(format!("bad tls_fingerprint {fp:?}")))?;
+        let verifier = pin::PinnedCert { sha256: want, provider };
+        return Ok(builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(file) = &settings.ca_file {
+        use rustls::pki_types::pem::PemObject as _;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(file)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", file.display())))?;
+        for c in certs {
+            let c = c.map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            roots.add(c).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(Error::Config(
+            "no trusted CA certificates (install ca-certificates, or set tls_ca_file / tls_fingerprint)".into(),
+        ));
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    let clean: String = s.chars().filter(|c| *c != ':').collect();
+    let clean = clean.strip_prefix("sha256/").unwrap_or(&clean).to_string();
+    if clean.len() != 64 {
+        return None;
+    }
+    (0..32).map(|i| u8::from_str_radix(&clean[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+mod pin {
+    //! Certificate pinning: the server's certificate must hash to the pin.
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    pub struct PinnedCert {
+        pub sha256: Vec<u8>,
+        pub provider: Arc<rustls::crypto::CryptoProvider>,
+    }
+
+    impl ServerCertVerifier for PinnedCert {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            use sha2::Digest as _;
+            let got = sha2::Sha256::digest(end_entity.as_ref());
+            if got.as_slice() == self.sha256.as_slice() {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                let hex: String = got.iter().map(|b| format!("{b:02x}")).collect();
+                Err(rustls::Error::General(format!("server certificate sha256 {hex} does not match tls_fingerprint")))
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}
+
+/// A local command as the connection.
+fn open_command(c: &Command) -> Result<Opened> {
+    let (program, args, shown) = match c {
+        Command::Shell(s) => ("/bin/sh".to_string(), vec!["-c".to_string(), s.clone()], s.clone()),
+        Command::Argv(v) if !v.is_empty() => (v[0].clone(), v[1..].to_vec(), v.join(" ")),
+        Command::Argv(_) => return Err(Error::Config("empty tunnel command".into())),
+    };
+    let mut child = tokio::process::Command::new(&program)
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::Connect(format!("cannot run tunnel command `{shown}`: {e}")))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let diag = Arc::new(ProcessDiagnostics::default());
+    let d = diag.clone();
+    let echo = std::io::stderr().is_terminal();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if echo {
+                tracing::debug!("tunnel: {line}");
+            }
+            d.add(&line);
+        }
+    });
+    let d = diag.clone();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            s = child.wait() => s.ok(),
+            _ = kill_rx => { let _ = child.kill().await; child.wait().await.ok() }
+        };
+        if let Some(s) = status {
+            *d.exit.lock().expect("exit lock") = Some(s.code().map(i64::from).unwrap_or(-1));
+        }
+    });
+    Ok(Opened {
+        stream: Box::new(ChildStream { stdout, stdin, _kill: kill_tx }),
+        peer: format!("tunnel `{shown}`"),
+        preauth_ok: true,
+        greeting_done: false,
+        diagnostics: Some(diag),
+    })
+}
+
+#[derive(Default)]
+struct ProcessDiagnostics {
+    stderr: Mutex<String>,
+    exit: Mutex<Option<i64>>,
+}
+
+impl ProcessDiagnostics {
+    fn add(&self, line: &str) {
+        let mut s = self.stderr.lock().expect("stderr lock");
+        if s.len() < 64 * 1024 {
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+}
+
+impl Diagnostics for ProcessDiagnostics {
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").trim().to_string()
+    }
+    fn exit(&self) -> Option<i64> {
+        *self.exit.lock().expect("exit lock")
+    }
+}
+
+/// A child's stdout and stdin as one stream; dropping it ends the child.
+struct ChildStream {
+    stdout: tokio::process::ChildStdout,
+    stdin: tokio::process::ChildStdin,
+    _kill: tokio::sync::oneshot::Sender<()>,
+}
+
+impl AsyncRead for ChildStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdout).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ChildStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stdin).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdin).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdin).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_shell_unless_asked_remote_words_are_quoted() {
+        let c = Command::Argv(vec!["/usr/lib/dovecot/imap".into(), "-c".into(), "/tmp/my conf".into(), "it's".into()]);
+        assert_eq!(remote_command(&c), "/usr/lib/dovecot/imap -c '/tmp/my conf' 'it'\\''s'");
+        assert_eq!(remote_command(&Command::Shell("imapd 2>/dev/null".into())), "imapd 2>/dev/null");
+        assert_eq!(shell_quote("$(rm -rf ~)"), "'$(rm -rf ~)'");
+    }
+
+    #[test]
+    fn fingerprints_parse() {
+        let hex = "AB:".repeat(31) + "AB";
+        assert_eq!(parse_hex(&hex), Some(vec![0xab; 32]));
+        assert_eq!(parse_hex("abc"), None);
+    }
+}
