@@ -94,6 +94,10 @@ pub struct FetchArgs {
     /// IMAP: fetch a folder whose UIDVALIDITY changed again from scratch.
     #[arg(long)]
     pub accept_uidvalidity_change: bool,
+    /// IMAP: after fetching, stay and wait for new mail (IDLE) on the first
+    /// folder, fetching it as it comes; reconnects after failures.
+    #[arg(long)]
+    pub idle: bool,
     /// Largest message to fetch, in bytes; larger ones stay on the server.
     #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<u64>,
@@ -210,7 +214,14 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         }
     };
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
-    let show = Presentation { progress: interactive };
+    let show = Presentation { progress: interactive && !args.idle, idle: args.idle };
+    if args.idle {
+        if accounts.len() != 1 || accounts[0].protocol != config::Protocol::Imap {
+            eprintln!("sshmail: --idle takes exactly one IMAP account");
+            return Exit::Usage;
+        }
+        return idle_forever(&accounts[0], ssh_config.as_ref(), show).await;
+    }
     let pool = SshPool::new();
     let mut worst: Option<Exit> = None;
     let mut any_mail = false;
@@ -252,6 +263,36 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         Some(e) => e,
         None if any_mail => Exit::Delivered,
         None => Exit::NoMail,
+    }
+}
+
+/// IDLE on one account; after a failure, reconnect with growing pauses
+/// (5 s doubling to 5 min). Ends only on errors a retry cannot fix.
+async fn idle_forever(
+    account: &config::Account,
+    ssh_config: Option<&ssh2_config::SshConfig>,
+    show: Presentation,
+) -> Exit {
+    let mut pause = std::time::Duration::from_secs(5);
+    loop {
+        let pool = SshPool::new();
+        let result = fetch::fetch_account(account, &pool, ssh_config, show).await;
+        pool.close_all().await;
+        match result {
+            Ok(_) => return Exit::Delivered,
+            Err(e)
+                if matches!(e.exit(), Exit::Connect | Exit::Protocol | Exit::Server)
+                    && !matches!(e, Error::HostKey(_)) =>
+            {
+                eprintln!("sshmail: {}: {e}; retrying in {} s", account.name, pause.as_secs());
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(300));
+            }
+            Err(e) => {
+                eprintln!("sshmail: {}: {e}", account.name);
+                return e.exit();
+            }
+        }
     }
 }
 

@@ -155,12 +155,12 @@ pub struct TlsSettings {
     pub fingerprint: Option<String>,
 }
 
-/// How to log in to a POP3 server.
+/// How to log in to the mail server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pop3Auth {
-    /// SASL PLAIN if offered, else USER/PASS.
+pub enum AuthMethod {
+    /// SASL PLAIN if offered (IMAP: with SASL-IR), else USER/PASS or LOGIN.
     Auto,
-    /// USER/PASS.
+    /// POP3 USER/PASS, IMAP LOGIN.
     User,
     /// APOP (needs a timestamp in the greeting).
     Apop,
@@ -269,8 +269,8 @@ pub struct Account {
     pub user: String,
     /// Mail password.
     pub password: PasswordSource,
-    /// POP3 login method.
-    pub pop3_auth: Pop3Auth,
+    /// Login method.
+    pub auth: AuthMethod,
     /// Leave messages on the server.
     pub keep: bool,
     /// Fetch messages already fetched before.
@@ -417,11 +417,11 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         (None, Some(c)) => PasswordSource::Command(c.clone()),
         (None, None) => PasswordSource::None,
     };
-    let pop3_auth = match raw.auth.as_deref().unwrap_or("auto") {
-        "auto" => Pop3Auth::Auto,
-        "user" | "pass" | "login" => Pop3Auth::User,
-        "apop" => Pop3Auth::Apop,
-        "plain" => Pop3Auth::Plain,
+    let auth = match raw.auth.as_deref().unwrap_or("auto") {
+        "auto" => AuthMethod::Auto,
+        "user" | "pass" | "login" => AuthMethod::User,
+        "apop" => AuthMethod::Apop,
+        "plain" => AuthMethod::Plain,
         other => return Err(ctx(format!("unknown auth {other:?} (auto, user, login, apop, plain)"))),
     };
     let deliver =
@@ -463,7 +463,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         server_port,
         user,
         password,
-        pop3_auth,
+        auth,
         keep: policy == Policy::Keep,
         fetch_all: raw.fetch_all.unwrap_or(false),
         compress: raw.compress.unwrap_or(false),

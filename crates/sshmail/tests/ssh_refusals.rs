@@ -104,7 +104,7 @@ fn wrong_mail_password_gives_exit_3() {
 
 #[test]
 fn forwarding_forbidden_gives_a_clear_error() {
-    let mut env = Env::with(Options { allow_tcp_forwarding: false });
+    let mut env = Env::with(Options { allow_tcp_forwarding: false, ..Options::default() });
     env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
     let out = env.run(&[]);
     assert_exit(&out, 2);

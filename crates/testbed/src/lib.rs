@@ -41,11 +41,14 @@ pub const MAIL_PASSWORD: &str = "correct horse battery staple";
 pub struct Options {
     /// `AllowTcpForwarding` in sshd_config.
     pub allow_tcp_forwarding: bool,
+    /// Dovecot with TLS: IMAPS on its own port, STARTTLS on the IMAP port,
+    /// a certificate for `localhost` from a fresh test CA.
+    pub tls: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { allow_tcp_forwarding: true }
+        Options { allow_tcp_forwarding: true, tls: false }
     }
 }
 
@@ -71,6 +74,12 @@ pub struct Testbed {
     pub pop3_port: u16,
     /// Dovecot's IMAP port on 127.0.0.1.
     pub imap_port: u16,
+    /// Dovecot's IMAPS port (0 without TLS).
+    pub imaps_port: u16,
+    /// The test CA certificate (PEM), with TLS.
+    pub ca_cert: PathBuf,
+    /// SHA-256 of the server certificate's DER, hex, with TLS.
+    pub server_cert_sha256: String,
     /// The client's private key (ed25519, no passphrase).
     pub client_key: PathBuf,
     /// A known_hosts file that trusts the sshd's host key as `[127.0.0.1]:PORT`.
@@ -102,6 +111,9 @@ impl Testbed {
             ssh_port: 0,
             pop3_port: 0,
             imap_port: 0,
+            imaps_port: 0,
+            ca_cert: PathBuf::new(),
+            server_cert_sha256: String::new(),
             client_key: PathBuf::new(),
             known_hosts: PathBuf::new(),
             host_key_line: String::new(),
@@ -110,7 +122,7 @@ impl Testbed {
             dovecot: None,
             seq: 0,
         };
-        bed.start_dovecot()?;
+        bed.start_dovecot(&opts)?;
         bed.start_sshd(&opts)?;
         Ok(bed)
     }
@@ -167,7 +179,7 @@ impl Testbed {
         Ok(fs::read_dir(md.join("new"))?.count() + fs::read_dir(md.join("cur"))?.count())
     }
 
-    fn start_dovecot(&mut self) -> Result<()> {
+    fn start_dovecot(&mut self, opts: &Options) -> Result<()> {
         let root = self.path().to_path_buf();
         let home = root.join("home");
         for sub in ["new", "cur", "tmp"] {
@@ -175,16 +187,32 @@ impl Testbed {
         }
         chown_tree(&home, &self.account)?;
         let passwd = root.join("dovecot.passwd");
-        fs::write(
-            &passwd,
-            format!(
-                "{MAIL_USER}:{{PLAIN}}{MAIL_PASSWORD}:{}:{}::{}\n",
+        // The mail login, and the SSH login name for the imapd run over
+        // ssh exec (it looks up $USER): both are the same mailbox.
+        let mut entries = format!(
+            "{MAIL_USER}:{{PLAIN}}{MAIL_PASSWORD}:{}:{}::{}\n",
+            self.account.uid,
+            self.account.gid,
+            home.display()
+        );
+        if self.account.name != MAIL_USER {
+            entries.push_str(&format!(
+                "{}:{{PLAIN}}{MAIL_PASSWORD}:{}:{}::{}\n",
+                self.account.name,
                 self.account.uid,
                 self.account.gid,
                 home.display()
-            ),
-        )?;
+            ));
+        }
+        fs::write(&passwd, entries)?;
         let (pop3, imap) = (free_port()?, free_port()?);
+        let (ssl, imaps) = if opts.tls {
+            let imaps = free_port()?;
+            let (cert, key) = self.make_certificates()?;
+            (format!("ssl = yes\nssl_cert = <{}\nssl_key = <{}\n", cert.display(), key.display()), imaps)
+        } else {
+            ("ssl = no\n".to_string(), 0)
+        };
         let running_as_root = rustix_uid() == 0;
         let users = if running_as_root {
             "default_internal_user = dovecot\ndefault_login_user = dovenull\n".to_string()
@@ -198,10 +226,10 @@ impl Testbed {
              log_path = {root}/dovecot.log\n\
              instance_name = sshmail-testbed-{pid}-{pop3}\n\
              listen = 127.0.0.1\n\
-             ssl = no\n\
+             {ssl}\
              disable_plaintext_auth = no\n\
              protocols = pop3 imap\n\
-             mail_location = maildir:~/Maildir\n\
+             mail_location = maildir:{root}/home/Maildir\n\
              pop3_no_flag_updates = yes\n\
              pop3_uidl_format = %08Xv%08Xu\n\
              first_valid_uid = 1\n\
@@ -209,7 +237,7 @@ impl Testbed {
              passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
              userdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
              service pop3-login {{\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
-             service imap-login {{\n  inet_listener imap {{\n    port = {imap}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             service imap-login {{\n  inet_listener imap {{\n    port = {imap}\n  }}\n  inet_listener imaps {{\n    port = {imaps}\n  }}\n}}\n\
              service stats {{\n  unix_listener stats-writer {{\n    mode = 0666\n  }}\n}}\n",
             root = root.display(),
             pid = std::process::id(),
@@ -232,7 +260,83 @@ impl Testbed {
         self.dovecot_config = conf_path;
         wait_for_port(pop3, &root.join("dovecot.log"))?;
         wait_for_port(imap, &root.join("dovecot.log"))?;
+        if imaps != 0 {
+            wait_for_port(imaps, &root.join("dovecot.log"))?;
+        }
+        self.imaps_port = imaps;
         Ok(())
+    }
+
+    /// A test CA and a server certificate for localhost and 127.0.0.1.
+    fn make_certificates(&mut self) -> Result<(PathBuf, PathBuf)> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "sshmail test CA");
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        params.distinguished_name.push(DnType::CommonName, "localhost");
+        let cert = params.signed_by(&key, &issuer)?;
+        let root = self.path().to_path_buf();
+        let (ca_path, cert_path, key_path) = (root.join("ca.pem"), root.join("server.pem"), root.join("server.key"));
+        fs::write(&ca_path, ca_cert.pem())?;
+        fs::write(&cert_path, cert.pem())?;
+        fs::write(&key_path, key.serialize_pem())?;
+        self.ca_cert = ca_path;
+        self.server_cert_sha256 = sha256_hex(cert.der());
+        Ok((cert_path, key_path))
+    }
+
+    /// Puts a message into another folder (Maildir++ `.NAME`), creating it.
+    pub fn add_message_to(&mut self, folder: &str, content: &[u8]) -> Result<String> {
+        let dir = self.server_maildir().join(format!(".{folder}"));
+        for sub in ["new", "cur", "tmp"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        chown_tree(&dir, &self.account)?;
+        self.seq += 1;
+        let name = format!("{}.M{}P{}.testbed", 1_700_000_000 + self.seq, self.seq, std::process::id());
+        let tmp = dir.join("tmp").join(&name);
+        fs::write(&tmp, content)?;
+        chown(&tmp, &self.account)?;
+        fs::rename(&tmp, dir.join("new").join(&name))?;
+        Ok(name)
+    }
+
+    /// Number of messages in a folder (new/ and cur/); `INBOX` or a name.
+    pub fn folder_message_count(&self, folder: &str) -> Result<usize> {
+        let dir =
+            if folder == "INBOX" { self.server_maildir() } else { self.server_maildir().join(format!(".{folder}")) };
+        Ok(fs::read_dir(dir.join("new"))?.count() + fs::read_dir(dir.join("cur"))?.count())
+    }
+
+    /// Makes Dovecot give the INBOX a new UIDVALIDITY, as after a server
+    /// migration: its UID list and indexes are removed.
+    pub fn reset_uidvalidity(&self) -> Result<()> {
+        let md = self.server_maildir();
+        for f in ["dovecot-uidlist", "dovecot.index", "dovecot.index.cache", "dovecot.index.log", "dovecot.index.log.2"]
+        {
+            let _ = fs::remove_file(md.join(f));
+        }
+        Ok(())
+    }
+
+    /// The flags of every message in the INBOX, from the Maildir file names
+    /// (`:2,FLAGS`), sorted.
+    pub fn inbox_flags(&self) -> Result<Vec<String>> {
+        let md = self.server_maildir();
+        let mut v = Vec::new();
+        for sub in ["new", "cur"] {
+            for e in fs::read_dir(md.join(sub))? {
+                let name = e?.file_name().to_string_lossy().into_owned();
+                v.push(name.split_once(":2,").map(|(_, f)| f.to_string()).unwrap_or_default());
+            }
+        }
+        v.sort();
+        Ok(v)
     }
 
     fn start_sshd(&mut self, opts: &Options) -> Result<()> {
@@ -264,7 +368,9 @@ impl Testbed {
              MaxStartups 100\n\
              MaxSessions 100\n\
              LogLevel VERBOSE\n\
+             SetEnv CONFIG_FILE={dovecot_conf}\n\
              Subsystem sftp internal-sftp\n",
+            dovecot_conf = self.dovecot_config.display(),
             hk = host_key.display(),
             root = root.display(),
             authorized = authorized.display(),
@@ -456,6 +562,15 @@ fn wait_for_port(port: u16, log: &Path) -> Result<()> {
     }
     let log = fs::read_to_string(log).unwrap_or_default();
     bail!("server did not listen on 127.0.0.1:{port} within 20 s; its log:\n{log}")
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let out = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().and_then(|mut c| {
+        c.stdin.take().expect("stdin").write_all(data)?;
+        c.wait_with_output()
+    });
+    out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string())
+        .unwrap_or_default()
 }
 
 /// Writes `content` to `path`, creating parents.

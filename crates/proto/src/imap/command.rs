@@ -8,7 +8,7 @@ pub struct Tagger(u64);
 
 impl Tagger {
     /// The next tag.
-    pub fn next(&mut self) -> String {
+    pub fn next_tag(&mut self) -> String {
         self.0 += 1;
         format!("A{}", self.0)
     }

@@ -165,7 +165,7 @@ fn commands_and_sets() {
     assert_eq!(uid_set(&[4]), "4");
     assert_eq!(uid_set(&[]), "");
     let mut t = Tagger::default();
-    assert_eq!((t.next(), t.next()), ("A1".to_string(), "A2".to_string()));
+    assert_eq!((t.next_tag(), t.next_tag()), ("A1".to_string(), "A2".to_string()));
 }
 
 #[test]

@@ -13,6 +13,7 @@ use sshmail_proto::imap::{
 use sshmail_proto::line::CrlfToLf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::config::AuthMethod;
 use crate::deliver::Maildir;
 use crate::deliver::maildir::{Finished, Staged};
 use crate::error::{Error, Result};
@@ -215,7 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
 
     /// Sends a command; returns its tag.
     pub async fn send(&mut self, cmd: &Command) -> Result<String> {
-        let tag = self.tags.next();
+        let tag = self.tags.next_tag();
         tracing::trace!("C: {tag} {cmd:?}");
         self.wire.send(&cmd.to_wire(&tag)).await?;
         Ok(tag)
@@ -280,7 +281,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
     }
 
     /// Logs in, unless the server already did (PREAUTH).
-    pub async fn login(&mut self, user: &str, password: Option<&Secret>) -> Result<()> {
+    pub async fn login(&mut self, user: &str, password: Option<&Secret>, method: AuthMethod) -> Result<()> {
         if self.preauth {
             return Ok(());
         }
@@ -292,7 +293,18 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         };
         let plain_ok = self.has("AUTH=PLAIN") && self.has("SASL-IR");
         let login_ok = !self.has("LOGINDISABLED") && Command::quotable(user) && Command::quotable(password.expose());
-        let cmd = if plain_ok || !login_ok {
+        let use_plain = match method {
+            AuthMethod::Plain => true,
+            AuthMethod::User => false,
+            AuthMethod::Auto | AuthMethod::Apop => plain_ok || !login_ok,
+        };
+        if !use_plain && !login_ok {
+            return Err(Error::Auth(format!(
+                "{}: LOGIN is not possible here (LOGINDISABLED, or characters LOGIN cannot carry); use auth = \"plain\"",
+                self.peer()
+            )));
+        }
+        let cmd = if use_plain {
             if !self.has("AUTH=PLAIN") {
                 return Err(Error::Auth(format!(
                     "{}: the server offers neither LOGIN nor AUTHENTICATE PLAIN on this connection",

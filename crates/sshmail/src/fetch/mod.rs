@@ -67,12 +67,19 @@ pub struct Outcome {
     pub folder_errors: Vec<String>,
 }
 
-/// How the run presents itself.
+/// How the run presents itself, and whether it stays.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Presentation {
     /// Show a progress bar (interactive terminal).
     pub progress: bool,
+    /// IMAP: after fetching, stay connected and IDLE on the first folder,
+    /// fetching whatever arrives, until stopped or the connection fails.
+    pub idle: bool,
 }
+
+/// How long one IDLE may last before it is renewed (RFC 2177 asks clients
+/// to renew within 29 minutes).
+const IDLE_RENEW: std::time::Duration = std::time::Duration::from_secs(28 * 60);
 
 /// Fetches one account through the pool.
 pub async fn fetch_account(
@@ -183,7 +190,7 @@ async fn pop3_flow<S: Stream>(account: &Account, wire: Wire<S>, store: &mut Stor
     let mut pop = Pop3::start(wire).await?;
     pop.capa().await?;
     let password = account.password.get("password_command")?;
-    pop.login(&account.user, password.as_ref(), account.pop3_auth).await?;
+    pop.login(&account.user, password.as_ref(), account.auth).await?;
     let listing = pop.scan().await?;
     store.outcome.on_server = listing.len();
 
@@ -395,7 +402,7 @@ async fn imap_flow<S: Stream>(
         tracing::info!("{}: preauthenticated by {}", account.name, imap.peer());
     } else {
         let password = account.password.get("password_command")?;
-        imap.login(&account.user, password.as_ref()).await?;
+        imap.login(&account.user, password.as_ref(), account.auth).await?;
     }
     let folders = resolve_folders(&mut imap, &account.folders).await?;
     let mut listed: HashSet<String> = HashSet::new();
@@ -412,8 +419,23 @@ async fn imap_flow<S: Stream>(
             Err(e) => return Err(e),
         }
     }
-    imap.logout().await;
     store.ledger.compact(|k| listed.contains(k) || !done_prefixes.iter().any(|p| k.starts_with(p.as_str())))?;
+    if store.show.idle {
+        let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
+        tracing::info!("{}: waiting for new mail in {folder} (IDLE)", account.name);
+        loop {
+            imap.select(folder, account.policy == Policy::Keep).await?;
+            if imap.idle(IDLE_RENEW).await? {
+                let before = store.outcome.delivered;
+                let mut seen = HashSet::new();
+                imap_folder(account, &mut imap, store, folder, &mut seen).await?;
+                let prefix = folder_prefix(folder);
+                store.ledger.compact(|k| seen.contains(k) || !k.starts_with(prefix.as_str()))?;
+                tracing::info!("{}: {folder}: {} new delivered", account.name, store.outcome.delivered - before);
+            }
+        }
+    }
+    imap.logout().await;
     Ok(imap.received())
 }
 

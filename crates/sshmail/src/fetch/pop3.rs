@@ -9,7 +9,7 @@ use sshmail_proto::dot::DotDecoder;
 use sshmail_proto::pop3::{self, Capabilities, Command, MAX_LINE, Reply};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::Pop3Auth;
+use crate::config::AuthMethod;
 use crate::deliver::maildir::Staged;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -98,7 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     }
 
     /// Logs in with the account's method.
-    pub async fn login(&mut self, user: &str, password: Option<&Secret>, method: Pop3Auth) -> Result<()> {
+    pub async fn login(&mut self, user: &str, password: Option<&Secret>, method: AuthMethod) -> Result<()> {
         let Some(password) = password else {
             return Err(Error::Auth(format!(
                 "{}: the POP3 server wants a password for {user}; set password_command (or --password-command)",
@@ -106,16 +106,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
             )));
         };
         let method = match method {
-            Pop3Auth::Auto if self.caps.sasl.iter().any(|m| m == "PLAIN") => Pop3Auth::Plain,
-            Pop3Auth::Auto => Pop3Auth::User,
+            AuthMethod::Auto if self.caps.sasl.iter().any(|m| m == "PLAIN") => AuthMethod::Plain,
+            AuthMethod::Auto => AuthMethod::User,
             m => m,
         };
         let replies = match method {
-            Pop3Auth::Plain => {
+            AuthMethod::Plain => {
                 self.send(&[Command::AuthPlain(pop3::sasl_plain(user, password.expose()))]).await?;
                 vec![self.reply().await?]
             }
-            Pop3Auth::Apop => {
+            AuthMethod::Apop => {
                 let stamp = pop3::apop_timestamp(&self.greeting).ok_or_else(|| {
                     Error::Auth(format!("{}: APOP asked for, but the greeting has no timestamp", self.peer()))
                 })?;
@@ -124,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
                 self.send(&[Command::Apop(user.to_string(), hex)]).await?;
                 vec![self.reply().await?]
             }
-            Pop3Auth::User | Pop3Auth::Auto => {
+            AuthMethod::User | AuthMethod::Auto => {
                 // USER and PASS pipelined when allowed: one round trip.
                 let cmds = [Command::User(user.to_string()), Command::Pass(password.expose().to_string())];
                 if self.caps.pipelining {

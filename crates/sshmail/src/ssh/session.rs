@@ -178,11 +178,8 @@ impl SshSession {
             use tokio::io::AsyncWriteExt as _;
             while let Some(msg) = from_remote.wait().await {
                 match msg {
-                    russh::ChannelMsg::Data { data } => {
-                        if their_write.write_all(&data).await.is_err() {
-                            break;
-                        }
-                    }
+                    russh::ChannelMsg::Data { data } if their_write.write_all(&data).await.is_err() => break,
+                    russh::ChannelMsg::Data { .. } => {}
                     russh::ChannelMsg::ExtendedData { data, ext: 1 } => st.add_stderr(&data),
                     russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(exit_status),
                     russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,

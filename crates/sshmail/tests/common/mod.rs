@@ -81,6 +81,45 @@ impl Env {
         c
     }
 
+    /// An IMAP command line: SSH identity and known_hosts, Maildir, state;
+    /// the transport comes from `extra`.
+    pub fn imap_command(&self, extra: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
+        c.env("HOME", self.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSHMAIL_LOG")
+            .env_remove("SSHMAIL_FAULT")
+            .stdin(Stdio::null())
+            .arg("fetch")
+            .arg("--imap")
+            .arg("--identity")
+            .arg(&self.bed.client_key)
+            .arg("--known-hosts")
+            .arg(&self.bed.known_hosts)
+            .arg("--deliver")
+            .arg(format!("maildir:{}", self.maildir().display()))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(extra);
+        c
+    }
+
+    /// The password options for a login.
+    pub fn login_args(&self) -> Vec<String> {
+        vec![
+            "--user".into(),
+            MAIL_USER.into(),
+            "--password-command".into(),
+            format!("cat '{}'", self.home.path().join("password").display()),
+        ]
+    }
+
+    /// Runs an IMAP fetch to completion (bounded).
+    pub fn run_imap(&self, extra: &[&str]) -> Output {
+        let child = self.imap_command(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        wait_bounded(child, Duration::from_secs(120))
+    }
+
     /// Runs sshmail to completion (bounded) and returns its output.
     pub fn run(&self, extra: &[&str]) -> Output {
         let child = self.command(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();

@@ -1,0 +1,206 @@
+//! IMAP against real Dovecot: preauthenticated imapd over an SSH exec
+//! channel, IMAP through a forward, through a local tunnel command, and over
+//! TLS / STARTTLS.
+
+mod common;
+
+use common::{Env, assert_exit, code, stderr};
+use sshmail_testbed::{Options, corpus};
+
+fn ssh_dest(env: &Env) -> String {
+    env.bed.ssh_destination()
+}
+
+#[test]
+fn preauth_exec_autodetected_two_hundred_mixed_messages_byte_identical() {
+    let mut env = Env::new();
+    env.add_messages((0..200).map(|i| corpus::mixed_message(i, 50)));
+    let dest = ssh_dest(&env);
+
+    let out = env.run_imap(&["--ssh", &dest, "--keep", "-v"]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("found the IMAP server /usr/lib/dovecot/imap"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("preauthenticated"), "{}", stderr(&out));
+    assert_eq!(env.delivered(), env.expected(), "delivered mail differs from the originals");
+    assert_eq!(env.bed.server_message_count().unwrap(), 200);
+    // Keep mode used EXAMINE and BODY.PEEK: nothing was flagged \Seen.
+    assert!(env.bed.inbox_flags().unwrap().iter().all(|f| !f.contains('S')), "{:?}", env.bed.inbox_flags());
+
+    let out = env.run_imap(&["--ssh", &dest, "--keep"]);
+    assert_exit(&out, 1);
+
+    // Delete mode: what was delivered before is expunged, not fetched again.
+    let out = env.run_imap(&["--ssh", &dest]);
+    assert_exit(&out, 1);
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+    assert_eq!(env.delivered(), env.expected());
+}
+
+#[test]
+fn preauth_exec_with_explicit_imapd_and_arguments() {
+    let mut env = Env::new();
+    env.add_messages((0..10).map(|i| corpus::mixed_message(i, 0)));
+    let imapd = format!("/usr/lib/dovecot/imap -c {}", env.bed.dovecot_config.display());
+    let out = env.run_imap(&["--ssh", &ssh_dest(&env), "--imapd", &imapd]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+}
+
+#[test]
+fn missing_imapd_gives_the_remote_error() {
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    let out = env.run_imap(&["--ssh", &ssh_dest(&env), "--imapd", "/nonexistent/imapd"]);
+    assert!(matches!(code(&out), 2 | 4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/nonexistent/imapd"), "{}", stderr(&out));
+    assert!(env.delivered().is_empty());
+}
+
+#[test]
+fn forward_with_login() {
+    let mut env = Env::new();
+    env.add_messages((0..20).map(|i| corpus::mixed_message(i, 0)));
+    let server = format!("127.0.0.1:{}", env.bed.imap_port);
+    let mut args =
+        vec!["--ssh".to_string(), ssh_dest(&env), "--via".into(), "forward".into(), "--server".into(), server];
+    args.extend(env.login_args());
+    args.extend(["--auth".into(), "login".into(), "--policy".into(), "seen".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = env.run_imap(&args);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    // Seen policy: still there, all flagged \Seen.
+    let flags = env.bed.inbox_flags().unwrap();
+    assert_eq!(flags.len(), 20);
+    assert!(flags.iter().all(|f| f.contains('S')), "{flags:?}");
+
+    std::fs::write(env.home.path().join("password"), "wrong").unwrap();
+    let out = env.run_imap(&args);
+    assert_exit(&out, 3);
+}
+
+#[test]
+fn command_transport_runs_the_system_ssh_client() {
+    let mut env = Env::new();
+    env.add_messages((0..15).map(|i| corpus::mixed_message(i, 0)));
+    let tunnel = format!(
+        "ssh -q -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -i {} -p {} {}@127.0.0.1 /usr/lib/dovecot/imap",
+        env.bed.known_hosts.display(),
+        env.bed.client_key.display(),
+        env.bed.ssh_port,
+        env.bed.account.name
+    );
+    let out = env.run_imap(&["--via", "command", "--tunnel", &tunnel]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+}
+
+#[test]
+fn tls_and_starttls_verify_the_server() {
+    let mut env = Env::with(Options { tls: true, ..Options::default() });
+    env.add_messages((0..6).map(|i| corpus::mixed_message(i, 0)));
+    let ca = env.bed.ca_cert.display().to_string();
+    let login = env.login_args();
+    let login: Vec<&str> = login.iter().map(String::as_str).collect();
+
+    // Untrusted certificate: refused, nothing fetched.
+    let server = format!("localhost:{}", env.bed.imaps_port);
+    let mut args = vec!["--via", "tls", "--server", &server, "--keep"];
+    args.extend(&login);
+    let out = env.run_imap(&args);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("TLS handshake failed"), "{}", stderr(&out));
+    assert!(env.delivered().is_empty());
+
+    // Trusted through the test CA.
+    args.extend(["--tls-ca-file", &ca]);
+    let out = env.run_imap(&args);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+
+    // STARTTLS on the plain port, deleting this time. (Another server
+    // address makes another ad-hoc account, with a ledger of its own: it
+    // gets its own Maildir here.)
+    let server = format!("localhost:{}", env.bed.imap_port);
+    let other = format!("maildir:{}", env.home.path().join("Maildir2").display());
+    let mut args = vec!["--via", "starttls", "--server", &server, "--tls-ca-file", &ca, "--deliver", &other];
+    args.extend(&login);
+    let out = env.run_imap(&args);
+    assert_exit(&out, 0);
+    assert_eq!(common::read_dir_contents(&env.home.path().join("Maildir2/new")), env.expected());
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+
+    // A pinned certificate, by fingerprint, instead of a CA.
+    env.add_messages((6..8).map(|i| corpus::mixed_message(i, 0)));
+    let server = format!("127.0.0.1:{}", env.bed.imaps_port);
+    let pin = env.bed.server_cert_sha256.clone();
+    let mut args = vec!["--via", "tls", "--server", &server, "--tls-fingerprint", &pin];
+    args.extend(&login);
+    let out = env.run_imap(&args);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    let wrong = "00".repeat(32);
+    let mut args = vec!["--via", "tls", "--server", &server, "--tls-fingerprint", &wrong];
+    args.extend(&login);
+    let out = env.run_imap(&args);
+    assert_exit(&out, 2);
+}
+
+#[test]
+fn two_folders_by_name_and_pattern() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
+    for i in 5..9 {
+        let m = corpus::mixed_message(i, 0);
+        env.bed.add_message_to("lists.rust", &m).unwrap();
+        env.originals.push(m);
+    }
+    let m = corpus::mixed_message(9, 0);
+    env.bed.add_message_to("other", &m).unwrap();
+    let out = env.run_imap(&["--ssh", &ssh_dest(&env), "--folder", "INBOX", "--folder", "lists.*"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    assert_eq!(env.bed.folder_message_count("lists.rust").unwrap(), 0);
+    assert_eq!(env.bed.folder_message_count("other").unwrap(), 1, "an unlisted folder was touched");
+}
+
+#[test]
+fn delete_removes_only_what_was_delivered() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
+    // Too big to fetch, so it must stay on the server.
+    let big = corpus::mixed_message(99, 1);
+    env.bed.add_message(&big).unwrap();
+    let out = env.run_imap(&["--ssh", &ssh_dest(&env), "--max-message-size", "200000"]);
+    // A message left behind for its size is reported (exit 7).
+    assert_exit(&out, 7);
+    assert_eq!(env.delivered(), env.expected());
+    assert_eq!(env.bed.server_message_count().unwrap(), 1);
+}
+
+#[test]
+fn uidvalidity_change_is_detected_and_nothing_is_silently_duplicated() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
+    let dest = ssh_dest(&env);
+    let out = env.run_imap(&["--ssh", &dest, "--keep"]);
+    assert_exit(&out, 0);
+    // UIDVALIDITY is time-based in Dovecot: let a second pass.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.bed.reset_uidvalidity().unwrap();
+
+    let out = env.run_imap(&["--ssh", &dest, "--keep"]);
+    assert_exit(&out, 7);
+    assert!(stderr(&out).contains("UIDVALIDITY of INBOX changed"), "{}", stderr(&out));
+    assert_eq!(env.delivered(), env.expected(), "nothing fetched while UIDVALIDITY is unresolved");
+
+    // Asked for explicitly: everything again (the documented duplicates).
+    let out = env.run_imap(&["--ssh", &dest, "--keep", "--accept-uidvalidity-change"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 10);
+    // And from then on it is known again.
+    let out = env.run_imap(&["--ssh", &dest, "--keep"]);
+    assert_exit(&out, 1);
+}
