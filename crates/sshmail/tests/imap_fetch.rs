@@ -204,3 +204,36 @@ fn uidvalidity_change_is_detected_and_nothing_is_silently_duplicated() {
     let out = env.run_imap(&["--ssh", &dest, "--keep"]);
     assert_exit(&out, 1);
 }
+
+#[test]
+fn idle_sees_a_message_delivered_after_it_started() {
+    use std::time::{Duration, Instant};
+    let mut env = Env::new();
+    env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
+    let dest = ssh_dest(&env);
+    let mut child = env
+        .imap_command(&["--ssh", &dest, "--idle", "-v"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wait_for = |env: &Env, n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while env.delivered().len() < n {
+            assert!(Instant::now() < deadline, "{what}: only {} of {n} delivered", env.delivered().len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(&env, 3, "initial fetch");
+    // Give it a moment to enter IDLE, then deliver on the server.
+    std::thread::sleep(Duration::from_millis(300));
+    let m = corpus::mixed_message(3, 0);
+    env.bed.add_message(&m).unwrap();
+    env.originals.push(m);
+    wait_for(&env, 4, "message delivered during IDLE");
+    assert!(child.try_wait().unwrap().is_none(), "sshmail --idle exited");
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(env.delivered(), env.expected());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("IDLE"), "{}", String::from_utf8_lossy(&out.stderr));
+}

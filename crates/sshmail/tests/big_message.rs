@@ -1,0 +1,78 @@
+//! Memory does not grow with message size: a 200 MB message is fetched by
+//! IMAP (exec) and by POP3 (forward) while the fetching process's peak RSS
+//! (VmHWM) is sampled; it must stay under 32 MiB.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::Env;
+
+const SIZE: usize = 200 << 20;
+const LIMIT_KIB: u64 = 32 * 1024;
+
+fn big_message() -> Vec<u8> {
+    let mut m = b"From: big@example.org\nTo: mailuser@example.net\nSubject: 200 MB\nMIME-Version: 1.0\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n".to_vec();
+    let mut rng = sshmail_testbed::corpus::Rng::new(42);
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    while m.len() < SIZE {
+        for _ in 0..76 {
+            m.push(T[(rng.next_u64() % 64) as usize]);
+        }
+        m.push(b'\n');
+    }
+    m
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs the command, sampling VmHWM until it exits; returns (exit code, peak KiB, stderr).
+fn run_sampled(mut cmd: std::process::Command) -> (i32, u64, String) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(k) = peak_rss_kib(pid) {
+            peak = peak.max(k);
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fetch of 200 MB did not finish in 300 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), peak, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn memory_does_not_grow_with_message_size_200_mb_over_imap_and_pop3() {
+    let mut env = Env::new();
+    let msg = big_message();
+    env.bed.add_message(&msg).unwrap();
+
+    let dest = env.bed.ssh_destination();
+    let (code, peak, err) = run_sampled(env.imap_command(&["--ssh", &dest, "--keep"]));
+    assert_eq!(code, 0, "{err}");
+    eprintln!("IMAP: peak RSS {peak} KiB for a {} MiB message", SIZE >> 20);
+    assert!(peak > 0, "no RSS sample was taken");
+    assert!(peak < LIMIT_KIB, "IMAP peak RSS {peak} KiB is over {LIMIT_KIB} KiB");
+    let delivered = env.delivered();
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0] == msg, "the 200 MB message differs");
+
+    let pop3 = env.home.path().join("Maildir-pop3");
+    let deliver = format!("maildir:{}", pop3.display());
+    let (code, peak, err) = run_sampled(env.command(&["--keep", "--deliver", &deliver]));
+    assert_eq!(code, 0, "{err}");
+    eprintln!("POP3: peak RSS {peak} KiB for a {} MiB message", SIZE >> 20);
+    assert!(peak < LIMIT_KIB, "POP3 peak RSS {peak} KiB is over {LIMIT_KIB} KiB");
+    let delivered = common::read_dir_contents(&pop3.join("new"));
+    assert!(delivered.len() == 1 && delivered[0] == msg, "the 200 MB message differs (POP3)");
+}
