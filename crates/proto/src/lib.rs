@@ -9,6 +9,7 @@
 //! - [`dot`]: streaming decoder for dot-stuffed multi-line bodies (POP3 RETR).
 //! - [`pop3`]: POP3 (RFC 1939, 2449, 5034) commands and reply parsing.
 //! - [`imap`]: IMAP commands, a streaming response reader, mailbox names.
+//! - [`smtp`]: SMTP/LMTP replies, EHLO extensions, and a streaming DATA encoder.
 
 #![forbid(unsafe_code)]
 
@@ -16,3 +17,4 @@ pub mod dot;
 pub mod imap;
 pub mod line;
 pub mod pop3;
+pub mod smtp;

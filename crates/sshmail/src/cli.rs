@@ -123,9 +123,17 @@ pub struct FetchArgs {
     /// Ask for SSH compression (like ssh -C).
     #[arg(long, short = 'C')]
     pub compress: bool,
-    /// Where to deliver: maildir:PATH [default: maildir:~/Maildir].
+    /// Where to deliver: maildir:PATH, mbox:PATH, mda:COMMAND,
+    /// smtp:HOST[:PORT], lmtp:HOST:PORT or lmtp:/SOCKET
+    /// [default: maildir:~/Maildir].
     #[arg(long, value_name = "SPEC")]
     pub deliver: Option<String>,
+    /// Do not add a Received: line to delivered messages.
+    #[arg(long)]
+    pub no_received: bool,
+    /// Local recipient for smtp/lmtp (RCPT TO) and mda (%T) [default: $USER].
+    #[arg(long, value_name = "ADDR")]
+    pub recipient: Option<String>,
     /// SSH identity file (may be repeated).
     #[arg(long, short = 'i', value_name = "FILE")]
     pub identity: Vec<String>,
@@ -248,6 +256,15 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                 if o.refused > 0 || !o.folder_errors.is_empty() {
                     worst = worst.max(Some(Exit::Server));
                 }
+                if !o.undelivered.is_empty() {
+                    worst = worst.max(Some(Exit::Delivery));
+                    eprintln!(
+                        "sshmail: {}: {} messages not delivered, left on the server: {}",
+                        account.name,
+                        o.undelivered.len(),
+                        o.undelivered.join("; ")
+                    );
+                }
                 for e in &o.folder_errors {
                     eprintln!("sshmail: {}: {e}", account.name);
                 }
@@ -310,6 +327,8 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
         tls_fingerprint: args.tls_fingerprint.clone(),
         accept_uidvalidity_change: args.accept_uidvalidity_change.then_some(true),
         max_message_size: args.max_message_size,
+        received: args.no_received.then_some(false),
+        recipient: args.recipient.clone(),
         server: args.server.clone(),
         user: args.user.clone(),
         password_command: args.password_command.clone().map(ConfigCommand::Shell),
@@ -396,7 +415,9 @@ fn merge(base: &RawAccount, over: &RawAccount) -> RawAccount {
         tls_ca_file,
         tls_fingerprint,
         accept_uidvalidity_change,
-        max_message_size
+        max_message_size,
+        received,
+        recipient
     );
     if over.policy.is_some() {
         m.keep = None;

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::deliver::smtp::Endpoint;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
@@ -67,6 +68,8 @@ pub struct RawAccount {
     pub max_message_size: Option<u64>,
     pub allow_expunge_all: Option<bool>,
     pub accept_uidvalidity_change: Option<bool>,
+    pub received: Option<bool>,
+    pub recipient: Option<String>,
 }
 
 /// A command: a string run by `/bin/sh -c`, or an argument vector run as is.
@@ -182,6 +185,14 @@ pub enum HostKeyPolicy {
 pub enum Delivery {
     /// A Maildir (created if missing).
     Maildir(PathBuf),
+    /// An mbox file (mboxrd; created if missing).
+    Mbox(PathBuf),
+    /// An MDA command line (split into words, no shell unless written).
+    Mda(String),
+    /// An SMTP server.
+    Smtp(Endpoint),
+    /// An LMTP server.
+    Lmtp(Endpoint),
 }
 
 /// Where a password comes from.
@@ -308,6 +319,10 @@ pub struct Account {
     pub allow_expunge_all: bool,
     /// IMAP: fetch a folder whose UIDVALIDITY changed again from scratch.
     pub accept_uidvalidity_change: bool,
+    /// Add a `Received:` line to each message.
+    pub received: bool,
+    /// The local recipient (SMTP/LMTP RCPT TO, MDA `%T`).
+    pub recipient: String,
 }
 
 /// The default config file: `$XDG_CONFIG_HOME/sshmail/config.toml`.
@@ -485,14 +500,36 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         max_message_size: raw.max_message_size.unwrap_or(1 << 30),
         allow_expunge_all: raw.allow_expunge_all.unwrap_or(false),
         accept_uidvalidity_change: raw.accept_uidvalidity_change.unwrap_or(false),
+        received: raw.received.unwrap_or(true),
+        recipient: raw.recipient.clone().unwrap_or_else(local_user),
     })
 }
 
 /// Parses a `--deliver` / `deliver` value.
 pub fn parse_delivery(s: &str) -> Result<Delivery> {
-    match s.split_once(':') {
-        Some(("maildir", path)) if !path.is_empty() => Ok(Delivery::Maildir(expand_tilde(path))),
-        _ => Err(Error::Config(format!("bad delivery {s:?}: expected maildir:PATH"))),
+    let bad = || {
+        Error::Config(format!(
+            "bad delivery {s:?}: expected maildir:PATH, mbox:PATH, mda:COMMAND, smtp:HOST[:PORT], lmtp:HOST:PORT or lmtp:/SOCKET"
+        ))
+    };
+    let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+    match kind {
+        "maildir" if !rest.is_empty() => Ok(Delivery::Maildir(expand_tilde(rest))),
+        "mbox" if !rest.is_empty() => Ok(Delivery::Mbox(expand_tilde(rest))),
+        "mda" if !rest.trim().is_empty() => Ok(Delivery::Mda(rest.trim().to_string())),
+        "smtp" => {
+            let (h, p) =
+                if rest.is_empty() { ("localhost".into(), None) } else { split_host_port(rest).ok_or_else(bad)? };
+            Ok(Delivery::Smtp(Endpoint::Tcp(h, p.unwrap_or(25))))
+        }
+        "lmtp" if rest.starts_with('/') || rest.starts_with('~') => {
+            Ok(Delivery::Lmtp(Endpoint::Unix(expand_tilde(rest))))
+        }
+        "lmtp" => match split_host_port(rest).ok_or_else(bad)? {
+            (h, Some(p)) if !h.is_empty() => Ok(Delivery::Lmtp(Endpoint::Tcp(h, p))),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
     }
 }
 
@@ -551,6 +588,22 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(resolve("a", &raw, None).unwrap().via, Via::Command(_)));
+    }
+
+    #[test]
+    fn delivery_specs() {
+        assert_eq!(parse_delivery("mbox:/var/mail/me").unwrap(), Delivery::Mbox("/var/mail/me".into()));
+        assert_eq!(parse_delivery("mda:procmail -d %T").unwrap(), Delivery::Mda("procmail -d %T".into()));
+        assert_eq!(parse_delivery("smtp:").unwrap(), Delivery::Smtp(Endpoint::Tcp("localhost".into(), 25)));
+        assert_eq!(parse_delivery("smtp:mx:2525").unwrap(), Delivery::Smtp(Endpoint::Tcp("mx".into(), 2525)));
+        assert_eq!(parse_delivery("lmtp:127.0.0.1:24").unwrap(), Delivery::Lmtp(Endpoint::Tcp("127.0.0.1".into(), 24)));
+        assert_eq!(
+            parse_delivery("lmtp:/run/dovecot/lmtp").unwrap(),
+            Delivery::Lmtp(Endpoint::Unix("/run/dovecot/lmtp".into()))
+        );
+        for bad in ["lmtp:host", "mbox:", "mda:", "pipe:x", "maildir"] {
+            assert!(parse_delivery(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -183,6 +183,11 @@ impl Ledger {
     }
 }
 
+/// An account name made safe for file names.
+pub fn file_stem(account: &str) -> String {
+    account.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' }).collect()
+}
+
 fn check_field(s: &str) -> Result<()> {
     if s.is_empty() || s.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(Error::Protocol(format!("refusing to record an id with spaces or control characters: {s:?}")));

@@ -14,9 +14,9 @@ use sshmail_proto::line::CrlfToLf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::AuthMethod;
-use crate::deliver::Maildir;
-use crate::deliver::maildir::{Finished, Staged};
+use crate::deliver::{Finished, Spool, Staged};
 use crate::error::{Error, Result};
+use crate::fetch::Trace;
 use crate::secret::Secret;
 use crate::wire::Wire;
 
@@ -33,7 +33,8 @@ pub struct Done {
 
 /// Where FETCH bodies go while a response is read.
 pub struct Bodies<'m> {
-    maildir: Option<&'m Maildir>,
+    spool: Option<&'m Spool>,
+    trace: Option<Trace>,
     current: Option<Staged>,
     crlf: CrlfToLf,
     buf: Vec<u8>,
@@ -45,13 +46,14 @@ pub struct Bodies<'m> {
 impl<'m> Bodies<'m> {
     /// Bodies are thrown away (no FETCH of bodies expected).
     pub fn discard() -> Bodies<'static> {
-        Bodies { maildir: None, current: None, crlf: CrlfToLf::default(), buf: Vec::new(), done: None }
+        Bodies { spool: None, trace: None, current: None, crlf: CrlfToLf::default(), buf: Vec::new(), done: None }
     }
 
-    /// Bodies are staged in `maildir`.
-    pub fn into_maildir(maildir: &'m Maildir) -> Bodies<'m> {
+    /// Bodies are staged in `spool`, each after a trace line if given.
+    pub fn into_spool(spool: &'m Spool, trace: Option<Trace>) -> Bodies<'m> {
         Bodies {
-            maildir: Some(maildir),
+            spool: Some(spool),
+            trace,
             current: None,
             crlf: CrlfToLf::default(),
             buf: Vec::with_capacity(64 * 1024),
@@ -61,8 +63,9 @@ impl<'m> Bodies<'m> {
 
     fn start(&mut self) -> Result<()> {
         self.abort();
-        if let Some(md) = self.maildir {
-            self.current = Some(md.begin()?);
+        if let Some(spool) = self.spool {
+            let prefix = self.trace.as_ref().map(Trace::line).unwrap_or_default();
+            self.current = Some(spool.begin(&prefix)?);
             self.crlf = CrlfToLf::default();
         }
         Ok(())
@@ -78,12 +81,12 @@ impl<'m> Bodies<'m> {
     }
 
     fn end(&mut self) -> Result<()> {
-        if let (Some(md), Some(mut staged)) = (self.maildir, self.current.take()) {
+        if let (Some(spool), Some(mut staged)) = (self.spool, self.current.take()) {
             self.buf.clear();
             self.crlf.finish(&mut self.buf);
             staged.write(&self.buf)?;
-            if let Some(old) = self.done.replace(md.finish(staged)?) {
-                md.discard_finished(old);
+            if let Some(old) = self.done.replace(spool.finish(staged)?) {
+                spool.discard_finished(old);
             }
         }
         Ok(())
@@ -91,12 +94,12 @@ impl<'m> Bodies<'m> {
 
     /// Removes a half-written or unclaimed body.
     pub fn abort(&mut self) {
-        if let Some(md) = self.maildir {
+        if let Some(spool) = self.spool {
             if let Some(s) = self.current.take() {
-                md.discard(s);
+                spool.discard(s);
             }
             if let Some(f) = self.done.take() {
-                md.discard_finished(f);
+                spool.discard_finished(f);
             }
         }
     }

@@ -27,9 +27,8 @@ use sshmail_proto::imap::{Command as ImapCommand, Limits, Response, Status, Unta
 use sshmail_proto::pop3::{Command, Reply};
 
 use crate::cli::human_bytes;
-use crate::config::{Account, Delivery, Policy, Protocol};
-use crate::deliver::Maildir;
-use crate::deliver::maildir::Finished;
+use crate::config::{Account, Policy, Protocol};
+use crate::deliver::{Finished, Refusal, Sink, Spool};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::ledger::Ledger;
@@ -65,6 +64,33 @@ pub struct Outcome {
     pub recovered: usize,
     /// Folders that could not be fetched, with the reason.
     pub folder_errors: Vec<String>,
+    /// Messages the sink refused (left on the server), with the reason.
+    pub undelivered: Vec<String>,
+}
+
+/// The `Received:` line added to each message (unless `received = false`).
+#[derive(Debug, Clone)]
+pub struct Trace {
+    from: String,
+    with: &'static str,
+    by: String,
+    recipient: String,
+}
+
+impl Trace {
+    /// The header line, dated now.
+    pub fn line(&self) -> Vec<u8> {
+        format!(
+            "Received: from {} by {} (sshmail {}) with {} for <{}>; {}\n",
+            self.from,
+            self.by,
+            env!("CARGO_PKG_VERSION"),
+            self.with,
+            self.recipient,
+            chrono::Local::now().to_rfc2822()
+        )
+        .into_bytes()
+    }
 }
 
 /// How the run presents itself, and whether it stays.
@@ -92,11 +118,11 @@ pub async fn fetch_account(
     // Local state first: a broken state directory or Maildir should stop us
     // before we touch the server.
     let mut ledger = Ledger::open(&account.state_dir, &account.name)?;
-    let Delivery::Maildir(path) = &account.deliver;
-    let maildir = Maildir::open(path)?;
+    let staging = account.state_dir.join(format!("{}.spool", crate::ledger::file_stem(&account.name)));
+    let sink = Sink::open(&account.deliver, &staging, &account.recipient, account.timeout)?;
     let mut outcome = Outcome::default();
     for (key, token) in ledger.pending() {
-        if maildir.recover(&token)? {
+        if sink.maildir().map(|m| m.recover(&token)).transpose()?.unwrap_or(false) {
             ledger.commit(std::slice::from_ref(&key))?;
             outcome.recovered += 1;
         } else {
@@ -104,7 +130,7 @@ pub async fn fetch_account(
         }
     }
     // Only after recovery, which may still need staged files.
-    maildir.clean_tmp();
+    sink.spool().clean();
     if outcome.recovered > 0 {
         tracing::info!("{}: finished {} deliveries interrupted in an earlier run", account.name, outcome.recovered);
     }
@@ -113,7 +139,16 @@ pub async fn fetch_account(
     let diagnostics = opened.diagnostics.clone();
     let explain = |e: Error| transport::explain(diagnostics.as_deref(), e);
     let wire = Wire::new(opened.stream, account.timeout, opened.peer.clone());
-    let mut store = Store { maildir: &maildir, ledger: &mut ledger, outcome: &mut outcome, show };
+    let trace = account.received.then(|| Trace {
+        from: opened.peer.clone(),
+        with: match account.protocol {
+            Protocol::Pop3 => "POP3",
+            Protocol::Imap => "IMAP",
+        },
+        by: gethostname::gethostname().to_string_lossy().into_owned(),
+        recipient: account.recipient.clone(),
+    });
+    let mut store = Store { sink: &sink, ledger: &mut ledger, outcome: &mut outcome, show, trace };
     let received = match account.protocol {
         Protocol::Pop3 => pop3_flow(account, wire, &mut store).await.map_err(explain)?,
         Protocol::Imap => {
@@ -134,26 +169,72 @@ pub async fn fetch_account(
 
 /// The local side of a fetch: where bodies go and what is on record.
 struct Store<'a> {
-    maildir: &'a Maildir,
+    sink: &'a Sink,
     ledger: &'a mut Ledger,
     outcome: &'a mut Outcome,
     show: Presentation,
+    trace: Option<Trace>,
 }
 
 impl Store<'_> {
-    /// Group commit: sync, record staged, publish, record delivered.
-    /// Returns the keys, in batch order.
-    fn commit(&mut self, batch: &mut Vec<(String, Finished)>) -> Result<Vec<String>> {
+    /// The trace line for a message starting now (empty when off).
+    fn prefix(&self) -> Vec<u8> {
+        self.trace.as_ref().map(Trace::line).unwrap_or_default()
+    }
+
+    /// Group commit. Returns the keys delivered, in batch order.
+    ///
+    /// Maildir: sync, record staged (`P`), publish, record delivered (`D`).
+    /// Other sinks: deliver, then record delivered; refusals stay on the
+    /// server and are reported.
+    async fn commit(&mut self, batch: &mut Vec<(String, Finished)>) -> Result<Vec<String>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let (keys, files): (Vec<String>, Vec<Finished>) = std::mem::take(batch).into_iter().unzip();
+        let spool = self.sink.spool();
+        let Some(maildir) = self.sink.maildir() else {
+            let results = self.sink.deliver(&files).await;
+            let delivered = match results {
+                Ok(results) => {
+                    fault::point("sink-delivered");
+                    let mut ok = Vec::new();
+                    for ((key, f), r) in keys.iter().zip(&files).zip(results) {
+                        match r {
+                            Ok(()) => {
+                                ok.push(key.clone());
+                                self.outcome.bytes += f.len;
+                            }
+                            Err(refusal) => {
+                                let kind =
+                                    if matches!(refusal, Refusal::Temporary(_)) { "temporary" } else { "permanent" };
+                                tracing::warn!("{key}: not delivered ({kind}): {}", refusal.text());
+                                self.outcome.undelivered.push(format!("{key}: {}", refusal.text()));
+                            }
+                        }
+                    }
+                    Ok(ok)
+                }
+                Err(e) => Err(e),
+            };
+            for f in files {
+                spool.discard_finished(f);
+            }
+            let ok = delivered?;
+            self.ledger.commit(&ok)?;
+            fault::point("batch-recorded");
+            self.outcome.delivered += ok.len();
+            return Ok(ok);
+        };
         // Order is important: content durable, then named in the ledger,
         // then visible, then recorded as delivered.
-        self.maildir.sync_staged(&files)?;
+        if let Err(e) = spool.sync(&files) {
+            files.into_iter().for_each(|f| spool.discard_finished(f));
+            return Err(e);
+        }
         let prepared: Vec<_> = keys.iter().cloned().zip(files.iter().map(|f| f.name.clone())).collect();
         self.ledger.prepare(&prepared)?;
-        self.maildir.publish(&files)?;
+        maildir.publish(&files)?;
         self.ledger.commit(&keys)?;
         fault::point("batch-recorded");
         self.outcome.delivered += files.len();
@@ -162,8 +243,8 @@ impl Store<'_> {
     }
 
     /// Saves what is complete after a failure; the failure is what counts.
-    fn salvage(&mut self, batch: &mut Vec<(String, Finished)>) {
-        if let Err(e) = self.commit(batch) {
+    async fn salvage(&mut self, batch: &mut Vec<(String, Finished)>) {
+        if let Err(e) = self.commit(batch).await {
             tracing::error!("could not save the messages that were complete: {e}");
         }
     }
@@ -318,7 +399,8 @@ async fn pop3_transfer<S: Stream>(
             InFlight::Retr(i) => {
                 let (n, uid, _) = &to_fetch[i];
                 let before = pop.received();
-                match pop3_receive(pop, store.maildir, &mut buf).await {
+                let prefix = store.prefix();
+                match pop3_receive(pop, store.sink.spool(), &prefix, &mut buf).await {
                     Ok(Some(f)) => {
                         batch_bytes += f.len;
                         batch.push((uid.clone(), f));
@@ -331,7 +413,7 @@ async fn pop3_transfer<S: Stream>(
                         // Complete messages of this batch are still good:
                         // make them durable so the next run need not fetch
                         // them again. Nothing is deleted (no QUIT follows).
-                        store.salvage(&mut batch);
+                        store.salvage(&mut batch).await;
                         bar.finish_and_clear();
                         return Err(e);
                     }
@@ -340,7 +422,7 @@ async fn pop3_transfer<S: Stream>(
                 bar.set_message(format!("{}/{total}", i + 1));
                 let last_retr = next == total && !in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
                 if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES || (last_retr && !batch.is_empty()) {
-                    let keys = store.commit(&mut batch)?;
+                    let keys = store.commit(&mut batch).await?;
                     batch_bytes = 0;
                     if account.policy == Policy::Delete {
                         dele_queue.extend(keys.into_iter().map(|k| (numbers[k.as_str()], k)));
@@ -354,19 +436,24 @@ async fn pop3_transfer<S: Stream>(
 }
 
 /// Reads one RETR reply and body into the Maildir's staging area.
-async fn pop3_receive<S: Stream>(pop: &mut Pop3<S>, maildir: &Maildir, buf: &mut Vec<u8>) -> Result<Option<Finished>> {
+async fn pop3_receive<S: Stream>(
+    pop: &mut Pop3<S>,
+    spool: &Spool,
+    prefix: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<Option<Finished>> {
     if let Reply::Err(t) = pop.reply().await? {
         tracing::debug!("RETR refused: {t}");
         return Ok(None);
     }
-    let mut staged = maildir.begin()?;
+    let mut staged = spool.begin(prefix)?;
     match pop.body_into(&mut staged, buf).await {
         Ok(_) => {
             fault::point("message-written");
-            Ok(Some(maildir.finish(staged)?))
+            Ok(Some(spool.finish(staged)?))
         }
         Err(e) => {
-            maildir.discard(staged);
+            spool.discard(staged);
             Err(e)
         }
     }
@@ -563,36 +650,53 @@ async fn imap_transfer<S: Stream>(
     if !to_apply.is_empty() {
         apply_policy(account, imap, &to_apply, &mut in_flight).await?;
     }
-    let mut next = 0;
     let mut collected: HashMap<u32, Finished> = HashMap::new();
-    let mut count = 0usize;
-    let total: usize = batches.iter().map(Vec::len).sum();
-    let maildir = store.maildir;
-    let mut bodies = Bodies::into_maildir(maildir);
-    let fail = |e: Error, collected: &mut HashMap<u32, Finished>, store: &mut Store<'_>, bodies: &mut Bodies<'_>| {
+    let spool = store.sink.spool();
+    let mut bodies = Bodies::into_spool(spool, store.trace.clone());
+    let result =
+        imap_pipeline(account, imap, store, validity_prefix, batches, &mut in_flight, &mut collected, &mut bodies, bar)
+            .await;
+    if let Err(e) = result {
+        // Keep what is complete; nothing of it was deleted yet.
         bodies.abort();
         let mut batch: Vec<(String, Finished)> =
             collected.drain().map(|(uid, f)| (format!("{validity_prefix}{uid}"), f)).collect();
-        store.salvage(&mut batch);
-        e
-    };
+        store.salvage(&mut batch).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The loop of [`imap_transfer`]; on error the caller saves what is complete.
+#[allow(clippy::too_many_arguments)]
+async fn imap_pipeline<S: Stream>(
+    account: &Account,
+    imap: &mut Imap<S>,
+    store: &mut Store<'_>,
+    validity_prefix: &str,
+    batches: &[Vec<u32>],
+    in_flight: &mut VecDeque<(String, Pending)>,
+    collected: &mut HashMap<u32, Finished>,
+    bodies: &mut Bodies<'_>,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let mut next = 0;
+    let mut count = 0usize;
+    let total: usize = batches.iter().map(Vec::len).sum();
     loop {
         while next < batches.len()
             && in_flight.iter().filter(|(_, p)| matches!(p, Pending::Fetch(_))).count() < IMAP_FETCHES_IN_FLIGHT
         {
             let cmd = ImapCommand::UidFetch(uid_set(&batches[next]), "(UID RFC822.SIZE BODY.PEEK[])");
-            let tag = imap.send(&cmd).await.map_err(|e| fail(e, &mut collected, store, &mut bodies))?;
+            let tag = imap.send(&cmd).await?;
             in_flight.push_back((tag, Pending::Fetch(next)));
             next += 1;
         }
         if in_flight.is_empty() {
-            break;
+            return Ok(());
         }
         let before = imap.received();
-        let response = match imap.read(&mut bodies).await {
-            Ok(r) => r,
-            Err(e) => return Err(fail(e, &mut collected, store, &mut bodies)),
-        };
+        let response = imap.read(bodies).await?;
         bar.inc(imap.received() - before);
         match response {
             Response::Untagged(Untagged::Fetch(f)) if imap::has_body(&f) => {
@@ -604,25 +708,22 @@ async fn imap_transfer<S: Stream>(
                         count += 1;
                         bar.set_message(format!("{count}/{total}"));
                     }
-                    _ => maildir.discard_finished(file),
+                    _ => store.sink.spool().discard_finished(file),
                 }
             }
             Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
-                let e = Error::Server(format!("{} closed the session: {text}", imap.peer()));
-                return Err(fail(e, &mut collected, store, &mut bodies));
+                return Err(Error::Server(format!("{} closed the session: {text}", imap.peer())));
             }
             Response::Tagged { tag, status, code, text } => {
                 let Some(pos) = in_flight.iter().position(|(t, _)| *t == tag) else {
-                    let e = Error::Protocol(format!("{}: completion for unknown tag {tag}", imap.peer()));
-                    return Err(fail(e, &mut collected, store, &mut bodies));
+                    return Err(Error::Protocol(format!("{}: completion for unknown tag {tag}", imap.peer())));
                 };
                 let (_, pending) = in_flight.remove(pos).expect("position is valid");
                 let done = imap::Done { status, code, text };
                 match pending {
                     Pending::Fetch(i) => {
                         if done.status != Status::Ok {
-                            let e = imap.failure("UID FETCH", &done);
-                            return Err(fail(e, &mut collected, store, &mut bodies));
+                            return Err(imap.failure("UID FETCH", &done));
                         }
                         let mut batch = Vec::with_capacity(batches[i].len());
                         for uid in &batches[i] {
@@ -631,16 +732,11 @@ async fn imap_transfer<S: Stream>(
                                 None => tracing::info!("{}: UID {uid} vanished before it was fetched", imap.peer()),
                             }
                         }
-                        let keys = match store.commit(&mut batch) {
-                            Ok(k) => k,
-                            Err(e) => return Err(fail(e, &mut collected, store, &mut bodies)),
-                        };
+                        let keys = store.commit(&mut batch).await?;
                         let uids: Vec<u32> =
                             keys.iter().filter_map(|k| k.rsplit('/').next().and_then(|u| u.parse().ok())).collect();
                         if !uids.is_empty() {
-                            apply_policy(account, imap, &uids, &mut in_flight)
-                                .await
-                                .map_err(|e| fail(e, &mut collected, store, &mut bodies))?;
+                            apply_policy(account, imap, &uids, in_flight).await?;
                         }
                     }
                     Pending::Apply(uids, what) => {
@@ -658,7 +754,6 @@ async fn imap_transfer<S: Stream>(
             _ => {}
         }
     }
-    Ok(())
 }
 
 /// Queues the commands that apply the policy to delivered UIDs.

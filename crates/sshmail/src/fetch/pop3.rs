@@ -10,7 +10,7 @@ use sshmail_proto::pop3::{self, Capabilities, Command, MAX_LINE, Reply};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::AuthMethod;
-use crate::deliver::maildir::Staged;
+use crate::deliver::Staged;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::wire::Wire;

@@ -77,6 +77,7 @@ impl Env {
             .arg(format!("maildir:{}", self.maildir().display()))
             .arg("--state-dir")
             .arg(self.state_dir())
+            .arg("--no-received")
             .args(extra);
         c
     }
@@ -100,6 +101,7 @@ impl Env {
             .arg(format!("maildir:{}", self.maildir().display()))
             .arg("--state-dir")
             .arg(self.state_dir())
+            .arg("--no-received")
             .args(extra);
         c
     }

@@ -1,0 +1,228 @@
+//! mbox delivery (mboxrd): a `From ` line before each message, lines that
+//! match `>*From ` get one more `>`, a blank line after each message.
+//!
+//! Locking interoperates with mutt, procmail and Dovecot: a dotlock
+//! (`PATH.lock`, created exclusively, stale after 5 minutes) and a POSIX
+//! fcntl write lock on the whole file. A batch is appended and fsync'd as
+//! one; if anything fails, the file is truncated back to its old length, so
+//! the mbox is never left with half a message.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::envelope;
+use super::spool::Finished;
+use crate::error::{Error, Result, delivery};
+
+/// How long to wait for another program's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// A dotlock older than this is considered left behind by a crash.
+const STALE: Duration = Duration::from_secs(300);
+
+/// An mbox file.
+#[derive(Debug)]
+pub struct Mbox {
+    path: PathBuf,
+}
+
+impl Mbox {
+    /// An mbox at `path` (created on first delivery, mode 0600).
+    pub fn new(path: &Path) -> Mbox {
+        Mbox { path: path.to_path_buf() }
+    }
+
+    /// Appends every message of the batch, durably, or none.
+    pub fn deliver(&self, batch: &[Finished]) -> Result<()> {
+        let _dot = DotLock::take(&self.path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(|e| delivery(format!("cannot open mbox {}", self.path.display()), e))?;
+        fcntl_lock(&file, &self.path)?;
+        let old_len = file.metadata().map_err(|e| delivery("cannot stat mbox", e))?.len();
+        let result = self.append_all(&mut file, old_len, batch);
+        if let Err(e) = result {
+            // Never leave half a message: back to the old length.
+            let undo = file.set_len(old_len).and_then(|_| file.sync_all());
+            if let Err(u) = undo {
+                return Err(Error::Delivery(format!(
+                    "{e}; and truncating {} back to {old_len} bytes failed: {u} — check the end of that mbox",
+                    self.path.display()
+                )));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn append_all(&self, file: &mut File, old_len: u64, batch: &[Finished]) -> Result<()> {
+        let ctx = |e| delivery(format!("cannot write mbox {}", self.path.display()), e);
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut *file);
+        if old_len > 0 {
+            // Messages are separated by a blank line; add what is missing.
+            let mut f = File::open(&self.path).map_err(ctx)?;
+            let tail_len = old_len.min(2);
+            f.seek(SeekFrom::Start(old_len - tail_len)).map_err(ctx)?;
+            let mut tail = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut tail).map_err(ctx)?;
+            let missing: &[u8] = match tail.as_slice() {
+                [.., b'\n', b'\n'] => b"",
+                [b'\n'] => b"",
+                [.., b'\n'] => b"\n",
+                _ => b"\n\n",
+            };
+            out.write_all(missing).map_err(ctx)?;
+        }
+        for msg in batch {
+            let env = envelope::read(&msg.path).map_err(ctx)?;
+            let sender = if env.sender.is_empty() { "MAILER-DAEMON".to_string() } else { env.sender };
+            let date = chrono::Local::now().format("%a %b %e %H:%M:%S %Y");
+            writeln!(out, "From {sender} {date}").map_err(ctx)?;
+            let reader = BufReader::with_capacity(128 * 1024, File::open(&msg.path).map_err(ctx)?);
+            for line in reader.split(b'\n') {
+                let line = line.map_err(ctx)?;
+                if is_from_line(&line) {
+                    out.write_all(b">").map_err(ctx)?;
+                }
+                out.write_all(&line).map_err(ctx)?;
+                out.write_all(b"\n").map_err(ctx)?;
+            }
+            out.write_all(b"\n").map_err(ctx)?;
+        }
+        out.flush().map_err(ctx)?;
+        drop(out);
+        crate::fault::point("mbox-written");
+        file.sync_all().map_err(ctx)?;
+        Ok(())
+    }
+}
+
+/// `>*From ` at the start of a line (mboxrd quoting).
+fn is_from_line(line: &[u8]) -> bool {
+    let rest = &line[line.iter().take_while(|&&b| b == b'>').count()..];
+    rest.starts_with(b"From ")
+}
+
+fn fcntl_lock(file: &File, path: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::fcntl_lock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => {
+                return Err(Error::Delivery(format!(
+                    "mbox {} stayed locked (fcntl) by another program for {} s: {e}",
+                    path.display(),
+                    LOCK_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+}
+
+/// `PATH.lock`, created with O_EXCL; removed on drop.
+struct DotLock {
+    path: PathBuf,
+}
+
+impl DotLock {
+    fn take(mbox: &Path) -> Result<DotLock> {
+        let mut name = mbox.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(_) => return Ok(DotLock { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() > STALE);
+                    if stale {
+                        tracing::warn!("removing stale lock {}", path.display());
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(Error::Delivery(format!(
+                            "mbox lock {} held by another program for {} s",
+                            path.display(),
+                            LOCK_WAIT.as_secs()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(delivery(format!("cannot create lock {}", path.display()), e)),
+            }
+        }
+    }
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::spool::Spool;
+
+    fn staged(spool: &Spool, content: &[u8]) -> Finished {
+        let mut s = spool.begin(b"").unwrap();
+        s.write(content).unwrap();
+        spool.finish(s).unwrap()
+    }
+
+    #[test]
+    fn mboxrd_quoting_and_separation() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        let mbox = Mbox::new(&dir.path().join("mbox"));
+        let a = staged(&spool, b"Return-Path: <a@x>\nSubject: a\n\nFrom here\n>From there\nno newline");
+        let b = staged(&spool, b"From: b@y\n\nbody\n");
+        mbox.deliver(&[a, b]).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("mbox")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("From a@x "), "{text}");
+        assert_eq!(&lines[1..7], ["Return-Path: <a@x>", "Subject: a", "", ">From here", ">>From there", "no newline"]);
+        assert_eq!(lines[7], "");
+        assert!(lines[8].starts_with("From b@y "), "{text}");
+        assert!(text.ends_with("body\n\n"));
+        assert!(!dir.path().join("mbox.lock").exists());
+    }
+
+    #[test]
+    fn a_failed_append_leaves_the_mbox_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        let path = dir.path().join("mbox");
+        std::fs::write(&path, "From x Sat Nov 21 12:00:00 2026\nSubject: old\n\nold\n\n").unwrap();
+        let good = staged(&spool, b"Subject: new\n\nnew\n");
+        let gone = staged(&spool, b"Subject: gone\n\n");
+        std::fs::remove_file(&gone.path).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        assert!(Mbox::new(&path).deliver(&[good, gone]).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn a_held_dotlock_is_waited_for_and_stale_ones_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mbox");
+        let lock = dir.path().join("mbox.lock");
+        std::fs::write(&lock, "").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(600);
+        std::fs::File::options().write(true).open(&lock).unwrap().set_modified(old).unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        Mbox::new(&path).deliver(&[staged(&spool, b"Subject: s\n\nx\n")]).unwrap();
+        assert!(!lock.exists());
+    }
+}
