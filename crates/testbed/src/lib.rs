@@ -44,11 +44,14 @@ pub struct Options {
     /// Dovecot with TLS: IMAPS on its own port, STARTTLS on the IMAP port,
     /// a certificate for `localhost` from a fresh test CA.
     pub tls: bool,
+    /// Dovecot's LMTP on its own port; `mailuser+NAME` delivers into the
+    /// folder NAME (created on demand).
+    pub lmtp: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { allow_tcp_forwarding: true, tls: false }
+        Options { allow_tcp_forwarding: true, tls: false, lmtp: false }
     }
 }
 
@@ -76,6 +79,8 @@ pub struct Testbed {
     pub imap_port: u16,
     /// Dovecot's IMAPS port (0 without TLS).
     pub imaps_port: u16,
+    /// Dovecot's LMTP port (0 without LMTP).
+    pub lmtp_port: u16,
     /// The test CA certificate (PEM), with TLS.
     pub ca_cert: PathBuf,
     /// SHA-256 of the server certificate's DER, hex, with TLS.
@@ -112,6 +117,7 @@ impl Testbed {
             pop3_port: 0,
             imap_port: 0,
             imaps_port: 0,
+            lmtp_port: 0,
             ca_cert: PathBuf::new(),
             server_cert_sha256: String::new(),
             client_key: PathBuf::new(),
@@ -213,6 +219,19 @@ impl Testbed {
         } else {
             ("ssl = no\n".to_string(), 0)
         };
+        let (lmtp, lmtp_port) = if opts.lmtp {
+            let port = free_port()?;
+            (
+                format!(
+                    "protocols = pop3 imap lmtp\nrecipient_delimiter = +\nlmtp_save_to_detail_mailbox = yes\n\
+                     lda_mailbox_autocreate = yes\n\
+                     service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+                ),
+                port,
+            )
+        } else {
+            ("protocols = pop3 imap\n".to_string(), 0)
+        };
         let running_as_root = rustix_uid() == 0;
         let users = if running_as_root {
             "default_internal_user = dovecot\ndefault_login_user = dovenull\n".to_string()
@@ -228,7 +247,7 @@ impl Testbed {
              listen = 127.0.0.1\n\
              {ssl}\
              disable_plaintext_auth = no\n\
-             protocols = pop3 imap\n\
+             {lmtp}\
              mail_location = maildir:{root}/home/Maildir\n\
              pop3_no_flag_updates = yes\n\
              pop3_uidl_format = %08Xv%08Xu\n\
@@ -263,7 +282,11 @@ impl Testbed {
         if imaps != 0 {
             wait_for_port(imaps, &root.join("dovecot.log"))?;
         }
+        if lmtp_port != 0 {
+            wait_for_port(lmtp_port, &root.join("dovecot.log"))?;
+        }
         self.imaps_port = imaps;
+        self.lmtp_port = lmtp_port;
         Ok(())
     }
 
@@ -304,6 +327,20 @@ impl Testbed {
         chown(&tmp, &self.account)?;
         fs::rename(&tmp, dir.join("new").join(&name))?;
         Ok(name)
+    }
+
+    /// The contents of every message in a folder (new/ and cur/), sorted.
+    pub fn folder_contents(&self, folder: &str) -> Result<Vec<Vec<u8>>> {
+        let dir =
+            if folder == "INBOX" { self.server_maildir() } else { self.server_maildir().join(format!(".{folder}")) };
+        let mut v = Vec::new();
+        for sub in ["new", "cur"] {
+            for e in fs::read_dir(dir.join(sub))? {
+                v.push(fs::read(e?.path())?);
+            }
+        }
+        v.sort();
+        Ok(v)
     }
 
     /// Number of messages in a folder (new/ and cur/); `INBOX` or a name.

@@ -2,8 +2,9 @@
 //! match `>*From ` get one more `>`, a blank line after each message.
 //!
 //! Locking interoperates with mutt, procmail and Dovecot: a dotlock
-//! (`PATH.lock`, created exclusively, stale after 5 minutes) and a POSIX
-//! fcntl write lock on the whole file. A batch is appended and fsync'd as
+//! (`PATH.lock`, created exclusively, holding our PID; stale when that
+//! process is gone or after 5 minutes) and a POSIX fcntl write lock on the
+//! whole file. A batch is appended and fsync'd as
 //! one; if anything fails, the file is truncated back to its old length, so
 //! the mbox is never left with half a message.
 
@@ -139,11 +140,20 @@ impl DotLock {
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         loop {
             match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
-                Ok(_) => return Ok(DotLock { path }),
+                Ok(mut f) => {
+                    // The PID lets the next run see that a crashed holder is gone.
+                    let _ = writeln!(f, "{}", std::process::id());
+                    return Ok(DotLock { path });
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(&path)
+                    let old = std::fs::metadata(&path)
                         .and_then(|m| m.modified())
                         .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() > STALE);
+                    let holder_gone = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u32>().ok())
+                        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                    let stale = old || holder_gone;
                     if stale {
                         tracing::warn!("removing stale lock {}", path.display());
                         let _ = std::fs::remove_file(&path);
@@ -211,6 +221,20 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         assert!(Mbox::new(&path).deliver(&[good, gone]).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn dotlock_of_a_dead_process_is_taken_over() {
+        // Regression: a killed fetch left its dotlock, and the next run
+        // waited 30 s and failed.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mbox");
+        std::fs::write(dir.path().join("mbox.lock"), format!("{}\n", u32::MAX - 1)).unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        let started = std::time::Instant::now();
+        Mbox::new(&path).deliver(&[staged(&spool, b"Subject: s\n\nx\n")]).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!dir.path().join("mbox.lock").exists());
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub struct Env {
     pub bed: Testbed,
     pub home: tempfile::TempDir,
     pub originals: Vec<Vec<u8>>,
+    /// Let sshmail add its Received: line (off by default here, so that
+    /// delivered messages compare byte for byte with the originals).
+    pub with_received: bool,
 }
 
 impl Env {
@@ -27,7 +30,7 @@ impl Env {
             Testbed::start_with(opts).expect("the testbed (sshd + Dovecot) must start; see README for the packages");
         let home = tempfile::Builder::new().prefix("sshmail-home.").tempdir().unwrap();
         std::fs::write(home.path().join("password"), MAIL_PASSWORD).unwrap();
-        Env { bed, home, originals: Vec::new() }
+        Env { bed, home, originals: Vec::new(), with_received: false }
     }
 
     /// Puts `msgs` on the server and remembers them as the expected result.
@@ -77,7 +80,7 @@ impl Env {
             .arg(format!("maildir:{}", self.maildir().display()))
             .arg("--state-dir")
             .arg(self.state_dir())
-            .arg("--no-received")
+            .args(if self.with_received { &[][..] } else { &["--no-received"][..] })
             .args(extra);
         c
     }
@@ -101,7 +104,7 @@ impl Env {
             .arg(format!("maildir:{}", self.maildir().display()))
             .arg("--state-dir")
             .arg(self.state_dir())
-            .arg("--no-received")
+            .args(if self.with_received { &[][..] } else { &["--no-received"][..] })
             .args(extra);
         c
     }
@@ -144,6 +147,17 @@ impl Env {
     pub fn tmp_files(&self) -> usize {
         std::fs::read_dir(self.maildir().join("tmp")).map(|d| d.count()).unwrap_or(0)
     }
+}
+
+/// Removes the trace fields a delivery agent put on top of a message
+/// (Return-Path, Delivered-To, Received, with continuation lines).
+pub fn strip_trace(m: &[u8]) -> Vec<u8> {
+    let mut rest = m;
+    while ["Return-Path:", "Delivered-To:", "Received:", "\t", " "].iter().any(|p| rest.starts_with(p.as_bytes())) {
+        let nl = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len() - 1);
+        rest = &rest[nl + 1..];
+    }
+    rest.to_vec()
 }
 
 pub fn read_dir_contents(dir: &Path) -> Vec<Vec<u8>> {
