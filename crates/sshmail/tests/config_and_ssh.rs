@@ -1,0 +1,168 @@
+//! Config files, the shared SSH connection, compression and ProxyJump,
+//! against the real sshd and Dovecot.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use common::{Env, assert_exit, stderr, wait_bounded};
+use sshmail_testbed::{MAIL_USER, corpus};
+
+fn sshmail(env: &Env, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
+    c.env("HOME", env.home.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSHMAIL_LOG")
+        .stdin(Stdio::null())
+        .args(args);
+    c
+}
+
+fn run(mut c: Command) -> std::process::Output {
+    wait_bounded(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), std::time::Duration::from_secs(120))
+}
+
+fn accepted_logins(env: &Env) -> usize {
+    std::fs::read_to_string(env.bed.sshd_log()).unwrap().matches("Accepted publickey").count()
+}
+
+#[test]
+fn config_file_accounts_share_one_ssh_connection() {
+    let mut env = Env::new();
+    env.add_messages((0..6).map(|i| corpus::mixed_message(i, 0)));
+    let mut lists = Vec::new();
+    for i in 6..10 {
+        let m = corpus::mixed_message(i, 0);
+        env.bed.add_message_to("lists.rust", &m).unwrap();
+        lists.push(m);
+    }
+    let home = env.home.path();
+    let config = format!(
+        r#"state_dir = "{home}/state"
+
+[account.pop]
+ssh = "{dest}"
+server = "127.0.0.1:{pop3}"
+user = "{MAIL_USER}"
+password_command = ["cat", "{home}/password"]
+identity = ["{key}"]
+known_hosts = "{kh}"
+deliver = "maildir:{home}/pop-mail"
+received = false
+
+[account.lists]
+ssh = "{dest}"
+protocol = "imap"
+folders = ["lists.*"]
+identity = ["{key}"]
+known_hosts = "{kh}"
+deliver = "maildir:{home}/list-mail"
+received = false
+"#,
+        home = home.display(),
+        dest = env.bed.ssh_destination(),
+        pop3 = env.bed.pop3_port,
+        key = env.bed.client_key.display(),
+        kh = env.bed.known_hosts.display(),
+    );
+    let path = home.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let before = accepted_logins(&env);
+    let out = run(sshmail(&env, &["fetch", "--config", path.to_str().unwrap(), "-v"]));
+    assert_exit(&out, 0);
+    assert_eq!(accepted_logins(&env) - before, 1, "both accounts must ride one SSH connection: {}", stderr(&out));
+    let mut expected = env.originals.clone();
+    expected.sort();
+    assert_eq!(common::read_dir_contents(&home.join("pop-mail/new")), expected);
+    lists.sort();
+    assert_eq!(common::read_dir_contents(&home.join("list-mail/new")), lists);
+
+    // One account by name: nothing new for it.
+    let out = run(sshmail(&env, &["fetch", "--config", path.to_str().unwrap(), "lists"]));
+    assert_exit(&out, 1);
+    let out = run(sshmail(&env, &["fetch", "--config", path.to_str().unwrap(), "nosuch"]));
+    assert_exit(&out, 5);
+    assert!(stderr(&out).contains("no account \"nosuch\""), "{}", stderr(&out));
+}
+
+#[test]
+fn secrets_stay_secret_config_with_a_password_readable_by_others_exits_6() {
+    let env = Env::new();
+    let path = env.home.path().join("config.toml");
+    std::fs::write(&path, format!("[account.a]\nssh = \"{}\"\npassword = \"hunter2\"\n", env.bed.ssh_destination()))
+        .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(sshmail(&env, &["fetch", "--config", path.to_str().unwrap()]));
+    assert_exit(&out, 6);
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("hunter2"));
+}
+
+#[test]
+fn bad_config_syntax_exits_5_with_the_place() {
+    let env = Env::new();
+    let path = env.home.path().join("config.toml");
+    std::fs::write(&path, "[account.a]\nssh = \"h\"\nkeep = maybe\n").unwrap();
+    let out = run(sshmail(&env, &["fetch", "--config", path.to_str().unwrap()]));
+    assert_exit(&out, 5);
+    assert!(stderr(&out).contains("line 3"), "{}", stderr(&out));
+}
+
+#[test]
+fn compression_is_negotiated_with_the_real_sshd() {
+    let mut env = Env::new();
+    env.add_messages((0..20).map(|i| corpus::mixed_message(i, 50)));
+    let mut cmd = env.command(&["--compress"]);
+    cmd.env("SSHMAIL_LOG", "russh=debug");
+    let out = run(cmd);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("client_compression: ZlibOpenSSH"), "zlib@openssh.com not negotiated");
+    assert_eq!(env.delivered(), env.expected());
+}
+
+#[test]
+fn proxyjump_from_ssh_config() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
+    let ssh_config = env.home.path().join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host mailhost\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  ProxyJump {user}@127.0.0.1:{port}\n",
+            port = env.bed.ssh_port,
+            user = env.bed.account.name
+        ),
+    )
+    .unwrap();
+    let before = accepted_logins(&env);
+    let mut cmd = env.command(&["--ssh-config", ssh_config.to_str().unwrap()]);
+    // A later --ssh wins over the default one.
+    cmd.args(["--ssh", "mailhost"]);
+    let out = run(cmd);
+    assert_exit(&out, 0);
+    assert_eq!(accepted_logins(&env) - before, 2, "one login to the jump host, one through it");
+    assert_eq!(env.delivered(), env.expected());
+}
+
+#[test]
+fn pop3_user_pass_and_sasl_plain_both_log_in() {
+    let mut env = Env::new();
+    env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
+    let out = env.run(&["--auth", "user", "--keep"]);
+    assert_exit(&out, 0);
+    let out = env.run(&["--auth", "plain", "--keep", "--all"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 6, "--all fetches again");
+}
+
+#[test]
+fn help_lists_options_and_exit_codes() {
+    let env = Env::new();
+    let out = run(sshmail(&env, &["fetch", "--help"]));
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--ssh", "--imap", "--deliver", "--keep", "Exit codes", "10 local delivery failed"] {
+        assert!(text.contains(needle), "--help lacks {needle}");
+    }
+}
