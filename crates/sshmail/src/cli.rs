@@ -453,6 +453,22 @@ mod tests {
     }
 
     #[test]
+    fn man_page_documents_every_option() {
+        use clap::CommandFactory;
+        let man = include_str!("../../../doc/sshmail.1").replace("\\-", "-");
+        let cli = Cli::command();
+        let fetch = cli.find_subcommand("fetch").expect("fetch");
+        for arg in fetch.get_arguments().chain(cli.get_arguments()) {
+            if let Some(long) = arg.get_long() {
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                assert!(man.contains(&format!("--{long}")), "doc/sshmail.1 does not document --{long}");
+            }
+        }
+    }
+
+    #[test]
     fn exit_codes_match_fetchmail() {
         let codes: Vec<i32> = [
             Exit::Delivered,
