@@ -56,22 +56,30 @@ impl Env {
 
     /// The standard command line with another SSH identity file.
     pub fn command_with_identity(&self, identity: &Path, extra: &[&str]) -> Command {
+        let mut c = self.fetch_command("--pop3", identity);
+        c.arg("--ssh").arg(self.bed.ssh_destination()).arg("--server").arg(format!("127.0.0.1:{}", self.bed.pop3_port));
+        c.args(self.login_args()).args(extra);
+        c
+    }
+
+    /// An IMAP command line: SSH identity and known_hosts, Maildir, state;
+    /// the transport comes from `extra`.
+    pub fn imap_command(&self, extra: &[&str]) -> Command {
+        let mut c = self.fetch_command("--imap", &self.bed.client_key);
+        c.args(extra);
+        c
+    }
+
+    /// `sshmail fetch PROTOCOL` with the private HOME, the key, known_hosts,
+    /// Maildir and state directory of this environment.
+    fn fetch_command(&self, protocol: &str, identity: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
         c.env("HOME", self.home.path())
             .env_remove("SSH_AUTH_SOCK")
             .env_remove("SSHMAIL_LOG")
             .env_remove("SSHMAIL_FAULT")
             .stdin(Stdio::null())
-            .arg("fetch")
-            .arg("--ssh")
-            .arg(self.bed.ssh_destination())
-            .arg("--pop3")
-            .arg("--server")
-            .arg(format!("127.0.0.1:{}", self.bed.pop3_port))
-            .arg("--user")
-            .arg(MAIL_USER)
-            .arg("--password-command")
-            .arg(format!("cat '{}'", self.home.path().join("password").display()))
+            .args(["fetch", protocol])
             .arg("--identity")
             .arg(identity)
             .arg("--known-hosts")
@@ -80,32 +88,7 @@ impl Env {
             .arg(format!("maildir:{}", self.maildir().display()))
             .arg("--state-dir")
             .arg(self.state_dir())
-            .args(if self.with_received { &[][..] } else { &["--no-received"][..] })
-            .args(extra);
-        c
-    }
-
-    /// An IMAP command line: SSH identity and known_hosts, Maildir, state;
-    /// the transport comes from `extra`.
-    pub fn imap_command(&self, extra: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
-        c.env("HOME", self.home.path())
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("SSHMAIL_LOG")
-            .env_remove("SSHMAIL_FAULT")
-            .stdin(Stdio::null())
-            .arg("fetch")
-            .arg("--imap")
-            .arg("--identity")
-            .arg(&self.bed.client_key)
-            .arg("--known-hosts")
-            .arg(&self.bed.known_hosts)
-            .arg("--deliver")
-            .arg(format!("maildir:{}", self.maildir().display()))
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .args(if self.with_received { &[][..] } else { &["--no-received"][..] })
-            .args(extra);
+            .args(if self.with_received { &[][..] } else { &["--no-received"][..] });
         c
     }
 
