@@ -128,6 +128,10 @@ pub struct FetchArgs {
     /// [default: maildir:~/Maildir].
     #[arg(long, value_name = "SPEC")]
     pub deliver: Option<String>,
+    /// IMAP into a Maildir: each folder into its own Maildir++ subfolder
+    /// (INBOX into the Maildir itself, lists/rust into .lists.rust).
+    #[arg(long)]
+    pub subfolders: bool,
     /// Do not add a Received: line to delivered messages.
     #[arg(long)]
     pub no_received: bool,
@@ -328,6 +332,7 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
         accept_uidvalidity_change: args.accept_uidvalidity_change.then_some(true),
         max_message_size: args.max_message_size,
         received: args.no_received.then_some(false),
+        maildir_subfolders: args.subfolders.then_some(true),
         recipient: args.recipient.clone(),
         server: args.server.clone(),
         user: args.user.clone(),
@@ -417,7 +422,8 @@ fn merge(base: &RawAccount, over: &RawAccount) -> RawAccount {
         accept_uidvalidity_change,
         max_message_size,
         received,
-        recipient
+        recipient,
+        maildir_subfolders
     );
     if over.policy.is_some() {
         m.keep = None;

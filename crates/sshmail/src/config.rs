@@ -70,6 +70,7 @@ pub struct RawAccount {
     pub accept_uidvalidity_change: Option<bool>,
     pub received: Option<bool>,
     pub recipient: Option<String>,
+    pub maildir_subfolders: Option<bool>,
 }
 
 /// A command: a string run by `/bin/sh -c`, or an argument vector run as is.
@@ -323,6 +324,8 @@ pub struct Account {
     pub received: bool,
     /// The local recipient (SMTP/LMTP RCPT TO, MDA `%T`).
     pub recipient: String,
+    /// IMAP into a Maildir: each folder into its own Maildir++ subfolder.
+    pub maildir_subfolders: bool,
 }
 
 /// The default config file: `$XDG_CONFIG_HOME/sshmail/config.toml`.
@@ -502,6 +505,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         accept_uidvalidity_change: raw.accept_uidvalidity_change.unwrap_or(false),
         received: raw.received.unwrap_or(true),
         recipient: raw.recipient.clone().unwrap_or_else(local_user),
+        maildir_subfolders: raw.maildir_subfolders.unwrap_or(false),
     })
 }
 

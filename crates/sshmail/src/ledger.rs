@@ -183,6 +183,38 @@ impl Ledger {
     }
 }
 
+/// Percent-encodes `%`, `/`, space, controls and non-ASCII, so that the
+/// result can be a ledger field or a path component of a key.
+pub fn percent_encode(s: &str) -> String {
+    let mut p = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && b != b'%' && b != b'/' {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("%{b:02X}"));
+        }
+    }
+    p
+}
+
+/// Undoes [`percent_encode`]; `None` if malformed.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// An account name made safe for file names.
 pub fn file_stem(account: &str) -> String {
     account.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' }).collect()
@@ -288,6 +320,16 @@ mod tests {
         let e = Ledger::open(dir.path(), "a").unwrap_err().to_string();
         assert!(e.contains("another sshmail"), "{e}");
         assert!(Ledger::open(dir.path(), "b").is_ok());
+    }
+
+    #[test]
+    fn percent_encoding_round_trips() {
+        for s in ["INBOX", "lists/rust", "My Folder", "Entwürfe", "100%"] {
+            let e = percent_encode(s);
+            assert!(!e.contains(' ') && !e.contains('/'), "{e}");
+            assert_eq!(percent_decode(&e).as_deref(), Some(s));
+        }
+        assert_eq!(percent_decode("%G1"), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ const POINTS: &[&str] = &[
     "ledger-appended@2",
     "ledger-synced@2",
     "batch-recorded",
+    "delete-sent",
     "dele-confirmed@5",
     "quit-sent",
 ];
@@ -33,6 +34,7 @@ const IMAP_POINTS: &[&str] = &[
     "maildir-dir-synced",
     "ledger-synced@2",
     "batch-recorded",
+    "delete-sent",
     "policy-applied@1",
     "policy-applied@2",
 ];
@@ -109,8 +111,15 @@ fn kill_at_every_step_on(
     }
 }
 
-const SINK_POINTS: &[&str] =
-    &["message-written", "sink-delivered", "ledger-synced@1", "batch-recorded", "dele-confirmed@3", "quit-sent"];
+const SINK_POINTS: &[&str] = &[
+    "message-written",
+    "sink-delivered",
+    "ledger-synced@1",
+    "batch-recorded",
+    "delete-sent",
+    "dele-confirmed@3",
+    "quit-sent",
+];
 
 #[test]
 fn durable_before_destructive_kill_at_every_step_mbox() {

@@ -53,7 +53,8 @@ fn missing_imapd_gives_the_remote_error() {
     env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
     let out = env.run_imap(&["--ssh", &ssh_dest(&env), "--imapd", "/nonexistent/imapd"]);
     assert!(matches!(code(&out), 2 | 4), "{}", stderr(&out));
-    assert!(stderr(&out).contains("/nonexistent/imapd"), "{}", stderr(&out));
+    // The remote shell's own complaint is passed on.
+    assert!(stderr(&out).contains("/nonexistent/imapd: not found"), "{}", stderr(&out));
     assert!(env.delivered().is_empty());
 }
 
@@ -164,6 +165,24 @@ fn two_folders_by_name_and_pattern() {
     assert_eq!(env.delivered(), env.expected());
     assert_eq!(env.bed.folder_message_count("lists.rust").unwrap(), 0);
     assert_eq!(env.bed.folder_message_count("other").unwrap(), 1, "an unlisted folder was touched");
+}
+
+#[test]
+fn folders_into_maildirplusplus_subfolders() {
+    let mut env = Env::new();
+    env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
+    let mut lists = Vec::new();
+    for i in 3..6 {
+        let m = corpus::mixed_message(i, 0);
+        env.bed.add_message_to("lists.rust", &m).unwrap();
+        lists.push(m);
+    }
+    lists.sort();
+    let out = env.run_imap(&["--ssh", &ssh_dest(&env), "--folder", "INBOX", "--folder", "lists.*", "--subfolders"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected(), "INBOX into the Maildir itself");
+    assert_eq!(common::read_dir_contents(&env.maildir().join(".lists.rust/new")), lists);
+    assert!(env.maildir().join(".lists.rust/maildirfolder").exists());
 }
 
 #[test]

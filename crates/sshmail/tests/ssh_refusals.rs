@@ -122,3 +122,51 @@ fn nothing_listening_at_the_server_address_gives_a_clear_error() {
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("refused the forward to 127.0.0.1:1"), "{}", stderr(&out));
 }
+
+#[test]
+fn ssh_agent_keys_are_used() {
+    let env = env_with_mail();
+    let sock = env.home.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent (openssh-client) runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(&env.bed.client_key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(added.success());
+    // No usable identity file: only the agent can log in.
+    let missing = env.home.path().join("no-such-key");
+    let out = env.command_with_identity(&missing, &["--keep"]).env("SSH_AUTH_SOCK", &sock).output().unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 5);
+}
+
+#[test]
+fn encrypted_key_without_a_terminal_says_to_use_the_agent() {
+    let env = env_with_mail();
+    let key = env.home.path().join("encrypted_key");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "a passphrase", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = env.command_with_identity(&key, &[]).output().unwrap();
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("encrypted; no terminal"), "{}", stderr(&out));
+    assert!(env.delivered().is_empty());
+}

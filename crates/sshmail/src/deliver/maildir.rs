@@ -54,34 +54,73 @@ impl Maildir {
         &self.spool
     }
 
-    /// Step 3: moves the batch into `new/` and makes the renames durable.
-    pub fn publish(&self, batch: &[Finished]) -> Result<()> {
+    /// The directory a message goes to: the Maildir, or a Maildir++
+    /// subfolder (`.NAME`, created on demand).
+    fn folder_dir(&self, subfolder: Option<&str>) -> Result<PathBuf> {
+        let Some(sub) = subfolder else { return Ok(self.root.clone()) };
+        let dir = self.root.join(sub);
+        for d in ["tmp", "new", "cur"] {
+            let d = dir.join(d);
+            if !d.is_dir() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&d)
+                    .map_err(|e| delivery(format!("cannot create Maildir++ folder {}", d.display()), e))?;
+            }
+        }
+        // Maildir++ readers (Dovecot, Courier) look for this marker.
+        let marker = dir.join("maildirfolder");
+        if !marker.exists() {
+            fs::write(&marker, b"").map_err(|e| delivery(format!("cannot create {}", marker.display()), e))?;
+        }
+        Ok(dir)
+    }
+
+    /// The ledger token for a message staged as `name` and published into
+    /// `subfolder`.
+    pub fn token(&self, subfolder: Option<&str>, name: &str) -> String {
+        match subfolder {
+            Some(sub) => format!("{}/{name}", crate::ledger::percent_encode(sub)),
+            None => name.to_string(),
+        }
+    }
+
+    /// Step 3: moves the batch into `new/` (of the Maildir, or of a
+    /// Maildir++ subfolder) and makes the renames durable.
+    pub fn publish(&self, subfolder: Option<&str>, batch: &[Finished]) -> Result<()> {
+        let dir = self.folder_dir(subfolder)?;
         for f in batch {
-            self.publish_one(&f.name)?;
+            self.publish_one(&dir, &f.name)?;
             fault::point("maildir-renamed");
         }
-        sync_dir(&self.root.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
+        sync_dir(&dir.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
         fault::point("maildir-dir-synced");
         Ok(())
     }
 
-    fn publish_one(&self, name: &str) -> Result<()> {
+    fn publish_one(&self, dir: &Path, name: &str) -> Result<()> {
         let from = self.root.join("tmp").join(name);
-        let to = self.root.join("new").join(name);
-        fs::rename(&from, &to).map_err(|e| delivery(format!("cannot move {} to new/", from.display()), e))
+        let to = dir.join("new").join(name);
+        fs::rename(&from, &to).map_err(|e| delivery(format!("cannot move {} to {}", from.display(), to.display()), e))
     }
 
-    /// After a crash: is the message staged as `name` delivered? Finishes a
-    /// publish that was interrupted. Returns false if it is nowhere, so the
-    /// caller fetches it again.
-    pub fn recover(&self, name: &str) -> Result<bool> {
-        if self.root.join("new").join(name).exists() {
-            sync_dir(&self.root.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
+    /// After a crash: is the message recorded with `token` delivered?
+    /// Finishes a publish that was interrupted. Returns false if it is
+    /// nowhere, so the caller fetches it again.
+    pub fn recover(&self, token: &str) -> Result<bool> {
+        let (subfolder, name) = match token.split_once('/') {
+            Some((sub, name)) => (crate::ledger::percent_decode(sub), name),
+            None => (None, token),
+        };
+        let dir = self.folder_dir(subfolder.as_deref())?;
+        if dir.join("new").join(name).exists() {
+            sync_dir(&dir.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
             return Ok(true);
         }
         // A reader may have moved it to cur/ and added flags already.
         let prefix = format!("{name}:");
-        if let Ok(entries) = fs::read_dir(self.root.join("cur")) {
+        if let Ok(entries) = fs::read_dir(dir.join("cur")) {
             for e in entries.flatten() {
                 let n = e.file_name();
                 let n = n.to_string_lossy();
@@ -91,12 +130,22 @@ impl Maildir {
             }
         }
         if self.root.join("tmp").join(name).exists() {
-            self.publish_one(name)?;
-            sync_dir(&self.root.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
+            self.publish_one(&dir, name)?;
+            sync_dir(&dir.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
             return Ok(true);
         }
         Ok(false)
     }
+}
+
+/// The Maildir++ subfolder for an IMAP folder: none for INBOX, else `.`
+/// and the name with `/` turned into `.` (`lists/rust` → `.lists.rust`).
+pub fn subfolder_name(folder: &str) -> Option<String> {
+    if folder.eq_ignore_ascii_case("INBOX") {
+        return None;
+    }
+    let name = folder.strip_prefix("INBOX/").or_else(|| folder.strip_prefix("INBOX.")).unwrap_or(folder);
+    Some(format!(".{}", name.replace('/', ".")))
 }
 
 #[cfg(test)]
@@ -119,9 +168,27 @@ mod tests {
         let f = md.spool().finish(s).unwrap();
         md.spool().sync(std::slice::from_ref(&f)).unwrap();
         assert!(read_new(md.path()).is_empty());
-        md.publish(std::slice::from_ref(&f)).unwrap();
+        md.publish(None, std::slice::from_ref(&f)).unwrap();
         assert_eq!(read_new(md.path()), vec![b"Subject: a\n\nbody\n".to_vec()]);
         assert_eq!(fs::read_dir(md.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn subfolders_are_maildirplusplus_and_recoverable() {
+        assert_eq!(subfolder_name("INBOX"), None);
+        assert_eq!(subfolder_name("lists/rust").as_deref(), Some(".lists.rust"));
+        assert_eq!(subfolder_name("INBOX.Sent").as_deref(), Some(".Sent"));
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path()).unwrap();
+        let mut s = md.spool().begin(b"").unwrap();
+        s.write(b"x\n").unwrap();
+        let f = md.spool().finish(s).unwrap();
+        let token = md.token(Some(".My Lists"), &f.name);
+        assert!(!token.contains(' '));
+        // Crash before publish: recovery puts it into the subfolder.
+        assert!(md.recover(&token).unwrap());
+        assert!(dir.path().join(".My Lists/new").join(&f.name).exists());
+        assert!(dir.path().join(".My Lists/maildirfolder").exists());
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl Store<'_> {
     /// Maildir: sync, record staged (`P`), publish, record delivered (`D`).
     /// Other sinks: deliver, then record delivered; refusals stay on the
     /// server and are reported.
-    async fn commit(&mut self, batch: &mut Vec<(String, Finished)>) -> Result<Vec<String>> {
+    async fn commit(&mut self, batch: &mut Vec<(String, Finished)>, subfolder: Option<&str>) -> Result<Vec<String>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -232,9 +232,10 @@ impl Store<'_> {
             files.into_iter().for_each(|f| spool.discard_finished(f));
             return Err(e);
         }
-        let prepared: Vec<_> = keys.iter().cloned().zip(files.iter().map(|f| f.name.clone())).collect();
+        let prepared: Vec<_> =
+            keys.iter().cloned().zip(files.iter().map(|f| maildir.token(subfolder, &f.name))).collect();
         self.ledger.prepare(&prepared)?;
-        maildir.publish(&files)?;
+        maildir.publish(subfolder, &files)?;
         self.ledger.commit(&keys)?;
         fault::point("batch-recorded");
         self.outcome.delivered += files.len();
@@ -243,8 +244,8 @@ impl Store<'_> {
     }
 
     /// Saves what is complete after a failure; the failure is what counts.
-    async fn salvage(&mut self, batch: &mut Vec<(String, Finished)>) {
-        if let Err(e) = self.commit(batch).await {
+    async fn salvage(&mut self, batch: &mut Vec<(String, Finished)>, subfolder: Option<&str>) {
+        if let Err(e) = self.commit(batch, subfolder).await {
             tracing::error!("could not save the messages that were complete: {e}");
         }
     }
@@ -384,7 +385,11 @@ async fn pop3_transfer<S: Stream>(
             }
         }
         if !outgoing.is_empty() {
+            let deletes = outgoing.iter().any(|c| matches!(c, Command::Dele(_)));
             pop.send(&outgoing).await?;
+            if deletes {
+                fault::point("delete-sent");
+            }
             outgoing.clear();
         }
         let Some(item) = in_flight.pop_front() else { break };
@@ -413,7 +418,7 @@ async fn pop3_transfer<S: Stream>(
                         // Complete messages of this batch are still good:
                         // make them durable so the next run need not fetch
                         // them again. Nothing is deleted (no QUIT follows).
-                        store.salvage(&mut batch).await;
+                        store.salvage(&mut batch, None).await;
                         bar.finish_and_clear();
                         return Err(e);
                     }
@@ -422,7 +427,7 @@ async fn pop3_transfer<S: Stream>(
                 bar.set_message(format!("{}/{total}", i + 1));
                 let last_retr = next == total && !in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
                 if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES || (last_retr && !batch.is_empty()) {
-                    let keys = store.commit(&mut batch).await?;
+                    let keys = store.commit(&mut batch, None).await?;
                     batch_bytes = 0;
                     if account.policy == Policy::Delete {
                         dele_queue.extend(keys.into_iter().map(|k| (numbers[k.as_str()], k)));
@@ -464,16 +469,7 @@ async fn pop3_receive<S: Stream>(
 /// The ledger key prefix of a folder: its name with `%`, `/`, space and
 /// non-ASCII percent-encoded, then `/`.
 fn folder_prefix(folder: &str) -> String {
-    let mut p = String::new();
-    for b in folder.bytes() {
-        if b.is_ascii_graphic() && b != b'%' && b != b'/' {
-            p.push(b as char);
-        } else {
-            p.push_str(&format!("%{b:02X}"));
-        }
-    }
-    p.push('/');
-    p
+    format!("{}/", crate::ledger::percent_encode(folder))
 }
 
 async fn imap_flow<S: Stream>(
@@ -629,7 +625,9 @@ async fn imap_folder<S: Stream>(
         bytes += size;
     }
     let bar = store.bar(to_fetch.iter().map(|(_, s)| s).sum(), to_fetch.len(), folder);
-    let result = imap_transfer(account, imap, store, &validity_prefix, &batches, to_apply, &bar).await;
+    let subfolder = account.maildir_subfolders.then(|| crate::deliver::maildir::subfolder_name(folder)).flatten();
+    let result =
+        imap_transfer(account, imap, store, &validity_prefix, subfolder.as_deref(), &batches, to_apply, &bar).await;
     bar.finish_and_clear();
     result
 }
@@ -637,11 +635,13 @@ async fn imap_folder<S: Stream>(
 /// The pipelined fetch of one folder: UID FETCH batches in flight, each
 /// batch committed as soon as its completion arrives, then the policy
 /// applied to it.
+#[allow(clippy::too_many_arguments)]
 async fn imap_transfer<S: Stream>(
     account: &Account,
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
     validity_prefix: &str,
+    subfolder: Option<&str>,
     batches: &[Vec<u32>],
     to_apply: Vec<u32>,
     bar: &ProgressBar,
@@ -653,15 +653,25 @@ async fn imap_transfer<S: Stream>(
     let mut collected: HashMap<u32, Finished> = HashMap::new();
     let spool = store.sink.spool();
     let mut bodies = Bodies::into_spool(spool, store.trace.clone());
-    let result =
-        imap_pipeline(account, imap, store, validity_prefix, batches, &mut in_flight, &mut collected, &mut bodies, bar)
-            .await;
+    let result = imap_pipeline(
+        account,
+        imap,
+        store,
+        validity_prefix,
+        subfolder,
+        batches,
+        &mut in_flight,
+        &mut collected,
+        &mut bodies,
+        bar,
+    )
+    .await;
     if let Err(e) = result {
         // Keep what is complete; nothing of it was deleted yet.
         bodies.abort();
         let mut batch: Vec<(String, Finished)> =
             collected.drain().map(|(uid, f)| (format!("{validity_prefix}{uid}"), f)).collect();
-        store.salvage(&mut batch).await;
+        store.salvage(&mut batch, subfolder).await;
         return Err(e);
     }
     Ok(())
@@ -674,6 +684,7 @@ async fn imap_pipeline<S: Stream>(
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
     validity_prefix: &str,
+    subfolder: Option<&str>,
     batches: &[Vec<u32>],
     in_flight: &mut VecDeque<(String, Pending)>,
     collected: &mut HashMap<u32, Finished>,
@@ -732,7 +743,7 @@ async fn imap_pipeline<S: Stream>(
                                 None => tracing::info!("{}: UID {uid} vanished before it was fetched", imap.peer()),
                             }
                         }
-                        let keys = store.commit(&mut batch).await?;
+                        let keys = store.commit(&mut batch, subfolder).await?;
                         let uids: Vec<u32> =
                             keys.iter().filter_map(|k| k.rsplit('/').next().and_then(|u| u.parse().ok())).collect();
                         if !uids.is_empty() {
@@ -772,6 +783,7 @@ async fn apply_policy<S: Stream>(
         }
         Policy::Delete => {
             let tag = imap.send(&ImapCommand::UidStoreAdd(set.clone(), "\\Deleted")).await?;
+            fault::point("delete-sent");
             in_flight.push_back((tag, Pending::Apply(uids.to_vec(), "UID STORE \\Deleted")));
             if imap.has("UIDPLUS") {
                 let tag = imap.send(&ImapCommand::UidExpunge(set)).await?;
