@@ -466,9 +466,22 @@ impl Drop for Testbed {
     }
 }
 
-/// Sends a signal (by name, as `kill -NAME`) to one process.
+/// Sends a signal (by name, as `kill -NAME`: TERM, KILL, STOP, CONT) to one
+/// process. Unknown names and vanished processes are ignored.
 pub fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+    use rustix::process::{Pid, Signal, kill_process};
+    let sig = match name {
+        "TERM" => Signal::TERM,
+        "KILL" => Signal::KILL,
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        "HUP" => Signal::HUP,
+        "INT" => Signal::INT,
+        _ => return,
+    };
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, sig);
+    }
 }
 
 /// All descendants of `pid`, found through /proc.

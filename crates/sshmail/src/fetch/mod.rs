@@ -626,71 +626,69 @@ async fn imap_folder<S: Stream>(
     }
     let bar = store.bar(to_fetch.iter().map(|(_, s)| s).sum(), to_fetch.len(), folder);
     let subfolder = account.maildir_subfolders.then(|| crate::deliver::maildir::subfolder_name(folder)).flatten();
-    let result =
-        imap_transfer(account, imap, store, &validity_prefix, subfolder.as_deref(), &batches, to_apply, &bar).await;
+    let result = imap_transfer(
+        &Job { account, validity_prefix: &validity_prefix, subfolder: subfolder.as_deref(), batches: &batches },
+        imap,
+        store,
+        to_apply,
+        &bar,
+    )
+    .await;
     bar.finish_and_clear();
     result
+}
+
+/// What one folder's transfer works on.
+struct Job<'a> {
+    account: &'a Account,
+    /// `folder/uidvalidity/`, the ledger key prefix.
+    validity_prefix: &'a str,
+    /// The Maildir++ subfolder to deliver into, if any.
+    subfolder: Option<&'a str>,
+    /// UIDs to fetch, in batches.
+    batches: &'a [Vec<u32>],
 }
 
 /// The pipelined fetch of one folder: UID FETCH batches in flight, each
 /// batch committed as soon as its completion arrives, then the policy
 /// applied to it.
-#[allow(clippy::too_many_arguments)]
 async fn imap_transfer<S: Stream>(
-    account: &Account,
+    job: &Job<'_>,
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
-    validity_prefix: &str,
-    subfolder: Option<&str>,
-    batches: &[Vec<u32>],
     to_apply: Vec<u32>,
     bar: &ProgressBar,
 ) -> Result<()> {
     let mut in_flight: VecDeque<(String, Pending)> = VecDeque::new();
     if !to_apply.is_empty() {
-        apply_policy(account, imap, &to_apply, &mut in_flight).await?;
+        apply_policy(job.account, imap, &to_apply, &mut in_flight).await?;
     }
     let mut collected: HashMap<u32, Finished> = HashMap::new();
     let spool = store.sink.spool();
     let mut bodies = Bodies::into_spool(spool, store.trace.clone());
-    let result = imap_pipeline(
-        account,
-        imap,
-        store,
-        validity_prefix,
-        subfolder,
-        batches,
-        &mut in_flight,
-        &mut collected,
-        &mut bodies,
-        bar,
-    )
-    .await;
+    let result = imap_pipeline(job, imap, store, &mut in_flight, &mut collected, &mut bodies, bar).await;
     if let Err(e) = result {
         // Keep what is complete; nothing of it was deleted yet.
         bodies.abort();
         let mut batch: Vec<(String, Finished)> =
-            collected.drain().map(|(uid, f)| (format!("{validity_prefix}{uid}"), f)).collect();
-        store.salvage(&mut batch, subfolder).await;
+            collected.drain().map(|(uid, f)| (format!("{}{uid}", job.validity_prefix), f)).collect();
+        store.salvage(&mut batch, job.subfolder).await;
         return Err(e);
     }
     Ok(())
 }
 
 /// The loop of [`imap_transfer`]; on error the caller saves what is complete.
-#[allow(clippy::too_many_arguments)]
 async fn imap_pipeline<S: Stream>(
-    account: &Account,
+    job: &Job<'_>,
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
-    validity_prefix: &str,
-    subfolder: Option<&str>,
-    batches: &[Vec<u32>],
     in_flight: &mut VecDeque<(String, Pending)>,
     collected: &mut HashMap<u32, Finished>,
     bodies: &mut Bodies<'_>,
     bar: &ProgressBar,
 ) -> Result<()> {
+    let Job { account, validity_prefix, subfolder, batches } = *job;
     let mut next = 0;
     let mut count = 0usize;
     let total: usize = batches.iter().map(Vec::len).sum();
