@@ -294,10 +294,16 @@ async fn idle_forever(
     ssh_config: Option<&ssh2_config::SshConfig>,
     show: Presentation,
 ) -> Exit {
-    let mut pause = std::time::Duration::from_secs(5);
+    const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut pause = FIRST_PAUSE;
     loop {
         let pool = SshPool::new();
+        let started = std::time::Instant::now();
         let result = fetch::fetch_account(account, &pool, ssh_config, show).await;
+        // A session that lasted is a fresh start for the back-off.
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            pause = FIRST_PAUSE;
+        }
         pool.close_all().await;
         match result {
             Ok(_) => return Exit::Delivered,

@@ -71,6 +71,7 @@ pub struct RawAccount {
     pub received: Option<bool>,
     pub recipient: Option<String>,
     pub maildir_subfolders: Option<bool>,
+    pub allow_preauth: Option<bool>,
 }
 
 /// A command: a string run by `/bin/sh -c`, or an argument vector run as is.
@@ -326,6 +327,8 @@ pub struct Account {
     pub recipient: String,
     /// IMAP into a Maildir: each folder into its own Maildir++ subfolder.
     pub maildir_subfolders: bool,
+    /// IMAP: accept a PREAUTH greeting on a network port (forward, tls).
+    pub allow_preauth: bool,
 }
 
 /// The default config file: `$XDG_CONFIG_HOME/sshmail/config.toml`.
@@ -506,6 +509,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         received: raw.received.unwrap_or(true),
         recipient: raw.recipient.clone().unwrap_or_else(local_user),
         maildir_subfolders: raw.maildir_subfolders.unwrap_or(false),
+        allow_preauth: raw.allow_preauth.unwrap_or(false),
     })
 }
 

@@ -44,7 +44,9 @@ pub struct Opened {
     pub stream: Box<dyn Stream>,
     /// Who is on the other end, for messages.
     pub peer: String,
-    /// A PREAUTH greeting is expected and safe here.
+    /// A PREAUTH greeting is expected and safe here: a process we started
+    /// (exec, command) runs as the user already; on a network port it is
+    /// accepted only when the account says `allow_preauth`.
     pub preauth_ok: bool,
     /// The server's greeting was already read (STARTTLS).
     pub greeting_done: bool,
@@ -103,7 +105,7 @@ pub async fn open(account: &Account, pool: &SshPool, ssh_config: Option<&ssh2_co
                 return Ok(Opened {
                     stream: Box::new(ch),
                     peer: format!("{server} (via {})", session.name()),
-                    preauth_ok: true,
+                    preauth_ok: account.allow_preauth,
                     greeting_done: false,
                     diagnostics: None,
                 });
@@ -128,7 +130,7 @@ pub async fn open(account: &Account, pool: &SshPool, ssh_config: Option<&ssh2_co
             Ok(Opened {
                 stream: Box::new(tls),
                 peer: format!("{server} (TLS)"),
-                preauth_ok: true,
+                preauth_ok: account.allow_preauth,
                 greeting_done: false,
                 diagnostics: None,
             })

@@ -136,7 +136,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
                 Response::Untagged(Untagged::Status { status: Status::PreAuth, code, text }) => {
                     if !preauth_ok {
                         return Err(Error::Protocol(format!(
-                            "{} greeted with PREAUTH ({text}) where a login was expected — refusing",
+                            "{} greeted with PREAUTH ({text}) on a network connection, where a login was expected \
+                             — refusing; if this server is meant to do that, set allow_preauth = true",
                             imap.peer()
                         )));
                     }
@@ -478,4 +479,36 @@ pub type InFlight = VecDeque<(String, Pending)>;
 /// True if a FETCH response carried a body.
 pub fn has_body(f: &Fetch) -> bool {
     matches!(f.body, Some(Value::Streamed))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session against scripted greetings; the real-server behaviour is
+    //! in tests/imap_fetch.rs.
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    async fn start_with(greeting: &[u8], preauth_ok: bool) -> Result<Imap<tokio::io::DuplexStream>> {
+        let (client, mut server) = tokio::io::duplex(4096);
+        server.write_all(greeting).await.unwrap();
+        let wire = Wire::new(client, Duration::from_secs(5), "test server");
+        let r = Imap::start(wire, Limits::default(), false, preauth_ok).await;
+        drop(server);
+        r
+    }
+
+    #[tokio::test]
+    async fn preauth_is_refused_where_a_login_was_expected() {
+        let e = start_with(b"* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n", false).await.err().expect("refused");
+        assert!(e.to_string().contains("allow_preauth"), "{e}");
+        let ok = start_with(b"* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n", true).await.expect("accepted");
+        assert!(ok.preauth);
+    }
+
+    #[tokio::test]
+    async fn bye_greeting_and_non_imap_servers_are_errors() {
+        assert!(matches!(start_with(b"* BYE go away\r\n", true).await, Err(Error::Server(_))));
+        assert!(start_with(b"+OK POP3 ready\r\n", true).await.is_err());
+        assert!(start_with(b"* OK [CAPABILITY POP3] x\r\n", true).await.is_err());
+    }
 }
