@@ -599,6 +599,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_config_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let end = start + readme[start..].find("```").expect("closed");
+        let raw: RawConfig = toml::from_str(&readme[start..end]).expect("README example parses");
+        assert!(raw.account.len() >= 3);
+        for (name, account) in &raw.account {
+            resolve(name, account, None).unwrap_or_else(|e| panic!("README account {name}: {e}"));
+        }
+        let uni = resolve("uni", &raw.account["uni"], None).unwrap();
+        assert_eq!((uni.protocol, uni.policy), (Protocol::Imap, Policy::Seen));
+        assert!(matches!(uni.via, Via::Exec(Some(_))));
+    }
+
+    #[test]
     fn delivery_specs() {
         assert_eq!(parse_delivery("mbox:/var/mail/me").unwrap(), Delivery::Mbox("/var/mail/me".into()));
         assert_eq!(parse_delivery("mda:procmail -d %T").unwrap(), Delivery::Mda("procmail -d %T".into()));
