@@ -57,104 +57,105 @@ pub struct FetchArgs {
     pub config: Option<PathBuf>,
     /// Fetch from this SSH host without a config file: [USER@]HOST[:PORT]
     /// (a ~/.ssh/config Host alias works too).
-    #[arg(long, value_name = "DEST")]
+    #[arg(help_heading = "SSH", long, value_name = "DEST")]
     pub ssh: Option<String>,
     /// Use POP3 (the default).
-    #[arg(long, conflicts_with = "imap")]
+    #[arg(help_heading = "Mail server", long, conflicts_with = "imap")]
     pub pop3: bool,
     /// Use IMAP (by default through an exec channel running the remote imapd).
-    #[arg(long)]
+    #[arg(long, help_heading = "Mail server")]
     pub imap: bool,
     /// How to reach the server: forward (SSH direct-tcpip), exec (remote
     /// imapd, PREAUTH), command (local --tunnel command), tls, starttls.
-    #[arg(long, value_name = "HOW")]
+    #[arg(help_heading = "Mail server", long, value_name = "HOW")]
     pub via: Option<String>,
     /// The remote IMAP server binary for --via exec [default: detected].
-    #[arg(long, value_name = "CMD")]
+    #[arg(help_heading = "Mail server", long, value_name = "CMD")]
     pub imapd: Option<String>,
     /// Local command whose stdin/stdout reach the server (--via command),
     /// run by /bin/sh -c, e.g. 'ssh -q host /usr/sbin/imapd'.
-    #[arg(long, value_name = "CMD")]
+    #[arg(help_heading = "Mail server", long, value_name = "CMD")]
     pub tunnel: Option<String>,
     /// IMAP folder or LIST pattern (repeatable) [default: INBOX].
-    #[arg(long = "folder", value_name = "NAME")]
+    #[arg(help_heading = "What to fetch", long = "folder", value_name = "NAME")]
     pub folders: Vec<String>,
     /// After delivery: keep, seen (IMAP), delete [default: delete].
-    #[arg(long, value_name = "POLICY", conflicts_with = "keep")]
+    #[arg(help_heading = "What to fetch", long, value_name = "POLICY", conflicts_with = "keep")]
     pub policy: Option<String>,
     /// IMAP: fetch only messages without \Seen.
-    #[arg(long)]
+    #[arg(long, help_heading = "What to fetch")]
     pub only_unseen: bool,
     /// Extra CA certificates (PEM) for --via tls/starttls.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Mail server", long, value_name = "FILE")]
     pub tls_ca_file: Option<String>,
     /// Accept exactly the server certificate with this SHA-256 (hex).
-    #[arg(long, value_name = "HEX")]
+    #[arg(help_heading = "Mail server", long, value_name = "HEX")]
     pub tls_fingerprint: Option<String>,
     /// IMAP: fetch a folder whose UIDVALIDITY changed again from scratch.
-    #[arg(long)]
+    #[arg(long, help_heading = "What to fetch")]
     pub accept_uidvalidity_change: bool,
     /// IMAP: after fetching, stay and wait for new mail (IDLE) on the first
     /// folder, fetching it as it comes; reconnects after failures.
-    #[arg(long)]
+    #[arg(long, help_heading = "What to fetch")]
     pub idle: bool,
     /// Largest message to fetch, in bytes; larger ones stay on the server.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(help_heading = "What to fetch", long, value_name = "BYTES")]
     pub max_message_size: Option<u64>,
     /// Mail server [default: localhost:110 for POP3, localhost:143 for IMAP,
     /// as seen from the SSH host].
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(help_heading = "Mail server", long, value_name = "HOST:PORT")]
     pub server: Option<String>,
     /// Mail login name [default: the SSH user].
-    #[arg(long, value_name = "NAME")]
+    #[arg(help_heading = "Mail server", long, value_name = "NAME")]
     pub user: Option<String>,
     /// Shell command that prints the mail password.
-    #[arg(long, value_name = "CMD")]
+    #[arg(help_heading = "Mail server", long, value_name = "CMD")]
     pub password_command: Option<String>,
-    /// POP3 login method: auto, user, apop, plain.
-    #[arg(long, value_name = "METHOD")]
+    /// Login method: auto, user (POP3 USER/PASS, IMAP LOGIN), apop (POP3),
+    /// plain (SASL PLAIN).
+    #[arg(help_heading = "Mail server", long, value_name = "METHOD")]
     pub auth: Option<String>,
     /// Leave messages on the server (fetch only those not fetched before).
-    #[arg(long, short = 'k')]
+    #[arg(help_heading = "What to fetch", long, short = 'k')]
     pub keep: bool,
     /// Fetch all messages, also those fetched before.
-    #[arg(long, short = 'a')]
+    #[arg(help_heading = "What to fetch", long, short = 'a')]
     pub all: bool,
     /// Ask for SSH compression (like ssh -C).
-    #[arg(long, short = 'C')]
+    #[arg(help_heading = "SSH", long, short = 'C')]
     pub compress: bool,
     /// Where to deliver: maildir:PATH, mbox:PATH, mda:COMMAND,
     /// smtp:HOST[:PORT], lmtp:HOST:PORT or lmtp:/SOCKET
     /// [default: maildir:~/Maildir].
-    #[arg(long, value_name = "SPEC")]
+    #[arg(help_heading = "Delivery", long, value_name = "SPEC")]
     pub deliver: Option<String>,
     /// IMAP into a Maildir: each folder into its own Maildir++ subfolder
     /// (INBOX into the Maildir itself, lists/rust into .lists.rust).
-    #[arg(long)]
+    #[arg(long, help_heading = "Delivery")]
     pub subfolders: bool,
     /// Do not add a Received: line to delivered messages.
-    #[arg(long)]
+    #[arg(long, help_heading = "Delivery")]
     pub no_received: bool,
     /// Local recipient for smtp/lmtp (RCPT TO) and mda (%T) [default: $USER].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(help_heading = "Delivery", long, value_name = "ADDR")]
     pub recipient: Option<String>,
     /// SSH identity file (may be repeated).
-    #[arg(long, short = 'i', value_name = "FILE")]
+    #[arg(help_heading = "SSH", long, short = 'i', value_name = "FILE")]
     pub identity: Vec<String>,
     /// known_hosts file to use instead of ~/.ssh/known_hosts.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "SSH", long, value_name = "FILE")]
     pub known_hosts: Option<String>,
     /// Trust an unknown host key on first use and record it (never a changed one).
-    #[arg(long)]
+    #[arg(long, help_heading = "SSH")]
     pub accept_new_host_key: bool,
     /// Seconds any single wait may take; a frozen link is noticed within it.
-    #[arg(long, value_name = "SECS")]
+    #[arg(help_heading = "SSH", long, value_name = "SECS")]
     pub timeout: Option<u64>,
     /// Directory for the delivery ledgers [default: $XDG_STATE_HOME/sshmail].
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Delivery", long, value_name = "DIR")]
     pub state_dir: Option<String>,
     /// ssh_config file to read instead of ~/.ssh/config.
-    #[arg(long, short = 'F', value_name = "FILE")]
+    #[arg(help_heading = "SSH", long, short = 'F', value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
 }
 
