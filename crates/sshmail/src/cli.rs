@@ -94,6 +94,10 @@ pub struct FetchArgs {
     /// IMAP: fetch a folder whose UIDVALIDITY changed again from scratch.
     #[arg(long, help_heading = "What to fetch")]
     pub accept_uidvalidity_change: bool,
+    /// Only check for mail, like fetchmail --check: log in, count what is
+    /// new, leave; exit 0 if there is new mail, 1 if not. Changes nothing.
+    #[arg(long, help_heading = "What to fetch", conflicts_with = "idle")]
+    pub check: bool,
     /// IMAP: after fetching, stay and wait for new mail (IDLE) on the first
     /// folder, fetching it as it comes; reconnects after failures.
     #[arg(long, help_heading = "What to fetch")]
@@ -227,7 +231,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         }
     };
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
-    let show = Presentation { progress: interactive && !args.idle, idle: args.idle };
+    let show = Presentation { progress: interactive && !args.idle && !args.check, idle: args.idle, check: args.check };
     if args.idle {
         if accounts.len() != 1 || accounts[0].protocol != config::Protocol::Imap {
             eprintln!("sshmail: --idle takes exactly one IMAP account");
@@ -240,6 +244,22 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
     let mut any_mail = false;
     for account in &accounts {
         match fetch::fetch_account(account, &pool, ssh_config.as_ref(), show).await {
+            Ok(o) if args.check => {
+                any_mail |= o.waiting > 0;
+                if !cli.quiet {
+                    println!(
+                        "{}: {} new of {} ({})",
+                        account.name,
+                        o.waiting,
+                        o.on_server,
+                        human_bytes(o.waiting_bytes)
+                    );
+                }
+                for e in &o.folder_errors {
+                    eprintln!("sshmail: {}: {e}", account.name);
+                    worst = worst.max(Some(Exit::Server));
+                }
+            }
             Ok(o) => {
                 any_mail |= o.delivered > 0;
                 if interactive || cli.verbose > 0 {

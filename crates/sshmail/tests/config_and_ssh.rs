@@ -166,3 +166,28 @@ fn help_lists_options_and_exit_codes() {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
 }
+
+#[test]
+fn check_counts_new_mail_and_changes_nothing() {
+    let mut env = Env::new();
+    env.add_messages((0..7).map(|i| corpus::mixed_message(i, 0)));
+    let flags_before = env.bed.inbox_flags().unwrap();
+
+    let out = env.run(&["--check"]);
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": 7 new of 7"), "{}", String::from_utf8_lossy(&out.stdout));
+    let dest = env.bed.ssh_destination();
+    let out = env.run_imap(&["--ssh", &dest, "--check"]);
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": 7 new of 7"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(env.delivered().is_empty(), "a check delivered mail");
+    assert_eq!(env.bed.server_message_count().unwrap(), 7);
+    assert_eq!(env.bed.inbox_flags().unwrap(), flags_before, "a check changed flags on the server");
+
+    // After a fetch (keeping the mail), nothing is new.
+    let out = env.run(&["--keep"]);
+    assert_exit(&out, 0);
+    let out = env.run(&["--check"]);
+    assert_exit(&out, 1);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": 0 new of 7"));
+}

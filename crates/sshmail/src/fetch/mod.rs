@@ -66,6 +66,10 @@ pub struct Outcome {
     pub folder_errors: Vec<String>,
     /// Messages the sink refused (left on the server), with the reason.
     pub undelivered: Vec<String>,
+    /// With `check`: messages waiting to be fetched, and their bytes.
+    pub waiting: usize,
+    /// Their size in bytes, as the server reports it.
+    pub waiting_bytes: u64,
 }
 
 /// The `Received:` line added to each message (unless `received = false`).
@@ -101,6 +105,9 @@ pub struct Presentation {
     /// IMAP: after fetching, stay connected and IDLE on the first folder,
     /// fetching whatever arrives, until stopped or the connection fails.
     pub idle: bool,
+    /// Only count what is waiting (like `fetchmail --check`): log in, list,
+    /// and leave; nothing is fetched, delivered, flagged or recorded.
+    pub check: bool,
 }
 
 /// How long one IDLE may last before it is renewed (RFC 2177 asks clients
@@ -121,7 +128,9 @@ pub async fn fetch_account(
     let staging = account.state_dir.join(format!("{}.spool", crate::ledger::file_stem(&account.name)));
     let sink = Sink::open(&account.deliver, &staging, &account.recipient, account.timeout)?;
     let mut outcome = Outcome::default();
-    for (key, token) in ledger.pending() {
+    // A check changes nothing locally either: no recovery, no cleaning.
+    let pending = if show.check { Vec::new() } else { ledger.pending() };
+    for (key, token) in pending {
         if sink.maildir().map(|m| m.recover(&token)).transpose()?.unwrap_or(false) {
             ledger.commit(std::slice::from_ref(&key))?;
             outcome.recovered += 1;
@@ -130,7 +139,9 @@ pub async fn fetch_account(
         }
     }
     // Only after recovery, which may still need staged files.
-    sink.spool().clean();
+    if !show.check {
+        sink.spool().clean();
+    }
     if outcome.recovered > 0 {
         tracing::info!("{}: finished {} deliveries interrupted in an earlier run", account.name, outcome.recovered);
     }
@@ -306,6 +317,14 @@ async fn pop3_flow<S: Stream>(account: &Account, wire: Wire<S>, store: &mut Stor
         to_fetch.len(),
         to_delete.len()
     );
+    if store.show.check {
+        store.outcome.waiting = to_fetch.len();
+        store.outcome.waiting_bytes = to_fetch.iter().map(|(_, _, s)| s).sum();
+        pop.send(&[Command::Quit]).await?;
+        let _ = pop.reply().await;
+        pop.shutdown().await;
+        return Ok(pop.received());
+    }
 
     let listed: HashSet<String> = listing.iter().map(|(_, u, _)| u.clone()).collect();
     let result = pop3_transfer(account, &mut pop, store, &to_fetch, to_delete).await;
@@ -502,6 +521,10 @@ async fn imap_flow<S: Stream>(
             Err(e) => return Err(e),
         }
     }
+    if store.show.check {
+        imap.logout().await;
+        return Ok(imap.received());
+    }
     store.ledger.compact(|k| listed.contains(k) || !done_prefixes.iter().any(|p| k.starts_with(p.as_str())))?;
     if store.show.idle {
         let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
@@ -548,7 +571,7 @@ async fn imap_folder<S: Stream>(
     folder: &str,
     listed: &mut HashSet<String>,
 ) -> Result<()> {
-    let read_only = account.policy == Policy::Keep;
+    let read_only = account.policy == Policy::Keep || store.show.check;
     let (validity, exists) = imap.select(folder, read_only).await?;
     let prefix = folder_prefix(folder);
     let validity_prefix = format!("{prefix}{validity}/");
@@ -612,6 +635,11 @@ async fn imap_folder<S: Stream>(
         to_apply.len(),
         if account.policy == Policy::Seen { "flag \\Seen" } else { "delete" }
     );
+    if store.show.check {
+        store.outcome.waiting += to_fetch.len();
+        store.outcome.waiting_bytes += to_fetch.iter().map(|(_, s)| s).sum::<u64>();
+        return Ok(());
+    }
 
     // Batches by count and size.
     let mut batches: Vec<Vec<u32>> = Vec::new();
