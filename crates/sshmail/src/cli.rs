@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -9,6 +10,9 @@ use crate::config::{self, Command as ConfigCommand, RawAccount};
 use crate::error::{Error, Exit};
 use crate::fetch::{self, Presentation};
 use crate::ssh::{SshPool, target};
+
+/// How many accounts are fetched at the same time.
+const ACCOUNTS_AT_ONCE: usize = 4;
 
 const EXIT_CODES: &str = "\
 Exit codes (as fetchmail's):
@@ -239,11 +243,28 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         }
         return idle_forever(&accounts[0], ssh_config.as_ref(), show).await;
     }
-    let pool = SshPool::new();
+    // Accounts run concurrently (a few at a time), sharing SSH connections;
+    // results are reported in the order the accounts were given.
+    let pool = Arc::new(SshPool::new());
+    let ssh_config = Arc::new(ssh_config);
+    let limit = Arc::new(tokio::sync::Semaphore::new(ACCOUNTS_AT_ONCE));
+    let show = Presentation { progress: show.progress && accounts.len() == 1, ..show };
+    let handles: Vec<_> = accounts
+        .iter()
+        .cloned()
+        .map(|account| {
+            let (pool, ssh_config, limit) = (pool.clone(), ssh_config.clone(), limit.clone());
+            tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                fetch::fetch_account(&account, &pool, ssh_config.as_ref().as_ref(), show).await
+            })
+        })
+        .collect();
     let mut worst: Option<Exit> = None;
     let mut any_mail = false;
-    for account in &accounts {
-        match fetch::fetch_account(account, &pool, ssh_config.as_ref(), show).await {
+    for (account, handle) in accounts.iter().zip(handles) {
+        let result = handle.await.unwrap_or_else(|e| Err(Error::Delivery(format!("the fetch task failed: {e}"))));
+        match result {
             Ok(o) if args.check => {
                 any_mail |= o.waiting > 0;
                 if !cli.quiet {

@@ -84,7 +84,7 @@ pub struct SshSession {
     handle: client::Handle<Handler>,
     target: SshTarget,
     /// Kept alive so the jump host's channel lives as long as we do.
-    _jump: Option<Arc<SshSession>>,
+    jump: Option<Arc<SshSession>>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -134,7 +134,7 @@ impl SshSession {
         };
         authenticate(&mut handle, target).await?;
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
-        Ok(SshSession { handle, target: target.clone(), _jump: jump })
+        Ok(SshSession { handle, target: target.clone(), jump })
     }
 
     /// Opens a direct-tcpip channel to `host:port` as seen from the SSH host.
@@ -230,6 +230,15 @@ impl SshSession {
     /// True once the connection has gone away.
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
+    }
+
+    /// `user@host:port`, followed by ` via ...` for each ProxyJump hop: what
+    /// tells two connections apart in the pool.
+    pub fn route(&self) -> String {
+        match &self.jump {
+            Some(j) => format!("{} via {}", self.name(), j.route()),
+            None => self.name(),
+        }
     }
 
     /// `user@host:port`, for messages.
