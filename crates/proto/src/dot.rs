@@ -78,8 +78,7 @@ impl DotDecoder {
                 }
                 (State::LineStart | State::Middle, _) => {
                     // Copy the run of ordinary bytes in one go.
-                    let run_end =
-                        input[i..].iter().position(|&c| c == b'\r' || c == b'\n').map_or(input.len(), |p| i + p);
+                    let run_end = memchr::memchr2(b'\r', b'\n', &input[i..]).map_or(input.len(), |p| i + p);
                     out.push(b);
                     out.extend_from_slice(&input[i..run_end]);
                     i = run_end;

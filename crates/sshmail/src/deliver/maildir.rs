@@ -159,14 +159,14 @@ mod tests {
         v
     }
 
-    #[test]
-    fn durable_before_destructive_staged_messages_are_invisible_until_published() {
+    #[tokio::test]
+    async fn durable_before_destructive_staged_messages_are_invisible_until_published() {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::open(&dir.path().join("Mail")).unwrap();
         let mut s = md.spool().begin(b"").unwrap();
         s.write(b"Subject: a\n\nbody\n").unwrap();
         let f = md.spool().finish(s).unwrap();
-        md.spool().sync(std::slice::from_ref(&f)).unwrap();
+        md.spool().sync(std::slice::from_ref(&f)).await.unwrap();
         assert!(read_new(md.path()).is_empty());
         md.publish(None, std::slice::from_ref(&f)).unwrap();
         assert_eq!(read_new(md.path()), vec![b"Subject: a\n\nbody\n".to_vec()]);
@@ -191,14 +191,14 @@ mod tests {
         assert!(dir.path().join(".My Lists/maildirfolder").exists());
     }
 
-    #[test]
-    fn recover_finishes_or_reports_missing() {
+    #[tokio::test]
+    async fn recover_finishes_or_reports_missing() {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::open(dir.path()).unwrap();
         let mut s = md.spool().begin(b"").unwrap();
         s.write(b"x\n").unwrap();
         let f = md.spool().finish(s).unwrap();
-        md.spool().sync(std::slice::from_ref(&f)).unwrap();
+        md.spool().sync(std::slice::from_ref(&f)).await.unwrap();
         // Crash before publish: recovery publishes it.
         assert!(md.recover(&f.name).unwrap());
         assert_eq!(read_new(md.path()).len(), 1);

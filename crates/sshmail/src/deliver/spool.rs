@@ -23,6 +23,7 @@ pub const OWN_MARK: &str = "sshmail";
 pub struct Spool {
     dir: PathBuf,
     host: String,
+    pid: u32,
     seq: AtomicU64,
 }
 
@@ -67,7 +68,12 @@ impl Spool {
                 .create(dir)
                 .map_err(|e| delivery(format!("cannot create {}", dir.display()), e))?;
         }
-        Ok(Spool { dir: dir.to_path_buf(), host: hostname_for_names(), seq: AtomicU64::new(0) })
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            host: hostname_for_names(),
+            pid: std::process::id(),
+            seq: AtomicU64::new(0),
+        })
     }
 
     /// The directory.
@@ -84,14 +90,7 @@ impl Spool {
     pub fn begin(&self, prefix: &[u8]) -> Result<Staged> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!(
-            "{}.M{}P{}Q{}{OWN_MARK}.{}",
-            now.as_secs(),
-            now.subsec_micros(),
-            std::process::id(),
-            seq,
-            self.host
-        );
+        let name = format!("{}.M{}P{}Q{}{OWN_MARK}.{}", now.as_secs(), now.subsec_micros(), self.pid, seq, self.host);
         let path = self.dir.join(&name);
         let file = OpenOptions::new()
             .write(true)
@@ -128,23 +127,40 @@ impl Spool {
         let _ = fs::remove_file(path);
     }
 
-    /// Makes every file's content durable, several at a time.
-    pub fn sync(&self, batch: &[Finished]) -> Result<()> {
-        let threads = 8.min(batch.len().max(1));
-        let chunk = batch.len().div_ceil(threads).max(1);
-        let errors: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = batch
-                .chunks(chunk)
-                .map(|part| {
-                    s.spawn(move || {
-                        part.iter().map(|f| f.file.sync_data().map_err(|e| (f.path.clone(), e))).collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).filter_map(|r| r.err()).collect()
-        });
-        if let Some((path, e)) = errors.into_iter().next() {
-            return Err(delivery(format!("cannot sync {}", path.display()), e));
+    /// Makes every file's content durable, several at a time, on the
+    /// runtime's blocking threads (reused, not started per batch).
+    pub async fn sync(&self, batch: &[Finished]) -> Result<()> {
+        const PARALLEL: usize = 16;
+        let chunk = batch.len().div_ceil(PARALLEL).max(1);
+        let mut tasks = Vec::with_capacity(PARALLEL);
+        for part in batch.chunks(chunk) {
+            let files = part
+                .iter()
+                .map(|f| f.file.try_clone().map(|file| (f.path.clone(), file)))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| delivery("cannot sync staged messages", e))?;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                for (path, file) in files {
+                    file.sync_data().map_err(|e| (path, e))?;
+                }
+                Ok::<(), (PathBuf, std::io::Error)>(())
+            }));
+        }
+        let mut first_error = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err((path, e))) => {
+                    first_error.get_or_insert_with(|| delivery(format!("cannot sync {}", path.display()), e));
+                }
+                Err(e) => {
+                    first_error
+                        .get_or_insert_with(|| delivery("cannot sync staged messages", std::io::Error::other(e)));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         fault::point("maildir-synced");
         Ok(())

@@ -239,7 +239,7 @@ impl Store<'_> {
         };
         // Order is important: content durable, then named in the ledger,
         // then visible, then recorded as delivered.
-        if let Err(e) = spool.sync(&files) {
+        if let Err(e) = spool.sync(&files).await {
             files.into_iter().for_each(|f| spool.discard_finished(f));
             return Err(e);
         }
@@ -390,8 +390,11 @@ async fn pop3_transfer<S: Stream>(
     let total = to_fetch.len();
 
     loop {
-        // Keep the pipeline full: pending DELEs first, then RETRs.
-        while in_flight.len() < depth {
+        // Keep the pipeline full: pending DELEs first, then RETRs. Refill
+        // when it is half empty, so that commands go out many to a write
+        // (and to an SSH packet), not one per message.
+        let refill = in_flight.len() <= depth / 2;
+        while refill && in_flight.len() < depth {
             if let Some((n, uid)) = dele_queue.pop_front() {
                 outgoing.push(Command::Dele(n));
                 in_flight.push_back(InFlight::Dele(uid));
