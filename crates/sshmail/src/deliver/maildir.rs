@@ -31,16 +31,7 @@ pub struct Maildir {
 impl Maildir {
     /// Opens a Maildir, creating it (mode 0700) if it does not exist.
     pub fn open(root: &Path) -> Result<Maildir> {
-        for sub in ["tmp", "new", "cur"] {
-            let d = root.join(sub);
-            if !d.is_dir() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&d)
-                    .map_err(|e| delivery(format!("cannot create Maildir {}", d.display()), e))?;
-            }
-        }
+        create_dirs(root)?;
         Ok(Maildir { root: root.to_path_buf(), spool: Spool::open(&root.join("tmp"))? })
     }
 
@@ -59,16 +50,7 @@ impl Maildir {
     fn folder_dir(&self, subfolder: Option<&str>) -> Result<PathBuf> {
         let Some(sub) = subfolder else { return Ok(self.root.clone()) };
         let dir = self.root.join(sub);
-        for d in ["tmp", "new", "cur"] {
-            let d = dir.join(d);
-            if !d.is_dir() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&d)
-                    .map_err(|e| delivery(format!("cannot create Maildir++ folder {}", d.display()), e))?;
-            }
-        }
+        create_dirs(&dir)?;
         // Maildir++ readers (Dovecot, Courier) look for this marker.
         let marker = dir.join("maildirfolder");
         if !marker.exists() {
@@ -136,6 +118,21 @@ impl Maildir {
         }
         Ok(false)
     }
+}
+
+/// Creates `tmp/`, `new/` and `cur/` (mode 0700) where missing.
+fn create_dirs(dir: &Path) -> Result<()> {
+    for sub in ["tmp", "new", "cur"] {
+        let d = dir.join(sub);
+        if !d.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .map_err(|e| delivery(format!("cannot create Maildir {}", d.display()), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The Maildir++ subfolder for an IMAP folder: none for INBOX, else `.`
