@@ -533,15 +533,20 @@ async fn imap_flow<S: Stream>(
         let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
         tracing::info!("{}: waiting for new mail in {folder} (IDLE)", account.name);
         loop {
-            imap.select(folder, account.policy == Policy::Keep).await?;
-            if imap.idle(IDLE_RENEW).await? {
-                let before = store.outcome.delivered;
-                let mut seen = HashSet::new();
-                imap_folder(account, &mut imap, store, folder, &mut seen).await?;
-                let prefix = folder_prefix(folder);
-                store.ledger.compact(|k| seen.contains(k) || !k.starts_with(prefix.as_str()))?;
-                tracing::info!("{}: {folder}: {} new delivered", account.name, store.outcome.delivered - before);
+            // Fetch before every IDLE, not only after one reported a change:
+            // mail that arrived between the last scan and the IDLE command
+            // would otherwise wait for the next change. The fetch leaves the
+            // folder selected for the IDLE.
+            let before = store.outcome.delivered;
+            let mut seen = HashSet::new();
+            imap_folder(account, &mut imap, store, folder, &mut seen).await?;
+            let prefix = folder_prefix(folder);
+            store.ledger.compact(|k| seen.contains(k) || !k.starts_with(prefix.as_str()))?;
+            let new = store.outcome.delivered - before;
+            if new > 0 {
+                tracing::info!("{}: {folder}: {new} new delivered", account.name);
             }
+            imap.idle(IDLE_RENEW).await?;
         }
     }
     imap.logout().await;
