@@ -177,6 +177,47 @@ mod tests {
         assert_eq!(w.read_line(100).await.unwrap(), b"+OK two");
     }
 
+    /// Regression: with the write done inline, a command written while the
+    /// peer was itself blocked sending us a large body deadlocked (each side
+    /// waiting for the other to read); over SSH the fetch hung until the
+    /// timeout. The peer here sends 1 MiB before it reads anything, through
+    /// pipes of 1 KiB; we send 64 KiB of commands first, then read.
+    #[tokio::test]
+    async fn regression_reads_never_wait_on_writes() {
+        use tokio::io::AsyncReadExt as _;
+        let (mut server, client) = tokio::io::duplex(1024);
+        let peer = tokio::spawn(async move {
+            server.write_all(&vec![b'x'; 1 << 20]).await.unwrap();
+            server.write_all(b"\r\nEND\r\n").await.unwrap();
+            let mut got = vec![0u8; 64 * 1024];
+            server.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut w = Wire::new(client, Duration::from_secs(5), "peer");
+        let commands = vec![b'c'; 64 * 1024];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            w.send(&commands).await.unwrap();
+            let mut total = 0usize;
+            loop {
+                match find_line(w.buffered(), 2 << 20).unwrap() {
+                    Some((_, next)) if w.buffered().starts_with(b"END") => {
+                        w.consume(next);
+                        break;
+                    }
+                    Some((end, next)) => {
+                        total += end;
+                        w.consume(next);
+                    }
+                    None => w.fill().await.unwrap(),
+                }
+            }
+            assert_eq!(total, 1 << 20);
+        })
+        .await
+        .expect("deadlock: reading waited on writing");
+        assert_eq!(peer.await.unwrap(), commands);
+    }
+
     #[tokio::test]
     async fn every_wait_has_a_timeout() {
         let (_server, client) = tokio::io::duplex(1024);

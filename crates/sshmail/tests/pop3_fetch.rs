@@ -45,3 +45,33 @@ fn delete_mode_empties_the_server_only_after_delivery() {
     assert_eq!(env.delivered(), env.expected());
     assert_eq!(env.bed.server_message_count().unwrap(), 0);
 }
+
+/// Commands written while large bodies stream in: over 64 MB of large
+/// messages in delete mode makes a batch commit mid-way, so deletions (POP3
+/// DELE; IMAP STORE and UID EXPUNGE) go out while later bodies are still
+/// arriving. The deadlock this once caused is pinned down by
+/// `wire::tests::regression_reads_never_wait_on_writes`; the 200-message
+/// test above is where it first showed.
+#[test]
+fn large_bodies_with_deletions_written_mid_stream() {
+    let mut env = Env::new();
+    let big: Vec<Vec<u8>> = (0..40).map(|i| corpus::mixed_message(i, 1)).collect();
+    assert!(big.iter().map(Vec::len).sum::<usize>() > 64 << 20, "needs more than one batch");
+    env.add_messages(big.clone());
+    let out = env.run(&["--timeout", "20"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+
+    // The same over IMAP (STORE and UID EXPUNGE written mid-stream).
+    for m in &big {
+        env.bed.add_message(m).unwrap();
+    }
+    let dest = env.bed.ssh_destination();
+    let imap_dir = env.home.path().join("imap-Maildir");
+    let deliver = format!("maildir:{}", imap_dir.display());
+    let out = env.run_imap(&["--ssh", &dest, "--timeout", "20", "--deliver", &deliver]);
+    assert_exit(&out, 0);
+    assert_eq!(common::read_dir_contents(&imap_dir.join("new")), env.expected());
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+}
