@@ -1,9 +1,11 @@
-//! Fault injection for crash tests.
+//! Fault injection for crash and race tests.
 //!
 //! When the environment variable `SSHMAIL_FAULT` names a point (`NAME`, or
 //! `NAME@N` for its N-th hit), the process kills itself with SIGKILL when it
 //! reaches that point: no destructors, no flushing, as if the machine or the
-//! OOM killer stopped it there. Unset, a point costs one load and compare.
+//! OOM killer stopped it there. `SSHMAIL_PAUSE=NAME:MILLIS` instead sleeps
+//! there once, to widen a race window in a test. Unset, a point costs one
+//! load and compare.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,5 +28,24 @@ pub fn point(name: &str) {
     {
         eprintln!("sshmail: fault injected at {name}");
         let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
+static PAUSE: OnceLock<Option<(String, u64)>> = OnceLock::new();
+static PAUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Marks a point where a test may widen a race window (first hit only).
+pub async fn pause(name: &str) {
+    let target = PAUSE.get_or_init(|| {
+        let v = std::env::var("SSHMAIL_PAUSE").ok()?;
+        let (n, ms) = v.split_once(':')?;
+        Some((n.to_string(), ms.parse().ok()?))
+    });
+    if let Some((want, ms)) = target
+        && want == name
+        && PAUSED.fetch_add(1, Ordering::SeqCst) == 0
+    {
+        eprintln!("sshmail: pausing {ms} ms at {name}");
+        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
     }
 }

@@ -256,3 +256,42 @@ fn idle_sees_a_message_delivered_after_it_started() {
     assert_eq!(env.delivered(), env.expected());
     assert!(String::from_utf8_lossy(&out.stderr).contains("IDLE"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Regression: mail that arrived after the first fetch but before the IDLE
+/// loop selected the folder again was counted by that SELECT, so IDLE did
+/// not report it, and it waited for the next change. A pause at the top of
+/// the loop widens that window; the message delivered inside it must arrive.
+#[test]
+fn idle_misses_nothing_that_arrives_just_before_it() {
+    use std::time::{Duration, Instant};
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    let dest = ssh_dest(&env);
+    let mut child = env
+        .imap_command(&["--ssh", &dest, "--idle"])
+        .env("SSHMAIL_PAUSE", "idle-loop:3000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |env: &Env, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while env.delivered().len() < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    };
+    assert!(wait_for(&env, 2), "initial fetch");
+    // Inside the pause: after the first fetch, before the loop goes on.
+    let m = corpus::mixed_message(2, 0);
+    env.bed.add_message(&m).unwrap();
+    env.originals.push(m);
+    let arrived = wait_for(&env, 3);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(arrived, "a message delivered just before IDLE was left waiting");
+    assert_eq!(env.delivered(), env.expected());
+}

@@ -533,6 +533,7 @@ async fn imap_flow<S: Stream>(
         let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
         tracing::info!("{}: waiting for new mail in {folder} (IDLE)", account.name);
         loop {
+            fault::pause("idle-loop").await;
             // Fetch before every IDLE, not only after one reported a change:
             // mail that arrived between the last scan and the IDLE command
             // would otherwise wait for the next change. The fetch leaves the
