@@ -191,3 +191,16 @@ fn check_counts_new_mail_and_changes_nothing() {
     assert_exit(&out, 1);
     assert!(String::from_utf8_lossy(&out.stdout).contains(": 0 new of 7"));
 }
+
+#[test]
+fn pop3_apop_logs_in() {
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    let out = env.run(&["--auth", "apop", "--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    // A wrong password is refused as an authentication failure.
+    std::fs::write(env.home.path().join("password"), "wrong").unwrap();
+    let out = env.run(&["--auth", "apop", "--keep", "--all"]);
+    assert_exit(&out, 3);
+}

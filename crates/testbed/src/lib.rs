@@ -247,6 +247,7 @@ impl Testbed {
              listen = 127.0.0.1\n\
              {ssl}\
              disable_plaintext_auth = no\n\
+             auth_mechanisms = plain login apop\n\
              {lmtp}\
              mail_location = maildir:{root}/home/Maildir\n\
              pop3_no_flag_updates = yes\n\
