@@ -47,11 +47,14 @@ pub struct Options {
     /// Dovecot's LMTP on its own port; `mailuser+NAME` delivers into the
     /// folder NAME (created on demand).
     pub lmtp: bool,
+    /// Replaces the IMAP capabilities Dovecot announces (`imap_capability`),
+    /// to test clients against servers that lack an extension.
+    pub imap_capability: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { allow_tcp_forwarding: true, tls: false, lmtp: false }
+        Options { allow_tcp_forwarding: true, tls: false, lmtp: false, imap_capability: None }
     }
 }
 
@@ -248,6 +251,7 @@ impl Testbed {
              {ssl}\
              disable_plaintext_auth = no\n\
              auth_mechanisms = plain login apop\n\
+             {capability}\
              {lmtp}\
              mail_location = maildir:{root}/home/Maildir\n\
              pop3_no_flag_updates = yes\n\
@@ -260,6 +264,7 @@ impl Testbed {
              service imap-login {{\n  inet_listener imap {{\n    port = {imap}\n  }}\n  inet_listener imaps {{\n    port = {imaps}\n  }}\n}}\n\
              service stats {{\n  unix_listener stats-writer {{\n    mode = 0666\n  }}\n}}\n",
             root = root.display(),
+            capability = opts.imap_capability.as_ref().map(|c| format!("imap_capability = {c}\n")).unwrap_or_default(),
             pid = std::process::id(),
             passwd = passwd.display(),
         );
