@@ -127,11 +127,6 @@ impl Command {
         v.extend_from_slice(b"\r\n");
         v
     }
-
-    /// True for commands whose `+OK` is followed by a multi-line body.
-    pub fn is_multiline(&self) -> bool {
-        matches!(self, Command::Capa | Command::Uidl | Command::List | Command::Retr(_))
-    }
 }
 
 /// True if a listing line (without CRLF) ends a multi-line reply.

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Command as ConfigCommand, RawAccount};
 use crate::error::{Error, Exit};
-use crate::fetch::{self, Presentation};
+use crate::fetch::{self, Presentation, human_bytes};
 use crate::ssh::{SshPool, target};
 
 /// How many accounts are fetched at the same time.
@@ -484,16 +484,6 @@ fn merge(base: &RawAccount, over: &RawAccount) -> RawAccount {
         m.password_command = over.password_command.clone();
     }
     m
-}
-
-/// A byte count for people: `12.3 MB`.
-pub fn human_bytes(n: u64) -> String {
-    match n {
-        0..1_000 => format!("{n} B"),
-        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
-        _ => format!("{:.2} GB", n as f64 / 1e9),
-    }
 }
 
 #[cfg(test)]

@@ -284,8 +284,6 @@ pub struct Account {
     pub password: PasswordSource,
     /// Login method.
     pub auth: AuthMethod,
-    /// Leave messages on the server.
-    pub keep: bool,
     /// Fetch messages already fetched before.
     pub fetch_all: bool,
     /// Ask for SSH compression.
@@ -485,7 +483,6 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         user,
         password,
         auth,
-        keep: policy == Policy::Keep,
         fetch_all: raw.fetch_all.unwrap_or(false),
         compress: raw.compress.unwrap_or(false),
         deliver,
@@ -568,7 +565,7 @@ mod tests {
                 .unwrap();
         let a = resolve("work", &raw.account["work"], Some("/tmp/st")).unwrap();
         assert_eq!((a.server_host.as_str(), a.server_port, a.user.as_str()), ("localhost", 110, "me"));
-        assert!(!a.keep && !a.compress);
+        assert!(a.policy == Policy::Delete && !a.compress);
         assert_eq!(a.timeout, Duration::from_secs(30));
         assert!(matches!(a.password, PasswordSource::Command(Command::Argv(_))));
     }

@@ -73,14 +73,15 @@ impl Ledger {
         Ok(Ledger { path, file, _lock: lock, delivered, pending })
     }
 
+    /// The account's staging directory for sinks other than Maildir, beside
+    /// the ledger: `<state_dir>/<account>.spool`.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.path.with_extension("spool")
+    }
+
     /// True if `key` was delivered before.
     pub fn is_delivered(&self, key: &str) -> bool {
         self.delivered.contains(key)
-    }
-
-    /// Number of delivered keys on record.
-    pub fn delivered_count(&self) -> usize {
-        self.delivered.len()
     }
 
     /// The distinct second path components of delivered keys that start

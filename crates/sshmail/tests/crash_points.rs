@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::{Env, code, stderr, wait_bounded};
 use sshmail_testbed::{Options, corpus};
 
-const POINTS: &[&str] = &[
+/// Every step of a Maildir delivery, up to the deletion being sent.
+const MAILDIR_STEPS: &[&str] = &[
     "message-written",
     "maildir-synced",
     "ledger-appended@1",
@@ -21,32 +22,22 @@ const POINTS: &[&str] = &[
     "ledger-synced@2",
     "batch-recorded",
     "delete-sent",
-    "dele-confirmed@5",
-    "quit-sent",
 ];
 
-const IMAP_POINTS: &[&str] = &[
-    "message-written",
-    "maildir-synced",
-    "ledger-appended@1",
-    "ledger-synced@1",
-    "maildir-renamed@3",
-    "maildir-dir-synced",
-    "ledger-synced@2",
-    "batch-recorded",
-    "delete-sent",
-    "policy-applied@1",
-    "policy-applied@2",
-];
+/// Then the server's side: POP3 confirms DELE and applies it at QUIT.
+const POP3_STEPS: &[&str] = &["dele-confirmed@5", "quit-sent"];
+
+/// IMAP confirms the STORE, then the UID EXPUNGE.
+const IMAP_STEPS: &[&str] = &["policy-applied@1", "policy-applied@2"];
 
 #[test]
 fn durable_before_destructive_kill_at_every_step_pop3_maildir() {
-    kill_at_every_step(POINTS, |env| env.command(&[]));
+    kill_at_every_step(&[MAILDIR_STEPS, POP3_STEPS].concat(), |env| env.command(&[]));
 }
 
 #[test]
 fn durable_before_destructive_kill_at_every_step_imap_maildir() {
-    kill_at_every_step(IMAP_POINTS, |env| {
+    kill_at_every_step(&[MAILDIR_STEPS, IMAP_STEPS].concat(), |env| {
         let dest = env.bed.ssh_destination();
         env.imap_command(&["--ssh", &dest])
     });

@@ -629,13 +629,4 @@ fn sha256_hex(data: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// Writes `content` to `path`, creating parents.
-pub fn write_file(path: &Path, content: &[u8]) -> Result<()> {
-    if let Some(p) = path.parent() {
-        fs::create_dir_all(p)?;
-    }
-    fs::File::create(path)?.write_all(content)?;
-    Ok(())
-}
-
 pub mod corpus;

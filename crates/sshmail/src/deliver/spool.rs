@@ -76,16 +76,6 @@ impl Spool {
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The host part of our names.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
     /// Starts a new message, writing `prefix` (a trace header) first.
     pub fn begin(&self, prefix: &[u8]) -> Result<Staged> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

@@ -4,7 +4,6 @@
 //! goes straight from the wire into a Maildir staging file, CRLF turned into
 //! LF on the way, so memory does not grow with message size.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use sshmail_proto::imap::{
@@ -472,9 +471,6 @@ pub enum Pending {
     /// A STORE or EXPUNGE applying the policy to delivered UIDs.
     Apply(Vec<u32>, &'static str),
 }
-
-/// In-flight commands by tag, in order.
-pub type InFlight = VecDeque<(String, Pending)>;
 
 /// True if a FETCH response carried a body.
 pub fn has_body(f: &Fetch) -> bool {

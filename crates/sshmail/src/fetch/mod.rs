@@ -26,7 +26,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sshmail_proto::imap::{Command as ImapCommand, Limits, Response, Status, Untagged, uid_set};
 use sshmail_proto::pop3::{Command, Reply};
 
-use crate::cli::human_bytes;
 use crate::config::{Account, Policy, Protocol};
 use crate::deliver::{Finished, Refusal, Sink, Spool};
 use crate::error::{Error, Result};
@@ -125,8 +124,7 @@ pub async fn fetch_account(
     // Local state first: a broken state directory or Maildir should stop us
     // before we touch the server.
     let mut ledger = Ledger::open(&account.state_dir, &account.name)?;
-    let staging = account.state_dir.join(format!("{}.spool", crate::ledger::file_stem(&account.name)));
-    let sink = Sink::open(&account.deliver, &staging, &account.recipient, account.timeout)?;
+    let sink = Sink::open(&account.deliver, &ledger.spool_dir(), &account.recipient, account.timeout)?;
     let mut outcome = Outcome::default();
     // A check changes nothing locally either: no recovery, no cleaning.
     let pending = if show.check { Vec::new() } else { ledger.pending() };
@@ -274,6 +272,16 @@ impl Store<'_> {
         bar.set_prefix(what.to_string());
         bar.set_message(format!("0/{messages}"));
         bar
+    }
+}
+
+/// A byte count for people: `12.3 MB`.
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.2} GB", n as f64 / 1e9),
     }
 }
 

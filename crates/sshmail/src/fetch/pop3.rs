@@ -158,9 +158,6 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     /// STAT, UIDL and LIST, pipelined when allowed. Returns, per message
     /// number, its unique id and size.
     pub async fn scan(&mut self) -> Result<Vec<(u32, String, u64)>> {
-        if !self.caps.uidl && self.caps != Capabilities::default() {
-            tracing::debug!("CAPA did not list UIDL; trying it anyway");
-        }
         let cmds = [Command::Uidl, Command::List];
         if self.caps.pipelining {
             self.send(&cmds).await?;

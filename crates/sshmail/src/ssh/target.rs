@@ -15,8 +15,6 @@ use crate::error::{Error, Result};
 /// A resolved SSH connection target.
 #[derive(Debug, Clone)]
 pub struct SshTarget {
-    /// The name the user gave (alias), used in messages.
-    pub alias: String,
     /// The host to connect to (HostName).
     pub host: String,
     /// The port.
@@ -119,7 +117,6 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, ac
         _ => Vec::new(),
     };
     Ok(SshTarget {
-        alias: dest.host.clone(),
         host,
         port,
         user,
