@@ -20,7 +20,6 @@
 #![forbid(unsafe_code)]
 
 use std::fs;
-use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -621,12 +620,8 @@ fn wait_for_port(port: u16, log: &Path) -> Result<()> {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    let out = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().and_then(|mut c| {
-        c.stdin.take().expect("stdin").write_all(data)?;
-        c.wait_with_output()
-    });
-    out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string())
-        .unwrap_or_default()
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub mod corpus;

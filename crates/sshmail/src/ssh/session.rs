@@ -218,11 +218,8 @@ impl SshSession {
             .map_err(|e| Error::Connect(format!("{}: `{command}`: {e}", self.name())))?;
         drop(stream);
         // The exit status follows the data closely; wait for it briefly.
-        for _ in 0..100 {
-            if status.exit().is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if status.exit().is_none() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), status.exited.notified()).await;
         }
         Ok((out, status.exit()))
     }
@@ -257,6 +254,7 @@ impl SshSession {
 pub struct ExecStatus {
     stderr: Mutex<Vec<u8>>,
     exit: Mutex<Option<u32>>,
+    exited: tokio::sync::Notify,
 }
 
 impl ExecStatus {
@@ -268,6 +266,8 @@ impl ExecStatus {
 
     fn set_exit(&self, code: u32) {
         *self.exit.lock().expect("exit lock") = Some(code);
+        // notify_one keeps a permit if nobody waits yet.
+        self.exited.notify_one();
     }
 
     /// The exit status, once known.
