@@ -5,6 +5,10 @@
 //! `.`. This decoder removes the stuffing and turns CRLF into LF as bytes
 //! arrive, in chunks of any size, so a body of any length streams through a
 //! fixed buffer. It never needs to see a whole line.
+//!
+//! Only CRLF ends a line. A bare LF is data: `a\n.\nb\r\n` is one line that
+//! does not start with a dot, so a correct server sends it unstuffed, and a
+//! decoder that took the LF for a line end would cut the message there.
 
 /// Where the decoder is within the current line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,27 +69,18 @@ impl DotDecoder {
             i += 1;
             self.state = match (self.state, b) {
                 (State::LineStart, b'.') => State::Dot,
-                (State::LineStart, b'\r') => State::Cr,
-                (State::LineStart, b'\n') => {
-                    out.push(b'\n');
-                    State::LineStart
-                }
-                (State::Middle, b'\r') => State::Cr,
-                (State::Middle, b'\n') => {
-                    // A bare LF ends a line too.
-                    out.push(b'\n');
-                    State::LineStart
-                }
+                (State::LineStart | State::Middle, b'\r') => State::Cr,
                 (State::LineStart | State::Middle, _) => {
-                    // Copy the run of ordinary bytes in one go.
-                    let run_end = memchr::memchr2(b'\r', b'\n', &input[i..]).map_or(input.len(), |p| i + p);
+                    // Only CRLF ends a line (RFC 1939 §3): a bare LF is
+                    // data, and a dot after it does not start a line. Copy
+                    // the run of bytes up to the next CR in one go.
+                    let run_end = memchr::memchr(b'\r', &input[i..]).map_or(input.len(), |p| i + p);
                     out.push(b);
                     out.extend_from_slice(&input[i..run_end]);
                     i = run_end;
                     State::Middle
                 }
                 (State::Dot, b'\r') => State::DotCr,
-                (State::Dot, b'\n') => State::Done,
                 (State::Dot, b'.') => {
                     // Stuffed dot: one `.` of the two is data.
                     out.push(b'.');
@@ -175,11 +170,29 @@ mod tests {
 
     #[test]
     fn byte_at_a_time_matches_whole() {
-        let wire = b"a\r\n..\r\n.x\r\nb\rc\r\n\r\n.\r\nTAIL";
+        let wire = b"a\r\n..\r\n.x\r\nb\rc\r\nd\ne\r\n\r\n.\r\nTAIL";
         let whole = decode_in_chunks(wire, 1000);
         let bytes = decode_in_chunks(wire, 1);
         assert_eq!(whole, bytes);
-        assert_eq!(whole.0, b"a\n.\n.x\nb\rc\n\n");
+        assert_eq!(whole.0, b"a\n.\n.x\nb\rc\nd\ne\n\n");
+    }
+
+    /// Regression: a bare LF was taken for a line end, so a body line
+    /// `first part\n.\nsecond part` ended the message after `first part`;
+    /// the cut message was filed and the server's copy deleted next run.
+    #[test]
+    fn regression_bare_lf_before_a_dot_does_not_end_the_body() {
+        let wire = b"Subject: x\r\n\r\nfirst part\n.\nsecond part\r\nlast\r\n.\r\n+OK next";
+        for chunk in [1, 2, 3, 7, 1000] {
+            let (out, consumed, done) = decode_in_chunks(wire, chunk);
+            assert!(done, "chunk {chunk}");
+            assert_eq!(out, b"Subject: x\n\nfirst part\n.\nsecond part\nlast\n", "chunk {chunk}");
+            assert_eq!(&wire[consumed..], b"+OK next", "chunk {chunk}");
+        }
+        // `.\n` at a line start is not the terminator either.
+        let (out, _, done) = decode_in_chunks(b"a\r\n.\nb\r\n.\r\n", 1);
+        assert!(done);
+        assert_eq!(out, b"a\n.\nb\n");
     }
 
     #[test]

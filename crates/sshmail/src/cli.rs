@@ -299,8 +299,11 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                         },
                     );
                 }
-                if o.refused > 0 || !o.folder_errors.is_empty() {
+                if o.refused > 0 || !o.folder_errors.is_empty() || !o.policy_errors.is_empty() {
                     worst = worst.max(Some(Exit::Server));
+                }
+                for e in &o.policy_errors {
+                    eprintln!("sshmail: {}: {e}", account.name);
                 }
                 if !o.undelivered.is_empty() {
                     worst = worst.max(Some(Exit::Delivery));

@@ -2,7 +2,14 @@
 //!
 //! One [`Wire`] per connection: it owns the read buffer, so bytes that arrive
 //! beyond the current reply (pipelined answers) stay buffered for the next
-//! one. Every read waits at most `timeout`; every line is bounded.
+//! one. Every line is bounded.
+//!
+//! Deadlines are per reply, not per read: a server that drips one byte every
+//! few seconds must not keep us forever. Within `timeout` of waiting, either
+//! a unit completes (a reply line, an IMAP response, a body: the reader says
+//! so with [`Wire::progress`]) or at least [`MIN_RATE`] bytes per second of
+//! the timeout arrive (a large body that streams). Only time spent waiting
+//! counts, so our own fsyncs between two reads do not eat the server's time.
 //!
 //! Writes go through a writer task of their own. With pipelining, the server
 //! may be streaming a large body at us while we queue the next command; on an
@@ -22,6 +29,16 @@ use crate::error::{Error, Result};
 /// Initial read buffer capacity.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The slowest a body may stream: bytes per second of the timeout.
+pub const MIN_RATE: u64 = 1024;
+
+/// How much of the current timeout window was spent waiting, and what came.
+#[derive(Debug, Default, Clone, Copy)]
+struct Clock {
+    waited: Duration,
+    bytes: u64,
+}
+
 /// A stream with a read buffer and a per-wait timeout.
 pub struct Wire<S> {
     io: ReadHalf<S>,
@@ -31,6 +48,7 @@ pub struct Wire<S> {
     buf: Vec<u8>,
     start: usize,
     timeout: Duration,
+    clock: Clock,
     peer: String,
     /// Bytes received so far.
     pub received: u64,
@@ -69,6 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
             timeout,
+            clock: Clock::default(),
             peer,
             received: 0,
         }
@@ -93,23 +112,60 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
         }
     }
 
-    /// Reads more bytes into the buffer; EOF and timeouts are errors.
+    /// Something complete arrived (a line, a response, a body): the server
+    /// gets a fresh timeout for the next one.
+    pub fn progress(&mut self) {
+        self.clock = Clock::default();
+    }
+
+    /// Reads more bytes into the buffer; EOF is an error, and so is a server
+    /// that neither completes a unit nor sends [`MIN_RATE`] bytes a second
+    /// within the timeout.
     pub async fn fill(&mut self) -> Result<()> {
         let timeout = self.timeout;
-        match tokio::time::timeout(timeout, self.fill_untimed()).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Protocol(format!(
+        let remaining = timeout.saturating_sub(self.clock.waited);
+        let started = tokio::time::Instant::now();
+        let before = self.received;
+        let r = if remaining.is_zero() { None } else { tokio::time::timeout(remaining, self.read_more()).await.ok() };
+        self.clock.waited += started.elapsed();
+        match r {
+            Some(r) => {
+                r?;
+                self.clock.bytes += self.received - before;
+                if self.clock.bytes >= MIN_RATE * timeout.as_secs().max(1) {
+                    // Streaming at a decent rate: a new window.
+                    self.progress();
+                }
+                Ok(())
+            }
+            None if self.clock.bytes == 0 => Err(Error::Protocol(format!(
                 "{} sent nothing for {} s — the server or the link is stalled",
                 self.peer,
                 timeout.as_secs()
+            ))),
+            None => Err(Error::Protocol(format!(
+                "{} sent only {} bytes in {} s without completing a reply — too slow (a reply must complete within the \
+                 timeout, and a message must arrive at {} bytes/s or more)",
+                self.peer,
+                self.clock.bytes,
+                timeout.as_secs(),
+                MIN_RATE
             ))),
         }
     }
 
     /// Reads more bytes without a timeout, for waits that may legitimately
     /// last long (IMAP IDLE); the caller bounds the wait itself. Cancel-safe:
-    /// dropped before completion, it leaves the buffer as it was.
+    /// dropped before completion, it leaves the buffer as it was. What
+    /// arrives starts a fresh timeout.
     pub async fn fill_untimed(&mut self) -> Result<()> {
+        self.read_more().await?;
+        self.progress();
+        Ok(())
+    }
+
+    /// One read into the buffer. Cancel-safe.
+    async fn read_more(&mut self) -> Result<()> {
         if self.start > 0 && self.start * 2 >= self.buf.len() {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -134,6 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
                 Ok(Some((end, next))) => {
                     let line = self.buffered()[..end].to_vec();
                     self.consume(next);
+                    self.progress();
                     return Ok(line);
                 }
                 Ok(None) => self.fill().await?,
@@ -225,6 +282,61 @@ mod tests {
         let e = w.read_line(100).await.unwrap_err();
         assert!(matches!(e, Error::Protocol(_)), "{e}");
         assert!(e.to_string().contains("stalled"));
+    }
+
+    /// Regression: the timeout applied to each read, so a greeting sent one
+    /// byte at a time, each within the timeout, kept us forever.
+    #[tokio::test]
+    async fn regression_every_wait_has_a_timeout_a_dripping_line_is_cut_off() {
+        let (mut server, client) = tokio::io::duplex(1024);
+        let drip = tokio::spawn(async move {
+            for _ in 0..100 {
+                if server.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let mut w = Wire::new(client, Duration::from_millis(500), "drip");
+        let started = std::time::Instant::now();
+        let e = w.read_line(100).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(e.to_string().contains("without completing a reply"), "{e}");
+        drop(w);
+        drip.abort();
+    }
+
+    #[tokio::test]
+    async fn every_wait_has_a_timeout_a_body_must_keep_a_minimum_rate() {
+        // 1 s timeout: at least MIN_RATE bytes a second, or a unit complete.
+        let (mut server, client) = tokio::io::duplex(1 << 16);
+        let fast = tokio::spawn(async move {
+            // Fast enough: 4 KiB every 200 ms for 2 s, then a trickle.
+            for _ in 0..10 {
+                server.write_all(&[b'y'; 4096]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for _ in 0..100 {
+                if server.write_all(b"z").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let mut w = Wire::new(client, Duration::from_secs(1), "body");
+        let started = std::time::Instant::now();
+        let e = loop {
+            if let Err(e) = w.fill().await {
+                break e;
+            }
+            let n = w.buffered().len();
+            w.consume(n);
+        };
+        let took = started.elapsed();
+        assert!(w.received >= 40_960, "the fast part was cut off: {}", w.received);
+        assert!(took < Duration::from_secs(4), "the trickle was not cut off in time: {took:?}");
+        assert!(e.to_string().contains("too slow"), "{e}");
+        fast.abort();
     }
 
     #[tokio::test]

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Env;
 
@@ -25,29 +24,9 @@ fn big_message() -> Vec<u8> {
     m
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Runs the command, sampling VmHWM until it exits; returns (exit code, peak KiB, stderr).
-fn run_sampled(mut cmd: std::process::Command) -> (i32, u64, String) {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let mut peak = 0;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(k) = peak_rss_kib(pid) {
-            peak = peak.max(k);
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "fetch of 200 MB did not finish in 300 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let out = child.wait_with_output().unwrap();
+fn run_sampled(cmd: std::process::Command) -> (i32, u64, String) {
+    let (out, peak) = common::run_sampled(cmd, Duration::from_secs(300));
     (out.status.code().unwrap_or(-1), peak, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

@@ -19,6 +19,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod hostile;
+
 use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;

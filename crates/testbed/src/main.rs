@@ -7,6 +7,13 @@
 //! Starts sshd and Dovecot, fills the INBOX, writes shell variable
 //! assignments describing them to FILE, and runs until its standard input
 //! closes; then it stops both servers (by PID) and removes its directory.
+//!
+//! ```text
+//! sshmail-testbed hostile SCENARIO --state DIR
+//! ```
+//!
+//! Plays a misbehaving POP3 or IMAP server on stdin/stdout (see
+//! `sshmail_testbed::hostile`), for sshmail's `--via command`.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +24,14 @@ use sshmail_testbed::{MAIL_PASSWORD, MAIL_USER, Testbed, corpus};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("hostile") {
+        let (Some(scenario), Some("--state"), Some(state)) =
+            (args.get(1), args.get(2).map(String::as_str), args.get(3))
+        else {
+            bail!("usage: sshmail-testbed hostile SCENARIO --state DIR");
+        };
+        return sshmail_testbed::hostile::serve(scenario, std::path::Path::new(state));
+    }
     if args.first().map(String::as_str) != Some("serve") {
         bail!("usage: sshmail-testbed serve [--messages N] [--kind mixed|small] [--size BYTES] --env-file FILE");
     }

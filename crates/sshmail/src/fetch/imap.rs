@@ -19,6 +19,55 @@ use crate::fetch::Trace;
 use crate::secret::Secret;
 use crate::wire::Wire;
 
+/// Most folders a LIST may name.
+const MAX_FOLDERS: usize = 100_000;
+/// Most messages in one folder.
+pub const MAX_FOLDER_MESSAGES: usize = 1_000_000;
+/// Untagged responses a command may bring that we have no use for, and
+/// their bytes: a server that floods us gets an error, not our memory.
+const MAX_UNSOLICITED: usize = 100_000;
+const MAX_UNSOLICITED_BYTES: u64 = 64 << 20;
+
+/// Counts what a server sends that nobody asked for, per command.
+#[derive(Debug, Default)]
+pub struct Unsolicited {
+    count: usize,
+    bytes: u64,
+}
+
+impl Unsolicited {
+    /// One more response of `bytes`; an error once over the bounds.
+    pub fn add(&mut self, peer: &str, what: &str, bytes: u64) -> Result<()> {
+        self.count += 1;
+        self.bytes += bytes;
+        if self.count > MAX_UNSOLICITED || self.bytes > MAX_UNSOLICITED_BYTES {
+            return Err(Error::Protocol(format!(
+                "{peer}: flooded with {} untagged responses ({} bytes) nobody asked for during {what}; giving up",
+                self.count, self.bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// A command completed: a fresh count for the next.
+    pub fn reset(&mut self) {
+        *self = Unsolicited::default();
+    }
+}
+
+/// One message of a folder, as the scan saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed {
+    /// UID.
+    pub uid: u32,
+    /// RFC822.SIZE, if given.
+    pub size: Option<u64>,
+    /// Flagged \Seen.
+    pub seen: bool,
+    /// Flagged \Deleted.
+    pub deleted: bool,
+}
+
 /// A tagged completion.
 #[derive(Debug, Clone)]
 pub struct Done {
@@ -115,6 +164,8 @@ pub struct Imap<S> {
     pub preauth: bool,
     /// Untagged EXISTS/EXPUNGE seen since the last check (for IDLE).
     pub changed: bool,
+    /// Bytes of the last response read.
+    pub last_size: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
@@ -127,6 +178,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             caps: Vec::new(),
             preauth: false,
             changed: false,
+            last_size: 0,
         };
         if !greeting_done {
             let greeting = imap.read(&mut Bodies::discard()).await?;
@@ -180,22 +232,32 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
 
     /// Reads one response; body literals go to `bodies`.
     pub async fn read(&mut self, bodies: &mut Bodies<'_>) -> Result<Response> {
+        let mut size = 0u64;
         loop {
             let (n, ev) = self
                 .reader
                 .next(self.wire.buffered())
                 .map_err(|e| Error::Protocol(format!("{}: {e}", self.wire.peer())))?;
+            size += n as u64;
             match ev {
                 None if n == 0 => {
                     self.wire.fill().await?;
                     continue;
                 }
                 None => {}
-                Some(Event::BodyStart(_)) => bodies.start()?,
+                Some(Event::BodyStart(_)) => {
+                    self.wire.progress();
+                    bodies.start()?
+                }
                 Some(Event::BodyData(d)) => bodies.data(d)?,
-                Some(Event::BodyEnd) => bodies.end()?,
+                Some(Event::BodyEnd) => {
+                    self.wire.progress();
+                    bodies.end()?
+                }
                 Some(Event::Response(r)) => {
                     self.wire.consume(n);
+                    self.wire.progress();
+                    self.last_size = size;
                     self.note(&r);
                     return Ok(r);
                 }
@@ -225,11 +287,19 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         Ok(tag)
     }
 
-    /// Sends a command and collects the untagged responses until its tagged
-    /// completion. NO and BAD become errors naming `what`.
-    pub async fn run(&mut self, cmd: &Command, what: &str) -> Result<(Vec<Untagged>, Done)> {
+    /// Sends a command and reads up to its tagged completion, handing each
+    /// untagged response to `keep`, which takes what it needs and returns
+    /// false for what it has no use for. Nothing else is kept, and what
+    /// nobody wanted is bounded ([`Unsolicited`]). NO and BAD become errors
+    /// naming `what`.
+    pub async fn run(
+        &mut self,
+        cmd: &Command,
+        what: &str,
+        mut keep: impl FnMut(Untagged) -> Result<bool>,
+    ) -> Result<Done> {
         let tag = self.send(cmd).await?;
-        let mut untagged = Vec::new();
+        let mut unsolicited = Unsolicited::default();
         loop {
             match self.read(&mut Bodies::discard()).await? {
                 Response::Tagged { tag: t, status, code, text } if t == tag => {
@@ -237,7 +307,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
                     if status != Status::Ok {
                         return Err(self.failure(what, &done));
                     }
-                    return Ok((untagged, done));
+                    return Ok(done);
                 }
                 Response::Tagged { tag: t, .. } => {
                     return Err(Error::Protocol(format!("{}: completion for unknown tag {t}", self.peer())));
@@ -246,8 +316,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
                     return Err(Error::Server(format!("{} closed the session: {text}", self.peer())));
                 }
                 Response::Untagged(u) => {
-                    if untagged.len() < 10_000_000 {
-                        untagged.push(u);
+                    if !keep(u)? {
+                        let size = self.last_size;
+                        unsolicited.add(self.wire.peer(), what, size)?;
                     }
                 }
                 Response::Continuation(_) => {
@@ -272,14 +343,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         }
     }
 
-    /// CAPABILITY.
+    /// CAPABILITY (the answer is taken by [`Imap::read`]).
     pub async fn capability(&mut self) -> Result<()> {
-        let (untagged, _) = self.run(&Command::Capability, "CAPABILITY").await?;
-        for u in untagged {
-            if let Untagged::Capability(c) = u {
-                self.caps = c.iter().map(|s| s.to_ascii_uppercase()).collect();
-            }
-        }
+        self.run(&Command::Capability, "CAPABILITY", |u| Ok(matches!(u, Untagged::Capability(_)))).await?;
         Ok(())
     }
 
@@ -318,9 +384,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         } else {
             Command::Login(user.to_string(), password.expose().to_string())
         };
-        let result = self.run(&cmd, &format!("login as {user}")).await;
+        let result = self.run(&cmd, &format!("login as {user}"), |u| Ok(matches!(u, Untagged::Capability(_)))).await;
         match result {
-            Ok((_, done)) => {
+            Ok(done) => {
                 self.take_caps(done.code);
                 if self.caps.is_empty() || !self.caps.iter().any(|c| c == "IMAP4REV1") {
                     self.capability().await?;
@@ -333,26 +399,31 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
     }
 
     /// Lists the folders matching a pattern (UTF-8 in, UTF-8 out), skipping
-    /// those that cannot be selected.
+    /// those that cannot be selected and those whose names no local name
+    /// can carry (malformed modified UTF-7, NUL and control characters).
     pub async fn list(&mut self, pattern: &str) -> Result<Vec<String>> {
-        let (untagged, _) = self.run(&Command::List(utf7::encode(pattern)), &format!("LIST {pattern}")).await?;
+        let peer = self.peer().to_string();
         let mut out = Vec::new();
-        for u in untagged {
-            if let Untagged::List { flags, name, .. } = u {
-                if flags.iter().any(|f| f.eq_ignore_ascii_case("\\Noselect") || f.eq_ignore_ascii_case("\\NonExistent"))
-                {
-                    continue;
-                }
-                match utf7::decode(&name) {
-                    Some(n) => out.push(n),
-                    None => tracing::warn!(
-                        "{}: skipping folder with a malformed name {:?}",
-                        self.peer(),
-                        String::from_utf8_lossy(&name)
-                    ),
-                }
+        let keep = |u: Untagged| {
+            let Untagged::List { flags, name, .. } = u else { return Ok(false) };
+            if flags.iter().any(|f| f.eq_ignore_ascii_case("\\Noselect") || f.eq_ignore_ascii_case("\\NonExistent")) {
+                return Ok(true);
             }
-        }
+            match utf7::decode(&name) {
+                Some(n) if !n.chars().any(char::is_control) => {
+                    if out.len() >= MAX_FOLDERS {
+                        return Err(Error::Protocol(format!("{peer}: LIST named more than {MAX_FOLDERS} folders")));
+                    }
+                    out.push(n);
+                }
+                _ => tracing::warn!(
+                    "{peer}: skipping a folder whose name is malformed or holds control characters: {:?}",
+                    String::from_utf8_lossy(&name)
+                ),
+            }
+            Ok(true)
+        };
+        self.run(&Command::List(utf7::encode(pattern)), &format!("LIST {pattern}"), keep).await?;
         Ok(out)
     }
 
@@ -360,32 +431,62 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
     pub async fn select(&mut self, folder: &str, read_only: bool) -> Result<(u32, u32)> {
         let name = utf7::encode(folder);
         let cmd = if read_only { Command::Examine(name) } else { Command::Select(name) };
-        let (untagged, _) = self.run(&cmd, &format!("SELECT {folder}")).await?;
         let mut validity = None;
         let mut exists = 0;
-        for u in untagged {
-            match u {
-                Untagged::Exists(n) => exists = n,
-                Untagged::Status { code: Some(Code::UidValidity(v)), .. } => validity = Some(v),
-                _ => {}
+        self.run(&cmd, &format!("SELECT {folder}"), |u| {
+            Ok(match u {
+                Untagged::Exists(n) => {
+                    exists = n;
+                    true
+                }
+                Untagged::Status { code: Some(Code::UidValidity(v)), .. } => {
+                    validity = Some(v);
+                    true
+                }
+                // FLAGS, RECENT, PERMANENTFLAGS…: a few, bounded as unused.
+                _ => false,
+            })
+        })
+        .await?;
+        let validity = match validity {
+            None => return Err(Error::Protocol(format!("{}: SELECT {folder} gave no UIDVALIDITY", self.peer()))),
+            Some(0) => {
+                return Err(Error::Server(format!(
+                    "{}: {folder} has UIDVALIDITY 0, which RFC 3501 forbids; without a valid one, messages fetched \
+                     before cannot be recognised, so {folder} is left alone",
+                    self.peer()
+                )));
             }
-        }
-        let validity =
-            validity.ok_or_else(|| Error::Protocol(format!("{}: SELECT {folder} gave no UIDVALIDITY", self.peer())))?;
+            Some(v) => v,
+        };
         self.changed = false;
         Ok((validity, exists))
     }
 
-    /// UID, FLAGS and size of every message in the selected folder.
-    pub async fn scan(&mut self) -> Result<Vec<Fetch>> {
-        let (untagged, _) = self.run(&Command::UidFetch("1:*".into(), "(UID FLAGS RFC822.SIZE)"), "UID FETCH").await?;
-        Ok(untagged
-            .into_iter()
-            .filter_map(|u| match u {
-                Untagged::Fetch(f) if f.uid.is_some() => Some(f),
-                _ => None,
-            })
-            .collect())
+    /// UID, FLAGS and size of every message in the selected folder, each UID
+    /// once (a repeated one is skipped with a warning).
+    pub async fn scan(&mut self) -> Result<Vec<Listed>> {
+        let peer = self.peer().to_string();
+        let mut out: Vec<Listed> = Vec::new();
+        let mut uids = std::collections::HashSet::new();
+        let keep = |u: Untagged| {
+            let Untagged::Fetch(f) = u else { return Ok(false) };
+            let Some(uid) = f.uid else { return Ok(false) };
+            if !uids.insert(uid) {
+                tracing::warn!("{peer}: UID {uid} listed twice; it is fetched once");
+                return Ok(true);
+            }
+            if out.len() >= MAX_FOLDER_MESSAGES {
+                return Err(Error::Protocol(format!(
+                    "{peer}: more than {MAX_FOLDER_MESSAGES} messages in one folder; sshmail fetches at most that many"
+                )));
+            }
+            let flag = |name: &str| f.flags.as_ref().is_some_and(|fl| fl.iter().any(|x| x.eq_ignore_ascii_case(name)));
+            out.push(Listed { uid, size: f.size, seen: flag("\\Seen"), deleted: flag("\\Deleted") });
+            Ok(true)
+        };
+        self.run(&Command::UidFetch("1:*".into(), "(UID FLAGS RFC822.SIZE)"), "UID FETCH", keep).await?;
+        Ok(out)
     }
 
     /// IDLE (RFC 2177) until the selected folder changes or `max` passes.
@@ -395,7 +496,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             // Poll instead: NOOP reports changes too.
             tokio::time::sleep(max.min(Duration::from_secs(60))).await;
             self.changed = false;
-            self.run(&Command::Noop, "NOOP").await?;
+            self.run(&Command::Noop, "NOOP", |_| Ok(true)).await?;
             return Ok(std::mem::take(&mut self.changed));
         }
         if std::mem::take(&mut self.changed) {
@@ -454,7 +555,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
 
     /// LOGOUT, reading up to its completion.
     pub async fn logout(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.run(&Command::Logout, "LOGOUT")).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.run(&Command::Logout, "LOGOUT", |_| Ok(true))).await;
         self.wire.shutdown().await;
     }
 

@@ -27,7 +27,7 @@ use sshmail_proto::imap::{Command as ImapCommand, Limits, Response, Status, Unta
 use sshmail_proto::pop3::{Command, Reply};
 
 use crate::config::{Account, Policy, Protocol};
-use crate::deliver::{Finished, Refusal, Sink, Spool};
+use crate::deliver::{Finished, Refusal, Sink};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::ledger::Ledger;
@@ -65,6 +65,9 @@ pub struct Outcome {
     pub folder_errors: Vec<String>,
     /// Messages the sink refused (left on the server), with the reason.
     pub undelivered: Vec<String>,
+    /// Policy actions the server refused (DELE, STORE, EXPUNGE), with its
+    /// answer: the messages stay on the server.
+    pub policy_errors: Vec<String>,
     /// With `check`: messages waiting to be fetched, and their bytes.
     pub waiting: usize,
     /// Their size in bytes, as the server reports it.
@@ -304,11 +307,16 @@ async fn pop3_flow<S: Stream>(account: &Account, wire: Wire<S>, store: &mut Stor
             continue;
         }
         if account.fetch_all || !store.ledger.is_delivered(uid) {
-            if *size > account.max_message_size {
+            if size.is_none() {
+                tracing::warn!("{}: LIST does not give the size of message {n}; fetching it within max_message_size", pop.peer());
+            }
+            if let Some(size) = *size
+                && size > account.max_message_size
+            {
                 tracing::warn!(
                     "{}: message {n} is {} (over max_message_size); left on the server",
                     pop.peer(),
-                    human_bytes(*size)
+                    human_bytes(size)
                 );
                 store.outcome.refused += 1;
                 continue;
@@ -327,7 +335,7 @@ async fn pop3_flow<S: Stream>(account: &Account, wire: Wire<S>, store: &mut Stor
     );
     if store.show.check {
         store.outcome.waiting = to_fetch.len();
-        store.outcome.waiting_bytes = to_fetch.iter().map(|(_, _, s)| s).sum();
+        store.outcome.waiting_bytes = to_fetch.iter().filter_map(|(_, _, s)| *s).sum();
         pop.send(&[Command::Quit]).await?;
         let _ = pop.reply().await;
         pop.shutdown().await;
@@ -373,119 +381,171 @@ async fn pop3_flow<S: Stream>(account: &Account, wire: Wire<S>, store: &mut Stor
 enum InFlight {
     Retr(usize),
     Dele(String),
+    /// After the last RETR: its +OK shows that the last body ended where
+    /// the server meant it to.
+    Noop,
 }
 
 /// Retrieves `to_fetch` and deletes per policy. Returns the ids whose DELE
 /// the server accepted.
+///
+/// A body counts only once the reply after it has parsed: if garbage
+/// follows, the body may have been cut short of the server's own end, and
+/// must be neither recorded nor deleted. So the last body waits in
+/// `unconfirmed` until the next reply (RETR, DELE, or the NOOP sent after
+/// the last RETR) parses.
 async fn pop3_transfer<S: Stream>(
     account: &Account,
     pop: &mut Pop3<S>,
     store: &mut Store<'_>,
-    to_fetch: &[(u32, String, u64)],
+    to_fetch: &[(u32, String, Option<u64>)],
     to_delete: Vec<(u32, String)>,
 ) -> Result<HashSet<String>> {
     let depth = if pop.caps.pipelining { PIPELINE_DEPTH } else { 1 };
     let numbers: HashMap<&str, u32> = to_fetch.iter().map(|(n, u, _)| (u.as_str(), *n)).collect();
-    let bar = store.bar(to_fetch.iter().map(|(_, _, s)| s).sum(), to_fetch.len(), &account.name);
+    let bar = store.bar(to_fetch.iter().filter_map(|(_, _, s)| *s).sum(), to_fetch.len(), &account.name);
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut outgoing: Vec<Command> = Vec::new();
     let mut dele_queue: VecDeque<(u32, String)> = to_delete.into();
     let mut accepted = HashSet::new();
     let mut batch: Vec<(String, Finished)> = Vec::new();
+    let mut unconfirmed: Option<(String, Finished)> = None;
     let mut batch_bytes = 0u64;
     let mut next = 0usize;
+    let mut noop_sent = false;
     let mut buf = Vec::with_capacity(64 * 1024);
     let total = to_fetch.len();
 
-    loop {
-        // Keep the pipeline full: pending DELEs first, then RETRs. Refill
-        // when it is half empty, so that commands go out many to a write
-        // (and to an SSH packet), not one per message.
-        let refill = in_flight.len() <= depth / 2;
-        while refill && in_flight.len() < depth {
-            if let Some((n, uid)) = dele_queue.pop_front() {
-                outgoing.push(Command::Dele(n));
-                in_flight.push_back(InFlight::Dele(uid));
-            } else if next < total {
-                outgoing.push(Command::Retr(to_fetch[next].0));
-                in_flight.push_back(InFlight::Retr(next));
-                next += 1;
-            } else {
-                break;
+    let result: Result<()> = async {
+        loop {
+            // Keep the pipeline full: pending DELEs first, then RETRs. Refill
+            // when it is half empty, so that commands go out many to a write
+            // (and to an SSH packet), not one per message.
+            let refill = in_flight.len() <= depth / 2;
+            while refill && in_flight.len() < depth {
+                if let Some((n, uid)) = dele_queue.pop_front() {
+                    outgoing.push(Command::Dele(n));
+                    in_flight.push_back(InFlight::Dele(uid));
+                } else if next < total {
+                    outgoing.push(Command::Retr(to_fetch[next].0));
+                    in_flight.push_back(InFlight::Retr(next));
+                    next += 1;
+                } else if total > 0 && !noop_sent {
+                    outgoing.push(Command::Noop);
+                    in_flight.push_back(InFlight::Noop);
+                    noop_sent = true;
+                } else {
+                    break;
+                }
             }
-        }
-        if !outgoing.is_empty() {
-            let deletes = outgoing.iter().any(|c| matches!(c, Command::Dele(_)));
-            pop.send(&outgoing).await?;
-            if deletes {
-                fault::point("delete-sent");
+            if !outgoing.is_empty() {
+                let deletes = outgoing.iter().any(|c| matches!(c, Command::Dele(_)));
+                pop.send(&outgoing).await?;
+                if deletes {
+                    fault::point("delete-sent");
+                }
+                outgoing.clear();
             }
-            outgoing.clear();
-        }
-        let Some(item) = in_flight.pop_front() else { break };
-        match item {
-            InFlight::Dele(uid) => match pop.reply().await? {
-                Reply::Ok(_) => {
+            let Some(item) = in_flight.pop_front() else { return Ok(()) };
+            // Every item starts with a reply line; once it parses, the body
+            // before it is confirmed.
+            let reply = pop.reply().await?;
+            if let Some((key, f)) = unconfirmed.take() {
+                batch_bytes += f.len;
+                batch.push((key, f));
+            }
+            match (item, reply) {
+                (InFlight::Dele(uid), Reply::Ok(_)) => {
                     fault::point("dele-confirmed");
                     accepted.insert(uid);
                 }
-                Reply::Err(t) => tracing::warn!("{}: DELE of {uid} refused: -ERR {t}", pop.peer()),
-            },
-            InFlight::Retr(i) => {
-                let (n, uid, _) = &to_fetch[i];
-                let before = pop.received();
-                let prefix = store.prefix();
-                match pop3_receive(pop, store.sink.spool(), &prefix, &mut buf).await {
-                    Ok(Some(f)) => {
-                        batch_bytes += f.len;
-                        batch.push((uid.clone(), f));
-                    }
-                    Ok(None) => {
-                        store.outcome.refused += 1;
-                        tracing::warn!("{}: message {n} ({uid}) refused by the server; left there", pop.peer());
-                    }
-                    Err(e) => {
-                        // Complete messages of this batch are still good:
-                        // make them durable so the next run need not fetch
-                        // them again. Nothing is deleted (no QUIT follows).
-                        store.salvage(&mut batch, None).await;
-                        bar.finish_and_clear();
-                        return Err(e);
-                    }
+                (InFlight::Dele(uid), Reply::Err(t)) => {
+                    let m = format!("{}: DELE of {uid} refused: -ERR {t}; it stays on the server", pop.peer());
+                    tracing::warn!("{m}");
+                    store.outcome.policy_errors.push(m);
                 }
-                bar.inc(pop.received() - before);
-                bar.set_message(format!("{}/{total}", i + 1));
-                let last_retr = next == total && !in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
-                if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES || (last_retr && !batch.is_empty()) {
-                    let keys = store.commit(&mut batch, None).await?;
-                    batch_bytes = 0;
-                    if account.policy == Policy::Delete {
-                        dele_queue.extend(keys.into_iter().map(|k| (numbers[k.as_str()], k)));
+                (InFlight::Noop, _) => {}
+                (InFlight::Retr(i), Reply::Err(t)) => {
+                    let (n, uid, _) = &to_fetch[i];
+                    store.outcome.refused += 1;
+                    tracing::warn!("{}: message {n} ({uid}) refused by the server (-ERR {t}); left there", pop.peer());
+                }
+                (InFlight::Retr(i), Reply::Ok(_)) => {
+                    let (n, uid, size) = &to_fetch[i];
+                    let before = pop.received();
+                    // A body may not go past max_message_size, nor far past
+                    // what LIST said (servers count line ends differently,
+                    // so twice as much and a margin is still honest).
+                    let limit = size
+                        .map_or(u64::MAX, |s| s.saturating_mul(2).saturating_add(64 << 10))
+                        .min(account.max_message_size);
+                    match pop3_body(pop, store, &mut buf, limit).await? {
+                        Ok(f) => unconfirmed = Some((uid.clone(), f)),
+                        Err(got) => {
+                            store.outcome.refused += 1;
+                            tracing::warn!(
+                                "{}: message {n} ({uid}) sent {} where LIST said {} (limit {}); not kept, left on \
+                                 the server",
+                                pop.peer(),
+                                human_bytes(got),
+                                size.map_or_else(|| "nothing".to_string(), human_bytes),
+                                human_bytes(limit)
+                            );
+                        }
                     }
+                    bar.inc(pop.received() - before);
+                    bar.set_message(format!("{}/{total}", i + 1));
+                }
+            }
+            let bodies_to_come = unconfirmed.is_some() || in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
+            let full = batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES;
+            if !batch.is_empty() && (full || (next == total && !bodies_to_come)) {
+                let keys = store.commit(&mut batch, None).await?;
+                batch_bytes = 0;
+                if account.policy == Policy::Delete {
+                    dele_queue.extend(keys.into_iter().map(|k| (numbers[k.as_str()], k)));
                 }
             }
         }
     }
+    .await;
     bar.finish_and_clear();
+    if let Err(e) = result {
+        if let Some((key, f)) = unconfirmed.take() {
+            if pop.out_of_step {
+                tracing::warn!("{}: {key} was followed by garbage, so it may be cut off; not kept", pop.peer());
+                store.sink.spool().discard_finished(f);
+            } else {
+                batch.push((key, f));
+            }
+        }
+        // Complete messages are still good: make them durable so the next
+        // run need not fetch them again. Nothing is deleted (no QUIT).
+        store.salvage(&mut batch, None).await;
+        return Err(e);
+    }
     Ok(accepted)
 }
 
-/// Reads one RETR reply and body into the Maildir's staging area.
-async fn pop3_receive<S: Stream>(
+/// Reads one RETR body (its +OK already read) into the staging area: the
+/// staged file, or the size that came when it was over `limit` (thrown
+/// away).
+async fn pop3_body<S: Stream>(
     pop: &mut Pop3<S>,
-    spool: &Spool,
-    prefix: &[u8],
+    store: &Store<'_>,
     buf: &mut Vec<u8>,
-) -> Result<Option<Finished>> {
-    if let Reply::Err(t) = pop.reply().await? {
-        tracing::debug!("RETR refused: {t}");
-        return Ok(None);
-    }
-    let mut staged = spool.begin(prefix)?;
-    match pop.body_into(&mut staged, buf).await {
-        Ok(_) => {
+    limit: u64,
+) -> Result<std::result::Result<Finished, u64>> {
+    let spool = store.sink.spool();
+    let mut staged = spool.begin(&store.prefix())?;
+    match pop.body_into(&mut staged, buf, limit).await {
+        Ok(pop3::Body::Complete(_)) => {
             fault::point("message-written");
-            Ok(Some(spool.finish(staged)?))
+            Ok(Ok(spool.finish(staged)?))
+        }
+        Ok(pop3::Body::TooLarge(got)) => {
+            spool.discard(staged);
+            Ok(Err(got))
         }
         Err(e) => {
             spool.discard(staged);
@@ -618,9 +678,8 @@ async fn imap_folder<S: Stream>(
     let mut to_fetch: Vec<(u32, u64)> = Vec::new();
     let mut to_apply: Vec<u32> = Vec::new();
     for f in &scan {
-        let uid = f.uid.unwrap_or(0);
+        let (uid, seen) = (f.uid, f.seen);
         let key = format!("{validity_prefix}{uid}");
-        let seen = f.flags.as_ref().is_some_and(|fl| fl.iter().any(|x| x.eq_ignore_ascii_case("\\Seen")));
         let delivered = store.ledger.is_delivered(&key);
         listed.insert(key);
         if account.fetch_all || !delivered {
@@ -737,12 +796,17 @@ async fn imap_pipeline<S: Stream>(
     let mut next = 0;
     let mut count = 0usize;
     let total: usize = batches.iter().map(Vec::len).sum();
+    // The UIDs of the batches in flight: a body for any other UID is
+    // nobody's, and is thrown away at once.
+    let mut requested: HashSet<u32> = HashSet::new();
+    let mut unsolicited = imap::Unsolicited::default();
     loop {
         while next < batches.len()
             && in_flight.iter().filter(|(_, p)| matches!(p, Pending::Fetch(_))).count() < IMAP_FETCHES_IN_FLIGHT
         {
             let cmd = ImapCommand::UidFetch(uid_set(&batches[next]), "(UID RFC822.SIZE BODY.PEEK[])");
             let tag = imap.send(&cmd).await?;
+            requested.extend(&batches[next]);
             in_flight.push_back((tag, Pending::Fetch(next)));
             next += 1;
         }
@@ -756,13 +820,16 @@ async fn imap_pipeline<S: Stream>(
             Response::Untagged(Untagged::Fetch(f)) if imap::has_body(&f) => {
                 let Some(file) = bodies.done.take() else { continue };
                 match f.uid {
-                    Some(uid) if !collected.contains_key(&uid) => {
+                    Some(uid) if requested.contains(&uid) && !collected.contains_key(&uid) => {
                         fault::point("message-written");
                         collected.insert(uid, file);
                         count += 1;
                         bar.set_message(format!("{count}/{total}"));
                     }
-                    _ => store.sink.spool().discard_finished(file),
+                    _ => {
+                        store.sink.spool().discard_finished(file);
+                        unsolicited.add(imap.peer(), "UID FETCH", imap.last_size)?;
+                    }
                 }
             }
             Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
@@ -774,10 +841,14 @@ async fn imap_pipeline<S: Stream>(
                 };
                 let (_, pending) = in_flight.remove(pos).expect("position is valid");
                 let done = imap::Done { status, code, text };
+                unsolicited.reset();
                 match pending {
                     Pending::Fetch(i) => {
                         if done.status != Status::Ok {
                             return Err(imap.failure("UID FETCH", &done));
+                        }
+                        for uid in &batches[i] {
+                            requested.remove(uid);
                         }
                         let mut batch = Vec::with_capacity(batches[i].len());
                         for uid in &batches[i] {
@@ -805,7 +876,8 @@ async fn imap_pipeline<S: Stream>(
                     }
                 }
             }
-            _ => {}
+            Response::Untagged(Untagged::Exists(_) | Untagged::Expunge(_)) => {}
+            _ => unsolicited.add(imap.peer(), "UID FETCH", imap.last_size)?,
         }
     }
 }

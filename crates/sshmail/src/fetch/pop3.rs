@@ -15,9 +15,25 @@ use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::wire::Wire;
 
-/// Most lines a listing (UIDL, LIST, CAPA) may have: a bound on memory for a
-/// server that never ends one.
-const MAX_LISTING: usize = 5_000_000;
+/// Most messages a maildrop may list (UIDL, LIST), and most lines a CAPA
+/// may have: a bound on memory for a server that never ends a listing.
+pub const MAX_MESSAGES: usize = 200_000;
+const MAX_CAPA_LINES: usize = 1000;
+/// Longest UIDL or LIST line: a number, a space and a 70-character id.
+const MAX_LISTING_LINE: usize = 512;
+/// How far past its limit a body is read (and thrown away) to stay in step
+/// with the server before the connection is given up instead.
+const DISCARD_ALLOWANCE: u64 = 64 << 20;
+
+/// How a body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// The terminating line came; this many bytes were decoded.
+    Complete(u64),
+    /// The body went past the limit; what came was thrown away, up to the
+    /// terminating line (the session is still in step).
+    TooLarge(u64),
+}
 
 /// A POP3 connection in the TRANSACTION state after [`Pop3::login`].
 pub struct Pop3<S> {
@@ -25,6 +41,9 @@ pub struct Pop3<S> {
     /// What CAPA said.
     pub caps: Capabilities,
     greeting: String,
+    /// A reply did not parse: whatever came before it (the last body) may
+    /// not have ended where the server meant it to.
+    pub out_of_step: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
@@ -38,7 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
             }
         };
         tracing::debug!("S: +OK {greeting}");
-        Ok(Pop3 { wire, caps: Capabilities::default(), greeting })
+        Ok(Pop3 { wire, caps: Capabilities::default(), greeting, out_of_step: false })
     }
 
     /// The peer name, for messages.
@@ -59,7 +78,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     /// Reads one status line.
     pub async fn reply(&mut self) -> Result<Reply> {
         let line = self.wire.read_line(MAX_LINE).await?;
-        Reply::parse(&line).map_err(|e| Error::Protocol(format!("{}: {e}", self.wire.peer())))
+        Reply::parse(&line).map_err(|e| {
+            self.out_of_step = true;
+            Error::Protocol(format!("{}: {e}", self.wire.peer()))
+        })
     }
 
     /// Reads a status line that must be +OK; -ERR becomes a server error
@@ -71,18 +93,24 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
         }
     }
 
-    /// Reads the lines of a multi-line listing after its +OK.
-    pub async fn listing(&mut self) -> Result<Vec<Vec<u8>>> {
-        let mut lines = Vec::new();
+    /// Reads the lines of a multi-line listing after its +OK, handing each
+    /// (unstuffed) to `each` as it arrives; at most `max` lines.
+    pub async fn listing(&mut self, what: &str, max: usize, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut count = 0usize;
         loop {
-            let line = self.wire.read_line(MAX_LINE).await?;
+            let line = self.wire.read_line(MAX_LISTING_LINE.max(1024)).await?;
             if pop3::is_terminator(&line) {
-                return Ok(lines);
+                return Ok(());
             }
-            if lines.len() >= MAX_LISTING {
-                return Err(Error::Protocol(format!("{}: listing longer than {MAX_LISTING} lines", self.wire.peer())));
+            count += 1;
+            if count > max {
+                return Err(Error::Protocol(format!(
+                    "{}: {what} listing longer than {max} lines; sshmail handles at most {MAX_MESSAGES} messages in \
+                     one maildrop",
+                    self.wire.peer()
+                )));
             }
-            lines.push(pop3::unstuff(&line).to_vec());
+            each(pop3::unstuff(&line))?;
         }
     }
 
@@ -90,9 +118,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     pub async fn capa(&mut self) -> Result<()> {
         self.send(&[Command::Capa]).await?;
         if let Reply::Ok(_) = self.reply().await? {
-            for l in self.listing().await? {
-                self.caps.add_line(&l);
-            }
+            let mut caps = Capabilities::default();
+            self.listing("CAPA", MAX_CAPA_LINES, |l| {
+                caps.add_line(l);
+                Ok(())
+            })
+            .await?;
+            self.caps = caps;
         }
         Ok(())
     }
@@ -155,55 +187,82 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
         Ok(())
     }
 
-    /// STAT, UIDL and LIST, pipelined when allowed. Returns, per message
-    /// number, its unique id and size.
-    pub async fn scan(&mut self) -> Result<Vec<(u32, String, u64)>> {
+    /// UIDL and LIST, pipelined when allowed. Returns, per message number,
+    /// its unique id and the size LIST gave (None: LIST did not name it).
+    /// Lines are parsed as they arrive; a number listed twice by UIDL is
+    /// taken once (the first), with a warning.
+    pub async fn scan(&mut self) -> Result<Vec<(u32, String, Option<u64>)>> {
         let cmds = [Command::Uidl, Command::List];
         if self.caps.pipelining {
             self.send(&cmds).await?;
         } else {
             self.send(&cmds[..1]).await?;
         }
-        let uidl = match self.reply().await? {
-            Reply::Ok(_) => self.listing().await?,
-            Reply::Err(t) => {
-                return Err(Error::Server(format!(
-                    "{}: UIDL refused (-ERR {t}); sshmail needs UIDL to know which messages it already has",
-                    self.peer()
-                )));
+        if let Reply::Err(t) = self.reply().await? {
+            return Err(Error::Server(format!(
+                "{}: UIDL refused (-ERR {t}); sshmail needs UIDL to know which messages it already has",
+                self.peer()
+            )));
+        }
+        let peer = self.peer().to_string();
+        let mut numbers = std::collections::HashSet::new();
+        let mut uidl = Vec::new();
+        let mut repeated = 0usize;
+        self.listing("UIDL", MAX_MESSAGES, |l| {
+            let (n, uid) = pop3::parse_uidl_line(l).map_err(|e| Error::Protocol(format!("{peer}: {e}")))?;
+            if numbers.insert(n) {
+                uidl.push((n, uid));
+            } else {
+                repeated += 1;
+                if repeated <= 10 {
+                    tracing::warn!("{peer}: UIDL lists message {n} twice (again as {uid}); the second is ignored");
+                }
             }
-        };
+            Ok(())
+        })
+        .await?;
+        if repeated > 10 {
+            tracing::warn!("{peer}: UIDL repeated {repeated} message numbers in all");
+        }
         if !self.caps.pipelining {
             self.send(&cmds[1..]).await?;
         }
         self.expect_ok("LIST").await?;
-        let list = self.listing().await?;
-        let mut sizes = std::collections::HashMap::with_capacity(list.len());
-        for l in &list {
-            let (n, size) = pop3::parse_list_line(l).map_err(|e| Error::Protocol(format!("{}: {e}", self.peer())))?;
+        let mut sizes = std::collections::HashMap::with_capacity(uidl.len());
+        self.listing("LIST", MAX_MESSAGES, |l| {
+            let (n, size) = pop3::parse_list_line(l).map_err(|e| Error::Protocol(format!("{peer}: {e}")))?;
             sizes.insert(n, size);
-        }
-        let mut out = Vec::with_capacity(uidl.len());
-        for l in &uidl {
-            let (n, uid) = pop3::parse_uidl_line(l).map_err(|e| Error::Protocol(format!("{}: {e}", self.peer())))?;
-            out.push((n, uid, sizes.get(&n).copied().unwrap_or(0)));
-        }
-        Ok(out)
+            Ok(())
+        })
+        .await?;
+        Ok(uidl.into_iter().map(|(n, uid)| (n, uid, sizes.get(&n).copied())).collect())
     }
 
-    /// Streams one RETR body (after its +OK) into `staged`. Returns the
-    /// decoded size. A cut-off body is an error; the caller discards it.
-    pub async fn body_into(&mut self, staged: &mut Staged, out: &mut Vec<u8>) -> Result<u64> {
+    /// Streams one RETR body (after its +OK) into `staged`, at most `limit`
+    /// decoded bytes. Past the limit nothing more is written; the rest is
+    /// read and thrown away up to the terminating line (to stay in step),
+    /// unless it goes on for [`DISCARD_ALLOWANCE`] more, which is an error.
+    /// A cut-off body is an error; the caller discards the staged file.
+    pub async fn body_into(&mut self, staged: &mut Staged, out: &mut Vec<u8>, limit: u64) -> Result<Body> {
         let mut decoder = DotDecoder::new();
         loop {
             out.clear();
             let used = decoder.decode(self.wire.buffered(), out);
             self.wire.consume(used);
-            if !out.is_empty() {
+            let over = decoder.decoded_len() > limit;
+            if !over && !out.is_empty() {
                 staged.write(out)?;
             }
             if decoder.is_done() {
-                return Ok(decoder.decoded_len());
+                self.wire.progress();
+                return Ok(if over { Body::TooLarge(decoder.decoded_len()) } else { Body::Complete(decoder.decoded_len()) });
+            }
+            if decoder.decoded_len() > limit.saturating_add(DISCARD_ALLOWANCE) {
+                return Err(Error::Protocol(format!(
+                    "{}: a message went on past {} bytes, far over its limit of {limit}; giving up the session",
+                    self.peer(),
+                    decoder.decoded_len()
+                )));
             }
             self.wire.fill().await?;
         }

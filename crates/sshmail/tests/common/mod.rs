@@ -181,3 +181,135 @@ pub fn stderr(out: &Output) -> String {
 pub fn assert_exit(out: &Output, expected: i32) {
     assert_eq!(code(out), expected, "unexpected exit code; stderr:\n{}", stderr(out));
 }
+
+/// The scripted-server binary (`sshmail-testbed hostile`), built beside
+/// `sshmail` by `cargo test --workspace`.
+pub fn testbed_bin() -> PathBuf {
+    let sshmail = PathBuf::from(env!("CARGO_BIN_EXE_sshmail"));
+    let bin = sshmail.with_file_name("sshmail-testbed");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds the scripted servers",
+        bin.display()
+    );
+    bin
+}
+
+/// A scripted, misbehaving server (see `sshmail_testbed::hostile`) behind
+/// `--via command`, with its own client HOME, Maildir and state.
+pub struct Hostile {
+    pub dir: tempfile::TempDir,
+    pub scenario: String,
+}
+
+impl Hostile {
+    pub fn new(scenario: &str) -> Hostile {
+        let dir = tempfile::Builder::new().prefix("sshmail-hostile.").tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("server")).unwrap();
+        Hostile { dir, scenario: scenario.to_string() }
+    }
+
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.path().join("Maildir")
+    }
+
+    /// The tunnel command that runs the scripted server.
+    pub fn tunnel(&self) -> String {
+        format!("'{}' hostile {} --state '{}'", testbed_bin().display(), self.scenario, self.server_dir().display())
+    }
+
+    pub fn server_dir(&self) -> PathBuf {
+        self.dir.path().join("server")
+    }
+
+    /// `sshmail fetch --pop3|--imap --via command` against the script, plus `extra`.
+    pub fn command(&self, extra: &[&str]) -> Command {
+        let protocol = if self.scenario.starts_with("imap") { "--imap" } else { "--pop3" };
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
+        c.env("HOME", self.dir.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSHMAIL_LOG")
+            .env_remove("SSHMAIL_FAULT")
+            .stdin(Stdio::null())
+            .args(["fetch", protocol, "--via", "command", "--tunnel"])
+            .arg(self.tunnel())
+            .arg("--deliver")
+            .arg(format!("maildir:{}", self.maildir().display()))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(["--no-received", "--user", "u", "--password-command", "echo pw"])
+            .args(extra);
+        c
+    }
+
+    /// Runs a fetch to completion (bounded).
+    pub fn run(&self, extra: &[&str]) -> Output {
+        let child = self.command(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        wait_bounded(child, Duration::from_secs(120))
+    }
+
+    /// Every command the script received, one per line, over all runs.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.server_dir().join("log")).unwrap_or_default()
+    }
+
+    /// What the client deleted on the script's server.
+    pub fn deleted(&self) -> Vec<String> {
+        std::fs::read_to_string(self.server_dir().join("deleted"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn delivered(&self) -> Vec<Vec<u8>> {
+        read_dir_contents(&self.maildir().join("new"))
+    }
+
+    pub fn tmp_files(&self) -> usize {
+        std::fs::read_dir(self.maildir().join("tmp")).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+/// Peak resident memory of a process so far (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs the command, sampling its peak RSS until it exits (bounded by
+/// `limit`); returns its output and the peak in KiB. Its output is read as
+/// it comes, so a chatty process never blocks on a full pipe.
+pub fn run_sampled(mut cmd: Command, limit: Duration) -> (Output, u64) {
+    use std::io::Read as _;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let mut peak = 0;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(k) = peak_rss_kib(pid) {
+            peak = peak.max(k);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = err.join().unwrap();
+            panic!("sshmail did not finish within {limit:?}; stderr:\n{}", String::from_utf8_lossy(&err));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }, peak)
+}
