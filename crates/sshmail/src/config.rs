@@ -84,35 +84,6 @@ pub enum Command {
     Argv(Vec<String>),
 }
 
-impl Command {
-    /// Runs the command and returns its first output line as a secret.
-    pub fn read_secret(&self, what: &str) -> Result<Secret> {
-        let mut cmd = match self {
-            Command::Shell(s) => {
-                let mut c = std::process::Command::new("/bin/sh");
-                c.arg("-c").arg(s);
-                c
-            }
-            Command::Argv(v) if !v.is_empty() => {
-                let mut c = std::process::Command::new(&v[0]);
-                c.args(&v[1..]);
-                c
-            }
-            Command::Argv(_) => return Err(Error::Config(format!("{what}: empty command"))),
-        };
-        let out = cmd
-            .stdin(std::process::Stdio::inherit())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .map_err(|e| Error::Config(format!("{what}: cannot run {self:?}: {e}")))?;
-        if !out.status.success() {
-            return Err(Error::Auth(format!("{what}: {self:?} exited with {}", out.status)));
-        }
-        let text = String::from_utf8(out.stdout).map_err(|_| Error::Auth(format!("{what}: output is not UTF-8")))?;
-        Ok(Secret::new(text.lines().next().unwrap_or("")))
-    }
-}
-
 /// The mail protocol of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -206,17 +177,6 @@ pub enum PasswordSource {
     Literal(Secret),
     /// Printed by a command.
     Command(Command),
-}
-
-impl PasswordSource {
-    /// The password, running the command if needed.
-    pub fn get(&self, what: &str) -> Result<Option<Secret>> {
-        match self {
-            PasswordSource::None => Ok(None),
-            PasswordSource::Literal(s) => Ok(Some(s.clone())),
-            PasswordSource::Command(c) => c.read_secret(what).map(Some),
-        }
-    }
 }
 
 /// The SSH side of an account, before `~/.ssh/config` is applied.

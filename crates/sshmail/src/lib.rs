@@ -17,6 +17,7 @@ pub mod error;
 pub mod fault;
 pub mod fetch;
 pub mod ledger;
+pub mod process;
 pub mod secret;
 pub mod ssh;
 pub mod transport;

@@ -357,34 +357,35 @@ mod pin {
     }
 }
 
-/// A local command as the connection.
+/// A local command as the connection. It runs in a process group of its
+/// own (without a terminal), and the whole group ends with the stream or
+/// with us: a `/bin/sh -c 'ssh …'` leaves no `ssh` behind.
 fn open_command(c: &Command) -> Result<Opened> {
-    let (program, args, shown) = match c {
-        Command::Shell(s) => ("/bin/sh".to_string(), vec!["-c".to_string(), s.clone()], s.clone()),
-        Command::Argv(v) if !v.is_empty() => (v[0].clone(), v[1..].to_vec(), v.join(" ")),
-        Command::Argv(_) => return Err(Error::Config("empty tunnel command".into())),
-    };
-    let mut child = tokio::process::Command::new(&program)
-        .args(&args)
+    let (mut cmd, shown) = crate::process::command(c, "tunnel command")?;
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::Connect(format!("cannot run tunnel command `{shown}`: {e}")))?;
+        .map_err(|e| Error::Connect(format!("cannot run {shown}: {e}")))?;
+    let group = crate::process::Group::of(&child);
     let stdin = child.stdin.take().expect("piped stdin");
     let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
+    let mut stderr = child.stderr.take().expect("piped stderr");
     let diag = Arc::new(ProcessDiagnostics::default());
     let d = diag.clone();
     let echo = std::io::stderr().is_terminal();
+    // Its stderr in bounded chunks: a line without an end is still only
+    // ever a chunk in memory, and only the first 64 KiB are kept.
     tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n @ 1..) = stderr.read(&mut buf).await {
+            let text = String::from_utf8_lossy(&buf[..n]);
             if echo {
-                tracing::debug!("tunnel: {line}");
+                tracing::debug!("tunnel: {}", text.trim_end());
             }
-            d.add(&line);
+            d.add(&text);
         }
     });
     let d = diag.clone();
@@ -392,15 +393,17 @@ fn open_command(c: &Command) -> Result<Opened> {
     tokio::spawn(async move {
         let status = tokio::select! {
             s = child.wait() => s.ok(),
-            _ = kill_rx => { let _ = child.kill().await; child.wait().await.ok() }
+            _ = kill_rx => { group.kill(); let _ = child.kill().await; child.wait().await.ok() }
         };
+        // Whatever it started goes with it.
+        group.kill();
         if let Some(s) = status {
             *d.exit.lock().expect("exit lock") = Some(s.code().map(i64::from).unwrap_or(-1));
         }
     });
     Ok(Opened {
-        stream: Box::new(ChildStream { stdout, stdin, _kill: kill_tx }),
-        peer: format!("tunnel `{shown}`"),
+        stream: Box::new(ChildStream { stdout, stdin, _kill: kill_tx, group }),
+        peer: shown,
         preauth_ok: true,
         greeting_done: false,
         diagnostics: Some(diag),
@@ -414,12 +417,14 @@ struct ProcessDiagnostics {
 }
 
 impl ProcessDiagnostics {
-    fn add(&self, line: &str) {
+    fn add(&self, text: &str) {
         let mut s = self.stderr.lock().expect("stderr lock");
-        if s.len() < 64 * 1024 {
-            s.push_str(line);
-            s.push('\n');
+        let room = crate::process::MAX_STDERR.saturating_sub(s.len());
+        let mut end = text.len().min(room);
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
+        s.push_str(&text[..end]);
     }
 }
 
@@ -432,11 +437,20 @@ impl Diagnostics for ProcessDiagnostics {
     }
 }
 
-/// A child's stdout and stdin as one stream; dropping it ends the child.
+/// A child's stdout and stdin as one stream; dropping it ends the child
+/// and its group.
 struct ChildStream {
     stdout: tokio::process::ChildStdout,
     stdin: tokio::process::ChildStdin,
     _kill: tokio::sync::oneshot::Sender<()>,
+    group: crate::process::Group,
+}
+
+impl Drop for ChildStream {
+    fn drop(&mut self) {
+        // Also when the runtime is going away and the waiting task with it.
+        self.group.kill();
+    }
 }
 
 impl AsyncRead for ChildStream {

@@ -145,3 +145,219 @@ fn regression_pop3_dele_refused_exits_7() {
     assert_eq!(h.delivered().len(), 3);
     assert_eq!(commands(&h, "RETR").len(), 3, "{}", h.log());
 }
+
+#[test]
+fn regression_what_the_server_names_is_untrusted_folders_named_dot_dot_stay_inside_the_maildir() {
+    let h = Hostile::new("imap-hostile-folders");
+    let out = h.run(&["--subfolders", "--folder", "*"]);
+    // The hostile folders are refused (exit 7), the rest fetched.
+    assert_exit(&out, 7);
+    let err = stderr(&out);
+    let parent = h.dir.path();
+    for leaked in ["new", "cur", "tmp", "maildirfolder"] {
+        assert!(!parent.join(leaked).exists(), "{leaked} was created in the Maildir's parent; stderr:\n{err}");
+    }
+    // Everything made is a direct child of the Maildir, named as Maildir++.
+    let mut made: Vec<String> = std::fs::read_dir(h.maildir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    made.sort();
+    assert_eq!(made, vec![".lists.rust", "cur", "new", "tmp"], "{err}");
+    assert_eq!(h.delivered().len(), 3, "INBOX: {err}");
+    assert_eq!(common::read_dir_contents(&h.maildir().join(".lists.rust/new")).len(), 1);
+    // Nothing was taken from the refused folders, so nothing was expunged
+    // there: only INBOX and lists/rust lost their messages.
+    let mut deleted = h.deleted();
+    deleted.sort();
+    assert_eq!(deleted, vec!["INBOX\t1", "INBOX\t2", "INBOX\t3", "lists/rust\t1"], "{err}");
+    // The names with NUL (`&AAA-`) and control characters were never
+    // selected at all.
+    let log = h.log();
+    assert!(!log.contains("SELECT \"&AAA-\""), "{log}");
+    assert!(!log.to_ascii_uppercase().contains("SELECT \"BAD"), "{log}");
+}
+
+#[test]
+fn regression_a_folder_name_with_nul_does_not_wedge_the_account() {
+    // Without --subfolders, too: the NUL name is refused at LIST time, and
+    // the rest is fetched, now and on the next run.
+    let h = Hostile::new("imap-hostile-folders");
+    let out = h.run(&["--folder", "*", "--keep"]);
+    assert!(!stderr(&out).contains("cannot"), "{}", stderr(&out));
+    assert!(h.delivered().len() >= 3, "{}", stderr(&out));
+    let again = h.run(&["--folder", "INBOX", "--keep"]);
+    assert_exit(&again, 1);
+}
+
+#[test]
+fn regression_a_recovery_that_cannot_succeed_forgets_the_entry() {
+    // A ledger that names a staged message in a subfolder no local name can
+    // be (as an older version could write): recovery forgets it and the
+    // message is fetched again from the server, instead of exit 10 forever.
+    let h = Hostile::new("imap");
+    let state = h.dir.path().join("state");
+    let out = h.run(&["--keep"]);
+    assert_exit(&out, 0);
+    let ledger = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "ledger"))
+        .unwrap_or_else(|| panic!("no ledger in {:?}", std::fs::read_dir(&state).unwrap().collect::<Vec<_>>()));
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let key = text.lines().find_map(|l| l.strip_prefix("D ")).expect("a delivered key").to_string();
+    // Claim it staged, not delivered, under a bad subfolder.
+    let text = text.replace(&format!("D {key}\n"), &format!("P {key} %2E%2E/1.M1P1.x\n"));
+    std::fs::write(&ledger, text).unwrap();
+    let again = h.run(&["--keep"]);
+    assert_exit(&again, 0);
+    assert!(stderr(&again).contains("cannot finish an interrupted delivery"), "{}", stderr(&again));
+    assert_eq!(h.delivered().len(), 4, "the forgotten message is fetched again");
+    assert_exit(&h.run(&["--keep"]), 1);
+}
+
+#[test]
+fn every_read_is_bounded_untagged_floods_during_select() {
+    for scenario in ["imap-select-flood", "imap-select-tiny-flood"] {
+        let h = Hostile::new(scenario);
+        let out = run_bounded(&h, &[]);
+        assert_exit(&out, 4);
+        assert!(stderr(&out).contains("flooded"), "{scenario}: {}", stderr(&out));
+        assert!(h.deleted().is_empty());
+    }
+}
+
+#[test]
+fn every_read_is_bounded_an_untagged_flood_during_fetch() {
+    let h = Hostile::new("imap-fetch-flood");
+    let out = run_bounded(&h, &[]);
+    assert_exit(&out, 4);
+    assert!(stderr(&out).contains("flooded"), "{}", stderr(&out));
+    assert_eq!(h.tmp_files(), 0);
+    assert!(h.deleted().is_empty());
+}
+
+#[test]
+fn regression_imap_bodies_nobody_asked_for_are_discarded_at_once() {
+    let h = Hostile::new("imap-unrequested");
+    // With few descriptors: 3000 unrequested bodies kept open would fail.
+    let mut cmd = h.command(&[]);
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut limited = std::process::Command::new("prlimit");
+    limited.arg("--nofile=128").arg("--").arg(program).args(args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => limited.env(k, v),
+            None => limited.env_remove(k),
+        };
+    }
+    limited.stdin(std::process::Stdio::null());
+    drop(cmd);
+    let (out, _) = common::run_sampled(limited, Duration::from_secs(120));
+    assert_exit(&out, 0);
+    let mut want: Vec<Vec<u8>> = (1..=3).map(message).collect();
+    want.sort();
+    assert_eq!(h.delivered(), want);
+    assert_eq!(h.tmp_files(), 0, "unrequested bodies were left in tmp/");
+    assert_eq!(h.deleted().len(), 3);
+}
+
+#[test]
+fn every_wait_has_a_timeout_a_trickling_imap_literal() {
+    let h = Hostile::new("imap-drip-literal");
+    let started = Instant::now();
+    let out = h.run(&["--timeout", "3"]);
+    let took = started.elapsed();
+    assert_exit(&out, 4);
+    assert!(took < Duration::from_secs(10), "a literal dripping one byte every 0.5 s held us for {took:?}");
+    assert!(stderr(&out).contains("too slow"), "{}", stderr(&out));
+    assert_eq!(h.tmp_files(), 0);
+    assert!(h.deleted().is_empty());
+}
+
+#[test]
+fn regression_uidvalidity_zero_is_refused() {
+    let h = Hostile::new("imap-uidvalidity-zero");
+    let out = h.run(&[]);
+    assert_exit(&out, 7);
+    assert!(stderr(&out).contains("UIDVALIDITY 0"), "{}", stderr(&out));
+    assert!(h.delivered().is_empty());
+    assert!(h.deleted().is_empty());
+}
+
+#[test]
+fn every_read_is_bounded_a_tunnel_that_floods_stderr() {
+    let h = Hostile::new("imap-stderr-flood");
+    let out = run_bounded(&h, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(h.delivered().len(), 3);
+}
+
+/// The state letter of a process, or None once it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+#[test]
+fn regression_the_tunnel_process_group_ends_with_sshmail() {
+    let h = Hostile::new("pop3");
+    let pidfile = h.dir.path().join("tunnel.pid");
+    // A shell that starts the real tunnel (here a sleep that never greets)
+    // as its child, as `sh -c 'ssh …; …'` does.
+    let tunnel = format!("sleep 300 & echo $! > '{}'; wait", pidfile.display());
+    let started = Instant::now();
+    let out = h.run(&["--tunnel", &tunnel, "--timeout", "2"]);
+    assert_exit(&out, 4);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // Ended with the group (a zombie waiting for its new parent counts as ended).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(process_state(pid), Some(s) if s != 'Z') {
+        assert!(Instant::now() < deadline, "the tunnel's child {pid} outlived sshmail");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn regression_every_wait_has_a_timeout_a_hanging_password_command_before_connecting() {
+    let h = Hostile::new("pop3");
+    let started = Instant::now();
+    let out = h.run(&["--password-command", "sleep 1000", "--timeout", "2"]);
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert_exit(&out, 5);
+    assert!(stderr(&out).contains("did not finish within 2 s"), "{}", stderr(&out));
+    // It ran before connecting: the server never saw us.
+    assert!(h.log().is_empty(), "{}", h.log());
+}
+
+#[test]
+fn regression_a_failing_or_empty_password_command_is_a_clear_error() {
+    let h = Hostile::new("pop3");
+    let out = h.run(&["--password-command", "echo 'no key' >&2; exit 2"]);
+    assert_exit(&out, 5);
+    let err = stderr(&out);
+    assert!(err.contains("exited with 2") && err.contains("no key") && !err.contains("Shell("), "{err}");
+    let out = h.run(&["--password-command", "true"]);
+    assert_exit(&out, 5);
+    assert!(stderr(&out).contains("printed no password"), "{}", stderr(&out));
+    assert!(h.log().is_empty(), "an empty password was sent: {}", h.log());
+}
+
+#[test]
+fn regression_secrets_stay_secret_the_received_line_does_not_carry_the_tunnel_command() {
+    let h = Hostile::new("pop3");
+    let cmd = h.command(&[]);
+    let args: Vec<_> = cmd.get_args().filter(|a| *a != "--no-received").map(|a| a.to_owned()).collect();
+    let mut with_received = std::process::Command::new(cmd.get_program());
+    with_received.args(args).env("HOME", h.dir.path()).stdin(std::process::Stdio::null());
+    let out = with_received.output().unwrap();
+    assert_exit(&out, 0);
+    for m in h.delivered() {
+        let text = String::from_utf8_lossy(&m);
+        let received = text.lines().next().unwrap();
+        assert!(received.starts_with("Received: from "), "{received}");
+        assert!(!received.contains("--state") && !received.contains("hostile"), "{received}");
+    }
+}

@@ -23,29 +23,29 @@ use anyhow::{Result, bail};
 
 /// POP3 scenarios.
 pub const POP3_SCENARIOS: &[&str] = &[
-    "pop3",                 // three good messages
-    "pop3-bare-lf",         // message 2 has a body line `first part\n.\nsecond part`
-    "pop3-oversize",        // LIST says 100 octets, RETR 2 streams 50 MB
-    "pop3-unlisted",        // message 2 is missing from LIST and streams 50 MB
-    "pop3-uidl-flood",      // UIDL never ends (up to 2 GB)
-    "pop3-huge-greeting",   // a 100 MB greeting without a line end
-    "pop3-drip-greeting",   // the greeting one byte every 2 s
-    "pop3-drip-body",       // RETR 2's body one byte every 0.5 s
+    "pop3",                  // three good messages
+    "pop3-bare-lf",          // message 2 has a body line `first part\n.\nsecond part`
+    "pop3-oversize",         // LIST says 100 octets, RETR 2 streams 50 MB
+    "pop3-unlisted",         // message 2 is missing from LIST and streams 50 MB
+    "pop3-uidl-flood",       // UIDL never ends (up to 2 GB)
+    "pop3-huge-greeting",    // a 100 MB greeting without a line end
+    "pop3-drip-greeting",    // the greeting one byte every 2 s
+    "pop3-drip-body",        // RETR 2's body one byte every 0.5 s
     "pop3-duplicate-number", // UIDL lists message 2 twice, under two ids
-    "pop3-dele-refused",    // every DELE gets -ERR
+    "pop3-dele-refused",     // every DELE gets -ERR
 ];
 
 /// IMAP scenarios.
 pub const IMAP_SCENARIOS: &[&str] = &[
-    "imap",                 // INBOX with three good messages
-    "imap-hostile-folders", // LIST names `.`, `..`, `INBOX/.`, `INBOX..`, NUL, control characters
-    "imap-select-flood",    // SELECT answers 1500 untagged lines of 1 MiB each
+    "imap",                   // INBOX with three good messages
+    "imap-hostile-folders",   // LIST names `.`, `..`, `INBOX/.`, `INBOX..`, NUL, control characters
+    "imap-select-flood",      // SELECT answers 1500 untagged lines of 1 MiB each
     "imap-select-tiny-flood", // SELECT answers 5 M tiny untagged lines
-    "imap-fetch-flood",     // the body FETCH is preceded by 3 M untagged lines
-    "imap-unrequested",     // the body FETCH also sends 3000 bodies nobody asked for
-    "imap-drip-literal",    // the body literal one byte every 0.5 s
-    "imap-uidvalidity-zero", // SELECT says UIDVALIDITY 0
-    "imap-stderr-flood",    // 1.5 GB on stderr without a newline, then a good session
+    "imap-fetch-flood",       // the body FETCH is preceded by 3 M untagged lines
+    "imap-unrequested",       // the body FETCH also sends 3000 bodies nobody asked for
+    "imap-drip-literal",      // the body literal one byte every 0.5 s
+    "imap-uidvalidity-zero",  // SELECT says UIDVALIDITY 0
+    "imap-stderr-flood",      // 1.5 GB on stderr without a newline, then a good session
 ];
 
 /// Runs `scenario` on stdin/stdout, with its log and state in `state`.
@@ -230,7 +230,10 @@ fn pop3(s: &mut Server, scenario: &str) -> Result<()> {
                     s.send(b"+OK\r\n")?;
                     let big = matches!(scenario, "pop3-oversize" | "pop3-unlisted") && msgs[i].number == 2;
                     if big {
-                        s.flood(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345\r\n", 50 << 20)?;
+                        s.flood(
+                            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345\r\n",
+                            50 << 20,
+                        )?;
                     } else if scenario == "pop3-drip-body" && msgs[i].number == 2 {
                         let wire = msgs[i].wire.clone();
                         s.drip(&wire, Duration::from_millis(500))?;
@@ -378,7 +381,9 @@ fn imap(s: &mut Server, scenario: &str) -> Result<()> {
                     continue;
                 };
                 match scenario {
-                    "imap-select-flood" => s.flood(&[b"* OK [ALERT] ".as_slice(), &[b'x'; (1 << 20) - 15], b"\r\n"].concat(), 1500 << 20)?,
+                    "imap-select-flood" => {
+                        s.flood(&[b"* OK [ALERT] ".as_slice(), &[b'x'; (1 << 20) - 15], b"\r\n"].concat(), 1500 << 20)?
+                    }
                     "imap-select-tiny-flood" => s.flood(b"* OK x\r\n", 5_000_000 * 8)?,
                     _ => {}
                 }
@@ -429,7 +434,11 @@ fn imap(s: &mut Server, scenario: &str) -> Result<()> {
                                 }
                                 s.send(&extra)?;
                             }
-                            let head = format!("* {seq} FETCH (UID {uid} RFC822.SIZE {} BODY[] {{{}}}\r\n", body.len(), body.len());
+                            let head = format!(
+                                "* {seq} FETCH (UID {uid} RFC822.SIZE {} BODY[] {{{}}}\r\n",
+                                body.len(),
+                                body.len()
+                            );
                             s.send(head.as_bytes())?;
                             if scenario == "imap-drip-literal" {
                                 s.drip(&body, Duration::from_millis(500))?;

@@ -47,9 +47,9 @@ impl Maildir {
 
     /// The directory a message goes to: the Maildir, or a Maildir++
     /// subfolder (`.NAME`, created on demand).
-    fn folder_dir(&self, subfolder: Option<&str>) -> Result<PathBuf> {
+    fn folder_dir(&self, subfolder: Option<&Subfolder>) -> Result<PathBuf> {
         let Some(sub) = subfolder else { return Ok(self.root.clone()) };
-        let dir = self.root.join(sub);
+        let dir = self.root.join(&sub.0);
         create_dirs(&dir)?;
         // Maildir++ readers (Dovecot, Courier) look for this marker.
         let marker = dir.join("maildirfolder");
@@ -61,16 +61,16 @@ impl Maildir {
 
     /// The ledger token for a message staged as `name` and published into
     /// `subfolder`.
-    pub fn token(&self, subfolder: Option<&str>, name: &str) -> String {
+    pub fn token(&self, subfolder: Option<&Subfolder>, name: &str) -> String {
         match subfolder {
-            Some(sub) => format!("{}/{name}", crate::ledger::percent_encode(sub)),
+            Some(sub) => format!("{}/{name}", crate::ledger::percent_encode(&sub.0)),
             None => name.to_string(),
         }
     }
 
     /// Step 3: moves the batch into `new/` (of the Maildir, or of a
     /// Maildir++ subfolder) and makes the renames durable.
-    pub fn publish(&self, subfolder: Option<&str>, batch: &[Finished]) -> Result<()> {
+    pub fn publish(&self, subfolder: Option<&Subfolder>, batch: &[Finished]) -> Result<()> {
         let dir = self.folder_dir(subfolder)?;
         for f in batch {
             self.publish_one(&dir, &f.name)?;
@@ -92,10 +92,19 @@ impl Maildir {
     /// nowhere, so the caller fetches it again.
     pub fn recover(&self, token: &str) -> Result<bool> {
         let (subfolder, name) = match token.split_once('/') {
-            Some((sub, name)) => (crate::ledger::percent_decode(sub), name),
+            Some((sub, name)) => {
+                let sub = crate::ledger::percent_decode(sub).and_then(|s| Subfolder::checked(&s));
+                let Some(sub) = sub else {
+                    return Err(crate::error::Error::Delivery(format!("bad subfolder in ledger token {token:?}")));
+                };
+                (Some(sub), name)
+            }
             None => (None, token),
         };
-        let dir = self.folder_dir(subfolder.as_deref())?;
+        if !is_one_component(name) {
+            return Err(crate::error::Error::Delivery(format!("bad file name in ledger token {token:?}")));
+        }
+        let dir = self.folder_dir(subfolder.as_ref())?;
         if dir.join("new").join(name).exists() {
             sync_dir(&dir.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
             return Ok(true);
@@ -135,14 +144,60 @@ fn create_dirs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The Maildir++ subfolder for an IMAP folder: none for INBOX, else `.`
-/// and the name with `/` turned into `.` (`lists/rust` → `.lists.rust`).
-pub fn subfolder_name(folder: &str) -> Option<String> {
-    if folder.eq_ignore_ascii_case("INBOX") {
-        return None;
+/// A Maildir++ subfolder name: always one path component of the form
+/// `.NAME`, never `.` or `..`, without `/`, NUL or control characters, so
+/// joined to the Maildir it names a direct child of it. The only ways to
+/// make one are [`Subfolder::for_folder`] (from a server's folder name) and
+/// [`Subfolder::checked`] (from our own ledger).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subfolder(String);
+
+impl Subfolder {
+    /// The subfolder for an IMAP folder: none for INBOX, else `.` and the
+    /// name with `/` turned into `.` (`lists/rust` → `.lists.rust`).
+    /// Folder names come from the server and are untrusted: a name that has
+    /// an empty, `.` or `..` level, or a control character, is refused with
+    /// the reason.
+    pub fn for_folder(folder: &str) -> std::result::Result<Option<Subfolder>, String> {
+        if folder.eq_ignore_ascii_case("INBOX") {
+            return Ok(None);
+        }
+        let name = ["INBOX/", "INBOX."]
+            .iter()
+            .find_map(|p| folder.get(..p.len()).filter(|h| h.eq_ignore_ascii_case(p)).map(|_| &folder[p.len()..]))
+            .unwrap_or(folder);
+        if folder.chars().any(char::is_control) {
+            return Err(format!("the folder name {folder:?} holds control characters"));
+        }
+        if name.split('/').any(|level| level.is_empty() || level == "." || level == "..") {
+            return Err(format!("the folder name {folder:?} has an empty, `.` or `..` level"));
+        }
+        Subfolder::checked(&format!(".{}", name.replace('/', ".")))
+            .map(Some)
+            .ok_or_else(|| format!("the folder name {folder:?} has no safe local name"))
     }
-    let name = folder.strip_prefix("INBOX/").or_else(|| folder.strip_prefix("INBOX.")).unwrap_or(folder);
-    Some(format!(".{}", name.replace('/', ".")))
+
+    /// A subfolder name read back from our own records, checked again.
+    pub fn checked(name: &str) -> Option<Subfolder> {
+        let ok = name.starts_with('.') && name != "." && name != ".." && is_one_component(name);
+        ok.then(|| Subfolder(name.to_string()))
+    }
+
+    /// The directory name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// True if `name` is one path component: not empty, not `.` or `..`, no
+/// `/`, no NUL or control characters, at most 255 bytes.
+fn is_one_component(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
 }
 
 #[cfg(test)]
@@ -172,20 +227,51 @@ mod tests {
 
     #[test]
     fn subfolders_are_maildirplusplus_and_recoverable() {
-        assert_eq!(subfolder_name("INBOX"), None);
-        assert_eq!(subfolder_name("lists/rust").as_deref(), Some(".lists.rust"));
-        assert_eq!(subfolder_name("INBOX.Sent").as_deref(), Some(".Sent"));
+        let sub = |f: &str| Subfolder::for_folder(f).unwrap().map(|s| s.0);
+        assert_eq!(sub("INBOX"), None);
+        assert_eq!(sub("lists/rust").as_deref(), Some(".lists.rust"));
+        assert_eq!(sub("INBOX.Sent").as_deref(), Some(".Sent"));
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::open(dir.path()).unwrap();
         let mut s = md.spool().begin(b"").unwrap();
         s.write(b"x\n").unwrap();
         let f = md.spool().finish(s).unwrap();
-        let token = md.token(Some(".My Lists"), &f.name);
+        let token = md.token(Subfolder::checked(".My Lists").as_ref(), &f.name);
         assert!(!token.contains(' '));
         // Crash before publish: recovery puts it into the subfolder.
         assert!(md.recover(&token).unwrap());
         assert!(dir.path().join(".My Lists/new").join(&f.name).exists());
         assert!(dir.path().join(".My Lists/maildirfolder").exists());
+    }
+
+    /// Regression: `.`, `INBOX/.` and `INBOX..` mapped to `..`, so mail was
+    /// filed into the Maildir's parent; control characters went into
+    /// directory names raw.
+    #[test]
+    fn regression_what_the_server_names_is_untrusted_hostile_folder_names_are_refused() {
+        for bad in [
+            ".",
+            "..",
+            "INBOX/.",
+            "INBOX..",
+            "INBOX/..",
+            "a/../../escape",
+            "a//b",
+            "/abs",
+            "x/",
+            "bad\u{1}name",
+            "nul\0",
+        ] {
+            assert!(Subfolder::for_folder(bad).is_err(), "{bad:?} was accepted");
+        }
+        for bad in ["..", ".", "", "./x", ".a/b", "a", ".a\nb"] {
+            assert!(Subfolder::checked(bad).is_none(), "{bad:?} was accepted");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(&dir.path().join("Mail")).unwrap();
+        assert!(md.recover("%2E%2E/name").is_err(), "a ledger token naming .. was followed");
+        assert!(md.recover("..").is_err());
+        assert!(!dir.path().join("new").exists());
     }
 
     #[tokio::test]

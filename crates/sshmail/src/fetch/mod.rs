@@ -27,6 +27,7 @@ use sshmail_proto::imap::{Command as ImapCommand, Limits, Response, Status, Unta
 use sshmail_proto::pop3::{Command, Reply};
 
 use crate::config::{Account, Policy, Protocol};
+use crate::deliver::maildir::Subfolder;
 use crate::deliver::{Finished, Refusal, Sink};
 use crate::error::{Error, Result};
 use crate::fault;
@@ -132,7 +133,21 @@ pub async fn fetch_account(
     // A check changes nothing locally either: no recovery, no cleaning.
     let pending = if show.check { Vec::new() } else { ledger.pending() };
     for (key, token) in pending {
-        if sink.maildir().map(|m| m.recover(&token)).transpose()?.unwrap_or(false) {
+        // A staged message was named in the ledger but not recorded as
+        // delivered, so the server still has it: finish the publish, or
+        // forget it and fetch again. A recovery that cannot succeed must
+        // not block the account on every later run.
+        let recovered = match sink.maildir().map(|m| m.recover(&token)).transpose() {
+            Ok(r) => r.unwrap_or(false),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: cannot finish an interrupted delivery ({e}); it will be fetched again",
+                    account.name
+                );
+                false
+            }
+        };
+        if recovered {
             ledger.commit(std::slice::from_ref(&key))?;
             outcome.recovered += 1;
         } else {
@@ -147,6 +162,14 @@ pub async fn fetch_account(
         tracing::info!("{}: finished {} deliveries interrupted in an earlier run", account.name, outcome.recovered);
     }
 
+    // The password before the connection: a password command that hangs or
+    // fails must not hold a server connection open. Through exec or a
+    // tunnel command the server normally greets PREAUTH and needs none, so
+    // there it is asked for only when the server wants one.
+    let password = match &account.via {
+        crate::config::Via::Exec(_) | crate::config::Via::Command(_) if account.protocol == Protocol::Imap => None,
+        _ => crate::process::password(&account.password, "password_command", account.timeout).await?,
+    };
     let opened = transport::open(account, pool, ssh_config).await?;
     let diagnostics = opened.diagnostics.clone();
     let explain = |e: Error| transport::explain(diagnostics.as_deref(), e);
@@ -162,10 +185,10 @@ pub async fn fetch_account(
     });
     let mut store = Store { sink: &sink, ledger: &mut ledger, outcome: &mut outcome, show, trace };
     let received = match account.protocol {
-        Protocol::Pop3 => pop3_flow(account, wire, &mut store).await.map_err(explain)?,
-        Protocol::Imap => {
-            imap_flow(account, wire, opened.greeting_done, opened.preauth_ok, &mut store).await.map_err(explain)?
-        }
+        Protocol::Pop3 => pop3_flow(account, wire, password, &mut store).await.map_err(explain)?,
+        Protocol::Imap => imap_flow(account, wire, password, opened.greeting_done, opened.preauth_ok, &mut store)
+            .await
+            .map_err(explain)?,
     };
     tracing::info!(
         "{}: {} delivered ({}), {} deleted, {} received in {:.2} s",
@@ -199,7 +222,11 @@ impl Store<'_> {
     /// Maildir: sync, record staged (`P`), publish, record delivered (`D`).
     /// Other sinks: deliver, then record delivered; refusals stay on the
     /// server and are reported.
-    async fn commit(&mut self, batch: &mut Vec<(String, Finished)>, subfolder: Option<&str>) -> Result<Vec<String>> {
+    async fn commit(
+        &mut self,
+        batch: &mut Vec<(String, Finished)>,
+        subfolder: Option<&Subfolder>,
+    ) -> Result<Vec<String>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -256,7 +283,7 @@ impl Store<'_> {
     }
 
     /// Saves what is complete after a failure; the failure is what counts.
-    async fn salvage(&mut self, batch: &mut Vec<(String, Finished)>, subfolder: Option<&str>) {
+    async fn salvage(&mut self, batch: &mut Vec<(String, Finished)>, subfolder: Option<&Subfolder>) {
         if let Err(e) = self.commit(batch, subfolder).await {
             tracing::error!("could not save the messages that were complete: {e}");
         }
@@ -290,10 +317,14 @@ pub fn human_bytes(n: u64) -> String {
 
 // ---------------------------------------------------------------- POP3 --
 
-async fn pop3_flow<S: Stream>(account: &Account, wire: Wire<S>, store: &mut Store<'_>) -> Result<u64> {
+async fn pop3_flow<S: Stream>(
+    account: &Account,
+    wire: Wire<S>,
+    password: Option<crate::secret::Secret>,
+    store: &mut Store<'_>,
+) -> Result<u64> {
     let mut pop = Pop3::start(wire).await?;
     pop.capa().await?;
-    let password = account.password.get("password_command")?;
     pop.login(&account.user, password.as_ref(), account.auth).await?;
     let listing = pop.scan().await?;
     store.outcome.on_server = listing.len();
@@ -308,7 +339,10 @@ async fn pop3_flow<S: Stream>(account: &Account, wire: Wire<S>, store: &mut Stor
         }
         if account.fetch_all || !store.ledger.is_delivered(uid) {
             if size.is_none() {
-                tracing::warn!("{}: LIST does not give the size of message {n}; fetching it within max_message_size", pop.peer());
+                tracing::warn!(
+                    "{}: LIST does not give the size of message {n}; fetching it within max_message_size",
+                    pop.peer()
+                );
             }
             if let Some(size) = *size
                 && size > account.max_message_size
@@ -565,6 +599,7 @@ fn folder_prefix(folder: &str) -> String {
 async fn imap_flow<S: Stream>(
     account: &Account,
     wire: Wire<S>,
+    password: Option<crate::secret::Secret>,
     greeting_done: bool,
     preauth_ok: bool,
     store: &mut Store<'_>,
@@ -574,7 +609,10 @@ async fn imap_flow<S: Stream>(
     if imap.preauth {
         tracing::info!("{}: preauthenticated by {}", account.name, imap.peer());
     } else {
-        let password = account.password.get("password_command")?;
+        let password = match password {
+            Some(p) => Some(p),
+            None => crate::process::password(&account.password, "password_command", account.timeout).await?,
+        };
         imap.login(&account.user, password.as_ref(), account.auth).await?;
     }
     let folders = resolve_folders(&mut imap, &account.folders).await?;
@@ -648,6 +686,15 @@ async fn imap_folder<S: Stream>(
     folder: &str,
     listed: &mut HashSet<String>,
 ) -> Result<()> {
+    // The folder's name comes from the server: it becomes a directory only
+    // through the one mapping that makes it a safe child of the Maildir.
+    let subfolder = match account.maildir_subfolders.then(|| Subfolder::for_folder(folder)) {
+        None => None,
+        Some(Ok(sub)) => sub,
+        Some(Err(why)) => {
+            return Err(Error::Server(format!("{}: {why}; the folder is skipped", imap.peer())));
+        }
+    };
     let read_only = account.policy == Policy::Keep || store.show.check;
     let (validity, exists) = imap.select(folder, read_only).await?;
     let prefix = folder_prefix(folder);
@@ -729,9 +776,8 @@ async fn imap_folder<S: Stream>(
         bytes += size;
     }
     let bar = store.bar(to_fetch.iter().map(|(_, s)| s).sum(), to_fetch.len(), folder);
-    let subfolder = account.maildir_subfolders.then(|| crate::deliver::maildir::subfolder_name(folder)).flatten();
     let result = imap_transfer(
-        &Job { account, validity_prefix: &validity_prefix, subfolder: subfolder.as_deref(), batches: &batches },
+        &Job { account, validity_prefix: &validity_prefix, subfolder: subfolder.as_ref(), batches: &batches },
         imap,
         store,
         to_apply,
@@ -748,7 +794,7 @@ struct Job<'a> {
     /// `folder/uidvalidity/`, the ledger key prefix.
     validity_prefix: &'a str,
     /// The Maildir++ subfolder to deliver into, if any.
-    subfolder: Option<&'a str>,
+    subfolder: Option<&'a Subfolder>,
     /// UIDs to fetch, in batches.
     batches: &'a [Vec<u32>],
 }

@@ -255,7 +255,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
             }
             if decoder.is_done() {
                 self.wire.progress();
-                return Ok(if over { Body::TooLarge(decoder.decoded_len()) } else { Body::Complete(decoder.decoded_len()) });
+                return Ok(if over {
+                    Body::TooLarge(decoder.decoded_len())
+                } else {
+                    Body::Complete(decoder.decoded_len())
+                });
             }
             if decoder.decoded_len() > limit.saturating_add(DISCARD_ALLOWANCE) {
                 return Err(Error::Protocol(format!(

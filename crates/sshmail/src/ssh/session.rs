@@ -401,7 +401,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
     }
 
     // 3. A password, only when the account gives one.
-    if let Some(pw) = t.password.get("ssh_password_command")? {
+    if let Some(pw) = crate::process::password(&t.password, "ssh_password_command", t.timeout).await? {
         tried.push("password".into());
         let r = handle
             .authenticate_password(&t.user, pw.expose())

@@ -1,0 +1,201 @@
+//! Child processes: the tunnel command, the password command.
+//!
+//! Each child runs with a deadline and bounded output. Without a terminal
+//! (cron, a service) it gets a process group of its own, and the whole group
+//! is ended with it: `/bin/sh -c 'ssh …'` must not leave the `ssh` behind.
+//! On a terminal the child stays in our group, so that it may still ask for
+//! a passphrase on the terminal (a background group reading it would stop),
+//! and Ctrl-C reaches all of us.
+
+use std::io::IsTerminal as _;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt as _;
+
+use crate::config::Command;
+use crate::error::{Error, Result};
+
+/// Most a password command may print.
+const MAX_SECRET_OUTPUT: usize = 4096;
+/// Most of a child's stderr kept for error messages.
+pub const MAX_STDERR: usize = 64 * 1024;
+
+/// True when we run on a terminal (a person may answer prompts).
+pub fn interactive() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// A process command for `c`: a string through `/bin/sh -c`, a vector as
+/// it is. The second value names it in messages by its program only, since
+/// the rest of a command line may hold a secret.
+pub fn command(c: &Command, what: &str) -> Result<(tokio::process::Command, String)> {
+    let (program, args): (&str, Vec<&str>) = match c {
+        Command::Shell(s) => ("/bin/sh", vec!["-c", s.as_str()]),
+        Command::Argv(v) if !v.is_empty() => (v[0].as_str(), v[1..].iter().map(String::as_str).collect()),
+        Command::Argv(_) => return Err(Error::Config(format!("{what}: empty command"))),
+    };
+    let first_word = match c {
+        Command::Shell(s) => s.split_whitespace().next().unwrap_or("sh").to_string(),
+        Command::Argv(v) => v[0].clone(),
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).kill_on_drop(true);
+    if !interactive() {
+        cmd.process_group(0);
+    }
+    Ok((cmd, format!("{what} (`{first_word}` …)")))
+}
+
+/// The process (group) of a child we started, to end it and all it started.
+#[derive(Debug, Clone, Copy)]
+pub struct Group {
+    pid: Option<u32>,
+    own_group: bool,
+}
+
+impl Group {
+    /// The group of `child`, as [`command`] set it up.
+    pub fn of(child: &tokio::process::Child) -> Group {
+        Group { pid: child.id(), own_group: !interactive() }
+    }
+
+    /// Ends everything in the child's group, when it has one of its own
+    /// (the child itself is ended by dropping its handle: `kill_on_drop`).
+    /// A group outlives its leader while a member lives, so this also
+    /// reaches what the child left running after it exited.
+    pub fn kill(&self) {
+        if !self.own_group {
+            return;
+        }
+        if let Some(pid) = self.pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Reads at most `max` bytes; returns them and whether more was there.
+pub async fn read_bounded(mut r: impl tokio::io::AsyncRead + Unpin, max: usize) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return (out, false),
+            Ok(n) if out.len() + n > max => {
+                out.extend_from_slice(&buf[..max - out.len()]);
+                return (out, true);
+            }
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The password of `source`, running its command if it has one.
+pub async fn password(
+    source: &crate::config::PasswordSource,
+    what: &str,
+    timeout: Duration,
+) -> Result<Option<crate::secret::Secret>> {
+    use crate::config::PasswordSource;
+    match source {
+        PasswordSource::None => Ok(None),
+        PasswordSource::Literal(s) => Ok(Some(s.clone())),
+        PasswordSource::Command(c) => read_secret(c, what, timeout).await.map(Some),
+    }
+}
+
+/// Runs a password command: its first output line is the secret. It must
+/// finish within `timeout`, print at most a few KiB, and print something.
+/// Its stderr goes to ours on a terminal (it may prompt there), else into
+/// the error message.
+pub async fn read_secret(c: &Command, what: &str, timeout: Duration) -> Result<crate::secret::Secret> {
+    let (mut cmd, shown) = command(c, what)?;
+    let tty = interactive();
+    cmd.stdin(if tty { Stdio::inherit() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(if tty {
+        Stdio::inherit()
+    } else {
+        Stdio::piped()
+    });
+    let mut child = cmd.spawn().map_err(|e| Error::Config(format!("cannot run {shown}: {e}")))?;
+    let group = Group::of(&child);
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take();
+    let run = async {
+        let err = async {
+            match stderr {
+                Some(e) => read_bounded(e, MAX_STDERR).await.0,
+                None => Vec::new(),
+            }
+        };
+        let ((out, more), err) = tokio::join!(read_bounded(stdout, MAX_SECRET_OUTPUT), err);
+        if more {
+            return Err(Error::Config(format!(
+                "{shown} printed more than {MAX_SECRET_OUTPUT} bytes; expected a password"
+            )));
+        }
+        let status = child.wait().await.map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+        Ok((out, err, status))
+    };
+    let (out, err, status) = match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            group.kill();
+            return Err(e);
+        }
+        Err(_) => {
+            group.kill();
+            return Err(Error::Config(format!(
+                "{shown} did not finish within {} s (without a terminal, a command that asks for a passphrase waits \
+                 forever: unlock its agent first, or use a command that needs no prompt)",
+                timeout.as_secs()
+            )));
+        }
+    };
+    let said = String::from_utf8_lossy(&err).trim().lines().last().map(|l| format!(": {l}")).unwrap_or_default();
+    if !status.success() {
+        let how = status.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with {c}"));
+        return Err(Error::Config(format!("{shown} failed ({how}){said}")));
+    }
+    let text = String::from_utf8(out).map_err(|_| Error::Config(format!("{shown}: its output is not UTF-8")))?;
+    let first = text.lines().next().unwrap_or("");
+    if first.is_empty() {
+        return Err(Error::Config(format!("{shown} printed no password (its first line is empty){said}")));
+    }
+    Ok(crate::secret::Secret::new(first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(s: &str) -> Command {
+        Command::Shell(s.to_string())
+    }
+
+    #[tokio::test]
+    async fn password_command_first_line_is_the_secret() {
+        let s = read_secret(&shell("printf 'hunter2\\nrest\\n'"), "password_command", Duration::from_secs(5)).await;
+        assert_eq!(s.unwrap().expose(), "hunter2");
+    }
+
+    /// Regression: the password command ran with no deadline (a pinentry
+    /// under cron hangs forever), no output bound, and empty output was sent
+    /// as the password.
+    #[tokio::test]
+    async fn regression_password_command_is_bounded_in_time_output_and_content() {
+        let started = std::time::Instant::now();
+        let e = read_secret(&shell("sleep 30; echo late"), "password_command", Duration::from_millis(500)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(e.unwrap_err().to_string().contains("did not finish within"));
+        let e = read_secret(&shell("yes password"), "password_command", Duration::from_secs(10)).await;
+        assert!(e.unwrap_err().to_string().contains("printed more than"));
+        let e = read_secret(&shell("true"), "password_command", Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.to_string().contains("printed no password"), "{e}");
+        let e = read_secret(&shell("echo nope >&2; exit 3"), "password_command", Duration::from_secs(5)).await;
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("exited with 3") && !e.contains("Shell("), "{e}");
+        // The command line itself is never shown: it may hold the secret.
+        let e = read_secret(&shell("echo hunter2 >/dev/null; false"), "password_command", Duration::from_secs(5)).await;
+        assert!(!e.unwrap_err().to_string().contains("hunter2"));
+    }
+}
