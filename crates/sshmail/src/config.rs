@@ -321,26 +321,111 @@ pub fn expand_tilde(s: &str) -> PathBuf {
 }
 
 /// Reads and parses a config file, refusing one that holds a password and is
-/// readable by group or others.
+/// readable by group or others. The mode is checked before parsing, so a
+/// file that exposes a password is reported even when it does not parse;
+/// and a parse error names file, line, column and key but never shows the
+/// text of the line, which may hold a secret (a typo'd `pasword = "…"`).
 pub fn load(path: &Path) -> Result<RawConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("cannot read config {}: {e}", path.display())))?;
-    let raw: RawConfig = toml::from_str(&text).map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?;
-    if raw.account.values().any(|a| a.password.is_some()) {
-        let mode = std::fs::metadata(path)
-            .map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(Error::Permissions(format!(
-                "config {} holds a password but is readable by others (mode {:03o}); run: chmod 600 {}",
-                path.display(),
-                mode & 0o777,
+    let mode = std::fs::metadata(path)
+        .map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?
+        .permissions()
+        .mode();
+    let exposed = mode & 0o077 != 0;
+    let refuse = || {
+        Error::Permissions(format!(
+            "config {} holds a password but is readable by others (mode {:03o}); run: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        ))
+    };
+    if exposed && mentions_password(&text) {
+        return Err(refuse());
+    }
+    let raw: RawConfig = toml::from_str(&text).map_err(|e| {
+        let mut msg = format!("config {}: {}", path.display(), describe_toml_error(&text, &e));
+        if exposed {
+            msg.push_str(&format!(
+                " (the file is readable by others: if it holds a password, run chmod 600 {})",
                 path.display()
-            )));
+            ));
         }
+        Error::Config(msg)
+    })?;
+    if exposed && raw.account.values().any(|a| a.password.is_some()) {
+        return Err(refuse());
     }
     Ok(raw)
+}
+
+/// True if some line of the text sets a key named `password` (dotted or
+/// quoted forms included), whether or not the file parses.
+fn mentions_password(text: &str) -> bool {
+    text.lines().any(|line| {
+        let Some((key, _)) = line.split_once('=') else { return false };
+        key.rsplit('.').next().map(|k| k.trim().trim_matches(['"', '\'', '{', ' '])) == Some("password")
+    })
+}
+
+/// A TOML error as `line L, column C: message (key K)`, without the source
+/// line. Quoted words in the message are kept only where they cannot be a
+/// value: the key at that line and the schema's list after "expected".
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map(|s| s.start.min(text.len()));
+    let (line_no, col, key) = match at {
+        Some(at) => {
+            let before = &text[..at];
+            let line_no = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+            let col = before[line_start..].chars().count() + 1;
+            let line = text[line_start..].lines().next().unwrap_or("");
+            let key = line
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"').to_string())
+                .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)));
+            (Some(line_no), Some(col), key)
+        }
+        None => (None, None, None),
+    };
+    let message = e.message();
+    let (head, schema) = match message.find(", expected") {
+        Some(p) => message.split_at(p),
+        None => (message, ""),
+    };
+    let mut safe = String::new();
+    let mut rest = head;
+    while let Some(open) = rest.find(['`', '"']) {
+        let q = rest.as_bytes()[open] as char;
+        safe.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find(q) {
+            Some(close) => {
+                let word = &after[..close];
+                if key.as_deref().is_some_and(|k| k == word || k.ends_with(&format!(".{word}"))) {
+                    safe.push_str(&format!("{q}{word}{q}"));
+                } else {
+                    safe.push_str("(value hidden)");
+                }
+                rest = &after[close + 1..];
+            }
+            None => {
+                rest = "";
+            }
+        }
+    }
+    safe.push_str(rest);
+    let mut out = String::new();
+    if let (Some(l), Some(c)) = (line_no, col) {
+        out.push_str(&format!("line {l}, column {c}: "));
+    }
+    out.push_str(safe.trim());
+    out.push_str(schema.trim_end());
+    if let Some(k) = key {
+        out.push_str(&format!(" (key {k})"));
+    }
+    out
 }
 
 /// Resolves one raw account.
@@ -598,6 +683,44 @@ mod tests {
         assert!(resolve("a", &raw, None).is_err(), "TLS needs a server");
         let raw = RawAccount { ssh: Some("h".into()), deliver: Some("mbox".into()), ..Default::default() };
         assert!(resolve("a", &raw, None).is_err());
+    }
+
+    /// Regression: a TOML error showed the offending source line, so a typo
+    /// `pasword = "…"` or an unterminated password went to stderr (under
+    /// cron, into mail); and the mode was checked only after a good parse.
+    #[test]
+    fn regression_secrets_stay_secret_config_errors_never_show_the_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let cases = [
+            "[account.a]\nssh = \"h\"\npasword = \"hunter2\"\n",
+            "[account.a]\nssh = \"h\"\npassword = \"hunter2\n",
+            "[account.a]\nssh = \"h\"\npassword = hunter2\n",
+            "[account.a]\nssh = \"h\"\npassword = 123456789\n",
+            "[account.a]\nssh = \"h\"\nmax_message_size = \"hunter2\"\n",
+        ];
+        for case in cases {
+            std::fs::write(&path, case).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let e = load(&path).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, Error::Config(_)), "{msg}");
+            assert!(!msg.contains("hunter2") && !msg.contains("123456789"), "the secret was shown: {msg}");
+            assert!(msg.contains("line 3"), "no line number: {msg}");
+        }
+        std::fs::write(&path, cases[0]).unwrap();
+        let msg = load(&path).unwrap_err().to_string();
+        assert!(msg.contains("pasword"), "the key is named: {msg}");
+        // Readable by others and not parseable: the exposure is reported.
+        for (case, exit) in [(cases[1], crate::error::Exit::Permissions), (cases[0], crate::error::Exit::Usage)] {
+            std::fs::write(&path, case).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = load(&path).unwrap_err();
+            assert_eq!(e.exit(), exit, "{e}");
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

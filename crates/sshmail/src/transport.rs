@@ -250,17 +250,29 @@ async fn tls_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     settings: &TlsSettings,
     timeout: std::time::Duration,
 ) -> Result<tokio_rustls::client::TlsStream<S>> {
-    let config = tls_config(settings)?;
+    let refused = Arc::new(Mutex::new(None));
+    let config = tls_config(settings, refused.clone())?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|_| Error::Config(format!("{host:?} is not a valid TLS server name")))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     tokio::time::timeout(timeout, connector.connect(name, stream))
         .await
         .map_err(|_| Error::Connect(format!("{host}: TLS handshake timed out")))?
-        .map_err(|e| Error::Connect(format!("{host}: TLS handshake failed: {e}")))
+        .map_err(|e| match refused.lock().expect("refused lock").take() {
+            // Say what to do, not only what rustls said.
+            Some(sha256) => Error::Connect(format!(
+                "{host}: TLS handshake failed: the server's certificate is not trusted ({e}). If the server uses a \
+                 self-signed certificate or a private CA, trust that CA with tls_ca_file (--tls-ca-file), or pin this \
+                 very certificate with tls_fingerprint = \"{sha256}\" (--tls-fingerprint), after checking that \
+                 fingerprint on the server itself"
+            )),
+            None => Error::Connect(format!("{host}: TLS handshake failed: {e}")),
+        })
 }
 
-fn tls_config(settings: &TlsSettings) -> Result<rustls::ClientConfig> {
+/// The client config. With roots (not a pin), a certificate the roots do not
+/// vouch for leaves its SHA-256 in `refused`, for the error message.
+fn tls_config(settings: &TlsSettings, refused: Arc<Mutex<Option<String>>>) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -289,7 +301,11 @@ fn tls_config(settings: &TlsSettings) -> Result<rustls::ClientConfig> {
             "no trusted CA certificates (install ca-certificates, or set tls_ca_file / tls_fingerprint)".into(),
         ));
     }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+    let verifier = pin::Explained { inner: webpki, refused };
+    Ok(builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth())
 }
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
@@ -308,6 +324,58 @@ mod pin {
     use rustls::{DigitallySignedStruct, SignatureScheme};
     use std::sync::Arc;
 
+    /// The system's verification, remembering the fingerprint of a
+    /// certificate it refused.
+    #[derive(Debug)]
+    pub struct Explained {
+        pub inner: Arc<rustls::client::WebPkiServerVerifier>,
+        pub refused: Arc<std::sync::Mutex<Option<String>>>,
+    }
+
+    fn sha256_hex(cert: &CertificateDer<'_>) -> String {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    impl ServerCertVerifier for Explained {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let r = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+            if r.is_err() {
+                *self.refused.lock().expect("refused lock") = Some(sha256_hex(end_entity));
+            }
+            r
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
     #[derive(Debug)]
     pub struct PinnedCert {
         pub sha256: Vec<u8>,
@@ -323,12 +391,11 @@ mod pin {
             _ocsp: &[u8],
             _now: UnixTime,
         ) -> Result<ServerCertVerified, rustls::Error> {
-            use sha2::Digest as _;
-            let got = sha2::Sha256::digest(end_entity.as_ref());
-            if got.as_slice() == self.sha256.as_slice() {
+            let hex = sha256_hex(end_entity);
+            let want: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
+            if hex == want {
                 Ok(ServerCertVerified::assertion())
             } else {
-                let hex: String = got.iter().map(|b| format!("{b:02x}")).collect();
                 Err(rustls::Error::General(format!("server certificate sha256 {hex} does not match tls_fingerprint")))
             }
         }

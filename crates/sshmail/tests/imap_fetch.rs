@@ -113,6 +113,8 @@ fn tls_and_starttls_verify_the_server() {
     let out = env.run_imap(&args);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("TLS handshake failed"), "{}", stderr(&out));
+    // It says what to do, with the certificate's fingerprint to pin.
+    assert!(stderr(&out).contains("tls_ca_file") && stderr(&out).contains("tls_fingerprint = \""), "{}", stderr(&out));
     assert!(env.delivered().is_empty());
 
     // Trusted through the test CA.

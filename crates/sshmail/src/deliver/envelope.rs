@@ -57,13 +57,14 @@ fn find_header_end(b: &[u8]) -> usize {
 
 /// The addr-spec in a header value: inside `<...>` if present, else the
 /// first word with an `@`. Characters that could break an SMTP command are
-/// refused (empty result: the null sender).
+/// refused (empty result: the null sender), and so is a leading `-`, which
+/// an MDA given the address as `%F` would take for an option.
 pub fn address_in(value: &str) -> String {
     let candidate = match (value.rfind('<'), value.rfind('>')) {
         (Some(a), Some(b)) if a < b => value[a + 1..b].trim().to_string(),
         _ => value.split_whitespace().find(|w| w.contains('@')).unwrap_or("").trim_matches(['(', ')', ',']).to_string(),
     };
-    if candidate.bytes().any(|c| c <= b' ' || c == b'<' || c == b'>' || c == 0x7f) {
+    if candidate.starts_with('-') || candidate.bytes().any(|c| c <= b' ' || c == b'<' || c == b'>' || c == 0x7f) {
         return String::new();
     }
     candidate
@@ -86,5 +87,13 @@ mod tests {
         assert_eq!(address_in("plain@example.org (Plain)"), "plain@example.org");
         assert_eq!(address_in("<a b@x>"), "", "no spaces or controls reach MAIL FROM");
         assert_eq!(address_in("<a\rb@x>"), "");
+    }
+
+    /// Regression: `Return-Path: <-oQ/tmp/x@evil>` became an MDA argument
+    /// starting with `-`.
+    #[test]
+    fn regression_no_shell_unless_asked_a_sender_never_starts_with_a_dash() {
+        assert_eq!(from_bytes(b"Return-Path: <-oQ/tmp/x@evil.example>\n\n").sender, "");
+        assert_eq!(from_bytes(b"From: -f@evil.example\n\n").sender, "");
     }
 }

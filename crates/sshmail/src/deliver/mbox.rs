@@ -31,8 +31,37 @@ pub struct Mbox {
 
 impl Mbox {
     /// An mbox at `path` (created on first delivery, mode 0600).
-    pub fn new(path: &Path) -> Mbox {
-        Mbox { path: path.to_path_buf() }
+    /// The mbox at `path`, checked before anything is fetched: it must be
+    /// (or be creatable as) a regular file we can append to, in a directory
+    /// that exists.
+    pub fn open(path: &Path) -> Result<Mbox> {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(Error::Delivery(format!(
+                "mbox {}: the directory {} does not exist",
+                path.display(),
+                parent.display()
+            )));
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                return Err(Error::Delivery(format!("mbox {} is not a regular file", path.display())));
+            }
+            Ok(_) => {
+                OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| delivery(format!("cannot append to mbox {}", path.display()), e))?;
+            }
+            Err(_) => {
+                // Creatable? The directory must be writable for the file
+                // and for its dotlock.
+                rustix::fs::access(parent, rustix::fs::Access::WRITE_OK).map_err(|e| {
+                    Error::Delivery(format!("mbox {}: cannot create it in {}: {e}", path.display(), parent.display()))
+                })?;
+            }
+        }
+        Ok(Mbox { path: path.to_path_buf() })
     }
 
     /// Appends every message of the batch, durably, or none.
@@ -191,11 +220,22 @@ mod tests {
         spool.finish(s).unwrap()
     }
 
+    /// Regression: an `mbox:` path problem was found only after fetching.
+    #[test]
+    fn an_mbox_path_problem_is_found_before_fetching() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Mbox::open(&dir.path().join("no/such/dir/mbox")).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e = Mbox::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(Mbox::open(&dir.path().join("mbox")).is_ok());
+    }
+
     #[test]
     fn mboxrd_quoting_and_separation() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
-        let mbox = Mbox::new(&dir.path().join("mbox"));
+        let mbox = Mbox::open(&dir.path().join("mbox")).unwrap();
         let a = staged(&spool, b"Return-Path: <a@x>\nSubject: a\n\nFrom here\n>From there\nno newline");
         let b = staged(&spool, b"From: b@y\n\nbody\n");
         mbox.deliver(&[a, b]).unwrap();
@@ -219,7 +259,7 @@ mod tests {
         let gone = staged(&spool, b"Subject: gone\n\n");
         std::fs::remove_file(&gone.path).unwrap();
         let before = std::fs::read(&path).unwrap();
-        assert!(Mbox::new(&path).deliver(&[good, gone]).is_err());
+        assert!(Mbox::open(&path).unwrap().deliver(&[good, gone]).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
@@ -232,7 +272,7 @@ mod tests {
         std::fs::write(dir.path().join("mbox.lock"), format!("{}\n", u32::MAX - 1)).unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
         let started = std::time::Instant::now();
-        Mbox::new(&path).deliver(&[staged(&spool, b"Subject: s\n\nx\n")]).unwrap();
+        Mbox::open(&path).unwrap().deliver(&[staged(&spool, b"Subject: s\n\nx\n")]).unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(!dir.path().join("mbox.lock").exists());
     }
@@ -246,7 +286,7 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(600);
         std::fs::File::options().write(true).open(&lock).unwrap().set_modified(old).unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
-        Mbox::new(&path).deliver(&[staged(&spool, b"Subject: s\n\nx\n")]).unwrap();
+        Mbox::open(&path).unwrap().deliver(&[staged(&spool, b"Subject: s\n\nx\n")]).unwrap();
         assert!(!lock.exists());
     }
 }
