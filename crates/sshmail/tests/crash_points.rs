@@ -24,6 +24,23 @@ const MAILDIR_STEPS: &[&str] = &[
     "delete-sent",
 ];
 
+/// The points before a batch is recorded delivered: a kill at any of them
+/// must leave every message on the server (checked right after the kill,
+/// before a rerun could mask an ordering bug by recovering).
+const BEFORE_THE_RECORD: &[&str] = &[
+    "message-written",
+    "maildir-synced",
+    "ledger-appended@1",
+    "ledger-synced@1",
+    "maildir-renamed@3",
+    "maildir-dir-synced",
+    "ledger-appended@2",
+    "ledger-synced@2",
+    "batch-recorded",
+    "sink-delivered",
+    "mbox-written",
+];
+
 /// Then the server's side: POP3 confirms DELE and applies it at QUIT.
 const POP3_STEPS: &[&str] = &["dele-confirmed@5", "quit-sent"];
 
@@ -80,6 +97,14 @@ fn kill_at_every_step_on(
         assert_eq!(out.status.code(), None, "{point}: the fault did not fire; stderr: {}", stderr(&out));
         assert!(stderr(&out).contains("fault injected"), "{point}: {}", stderr(&out));
 
+        if BEFORE_THE_RECORD.contains(point) {
+            assert_eq!(
+                env.bed.server_message_count().unwrap(),
+                12,
+                "{point}: killed before the record, yet the server lost messages"
+            );
+        }
+
         // Whatever was filed before the kill is whole.
         let mut expected: Vec<Vec<u8>> = env.expected().into_iter().map(&expect).collect();
         expected.sort();
@@ -95,6 +120,8 @@ fn kill_at_every_step_on(
         }
         assert_eq!(got, expected, "{point}: a message is missing or duplicated after the rerun");
         assert_eq!(env.bed.server_message_count().unwrap(), 0, "{point}: mail left on the server");
+        // What the killed run staged and never published is cleaned up.
+        assert_eq!(env.tmp_files(), 0, "{point}: orphans left in the Maildir's tmp/");
 
         // And a third run has nothing to do.
         let out = run(command(&env));

@@ -342,3 +342,17 @@ fn without_uidplus_delete_only_flags_unless_expunge_all_is_allowed() {
     assert_eq!(env.bed.server_message_count().unwrap(), 0, "allowed: EXPUNGE removes them");
     assert_eq!(env.delivered().len(), 4, "and nothing was fetched twice");
 }
+
+#[test]
+fn durable_before_destructive_uid_expunge_removes_exactly_the_delivered_uids() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
+    // Another client flagged this one \Deleted and has not expunged it yet.
+    let foreign = corpus::mixed_message(99, 0);
+    env.bed.add_flagged_message(&foreign, "T").unwrap();
+    let dest = ssh_dest(&env);
+    let out = env.run_imap(&["--ssh", &dest]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected(), "the foreign \\Deleted message is not fetched");
+    assert_eq!(env.bed.folder_contents("INBOX").unwrap(), vec![foreign], "only the delivered UIDs are expunged");
+}

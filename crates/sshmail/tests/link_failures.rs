@@ -78,6 +78,10 @@ fn frozen_sshd_is_noticed_within_the_timeout_and_next_run_completes() {
     let err = stderr(&out);
     assert!(err.contains("stalled") || err.contains("eepalive") || err.contains("closed"), "{err}");
     eprintln!("frozen link noticed after {took:?}");
+    // What the manual promises: a frozen link is noticed within about the
+    // timeout (keepalives every third of it, two unanswered); two timeouts
+    // and a second of slack bound it.
+    assert!(took < Duration::from_secs(7), "a frozen link with --timeout 3 took {took:?} to notice");
     assert_only_complete_messages(&env);
     assert_eq!(env.tmp_files(), 0);
 

@@ -183,6 +183,15 @@ impl Testbed {
         Ok(name)
     }
 
+    /// Puts a message into the INBOX's `cur/` with Maildir flags (`T` is
+    /// IMAP's \Deleted, `S` \Seen), as another client would have left it.
+    pub fn add_flagged_message(&mut self, content: &[u8], flags: &str) -> Result<String> {
+        let name = self.add_message(content)?;
+        let md = self.server_maildir();
+        fs::rename(md.join("new").join(&name), md.join("cur").join(format!("{name}:2,{flags}")))?;
+        Ok(name)
+    }
+
     /// Number of messages in the server's INBOX (new/ and cur/).
     pub fn server_message_count(&self) -> Result<usize> {
         let md = self.server_maildir();

@@ -733,6 +733,11 @@ async fn imap_folder<S: Stream>(
             if account.only_unseen && seen {
                 continue;
             }
+            if account.policy == Policy::Delete && f.deleted {
+                // Someone else flagged it for deletion: not ours to fetch,
+                // nor (UID EXPUNGE names only what we delivered) to expunge.
+                continue;
+            }
             let size = f.size.unwrap_or(0);
             if size > account.max_message_size {
                 tracing::warn!(

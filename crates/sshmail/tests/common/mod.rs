@@ -72,7 +72,7 @@ impl Env {
 
     /// `sshmail fetch PROTOCOL` with the private HOME, the key, known_hosts,
     /// Maildir and state directory of this environment.
-    fn fetch_command(&self, protocol: &str, identity: &Path) -> Command {
+    pub fn fetch_command(&self, protocol: &str, identity: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
         c.env("HOME", self.home.path())
             .env_remove("SSH_AUTH_SOCK")
