@@ -243,7 +243,7 @@ fn every_read_is_bounded_an_untagged_flood_during_fetch() {
 fn regression_imap_bodies_nobody_asked_for_are_discarded_at_once() {
     let h = Hostile::new("imap-unrequested");
     // With few descriptors: 3000 unrequested bodies kept open would fail.
-    let mut cmd = h.command(&[]);
+    let cmd = h.command(&[]);
     let program = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     let mut limited = std::process::Command::new("prlimit");
