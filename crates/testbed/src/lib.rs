@@ -108,8 +108,22 @@ impl Testbed {
         Self::start_with(Options::default())
     }
 
-    /// Starts both servers.
+    /// Starts both servers. A port picked free can be taken by someone else
+    /// before the server binds it (tests run in parallel and make outgoing
+    /// connections, which take ports from the same range): then it starts
+    /// again on fresh ports, a few times.
     pub fn start_with(opts: Options) -> Result<Testbed> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(&opts) {
+                Err(e) if attempt < 4 && format!("{e:#}").contains("Address already in use") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(opts: &Options) -> Result<Testbed> {
         let account = test_account()?;
         let dir = tempfile::Builder::new().prefix("sshmail-testbed.").tempdir()?;
         // The mail user must reach its Maildir below this directory.
@@ -132,8 +146,8 @@ impl Testbed {
             dovecot: None,
             seq: 0,
         };
-        bed.start_dovecot(&opts)?;
-        bed.start_sshd(&opts)?;
+        bed.start_dovecot(opts)?;
+        bed.start_sshd(opts)?;
         Ok(bed)
     }
 
@@ -293,13 +307,13 @@ impl Testbed {
         self.pop3_port = pop3;
         self.imap_port = imap;
         self.dovecot_config = conf_path;
-        wait_for_port(pop3, &root.join("dovecot.log"))?;
-        wait_for_port(imap, &root.join("dovecot.log"))?;
+        wait_for_port(pop3, &mut self.dovecot, &root.join("dovecot.log"))?;
+        wait_for_port(imap, &mut self.dovecot, &root.join("dovecot.log"))?;
         if imaps != 0 {
-            wait_for_port(imaps, &root.join("dovecot.log"))?;
+            wait_for_port(imaps, &mut self.dovecot, &root.join("dovecot.log"))?;
         }
         if lmtp_port != 0 {
-            wait_for_port(lmtp_port, &root.join("dovecot.log"))?;
+            wait_for_port(lmtp_port, &mut self.dovecot, &root.join("dovecot.log"))?;
         }
         self.imaps_port = imaps;
         self.lmtp_port = lmtp_port;
@@ -445,7 +459,7 @@ impl Testbed {
             .context("starting sshd (is openssh-server installed?)")?;
         self.sshd = Some(child);
         self.ssh_port = port;
-        wait_for_port(port, &root.join("sshd.log"))?;
+        wait_for_port(port, &mut self.sshd, &root.join("sshd.log"))?;
         let pubkey = fs::read_to_string(host_key.with_extension("pub"))?;
         let mut fields = pubkey.split_whitespace();
         let line = format!("{} {}", fields.next().unwrap_or(""), fields.next().unwrap_or(""));
@@ -614,15 +628,30 @@ fn find_program(name: &str, candidates: &[&str]) -> Result<PathBuf> {
     bail!("{name} is not installed (looked in {candidates:?}); install the Debian packages named in README.md")
 }
 
+/// A port nobody listens on now, and that this process has not handed out
+/// before (so two testbeds started at once never pick the same one).
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().expect("port list lock");
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
 }
 
-fn wait_for_port(port: u16, log: &Path) -> Result<()> {
+/// Waits until `server` listens on `port`; fails at once if it exits.
+fn wait_for_port(port: u16, server: &mut Option<Child>, log: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
+        }
+        if let Some(status) = server.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            let log = fs::read_to_string(log).unwrap_or_default();
+            bail!("server exited ({status}) before it listened on 127.0.0.1:{port}; its log:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(25));
     }
