@@ -344,20 +344,27 @@ pub fn load(path: &Path) -> Result<RawConfig> {
     if exposed && mentions_password(&text) {
         return Err(refuse());
     }
-    let raw: RawConfig = toml::from_str(&text).map_err(|e| {
-        let mut msg = format!("config {}: {}", path.display(), describe_toml_error(&text, &e));
-        if exposed {
+    let raw = parse(&text, path).map_err(|e| match e {
+        Error::Config(mut msg) if exposed => {
             msg.push_str(&format!(
                 " (the file is readable by others: if it holds a password, run chmod 600 {})",
                 path.display()
             ));
+            Error::Config(msg)
         }
-        Error::Config(msg)
+        e => e,
     })?;
     if exposed && raw.account.values().any(|a| a.password.is_some()) {
         return Err(refuse());
     }
     Ok(raw)
+}
+
+/// Parses config text read from `path` (named in errors). A parse error
+/// names line, column and key, never the text of the line.
+pub fn parse(text: &str, path: &Path) -> Result<RawConfig> {
+    toml::from_str(text)
+        .map_err(|e| Error::Config(format!("config {}: {}", path.display(), describe_toml_error(text, &e))))
 }
 
 /// True if some line of the text sets a key named `password` (dotted or

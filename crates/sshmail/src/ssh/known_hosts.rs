@@ -70,15 +70,23 @@ pub fn fingerprint(key: &PublicKey) -> String {
 /// files count as empty). A revocation anywhere wins; then a match; then a
 /// change; else unknown.
 pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> std::io::Result<Verdict> {
+    let mut texts = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(file) {
+            Ok(t) => texts.push((file.clone(), t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(check_texts(&texts, host, port, key))
+}
+
+/// [`check`] on known_hosts contents already read: `(file, text)`, in order.
+pub fn check_texts(texts: &[(PathBuf, String)], host: &str, port: u16, key: &PublicKey) -> Verdict {
     let name = lookup_name(host, port).to_ascii_lowercase();
     let mut trusted = None;
     let mut changed = None;
-    for file in files {
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
+    for (file, text) in texts {
         for (i, raw) in text.lines().enumerate() {
             let Some(entry) = Entry::parse(raw) else {
                 continue;
@@ -92,7 +100,7 @@ pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> std::
             };
             let same = listed.key_data() == key.key_data();
             match entry.marker {
-                Marker::Revoked if same => return Ok(Verdict::Revoked(at)),
+                Marker::Revoked if same => return Verdict::Revoked(at),
                 Marker::Revoked | Marker::CertAuthority => {}
                 Marker::None if same => {
                     trusted.get_or_insert(at);
@@ -104,11 +112,11 @@ pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> std::
             }
         }
     }
-    Ok(match (trusted, changed) {
+    match (trusted, changed) {
         (Some(at), _) => Verdict::Trusted(at),
         (None, Some(c)) => c,
         (None, None) => Verdict::Unknown,
-    })
+    }
 }
 
 /// Appends a hashed line for `host`/`port` with `key` to `file`, creating it
@@ -117,23 +125,29 @@ pub fn append_hashed(file: &Path, host: &str, port: u16, key: &PublicKey) -> std
     use std::os::unix::fs::OpenOptionsExt;
     let mut salt = [0u8; 20];
     getrandom::fill(&mut salt).map_err(std::io::Error::other)?;
-    let name = lookup_name(host, port).to_ascii_lowercase();
-    let hash = hmac_sha1(&salt, name.as_bytes());
-    let key_text = key.to_openssh().map_err(std::io::Error::other)?;
-    let mut fields = key_text.split_whitespace();
-    let line = format!(
-        "|1|{}|{} {} {}\n",
-        B64.encode(salt),
-        B64.encode(hash),
-        fields.next().unwrap_or_default(),
-        fields.next().unwrap_or_default()
-    );
+    let line = hashed_line(host, port, key, &salt).map_err(std::io::Error::other)?;
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(file)?;
     f.write_all(line.as_bytes())?;
     f.sync_all()
+}
+
+/// The hashed known_hosts line (`|1|salt|hash type key`, with its newline)
+/// for `host`/`port` and `key`.
+pub fn hashed_line(host: &str, port: u16, key: &PublicKey, salt: &[u8]) -> Result<String, russh::keys::ssh_key::Error> {
+    let name = lookup_name(host, port).to_ascii_lowercase();
+    let hash = hmac_sha1(salt, name.as_bytes());
+    let key_text = key.to_openssh()?;
+    let mut fields = key_text.split_whitespace();
+    Ok(format!(
+        "|1|{}|{} {} {}\n",
+        B64.encode(salt),
+        B64.encode(hash),
+        fields.next().unwrap_or_default(),
+        fields.next().unwrap_or_default()
+    ))
 }
 
 #[derive(Debug, PartialEq, Eq)]
