@@ -5,7 +5,8 @@
 //! reaches that point: no destructors, no flushing, as if the machine or the
 //! OOM killer stopped it there. `SSHMAIL_PAUSE=NAME:MILLIS` instead sleeps
 //! there once, to widen a race window in a test. Unset, a point costs one
-//! load and compare.
+//! load and compare. `SSHMAIL_BATCH=N` makes group commits of N messages,
+//! so that a test with a few messages has several batches.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,4 +49,11 @@ pub async fn pause(name: &str) {
         eprintln!("sshmail: pausing {ms} ms at {name}");
         tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
     }
+}
+
+/// Messages per group commit: `default`, or `SSHMAIL_BATCH` when a test
+/// sets it.
+pub fn batch_messages(default: usize) -> usize {
+    static BATCH: OnceLock<Option<usize>> = OnceLock::new();
+    BATCH.get_or_init(|| std::env::var("SSHMAIL_BATCH").ok()?.parse().ok().filter(|n| *n > 0)).unwrap_or(default)
 }

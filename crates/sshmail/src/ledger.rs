@@ -165,7 +165,9 @@ impl Ledger {
             f.write_all(text.as_bytes()).map_err(ctx)?;
             f.sync_all().map_err(ctx)?;
         }
+        fault::point("compaction-written");
         fs::rename(&tmp, &self.path).map_err(ctx)?;
+        fault::point("compaction-renamed");
         sync_dir(self.path.parent().unwrap_or(Path::new("."))).map_err(ctx)?;
         self.file = open_append(&self.path)?;
         Ok(())

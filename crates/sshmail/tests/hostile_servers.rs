@@ -363,3 +363,47 @@ fn regression_secrets_stay_secret_the_received_line_does_not_carry_the_tunnel_co
         assert!(!received.contains("--state") && !received.contains("hostile"), "{received}");
     }
 }
+
+#[test]
+fn worst_exit_code_wins_across_accounts() {
+    // Three accounts in one config, each on its own scripted server: one
+    // fine (0), one whose DELE is refused (7), one that drips (4).
+    let dir = tempfile::tempdir().unwrap();
+    let account = |name: &str, scenario: &str| {
+        let h = Hostile::new(scenario);
+        let text = format!(
+            "[account.{name}]\nprotocol = \"pop3\"\nvia = \"command\"\ntunnel = \"{}\"\nuser = \"u\"\npassword_command = \"echo pw\"\ndeliver = \"maildir:{}\"\ntimeout = 2\nreceived = false\n",
+            h.tunnel().replace('"', "\\\""),
+            h.maildir().display()
+        );
+        (h, text)
+    };
+    let (good, a) = account("good", "pop3");
+    let (refusing, b) = account("refusing", "pop3-dele-refused");
+    let (dripping, c) = account("dripping", "pop3-drip-greeting");
+    let run = |name: &str, body: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, format!("state_dir = \"{}\"\n{body}", dir.path().join("state").display())).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sshmail"))
+            .env("HOME", dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .args(["fetch", "--config"])
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        common::wait_bounded(child, Duration::from_secs(60))
+    };
+    let out = run("all", &format!("{c}{a}{b}"));
+    assert_exit(&out, 7);
+    for account in ["good", "refusing", "dripping"] {
+        assert!(stderr(&out).contains(account) || account == "good", "{account} not reported: {}", stderr(&out));
+    }
+    assert_eq!(good.delivered().len(), 3);
+    assert_eq!(refusing.delivered().len(), 3);
+    assert!(dripping.delivered().is_empty());
+    // Without the 7, the 4 is the worst; and a success does not hide it.
+    let out = run("two", &format!("{a}{c}"));
+    assert_exit(&out, 4);
+}

@@ -107,7 +107,8 @@ fn mda_procmail_delivers_into_a_maildir() {
     let mut got = common::read_dir_contents(&target.join("new"));
     got.extend(common::read_dir_contents(&target.join("cur")));
     got.sort();
-    assert_eq!(got, env.expected());
+    assert_eq!(got.len(), 5, "{} delivered over the socket", got.len());
+    assert!(got == env.expected(), "the messages differ");
     assert_eq!(env.bed.server_message_count().unwrap(), 0);
 }
 
@@ -231,6 +232,73 @@ fn smtp_permanent_refusal_leaves_mail_on_the_server() {
     assert!(stderr(&out).contains("550"), "{}", stderr(&out));
     assert_eq!(env.bed.server_message_count().unwrap(), 4);
     assert!(smtp.received().is_empty());
+}
+
+#[test]
+fn smtp_temporary_refusal_leaves_mail_on_the_server_until_it_is_accepted() {
+    let mut env = Env::new();
+    // Short lines: aiosmtpd refuses lines over 1000 octets.
+    env.add_messages((0..4).map(|i| corpus::small_message(i, 2000)));
+    let busy = SmtpServer::start(&env.home.path().join("busy"), Some("451:me@localhost"));
+    let out = env.run(&["--deliver", &format!("smtp:127.0.0.1:{}", busy.port), "--recipient", "me@localhost"]);
+    assert_exit(&out, 10);
+    assert!(stderr(&out).contains("451") && stderr(&out).contains("temporary"), "{}", stderr(&out));
+    assert_eq!(env.bed.server_message_count().unwrap(), 4);
+    assert!(busy.received().is_empty());
+    // The next run, with the server taking mail again, delivers each once.
+    let open = SmtpServer::start(&env.home.path().join("open"), None);
+    let out = env.run(&["--deliver", &format!("smtp:127.0.0.1:{}", open.port), "--recipient", "me@localhost"]);
+    assert_exit(&out, 0);
+    let contents: Vec<Vec<u8>> = open.received().into_iter().map(|(_, c)| c).collect();
+    assert_eq!(contents, with_final_newline(env.expected()));
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+}
+
+#[test]
+fn lmtp_over_a_unix_socket_into_dovecot() {
+    let mut env = Env::with(Options { lmtp: true, ..Options::default() });
+    // Messages without a Return-Path of their own (LMTP adds one on top).
+    env.add_messages((0..5).map(|i| corpus::small_message(i, 1000)));
+    let socket = env.bed.lmtp_socket().expect("the testbed's Dovecot has an LMTP socket");
+    let spec = format!("lmtp:{}", socket.display());
+    let out = env.run(&["--deliver", &spec, "--recipient", "mailuser+Sock"]);
+    assert_exit(&out, 0);
+    let mut got: Vec<Vec<u8>> =
+        env.bed.folder_contents("Sock").unwrap().iter().map(|m| common::strip_trace(m)).collect();
+    got.sort();
+    assert_eq!(got.len(), 5, "{} delivered over the socket", got.len());
+    assert!(got == env.expected(), "the messages differ");
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+}
+
+/// Regression: procmail's `lockfile` writes "0" into the lock, which was
+/// read as the PID of a dead holder, so sshmail removed a live lock and
+/// appended while another program held it.
+#[test]
+fn regression_mbox_waits_for_a_real_lockers_dotlock() {
+    // procmail's lockfile holds PATH.lock; sshmail must wait for it, then
+    // append, and leave the lock to nobody.
+    let mut env = Env::new();
+    env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
+    let mbox = env.home.path().join("mbox");
+    std::fs::write(&mbox, b"").unwrap();
+    let lock = format!("{}.lock", mbox.display());
+    let status = Command::new("lockfile").args(["-r0", &lock]).status().expect("procmail's lockfile");
+    assert!(status.success());
+    let child = env
+        .command(&["--deliver", &format!("mbox:{}", mbox.display())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(std::fs::read(&mbox).unwrap().is_empty(), "sshmail wrote while another program held the dotlock");
+    assert_eq!(env.bed.server_message_count().unwrap(), 3);
+    std::fs::remove_file(&lock).unwrap();
+    let out = common::wait_bounded(child, Duration::from_secs(60));
+    assert_exit(&out, 0);
+    assert_eq!(mbox_messages(&mbox).len(), 3);
+    assert!(!Path::new(&lock).exists(), "the dotlock was left behind");
 }
 
 #[test]

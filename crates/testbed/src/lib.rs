@@ -206,6 +206,11 @@ impl Testbed {
         Ok(name)
     }
 
+    /// Dovecot's LMTP Unix socket, when started with `lmtp`.
+    pub fn lmtp_socket(&self) -> Option<PathBuf> {
+        (self.lmtp_port != 0).then(|| self.path().join("dovecot-run/lmtp"))
+    }
+
     /// Number of messages in the server's INBOX (new/ and cur/).
     pub fn server_message_count(&self) -> Result<usize> {
         let md = self.server_maildir();
@@ -252,7 +257,8 @@ impl Testbed {
                 format!(
                     "protocols = pop3 imap lmtp\nrecipient_delimiter = +\nlmtp_save_to_detail_mailbox = yes\n\
                      lda_mailbox_autocreate = yes\n\
-                     service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+                     service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  \
+                     unix_listener lmtp {{\n    mode = 0666\n  }}\n}}\n"
                 ),
                 port,
             )

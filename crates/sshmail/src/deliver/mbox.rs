@@ -178,9 +178,13 @@ impl DotLock {
                     let old = std::fs::metadata(&path)
                         .and_then(|m| m.modified())
                         .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() > STALE);
+                    // Only a real PID says who holds it: procmail's lockfile
+                    // writes "0", mutt nothing; such a lock goes stale by
+                    // age alone.
                     let holder_gone = std::fs::read_to_string(&path)
                         .ok()
                         .and_then(|t| t.trim().parse::<u32>().ok())
+                        .filter(|pid| *pid > 1)
                         .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
                     let stale = old || holder_gone;
                     if stale {

@@ -168,6 +168,7 @@ impl Spool {
             let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
             if orphan || stale {
                 let _ = fs::remove_file(e.path());
+                crate::fault::point("orphan-removed");
             }
         }
     }

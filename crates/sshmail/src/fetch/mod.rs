@@ -532,7 +532,7 @@ async fn pop3_transfer<S: Stream>(
                 }
             }
             let bodies_to_come = unconfirmed.is_some() || in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
-            let full = batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES;
+            let full = batch.len() >= fault::batch_messages(BATCH_MESSAGES) || batch_bytes >= BATCH_BYTES;
             if !batch.is_empty() && (full || (next == total && !bodies_to_come)) {
                 let keys = store.commit(&mut batch, None).await?;
                 batch_bytes = 0;
@@ -773,7 +773,7 @@ async fn imap_folder<S: Stream>(
     let mut batches: Vec<Vec<u32>> = Vec::new();
     let mut bytes = 0u64;
     for (uid, size) in &to_fetch {
-        if batches.last().is_none_or(|b| b.len() >= BATCH_MESSAGES || bytes >= BATCH_BYTES) {
+        if batches.last().is_none_or(|b| b.len() >= fault::batch_messages(BATCH_MESSAGES) || bytes >= BATCH_BYTES) {
             batches.push(Vec::new());
             bytes = 0;
         }
