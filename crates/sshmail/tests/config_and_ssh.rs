@@ -204,3 +204,33 @@ fn pop3_apop_logs_in() {
     let out = env.run(&["--auth", "apop", "--keep", "--all"]);
     assert_exit(&out, 3);
 }
+
+#[test]
+fn every_wait_has_a_timeout_a_hung_ssh_agent_is_given_up() {
+    // An agent that accepts and never answers (one waiting for a
+    // confirmation nobody gives): after the timeout, the key file is used.
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    let socket = env.home.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in listener.incoming().take(4) {
+            conns.push(c);
+        }
+        conns
+    });
+    let started = std::time::Instant::now();
+    let mut cmd = env.command(&["--keep", "--timeout", "2"]);
+    cmd.env("SSH_AUTH_SOCK", &socket);
+    let out = common::wait_bounded(
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap(),
+        std::time::Duration::from_secs(60),
+    );
+    let took = started.elapsed();
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("the ssh-agent did not answer"), "{}", stderr(&out));
+    assert!(took < std::time::Duration::from_secs(15), "a hung agent held the fetch for {took:?}");
+    assert_eq!(env.delivered().len(), 2);
+    drop(held);
+}

@@ -337,11 +337,22 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
     let mut tried = Vec::new();
     let wanted: Vec<PublicKey> = t.identities.iter().filter_map(|p| read_public_key(p)).collect();
 
+    // Every step waits at most the timeout: a hung agent (one waiting for
+    // a confirmation nobody gives) is given up and the key files tried; a
+    // server that does not answer is an error, not a hang.
+
     // 1. The agent.
     if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        match AgentClient::connect_env().await {
-            Ok(mut agent) => {
-                let keys = agent.request_identities().await.unwrap_or_default();
+        match within(t.timeout, &where_, "the ssh-agent", AgentClient::connect_env()).await {
+            Ok(Ok(mut agent)) => {
+                let keys = match within(t.timeout, &where_, "the ssh-agent", agent.request_identities()).await {
+                    Ok(k) => k.unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!("{e}; going on without it");
+                        tried.push("the ssh-agent (no answer)".into());
+                        Vec::new()
+                    }
+                };
                 for key in keys {
                     let public = key.public_key().into_owned();
                     if t.identities_only && !wanted.iter().any(|w| w.key_data() == public.key_data()) {
@@ -349,14 +360,29 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
                     }
                     let hash = rsa_hash(handle, &public).await;
                     tried.push(format!("agent key {}", known_hosts::fingerprint(&public)));
-                    match handle.authenticate_publickey_with(&t.user, public, hash, &mut agent).await {
-                        Ok(r) if r.success() => return Ok(()),
-                        Ok(_) => {}
-                        Err(e) => tracing::debug!("agent signing failed: {e}"),
+                    match within(
+                        t.timeout,
+                        &where_,
+                        "signing with the ssh-agent",
+                        handle.authenticate_publickey_with(&t.user, public, hash, &mut agent),
+                    )
+                    .await
+                    {
+                        Ok(Ok(r)) if r.success() => return Ok(()),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::debug!("agent signing failed: {e}"),
+                        Err(e) => {
+                            tracing::warn!("{e}; going on without it");
+                            break;
+                        }
                     }
                 }
             }
-            Err(e) => tracing::debug!("no usable ssh-agent: {e}"),
+            Ok(Err(e)) => tracing::debug!("no usable ssh-agent: {e}"),
+            Err(e) => {
+                tracing::warn!("{e}; going on without it");
+                tried.push("the ssh-agent (no answer)".into());
+            }
         }
     }
 
@@ -391,10 +417,14 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
         let public = key.public_key().clone();
         let hash = rsa_hash(handle, &public).await;
         tried.push(path.display().to_string());
-        let r = handle
-            .authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
-            .await
-            .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
+        let r = within(
+            t.timeout,
+            &where_,
+            "the server",
+            handle.authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)),
+        )
+        .await?
+        .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
         if r.success() {
             return Ok(());
         }
@@ -403,28 +433,35 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
     // 3. A password, only when the account gives one.
     if let Some(pw) = crate::process::password(&t.password, "ssh_password_command", t.timeout).await? {
         tried.push("password".into());
-        let r = handle
-            .authenticate_password(&t.user, pw.expose())
-            .await
+        let r = within(t.timeout, &where_, "the server", handle.authenticate_password(&t.user, pw.expose()))
+            .await?
             .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
         if r.success() {
             return Ok(());
         }
         tried.push("keyboard-interactive".into());
-        let mut r = handle
-            .authenticate_keyboard_interactive_start(&t.user, None::<String>)
-            .await
-            .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
+        let mut r = within(
+            t.timeout,
+            &where_,
+            "the server",
+            handle.authenticate_keyboard_interactive_start(&t.user, None::<String>),
+        )
+        .await?
+        .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
         for _ in 0..4 {
             match r {
                 client::KeyboardInteractiveAuthResponse::Success => return Ok(()),
                 client::KeyboardInteractiveAuthResponse::Failure { .. } => break,
                 client::KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
                     let answers = prompts.iter().map(|_| pw.expose().to_string()).collect();
-                    r = handle
-                        .authenticate_keyboard_interactive_respond(answers)
-                        .await
-                        .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
+                    r = within(
+                        t.timeout,
+                        &where_,
+                        "the server",
+                        handle.authenticate_keyboard_interactive_respond(answers),
+                    )
+                    .await?
+                    .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
                 }
             }
         }
@@ -433,6 +470,18 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
         "SSH authentication to {where_} failed; tried: {}",
         if tried.is_empty() { "nothing (no agent, no identity file)".to_string() } else { tried.join(", ") }
     )))
+}
+
+/// `fut`, or an error naming `what` once `timeout` passes.
+async fn within<T>(
+    timeout: Duration,
+    where_: &str,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| Error::Connect(format!("{where_}: {what} did not answer within {} s", timeout.as_secs())))
 }
 
 async fn rsa_hash(handle: &client::Handle<Handler>, key: &PublicKey) -> Option<russh::keys::HashAlg> {
