@@ -208,8 +208,12 @@ fn uidvalidity_change_is_detected_and_nothing_is_silently_duplicated() {
     let dest = ssh_dest(&env);
     let out = env.run_imap(&["--ssh", &dest, "--keep"]);
     assert_exit(&out, 0);
-    // UIDVALIDITY is time-based in Dovecot: let a second pass.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // UIDVALIDITY is time-based in Dovecot: wait for the next second.
+    let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let first = second();
+    while second() == first {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     env.bed.reset_uidvalidity().unwrap();
 
     let out = env.run_imap(&["--ssh", &dest, "--keep"]);
@@ -233,11 +237,22 @@ fn idle_sees_a_message_delivered_after_it_started() {
     env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
     let dest = ssh_dest(&env);
     let mut child = env
-        .imap_command(&["--ssh", &dest, "--idle", "-v"])
+        .imap_command(&["--ssh", &dest, "--idle", "-vv"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Its log, read as it comes.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        use std::io::BufRead as _;
+        let (log, err) = (log.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
     let wait_for = |env: &Env, n: usize, what: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while env.delivered().len() < n {
@@ -246,17 +261,22 @@ fn idle_sees_a_message_delivered_after_it_started() {
         }
     };
     wait_for(&env, 3, "initial fetch");
-    // Give it a moment to enter IDLE, then deliver on the server.
-    std::thread::sleep(Duration::from_millis(300));
+    // Once the server has said go ahead to IDLE, deliver on the server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log.lock().unwrap().contains("idling") {
+        assert!(Instant::now() < deadline, "never entered IDLE: {}", log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let m = corpus::mixed_message(3, 0);
     env.bed.add_message(&m).unwrap();
     env.originals.push(m);
     wait_for(&env, 4, "message delivered during IDLE");
     assert!(child.try_wait().unwrap().is_none(), "sshmail --idle exited");
     child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
     assert_eq!(env.delivered(), env.expected());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("IDLE"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(log.lock().unwrap().contains("IDLE"), "{}", log.lock().unwrap());
 }
 
 /// Regression: mail that arrived after the first fetch but before the IDLE

@@ -291,7 +291,24 @@ fn regression_mbox_waits_for_a_real_lockers_dotlock() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the messages are staged, sshmail is at the lock; it tries every
+    // 100 ms, so a few tries' time shows whether it waits.
+    let staged = || -> usize {
+        std::fs::read_dir(env.state_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+            .filter_map(|p| std::fs::read_dir(p).ok())
+            .map(|d| d.count())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while staged() < 3 {
+        assert!(Instant::now() < deadline, "the messages were never staged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     assert!(std::fs::read(&mbox).unwrap().is_empty(), "sshmail wrote while another program held the dotlock");
     assert_eq!(env.bed.server_message_count().unwrap(), 3);
     std::fs::remove_file(&lock).unwrap();

@@ -504,7 +504,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         }
         let tag = self.send(&Command::Idle).await?;
         match self.read(&mut Bodies::discard()).await? {
-            Response::Continuation(_) => {}
+            Response::Continuation(_) => tracing::debug!("{}: idling", self.peer()),
             Response::Tagged { status, code, text, .. } => {
                 return Err(self.failure("IDLE", &Done { status, code, text }));
             }
