@@ -407,3 +407,13 @@ fn worst_exit_code_wins_across_accounts() {
     let out = run("two", &format!("{a}{c}"));
     assert_exit(&out, 4);
 }
+
+#[test]
+fn regression_an_mbox_path_problem_is_found_before_connecting() {
+    let h = Hostile::new("pop3");
+    let spec = format!("mbox:{}", h.dir.path().join("no/such/dir/mbox").display());
+    let out = h.run(&["--deliver", &spec]);
+    assert_exit(&out, 10);
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(h.log().is_empty(), "the server was contacted: {}", h.log());
+}
