@@ -417,3 +417,19 @@ fn regression_an_mbox_path_problem_is_found_before_connecting() {
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
     assert!(h.log().is_empty(), "the server was contacted: {}", h.log());
 }
+
+/// Issue: `AUTHENTICATE PLAIN` always carried its response, even where the
+/// server does not announce SASL-IR; GNU imap4d answers `BAD Invalid
+/// arguments` to that.
+#[test]
+fn regression_authenticate_plain_waits_for_the_continuation_without_sasl_ir() {
+    for auth in ["plain", "auto"] {
+        let h = Hostile::new("imap-login-no-sasl-ir");
+        let out = h.run(&["--auth", auth]);
+        assert_exit(&out, 0);
+        assert_eq!(h.delivered().len(), 3, "{auth}");
+        let log = h.log();
+        assert!(log.lines().any(|l| l.ends_with("AUTHENTICATE PLAIN")), "{auth}: {log}");
+        assert!(!log.contains("AUTHENTICATE PLAIN A"), "{auth}: the response went with the command: {log}");
+    }
+}

@@ -46,6 +46,7 @@ pub const IMAP_SCENARIOS: &[&str] = &[
     "imap-drip-literal",      // the body literal one byte every 0.5 s
     "imap-uidvalidity-zero",  // SELECT says UIDVALIDITY 0
     "imap-stderr-flood",      // 1.5 GB on stderr without a newline, then a good session
+    "imap-login-no-sasl-ir",  // greets OK; AUTH=PLAIN without SASL-IR, LOGINDISABLED (as GNU imap4d)
 ];
 
 /// Runs `scenario` on stdin/stdout, with its log and state in `state`.
@@ -352,7 +353,11 @@ fn imap(s: &mut Server, scenario: &str) -> Result<()> {
     }
     let folders = imap_folders(scenario);
     let key = |f: &Folder, uid: u32| format!("{}\t{uid}", String::from_utf8_lossy(&f.name));
-    s.send(b"* PREAUTH [CAPABILITY IMAP4rev1 UIDPLUS IDLE] scripted IMAP server\r\n")?;
+    if scenario == "imap-login-no-sasl-ir" {
+        s.send(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN LOGINDISABLED] scripted IMAP server, log in\r\n")?;
+    } else {
+        s.send(b"* PREAUTH [CAPABILITY IMAP4rev1 UIDPLUS IDLE] scripted IMAP server\r\n")?;
+    }
     let mut selected: Option<usize> = None;
     let mut flagged: BTreeSet<String> = BTreeSet::new();
     while let Some(line) = s.line()? {
@@ -366,6 +371,19 @@ fn imap(s: &mut Server, scenario: &str) -> Result<()> {
                 ok(s, "CAPABILITY")?;
             }
             "NOOP" => ok(s, "NOOP")?,
+            // SASL PLAIN as a server without SASL-IR takes it: the
+            // response only after a continuation (RFC 4959 is an extension).
+            "AUTHENTICATE" if args.eq_ignore_ascii_case("PLAIN") => {
+                s.send(b"+ \r\n")?;
+                let response = s.line()?.unwrap_or_default();
+                // base64 of "\0u\0pw"
+                if response == "AHUAcHc=" {
+                    s.send(format!("{tag} OK [CAPABILITY IMAP4rev1 UIDPLUS IDLE] logged in\r\n").as_bytes())?;
+                } else {
+                    s.send(format!("{tag} NO [AUTHENTICATIONFAILED] wrong\r\n").as_bytes())?;
+                }
+            }
+            "AUTHENTICATE" => s.send(format!("{tag} BAD Invalid arguments\r\n").as_bytes())?,
             "LIST" => {
                 let mut out = Vec::new();
                 for f in &folders {

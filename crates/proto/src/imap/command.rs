@@ -23,6 +23,9 @@ pub enum Command {
     Login(String, String),
     /// AUTHENTICATE PLAIN with an initial response (SASL-IR).
     AuthenticatePlain(String),
+    /// AUTHENTICATE PLAIN alone: the response follows the server's `+`
+    /// (servers without SASL-IR).
+    AuthenticatePlainStart,
     /// STARTTLS.
     StartTls,
     /// SELECT mailbox (modified UTF-7 already applied).
@@ -65,6 +68,7 @@ impl Command {
             Command::Capability => "CAPABILITY".into(),
             Command::Login(u, p) => format!("LOGIN {} {}", quote(u), quote(p)),
             Command::AuthenticatePlain(r) => format!("AUTHENTICATE PLAIN {r}"),
+            Command::AuthenticatePlainStart => "AUTHENTICATE PLAIN".into(),
             Command::StartTls => "STARTTLS".into(),
             Command::Select(m) => format!("SELECT {}", quote(m)),
             Command::Examine(m) => format!("EXAMINE {}", quote(m)),

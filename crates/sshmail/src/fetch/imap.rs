@@ -360,12 +360,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
                 self.peer()
             )));
         };
-        let plain_ok = self.has("AUTH=PLAIN") && self.has("SASL-IR");
+        // PLAIN with the response in the command only where SASL-IR says
+        // so; elsewhere (GNU imap4d) it follows the server's continuation.
+        let plain_ok = self.has("AUTH=PLAIN");
         let login_ok = !self.has("LOGINDISABLED") && Command::quotable(user) && Command::quotable(password.expose());
         let use_plain = match method {
             AuthMethod::Plain => true,
             AuthMethod::User => false,
-            AuthMethod::Auto | AuthMethod::Apop => plain_ok || !login_ok,
+            AuthMethod::Auto | AuthMethod::Apop => (plain_ok && self.has("SASL-IR")) || !login_ok,
         };
         if !use_plain && !login_ok {
             return Err(Error::Auth(format!(
@@ -373,18 +375,24 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
                 self.peer()
             )));
         }
-        let cmd = if use_plain {
-            if !self.has("AUTH=PLAIN") {
+        let what = format!("login as {user}");
+        let keep_caps = |u: Untagged| Ok(matches!(u, Untagged::Capability(_)));
+        let result = if use_plain {
+            if !plain_ok {
                 return Err(Error::Auth(format!(
                     "{}: the server offers neither LOGIN nor AUTHENTICATE PLAIN on this connection",
                     self.peer()
                 )));
             }
-            Command::AuthenticatePlain(sshmail_proto::pop3::sasl_plain(user, password.expose()))
+            let response = sshmail_proto::pop3::sasl_plain(user, password.expose());
+            if self.has("SASL-IR") {
+                self.run(&Command::AuthenticatePlain(response), &what, keep_caps).await
+            } else {
+                self.authenticate_after_continuation(&response, &what).await
+            }
         } else {
-            Command::Login(user.to_string(), password.expose().to_string())
+            self.run(&Command::Login(user.to_string(), password.expose().to_string()), &what, keep_caps).await
         };
-        let result = self.run(&cmd, &format!("login as {user}"), |u| Ok(matches!(u, Untagged::Capability(_)))).await;
         match result {
             Ok(done) => {
                 self.take_caps(done.code);
@@ -395,6 +403,44 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             }
             Err(Error::Server(m)) => Err(Error::Auth(m)),
             Err(e) => Err(e),
+        }
+    }
+
+    /// `AUTHENTICATE PLAIN`, then the response after the server's `+`.
+    async fn authenticate_after_continuation(&mut self, response: &str, what: &str) -> Result<Done> {
+        let tag = self.send(&Command::AuthenticatePlainStart).await?;
+        let mut answered = false;
+        let mut unsolicited = Unsolicited::default();
+        loop {
+            match self.read(&mut Bodies::discard()).await? {
+                Response::Continuation(_) if !answered => {
+                    answered = true;
+                    // Not traced: it carries the password.
+                    self.wire.send(format!("{response}\r\n").as_bytes()).await?;
+                }
+                Response::Continuation(_) => {
+                    self.wire.send(b"*\r\n").await?;
+                    return Err(Error::Protocol(format!("{}: a second challenge during {what}", self.peer())));
+                }
+                Response::Tagged { tag: t, status, code, text } if t == tag => {
+                    let done = Done { status, code, text };
+                    if status != Status::Ok {
+                        return Err(self.failure(what, &done));
+                    }
+                    return Ok(done);
+                }
+                Response::Tagged { tag: t, .. } => {
+                    return Err(Error::Protocol(format!("{}: completion for unknown tag {t}", self.peer())));
+                }
+                Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
+                    return Err(Error::Server(format!("{} closed the session: {text}", self.peer())));
+                }
+                Response::Untagged(Untagged::Capability(_)) => {}
+                Response::Untagged(_) => {
+                    let size = self.last_size;
+                    unsolicited.add(self.wire.peer(), what, size)?;
+                }
+            }
         }
     }
 
