@@ -161,6 +161,58 @@ impl Testbed {
         self.path().join("home/Maildir")
     }
 
+    /// The remote command that runs GNU mailutils' imap4d preauthenticated
+    /// (`--inetd --preauth`), a second IMAP implementation beside Dovecot:
+    /// on the test account's Maildir, or with `mbox` on [`Testbed::server_mbox`].
+    pub fn imap4d_command(&self, mbox: bool) -> Result<String> {
+        let imap4d = find_program("imap4d", &["/usr/sbin/imap4d"])?;
+        let (name, pattern, kind) = if mbox {
+            let path = self.server_mbox();
+            if !path.exists() {
+                fs::write(&path, b"")?;
+                chown(&path, &self.account)?;
+            }
+            ("imap4d-mbox.conf", path, "mbox")
+        } else {
+            ("imap4d-maildir.conf", self.server_maildir(), "maildir")
+        };
+        let conf = self.path().join(name);
+        fs::write(
+            &conf,
+            format!("mailbox {{\n  mailbox-pattern \"{}\";\n  mailbox-type {kind};\n}};\n", pattern.display()),
+        )?;
+        Ok(format!("{} --inetd --preauth --config-file={}", imap4d.display(), conf.display()))
+    }
+
+    /// The mbox that imap4d serves with `imap4d_command(true)`.
+    pub fn server_mbox(&self) -> PathBuf {
+        self.path().join("home/mbox")
+    }
+
+    /// Appends a message to [`Testbed::server_mbox`], as a local delivery
+    /// agent would (a `From ` line, `>From ` quoting, a blank line after).
+    pub fn add_mbox_message(&mut self, content: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let path = self.server_mbox();
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut out = b"From sender@example.org Sat Nov 21 12:00:00 2026\n".to_vec();
+        for line in content.split_inclusive(|&b| b == b'\n') {
+            let quoted = line.iter().take_while(|&&b| b == b'>').count();
+            if line[quoted..].starts_with(b"From ") {
+                out.push(b'>');
+            }
+            out.extend_from_slice(line);
+        }
+        if !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+        f.write_all(&out)?;
+        drop(f);
+        chown(&path, &self.account)?;
+        Ok(())
+    }
+
     /// `user@127.0.0.1:port` for sshmail's `--ssh`.
     pub fn ssh_destination(&self) -> String {
         format!("{}@127.0.0.1:{}", self.account.name, self.ssh_port)

@@ -695,7 +695,12 @@ async fn imap_folder<S: Stream>(
             return Err(Error::Server(format!("{}: {why}; the folder is skipped", imap.peer())));
         }
     };
-    let read_only = account.policy == Policy::Keep || store.show.check;
+    // Keep opens with SELECT too (bodies are fetched with BODY.PEEK[], so
+    // nothing changes): servers such as GNU imap4d and a fresh Courier
+    // mailbox do not persist UIDs for a folder only EXAMINEd, so the next
+    // run would see a new UIDVALIDITY. Only --check, which records nothing,
+    // stays read-only.
+    let read_only = store.show.check;
     let (validity, exists) = imap.select(folder, read_only).await?;
     let prefix = folder_prefix(folder);
     let validity_prefix = format!("{prefix}{validity}/");

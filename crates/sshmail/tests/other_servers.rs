@@ -1,0 +1,61 @@
+//! Servers other than Dovecot: GNU mailutils' imap4d, run preauthenticated
+//! over the real sshd's exec channel, on a Maildir and on an mbox.
+
+mod common;
+
+use common::{Env, assert_exit, stderr};
+use sshmail_testbed::corpus;
+
+fn imap4d(env: &Env, mbox: bool, extra: &[&str]) -> std::process::Output {
+    let imapd = env.bed.imap4d_command(mbox).expect("GNU imap4d (mailutils-imap4d) must be installed");
+    let dest = env.bed.ssh_destination();
+    let mut args = vec!["--ssh", dest.as_str(), "--imapd", imapd.as_str()];
+    args.extend(extra);
+    env.run_imap(&args)
+}
+
+/// Issue: keep mode used EXAMINE, for which imap4d does not persist UIDs,
+/// so every keep run after the first stopped with "UIDVALIDITY changed".
+#[test]
+fn regression_keep_mode_works_across_runs_and_new_mail_on_imap4d() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
+    let out = imap4d(&env, false, &["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    // Let a second pass (imap4d's UIDVALIDITY is the time it made them).
+    let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let first = second();
+    while second() == first {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = imap4d(&env, false, &["--keep"]);
+    assert_exit(&out, 1);
+    let m = corpus::mixed_message(5, 0);
+    env.bed.add_message(&m).unwrap();
+    env.originals.push(m);
+    let out = imap4d(&env, false, &["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected(), "{}", stderr(&out));
+    assert_eq!(env.bed.server_message_count().unwrap(), 6, "keep left everything on the server");
+}
+
+#[test]
+fn imap4d_on_a_maildir_delete_mode_and_a_30_mb_message() {
+    let mut env = Env::new();
+    env.add_messages((0..20).map(|i| corpus::mixed_message(i, 0)));
+    let mut big = b"From: big@example.org\nSubject: 30 MB\n\n".to_vec();
+    while big.len() < 30 << 20 {
+        big.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\n");
+    }
+    env.add_messages([big]);
+    let out = imap4d(&env, false, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    // imap4d has no UIDPLUS: delivered messages are flagged \Deleted, not
+    // expunged, and a second run fetches nothing again.
+    assert!(stderr(&out).contains("no UIDPLUS"), "{}", stderr(&out));
+    let out = imap4d(&env, false, &[]);
+    assert_exit(&out, 1);
+    assert_eq!(env.delivered(), env.expected());
+}
