@@ -59,3 +59,35 @@ fn imap4d_on_a_maildir_delete_mode_and_a_30_mb_message() {
     assert_exit(&out, 1);
     assert_eq!(env.delivered(), env.expected());
 }
+
+/// Issue: on an mbox, imap4d renumbers the folder (new UIDVALIDITY) at
+/// every outside delivery; without UIDPLUS, delete mode only flags
+/// \Deleted. sshmail then fetched everything flagged before as new again.
+#[test]
+fn regression_nothing_is_fetched_twice_on_imap4d_mbox_in_delete_mode() {
+    let mut env = Env::new();
+    for i in 0..3 {
+        let m = corpus::small_message(i, 300);
+        env.bed.add_mbox_message(&m).unwrap();
+        env.originals.push(m);
+    }
+    let out = imap4d(&env, true, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    for round in 0..2 {
+        // New mail arrives, as a local delivery agent appends it.
+        let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let first = second();
+        while second() == first {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for i in 0..2 {
+            let m = corpus::small_message(10 + round * 2 + i, 300);
+            env.bed.add_mbox_message(&m).unwrap();
+            env.originals.push(m);
+        }
+        let out = imap4d(&env, true, &[]);
+        assert_exit(&out, 0);
+        assert_eq!(env.delivered(), env.expected(), "round {round}: {}", stderr(&out));
+    }
+}
