@@ -404,15 +404,20 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
         if !args.accounts.is_empty() {
             return Err(Error::Config("give either account names or --ssh/--tunnel/--via, not both".into()));
         }
-        // The name shows in messages and, made file-safe, names the ledger.
+        // The name shows in messages; the ledger is named after the mailbox
+        // itself (fetch::mailbox_identity), so two mailboxes on one host
+        // never share one.
         let mut account = config::resolve("adhoc", &overrides, args.state_dir.as_deref())?;
+        account.adhoc = true;
         let dest = args.ssh.as_deref().unwrap_or_default();
         account.name = match &account.via {
             config::Via::Forward => {
                 format!("{}@{}:{} via {dest}", account.user, account.server_host, account.server_port)
             }
             config::Via::Exec(_) => format!("imap on {dest}"),
-            config::Via::Command(c) => format!("tunnel {}", crate::transport::remote_command(c)),
+            config::Via::Command(c) => {
+                crate::process::command(c, "tunnel").map(|(_, shown)| shown).unwrap_or_else(|_| "tunnel".to_string())
+            }
             config::Via::Tls | config::Via::StartTls => {
                 format!("{}@{}:{}", account.user, account.server_host, account.server_port)
             }

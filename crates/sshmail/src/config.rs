@@ -228,8 +228,12 @@ pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
 /// A fully resolved account.
 #[derive(Debug, Clone)]
 pub struct Account {
-    /// The account's name (config table key, or `adhoc`).
+    /// The account's name (config table key, or a description of an ad-hoc
+    /// account), for messages.
     pub name: String,
+    /// Ad hoc (no config table): the ledger is named after the mailbox it
+    /// reaches, not after `name`.
+    pub adhoc: bool,
     /// The SSH host to go through.
     pub ssh: SshDestination,
     /// The mail protocol.
@@ -528,6 +532,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
     }
     Ok(Account {
         name: name.to_string(),
+        adhoc: false,
         ssh,
         protocol,
         server_host,

@@ -45,8 +45,7 @@ impl Ledger {
     /// `dir`, taking the account's lock.
     pub fn open(dir: &Path, account: &str) -> Result<Ledger> {
         fs::create_dir_all(dir).map_err(|e| delivery(format!("cannot create state directory {}", dir.display()), e))?;
-        let safe: String =
-            account.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' }).collect();
+        let safe = file_stem(account);
         let lock_path = dir.join(format!("{safe}.lock"));
         let lock = OpenOptions::new()
             .create(true)
@@ -71,6 +70,52 @@ impl Ledger {
         };
         let file = open_append(&path)?;
         Ok(Ledger { path, file, _lock: lock, delivered, pending })
+    }
+
+    /// Opens the ledger of the mailbox `identity` (everything that selects
+    /// it: protocol, transport, SSH destination, server, user, imapd or
+    /// tunnel command), named `name` in `dir`. The identity's hash is kept
+    /// beside the journal (`<name>.mailbox`): a ledger that another mailbox
+    /// wrote is never used for this one (nothing it recorded may be deleted
+    /// here); it is moved aside, with a warning, and a fresh one begins. A
+    /// journal from before identities were kept is adopted. `legacy` names
+    /// an older file of the same mailbox to take over when this one is new.
+    pub fn open_for_mailbox(dir: &Path, name: &str, identity: &str, legacy: Option<&str>) -> Result<Ledger> {
+        use sha2::Digest as _;
+        let hash: String =
+            sha2::Sha256::digest(identity.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let stem = file_stem(name);
+        let path = dir.join(format!("{stem}.ledger"));
+        // Older versions used the name's safe characters, however long.
+        if let Some(old) = legacy.map(safe_chars).filter(|old| *old != stem && old.len() < 250)
+            && !path.exists()
+        {
+            let old = dir.join(format!("{old}.ledger"));
+            if old.exists() {
+                fs::rename(&old, &path).map_err(|e| delivery(format!("cannot adopt ledger {}", old.display()), e))?;
+                tracing::info!("ledger {} is now {}", old.display(), path.display());
+            }
+        }
+        let mailbox = dir.join(format!("{stem}.mailbox"));
+        let mut ledger = Ledger::open(dir, name)?;
+        match fs::read_to_string(&mailbox) {
+            Ok(recorded) if recorded.trim() == hash => {}
+            Ok(recorded) => {
+                let aside = dir.join(format!("{stem}.ledger.{}", recorded.trim()));
+                tracing::warn!(
+                    "{name}: the account now reaches another mailbox than its ledger was kept for; that ledger is \
+                     kept as {} and a new one begins (in keep mode, mail in this mailbox is fetched again)",
+                    aside.display()
+                );
+                fs::rename(&path, &aside).map_err(|e| delivery(format!("cannot move {} aside", path.display()), e))?;
+                ledger.delivered.clear();
+                ledger.pending.clear();
+                ledger.file = open_append(&path)?;
+                write_synced(&mailbox, &hash)?;
+            }
+            Err(_) => write_synced(&mailbox, &hash)?,
+        }
+        Ok(ledger)
     }
 
     /// The account's staging directory for sinks other than Maildir, beside
@@ -218,9 +263,29 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// An account name made safe for file names.
-pub fn file_stem(account: &str) -> String {
-    account.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' }).collect()
+/// A name as a file name stem: safe characters only, at most 100 bytes (a
+/// longer one is cut and a hash of the whole added, so it stays unique and
+/// stable).
+pub fn file_stem(name: &str) -> String {
+    let safe = safe_chars(name);
+    if safe.len() <= 100 {
+        return safe;
+    }
+    use sha2::Digest as _;
+    let hash: String = sha2::Sha256::digest(name.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hash}", &safe[..80])
+}
+
+fn safe_chars(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' }).collect()
+}
+
+/// Writes a small file and makes it durable.
+fn write_synced(path: &Path, text: &str) -> Result<()> {
+    let ctx = |e| delivery(format!("cannot write {}", path.display()), e);
+    let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).map_err(ctx)?;
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(ctx)?;
+    sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(ctx)
 }
 
 fn check_field(s: &str) -> Result<()> {
@@ -293,6 +358,41 @@ mod tests {
         assert!(l.is_delivered("uid1"));
         assert!(!l.is_delivered("uid2"));
         assert_eq!(l.pending(), vec![("uid2".to_string(), "tok2".to_string())]);
+    }
+
+    /// Regression: the ledger and lock were named by the whole tunnel
+    /// command, and a long one failed with "File name too long".
+    #[test]
+    fn regression_long_names_are_bounded_and_stable() {
+        let long = format!("tunnel ssh -p 2222 -i /tmp/{} mailtest@127.0.0.1 /usr/lib/dovecot/imap", "x".repeat(300));
+        let stem = file_stem(&long);
+        assert!(stem.len() <= 100, "{}", stem.len());
+        assert_eq!(stem, file_stem(&long), "stable");
+        assert_ne!(stem, file_stem(&long.replace("2222", "2223")), "unique");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Ledger::open(dir.path(), &long).is_ok());
+    }
+
+    /// Two mailboxes under one name never share what was recorded.
+    #[test]
+    fn durable_before_destructive_a_ledger_serves_only_its_own_mailbox() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut l = Ledger::open_for_mailbox(dir.path(), "a", "exec imapd-one", None).unwrap();
+            l.commit(&["INBOX/7/1".into()]).unwrap();
+        }
+        let l = Ledger::open_for_mailbox(dir.path(), "a", "exec imapd-one", None).unwrap();
+        assert!(l.is_delivered("INBOX/7/1"));
+        drop(l);
+        let l = Ledger::open_for_mailbox(dir.path(), "a", "exec imapd-two", None).unwrap();
+        assert!(!l.is_delivered("INBOX/7/1"), "another mailbox's record was used");
+        drop(l);
+        // The first mailbox's records were kept aside, not lost.
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("a.ledger."))
+            .count();
+        assert_eq!(aside, 1);
     }
 
     #[test]

@@ -376,3 +376,48 @@ fn durable_before_destructive_uid_expunge_removes_exactly_the_delivered_uids() {
     assert_eq!(env.delivered(), env.expected(), "the foreign \\Deleted message is not fetched");
     assert_eq!(env.bed.folder_contents("INBOX").unwrap(), vec![foreign], "only the delivered UIDs are expunged");
 }
+
+/// Issue: an ad-hoc exec account's ledger was named after the SSH host
+/// only, so two mailboxes on one host (two imapd commands) shared it; when
+/// their UIDVALIDITY matched, a delete-mode fetch of the second expunged
+/// its messages as "delivered earlier" without delivering any.
+#[test]
+fn regression_two_mailboxes_on_one_host_never_share_a_ledger() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
+    env.bed.set_uidvalidity(None, 4242).unwrap();
+    let second: Vec<Vec<u8>> = (10..15).map(|i| corpus::mixed_message(i, 0)).collect();
+    let other = env.bed.extra_maildir("Maildir2", &second, 4242).unwrap();
+    let first = format!("/usr/lib/dovecot/imap -c {}", env.bed.dovecot_config.display());
+    let dest = ssh_dest(&env);
+    let out = env.run_imap(&["--ssh", &dest, "--imapd", &first]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    let out = env.run_imap(&["--ssh", &dest, "--imapd", &other]);
+    assert_exit(&out, 0);
+    env.originals.extend(second);
+    assert_eq!(env.delivered(), env.expected(), "the second mailbox's mail was not delivered: {}", stderr(&out));
+}
+
+/// Issue: the ledger and lock of a `--via command` account were named by
+/// the whole command; a 245-character one failed with "File name too long".
+#[test]
+fn regression_a_long_tunnel_command_works() {
+    let mut env = Env::new();
+    env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
+    let tunnel = format!(
+        "ssh -q -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=30 -o ServerAliveInterval=10 -o UserKnownHostsFile={} -i {} -p {} {}@127.0.0.1 /usr/lib/dovecot/imap -c {}",
+        env.bed.known_hosts.display(),
+        env.bed.client_key.display(),
+        env.bed.ssh_port,
+        env.bed.account.name,
+        env.bed.dovecot_config.display()
+    );
+    assert!(tunnel.len() > 245, "{}", tunnel.len());
+    let out = env.run_imap(&["--via", "command", "--tunnel", &tunnel, "--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    // The same command line finds the same ledger.
+    let out = env.run_imap(&["--via", "command", "--tunnel", &tunnel, "--keep"]);
+    assert_exit(&out, 1);
+}

@@ -184,6 +184,44 @@ impl Testbed {
         Ok(format!("{} --inetd --preauth --config-file={}", imap4d.display(), conf.display()))
     }
 
+    /// A second Maildir for the same account, `home/NAME`, with a message
+    /// in it per `messages`; returns the remote command that runs Dovecot's
+    /// imap preauthenticated on it and its UIDVALIDITY set to `validity`
+    /// (two mailboxes on one host, as when one is a copy of the other).
+    pub fn extra_maildir(&mut self, name: &str, messages: &[Vec<u8>], validity: u32) -> Result<String> {
+        let md = self.path().join("home").join(name);
+        for sub in ["new", "cur", "tmp"] {
+            fs::create_dir_all(md.join(sub))?;
+        }
+        for m in messages {
+            self.seq += 1;
+            let file = format!("{}.M{}P{}.testbed", 1_700_000_000 + self.seq, self.seq, std::process::id());
+            fs::write(md.join("new").join(&file), m)?;
+        }
+        chown_tree(&md, &self.account)?;
+        let location = format!("mail_location=maildir:{}", md.display());
+        self.set_uidvalidity(Some(&location), validity)?;
+        Ok(format!("/usr/lib/dovecot/imap -c {} -o {location}", self.dovecot_config.display()))
+    }
+
+    /// Gives the INBOX (of the default Maildir, or of `location`) this
+    /// UIDVALIDITY, with doveadm.
+    pub fn set_uidvalidity(&self, location: Option<&str>, validity: u32) -> Result<()> {
+        let doveadm = find_program("doveadm", &["/usr/bin/doveadm"])?;
+        let mut cmd = Command::new(doveadm);
+        cmd.arg("-c").arg(&self.dovecot_config);
+        if let Some(l) = location {
+            cmd.arg("-o").arg(l);
+        }
+        let out = cmd
+            .args(["mailbox", "update", "-u", MAIL_USER, "--uid-validity", &validity.to_string(), "INBOX"])
+            .output()?;
+        if !out.status.success() {
+            bail!("doveadm mailbox update failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// The mbox that imap4d serves with `imap4d_command(true)`.
     pub fn server_mbox(&self) -> PathBuf {
         self.path().join("home/mbox")

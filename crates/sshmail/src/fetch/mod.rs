@@ -127,7 +127,8 @@ pub async fn fetch_account(
     let started = Instant::now();
     // Local state first: a broken state directory or Maildir should stop us
     // before we touch the server.
-    let mut ledger = Ledger::open(&account.state_dir, &account.name)?;
+    let (identity, stem, legacy) = ledger_names(account, ssh_config)?;
+    let mut ledger = Ledger::open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref())?;
     let sink = Sink::open(&account.deliver, &ledger.spool_dir(), &account.recipient, account.timeout)?;
     let mut outcome = Outcome::default();
     // A check changes nothing locally either: no recovery, no cleaning.
@@ -200,6 +201,64 @@ pub async fn fetch_account(
         started.elapsed().as_secs_f64()
     );
     Ok(outcome)
+}
+
+/// Everything that selects the mailbox an account reaches: protocol,
+/// transport, SSH destination (after `~/.ssh/config`, with its jumps), and
+/// for network servers the server and login, or the remote imapd / local
+/// tunnel command. Two mailboxes that differ in any of these never share a
+/// ledger.
+pub fn mailbox_identity(account: &Account, ssh_config: Option<&ssh2_config::SshConfig>) -> Result<String> {
+    use crate::config::Via;
+    let ssh = match &account.via {
+        Via::Forward | Via::Exec(_) => {
+            let t = crate::ssh::target::resolve(account, ssh_config)?;
+            let jumps: Vec<String> = t
+                .jumps
+                .iter()
+                .map(|j| format!("{}@{}:{:?}", j.user.as_deref().unwrap_or(""), j.host, j.port))
+                .collect();
+            format!("{}@{}:{} via [{}]", t.user, t.host, t.port, jumps.join(","))
+        }
+        _ => String::new(),
+    };
+    let login = format!("{}@{}:{}", account.user, account.server_host, account.server_port);
+    let how = match &account.via {
+        Via::Forward => format!("forward {login}"),
+        Via::Tls => format!("tls {login}"),
+        Via::StartTls => format!("starttls {login}"),
+        Via::Exec(Some(c)) => format!("exec {}", transport::remote_command(c)),
+        Via::Exec(None) => "exec (detected imapd)".to_string(),
+        Via::Command(c) => format!("command {}", transport::remote_command(c)),
+    };
+    Ok(format!("{:?}\n{how}\n{ssh}", account.protocol))
+}
+
+/// The ledger of an account: (identity, file name, an older file name of the
+/// same mailbox to adopt). A config account's ledger is named after the
+/// account; an ad-hoc one after its mailbox: a readable part and a hash of
+/// the identity, bounded in length and stable for the same command line.
+fn ledger_names(
+    account: &Account,
+    ssh_config: Option<&ssh2_config::SshConfig>,
+) -> Result<(String, String, Option<String>)> {
+    let identity = mailbox_identity(account, ssh_config)?;
+    if !account.adhoc {
+        return Ok((identity, account.name.clone(), None));
+    }
+    use sha2::Digest as _;
+    let hash: String = sha2::Sha256::digest(identity.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let readable: String = crate::ledger::file_stem(&account.name).chars().take(48).collect();
+    // Before, an ad-hoc ledger was named by a description that, except for
+    // exec, already held the whole identity: that file is taken over. An
+    // exec one ("imap on HOST") was shared by every imapd on the host, so
+    // it is not.
+    let legacy = match &account.via {
+        crate::config::Via::Exec(_) => None,
+        crate::config::Via::Command(c) => Some(format!("tunnel {}", transport::remote_command(c))),
+        _ => Some(account.name.clone()),
+    };
+    Ok((identity, format!("{readable}-{hash}"), legacy))
 }
 
 /// The local side of a fetch: where bodies go and what is on record.
