@@ -106,6 +106,10 @@ pub struct FetchArgs {
     /// folder, fetching it as it comes; reconnects after failures.
     #[arg(long, help_heading = "What to fetch")]
     pub idle: bool,
+    /// With --idle: fetch at least every SECS seconds, whatever IDLE reports
+    /// (some servers never report new mail while idling) [default: 300].
+    #[arg(help_heading = "What to fetch", long, value_name = "SECS")]
+    pub interval: Option<u64>,
     /// Largest message to fetch, in bytes; larger ones stay on the server.
     #[arg(help_heading = "What to fetch", long, value_name = "BYTES")]
     pub max_message_size: Option<u64>,
@@ -333,7 +337,9 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
 }
 
 /// IDLE on one account; after a failure, reconnect with growing pauses
-/// (5 s doubling to 5 min). Ends only on errors a retry cannot fix.
+/// (5 s doubling to 5 min). Ends on errors a retry cannot fix, and on
+/// SIGTERM/SIGINT, after ending the IDLE (DONE) and the session (LOGOUT):
+/// exit 0 then.
 async fn idle_forever(
     account: &config::Account,
     ssh_config: Option<&ssh2_config::SshConfig>,
@@ -341,6 +347,7 @@ async fn idle_forever(
 ) -> Exit {
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
     let mut pause = FIRST_PAUSE;
+    crate::stop::on_signals();
     loop {
         let pool = SshPool::new();
         let started = std::time::Instant::now();
@@ -352,12 +359,16 @@ async fn idle_forever(
         pool.close_all().await;
         match result {
             Ok(_) => return Exit::Delivered,
+            Err(_) if crate::stop::requested() => return Exit::Delivered,
             Err(e)
                 if matches!(e.exit(), Exit::Connect | Exit::Protocol | Exit::Server)
                     && !matches!(e, Error::HostKey(_)) =>
             {
                 eprintln!("sshmail: {}: {e}; retrying in {} s", account.name, pause.as_secs());
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = crate::stop::wait() => return Exit::Delivered,
+                }
                 pause = (pause * 2).min(std::time::Duration::from_secs(300));
             }
             Err(e) => {
@@ -382,6 +393,7 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
         tls_fingerprint: args.tls_fingerprint.clone(),
         accept_uidvalidity_change: args.accept_uidvalidity_change.then_some(true),
         max_message_size: args.max_message_size,
+        interval: args.interval,
         received: args.no_received.then_some(false),
         maildir_subfolders: args.subfolders.then_some(true),
         recipient: args.recipient.clone(),
@@ -477,6 +489,7 @@ fn merge(base: &RawAccount, over: &RawAccount) -> RawAccount {
         tls_fingerprint,
         accept_uidvalidity_change,
         max_message_size,
+        interval,
         received,
         recipient,
         maildir_subfolders

@@ -72,6 +72,7 @@ pub struct RawAccount {
     pub recipient: Option<String>,
     pub maildir_subfolders: Option<bool>,
     pub allow_preauth: Option<bool>,
+    pub interval: Option<u64>,
 }
 
 /// A command: a string run by `/bin/sh -c`, or an argument vector run as is.
@@ -234,6 +235,8 @@ pub struct Account {
     /// Ad hoc (no config table): the ledger is named after the mailbox it
     /// reaches, not after `name`.
     pub adhoc: bool,
+    /// With `--idle`: fetch at least this often, whatever IDLE reports.
+    pub interval: std::time::Duration,
     /// The SSH host to go through.
     pub ssh: SshDestination,
     /// The mail protocol.
@@ -533,6 +536,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
     Ok(Account {
         name: name.to_string(),
         adhoc: false,
+        interval: std::time::Duration::from_secs(raw.interval.unwrap_or(300).max(1)),
         ssh,
         protocol,
         server_host,

@@ -20,5 +20,6 @@ pub mod ledger;
 pub mod process;
 pub mod secret;
 pub mod ssh;
+pub mod stop;
 pub mod transport;
 pub mod wire;

@@ -540,7 +540,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
     pub async fn idle(&mut self, max: Duration) -> Result<bool> {
         if !self.has("IDLE") {
             // Poll instead: NOOP reports changes too.
-            tokio::time::sleep(max.min(Duration::from_secs(60))).await;
+            tokio::select! {
+                _ = tokio::time::sleep(max.min(Duration::from_secs(60))) => {}
+                _ = crate::stop::wait() => return Ok(false),
+            }
             self.changed = false;
             self.run(&Command::Noop, "NOOP", |_| Ok(true)).await?;
             return Ok(std::mem::take(&mut self.changed));
@@ -560,7 +563,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         let changed = loop {
             // Our own timeout must not fire while idling: wait in slices
             // shorter than the wire's timeout, and treat silence as normal.
-            let wait = self.wire_wait(deadline).await?;
+            // A stop request ends the IDLE like its deadline does.
+            let wait = tokio::select! {
+                w = self.wire_wait(deadline) => w?,
+                _ = crate::stop::wait() => false,
+            };
             if !wait {
                 break false;
             }

@@ -697,7 +697,7 @@ async fn imap_flow<S: Stream>(
     if store.show.idle {
         let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
         tracing::info!("{}: waiting for new mail in {folder} (IDLE)", account.name);
-        loop {
+        while !crate::stop::requested() {
             fault::pause("idle-loop").await;
             // Fetch before every IDLE, not only after one reported a change:
             // mail that arrived between the last scan and the IDLE command
@@ -712,7 +712,14 @@ async fn imap_flow<S: Stream>(
             if new > 0 {
                 tracing::info!("{}: {folder}: {new} new delivered", account.name);
             }
-            imap.idle(IDLE_RENEW).await?;
+            // Renewed well within RFC 2177's 29 minutes, and at least every
+            // `interval`: some servers (GNU imap4d) announce IDLE and never
+            // report new mail, so the loop's fetch is the safety net.
+            imap.idle(IDLE_RENEW.min(account.interval)).await?;
+            if crate::stop::requested() {
+                tracing::info!("{}: stopped", account.name);
+                break;
+            }
         }
     }
     imap.logout().await;
