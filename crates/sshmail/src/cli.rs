@@ -238,6 +238,20 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
             return e.exit();
         }
     };
+    let mut accounts = accounts;
+    for a in &mut accounts {
+        // The mail login defaults to the SSH user, `~/.ssh/config`'s
+        // included, as documented.
+        if !a.user_given
+            && matches!(a.via, config::Via::Forward | config::Via::Exec(_))
+            && let Ok(t) = target::resolve(a, ssh_config.as_ref())
+        {
+            if a.adhoc {
+                a.name = a.name.replacen(&format!("{}@", a.user), &format!("{}@", t.user), 1);
+            }
+            a.user = t.user;
+        }
+    }
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
     let show = Presentation { progress: interactive && !args.idle && !args.check, idle: args.idle, check: args.check };
     if args.idle {

@@ -247,6 +247,9 @@ pub struct Account {
     pub server_port: u16,
     /// Mail login name.
     pub user: String,
+    /// `user` was given (in the account or in `ssh = "user@host"`); if not,
+    /// it becomes the SSH user once `~/.ssh/config` is read.
+    pub user_given: bool,
     /// Mail password.
     pub password: PasswordSource,
     /// Login method.
@@ -485,6 +488,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
             (h, p.unwrap_or(default_port))
         }
     };
+    let user_given = raw.user.is_some() || ssh.user.is_some();
     let user = match &raw.user {
         Some(u) => u.clone(),
         None => ssh.user.clone().unwrap_or_else(local_user),
@@ -536,6 +540,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
     Ok(Account {
         name: name.to_string(),
         adhoc: false,
+        user_given,
         interval: std::time::Duration::from_secs(raw.interval.unwrap_or(300).max(1)),
         ssh,
         protocol,

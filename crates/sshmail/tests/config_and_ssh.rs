@@ -234,3 +234,29 @@ fn every_wait_has_a_timeout_a_hung_ssh_agent_is_given_up() {
     assert_eq!(env.delivered().len(), 2);
     drop(held);
 }
+
+/// Issue: the mail login defaulted to the local login name, not to the SSH
+/// user from `~/.ssh/config` as documented.
+#[test]
+fn regression_the_mail_user_defaults_to_the_ssh_user_from_ssh_config() {
+    let env = Env::new();
+    let state = env.home.path().join("script");
+    let port = common::scripted_tcp_server("pop3", &state);
+    let ssh_config = env.home.path().join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!("Host mailalias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n", env.bed.ssh_port, env.bed.account.name),
+    )
+    .unwrap();
+    let mut cmd = env.fetch_command("--pop3", &env.bed.client_key);
+    cmd.args(["--ssh", "mailalias", "--server", &format!("127.0.0.1:{port}"), "--password-command", "echo pw"])
+        .arg("--ssh-config")
+        .arg(&ssh_config);
+    let out = wait_bounded(
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+        std::time::Duration::from_secs(60),
+    );
+    assert_exit(&out, 0);
+    let log = std::fs::read_to_string(state.join("log")).unwrap();
+    assert!(log.lines().any(|l| l == format!("USER {}", env.bed.account.name)), "{log}");
+}

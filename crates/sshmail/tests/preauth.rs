@@ -13,42 +13,9 @@ use std::process::{Command, Stdio};
 use common::{Env, assert_exit, stderr};
 use sshmail_testbed::Options;
 
-/// Serves each connection to a fresh loopback port with the scripted
-/// `imap` scenario (it greets PREAUTH); returns the port.
+/// The scripted `imap` scenario (it greets PREAUTH) on a loopback port.
 fn preauth_server(state: &std::path::Path) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let state = state.to_path_buf();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            let mut child = Command::new(common::testbed_bin())
-                .args(["hostile", "imap", "--state"])
-                .arg(&state)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let (mut to_child, mut from_child) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
-            let (mut rx, mut tx) = (conn.try_clone().unwrap(), conn);
-            std::thread::spawn(move || pump(&mut rx, &mut to_child));
-            std::thread::spawn(move || {
-                pump(&mut from_child, &mut tx);
-                let _ = child.wait();
-            });
-        }
-    });
-    port
-}
-
-/// Copies until EOF, a read at a time, flushing each.
-fn pump(from: &mut impl std::io::Read, to: &mut impl std::io::Write) {
-    let mut buf = [0u8; 8192];
-    while let Ok(n @ 1..) = from.read(&mut buf) {
-        if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
-            return;
-        }
-    }
+    common::scripted_tcp_server("imap", state)
 }
 
 /// OpenSSL's s_server on a fresh port, TLS in front of the scripted PREAUTH

@@ -313,3 +313,41 @@ pub fn run_sampled(mut cmd: Command, limit: Duration) -> (Output, u64) {
     };
     (Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }, peak)
 }
+
+/// Serves each connection to a fresh loopback port with a scripted
+/// scenario (`sshmail-testbed hostile`); returns the port.
+pub fn scripted_tcp_server(scenario: &str, state: &Path) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (state, scenario) = (state.to_path_buf(), scenario.to_string());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut child = Command::new(testbed_bin())
+                .args(["hostile", &scenario, "--state"])
+                .arg(&state)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (mut to_child, mut from_child) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+            let (mut rx, mut tx) = (conn.try_clone().unwrap(), conn);
+            std::thread::spawn(move || pump(&mut rx, &mut to_child));
+            std::thread::spawn(move || {
+                pump(&mut from_child, &mut tx);
+                let _ = child.wait();
+            });
+        }
+    });
+    port
+}
+
+/// Copies until EOF, a read at a time, flushing each.
+fn pump(from: &mut impl std::io::Read, to: &mut impl std::io::Write) {
+    let mut buf = [0u8; 8192];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
+            return;
+        }
+    }
+}
