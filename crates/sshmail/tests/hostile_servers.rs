@@ -433,3 +433,36 @@ fn regression_authenticate_plain_waits_for_the_continuation_without_sasl_ir() {
         assert!(!log.contains("AUTHENTICATE PLAIN A"), "{auth}: the response went with the command: {log}");
     }
 }
+
+/// Runs the scripted server with the other protocol's client.
+fn run_as(h: &Hostile, protocol: &str) -> std::process::Output {
+    let c = h.command(&[]);
+    let args: Vec<_> =
+        c.get_args().map(|a| if a == "--pop3" || a == "--imap" { protocol.into() } else { a.to_owned() }).collect();
+    let mut cmd = std::process::Command::new(c.get_program());
+    cmd.args(args).env("HOME", h.dir.path()).stdin(std::process::Stdio::null());
+    cmd.output().unwrap()
+}
+
+/// Issue: an IMAP client on a POP3 server said ``unexpected greeting
+/// Continuation("K POP3 ready")``.
+#[test]
+fn regression_the_wrong_protocol_is_named_in_plain_words() {
+    let out = run_as(&Hostile::new("pop3"), "--imap");
+    assert_exit(&out, 4);
+    assert!(stderr(&out).contains("which is not IMAP") && stderr(&out).contains("--pop3"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("Continuation"), "{}", stderr(&out));
+    let out = run_as(&Hostile::new("imap"), "--pop3");
+    assert_exit(&out, 4);
+    assert!(stderr(&out).contains("which is IMAP, not POP3") && stderr(&out).contains("--imap"), "{}", stderr(&out));
+}
+
+/// Issue: `--check` created the delivery Maildir.
+#[test]
+fn regression_check_creates_nothing() {
+    let h = Hostile::new("pop3");
+    let out = h.run(&["--check"]);
+    assert_exit(&out, 0);
+    assert!(!h.maildir().exists(), "--check created the Maildir");
+    assert!(h.deleted().is_empty());
+}

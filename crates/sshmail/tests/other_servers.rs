@@ -164,3 +164,17 @@ fn regression_idle_on_imap4d_polls_as_a_safety_net_and_sigterm_logs_out() {
     }
     assert_eq!(env.delivered(), env.expected());
 }
+
+/// Issue: an exec'd imapd that greets `* OK` instead of PREAUTH got "wants
+/// a password" with no hint that it should run preauthenticated.
+#[test]
+fn regression_an_exec_imapd_that_wants_a_login_gets_a_hint() {
+    let env = Env::new();
+    let imapd = env.bed.imap4d_command(false).unwrap().replace(" --preauth", "");
+    let dest = env.bed.ssh_destination();
+    let mut cmd = env.fetch_command("--imap", &env.bed.client_key);
+    cmd.args(["--ssh", &dest, "--imapd", &imapd]);
+    let out = cmd.output().unwrap();
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("not `* PREAUTH`") && stderr(&out).contains("--preauth"), "{}", stderr(&out));
+}

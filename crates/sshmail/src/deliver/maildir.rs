@@ -35,6 +35,11 @@ impl Maildir {
         Ok(Maildir { root: root.to_path_buf(), spool: Spool::open(&root.join("tmp"))? })
     }
 
+    /// The Maildir at `root` as it is, created by nothing (for `--check`).
+    pub fn at(root: &Path) -> Maildir {
+        Maildir { root: root.to_path_buf(), spool: Spool::at(&root.join("tmp")) }
+    }
+
     /// The Maildir's root.
     pub fn path(&self) -> &Path {
         &self.root

@@ -58,6 +58,18 @@ impl Sink {
         })
     }
 
+    /// The sink for `--check`: nothing is created (no Maildir, no spool),
+    /// since nothing is delivered.
+    pub fn for_check(delivery: &Delivery, staging: &Path, recipient: &str, timeout: Duration) -> Result<Sink> {
+        Ok(match delivery {
+            Delivery::Maildir(p) => Sink::Maildir(Maildir::at(p)),
+            Delivery::Mbox(p) => Sink::Mbox(mbox::Mbox::open(p)?, Spool::at(staging)),
+            Delivery::Mda(cmd) => Sink::Mda(mda::Mda::new(cmd, recipient, timeout)?, Spool::at(staging)),
+            Delivery::Smtp(e) => Sink::Smtp(smtp::Smtp::new(e.clone(), false, recipient, timeout), Spool::at(staging)),
+            Delivery::Lmtp(e) => Sink::Smtp(smtp::Smtp::new(e.clone(), true, recipient, timeout), Spool::at(staging)),
+        })
+    }
+
     /// Where messages are staged.
     pub fn spool(&self) -> &Spool {
         match self {

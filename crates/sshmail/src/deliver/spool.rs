@@ -68,12 +68,12 @@ impl Spool {
                 .create(dir)
                 .map_err(|e| delivery(format!("cannot create {}", dir.display()), e))?;
         }
-        Ok(Spool {
-            dir: dir.to_path_buf(),
-            host: hostname_for_names(),
-            pid: std::process::id(),
-            seq: AtomicU64::new(0),
-        })
+        Ok(Spool::at(dir))
+    }
+
+    /// The spool at `dir`, not created (for `--check`, which stages nothing).
+    pub fn at(dir: &Path) -> Spool {
+        Spool { dir: dir.to_path_buf(), host: hostname_for_names(), pid: std::process::id(), seq: AtomicU64::new(0) }
     }
 
     /// Starts a new message, writing `prefix` (a trace header) first.

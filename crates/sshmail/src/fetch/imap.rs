@@ -198,7 +198,20 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
                 Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
                     return Err(Error::Server(format!("{} refused the session: {text}", imap.peer())));
                 }
-                other => return Err(Error::Protocol(format!("{}: unexpected greeting {other:?}", imap.peer()))),
+                Response::Continuation(text) => {
+                    return Err(Error::Protocol(format!(
+                        "{} greeted `+{text}`, which is not IMAP (a POP3 server greets `+OK`: use --pop3, or point \
+                         the account at the IMAP server)",
+                        imap.peer()
+                    )));
+                }
+                other => {
+                    let what = match other {
+                        Response::Tagged { tag, text, .. } => format!("`{tag} {text}`"),
+                        _ => "an untagged response other than OK, PREAUTH or BYE".to_string(),
+                    };
+                    return Err(Error::Protocol(format!("{}: the greeting was {what}, not IMAP's", imap.peer())));
+                }
             }
         }
         if imap.caps.is_empty() {

@@ -129,7 +129,11 @@ pub async fn fetch_account(
     // before we touch the server.
     let (identity, stem, legacy) = ledger_names(account, ssh_config)?;
     let mut ledger = Ledger::open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref())?;
-    let sink = Sink::open(&account.deliver, &ledger.spool_dir(), &account.recipient, account.timeout)?;
+    let sink = if show.check {
+        Sink::for_check(&account.deliver, &ledger.spool_dir(), &account.recipient, account.timeout)?
+    } else {
+        Sink::open(&account.deliver, &ledger.spool_dir(), &account.recipient, account.timeout)?
+    };
     let mut outcome = Outcome::default();
     // A check changes nothing locally either: no recovery, no cleaning.
     let pending = if show.check { Vec::new() } else { ledger.pending() };
@@ -259,6 +263,16 @@ fn ledger_names(
         _ => Some(account.name.clone()),
     };
     Ok((identity, format!("{readable}-{hash}"), legacy))
+}
+
+/// ", N delivered earlier to delete" (or to flag \Seen); nothing in keep
+/// mode, which does nothing to what was delivered.
+fn policy_note(policy: Policy, earlier: usize) -> String {
+    match policy {
+        Policy::Keep => String::new(),
+        Policy::Seen => format!(", {earlier} delivered earlier to flag \\Seen"),
+        Policy::Delete => format!(", {earlier} delivered earlier to delete"),
+    }
 }
 
 /// The local side of a fetch: where bodies go and what is on record.
@@ -420,11 +434,11 @@ async fn pop3_flow<S: Stream>(
         }
     }
     tracing::info!(
-        "{}: {} messages on the server, {} to fetch, {} delivered earlier to delete",
+        "{}: {} messages on the server, {} to fetch{}",
         account.name,
         listing.len(),
         to_fetch.len(),
-        to_delete.len()
+        policy_note(account.policy, to_delete.len())
     );
     if store.show.check {
         store.outcome.waiting = to_fetch.len();
@@ -672,6 +686,14 @@ async fn imap_flow<S: Stream>(
             Some(p) => Some(p),
             None => crate::process::password(&account.password, "password_command", account.timeout).await?,
         };
+        if password.is_none() && matches!(account.via, crate::config::Via::Exec(_) | crate::config::Via::Command(_)) {
+            return Err(Error::Auth(format!(
+                "{} greeted `* OK`, not `* PREAUTH`: it wants a login, so it does not run preauthenticated. Run it \
+                 so that it does (Dovecot's imap binary does by itself, GNU imap4d needs `--inetd --preauth`, \
+                 Courier's imapd the Maildir as argument), or give a password_command",
+                imap.peer()
+            )));
+        }
         imap.login(&account.user, password.as_ref(), account.auth).await?;
     }
     let folders = resolve_folders(&mut imap, &account.folders).await?;
@@ -827,12 +849,11 @@ async fn imap_folder<S: Stream>(
         }
     }
     tracing::info!(
-        "{}: {folder}: {} messages, {} to fetch, {} delivered earlier to {}",
+        "{}: {folder}: {} messages, {} to fetch{}",
         account.name,
         scan.len(),
         to_fetch.len(),
-        to_apply.len(),
-        if account.policy == Policy::Seen { "flag \\Seen" } else { "delete" }
+        policy_note(account.policy, to_apply.len())
     );
     if store.show.check {
         store.outcome.waiting += to_fetch.len();

@@ -50,6 +50,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     /// Reads the greeting.
     pub async fn start(mut wire: Wire<S>) -> Result<Pop3<S>> {
         let line = wire.read_line(MAX_LINE).await?;
+        if line.starts_with(b"* OK") || line.starts_with(b"* PREAUTH") {
+            return Err(Error::Protocol(format!(
+                "{} greeted `{}`, which is IMAP, not POP3: use --imap (protocol = \"imap\")",
+                wire.peer(),
+                String::from_utf8_lossy(&line[..line.len().min(80)])
+            )));
+        }
         let greeting = match Reply::parse(&line).map_err(|e| Error::Protocol(format!("{}: {e}", wire.peer())))? {
             Reply::Ok(text) => text,
             Reply::Err(text) => {
