@@ -22,16 +22,21 @@ use crate::error::{Error, Result};
 use crate::ssh::session::ExecStatus;
 use crate::ssh::{SshPool, target};
 
-/// Where an imapd may live, most common first.
-pub const IMAPD_CANDIDATES: &[&str] = &[
-    "/usr/lib/dovecot/imap",
-    "/usr/libexec/dovecot/imap",
-    "/usr/local/libexec/dovecot/imap",
-    "/usr/sbin/imapd",
-    "/usr/local/sbin/imapd",
-    "/etc/rimapd",
-    "/usr/lib/courier/courier/imapd",
-    "/usr/sbin/courier-imapd",
+/// The preauthenticated IMAP servers sshmail tries, in order, when none is
+/// given: the program, and the arguments that make it run preauthenticated.
+/// Each is probed by its greeting; the first that greets `* PREAUTH` wins.
+pub const IMAPD_CANDIDATES: &[(&str, &str)] = &[
+    ("/usr/lib/dovecot/imap", ""),
+    ("/usr/libexec/dovecot/imap", ""),
+    ("/usr/local/libexec/dovecot/imap", ""),
+    ("/usr/sbin/imap4d", " --inetd --preauth"),
+    // Courier's binary wants the Maildir; Debian's /usr/sbin/imapd is its
+    // start/stop script, and elsewhere that path is UW's imapd.
+    ("/usr/bin/imapd", " Maildir"),
+    ("/usr/lib/courier/courier/imapd", " Maildir"),
+    ("/usr/sbin/imapd", ""),
+    ("/usr/local/sbin/imapd", ""),
+    ("/etc/rimapd", ""),
 ];
 
 /// A byte stream to the server.
@@ -110,13 +115,16 @@ pub async fn open(account: &Account, pool: &SshPool, ssh_config: Option<&ssh2_co
                     diagnostics: None,
                 });
             }
-            let command = match &account.via {
-                Via::Exec(Some(c)) => remote_command(c),
-                _ => detect_imapd(&session).await?,
+            let (command, stream, status) = match &account.via {
+                Via::Exec(Some(c)) => {
+                    let command = remote_command(c);
+                    let (stream, status) = session.exec(&command).await?;
+                    (command, Box::new(stream) as Box<dyn Stream>, status)
+                }
+                _ => detect_imapd(&session, account.timeout).await?,
             };
-            let (stream, status) = session.exec(&command).await?;
             Ok(Opened {
-                stream: Box::new(stream),
+                stream,
                 peer: format!("`{command}` on {}", session.name()),
                 preauth_ok: true,
                 greeting_done: false,
@@ -168,23 +176,117 @@ pub fn shell_quote(w: &str) -> String {
     }
 }
 
-async fn detect_imapd(session: &crate::ssh::SshSession) -> Result<String> {
+/// Finds the remote imapd: lists which candidates exist, then starts each
+/// in turn and reads its greeting. The first that greets `* PREAUTH` is the
+/// one, and its session goes on (the greeting is handed on to the IMAP
+/// layer). The error names every candidate tried and what each said.
+async fn detect_imapd(
+    session: &crate::ssh::SshSession,
+    timeout: std::time::Duration,
+) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>)> {
     let probe = format!(
-        "for p in {}; do if [ -x \"$p\" ]; then echo \"$p\"; exit 0; fi; done; exit 1",
-        IMAPD_CANDIDATES.join(" ")
+        "for p in {}; do if [ -x \"$p\" ]; then echo \"$p\"; fi; done; true",
+        IMAPD_CANDIDATES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(" ")
     );
-    let (out, exit) = session.run(&probe).await?;
-    let found = String::from_utf8_lossy(&out).trim().to_string();
-    if exit != Some(0) || found.is_empty() {
-        return Err(Error::Connect(format!(
-            "no IMAP server binary found on {} (looked for {}); give its path with --imapd or `imapd` in the config, \
-             or use via = \"forward\" with a server address",
-            session.name(),
-            IMAPD_CANDIDATES.join(", ")
-        )));
+    let (out, _) = session.run(&probe).await?;
+    let present: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).collect();
+    let mut said = Vec::new();
+    for (program, args) in IMAPD_CANDIDATES.iter().filter(|(p, _)| present.iter().any(|f| f == p)) {
+        let command = format!("{program}{args}");
+        let (mut stream, status) = session.exec(&command).await?;
+        match read_greeting(&mut stream, timeout.min(std::time::Duration::from_secs(10))).await {
+            Greeting::Line(bytes) if bytes.starts_with(b"* PREAUTH") => {
+                tracing::info!("found the IMAP server {command} on {}", session.name());
+                return Ok((command, Box::new(Prefixed { prefix: bytes, pos: 0, inner: stream }), status));
+            }
+            Greeting::Line(bytes) => {
+                let line = String::from_utf8_lossy(&bytes);
+                let line = line.lines().next().unwrap_or("").chars().take(100).collect::<String>();
+                said.push(format!("{command}: greeted `{line}`, not PREAUTH"));
+            }
+            Greeting::Nothing => {
+                // Let a late exit status and stderr arrive.
+                for _ in 0..20 {
+                    if status.exit().is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                let exit = status.exit().map(|c| format!("exit status {c}")).unwrap_or_else(|| "no exit status".into());
+                let err = status.stderr();
+                let err = err.lines().last().unwrap_or("").chars().take(160).collect::<String>();
+                said.push(format!(
+                    "{command}: no greeting ({exit}){}",
+                    if err.is_empty() { String::new() } else { format!(": {err}") }
+                ));
+            }
+        }
     }
-    tracing::info!("found the IMAP server {found} on {}", session.name());
-    Ok(found)
+    let tried = if said.is_empty() {
+        format!("none of {} exists there", IMAPD_CANDIDATES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", "))
+    } else {
+        format!("tried: {}", said.join("; "))
+    };
+    Err(Error::Connect(format!(
+        "no preauthenticated IMAP server found on {} ({tried}); give its command with --imapd or `imapd` in the \
+         config, or use via = \"forward\" with a server address",
+        session.name()
+    )))
+}
+
+/// The first line a server sent (with whatever came with it), or nothing.
+enum Greeting {
+    Line(Vec<u8>),
+    Nothing,
+}
+
+/// Reads until a line end, at most 8 KiB, within `timeout`.
+async fn read_greeting(stream: &mut (impl AsyncRead + Unpin), timeout: std::time::Duration) -> Greeting {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !got.contains(&b'\n') && got.len() < 8192 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, read).await;
+    if got.is_empty() { Greeting::Nothing } else { Greeting::Line(got) }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn connect_tcp(account: &Account) -> Result<tokio::net::TcpStream> {
@@ -548,6 +650,18 @@ mod tests {
         assert_eq!(remote_command(&c), "/usr/lib/dovecot/imap -c '/tmp/my conf' 'it'\\''s'");
         assert_eq!(remote_command(&Command::Shell("imapd 2>/dev/null".into())), "imapd 2>/dev/null");
         assert_eq!(shell_quote("$(rm -rf ~)"), "'$(rm -rf ~)'");
+    }
+
+    #[tokio::test]
+    async fn a_probed_greeting_is_handed_on_before_the_rest() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut server, client) = tokio::io::duplex(1024);
+        server.write_all(b"A1 OK done\r\n").await.unwrap();
+        drop(server);
+        let mut s = Prefixed { prefix: b"* PREAUTH hi\r\n".to_vec(), pos: 0, inner: client };
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"* PREAUTH hi\r\nA1 OK done\r\n");
     }
 
     #[test]
