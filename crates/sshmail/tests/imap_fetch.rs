@@ -326,7 +326,29 @@ fn without_uidplus_delete_only_flags_unless_expunge_all_is_allowed() {
     let mut env = Env::with(Options { imap_capability: Some("IMAP4rev1 IDLE".into()), ..Options::default() });
     env.add_messages((0..4).map(|i| corpus::mixed_message(i, 0)));
     let dest = ssh_dest(&env);
-    let out = env.run_imap(&["--ssh", &dest, "-v"]);
+    // One config account, first without, then with allow_expunge_all: the
+    // same account, so the same ledger.
+    let run = |allow: bool| {
+        let config = env.home.path().join(format!("c-{allow}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[account.u]\nssh = \"{dest}\"\nprotocol = \"imap\"\nallow_expunge_all = {allow}\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\ndeliver = \"maildir:{}\"\nreceived = false\n",
+                env.bed.client_key.display(),
+                env.bed.known_hosts.display(),
+                env.maildir().display()
+            ),
+        )
+        .unwrap();
+        let state = env.state_dir();
+        std::process::Command::new(env!("CARGO_BIN_EXE_sshmail"))
+            .env("HOME", env.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .args(["fetch", "-v", "--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = run(false);
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("no UIDPLUS"), "{}", stderr(&out));
     assert_eq!(env.delivered(), env.expected());
@@ -334,30 +356,12 @@ fn without_uidplus_delete_only_flags_unless_expunge_all_is_allowed() {
     assert_eq!(flags.len(), 4, "nothing expunged");
     assert!(flags.iter().all(|f| f.contains('T')), "all flagged \\Deleted (T): {flags:?}");
 
-    let out = env.run_imap(&["--ssh", &dest]);
+    let out = run(false);
     assert_exit(&out, 1);
     assert_eq!(env.bed.server_message_count().unwrap(), 4, "still not expunged");
     assert_eq!(env.delivered().len(), 4, "flagged messages are not fetched again");
 
-    let config = env.home.path().join("c.toml");
-    std::fs::write(
-        &config,
-        format!(
-            // The ad-hoc runs' account name, so the same ledger is used.
-            "[account.\"imap on {dest}\"]\nssh = \"{dest}\"\nprotocol = \"imap\"\nallow_expunge_all = true\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\ndeliver = \"maildir:{}\"\nreceived = false\n",
-            env.bed.client_key.display(),
-            env.bed.known_hosts.display(),
-            env.maildir().display()
-        ),
-    )
-    .unwrap();
-    let state = env.state_dir();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sshmail"))
-        .env("HOME", env.home.path())
-        .env_remove("SSH_AUTH_SOCK")
-        .args(["fetch", "--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = run(true);
     assert_exit(&out, 1);
     assert_eq!(env.bed.server_message_count().unwrap(), 0, "allowed: EXPUNGE removes them");
     assert_eq!(env.delivered().len(), 4, "and nothing was fetched twice");
