@@ -242,17 +242,7 @@ fn idle_sees_a_message_delivered_after_it_started() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Its log, read as it comes.
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        use std::io::BufRead as _;
-        let (log, err) = (log.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&(line + "\n"));
-            }
-        })
-    };
+    let log = common::StderrLog::of(&mut child);
     let wait_for = |env: &Env, n: usize, what: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while env.delivered().len() < n {
@@ -262,11 +252,7 @@ fn idle_sees_a_message_delivered_after_it_started() {
     };
     wait_for(&env, 3, "initial fetch");
     // Once the server has said go ahead to IDLE, deliver on the server.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !log.lock().unwrap().contains("idling") {
-        assert!(Instant::now() < deadline, "never entered IDLE: {}", log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    log.wait_until("never entered IDLE", |l| l.contains("idling"));
     let m = corpus::mixed_message(3, 0);
     env.bed.add_message(&m).unwrap();
     env.originals.push(m);
@@ -274,9 +260,9 @@ fn idle_sees_a_message_delivered_after_it_started() {
     assert!(child.try_wait().unwrap().is_none(), "sshmail --idle exited");
     child.kill().unwrap();
     child.wait().unwrap();
-    reader.join().unwrap();
+    let log = log.finish();
     assert_eq!(env.delivered(), env.expected());
-    assert!(log.lock().unwrap().contains("IDLE"), "{}", log.lock().unwrap());
+    assert!(log.contains("IDLE"), "{log}");
 }
 
 /// Regression: mail that arrived after the first fetch but before the IDLE

@@ -105,7 +105,6 @@ fn imap4d_sessions() -> usize {
 /// sshmail without DONE or LOGOUT, leaving imap4d spinning.
 #[test]
 fn regression_idle_on_imap4d_polls_as_a_safety_net_and_sigterm_logs_out() {
-    use std::io::BufRead as _;
     use std::time::{Duration, Instant};
     let mut env = Env::new();
     env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
@@ -117,30 +116,22 @@ fn regression_idle_on_imap4d_polls_as_a_safety_net_and_sigterm_logs_out() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let (log, err) = (log.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&(line + "\n"));
-            }
-        })
-    };
+    let log = common::StderrLog::of(&mut child);
     let wait_until = |what: &str, ok: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ok() {
-            assert!(Instant::now() < deadline, "{what}; log:\n{}", log.lock().unwrap());
+            assert!(Instant::now() < deadline, "{what}; log:\n{}", log.text());
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    wait_until("the first fetch", &|| env.delivered().len() == 2 && log.lock().unwrap().contains("idling"));
+    wait_until("the first fetch", &|| env.delivered().len() == 2 && log.text().contains("idling"));
     let m = corpus::mixed_message(2, 0);
     env.bed.add_message(&m).unwrap();
     env.originals.push(m);
     let arrived = Instant::now();
     wait_until("new mail during IDLE", &|| env.delivered().len() == 3);
     assert!(arrived.elapsed() < Duration::from_secs(10), "took {:?} with --interval 2", arrived.elapsed());
-    wait_until("idling again", &|| log.lock().unwrap().matches("idling").count() >= 2);
+    log.wait_until("idling again", |l| l.matches("idling").count() >= 2);
     assert!(imap4d_sessions() >= 1, "no imap4d running on the server side");
     sshmail_testbed::signal(child.id(), "TERM");
     let stopped = Instant::now();
@@ -151,9 +142,8 @@ fn regression_idle_on_imap4d_polls_as_a_safety_net_and_sigterm_logs_out() {
         assert!(stopped.elapsed() < Duration::from_secs(5), "SIGTERM did not end --idle within 5 s");
         std::thread::sleep(Duration::from_millis(20));
     };
-    reader.join().unwrap();
-    assert_eq!(status.code(), Some(0), "{}", log.lock().unwrap());
-    let log = log.lock().unwrap().clone();
+    let log = log.finish();
+    assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("stopped"), "it did not stop cleanly: {log}");
     // It said DONE and LOGOUT: the server's imap4d ended with the session
     // (a killed client left it spinning until its own timeout).

@@ -68,6 +68,14 @@ pub struct Listed {
     pub deleted: bool,
 }
 
+/// What a response read during a command is.
+enum Step {
+    /// The command's completion, OK.
+    Done(Done),
+    /// Something else.
+    Other(Response),
+}
+
 /// A tagged completion.
 #[derive(Debug, Clone)]
 pub struct Done {
@@ -314,30 +322,41 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         let tag = self.send(cmd).await?;
         let mut unsolicited = Unsolicited::default();
         loop {
-            match self.read(&mut Bodies::discard()).await? {
-                Response::Tagged { tag: t, status, code, text } if t == tag => {
-                    let done = Done { status, code, text };
-                    if status != Status::Ok {
-                        return Err(self.failure(what, &done));
-                    }
-                    return Ok(done);
-                }
-                Response::Tagged { tag: t, .. } => {
-                    return Err(Error::Protocol(format!("{}: completion for unknown tag {t}", self.peer())));
-                }
-                Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
-                    return Err(Error::Server(format!("{} closed the session: {text}", self.peer())));
-                }
-                Response::Untagged(u) => {
+            let r = self.read(&mut Bodies::discard()).await?;
+            match self.step(r, &tag, what)? {
+                Step::Done(done) => return Ok(done),
+                Step::Other(Response::Untagged(u)) => {
                     if !keep(u)? {
                         let size = self.last_size;
                         unsolicited.add(self.wire.peer(), what, size)?;
                     }
                 }
-                Response::Continuation(_) => {
+                Step::Other(_) => {
                     return Err(Error::Protocol(format!("{}: unexpected continuation during {what}", self.peer())));
                 }
             }
+        }
+    }
+
+    /// Sorts a response read while `tag` runs: its completion (NO and BAD
+    /// as errors naming `what`), or anything else to be handled. A
+    /// completion for another tag and a BYE end the command with an error.
+    fn step(&self, r: Response, tag: &str, what: &str) -> Result<Step> {
+        match r {
+            Response::Tagged { tag: t, status, code, text } if t == tag => {
+                let done = Done { status, code, text };
+                if status != Status::Ok {
+                    return Err(self.failure(what, &done));
+                }
+                Ok(Step::Done(done))
+            }
+            Response::Tagged { tag: t, .. } => {
+                Err(Error::Protocol(format!("{}: completion for unknown tag {t}", self.peer())))
+            }
+            Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
+                Err(Error::Server(format!("{} closed the session: {text}", self.peer())))
+            }
+            other => Ok(Step::Other(other)),
         }
     }
 
@@ -425,31 +444,20 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         let mut answered = false;
         let mut unsolicited = Unsolicited::default();
         loop {
-            match self.read(&mut Bodies::discard()).await? {
-                Response::Continuation(_) if !answered => {
+            let r = self.read(&mut Bodies::discard()).await?;
+            match self.step(r, &tag, what)? {
+                Step::Done(done) => return Ok(done),
+                Step::Other(Response::Continuation(_)) if !answered => {
                     answered = true;
                     // Not traced: it carries the password.
                     self.wire.send(format!("{response}\r\n").as_bytes()).await?;
                 }
-                Response::Continuation(_) => {
+                Step::Other(Response::Continuation(_)) => {
                     self.wire.send(b"*\r\n").await?;
                     return Err(Error::Protocol(format!("{}: a second challenge during {what}", self.peer())));
                 }
-                Response::Tagged { tag: t, status, code, text } if t == tag => {
-                    let done = Done { status, code, text };
-                    if status != Status::Ok {
-                        return Err(self.failure(what, &done));
-                    }
-                    return Ok(done);
-                }
-                Response::Tagged { tag: t, .. } => {
-                    return Err(Error::Protocol(format!("{}: completion for unknown tag {t}", self.peer())));
-                }
-                Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
-                    return Err(Error::Server(format!("{} closed the session: {text}", self.peer())));
-                }
-                Response::Untagged(Untagged::Capability(_)) => {}
-                Response::Untagged(_) => {
+                Step::Other(Response::Untagged(Untagged::Capability(_))) => {}
+                Step::Other(_) => {
                     let size = self.last_size;
                     unsolicited.add(self.wire.peer(), what, size)?;
                 }

@@ -351,3 +351,46 @@ fn pump(from: &mut impl std::io::Read, to: &mut impl std::io::Write) {
         }
     }
 }
+
+/// A running child's stderr, read as it comes.
+pub struct StderrLog {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StderrLog {
+    /// Takes `child`'s piped stderr.
+    pub fn of(child: &mut Child) -> StderrLog {
+        use std::io::BufRead as _;
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (t, err) = (text.clone(), child.stderr.take().expect("piped stderr"));
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                t.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        StderrLog { text, reader: Some(reader) }
+    }
+
+    /// What it said so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `ok` holds, failing with `what` and the log.
+    pub fn wait_until(&self, what: &str, ok: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok(&self.text()) {
+            assert!(Instant::now() < deadline, "{what}; log:\n{}", self.text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything, once the child has exited.
+    pub fn finish(mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.text()
+    }
+}
