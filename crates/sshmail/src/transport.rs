@@ -77,8 +77,16 @@ impl Diagnostics for ExecStatus {
 }
 
 /// Adds what the process behind a stream said to an error message.
-pub fn explain(diagnostics: Option<&dyn Diagnostics>, e: Error) -> Error {
+/// The process's exit status often arrives just after its output ends, so
+/// it is waited for a moment.
+pub async fn explain(diagnostics: Option<&dyn Diagnostics>, e: Error) -> Error {
     let Some(d) = diagnostics else { return e };
+    for _ in 0..20 {
+        if d.exit().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let err = d.stderr();
     let exit = d.exit().map(|c| format!(" (exit status {c})")).unwrap_or_default();
     if err.is_empty() && exit.is_empty() {

@@ -466,3 +466,32 @@ fn regression_check_creates_nothing() {
     assert!(!h.maildir().exists(), "--check created the Maildir");
     assert!(h.deleted().is_empty());
 }
+
+/// Issue: `-vv` never showed what an IMAP server sent.
+#[test]
+fn regression_vv_shows_what_the_server_said() {
+    let h = Hostile::new("imap");
+    let out = h.run(&["-vv", "--keep"]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("S: Untagged(Exists(3))"), "{err}");
+    assert!(err.contains("S: Tagged"), "{err}");
+    // A body shows as a placeholder, not its bytes.
+    assert!(!err.contains("line one of 1"), "a body was logged: {err}");
+    let h = Hostile::new("pop3");
+    let out = h.run(&["-vv", "--keep"]);
+    assert!(stderr(&out).contains("S: +OK"), "{}", stderr(&out));
+}
+
+/// Issue: "closed the connection unexpectedly" sometimes lacked the exit
+/// status of the command at the other end (it arrives just after EOF).
+#[test]
+fn regression_a_closed_connection_names_the_exit_status() {
+    let h = Hostile::new("imap");
+    for _ in 0..5 {
+        let out = h.run(&["--tunnel", "echo 'no such mailbox' >&2; exit 3"]);
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(err.contains("exit status 3") && err.contains("no such mailbox"), "{err}");
+    }
+}

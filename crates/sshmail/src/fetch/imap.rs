@@ -279,6 +279,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
                     self.wire.consume(n);
                     self.wire.progress();
                     self.last_size = size;
+                    // What the server said, at -vv: parsed, so a body shows
+                    // only as Streamed, and cut short.
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let shown = format!("{r:?}");
+                        let cut: String = shown.chars().take(300).collect();
+                        let more = if cut.len() < shown.len() { " …" } else { "" };
+                        tracing::debug!("{} S: {cut}{more}", self.wire.peer());
+                    }
                     self.note(&r);
                     return Ok(r);
                 }

@@ -177,7 +177,6 @@ pub async fn fetch_account(
     };
     let opened = transport::open(account, pool, ssh_config).await?;
     let diagnostics = opened.diagnostics.clone();
-    let explain = |e: Error| transport::explain(diagnostics.as_deref(), e);
     let wire = Wire::new(opened.stream, account.timeout, opened.peer.clone());
     let trace = account.received.then(|| Trace {
         from: opened.peer.clone(),
@@ -189,11 +188,13 @@ pub async fn fetch_account(
         recipient: account.recipient.clone(),
     });
     let mut store = Store { sink: &sink, ledger: &mut ledger, outcome: &mut outcome, show, trace };
-    let received = match account.protocol {
-        Protocol::Pop3 => pop3_flow(account, wire, password, &mut store).await.map_err(explain)?,
-        Protocol::Imap => imap_flow(account, wire, password, opened.greeting_done, opened.preauth_ok, &mut store)
-            .await
-            .map_err(explain)?,
+    let flow = match account.protocol {
+        Protocol::Pop3 => pop3_flow(account, wire, password, &mut store).await,
+        Protocol::Imap => imap_flow(account, wire, password, opened.greeting_done, opened.preauth_ok, &mut store).await,
+    };
+    let received = match flow {
+        Ok(r) => r,
+        Err(e) => return Err(transport::explain(diagnostics.as_deref(), e).await),
     };
     tracing::info!(
         "{}: {} delivered ({}), {} deleted, {} received in {:.2} s",

@@ -85,6 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     /// Reads one status line.
     pub async fn reply(&mut self) -> Result<Reply> {
         let line = self.wire.read_line(MAX_LINE).await?;
+        tracing::debug!("{} S: {}", self.wire.peer(), String::from_utf8_lossy(&line[..line.len().min(300)]));
         Reply::parse(&line).map_err(|e| {
             self.out_of_step = true;
             Error::Protocol(format!("{}: {e}", self.wire.peer()))
