@@ -168,3 +168,47 @@ fn regression_an_exec_imapd_that_wants_a_login_gets_a_hint() {
     assert_exit(&out, 3);
     assert!(stderr(&out).contains("not `* PREAUTH`") && stderr(&out).contains("--preauth"), "{}", stderr(&out));
 }
+
+#[test]
+fn imap4d_seen_policy_and_expunge_all_when_allowed() {
+    let mut env = Env::new();
+    env.add_messages((0..4).map(|i| corpus::mixed_message(i, 0)));
+    let out = imap4d(&env, false, &["--policy", "seen"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    let flags = env.bed.inbox_flags().unwrap();
+    assert_eq!(flags.len(), 4, "seen leaves the messages there");
+    assert!(flags.iter().all(|f| f.contains('S')), "all flagged \\Seen: {flags:?}");
+    assert_exit(&imap4d(&env, false, &["--policy", "seen"]), 1);
+
+    // Delete without UIDPLUS, but with a plain EXPUNGE allowed (config only).
+    let mut env = Env::new();
+    env.add_messages((0..4).map(|i| corpus::mixed_message(i, 0)));
+    let config = env.home.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[account.mu]\nssh = \"{}\"\nprotocol = \"imap\"\nimapd = \"{}\"\nallow_expunge_all = true\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\ndeliver = \"maildir:{}\"\nreceived = false\n",
+            env.bed.ssh_destination(),
+            env.bed.imap4d_command(false).unwrap(),
+            env.bed.client_key.display(),
+            env.bed.known_hosts.display(),
+            env.maildir().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sshmail"))
+        .env("HOME", env.home.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(std::process::Stdio::null())
+        .arg("fetch")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(env.state_dir())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    assert_eq!(env.bed.server_message_count().unwrap(), 0, "EXPUNGE removed them: {}", stderr(&out));
+}
