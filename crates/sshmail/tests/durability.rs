@@ -149,24 +149,12 @@ fn strace_fetch(env: &Env, inner: std::process::Command) -> Vec<Call> {
     parse(&std::fs::read_to_string(&trace).unwrap())
 }
 
-/// The system `ssh` to the testbed, with `opts` before the destination and
-/// `remote` after it.
-fn ssh_tunnel(env: &Env, opts: &str, remote: &str) -> String {
-    format!(
-        "ssh -q -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -i {} -p {} {opts} {}@127.0.0.1 {remote}",
-        env.bed.known_hosts.display(),
-        env.bed.client_key.display(),
-        env.bed.ssh_port,
-        env.bed.account.name
-    )
-}
-
 #[test]
 fn durable_before_destructive_fsyncs_and_renames_precede_every_dele() {
     let mut env = Env::new();
     env.add_messages((0..30).map(|i| corpus::mixed_message(i, 0)));
     // `ssh -W` is a stdio forward: the tunnel carries the POP3 session.
-    let tunnel = ssh_tunnel(&env, &format!("-W 127.0.0.1:{}", env.bed.pop3_port), "");
+    let tunnel = env.ssh_tunnel(&format!("-W 127.0.0.1:{}", env.bed.pop3_port), "");
     let mut cmd = env.fetch_command("--pop3", &env.bed.client_key);
     cmd.args(["--via", "command", "--tunnel", &tunnel]).args(env.login_args());
     let calls = strace_fetch(&env, cmd);
@@ -180,7 +168,7 @@ fn durable_before_destructive_fsyncs_and_renames_precede_every_dele() {
 fn durable_before_destructive_fsyncs_and_renames_precede_every_imap_delete() {
     let mut env = Env::new();
     env.add_messages((0..30).map(|i| corpus::mixed_message(i, 0)));
-    let tunnel = ssh_tunnel(&env, "", "/usr/lib/dovecot/imap");
+    let tunnel = env.ssh_tunnel("", "/usr/lib/dovecot/imap");
     let calls = strace_fetch(&env, env.imap_command(&["--via", "command", "--tunnel", &tunnel]));
     let maildir = env.maildir().display().to_string();
     assert_eq!(check_order(&calls, &maildir), 30, "every message published before the first STORE \\Deleted");

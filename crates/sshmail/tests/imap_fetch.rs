@@ -85,13 +85,7 @@ fn forward_with_login() {
 fn command_transport_runs_the_system_ssh_client() {
     let mut env = Env::new();
     env.add_messages((0..15).map(|i| corpus::mixed_message(i, 0)));
-    let tunnel = format!(
-        "ssh -q -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -i {} -p {} {}@127.0.0.1 /usr/lib/dovecot/imap",
-        env.bed.known_hosts.display(),
-        env.bed.client_key.display(),
-        env.bed.ssh_port,
-        env.bed.account.name
-    );
+    let tunnel = env.ssh_tunnel("", "/usr/lib/dovecot/imap");
     let out = env.run_imap(&["--via", "command", "--tunnel", &tunnel]);
     assert_exit(&out, 0);
     assert_eq!(env.delivered(), env.expected());
@@ -395,13 +389,9 @@ fn regression_two_mailboxes_on_one_host_never_share_a_ledger() {
 fn regression_a_long_tunnel_command_works() {
     let mut env = Env::new();
     env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
-    let tunnel = format!(
-        "ssh -q -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=30 -o ServerAliveInterval=10 -o UserKnownHostsFile={} -i {} -p {} {}@127.0.0.1 /usr/lib/dovecot/imap -c {}",
-        env.bed.known_hosts.display(),
-        env.bed.client_key.display(),
-        env.bed.ssh_port,
-        env.bed.account.name,
-        env.bed.dovecot_config.display()
+    let tunnel = env.ssh_tunnel(
+        "-o ConnectTimeout=30 -o ServerAliveInterval=10",
+        &format!("/usr/lib/dovecot/imap -c {}", env.bed.dovecot_config.display()),
     );
     assert!(tunnel.len() > 245, "{}", tunnel.len());
     let out = env.run_imap(&["--via", "command", "--tunnel", &tunnel, "--keep"]);

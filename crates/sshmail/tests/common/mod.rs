@@ -126,6 +126,18 @@ impl Env {
         v
     }
 
+    /// The system `ssh` to the testbed as a tunnel command, with `opts`
+    /// before the destination and `remote` after it.
+    pub fn ssh_tunnel(&self, opts: &str, remote: &str) -> String {
+        format!(
+            "ssh -q -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -i {} -p {} {opts} {}@127.0.0.1 {remote}",
+            self.bed.known_hosts.display(),
+            self.bed.client_key.display(),
+            self.bed.ssh_port,
+            self.bed.account.name
+        )
+    }
+
     /// Files left in the Maildir's tmp/.
     pub fn tmp_files(&self) -> usize {
         std::fs::read_dir(self.maildir().join("tmp")).map(|d| d.count()).unwrap_or(0)
