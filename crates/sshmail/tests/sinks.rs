@@ -415,3 +415,41 @@ fn disk_full_gives_a_clear_error_and_loses_nothing() {
     assert_eq!(env.delivered(), env.expected());
     assert_eq!(env.bed.server_message_count().unwrap(), 0);
 }
+
+/// Durable before destructive for the SMTP sink: killed at every step, the
+/// next run leaves every message delivered (a duplicate only where the
+/// relay accepted it and the ledger had not yet recorded it) and none on
+/// the server; and before the record, the server still holds them all.
+#[test]
+fn durable_before_destructive_kill_at_every_step_smtp() {
+    let points =
+        ["message-written", "sink-delivered", "batch-recorded", "delete-sent", "dele-confirmed@3", "quit-sent"];
+    for point in points {
+        let mut env = Env::new();
+        env.add_messages((0..6).map(|i| corpus::small_message(i, 800)));
+        let smtp = SmtpServer::start(&env.home.path().join("smtp"), None);
+        let spec = format!("smtp:127.0.0.1:{}", smtp.port);
+        let mut cmd = env.command(&["--deliver", &spec, "--recipient", "me@localhost"]);
+        cmd.env("SSHMAIL_FAULT", point);
+        let out = common::wait_bounded(
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.status.code(), None, "{point}: the fault did not fire: {}", stderr(&out));
+        if ["message-written", "sink-delivered", "batch-recorded"].contains(&point) {
+            assert_eq!(
+                env.bed.server_message_count().unwrap(),
+                6,
+                "{point}: the server lost messages before the record"
+            );
+        }
+        let out = env.run(&["--deliver", &spec, "--recipient", "me@localhost"]);
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{point}: rerun failed: {}", stderr(&out));
+        let mut got: Vec<Vec<u8>> = smtp.received().into_iter().map(|(_, c)| c).collect();
+        if point == "sink-delivered" {
+            got.dedup();
+        }
+        assert_eq!(got, with_final_newline(env.expected()), "{point}: missing or duplicated");
+        assert_eq!(env.bed.server_message_count().unwrap(), 0, "{point}: left on the server");
+    }
+}
