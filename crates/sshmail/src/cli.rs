@@ -246,10 +246,10 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
             && matches!(a.via, config::Via::Forward | config::Via::Exec(_))
             && let Ok(t) = target::resolve(a, ssh_config.as_ref())
         {
-            if a.adhoc {
-                a.name = a.name.replacen(&format!("{}@", a.user), &format!("{}@", t.user), 1);
-            }
             a.user = t.user;
+            if a.adhoc {
+                a.name = adhoc_name(a, args.ssh.as_deref().unwrap_or_default());
+            }
         }
     }
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
@@ -393,6 +393,21 @@ async fn idle_forever(
     }
 }
 
+/// How an ad-hoc account is named in messages (its ledger is named after
+/// the mailbox itself: fetch::mailbox_identity).
+fn adhoc_name(account: &config::Account, dest: &str) -> String {
+    match &account.via {
+        config::Via::Forward => format!("{}@{}:{} via {dest}", account.user, account.server_host, account.server_port),
+        config::Via::Exec(_) => format!("imap on {dest}"),
+        config::Via::Command(c) => {
+            crate::process::command(c, "tunnel").map(|(_, shown)| shown).unwrap_or_else(|_| "tunnel".to_string())
+        }
+        config::Via::Tls | config::Via::StartTls => {
+            format!("{}@{}:{}", account.user, account.server_host, account.server_port)
+        }
+    }
+}
+
 fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
     let overrides = RawAccount {
         ssh: args.ssh.clone(),
@@ -435,19 +450,7 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
         // never share one.
         let mut account = config::resolve("adhoc", &overrides, args.state_dir.as_deref())?;
         account.adhoc = true;
-        let dest = args.ssh.as_deref().unwrap_or_default();
-        account.name = match &account.via {
-            config::Via::Forward => {
-                format!("{}@{}:{} via {dest}", account.user, account.server_host, account.server_port)
-            }
-            config::Via::Exec(_) => format!("imap on {dest}"),
-            config::Via::Command(c) => {
-                crate::process::command(c, "tunnel").map(|(_, shown)| shown).unwrap_or_else(|_| "tunnel".to_string())
-            }
-            config::Via::Tls | config::Via::StartTls => {
-                format!("{}@{}:{}", account.user, account.server_host, account.server_port)
-            }
-        };
+        account.name = adhoc_name(&account, args.ssh.as_deref().unwrap_or_default());
         return Ok(vec![account]);
     }
     let path = args.config.clone().unwrap_or_else(config::default_config_path);

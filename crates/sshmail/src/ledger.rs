@@ -81,9 +81,7 @@ impl Ledger {
     /// journal from before identities were kept is adopted. `legacy` names
     /// an older file of the same mailbox to take over when this one is new.
     pub fn open_for_mailbox(dir: &Path, name: &str, identity: &str, legacy: Option<&str>) -> Result<Ledger> {
-        use sha2::Digest as _;
-        let hash: String =
-            sha2::Sha256::digest(identity.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let hash = short_hash(identity, 16);
         let stem = file_stem(name);
         let path = dir.join(format!("{stem}.ledger"));
         // Older versions used the name's safe characters, however long.
@@ -271,9 +269,14 @@ pub fn file_stem(name: &str) -> String {
     if safe.len() <= 100 {
         return safe;
     }
+    format!("{}-{}", &safe[..80], short_hash(name, 8))
+}
+
+/// The first `bytes` bytes of the SHA-256 of `text`, in hex: a stable,
+/// short name for something long.
+pub fn short_hash(text: &str, bytes: usize) -> String {
     use sha2::Digest as _;
-    let hash: String = sha2::Sha256::digest(name.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("{}-{hash}", &safe[..80])
+    sha2::Sha256::digest(text.as_bytes()).iter().take(bytes).map(|b| format!("{b:02x}")).collect()
 }
 
 fn safe_chars(name: &str) -> String {

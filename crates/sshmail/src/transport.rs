@@ -77,16 +77,10 @@ impl Diagnostics for ExecStatus {
 }
 
 /// Adds what the process behind a stream said to an error message.
-/// The process's exit status often arrives just after its output ends, so
-/// it is waited for a moment.
+/// The exit status is waited for a moment ([`wait_for_exit`]).
 pub async fn explain(diagnostics: Option<&dyn Diagnostics>, e: Error) -> Error {
     let Some(d) = diagnostics else { return e };
-    for _ in 0..20 {
-        if d.exit().is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_exit(d).await;
     let err = d.stderr();
     let exit = d.exit().map(|c| format!(" (exit status {c})")).unwrap_or_default();
     if err.is_empty() && exit.is_empty() {
@@ -98,6 +92,17 @@ pub async fn explain(diagnostics: Option<&dyn Diagnostics>, e: Error) -> Error {
         Error::Protocol(m) => Error::Protocol(m + &add),
         Error::Server(m) => Error::Server(m + &add),
         other => other,
+    }
+}
+
+/// Waits up to a second for the process's exit status, which often arrives
+/// just after its output ends (and its last stderr with it).
+async fn wait_for_exit(d: &dyn Diagnostics) {
+    for _ in 0..20 {
+        if d.exit().is_some() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -213,14 +218,10 @@ async fn detect_imapd(
                 said.push(format!("{command}: greeted `{line}`, not PREAUTH"));
             }
             Greeting::Nothing => {
-                // Let a late exit status and stderr arrive.
-                for _ in 0..20 {
-                    if status.exit().is_some() {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                let exit = status.exit().map(|c| format!("exit status {c}")).unwrap_or_else(|| "no exit status".into());
+                wait_for_exit(status.as_ref()).await;
+                let exit = Diagnostics::exit(status.as_ref())
+                    .map(|c| format!("exit status {c}"))
+                    .unwrap_or_else(|| "no exit status".into());
                 let err = status.stderr();
                 let err = err.lines().last().unwrap_or("").chars().take(160).collect::<String>();
                 said.push(format!(

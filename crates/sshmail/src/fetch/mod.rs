@@ -251,8 +251,7 @@ fn ledger_names(
     if !account.adhoc {
         return Ok((identity, account.name.clone(), None));
     }
-    use sha2::Digest as _;
-    let hash: String = sha2::Sha256::digest(identity.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let hash = crate::ledger::short_hash(&identity, 8);
     let readable: String = crate::ledger::file_stem(&account.name).chars().take(48).collect();
     // Before, an ad-hoc ledger was named by a description that, except for
     // exec, already held the whole identity: that file is taken over. An
@@ -647,7 +646,7 @@ async fn pop3_body<S: Stream>(
     let spool = store.sink.spool();
     let mut staged = spool.begin(&store.prefix())?;
     match pop.body_into(&mut staged, buf, limit).await {
-        Ok(pop3::Body::Complete(_)) => {
+        Ok(pop3::Body::Complete) => {
             fault::point("message-written");
             Ok(Ok(spool.finish(staged)?))
         }

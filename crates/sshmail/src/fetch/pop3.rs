@@ -19,8 +19,9 @@ use crate::wire::Wire;
 /// may have: a bound on memory for a server that never ends a listing.
 pub const MAX_MESSAGES: usize = 200_000;
 const MAX_CAPA_LINES: usize = 1000;
-/// Longest UIDL or LIST line: a number, a space and a 70-character id.
-const MAX_LISTING_LINE: usize = 512;
+/// Longest listing line: UIDL and LIST need a number, a space and a
+/// 70-character id; CAPA's SASL line may list many mechanisms.
+const MAX_LISTING_LINE: usize = 1024;
 /// How far past its limit a body is read (and thrown away) to stay in step
 /// with the server before the connection is given up instead.
 const DISCARD_ALLOWANCE: u64 = 64 << 20;
@@ -28,8 +29,8 @@ const DISCARD_ALLOWANCE: u64 = 64 << 20;
 /// How a body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
-    /// The terminating line came; this many bytes were decoded.
-    Complete(u64),
+    /// The terminating line came.
+    Complete,
     /// The body went past the limit; what came was thrown away, up to the
     /// terminating line (the session is still in step).
     TooLarge(u64),
@@ -106,7 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
     pub async fn listing(&mut self, what: &str, max: usize, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let mut count = 0usize;
         loop {
-            let line = self.wire.read_line(MAX_LISTING_LINE.max(1024)).await?;
+            let line = self.wire.read_line(MAX_LISTING_LINE).await?;
             if pop3::is_terminator(&line) {
                 return Ok(());
             }
@@ -263,11 +264,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Pop3<S> {
             }
             if decoder.is_done() {
                 self.wire.progress();
-                return Ok(if over {
-                    Body::TooLarge(decoder.decoded_len())
-                } else {
-                    Body::Complete(decoder.decoded_len())
-                });
+                return Ok(if over { Body::TooLarge(decoder.decoded_len()) } else { Body::Complete });
             }
             if decoder.decoded_len() > limit.saturating_add(DISCARD_ALLOWANCE) {
                 return Err(Error::Protocol(format!(
