@@ -495,3 +495,26 @@ fn regression_a_closed_connection_names_the_exit_status() {
         assert!(err.contains("exit status 3") && err.contains("no such mailbox"), "{err}");
     }
 }
+
+/// A refused STORE \Deleted is reported and exits 7, like a refused DELE
+/// (it was only a warning, and the run exited 0).
+#[test]
+fn regression_imap_store_refused_exits_7() {
+    let h = Hostile::new("imap-store-refused");
+    let out = h.run(&[]);
+    assert_exit(&out, 7);
+    assert!(stderr(&out).contains("UID STORE \\Deleted failed"), "{}", stderr(&out));
+    assert_eq!(h.delivered().len(), 3);
+    assert!(h.deleted().is_empty(), "{:?}", h.deleted());
+}
+
+/// Folders LIST names that are skipped (\Noselect, unmappable names)
+/// count against the bound like any response nobody uses: an endless LIST
+/// of them ends the session instead of running on.
+#[test]
+fn regression_every_read_is_bounded_a_list_of_skipped_folders() {
+    let h = Hostile::new("imap-list-flood");
+    let out = run_bounded(&h, &["--folder", "*"]);
+    assert_exit(&out, 4);
+    assert!(stderr(&out).contains("flooded"), "{}", stderr(&out));
+}

@@ -46,6 +46,8 @@ pub const IMAP_SCENARIOS: &[&str] = &[
     "imap-drip-literal",      // the body literal one byte every 0.5 s
     "imap-uidvalidity-zero",  // SELECT says UIDVALIDITY 0
     "imap-stderr-flood",      // 1.5 GB on stderr without a newline, then a good session
+    "imap-store-refused",     // every UID STORE gets NO
+    "imap-list-flood",        // LIST answers 3 M \Noselect folders
     "imap-login-no-sasl-ir",  // greets OK; AUTH=PLAIN without SASL-IR, LOGINDISABLED (as GNU imap4d)
 ];
 
@@ -384,6 +386,10 @@ fn imap(s: &mut Server, scenario: &str) -> Result<()> {
                 }
             }
             "AUTHENTICATE" => s.send(format!("{tag} BAD Invalid arguments\r\n").as_bytes())?,
+            "LIST" if scenario == "imap-list-flood" => {
+                s.flood(b"* LIST (\\Noselect) \"/\" \"skip\"\r\n", 3_000_000 * 30)?;
+                ok(s, "LIST")?;
+            }
             "LIST" => {
                 let mut out = Vec::new();
                 for f in &folders {
@@ -478,6 +484,9 @@ fn imap(s: &mut Server, scenario: &str) -> Result<()> {
                         }
                         s.send(&out)?;
                         ok(s, "FETCH")?;
+                    }
+                    "STORE" if scenario == "imap-store-refused" => {
+                        s.send(format!("{tag} NO [CANNOT] flags are read-only here\r\n").as_bytes())?;
                     }
                     "STORE" => {
                         if items.contains("\\Deleted") {

@@ -481,8 +481,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         let mut out = Vec::new();
         let keep = |u: Untagged| {
             let Untagged::List { flags, name, .. } = u else { return Ok(false) };
+            // Skipped names count as unused, so an endless LIST of them is
+            // bounded too.
             if flags.iter().any(|f| f.eq_ignore_ascii_case("\\Noselect") || f.eq_ignore_ascii_case("\\NonExistent")) {
-                return Ok(true);
+                return Ok(false);
             }
             match utf7::decode(&name) {
                 Some(n) if !n.chars().any(char::is_control) => {
@@ -491,10 +493,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
                     }
                     out.push(n);
                 }
-                _ => tracing::warn!(
-                    "{peer}: skipping a folder whose name is malformed or holds control characters: {:?}",
-                    String::from_utf8_lossy(&name)
-                ),
+                _ => {
+                    tracing::warn!(
+                        "{peer}: skipping a folder whose name is malformed or holds control characters: {:?}",
+                        String::from_utf8_lossy(&name)
+                    );
+                    return Ok(false);
+                }
             }
             Ok(true)
         };

@@ -1009,7 +1009,11 @@ async fn imap_pipeline<S: Stream>(
                     }
                     Pending::Apply(uids, what) => {
                         if done.status != Status::Ok {
-                            tracing::warn!("{}", imap.failure(what, &done));
+                            // As a refused DELE: the messages stay on the
+                            // server, and the run says so (exit 7).
+                            let m = format!("{}; the messages stay on the server", imap.failure(what, &done));
+                            tracing::warn!("{m}");
+                            store.outcome.policy_errors.push(m);
                         } else {
                             fault::point("policy-applied");
                             if what == "UID EXPUNGE" || what == "EXPUNGE" {
