@@ -95,7 +95,8 @@ pub struct FetchArgs {
     /// Accept exactly the server certificate with this SHA-256 (hex).
     #[arg(help_heading = "Mail server", long, value_name = "HEX")]
     pub tls_fingerprint: Option<String>,
-    /// IMAP: fetch a folder whose UIDVALIDITY changed again from scratch.
+    /// IMAP: fetch a folder whose UIDVALIDITY changed again from scratch, when
+    /// the ledger cannot recognise what it delivered before (mail arrives twice).
     #[arg(long, help_heading = "What to fetch")]
     pub accept_uidvalidity_change: bool,
     /// Only check for mail, like fetchmail --check: log in, count what is

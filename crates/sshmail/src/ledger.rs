@@ -5,11 +5,15 @@
 //!
 //! ```text
 //! # sshmail ledger v1
-//! P <key> <token>     prepared: the message is durable in the sink's staging
-//!                     area (Maildir tmp/) under <token>, not yet visible
-//! D <key>             delivered: durable and visible; never fetch it again
+//! P <key> <token> [<fp>]  prepared: the message is durable in the sink's
+//!                     staging area (Maildir tmp/) under <token>, not yet visible
+//! D <key> [<fp>]      delivered: durable and visible; never fetch it again
 //! F <key>             forget a P that turned out not to be delivered
 //! ```
+//!
+//! `<fp>`, where given, is the message's fingerprint (see
+//! [`crate::fetch::fingerprint`]): what recognises it after the server
+//! renumbered its folder.
 //!
 //! Every append is fsync'd before the caller goes on. On open the journal is
 //! replayed; a torn last line (a crash mid-append) is ignored. At the end of
@@ -38,6 +42,8 @@ pub struct Ledger {
     _lock: File,
     delivered: HashSet<String>,
     pending: HashMap<String, String>,
+    /// Fingerprints of delivered and pending keys, where recorded.
+    marks: HashMap<String, String>,
 }
 
 impl Ledger {
@@ -61,7 +67,7 @@ impl Ledger {
             ))
         })?;
         let path = dir.join(format!("{safe}.ledger"));
-        let (delivered, pending) = match fs::read(&path) {
+        let Replayed { delivered, pending, marks } = match fs::read(&path) {
             Ok(bytes) => replay(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(e) => {
@@ -69,7 +75,7 @@ impl Ledger {
             }
         };
         let file = open_append(&path)?;
-        Ok(Ledger { path, file, _lock: lock, delivered, pending })
+        Ok(Ledger { path, file, _lock: lock, delivered, pending, marks })
     }
 
     /// Opens the ledger of the mailbox `identity` (everything that selects
@@ -108,6 +114,7 @@ impl Ledger {
                 fs::rename(&path, &aside).map_err(|e| delivery(format!("cannot move {} aside", path.display()), e))?;
                 ledger.delivered.clear();
                 ledger.pending.clear();
+                ledger.marks.clear();
                 ledger.file = open_append(&path)?;
                 write_synced(&mailbox, &hash)?;
             }
@@ -143,6 +150,22 @@ impl Ledger {
         v
     }
 
+    /// The fingerprints of what was delivered under keys starting with
+    /// `prefix` but not with `except` (a folder's other UIDVALIDITY
+    /// values), each with the number of deliveries it stands for; and how
+    /// many of those deliveries were recorded without one.
+    pub fn marks_under(&self, prefix: &str, except: &str) -> (HashMap<String, usize>, usize) {
+        let mut marks: HashMap<String, usize> = HashMap::new();
+        let mut unmarked = 0;
+        for key in self.delivered.iter().filter(|k| k.starts_with(prefix) && !k.starts_with(except)) {
+            match self.marks.get(key) {
+                Some(fp) => *marks.entry(fp.clone()).or_default() += 1,
+                None => unmarked += 1,
+            }
+        }
+        (marks, unmarked)
+    }
+
     /// Prepared but not confirmed deliveries, left by an interrupted run.
     pub fn pending(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = self.pending.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
@@ -150,32 +173,49 @@ impl Ledger {
         v
     }
 
-    /// Records that these messages are durable in staging under their tokens.
-    pub fn prepare(&mut self, items: &[(String, String)]) -> Result<()> {
+    /// Records that these messages are durable in staging under their
+    /// tokens (key, token, fingerprint if known).
+    pub fn prepare(&mut self, items: &[(String, String, Option<String>)]) -> Result<()> {
         let mut buf = String::new();
-        for (key, token) in items {
+        for (key, token, fp) in items {
             check_field(key)?;
             check_field(token)?;
-            buf.push_str(&format!("P {key} {token}\n"));
+            buf.push_str(&format!("P {key} {token}"));
+            push_mark(&mut buf, fp.as_deref())?;
         }
         self.append(&buf)?;
-        for (key, token) in items {
+        for (key, token, fp) in items {
             self.pending.insert(key.clone(), token.clone());
+            if let Some(fp) = fp {
+                self.marks.insert(key.clone(), fp.clone());
+            }
         }
         Ok(())
     }
 
-    /// Records that these messages are delivered.
+    /// Records that these messages are delivered (a fingerprint given when
+    /// they were prepared stays theirs).
     pub fn commit(&mut self, keys: &[String]) -> Result<()> {
+        let items: Vec<(String, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
+        self.commit_marked(&items)
+    }
+
+    /// Records that these messages are delivered, each with its fingerprint
+    /// if known.
+    pub fn commit_marked(&mut self, items: &[(String, Option<String>)]) -> Result<()> {
         let mut buf = String::new();
-        for key in keys {
+        for (key, fp) in items {
             check_field(key)?;
-            buf.push_str(&format!("D {key}\n"));
+            buf.push_str(&format!("D {key}"));
+            push_mark(&mut buf, fp.as_deref())?;
         }
         self.append(&buf)?;
-        for key in keys {
+        for (key, fp) in items {
             self.pending.remove(key);
             self.delivered.insert(key.clone());
+            if let Some(fp) = fp {
+                self.marks.insert(key.clone(), fp.clone());
+            }
         }
         Ok(())
     }
@@ -184,6 +224,9 @@ impl Ledger {
     pub fn forget(&mut self, key: &str) -> Result<()> {
         self.append(&format!("F {key}\n"))?;
         self.pending.remove(key);
+        if !self.delivered.contains(key) {
+            self.marks.remove(key);
+        }
         Ok(())
     }
 
@@ -191,14 +234,17 @@ impl Ledger {
     /// is true (those still on the server) and every pending entry.
     pub fn compact(&mut self, keep: impl Fn(&str) -> bool) -> Result<()> {
         self.delivered.retain(|k| keep(k));
+        self.marks.retain(|k, _| self.delivered.contains(k) || self.pending.contains_key(k));
         let mut text = String::from(HEADER);
         let mut keys: Vec<_> = self.delivered.iter().collect();
         keys.sort();
         for k in keys {
-            text.push_str(&format!("D {k}\n"));
+            text.push_str(&format!("D {k}"));
+            push_mark(&mut text, self.marks.get(k).map(String::as_str))?;
         }
         for (k, t) in &self.pending {
-            text.push_str(&format!("P {k} {t}\n"));
+            text.push_str(&format!("P {k} {t}"));
+            push_mark(&mut text, self.marks.get(k).map(String::as_str))?;
         }
         let tmp = self.path.with_extension("ledger.new");
         let ctx = |e| delivery(format!("cannot rewrite ledger {}", self.path.display()), e);
@@ -313,31 +359,60 @@ fn open_append(path: &Path) -> Result<File> {
     Ok(f)
 }
 
+/// Ends a record: ` <fp>` if there is one, and the line end.
+fn push_mark(buf: &mut String, fp: Option<&str>) -> Result<()> {
+    if let Some(fp) = fp {
+        check_field(fp)?;
+        buf.push(' ');
+        buf.push_str(fp);
+    }
+    buf.push('\n');
+    Ok(())
+}
+
+/// What a journal says.
+#[derive(Default)]
+struct Replayed {
+    delivered: HashSet<String>,
+    pending: HashMap<String, String>,
+    marks: HashMap<String, String>,
+}
+
 /// Replays journal bytes. Only complete lines count.
-fn replay(bytes: &[u8]) -> (HashSet<String>, HashMap<String, String>) {
+fn replay(bytes: &[u8]) -> Replayed {
     let mut delivered = HashSet::new();
     let mut pending = HashMap::new();
+    let mut marks = HashMap::new();
     let complete = match bytes.iter().rposition(|&b| b == b'\n') {
         Some(i) => &bytes[..=i],
         None => &[][..],
     };
     for line in String::from_utf8_lossy(complete).lines() {
         let mut w = line.split(' ');
-        match (w.next(), w.next(), w.next()) {
-            (Some("P"), Some(k), Some(t)) => {
+        match (w.next(), w.next(), w.next(), w.next(), w.next()) {
+            (Some("P"), Some(k), Some(t), fp, None) => {
                 pending.insert(k.to_string(), t.to_string());
+                if let Some(fp) = fp {
+                    marks.insert(k.to_string(), fp.to_string());
+                }
             }
-            (Some("D"), Some(k), None) => {
+            (Some("D"), Some(k), fp, None, None) => {
                 pending.remove(k);
                 delivered.insert(k.to_string());
+                if let Some(fp) = fp {
+                    marks.insert(k.to_string(), fp.to_string());
+                }
             }
-            (Some("F"), Some(k), None) => {
+            (Some("F"), Some(k), None, None, None) => {
                 pending.remove(k);
+                if !delivered.contains(k) {
+                    marks.remove(k);
+                }
             }
             _ => {}
         }
     }
-    (delivered, pending)
+    Replayed { delivered, pending, marks }
 }
 
 /// fsyncs a directory, making renames and creations in it durable.
@@ -354,7 +429,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut l = Ledger::open(dir.path(), "work").unwrap();
-            l.prepare(&[("uid1".into(), "tok1".into()), ("uid2".into(), "tok2".into())]).unwrap();
+            l.prepare(&[("uid1".into(), "tok1".into(), None), ("uid2".into(), "tok2".into(), None)]).unwrap();
             l.commit(&["uid1".into()]).unwrap();
         }
         let l = Ledger::open(dir.path(), "work").unwrap();
@@ -400,16 +475,16 @@ mod tests {
 
     #[test]
     fn torn_last_line_is_ignored() {
-        let (d, p) = replay(b"# sshmail ledger v1\nD a\nD b\nD c");
-        assert!(d.contains("a") && d.contains("b") && !d.contains("c"));
-        assert!(p.is_empty());
+        let r = replay(b"# sshmail ledger v1\nD a\nD b\nD c");
+        assert!(r.delivered.contains("a") && r.delivered.contains("b") && !r.delivered.contains("c"));
+        assert!(r.pending.is_empty());
     }
 
     #[test]
     fn compaction_keeps_only_what_is_asked_and_pending() {
         let dir = tempfile::tempdir().unwrap();
         let mut l = Ledger::open(dir.path(), "a").unwrap();
-        l.prepare(&[("x".into(), "t".into())]).unwrap();
+        l.prepare(&[("x".into(), "t".into(), None)]).unwrap();
         l.commit(&["a1".into(), "a2".into()]).unwrap();
         l.compact(|k| k == "a2").unwrap();
         l.commit(&["a3".into()]).unwrap();
@@ -417,6 +492,29 @@ mod tests {
         let l = Ledger::open(dir.path(), "a").unwrap();
         assert!(!l.is_delivered("a1") && l.is_delivered("a2") && l.is_delivered("a3"));
         assert_eq!(l.pending().len(), 1);
+    }
+
+    #[test]
+    fn fingerprints_survive_replay_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut l = Ledger::open(dir.path(), "a").unwrap();
+            // Maildir: the fingerprint goes with P, D follows without it.
+            l.prepare(&[("F/1/1".into(), "t1".into(), Some("10.aa".into()))]).unwrap();
+            l.commit(&["F/1/1".into()]).unwrap();
+            // Other sinks: with D.
+            l.commit_marked(&[("F/1/2".into(), Some("10.aa".into())), ("F/1/3".into(), None)]).unwrap();
+            l.commit_marked(&[("F/2/1".into(), Some("20.bb".into()))]).unwrap();
+        }
+        let mut l = Ledger::open(dir.path(), "a").unwrap();
+        let (marks, unmarked) = l.marks_under("F/", "F/2/");
+        assert_eq!(marks, HashMap::from([("10.aa".to_string(), 2)]));
+        assert_eq!(unmarked, 1);
+        l.compact(|k| k != "F/1/2").unwrap();
+        drop(l);
+        let l = Ledger::open(dir.path(), "a").unwrap();
+        assert_eq!(l.marks_under("F/", "F/2/").0, HashMap::from([("10.aa".to_string(), 1)]));
+        assert_eq!(l.marks_under("F/", "F/1/").0, HashMap::from([("20.bb".to_string(), 1)]));
     }
 
     #[test]

@@ -195,24 +195,79 @@ fn delete_removes_only_what_was_delivered() {
     assert_eq!(env.bed.server_message_count().unwrap(), 1);
 }
 
-#[test]
-fn uidvalidity_change_is_detected_and_nothing_is_silently_duplicated() {
-    let mut env = Env::new();
-    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
-    let dest = ssh_dest(&env);
-    let out = env.run_imap(&["--ssh", &dest, "--keep"]);
-    assert_exit(&out, 0);
-    // UIDVALIDITY is time-based in Dovecot: wait for the next second.
+/// Dovecot renumbers a folder (new UIDVALIDITY) when its index is lost;
+/// waits for the next second, since its UIDVALIDITY is the time.
+fn renumber_inbox(env: &Env) {
     let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let first = second();
     while second() == first {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     env.bed.reset_uidvalidity().unwrap();
+}
+
+/// Issue: after a UIDVALIDITY change, everything was "new" (delete mode
+/// fetched it all again; keep mode refused the folder). Now what was
+/// delivered is recognised by the fingerprint the ledger keeps.
+#[test]
+fn regression_after_a_uidvalidity_change_delivered_mail_is_recognised_not_fetched_again() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
+    let dest = ssh_dest(&env);
+    let out = env.run_imap(&["--ssh", &dest, "--keep"]);
+    assert_exit(&out, 0);
+    renumber_inbox(&env);
+    let m = corpus::mixed_message(5, 0);
+    env.bed.add_message(&m).unwrap();
+    env.originals.push(m);
+    let out = env.run_imap(&["--ssh", &dest, "--keep", "-v"]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("UIDVALIDITY of INBOX changed"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("5 messages delivered before were recognised"), "{}", stderr(&out));
+    assert_eq!(env.delivered(), env.expected(), "only the new message was fetched");
+    let out = env.run_imap(&["--ssh", &dest, "--keep"]);
+    assert_exit(&out, 1);
+    // And again, now in delete mode: only what was recognised is deleted.
+    renumber_inbox(&env);
+    let out = env.run_imap(&["--ssh", &dest]);
+    assert_exit(&out, 1);
+    assert_eq!(env.delivered(), env.expected(), "nothing new");
+    assert_eq!(env.bed.server_message_count().unwrap(), 0, "what was recognised is deleted");
+}
+
+/// A ledger that recorded no fingerprints (written by an older sshmail)
+/// cannot recognise anything: keep mode then refuses the folder rather
+/// than deliver everything twice, until told to.
+#[test]
+fn uidvalidity_change_without_fingerprints_is_detected_and_nothing_is_silently_duplicated() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::mixed_message(i, 0)));
+    let dest = ssh_dest(&env);
+    let out = env.run_imap(&["--ssh", &dest, "--keep"]);
+    assert_exit(&out, 0);
+    let mut stripped = 0;
+    for e in std::fs::read_dir(env.state_dir()).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "ledger") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let old: String = text
+                .lines()
+                .map(
+                    |l| if l.starts_with("D ") { l.split(' ').take(2).collect::<Vec<_>>().join(" ") } else { l.into() },
+                )
+                .map(|l| l + "\n")
+                .collect();
+            stripped += text.lines().filter(|l| l.starts_with("D ") && l.split(' ').count() == 3).count();
+            std::fs::write(&path, old).unwrap();
+        }
+    }
+    assert_eq!(stripped, 5, "every delivery was recorded with its fingerprint");
+    renumber_inbox(&env);
 
     let out = env.run_imap(&["--ssh", &dest, "--keep"]);
     assert_exit(&out, 7);
     assert!(stderr(&out).contains("UIDVALIDITY of INBOX changed"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("without a fingerprint"), "{}", stderr(&out));
     assert_eq!(env.delivered(), env.expected(), "nothing fetched while UIDVALIDITY is unresolved");
 
     // Asked for explicitly: everything again (the documented duplicates).

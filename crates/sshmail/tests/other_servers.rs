@@ -92,6 +92,36 @@ fn regression_nothing_is_fetched_twice_on_imap4d_mbox_in_delete_mode() {
     }
 }
 
+/// Issue: imap4d gives an mbox a new UIDVALIDITY at every outside
+/// delivery, so keep mode could fetch only once: every later run stopped
+/// with "UIDVALIDITY changed". What was delivered is now recognised by its
+/// fingerprint, and only new mail is fetched.
+#[test]
+fn regression_keep_mode_works_on_imap4d_mbox_across_new_mail() {
+    let mut env = Env::new();
+    for i in 0..3 {
+        let m = corpus::small_message(i, 300);
+        env.bed.add_mbox_message(&m).unwrap();
+        env.originals.push(m);
+    }
+    let out = imap4d(&env, true, &["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+    for round in 0..2 {
+        let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let first = second();
+        while second() == first {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let m = corpus::small_message(10 + round, 300);
+        env.bed.add_mbox_message(&m).unwrap();
+        env.originals.push(m);
+        let out = imap4d(&env, true, &["--keep"]);
+        assert_exit(&out, 0);
+        assert_eq!(env.delivered(), env.expected(), "round {round}: {}", stderr(&out));
+    }
+}
+
 fn imap4d_sessions() -> usize {
     std::fs::read_dir("/proc")
         .unwrap()

@@ -36,6 +36,8 @@ pub const TEST_USER: &str = "sshmail-test";
 pub const MAIL_USER: &str = "mailuser";
 /// Its password.
 pub const MAIL_PASSWORD: &str = "correct horse battery staple";
+/// The login at GNU mailutils' pop3d and imap4d (a virtual domain user).
+pub const MAILUTILS_USER: &str = "mailuser@testbed";
 
 /// Options for starting a testbed.
 #[derive(Debug, Clone)]
@@ -51,11 +53,16 @@ pub struct Options {
     /// Replaces the IMAP capabilities Dovecot announces (`imap_capability`),
     /// to test clients against servers that lack an extension.
     pub imap_capability: Option<String>,
+    /// GNU mailutils' pop3d and imap4d as daemons on loopback ports of their
+    /// own (a second POP3 and IMAP implementation), with a login
+    /// ([`MAILUTILS_USER`], [`MAIL_PASSWORD`]) and a Maildir of their own
+    /// ([`Testbed::mailutils_maildir`]).
+    pub mailutils: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { allow_tcp_forwarding: true, tls: false, lmtp: false, imap_capability: None }
+        Options { allow_tcp_forwarding: true, tls: false, lmtp: false, imap_capability: None, mailutils: false }
     }
 }
 
@@ -97,8 +104,14 @@ pub struct Testbed {
     pub host_key_line: String,
     /// The Dovecot config file (for `imap -c`).
     pub dovecot_config: PathBuf,
+    /// GNU mailutils' pop3d port (0 unless started with `mailutils`).
+    pub mailutils_pop3_port: u16,
+    /// GNU mailutils' imap4d port (0 unless started with `mailutils`).
+    pub mailutils_imap_port: u16,
     sshd: Option<Child>,
     dovecot: Option<Child>,
+    pop3d: Option<Child>,
+    imap4d: Option<Child>,
     seq: u32,
 }
 
@@ -142,11 +155,18 @@ impl Testbed {
             known_hosts: PathBuf::new(),
             host_key_line: String::new(),
             dovecot_config: PathBuf::new(),
+            mailutils_pop3_port: 0,
+            mailutils_imap_port: 0,
             sshd: None,
             dovecot: None,
+            pop3d: None,
+            imap4d: None,
             seq: 0,
         };
         bed.start_dovecot(opts)?;
+        if opts.mailutils {
+            bed.start_mailutils()?;
+        }
         bed.start_sshd(opts)?;
         Ok(bed)
     }
@@ -277,9 +297,31 @@ impl Testbed {
     /// Puts a message into the server's INBOX (Maildir `new/`), owned by the
     /// mail account so Dovecot can read it. Returns the file name.
     pub fn add_message(&mut self, content: &[u8]) -> Result<String> {
+        let md = self.server_maildir();
+        self.add_message_at(&md, content)
+    }
+
+    /// Puts a message into the Maildir GNU mailutils' pop3d and imap4d
+    /// serve (started with `mailutils`), as a delivery agent would.
+    pub fn add_mailutils_message(&mut self, content: &[u8]) -> Result<String> {
+        let md = self.mailutils_maildir();
+        self.add_message_at(&md, content)
+    }
+
+    /// The Maildir GNU mailutils' daemons serve: `mailutils/INBOX`.
+    pub fn mailutils_maildir(&self) -> PathBuf {
+        self.path().join("mailutils/INBOX")
+    }
+
+    /// Number of messages in [`Testbed::mailutils_maildir`] (new/ and cur/).
+    pub fn mailutils_message_count(&self) -> Result<usize> {
+        let md = self.mailutils_maildir();
+        Ok(fs::read_dir(md.join("new"))?.count() + fs::read_dir(md.join("cur"))?.count())
+    }
+
+    fn add_message_at(&mut self, md: &Path, content: &[u8]) -> Result<String> {
         self.seq += 1;
         let name = format!("{}.M{}P{}.testbed", 1_700_000_000 + self.seq, self.seq, std::process::id());
-        let md = self.server_maildir();
         let tmp = md.join("tmp").join(&name);
         fs::write(&tmp, content)?;
         chown(&tmp, &self.account)?;
@@ -413,6 +455,63 @@ impl Testbed {
         }
         self.imaps_port = imaps;
         self.lmtp_port = lmtp_port;
+        Ok(())
+    }
+
+    /// GNU mailutils' pop3d and imap4d as daemons in the foreground, each on
+    /// a loopback port, authenticating [`MAILUTILS_USER`] from a virtual
+    /// domain passwd file (a crypt(3) hash made with `openssl passwd`) and
+    /// serving `mailutils/INBOX`, a Maildir.
+    fn start_mailutils(&mut self) -> Result<()> {
+        let root = self.path().join("mailutils");
+        let md = self.mailutils_maildir();
+        for sub in ["new", "cur", "tmp"] {
+            fs::create_dir_all(md.join(sub))?;
+        }
+        chown_tree(&root, &self.account)?;
+        let domains = self.path().join("mailutils-domains");
+        fs::create_dir_all(&domains)?;
+        let hash = run_text(Command::new("openssl").args(["passwd", "-6", "-salt", "sshmailtestbed", MAIL_PASSWORD]))
+            .context("hashing the mailutils password with openssl passwd (is openssl installed?)")?;
+        let (user, domain) = MAILUTILS_USER.split_once('@').expect("MAILUTILS_USER is user@domain");
+        // The mailbox of a virtual user is HOME/INBOX.
+        fs::write(
+            domains.join(domain),
+            format!("{user}:{hash}:{}:{}::{}:/bin/false\n", self.account.uid, self.account.gid, root.display()),
+        )?;
+        for (name, bin) in [("pop3d", "/usr/sbin/pop3d"), ("imap4d", "/usr/sbin/imap4d")] {
+            let port = free_port()?;
+            let conf = self.path().join(format!("mailutils-{name}.conf"));
+            fs::write(
+                &conf,
+                format!(
+                    "mode daemon;\nforeground yes;\nserver 127.0.0.1:{port} {{ }};\n\
+                     auth {{ authorization virtdomain; authentication generic; }};\n\
+                     virtdomain {{ passwd-dir \"{}\"; }};\n\
+                     mailbox {{ mailbox-type maildir; }};\n\
+                     mandatory-locking {{ enable no; }};\n\
+                     logging {{ syslog no; }};\n",
+                    domains.display()
+                ),
+            )?;
+            let log = self.path().join(format!("mailutils-{name}.log"));
+            let program = find_program(name, &[bin])?;
+            let child = Command::new(program)
+                .arg(format!("--config-file={}", conf.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(fs::File::create(&log)?))
+                .stderr(Stdio::from(fs::File::options().append(true).open(&log)?))
+                .spawn()
+                .with_context(|| format!("starting {name} (is mailutils-{name} installed?)"))?;
+            let slot = if name == "pop3d" { &mut self.pop3d } else { &mut self.imap4d };
+            *slot = Some(child);
+            wait_for_port(port, slot, &log)?;
+            if name == "pop3d" {
+                self.mailutils_pop3_port = port;
+            } else {
+                self.mailutils_imap_port = port;
+            }
+        }
         Ok(())
     }
 
@@ -576,7 +675,14 @@ impl Drop for Testbed {
             signal(pid, "CONT");
             signal(pid, "KILL");
         }
-        for child in [self.sshd.take(), self.dovecot.take()].into_iter().flatten() {
+        // mailutils' daemons fork a process per connection.
+        for master in [&self.pop3d, &self.imap4d].into_iter().flatten() {
+            for pid in descendants(master.id()) {
+                signal(pid, "KILL");
+            }
+        }
+        let children = [self.sshd.take(), self.dovecot.take(), self.pop3d.take(), self.imap4d.take()];
+        for child in children.into_iter().flatten() {
             let mut child = child;
             signal(child.id(), "TERM");
             let deadline = Instant::now() + Duration::from_secs(5);

@@ -160,11 +160,19 @@ fn is_body_literal(parts: &[Part]) -> bool {
         return false;
     }
     let Some(Part::Text(last)) = parts.last() else { return false };
-    let item = last.trim_ascii_end().rsplit(|&b| b == b' ' || b == b'(').next().unwrap_or_default();
-    let item = item.to_ascii_uppercase();
-    let item = match item.iter().position(|&b| b == b'<') {
-        Some(p) if item.ends_with(b">") => &item[..p],
-        _ => &item[..],
+    let last = last.trim_ascii_end().to_ascii_uppercase();
+    let last = match last.iter().rposition(|&b| b == b'<') {
+        Some(p) if last.ends_with(b">") => &last[..p],
+        _ => &last[..],
     };
-    matches!(item, b"BODY[]" | b"RFC822" | b"BINARY[]" | b"RFC822.TEXT" | b"BODY[TEXT]")
+    // A header section names fields in brackets, with spaces and parentheses.
+    if let Some(p) = last.windows(12).rposition(|w| w == b"BODY[HEADER.")
+        && (p == 0 || matches!(last[p - 1], b' ' | b'('))
+        && last.ends_with(b")]")
+        && !last[p..last.len() - 1].contains(&b']')
+    {
+        return true;
+    }
+    let item = last.rsplit(|&b| b == b' ' || b == b'(').next().unwrap_or_default();
+    matches!(item, b"BODY[]" | b"RFC822" | b"BINARY[]" | b"RFC822.TEXT" | b"BODY[TEXT]" | b"BODY[HEADER]")
 }

@@ -78,6 +78,9 @@ pub struct Fetch {
     pub flags: Option<Vec<String>>,
     /// BODY[] was present (streamed, or NIL if the server had none).
     pub body: Option<Value>,
+    /// A header section (`BODY[HEADER]`, `BODY[HEADER.FIELDS.NOT (…)]`)
+    /// was present: never the message itself.
+    pub header: Option<Value>,
 }
 
 /// An untagged response.
@@ -377,6 +380,7 @@ fn parse_fetch(seq: u32, parts: &[Part]) -> Result<Response, ImapError> {
             _ if upper.starts_with("BODY[]") || upper == "RFC822" || upper.starts_with("BINARY[]") => {
                 f.body = Some(value)
             }
+            _ if upper.starts_with("BODY[HEADER]") || upper.starts_with("BODY[HEADER.FIELDS") => f.header = Some(value),
             _ => {}
         }
     }

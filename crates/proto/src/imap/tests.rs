@@ -200,3 +200,18 @@ proptest! {
         prop_assert_eq!(r.len(), 2);
     }
 }
+
+/// A header section, with the field list in its brackets, is streamed like
+/// a body but reported as a header: it can never be taken for the message.
+#[test]
+fn header_sections_stream_and_are_never_the_body() {
+    let wire = b"* 1 FETCH (UID 4 RFC822.SIZE 99 BODY[HEADER.FIELDS.NOT (X-UID STATUS)] {8}\r\nA: b\r\n\r\n)\r\n\
+* 2 FETCH (UID 5 BODY[HEADER] {4}\r\n\r\n\r\n)\r\n";
+    let (responses, bodies) = run(wire, 1 << 20).unwrap();
+    assert_eq!(bodies, vec![b"A: b\r\n\r\n".to_vec(), b"\r\n\r\n".to_vec()]);
+    for r in &responses {
+        let Response::Untagged(Untagged::Fetch(f)) = r else { panic!("{r:?}") };
+        assert_eq!(f.body, None);
+        assert_eq!(f.header, Some(Value::Streamed));
+    }
+}

@@ -56,6 +56,9 @@ pub struct Finished {
     file: File,
     /// Bytes in the message.
     pub len: u64,
+    /// What recognises the message if its server renumbers it, when the
+    /// protocol gives one ([`crate::fetch::fingerprint`]).
+    pub fingerprint: Option<String>,
 }
 
 impl Spool {
@@ -100,7 +103,7 @@ impl Spool {
         let Staged { name, path, file, len } = staged;
         let file =
             file.into_inner().map_err(|e| delivery(format!("cannot write {}", path.display()), e.into_error()))?;
-        Ok(Finished { name, path, file, len })
+        Ok(Finished { name, path, file, len, fingerprint: None })
     }
 
     /// Removes an unfinished message.

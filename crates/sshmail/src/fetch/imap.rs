@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use sshmail_proto::imap::{
-    Code, Command, Event, Fetch, Limits, Response, ResponseReader, Status, Tagger, Untagged, Value, utf7,
+    Code, Command, Event, Fetch, Limits, Response, ResponseReader, Status, Tagger, Untagged, Value, uid_set, utf7,
 };
 use sshmail_proto::line::CrlfToLf;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,6 +16,7 @@ use crate::config::AuthMethod;
 use crate::deliver::{Finished, Spool, Staged};
 use crate::error::{Error, Result};
 use crate::fetch::Trace;
+use crate::fetch::fingerprint::{self, HeaderHash};
 use crate::secret::Secret;
 use crate::wire::Wire;
 
@@ -27,6 +28,8 @@ pub const MAX_FOLDER_MESSAGES: usize = 1_000_000;
 /// their bytes: a server that floods us gets an error, not our memory.
 const MAX_UNSOLICITED: usize = 100_000;
 const MAX_UNSOLICITED_BYTES: u64 = 64 << 20;
+/// UIDs per `BODY.PEEK[HEADER]` command (a command line stays short).
+const HEADER_GROUP: usize = 500;
 
 /// Counts what a server sends that nobody asked for, per command.
 #[derive(Debug, Default)]
@@ -92,54 +95,84 @@ pub struct Bodies<'m> {
     spool: Option<&'m Spool>,
     trace: Option<Trace>,
     current: Option<Staged>,
+    /// The header hash of the body being read, when bodies are hashed.
+    header: Option<HeaderHash>,
+    hashing: bool,
     crlf: CrlfToLf,
     buf: Vec<u8>,
     /// A body that is complete and waits for its FETCH response to say
     /// which UID it belongs to.
     pub done: Option<Finished>,
+    /// The header hash of the last complete body.
+    pub done_header: Option<String>,
 }
 
 impl<'m> Bodies<'m> {
     /// Bodies are thrown away (no FETCH of bodies expected).
     pub fn discard() -> Bodies<'static> {
-        Bodies { spool: None, trace: None, current: None, crlf: CrlfToLf::default(), buf: Vec::new(), done: None }
+        Bodies {
+            spool: None,
+            trace: None,
+            current: None,
+            header: None,
+            hashing: false,
+            crlf: CrlfToLf::default(),
+            buf: Vec::new(),
+            done: None,
+            done_header: None,
+        }
     }
 
-    /// Bodies are staged in `spool`, each after a trace line if given.
+    /// Only each body's header hash is kept ([`Bodies::done_header`]),
+    /// for a `BODY.PEEK[HEADER]` fetch.
+    pub fn header_hashes() -> Bodies<'static> {
+        Bodies { hashing: true, ..Bodies::discard() }
+    }
+
+    /// Bodies are staged in `spool`, each after a trace line if given, and
+    /// their header hashes kept.
     pub fn into_spool(spool: &'m Spool, trace: Option<Trace>) -> Bodies<'m> {
-        Bodies {
-            spool: Some(spool),
-            trace,
-            current: None,
-            crlf: CrlfToLf::default(),
-            buf: Vec::with_capacity(64 * 1024),
-            done: None,
-        }
+        Bodies { spool: Some(spool), trace, hashing: true, buf: Vec::with_capacity(64 * 1024), ..Bodies::discard() }
     }
 
     fn start(&mut self) -> Result<()> {
         self.abort();
+        self.crlf = CrlfToLf::default();
+        self.header = self.hashing.then(HeaderHash::new);
         if let Some(spool) = self.spool {
             let prefix = self.trace.as_ref().map(Trace::line).unwrap_or_default();
             self.current = Some(spool.begin(&prefix)?);
-            self.crlf = CrlfToLf::default();
         }
         Ok(())
     }
 
     fn data(&mut self, d: &[u8]) -> Result<()> {
+        if !self.hashing {
+            return Ok(());
+        }
+        self.buf.clear();
+        self.crlf.convert(d, &mut self.buf);
+        if let Some(h) = &mut self.header {
+            h.feed(&self.buf);
+        }
         if let Some(staged) = &mut self.current {
-            self.buf.clear();
-            self.crlf.convert(d, &mut self.buf);
             staged.write(&self.buf)?;
         }
         Ok(())
     }
 
     fn end(&mut self) -> Result<()> {
+        if !self.hashing {
+            return Ok(());
+        }
+        self.buf.clear();
+        self.crlf.finish(&mut self.buf);
+        let mut header = self.header.take();
+        if let Some(h) = &mut header {
+            h.feed(&self.buf);
+        }
+        self.done_header = header.map(HeaderHash::finish);
         if let (Some(spool), Some(mut staged)) = (self.spool, self.current.take()) {
-            self.buf.clear();
-            self.crlf.finish(&mut self.buf);
             staged.write(&self.buf)?;
             if let Some(old) = self.done.replace(spool.finish(staged)?) {
                 spool.discard_finished(old);
@@ -566,6 +599,33 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             Ok(true)
         };
         self.run(&Command::UidFetch("1:*".into(), "(UID FLAGS RFC822.SIZE)"), "UID FETCH", keep).await?;
+        Ok(out)
+    }
+
+    /// The fingerprint of each of `uids` in the selected folder (its header
+    /// without bookkeeping fields, [`fingerprint::FETCH_ITEM`], in groups),
+    /// for recognising messages after a UIDVALIDITY change. A UID the
+    /// server does not answer for is left out.
+    pub async fn fingerprints(&mut self, uids: &[u32]) -> Result<Vec<(u32, String)>> {
+        let mut out = Vec::new();
+        for group in uids.chunks(HEADER_GROUP) {
+            let tag = self.send(&Command::UidFetch(uid_set(group), fingerprint::FETCH_ITEM)).await?;
+            let mut bodies = Bodies::header_hashes();
+            let mut unsolicited = Unsolicited::default();
+            loop {
+                let r = self.read(&mut bodies).await?;
+                match self.step(r, &tag, "UID FETCH")? {
+                    Step::Done(_) => break,
+                    Step::Other(Response::Untagged(Untagged::Fetch(f))) if f.header == Some(Value::Streamed) => {
+                        match (f.uid, bodies.done_header.take()) {
+                            (Some(uid), Some(hash)) if group.contains(&uid) => out.push((uid, hash)),
+                            _ => unsolicited.add(self.wire.peer(), "UID FETCH", self.last_size)?,
+                        }
+                    }
+                    Step::Other(_) => unsolicited.add(self.wire.peer(), "UID FETCH", self.last_size)?,
+                }
+            }
+        }
         Ok(out)
     }
 

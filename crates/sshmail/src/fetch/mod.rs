@@ -16,6 +16,7 @@
 //! works the same way: delivered messages still on the server get the
 //! policy applied on the next run.
 
+pub mod fingerprint;
 pub mod imap;
 pub mod pop3;
 
@@ -314,7 +315,7 @@ impl Store<'_> {
                     for ((key, f), r) in keys.iter().zip(&files).zip(results) {
                         match r {
                             Ok(()) => {
-                                ok.push(key.clone());
+                                ok.push((key.clone(), f.fingerprint.clone()));
                                 self.outcome.bytes += f.len;
                             }
                             Err(refusal) => {
@@ -333,10 +334,10 @@ impl Store<'_> {
                 spool.discard_finished(f);
             }
             let ok = delivered?;
-            self.ledger.commit(&ok)?;
+            self.ledger.commit_marked(&ok)?;
             fault::point("batch-recorded");
             self.outcome.delivered += ok.len();
-            return Ok(ok);
+            return Ok(ok.into_iter().map(|(k, _)| k).collect());
         };
         // Order is important: content durable, then named in the ledger,
         // then visible, then recorded as delivered.
@@ -344,8 +345,11 @@ impl Store<'_> {
             files.into_iter().for_each(|f| spool.discard_finished(f));
             return Err(e);
         }
-        let prepared: Vec<_> =
-            keys.iter().cloned().zip(files.iter().map(|f| maildir.token(subfolder, &f.name))).collect();
+        let prepared: Vec<_> = keys
+            .iter()
+            .zip(&files)
+            .map(|(k, f)| (k.clone(), maildir.token(subfolder, &f.name), f.fingerprint.clone()))
+            .collect();
         self.ledger.prepare(&prepared)?;
         maildir.publish(subfolder, &files)?;
         self.ledger.commit(&keys)?;
@@ -794,19 +798,29 @@ async fn imap_folder<S: Stream>(
     let validity_prefix = format!("{prefix}{validity}/");
     let old: Vec<String> =
         store.ledger.validities(&prefix).into_iter().filter(|v| *v != validity.to_string()).collect();
+    // After a renumbering, what was delivered is recognised by fingerprint
+    // (size and header block), where the ledger has one.
+    let mut marks = HashMap::new();
     if !old.is_empty() {
-        let msg = format!(
-            "{}: UIDVALIDITY of {folder} changed from {} to {validity}: the server renumbered the folder, so the \
-             messages fetched before can no longer be recognised",
+        let unmarked;
+        (marks, unmarked) = store.ledger.marks_under(&prefix, &validity_prefix);
+        let changed = format!(
+            "{}: UIDVALIDITY of {folder} changed from {} to {validity}: the server renumbered the folder",
             imap.peer(),
             old.join(", ")
         );
-        if account.policy == Policy::Delete || account.accept_uidvalidity_change {
-            tracing::warn!("{msg}; fetching what is there now as new");
+        if unmarked == 0 {
+            tracing::info!("{changed}; the messages delivered before are recognised by their header");
+        } else if account.policy == Policy::Delete || account.accept_uidvalidity_change {
+            tracing::warn!(
+                "{changed}; {unmarked} messages delivered before were recorded without a fingerprint and cannot be \
+                 recognised, so what is there now is fetched as new"
+            );
         } else {
             return Err(Error::Server(format!(
-                "{msg}. Nothing was fetched from {folder}. To fetch everything in it again (mail you already have \
-                 would arrive twice), run once with --accept-uidvalidity-change"
+                "{changed}, and {unmarked} messages delivered before were recorded without a fingerprint, so they \
+                 can no longer be recognised. Nothing was fetched from {folder}. To fetch everything in it again \
+                 (mail you already have would arrive twice), run once with --accept-uidvalidity-change"
             )));
         }
     }
@@ -815,12 +829,13 @@ async fn imap_folder<S: Stream>(
     }
     let scan = imap.scan().await?;
     store.outcome.on_server += scan.len();
+    let recognised = recognise(account, imap, store, &validity_prefix, &scan, marks).await?;
     let mut to_fetch: Vec<(u32, u64)> = Vec::new();
     let mut to_apply: Vec<u32> = Vec::new();
     for f in &scan {
         let (uid, seen) = (f.uid, f.seen);
         let key = format!("{validity_prefix}{uid}");
-        let delivered = store.ledger.is_delivered(&key);
+        let delivered = store.ledger.is_delivered(&key) || recognised.contains(&uid);
         listed.insert(key);
         if account.fetch_all || !delivered {
             if account.only_unseen && seen {
@@ -883,6 +898,47 @@ async fn imap_folder<S: Stream>(
     .await;
     bar.finish_and_clear();
     result
+}
+
+/// Finds, among the messages of a renumbered folder, those the ledger
+/// recorded as delivered under the old numbering (`marks`: fingerprints and
+/// how many deliveries each stands for), and records them under their new
+/// UIDs. Returns their UIDs.
+async fn recognise<S: Stream>(
+    account: &Account,
+    imap: &mut Imap<S>,
+    store: &mut Store<'_>,
+    validity_prefix: &str,
+    scan: &[imap::Listed],
+    mut marks: HashMap<String, usize>,
+) -> Result<HashSet<u32>> {
+    let mut found = HashSet::new();
+    if marks.is_empty() {
+        return Ok(found);
+    }
+    let candidates: Vec<u32> = scan
+        .iter()
+        .filter(|f| !(account.policy == Policy::Delete && f.deleted))
+        .filter(|f| !store.ledger.is_delivered(&format!("{validity_prefix}{}", f.uid)))
+        .map(|f| f.uid)
+        .collect();
+    if candidates.is_empty() {
+        return Ok(found);
+    }
+    let mut adopted = Vec::new();
+    for (uid, fp) in imap.fingerprints(&candidates).await? {
+        if let Some(left) = marks.get_mut(&fp).filter(|n| **n > 0)
+            && found.insert(uid)
+        {
+            *left -= 1;
+            adopted.push((format!("{validity_prefix}{uid}"), Some(fp)));
+        }
+    }
+    tracing::info!("{}: {} messages delivered before were recognised", imap.peer(), adopted.len());
+    if !store.show.check {
+        store.ledger.commit_marked(&adopted)?;
+    }
+    Ok(found)
 }
 
 /// What one folder's transfer works on.
@@ -961,10 +1017,11 @@ async fn imap_pipeline<S: Stream>(
         bar.inc(imap.received() - before);
         match response {
             Response::Untagged(Untagged::Fetch(f)) if imap::has_body(&f) => {
-                let Some(file) = bodies.done.take() else { continue };
+                let Some(mut file) = bodies.done.take() else { continue };
                 match f.uid {
                     Some(uid) if requested.contains(&uid) && !collected.contains_key(&uid) => {
                         fault::point("message-written");
+                        file.fingerprint = bodies.done_header.take();
                         collected.insert(uid, file);
                         count += 1;
                         bar.set_message(format!("{count}/{total}"));
