@@ -363,35 +363,35 @@ async fn idle_forever(
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
     let mut pause = FIRST_PAUSE;
     crate::stop::on_signals();
-    loop {
-        let pool = SshPool::new();
+    // One pool for the whole watch: a dead connection is replaced on the
+    // next lease, a live one reused.
+    let pool = SshPool::new();
+    let exit = loop {
         let started = std::time::Instant::now();
         let result = fetch::fetch_account(account, &pool, ssh_config, show).await;
         // A session that lasted is a fresh start for the back-off.
         if started.elapsed() > std::time::Duration::from_secs(600) {
             pause = FIRST_PAUSE;
         }
-        pool.close_all().await;
         match result {
-            Ok(_) => return Exit::Delivered,
-            Err(_) if crate::stop::requested() => return Exit::Delivered,
-            Err(e)
-                if matches!(e.exit(), Exit::Connect | Exit::Protocol | Exit::Server)
-                    && !matches!(e, Error::HostKey(_)) =>
-            {
+            Ok(_) => break Exit::Delivered,
+            Err(_) if crate::stop::requested() => break Exit::Delivered,
+            Err(e) if e.retry() == crate::error::Retry::Later => {
                 eprintln!("sshmail: {}: {e}; retrying in {} s", account.name, pause.as_secs());
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = crate::stop::wait() => return Exit::Delivered,
+                    _ = crate::stop::wait() => break Exit::Delivered,
                 }
                 pause = (pause * 2).min(std::time::Duration::from_secs(300));
             }
             Err(e) => {
                 eprintln!("sshmail: {}: {e}", account.name);
-                return e.exit();
+                break e.exit();
             }
         }
-    }
+    };
+    pool.close_all().await;
+    exit
 }
 
 /// How an ad-hoc account is named in messages (its ledger is named after

@@ -22,7 +22,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::deliver::smtp::Endpoint;
+/// Where an SMTP/LMTP server listens (a delivery target).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// host, port.
+    Tcp(String, u16),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 

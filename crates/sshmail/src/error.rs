@@ -36,7 +36,7 @@ impl Exit {
 }
 
 /// An error that ends the work on one account.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum Error {
     /// TCP connect, SSH transport, channel open, lost link.
     #[error("{0}")]
@@ -64,7 +64,26 @@ pub enum Error {
     Delivery(String),
 }
 
+/// When the work that failed may be tried again (isync's grades).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// After a back-off: the link, the server or the local disk may recover.
+    Later,
+    /// Not until the configuration changes: a refused host key, a failed
+    /// login, a bad config. Retrying would only repeat the refusal (and,
+    /// for a password, risk a lock-out).
+    Never,
+}
+
 impl Error {
+    /// Whether, and when, to try again.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Connect(_) | Error::Protocol(_) | Error::Server(_) | Error::Delivery(_) => Retry::Later,
+            Error::HostKey(_) | Error::Auth(_) | Error::Config(_) | Error::Permissions(_) => Retry::Never,
+        }
+    }
+
     /// The exit code this error maps to.
     pub fn exit(&self) -> Exit {
         match self {
@@ -85,4 +104,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Shorthand for a delivery error from an I/O error with context.
 pub fn delivery(context: impl std::fmt::Display, e: std::io::Error) -> Error {
     Error::Delivery(format!("{context}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused host key or login is never retried by itself: only a
+    /// config change (or the user) can fix it; everything else may recover.
+    #[test]
+    fn refusals_are_never_retried_the_rest_later() {
+        for e in [Error::HostKey("k".into()), Error::Auth("a".into()), Error::Config("c".into())] {
+            assert_eq!(e.retry(), Retry::Never, "{e:?}");
+        }
+        for e in [Error::Connect("c".into()), Error::Protocol("p".into()), Error::Delivery("disk full".into())] {
+            assert_eq!(e.retry(), Retry::Later, "{e:?}");
+        }
+    }
 }

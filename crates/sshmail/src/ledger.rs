@@ -12,7 +12,7 @@
 //! ```
 //!
 //! `<fp>`, where given, is the message's fingerprint (see
-//! [`crate::fetch::fingerprint`]): what recognises it after the server
+//! `fetch::fingerprint`): what recognises it after the server
 //! renumbered its folder.
 //!
 //! Every append is fsync'd before the caller goes on. On open the journal is

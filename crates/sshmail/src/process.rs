@@ -164,6 +164,15 @@ pub async fn read_secret(c: &Command, what: &str, timeout: Duration) -> Result<c
     Ok(crate::secret::Secret::new(first))
 }
 
+/// Quotes one word for a POSIX shell.
+pub fn shell_quote(w: &str) -> String {
+    if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

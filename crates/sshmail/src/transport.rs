@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _,
 
 use crate::config::{Account, Command, TlsSettings, Via};
 use crate::error::{Error, Result};
+use crate::process::shell_quote;
 use crate::ssh::session::ExecStatus;
 use crate::ssh::{SshPool, target};
 
@@ -39,9 +40,7 @@ pub const IMAPD_CANDIDATES: &[(&str, &str)] = &[
     ("/etc/rimapd", ""),
 ];
 
-/// A byte stream to the server.
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+pub use crate::wire::Stream;
 
 /// An open transport.
 pub struct Opened {
@@ -117,8 +116,8 @@ pub async fn open(account: &Account, pool: &SshPool, ssh_config: Option<&ssh2_co
                 .iter()
                 .map(|j| target::resolve_jump(j, ssh_config, account))
                 .collect::<Result<Vec<_>>>()?;
-            let session = pool.get(&target, &jumps).await?;
             if account.via == Via::Forward {
+                let session = pool.get(&target, &jumps).await?;
                 let ch = session.forward(&account.server_host, account.server_port).await?;
                 return Ok(Opened {
                     stream: Box::new(ch),
@@ -131,14 +130,14 @@ pub async fn open(account: &Account, pool: &SshPool, ssh_config: Option<&ssh2_co
             let (command, stream, status) = match &account.via {
                 Via::Exec(Some(c)) => {
                     let command = remote_command(c);
-                    let (stream, status) = session.exec(&command).await?;
+                    let (stream, status, _) = pool.exec(&target, &jumps, &command).await?;
                     (command, Box::new(stream) as Box<dyn Stream>, status)
                 }
-                _ => detect_imapd(&session, account.timeout).await?,
+                _ => detect_imapd(pool, &target, &jumps).await?,
             };
             Ok(Opened {
                 stream,
-                peer: format!("`{command}` on {}", session.name()),
+                peer: format!("`{command}` on {}", target.name()),
                 preauth_ok: true,
                 greeting_done: false,
                 diagnostics: Some(status),
@@ -180,36 +179,29 @@ pub fn remote_command(c: &Command) -> String {
     }
 }
 
-/// Quotes one word for a POSIX shell.
-pub fn shell_quote(w: &str) -> String {
-    if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {
-        w.to_string()
-    } else {
-        format!("'{}'", w.replace('\'', "'\\''"))
-    }
-}
-
 /// Finds the remote imapd: lists which candidates exist, then starts each
 /// in turn and reads its greeting. The first that greets `* PREAUTH` is the
 /// one, and its session goes on (the greeting is handed on to the IMAP
 /// layer). The error names every candidate tried and what each said.
 async fn detect_imapd(
-    session: &crate::ssh::SshSession,
-    timeout: std::time::Duration,
+    pool: &SshPool,
+    target: &target::SshTarget,
+    jumps: &[target::SshTarget],
 ) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>)> {
+    let timeout = target.timeout;
     let probe = format!(
         "for p in {}; do if [ -x \"$p\" ]; then echo \"$p\"; fi; done; true",
         IMAPD_CANDIDATES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(" ")
     );
-    let (out, _) = session.run(&probe).await?;
+    let (out, _) = pool.run(target, jumps, &probe).await?;
     let present: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).collect();
     let mut said = Vec::new();
     for (program, args) in IMAPD_CANDIDATES.iter().filter(|(p, _)| present.iter().any(|f| f == p)) {
         let command = format!("{program}{args}");
-        let (mut stream, status) = session.exec(&command).await?;
+        let (mut stream, status, _) = pool.exec(target, jumps, &command).await?;
         match read_greeting(&mut stream, timeout.min(std::time::Duration::from_secs(10))).await {
             Greeting::Line(bytes) if bytes.starts_with(b"* PREAUTH") => {
-                tracing::info!("found the IMAP server {command} on {}", session.name());
+                tracing::info!("found the IMAP server {command} on {}", target.name());
                 return Ok((command, Box::new(Prefixed { prefix: bytes, pos: 0, inner: stream }), status));
             }
             Greeting::Line(bytes) => {
@@ -239,7 +231,7 @@ async fn detect_imapd(
     Err(Error::Connect(format!(
         "no preauthenticated IMAP server found on {} ({tried}); give its command with --imapd or `imapd` in the \
          config, or use via = \"forward\" with a server address",
-        session.name()
+        target.name()
     )))
 }
 

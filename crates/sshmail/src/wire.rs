@@ -15,7 +15,9 @@
 //! may be streaming a large body at us while we queue the next command; on an
 //! SSH channel, a write that waits for the connection's event loop while that
 //! loop waits for us to read would deadlock. A separate writer means reading
-//! never waits on writing.
+//! never waits on writing. Its queue is bounded by bytes ([`WRITE_QUEUE`]):
+//! a sender that streams a large message (SMTP or LMTP DATA) waits for room
+//! instead of reading the whole message into memory.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,11 +28,21 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 
+/// A byte stream to a server, however it was made.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
 /// Initial read buffer capacity.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The slowest a body may stream: bytes per second of the timeout.
 pub const MIN_RATE: u64 = 1024;
+
+/// Bytes queued for the writer at most; a send waits for room beyond it.
+pub const WRITE_QUEUE: usize = 2 << 20;
+
+/// Queued bytes with their claim on the queue's room.
+type Queued = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 
 /// How much of the current timeout window was spent waiting, and what came.
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,7 +54,8 @@ struct Clock {
 /// A stream with a read buffer and a per-wait timeout.
 pub struct Wire<S> {
     io: ReadHalf<S>,
-    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    writer: Option<mpsc::UnboundedSender<Queued>>,
+    room: Arc<tokio::sync::Semaphore>,
     write_error: Arc<Mutex<Option<Error>>>,
     writer_task: Option<tokio::task::JoinHandle<()>>,
     buf: Vec<u8>,
@@ -59,12 +72,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
     pub fn new(io: S, timeout: Duration, peer: impl Into<String>) -> Wire<S> {
         let peer = peer.into();
         let (read, mut write) = tokio::io::split(io);
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
         let write_error = Arc::new(Mutex::new(None));
         let errors = write_error.clone();
         let who = peer.clone();
         let writer_task = tokio::spawn(async move {
-            while let Some(bytes) = rx.recv().await {
+            while let Some((bytes, _room)) = rx.recv().await {
                 let done = async {
                     write.write_all(&bytes).await?;
                     write.flush().await
@@ -82,6 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
         Wire {
             io: read,
             writer: Some(tx),
+            room: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE)),
             write_error,
             writer_task: Some(writer_task),
             buf: Vec::with_capacity(READ_CHUNK),
@@ -202,12 +216,23 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
     /// Queues `data` for the writer task. A failure of an earlier write is
     /// reported here; a failure of this one, by the next call or by the read
     /// that waits for the answer.
+    /// Waits while [`WRITE_QUEUE`] bytes are queued (within the timeout: the
+    /// writer task gives up on a peer that accepts nothing, and its queue
+    /// then empties).
     pub async fn send(&mut self, data: &[u8]) -> Result<()> {
         if let Some(e) = self.write_error.lock().expect("write error lock").take() {
             return Err(e);
         }
+        let claim = u32::try_from(data.len().clamp(1, WRITE_QUEUE)).unwrap_or(u32::MAX);
+        let room = tokio::time::timeout(self.timeout * 2, self.room.clone().acquire_many_owned(claim))
+            .await
+            .map_err(|_| Error::Protocol(format!("{} stopped accepting data", self.peer)))?
+            .map_err(|_| Error::Connect(format!("connection to {} is closed for writing", self.peer)))?;
+        if let Some(e) = self.write_error.lock().expect("write error lock").take() {
+            return Err(e);
+        }
         match &self.writer {
-            Some(tx) if tx.send(data.to_vec()).is_ok() => Ok(()),
+            Some(tx) if tx.send((data.to_vec(), room)).is_ok() => Ok(()),
             _ => Err(Error::Connect(format!("connection to {} is closed for writing", self.peer))),
         }
     }
@@ -273,6 +298,37 @@ mod tests {
         .await
         .expect("deadlock: reading waited on writing");
         assert_eq!(peer.await.unwrap(), commands);
+    }
+
+    /// What is queued for writing is bounded: a sender faster than its peer
+    /// waits for room instead of queueing the whole message in memory.
+    #[tokio::test]
+    async fn every_read_is_bounded_the_write_queue_holds_at_most_its_room() {
+        use tokio::io::AsyncReadExt as _;
+        let (mut server, client) = tokio::io::duplex(64 * 1024);
+        let mut w = Wire::new(client, Duration::from_secs(5), "slow");
+        let chunk = vec![b'x'; 256 * 1024];
+        // Nobody reads: the queue fills to its room, then send waits.
+        let mut queued = 0usize;
+        while let Ok(r) = tokio::time::timeout(Duration::from_millis(200), w.send(&chunk)).await {
+            r.unwrap();
+            queued += chunk.len();
+            assert!(queued <= WRITE_QUEUE + 2 * chunk.len(), "queued {queued} bytes");
+        }
+        assert!(queued >= WRITE_QUEUE - chunk.len(), "the queue should fill before send waits ({queued})");
+        // Once the peer reads, sending goes on.
+        let reader = tokio::spawn(async move {
+            let mut sink = vec![0u8; 1 << 20];
+            let mut total = 0usize;
+            while total < 8 << 20 {
+                total += server.read(&mut sink).await.unwrap();
+            }
+            total
+        });
+        for _ in 0..24 {
+            w.send(&chunk).await.unwrap();
+        }
+        assert!(reader.await.unwrap() >= 8 << 20);
     }
 
     #[tokio::test]

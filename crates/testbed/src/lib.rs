@@ -58,11 +58,20 @@ pub struct Options {
     /// ([`MAILUTILS_USER`], [`MAIL_PASSWORD`]) and a Maildir of their own
     /// ([`Testbed::mailutils_maildir`]).
     pub mailutils: bool,
+    /// sshd's `MaxSessions`; None keeps OpenSSH's default (10).
+    pub max_sessions: Option<u32>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { allow_tcp_forwarding: true, tls: false, lmtp: false, imap_capability: None, mailutils: false }
+        Options {
+            allow_tcp_forwarding: true,
+            tls: false,
+            lmtp: false,
+            imap_capability: None,
+            mailutils: false,
+            max_sessions: None,
+        }
     }
 }
 
@@ -628,11 +637,12 @@ impl Testbed {
              PermitRootLogin prohibit-password\n\
              ClientAliveInterval 0\n\
              MaxStartups 100\n\
-             MaxSessions 100\n\
+             {max_sessions}\
              LogLevel VERBOSE\n\
              SetEnv CONFIG_FILE={dovecot_conf}\n\
              Subsystem sftp internal-sftp\n",
             dovecot_conf = self.dovecot_config.display(),
+            max_sessions = opts.max_sessions.map(|n| format!("MaxSessions {n}\n")).unwrap_or_default(),
             hk = host_key.display(),
             root = root.display(),
             authorized = authorized.display(),

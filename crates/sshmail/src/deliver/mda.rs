@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt as _;
 use super::envelope;
 use super::spool::Finished;
 use crate::error::{Error, Result};
-use crate::transport::shell_quote;
+use crate::process::shell_quote;
 
 /// EX_TEMPFAIL from sysexits.h.
 pub const EX_TEMPFAIL: i32 = 75;

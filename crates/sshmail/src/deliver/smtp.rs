@@ -5,7 +5,6 @@
 //! A 2xx to the end of DATA means delivered; 4xx is temporary, 5xx permanent.
 
 use std::io::Read as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use sshmail_proto::smtp::{self, DataEncoder, Extensions, Reply, ReplyParser};
@@ -13,18 +12,9 @@ use sshmail_proto::smtp::{self, DataEncoder, Extensions, Reply, ReplyParser};
 use super::envelope;
 use super::mda::Refusal;
 use super::spool::Finished;
+use crate::config::Endpoint;
 use crate::error::{Error, Result};
-use crate::transport::Stream;
-use crate::wire::Wire;
-
-/// Where the SMTP/LMTP server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// host, port.
-    Tcp(String, u16),
-    /// A Unix socket path.
-    Unix(PathBuf),
-}
+use crate::wire::{Stream, Wire};
 
 /// An SMTP or LMTP sink.
 #[derive(Debug, Clone)]

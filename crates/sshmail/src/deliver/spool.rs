@@ -3,12 +3,21 @@
 //!
 //! A Maildir's `tmp/` is one; every other sink gets one beside the ledger.
 //! Nothing in a spool is ever visible to a mail reader; a message cut off
-//! mid-transfer is removed, never delivered.
+//! mid-transfer is removed, never delivered: a [`Staged`] message that is
+//! dropped unfinished (an error, a cancelled task) removes its file.
+//!
+//! Our names carry the writer's PID and a run token, unique to each
+//! [`Spool`] of the process. [`Spool::clean`] removes our files whose
+//! writer is gone: another process that has died, or a spool of this
+//! process that no longer exists (a daemon's PID lives for months; its
+//! earlier cycles' leftovers must go all the same).
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write as _};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Result, delivery};
@@ -18,22 +27,38 @@ use crate::fault;
 /// a crashed sshmail can be told from other writers' files.
 pub const OWN_MARK: &str = "sshmail";
 
+/// The run tokens of this process's spools that exist now.
+static LIVE_RUNS: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+/// The next run token.
+static NEXT_RUN: AtomicU64 = AtomicU64::new(1);
+
 /// A staging directory.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
     host: String,
     pid: u32,
+    /// This spool's run token: what tells its files from those of the
+    /// process's earlier spools.
+    run: u64,
     seq: AtomicU64,
 }
 
-/// A message being written.
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Some(live) = LIVE_RUNS.lock().expect("runs lock").as_mut() {
+            live.remove(&self.run);
+        }
+    }
+}
+
+/// A message being written; dropped unfinished, its file is removed.
 #[derive(Debug)]
 pub struct Staged {
     /// The unique file name (for a Maildir also the ledger token).
     pub name: String,
     path: PathBuf,
-    file: BufWriter<File>,
+    file: Option<BufWriter<File>>,
     /// Bytes written.
     pub len: u64,
 }
@@ -42,7 +67,16 @@ impl Staged {
     /// Appends message bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         self.len += data.len() as u64;
-        self.file.write_all(data).map_err(|e| delivery(format!("cannot write {}", self.path.display()), e))
+        let file = self.file.as_mut().expect("a staged file is open until finished");
+        file.write_all(data).map_err(|e| delivery(format!("cannot write {}", self.path.display()), e))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -57,8 +91,27 @@ pub struct Finished {
     /// Bytes in the message.
     pub len: u64,
     /// What recognises the message if its server renumbers it, when the
-    /// protocol gives one ([`crate::fetch::fingerprint`]).
+    /// protocol gives one (`fetch::fingerprint`).
     pub fingerprint: Option<String>,
+    /// The ledger may name this file (it is about to be recorded as
+    /// staged): it stays when dropped, for the recovery of an interrupted
+    /// publish. Otherwise dropping it removes it.
+    kept: bool,
+}
+
+impl Finished {
+    /// Keeps the file when this is dropped: the ledger is about to name it.
+    pub fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl Spool {
@@ -76,14 +129,30 @@ impl Spool {
 
     /// The spool at `dir`, not created (for `--check`, which stages nothing).
     pub fn at(dir: &Path) -> Spool {
-        Spool { dir: dir.to_path_buf(), host: hostname_for_names(), pid: std::process::id(), seq: AtomicU64::new(0) }
+        let run = NEXT_RUN.fetch_add(1, Ordering::Relaxed);
+        LIVE_RUNS.lock().expect("runs lock").get_or_insert_with(HashSet::new).insert(run);
+        Spool {
+            dir: dir.to_path_buf(),
+            host: hostname_for_names(),
+            pid: std::process::id(),
+            run,
+            seq: AtomicU64::new(0),
+        }
     }
 
     /// Starts a new message, writing `prefix` (a trace header) first.
     pub fn begin(&self, prefix: &[u8]) -> Result<Staged> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}.M{}P{}Q{}{OWN_MARK}.{}", now.as_secs(), now.subsec_micros(), self.pid, seq, self.host);
+        let name = format!(
+            "{}.M{}P{}Q{}R{}{OWN_MARK}.{}",
+            now.as_secs(),
+            now.subsec_micros(),
+            self.pid,
+            seq,
+            self.run,
+            self.host
+        );
         let path = self.dir.join(&name);
         let file = OpenOptions::new()
             .write(true)
@@ -91,7 +160,7 @@ impl Spool {
             .mode(0o600)
             .open(&path)
             .map_err(|e| delivery(format!("cannot create {}", path.display()), e))?;
-        let mut staged = Staged { name, path, file: BufWriter::with_capacity(128 * 1024, file), len: 0 };
+        let mut staged = Staged { name, path, file: Some(BufWriter::with_capacity(128 * 1024, file)), len: 0 };
         if !prefix.is_empty() {
             staged.write(prefix)?;
         }
@@ -99,21 +168,27 @@ impl Spool {
     }
 
     /// Flushes a complete message.
-    pub fn finish(&self, staged: Staged) -> Result<Finished> {
-        let Staged { name, path, file, len } = staged;
-        let file =
-            file.into_inner().map_err(|e| delivery(format!("cannot write {}", path.display()), e.into_error()))?;
-        Ok(Finished { name, path, file, len, fingerprint: None })
+    /// A message that cannot be flushed is removed.
+    pub fn finish(&self, mut staged: Staged) -> Result<Finished> {
+        let writer = staged.file.take().expect("a staged file is open until finished");
+        let (name, path, len) = (std::mem::take(&mut staged.name), staged.path.clone(), staged.len);
+        let file = match writer.into_inner() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(delivery(format!("cannot write {}", path.display()), e.into_error()));
+            }
+        };
+        Ok(Finished { name, path, file, len, fingerprint: None, kept: false })
     }
 
-    /// Removes an unfinished message.
+    /// Removes an unfinished message (as dropping it does).
     pub fn discard(&self, staged: Staged) {
-        let path = staged.path.clone();
         drop(staged);
-        let _ = fs::remove_file(path);
     }
 
-    /// Removes a finished message that will not be delivered from here.
+    /// Removes a finished message that will not be delivered from here (as
+    /// dropping it does, unless it was kept).
     pub fn discard_finished(&self, finished: Finished) {
         let path = finished.path.clone();
         drop(finished);
@@ -159,15 +234,22 @@ impl Spool {
         Ok(())
     }
 
-    /// Removes our own files whose writer process is gone, and anyone's
-    /// files older than 36 hours (the Maildir rule for `tmp/`).
+    /// Removes our own files whose writer is gone (a dead process, or a
+    /// spool of this process that no longer exists), and anyone's files
+    /// older than 36 hours (the Maildir rule for `tmp/`). Call it after the
+    /// ledger's pending entries were finished: their files are a gone
+    /// writer's too.
     pub fn clean(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else { return };
         let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(36 * 3600);
+        let live: HashSet<u64> = LIVE_RUNS.lock().expect("runs lock").clone().unwrap_or_default();
         for e in entries.flatten() {
             let name = e.file_name();
-            let orphan = orphan_pid(&name.to_string_lossy(), &self.host)
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            let orphan = match own_writer(&name.to_string_lossy(), &self.host) {
+                None => false,
+                Some((pid, run)) if pid == self.pid => run.is_some_and(|r| !live.contains(&r)),
+                Some((pid, _)) => !Path::new(&format!("/proc/{pid}")).exists(),
+            };
             let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
             if orphan || stale {
                 let _ = fs::remove_file(e.path());
@@ -181,8 +263,9 @@ fn hostname_for_names() -> String {
     gethostname::gethostname().to_string_lossy().replace('/', "\\057").replace(':', "\\072")
 }
 
-/// The writer PID in one of our own names for this host, if it is one.
-pub fn orphan_pid(name: &str, host: &str) -> Option<u32> {
+/// The writer of one of our own names for this host, if it is one: its PID,
+/// and its run token (names from before tokens have none).
+pub fn own_writer(name: &str, host: &str) -> Option<(u32, Option<u64>)> {
     let mut parts = name.splitn(3, '.');
     let (_, middle, right) = (parts.next()?, parts.next()?, parts.next()?);
     if right != host {
@@ -190,7 +273,9 @@ pub fn orphan_pid(name: &str, host: &str) -> Option<u32> {
     }
     let middle = middle.strip_suffix(OWN_MARK)?;
     let after_p = &middle[middle.find('P')? + 1..];
-    after_p[..after_p.find('Q')?].parse().ok()
+    let pid = after_p[..after_p.find('Q')?].parse().ok()?;
+    let run = after_p.find('R').and_then(|r| after_p[r + 1..].parse().ok());
+    Some((pid, run))
 }
 
 #[cfg(test)]
@@ -211,7 +296,40 @@ mod tests {
         assert!(live.path.exists(), "a live writer's file was removed");
         assert!(!dir.path().join(&dead).exists(), "our dead writer's file stayed");
         assert!(dir.path().join(&foreign).exists(), "another program's file was removed");
-        assert_eq!(orphan_pid(&dead, &spool.host), Some(u32::MAX - 1));
+        assert_eq!(own_writer(&dead, &spool.host), Some((u32::MAX - 1, None)));
+    }
+
+    /// A long-lived process (the daemon) never dies, so its own leftovers
+    /// are told by the run token: those of a spool that is gone are
+    /// removed, those of a spool that lives (another account delivering
+    /// into the same Maildir) kept.
+    #[test]
+    fn durable_before_destructive_orphans_of_this_process_are_told_by_run_not_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let earlier = Spool::open(dir.path()).unwrap();
+        let left = earlier.begin(b"x").unwrap();
+        let left = earlier.finish(left).unwrap();
+        let left_path = left.path.clone();
+        drop(left);
+        drop(earlier);
+        let other = Spool::open(dir.path()).unwrap();
+        let busy = other.begin(b"y").unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.clean();
+        assert!(!left_path.exists(), "a gone spool's file of this process stayed");
+        assert!(busy.path.exists(), "a living spool's file was removed");
+    }
+
+    /// A message dropped unfinished (an error, a cancelled task) leaves no
+    /// file behind.
+    #[test]
+    fn a_staged_message_dropped_unfinished_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut staged = spool.begin(b"Received: x\n").unwrap();
+        staged.write(b"half a message").unwrap();
+        drop(staged);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

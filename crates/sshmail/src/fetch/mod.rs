@@ -304,7 +304,7 @@ impl Store<'_> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let (keys, files): (Vec<String>, Vec<Finished>) = std::mem::take(batch).into_iter().unzip();
+        let (keys, mut files): (Vec<String>, Vec<Finished>) = std::mem::take(batch).into_iter().unzip();
         let spool = self.sink.spool();
         let Some(maildir) = self.sink.maildir() else {
             let results = self.sink.deliver(&files).await;
@@ -345,6 +345,9 @@ impl Store<'_> {
             files.into_iter().for_each(|f| spool.discard_finished(f));
             return Err(e);
         }
+        // From here the ledger names the files: an interrupted publish is
+        // finished from them by the next run.
+        files.iter_mut().for_each(Finished::keep);
         let prepared: Vec<_> = keys
             .iter()
             .zip(&files)

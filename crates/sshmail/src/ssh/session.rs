@@ -5,8 +5,11 @@
 //! chain: agent keys, then identity files, then a password only if the
 //! account gives one. Channels come out as byte streams.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
@@ -17,8 +20,112 @@ use super::target::SshTarget;
 use crate::config::HostKeyPolicy;
 use crate::error::{Error, Result};
 
-/// A channel as a byte stream.
-pub type Channel = ChannelStream<client::Msg>;
+/// A forwarded channel as a byte stream, counted as a use of its
+/// connection while it is open.
+pub type Channel = Leased<ChannelStream<client::Msg>>;
+
+/// Session channels (exec) OpenSSH allows per connection by default
+/// (`MaxSessions`); a server that allows fewer is learned from its refusal.
+pub const DEFAULT_SESSION_LIMIT: usize = 10;
+
+/// What a connection carries: its open channels, and how many of them are
+/// session channels, which the server limits (`MaxSessions`).
+#[derive(Debug)]
+pub struct Usage {
+    channels: AtomicUsize,
+    sessions: AtomicUsize,
+    session_limit: AtomicUsize,
+    idle_since: Mutex<Option<Instant>>,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage {
+            channels: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
+            session_limit: AtomicUsize::new(DEFAULT_SESSION_LIMIT),
+            idle_since: Mutex::new(Some(Instant::now())),
+        }
+    }
+}
+
+impl Usage {
+    /// Open channels of any kind.
+    pub fn channels(&self) -> usize {
+        self.channels.load(Ordering::SeqCst)
+    }
+
+    /// Open session channels.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::SeqCst)
+    }
+
+    /// Since when nothing has been open on the connection, if so.
+    pub fn idle_since(&self) -> Option<Instant> {
+        *self.idle_since.lock().expect("usage lock")
+    }
+
+    fn open(self: &Arc<Self>) -> Lease {
+        self.channels.fetch_add(1, Ordering::SeqCst);
+        *self.idle_since.lock().expect("usage lock") = None;
+        Lease { usage: self.clone(), session: false }
+    }
+
+    /// Takes one of the session channels the server allows, if one is free.
+    pub fn reserve_session(self: &Arc<Self>) -> Option<Lease> {
+        let limit = self.session_limit.load(Ordering::SeqCst);
+        self.sessions.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < limit).then_some(n + 1)).ok()?;
+        let mut lease = self.open();
+        lease.session = true;
+        Some(lease)
+    }
+}
+
+/// One open channel's claim on its connection; released when dropped.
+#[derive(Debug)]
+pub struct Lease {
+    usage: Arc<Usage>,
+    session: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.session {
+            self.usage.sessions.fetch_sub(1, Ordering::SeqCst);
+        }
+        if self.usage.channels.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *self.usage.idle_since.lock().expect("usage lock") = Some(Instant::now());
+        }
+    }
+}
+
+/// A stream that holds a [`Lease`] on its connection while it lives.
+pub struct Leased<S> {
+    inner: S,
+    _lease: Lease,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Leased<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Leased<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// What the host key check decided, kept for the error message.
 #[derive(Debug, Clone)]
@@ -85,6 +192,7 @@ pub struct SshSession {
     target: SshTarget,
     /// Kept alive so the jump host's channel lives as long as we do.
     jump: Option<Arc<SshSession>>,
+    usage: Arc<Usage>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -134,11 +242,17 @@ impl SshSession {
         };
         authenticate(&mut handle, target).await?;
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
-        Ok(SshSession { handle, target: target.clone(), jump })
+        Ok(SshSession { handle, target: target.clone(), jump, usage: Arc::default() })
+    }
+
+    /// What is open on this connection.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.usage
     }
 
     /// Opens a direct-tcpip channel to `host:port` as seen from the SSH host.
     pub async fn forward(&self, host: &str, port: u16) -> Result<Channel> {
+        let lease = self.usage.open();
         let open = self.handle.channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0);
         let ch = tokio::time::timeout(self.target.timeout, open)
             .await
@@ -151,13 +265,21 @@ impl SshSession {
                 )),
                 other => Error::Connect(format!("{}: cannot open a channel to {host}:{port}: {other}", self.name())),
             })?;
-        Ok(ch.into_stream())
+        Ok(Leased { inner: ch.into_stream(), _lease: lease })
     }
 
-    /// Runs `command` on the SSH host in an exec channel and returns its
+    /// Runs `command` on the SSH host in an exec channel, in the session
+    /// slot `lease` reserved ([`Usage::reserve_session`]), and returns its
     /// stdin/stdout as a byte stream. Its stderr (the first 64 KiB) and exit
-    /// status are collected in the returned [`ExecStatus`] for error messages.
-    pub async fn exec(&self, command: &str) -> Result<(tokio::io::DuplexStream, Arc<ExecStatus>)> {
+    /// status are collected in the returned [`ExecStatus`] for error
+    /// messages. When the server refuses the channel while others are open,
+    /// that many is taken as its limit, and the error says so
+    /// ([`ExecError::Full`]): the caller may try another connection.
+    pub async fn exec(
+        &self,
+        command: &str,
+        lease: Lease,
+    ) -> std::result::Result<(tokio::io::DuplexStream, Arc<ExecStatus>), ExecError> {
         let where_ = self.name();
         let timeout = self.target.timeout;
         let open = async {
@@ -165,10 +287,26 @@ impl SshSession {
             ch.exec(true, command.as_bytes()).await?;
             Ok::<_, russh::Error>(ch)
         };
-        let ch = tokio::time::timeout(timeout, open)
-            .await
-            .map_err(|_| Error::Connect(format!("{where_}: starting `{command}` timed out")))?
-            .map_err(|e| Error::Connect(format!("{where_}: cannot run `{command}`: {e}")))?;
+        let ch = match tokio::time::timeout(timeout, open).await {
+            Err(_) => {
+                return Err(ExecError::Other(Error::Connect(format!("{where_}: starting `{command}` timed out"))));
+            }
+            Ok(Err(russh::Error::ChannelOpenFailure(reason))) if self.usage.sessions() > 1 => {
+                let others = self.usage.sessions() - 1;
+                self.usage.session_limit.store(others, Ordering::SeqCst);
+                tracing::info!(
+                    "{where_} refused session channel number {} ({reason:?}): taking {others} as its MaxSessions",
+                    others + 1
+                );
+                return Err(ExecError::Full);
+            }
+            Ok(Err(e)) => {
+                return Err(ExecError::Other(Error::Connect(format!("{where_}: cannot run `{command}`: {e}"))));
+            }
+            Ok(Ok(ch)) => ch,
+        };
+        let lease = Arc::new(lease);
+        let writer_lease = lease.clone();
         let status = Arc::new(ExecStatus::default());
         let (ours, theirs) = tokio::io::duplex(256 * 1024);
         let (mut from_remote, to_remote) = ch.split();
@@ -196,32 +334,20 @@ impl SshSession {
                     _ => {}
                 }
             }
+            drop(lease);
         });
         tokio::spawn(async move {
             let mut writer = to_remote.make_writer();
             let _ = tokio::io::copy(&mut their_read, &mut writer).await;
             let _ = to_remote.eof().await;
+            drop(writer_lease);
         });
         Ok((ours, status))
     }
 
-    /// Runs a short command and returns its stdout and exit status (bounded
-    /// to 64 KiB of output).
-    pub async fn run(&self, command: &str) -> Result<(Vec<u8>, Option<u32>)> {
-        use tokio::io::AsyncReadExt as _;
-        let (mut stream, status) = self.exec(command).await?;
-        let mut out = Vec::new();
-        let mut limited = (&mut stream).take(64 * 1024);
-        tokio::time::timeout(self.target.timeout, limited.read_to_end(&mut out))
-            .await
-            .map_err(|_| Error::Connect(format!("{}: `{command}` did not finish", self.name())))?
-            .map_err(|e| Error::Connect(format!("{}: `{command}`: {e}", self.name())))?;
-        drop(stream);
-        // The exit status follows the data closely; wait for it briefly.
-        if status.exit().is_none() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), status.exited.notified()).await;
-        }
-        Ok((out, status.exit()))
+    /// The per-wait timeout of this connection's account.
+    pub fn timeout(&self) -> Duration {
+        self.target.timeout
     }
 
     /// True once the connection has gone away.
@@ -249,6 +375,15 @@ impl SshSession {
     }
 }
 
+/// Why an exec channel did not open.
+#[derive(Debug)]
+pub enum ExecError {
+    /// The server has as many session channels open as it allows.
+    Full,
+    /// Anything else.
+    Other(Error),
+}
+
 /// What a remote command said on stderr and how it ended.
 #[derive(Debug, Default)]
 pub struct ExecStatus {
@@ -268,6 +403,14 @@ impl ExecStatus {
         *self.exit.lock().expect("exit lock") = Some(code);
         // notify_one keeps a permit if nobody waits yet.
         self.exited.notify_one();
+    }
+
+    /// Waits up to `max` for the exit status.
+    pub async fn wait_exit(&self, max: Duration) -> Option<u32> {
+        if self.exit().is_none() {
+            let _ = tokio::time::timeout(max, self.exited.notified()).await;
+        }
+        self.exit()
     }
 
     /// The exit status, once known.
@@ -299,13 +442,13 @@ fn client_config(target: &SshTarget) -> client::Config {
             russh::cipher::AES_256_CTR,
         ]);
     }
-    // A frozen link is noticed after ~timeout: keepalives every third of it,
-    // the connection dropped after two go unanswered.
-    let interval = (target.timeout / 3).max(Duration::from_millis(500));
+    // A frozen link is noticed by keepalives (ServerAliveInterval and
+    // ServerAliveCountMax, 4 s and 2 by default: within 12 s), however long
+    // a mail server may take to answer.
     client::Config {
         preferred,
-        keepalive_interval: Some(interval),
-        keepalive_max: 2,
+        keepalive_interval: Some(target.alive_interval.max(Duration::from_millis(500))),
+        keepalive_max: target.alive_max,
         window_size: 8 * 1024 * 1024,
         nodelay: true,
         ..Default::default()

@@ -31,18 +31,56 @@ pub struct SshTarget {
     pub policy: HostKeyPolicy,
     /// Ask for zlib compression.
     pub compress: bool,
-    /// Per-wait timeout; keepalives are sent at a third of it.
+    /// Per-wait timeout (connecting, a channel opening, a mail server's reply).
     pub timeout: Duration,
+    /// SSH keepalive interval (`ServerAliveInterval`, default 4 s): a frozen
+    /// link is given up after `alive_max` unanswered ones, whatever `timeout`
+    /// allows a slow but alive mail server.
+    pub alive_interval: Duration,
+    /// Unanswered keepalives before the link is dropped
+    /// (`ServerAliveCountMax`, default 2).
+    pub alive_max: usize,
     /// Password for password / keyboard-interactive, if the account gives one.
     pub password: PasswordSource,
     /// Hosts to jump through first (ProxyJump), outermost first.
     pub jumps: Vec<SshDestination>,
 }
 
+/// `ServerAliveInterval` when ssh_config does not set it. A link silent for
+/// an interval gets a keepalive; it is dropped at the interval after
+/// `alive_max` unanswered ones: a frozen link is noticed within
+/// `(alive_max + 1) × interval`, 12 s by default.
+pub const DEFAULT_ALIVE_INTERVAL: Duration = Duration::from_secs(4);
+/// `ServerAliveCountMax` when ssh_config does not set it.
+pub const DEFAULT_ALIVE_MAX: usize = 2;
+
 impl SshTarget {
-    /// The pool key: one connection per (user, host, port).
-    pub fn key(&self) -> (String, String, u16) {
-        (self.user.clone(), self.host.clone(), self.port)
+    /// `user@host:port`, for messages.
+    pub fn name(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+
+    /// What decides whether two accounts may share one connection: where it
+    /// goes and everything that decides trust and identity (known_hosts
+    /// files, host key policy, identities and agent use, the password's
+    /// source, compression). A connection verified under one account's
+    /// policy never serves an account that would have refused it. A
+    /// password given in the config is represented by a hash, never itself.
+    pub fn trust_key(&self) -> String {
+        let password = match &self.password {
+            PasswordSource::None => "none".to_string(),
+            PasswordSource::Literal(s) => format!("literal:{}", crate::ledger::short_hash(s.expose(), 8)),
+            PasswordSource::Command(c) => format!("command:{c:?}"),
+        };
+        format!(
+            "{} known_hosts={:?} policy={:?} identities={:?} only={} password={password} compress={}",
+            self.name(),
+            self.known_hosts,
+            self.policy,
+            self.identities,
+            self.identities_only,
+            self.compress
+        )
     }
 }
 
@@ -110,6 +148,20 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, ac
         },
     };
     let compress = account.compress || params.as_ref().and_then(|p| p.compression).unwrap_or(false);
+    let alive_interval = params
+        .as_ref()
+        .and_then(|p| p.server_alive_interval)
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_ALIVE_INTERVAL);
+    let alive_max = match first("serveralivecountmax") {
+        None => DEFAULT_ALIVE_MAX,
+        Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            Error::Config(format!(
+                "~/.ssh/config: ServerAliveCountMax {v:?} for {} is not a positive number",
+                dest.host
+            ))
+        })?,
+    };
     let jumps = match params.as_ref().and_then(|p| p.proxy_jump.clone()) {
         Some(list) if !list.iter().any(|j| j == "none") => {
             list.iter().map(|j| SshDestination::parse(j)).collect::<Result<Vec<_>>>()?
@@ -126,6 +178,8 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, ac
         policy,
         compress,
         timeout: account.timeout,
+        alive_interval,
+        alive_max,
         password: account.ssh_password.clone(),
         jumps,
     })
@@ -164,6 +218,43 @@ mod tests {
         assert!(t.identities_only && t.compress);
         assert_eq!(t.known_hosts[..2], [PathBuf::from("/kh/one"), PathBuf::from("/kh/two")]);
         assert_eq!(t.policy, HostKeyPolicy::AcceptNew);
+        assert_eq!((t.alive_interval, t.alive_max), (DEFAULT_ALIVE_INTERVAL, DEFAULT_ALIVE_MAX));
+    }
+
+    #[test]
+    fn keepalives_come_from_ssh_config() {
+        let cfg = parse("Host mail\n  ServerAliveInterval 7\n  ServerAliveCountMax 4\n");
+        let raw = RawAccount { ssh: Some("mail".into()), ..Default::default() };
+        let account = resolve_account("a", &raw, None).unwrap();
+        let t = resolve(&account, Some(&cfg)).unwrap();
+        assert_eq!((t.alive_interval, t.alive_max), (Duration::from_secs(7), 4));
+        let cfg = parse("Host mail\n  ServerAliveCountMax many\n");
+        assert!(resolve(&account, Some(&cfg)).unwrap_err().to_string().contains("ServerAliveCountMax"));
+    }
+
+    /// The security defect: a connection verified under one account's
+    /// known_hosts and policy served another account to the same host.
+    #[test]
+    fn host_keys_are_verified_per_trust_a_different_policy_or_known_hosts_is_another_connection() {
+        let raw = |policy: &str, kh: &str| RawAccount {
+            ssh: Some("bob@mail:22".into()),
+            host_key_policy: Some(policy.into()),
+            known_hosts: Some(kh.into()),
+            ..Default::default()
+        };
+        let key = |r: RawAccount| resolve(&resolve_account("a", &r, None).unwrap(), None).unwrap().trust_key();
+        assert_eq!(key(raw("strict", "/kh/a")), key(raw("strict", "/kh/a")));
+        assert_ne!(key(raw("strict", "/kh/a")), key(raw("accept-new", "/kh/a")));
+        assert_ne!(key(raw("strict", "/kh/a")), key(raw("strict", "/kh/b")));
+        let with_password = RawAccount {
+            ssh_password_command: Some(crate::config::Command::Argv(vec!["pass".into(), "mail".into()])),
+            ..raw("strict", "/kh/a")
+        };
+        assert_ne!(key(with_password), key(raw("strict", "/kh/a")));
+        // A password written in the config is never part of the key.
+        let mut t = resolve(&resolve_account("a", &raw("strict", "/kh/a"), None).unwrap(), None).unwrap();
+        t.password = PasswordSource::Literal(crate::secret::Secret::new("hunter2"));
+        assert!(!t.trust_key().contains("hunter2"), "{}", t.trust_key());
     }
 
     #[test]

@@ -406,3 +406,63 @@ impl StderrLog {
         self.text()
     }
 }
+
+/// A real SMTP server (aiosmtpd, `tests/fixtures/smtp_sink.py`) saving each
+/// message it accepts in `dir`.
+pub struct SmtpServer {
+    child: Child,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl SmtpServer {
+    pub fn start(dir: &Path, refuse: Option<&str>) -> SmtpServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smtp_sink.py");
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(script).arg(port.to_string()).arg(dir).stdin(Stdio::null());
+        if let Some(r) = refuse {
+            cmd.arg(r);
+        }
+        let mut child = cmd.spawn().expect("python3 with aiosmtpd (python3-aiosmtpd) must start");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !dir.join("ready").exists() {
+            assert!(child.try_wait().unwrap().is_none(), "the SMTP server exited; is python3-aiosmtpd installed?");
+            assert!(Instant::now() < deadline, "the SMTP server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SmtpServer { child, dir: dir.to_path_buf(), port }
+    }
+
+    /// (envelope, content with CRLF turned into LF), sorted by content.
+    pub fn received(&self) -> Vec<(String, Vec<u8>)> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(&self.dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "eml") {
+                let content = std::fs::read(&p).unwrap();
+                let mut lf = Vec::with_capacity(content.len());
+                let mut i = 0;
+                while i < content.len() {
+                    if content[i] == b'\r' && content.get(i + 1) == Some(&b'\n') {
+                        i += 1;
+                        continue;
+                    }
+                    lf.push(content[i]);
+                    i += 1;
+                }
+                v.push((std::fs::read_to_string(p.with_extension("env")).unwrap(), lf));
+            }
+        }
+        v.sort_by(|a, b| a.1.cmp(&b.1));
+        v
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

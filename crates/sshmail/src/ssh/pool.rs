@@ -1,0 +1,254 @@
+//! The pool: the only owner of SSH connections, meant to live as long as
+//! the process (a one-shot fetch, or a daemon for weeks).
+//!
+//! - **Routes by trust.** A connection serves only callers whose target has
+//!   the same [`SshTarget::trust_key`] (and the same ProxyJump chain): two
+//!   accounts to one host with different known_hosts, host key policy or
+//!   identities never share one.
+//! - **Channels are leases.** Each connection counts its open channels, and
+//!   its session (exec) channels against the server's `MaxSessions` (10 by
+//!   default in OpenSSH, fewer if a refusal teaches so). When every
+//!   connection of a route is full, another is opened.
+//! - **Failures are shared.** A route that failed to connect gives its
+//!   recorded error to every caller until its back-off ends (1 s doubling to
+//!   a minute); a refused host key or login stays until [`SshPool::forget_failures`]
+//!   (a config reload).
+//! - **Locks are per route.** Connecting and authenticating hold only that
+//!   route's connect lock, never one that callers for other routes wait on.
+//! - **Idle close.** With [`SshPool::with_idle_close`], a connection nobody
+//!   leases is closed after that long ([`SshPool::reap`], also run on every
+//!   lease); a dead one is dropped and replaced on the next lease.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::session::{ExecError, ExecStatus, SshSession};
+use super::target::SshTarget;
+use crate::error::{Error, Result};
+
+/// The first back-off after a failed connect; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A recorded connect failure.
+struct Failure {
+    error: Error,
+    /// None: until the failures are forgotten (host key, login).
+    until: Option<Instant>,
+    backoff: Duration,
+}
+
+#[derive(Default)]
+struct Route {
+    conns: Mutex<Vec<Arc<SshSession>>>,
+    failure: Mutex<Option<Failure>>,
+    /// Held while connecting, by this route's callers only.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Route {
+    /// The recorded error, while its back-off lasts.
+    fn failed(&self) -> Option<Error> {
+        let f = self.failure.lock().expect("route lock");
+        match &*f {
+            Some(f) if f.until.is_none_or(|t| Instant::now() < t) => Some(f.error.clone()),
+            _ => None,
+        }
+    }
+
+    fn record(&self, e: &Error) {
+        let mut f = self.failure.lock().expect("route lock");
+        let backoff = f.as_ref().map(|f| (f.backoff * 2).min(MAX_BACKOFF)).unwrap_or(FIRST_BACKOFF);
+        let permanent = e.retry() == crate::error::Retry::Never;
+        *f = Some(Failure { error: e.clone(), until: (!permanent).then(|| Instant::now() + backoff), backoff });
+    }
+
+    /// A live connection, with a session slot reserved if `session`.
+    fn pick(&self, session: bool) -> Option<(Arc<SshSession>, Option<super::session::Lease>)> {
+        let mut conns = self.conns.lock().expect("route lock");
+        conns.retain(|c| !c.is_closed());
+        for c in conns.iter() {
+            if !session {
+                return Some((c.clone(), None));
+            }
+            if let Some(lease) = c.usage().reserve_session() {
+                return Some((c.clone(), Some(lease)));
+            }
+        }
+        None
+    }
+}
+
+/// Shares SSH connections among every account, channel and task of the
+/// process.
+#[derive(Default)]
+pub struct SshPool {
+    /// By trust key and jump chain.
+    routes: Mutex<HashMap<String, Arc<Route>>>,
+    idle_close: Option<Duration>,
+}
+
+impl SshPool {
+    /// A pool whose connections stay until [`SshPool::close_all`].
+    pub fn new() -> SshPool {
+        SshPool::default()
+    }
+
+    /// A pool that closes a connection nobody has leased for `idle`.
+    pub fn with_idle_close(idle: Duration) -> SshPool {
+        SshPool { idle_close: Some(idle), ..SshPool::default() }
+    }
+
+    /// A live connection to `target`, through `jumps` first: for forwards,
+    /// which the server does not limit per connection.
+    pub async fn get(&self, target: &SshTarget, jumps: &[SshTarget]) -> Result<Arc<SshSession>> {
+        Ok(self.lease(target, jumps, false).await?.0)
+    }
+
+    /// Runs `command` in an exec channel on a connection to `target` that
+    /// has a session channel free, opening another connection when all are
+    /// full. Returns the stream, its status and the connection's name.
+    pub async fn exec(
+        &self,
+        target: &SshTarget,
+        jumps: &[SshTarget],
+        command: &str,
+    ) -> Result<(tokio::io::DuplexStream, Arc<ExecStatus>, String)> {
+        // A refusal teaches the connection's limit; then the next is tried.
+        for _ in 0..4 {
+            let (session, lease) = self.lease(target, jumps, true).await?;
+            let lease = lease.expect("a session lease");
+            match session.exec(command, lease).await {
+                Ok((stream, status)) => return Ok((stream, status, session.name())),
+                Err(ExecError::Full) => continue,
+                Err(ExecError::Other(e)) => return Err(e),
+            }
+        }
+        Err(Error::Connect(format!(
+            "{}: the server refused the session channel for `{command}` on every connection tried",
+            target.name()
+        )))
+    }
+
+    /// Runs a short command and returns its stdout (at most 64 KiB) and exit
+    /// status.
+    pub async fn run(&self, target: &SshTarget, jumps: &[SshTarget], command: &str) -> Result<(Vec<u8>, Option<u32>)> {
+        use tokio::io::AsyncReadExt as _;
+        let (mut stream, status, name) = self.exec(target, jumps, command).await?;
+        let mut out = Vec::new();
+        let mut limited = (&mut stream).take(64 * 1024);
+        tokio::time::timeout(target.timeout, limited.read_to_end(&mut out))
+            .await
+            .map_err(|_| Error::Connect(format!("{name}: `{command}` did not finish")))?
+            .map_err(|e| Error::Connect(format!("{name}: `{command}`: {e}")))?;
+        drop(stream);
+        // The exit status follows the data closely.
+        Ok((out, status.wait_exit(Duration::from_secs(1)).await))
+    }
+
+    async fn lease(
+        &self,
+        target: &SshTarget,
+        jumps: &[SshTarget],
+        session: bool,
+    ) -> Result<(Arc<SshSession>, Option<super::session::Lease>)> {
+        self.reap();
+        let mut via: Option<Arc<SshSession>> = None;
+        let mut key = String::new();
+        for hop in jumps {
+            key = route_key(hop, &key);
+            via = Some(self.connection(&key, hop, via, false).await?.0);
+        }
+        let key = route_key(target, &key);
+        self.connection(&key, target, via, session).await
+    }
+
+    async fn connection(
+        &self,
+        key: &str,
+        target: &SshTarget,
+        via: Option<Arc<SshSession>>,
+        session: bool,
+    ) -> Result<(Arc<SshSession>, Option<super::session::Lease>)> {
+        let route = self.routes.lock().expect("pool lock").entry(key.to_string()).or_default().clone();
+        if let Some(found) = route.pick(session) {
+            return Ok(found);
+        }
+        if let Some(e) = route.failed() {
+            return Err(e);
+        }
+        let _connecting = route.connecting.lock().await;
+        // Someone else may have connected (or failed) meanwhile.
+        if let Some(found) = route.pick(session) {
+            return Ok(found);
+        }
+        if let Some(e) = route.failed() {
+            return Err(e);
+        }
+        let conn = match SshSession::connect(target, via).await {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                route.record(&e);
+                return Err(e);
+            }
+        };
+        *route.failure.lock().expect("route lock") = None;
+        let lease = if session { conn.usage().reserve_session() } else { None };
+        route.conns.lock().expect("route lock").push(conn.clone());
+        Ok((conn, lease))
+    }
+
+    /// Closes the connections nobody has leased for the idle time (with
+    /// [`SshPool::with_idle_close`]), and forgets dead ones.
+    pub fn reap(&self) {
+        let routes: Vec<Arc<Route>> = self.routes.lock().expect("pool lock").values().cloned().collect();
+        for route in routes {
+            let mut conns = route.conns.lock().expect("route lock");
+            let mut idle = Vec::new();
+            conns.retain(|c| {
+                if c.is_closed() {
+                    return false;
+                }
+                let unused =
+                    self.idle_close.zip(c.usage().idle_since()).is_some_and(|(max, since)| since.elapsed() >= max);
+                if unused {
+                    idle.push(c.clone());
+                }
+                !unused
+            });
+            for c in idle {
+                tracing::debug!("closing the idle SSH connection to {}", c.name());
+                tokio::spawn(async move { c.close().await });
+            }
+        }
+    }
+
+    /// Forgets recorded connect failures (after the configuration changed).
+    pub fn forget_failures(&self) {
+        for route in self.routes.lock().expect("pool lock").values() {
+            *route.failure.lock().expect("route lock") = None;
+        }
+    }
+
+    /// Open connections (live or not yet noticed dead), for tests and status.
+    pub fn connections(&self) -> usize {
+        self.routes.lock().expect("pool lock").values().map(|r| r.conns.lock().expect("route lock").len()).sum()
+    }
+
+    /// Disconnects every connection.
+    pub async fn close_all(&self) {
+        let routes: Vec<Arc<Route>> = self.routes.lock().expect("pool lock").drain().map(|(_, r)| r).collect();
+        for route in routes {
+            let conns: Vec<_> = route.conns.lock().expect("route lock").drain(..).collect();
+            for c in conns {
+                c.close().await;
+            }
+        }
+    }
+}
+
+/// A route's key: the target's trust key after those of its jump hops.
+fn route_key(target: &SshTarget, via: &str) -> String {
+    if via.is_empty() { target.trust_key() } else { format!("{} via {via}", target.trust_key()) }
+}
