@@ -10,6 +10,7 @@ use crate::config::{self, Command as ConfigCommand, RawAccount};
 use crate::error::{Error, Exit};
 use crate::fetch::{self, Presentation, human_bytes};
 use crate::ssh::{SshPool, target};
+use crate::stop::Stop;
 
 /// How many accounts are fetched at the same time.
 const ACCOUNTS_AT_ONCE: usize = 4;
@@ -275,7 +276,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
             let (pool, ssh_config, limit) = (pool.clone(), ssh_config.clone(), limit.clone());
             tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                fetch::fetch_account(&account, &pool, ssh_config.as_ref().as_ref(), show).await
+                fetch::fetch_account(&account, &pool, ssh_config.as_ref().as_ref(), show, &Stop::process()).await
             })
         })
         .collect();
@@ -363,24 +364,25 @@ async fn idle_forever(
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
     let mut pause = FIRST_PAUSE;
     crate::stop::on_signals();
+    let stop = Stop::process();
     // One pool for the whole watch: a dead connection is replaced on the
     // next lease, a live one reused.
     let pool = SshPool::new();
     let exit = loop {
         let started = std::time::Instant::now();
-        let result = fetch::fetch_account(account, &pool, ssh_config, show).await;
+        let result = fetch::fetch_account(account, &pool, ssh_config, show, &stop).await;
         // A session that lasted is a fresh start for the back-off.
         if started.elapsed() > std::time::Duration::from_secs(600) {
             pause = FIRST_PAUSE;
         }
         match result {
             Ok(_) => break Exit::Delivered,
-            Err(_) if crate::stop::requested() => break Exit::Delivered,
+            Err(_) if stop.requested() => break Exit::Delivered,
             Err(e) if e.retry() == crate::error::Retry::Later => {
                 eprintln!("sshmail: {}: {e}; retrying in {} s", account.name, pause.as_secs());
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = crate::stop::wait() => break Exit::Delivered,
+                    _ = stop.wait() => break Exit::Delivered,
                 }
                 pause = (pause * 2).min(std::time::Duration::from_secs(300));
             }

@@ -10,6 +10,7 @@ use common::Env;
 use sshmail::config::{RawAccount, resolve};
 use sshmail::fetch::{Presentation, fetch_account};
 use sshmail::ssh::SshPool;
+use sshmail::stop::Stop;
 use sshmail_testbed::corpus;
 
 #[test]
@@ -32,7 +33,9 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
     runtime.block_on(async {
         let task = {
             let (account, pool) = (account.clone(), pool.clone());
-            tokio::spawn(async move { fetch_account(&account, &pool, None, Presentation::default()).await })
+            tokio::spawn(
+                async move { fetch_account(&account, &pool, None, Presentation::default(), &Stop::new()).await },
+            )
         };
         // Cancel while a message is being written into tmp/.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -48,7 +51,7 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
         assert!(partial < 30, "everything was delivered before the cancel");
 
         // The next cycle, in the same process and pool, finishes the job.
-        let outcome = fetch_account(&account, &pool, None, Presentation::default()).await.unwrap();
+        let outcome = fetch_account(&account, &pool, None, Presentation::default(), &Stop::new()).await.unwrap();
         assert_eq!(outcome.delivered + partial, 30);
         pool.close_all().await;
     });

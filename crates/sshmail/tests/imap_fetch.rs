@@ -198,11 +198,7 @@ fn delete_removes_only_what_was_delivered() {
 /// Dovecot renumbers a folder (new UIDVALIDITY) when its index is lost;
 /// waits for the next second, since its UIDVALIDITY is the time.
 fn renumber_inbox(env: &Env) {
-    let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let first = second();
-    while second() == first {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    common::wait_for_next_second();
     env.bed.reset_uidvalidity().unwrap();
 }
 

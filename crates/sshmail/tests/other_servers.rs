@@ -24,11 +24,7 @@ fn regression_keep_mode_works_across_runs_and_new_mail_on_imap4d() {
     assert_exit(&out, 0);
     assert_eq!(env.delivered(), env.expected());
     // Let a second pass (imap4d's UIDVALIDITY is the time it made them).
-    let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let first = second();
-    while second() == first {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    common::wait_for_next_second();
     let out = imap4d(&env, false, &["--keep"]);
     assert_exit(&out, 1);
     let m = corpus::mixed_message(5, 0);
@@ -76,11 +72,7 @@ fn regression_nothing_is_fetched_twice_on_imap4d_mbox_in_delete_mode() {
     assert_eq!(env.delivered(), env.expected());
     for round in 0..2 {
         // New mail arrives, as a local delivery agent appends it.
-        let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let first = second();
-        while second() == first {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        common::wait_for_next_second();
         for i in 0..2 {
             let m = corpus::small_message(10 + round * 2 + i, 300);
             env.bed.add_mbox_message(&m).unwrap();
@@ -108,11 +100,7 @@ fn regression_keep_mode_works_on_imap4d_mbox_across_new_mail() {
     assert_exit(&out, 0);
     assert_eq!(env.delivered(), env.expected());
     for round in 0..2 {
-        let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let first = second();
-        while second() == first {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        common::wait_for_next_second();
         let m = corpus::small_message(10 + round, 300);
         env.bed.add_mbox_message(&m).unwrap();
         env.originals.push(m);

@@ -12,6 +12,17 @@ use sshmail::config::{RawAccount, resolve};
 use sshmail::ssh::{SshPool, target};
 use sshmail_testbed::{MAIL_USER, Options, corpus};
 
+/// The testbed's SSH login as a resolved target.
+fn ssh_target(env: &Env) -> target::SshTarget {
+    let raw = RawAccount {
+        ssh: Some(env.bed.ssh_destination()),
+        identity: Some(vec![env.bed.client_key.display().to_string()]),
+        known_hosts: Some(env.bed.known_hosts.display().to_string()),
+        ..Default::default()
+    };
+    target::resolve(&resolve("pool", &raw, None).unwrap(), None).unwrap()
+}
+
 /// The security defect: account A (`accept-new`, its own empty
 /// known_hosts) verified the host, and account B (`strict`, another empty
 /// known_hosts) to the same host got its mail over A's connection instead
@@ -67,14 +78,7 @@ received = false
 #[test]
 fn more_exec_channels_than_max_sessions_at_once_all_work() {
     let env = Env::new();
-    let raw = RawAccount {
-        ssh: Some(env.bed.ssh_destination()),
-        identity: Some(vec![env.bed.client_key.display().to_string()]),
-        known_hosts: Some(env.bed.known_hosts.display().to_string()),
-        ..Default::default()
-    };
-    let account = resolve("many", &raw, None).unwrap();
-    let target = target::resolve(&account, None).unwrap();
+    let target = ssh_target(&env);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -118,13 +122,7 @@ fn more_exec_channels_than_max_sessions_at_once_all_work() {
 #[test]
 fn a_lower_max_sessions_is_learned_from_the_refusal() {
     let env = Env::with(Options { max_sessions: Some(3), ..Options::default() });
-    let raw = RawAccount {
-        ssh: Some(env.bed.ssh_destination()),
-        identity: Some(vec![env.bed.client_key.display().to_string()]),
-        known_hosts: Some(env.bed.known_hosts.display().to_string()),
-        ..Default::default()
-    };
-    let target = target::resolve(&resolve("few", &raw, None).unwrap(), None).unwrap();
+    let target = ssh_target(&env);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -149,13 +147,7 @@ fn a_lower_max_sessions_is_learned_from_the_refusal() {
 #[test]
 fn an_idle_connection_is_closed_and_replaced_on_the_next_lease() {
     let env = Env::new();
-    let raw = RawAccount {
-        ssh: Some(env.bed.ssh_destination()),
-        identity: Some(vec![env.bed.client_key.display().to_string()]),
-        known_hosts: Some(env.bed.known_hosts.display().to_string()),
-        ..Default::default()
-    };
-    let target = target::resolve(&resolve("idle", &raw, None).unwrap(), None).unwrap();
+    let target = ssh_target(&env);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let pool = SshPool::with_idle_close(Duration::from_millis(300));

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::envelope;
-use super::spool::Finished;
 use crate::error::{Error, Result, delivery};
 
 /// How long to wait for another program's lock.
@@ -24,7 +23,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(30);
 const STALE: Duration = Duration::from_secs(300);
 
 /// An mbox file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Mbox {
     path: PathBuf,
 }
@@ -64,8 +63,10 @@ impl Mbox {
         Ok(Mbox { path: path.to_path_buf() })
     }
 
-    /// Appends every message of the batch, durably, or none.
-    pub fn deliver(&self, batch: &[Finished]) -> Result<()> {
+    /// Appends every message of the batch (staged files), durably, or
+    /// none. It blocks (waiting for a dotlock, fsync): run it off the
+    /// async workers.
+    pub fn deliver(&self, batch: &[PathBuf]) -> Result<()> {
         let _dot = DotLock::take(&self.path)?;
         let mut file = OpenOptions::new()
             .read(true)
@@ -91,7 +92,7 @@ impl Mbox {
         Ok(())
     }
 
-    fn append_all(&self, file: &mut File, old_len: u64, batch: &[Finished]) -> Result<()> {
+    fn append_all(&self, file: &mut File, old_len: u64, batch: &[PathBuf]) -> Result<()> {
         let ctx = |e| delivery(format!("cannot write mbox {}", self.path.display()), e);
         let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut *file);
         if old_len > 0 {
@@ -110,11 +111,11 @@ impl Mbox {
             out.write_all(missing).map_err(ctx)?;
         }
         for msg in batch {
-            let env = envelope::read(&msg.path).map_err(ctx)?;
+            let env = envelope::read(msg).map_err(ctx)?;
             let sender = if env.sender.is_empty() { "MAILER-DAEMON".to_string() } else { env.sender };
             let date = chrono::Local::now().format("%a %b %e %H:%M:%S %Y");
             writeln!(out, "From {sender} {date}").map_err(ctx)?;
-            let reader = BufReader::with_capacity(128 * 1024, File::open(&msg.path).map_err(ctx)?);
+            let reader = BufReader::with_capacity(128 * 1024, File::open(msg).map_err(ctx)?);
             for line in reader.split(b'\n') {
                 let line = line.map_err(ctx)?;
                 if is_from_line(&line) {
@@ -216,7 +217,7 @@ impl Drop for DotLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::spool::Spool;
+    use crate::deliver::spool::{Finished, Spool};
 
     fn staged(spool: &Spool, content: &[u8]) -> Finished {
         let mut s = spool.begin(b"").unwrap();
@@ -242,7 +243,7 @@ mod tests {
         let mbox = Mbox::open(&dir.path().join("mbox")).unwrap();
         let a = staged(&spool, b"Return-Path: <a@x>\nSubject: a\n\nFrom here\n>From there\nno newline");
         let b = staged(&spool, b"From: b@y\n\nbody\n");
-        mbox.deliver(&[a, b]).unwrap();
+        mbox.deliver(&[a.path.clone(), b.path.clone()]).unwrap();
         let text = std::fs::read_to_string(dir.path().join("mbox")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("From a@x "), "{text}");
@@ -263,7 +264,7 @@ mod tests {
         let gone = staged(&spool, b"Subject: gone\n\n");
         std::fs::remove_file(&gone.path).unwrap();
         let before = std::fs::read(&path).unwrap();
-        assert!(Mbox::open(&path).unwrap().deliver(&[good, gone]).is_err());
+        assert!(Mbox::open(&path).unwrap().deliver(&[good.path.clone(), gone.path.clone()]).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
@@ -276,7 +277,8 @@ mod tests {
         std::fs::write(dir.path().join("mbox.lock"), format!("{}\n", u32::MAX - 1)).unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
         let started = std::time::Instant::now();
-        Mbox::open(&path).unwrap().deliver(&[staged(&spool, b"Subject: s\n\nx\n")]).unwrap();
+        let m = staged(&spool, b"Subject: s\n\nx\n");
+        Mbox::open(&path).unwrap().deliver(std::slice::from_ref(&m.path)).unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(!dir.path().join("mbox.lock").exists());
     }
@@ -290,7 +292,8 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(600);
         std::fs::File::options().write(true).open(&lock).unwrap().set_modified(old).unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
-        Mbox::open(&path).unwrap().deliver(&[staged(&spool, b"Subject: s\n\nx\n")]).unwrap();
+        let m = staged(&spool, b"Subject: s\n\nx\n");
+        Mbox::open(&path).unwrap().deliver(std::slice::from_ref(&m.path)).unwrap();
         assert!(!lock.exists());
     }
 }

@@ -92,7 +92,11 @@ impl Sink {
         match self {
             Sink::Maildir(_) => unreachable!("Maildir batches go through sync, prepare and publish"),
             Sink::Mbox(m, _) => {
-                m.deliver(batch)?;
+                // Dotlock waits and fsyncs block: not on the async workers.
+                let (m, paths) = (m.clone(), batch.iter().map(|f| f.path.clone()).collect::<Vec<_>>());
+                tokio::task::spawn_blocking(move || m.deliver(&paths))
+                    .await
+                    .map_err(|e| crate::error::Error::Delivery(format!("the mbox delivery failed: {e}")))??;
                 Ok(batch.iter().map(|_| Ok(())).collect())
             }
             Sink::Mda(m, _) => {

@@ -631,12 +631,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
 
     /// IDLE (RFC 2177) until the selected folder changes or `max` passes.
     /// Returns true if something changed.
-    pub async fn idle(&mut self, max: Duration) -> Result<bool> {
+    pub async fn idle(&mut self, max: Duration, stop: &crate::stop::Stop) -> Result<bool> {
         if !self.has("IDLE") {
             // Poll instead: NOOP reports changes too.
             tokio::select! {
                 _ = tokio::time::sleep(max.min(Duration::from_secs(60))) => {}
-                _ = crate::stop::wait() => return Ok(false),
+                _ = stop.wait() => return Ok(false),
             }
             self.changed = false;
             self.run(&Command::Noop, "NOOP", |_| Ok(true)).await?;
@@ -660,7 +660,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             // A stop request ends the IDLE like its deadline does.
             let wait = tokio::select! {
                 w = self.wire_wait(deadline) => w?,
-                _ = crate::stop::wait() => false,
+                _ = stop.wait() => false,
             };
             if !wait {
                 break false;

@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::fault;
 use crate::ledger::Ledger;
 use crate::ssh::SshPool;
+use crate::stop::Stop;
 use crate::transport::{self, Stream};
 use crate::wire::Wire;
 use imap::{Bodies, Imap, Pending};
@@ -118,12 +119,15 @@ pub struct Presentation {
 /// to renew within 29 minutes).
 const IDLE_RENEW: std::time::Duration = std::time::Duration::from_secs(28 * 60);
 
-/// Fetches one account through the pool.
+/// Fetches one account through the pool. With `show.idle` it stays until
+/// `stop` is requested (then ends the IDLE with DONE and logs out) or the
+/// connection fails.
 pub async fn fetch_account(
     account: &Account,
     pool: &SshPool,
     ssh_config: Option<&ssh2_config::SshConfig>,
     show: Presentation,
+    stop: &Stop,
 ) -> Result<Outcome> {
     let started = Instant::now();
     // Local state first: a broken state directory or Maildir should stop us
@@ -188,7 +192,7 @@ pub async fn fetch_account(
         by: gethostname::gethostname().to_string_lossy().into_owned(),
         recipient: account.recipient.clone(),
     });
-    let mut store = Store { sink: &sink, ledger: &mut ledger, outcome: &mut outcome, show, trace };
+    let mut store = Store { sink: &sink, ledger: &mut ledger, outcome: &mut outcome, show, trace, stop: stop.clone() };
     let flow = match account.protocol {
         Protocol::Pop3 => pop3_flow(account, wire, password, &mut store).await,
         Protocol::Imap => imap_flow(account, wire, password, opened.greeting_done, opened.preauth_ok, &mut store).await,
@@ -283,6 +287,7 @@ struct Store<'a> {
     outcome: &'a mut Outcome,
     show: Presentation,
     trace: Option<Trace>,
+    stop: Stop,
 }
 
 impl Store<'_> {
@@ -726,7 +731,7 @@ async fn imap_flow<S: Stream>(
     if store.show.idle {
         let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
         tracing::info!("{}: waiting for new mail in {folder} (IDLE)", account.name);
-        while !crate::stop::requested() {
+        while !store.stop.requested() {
             fault::pause("idle-loop").await;
             // Fetch before every IDLE, not only after one reported a change:
             // mail that arrived between the last scan and the IDLE command
@@ -744,8 +749,8 @@ async fn imap_flow<S: Stream>(
             // Renewed well within RFC 2177's 29 minutes, and at least every
             // `interval`: some servers (GNU imap4d) announce IDLE and never
             // report new mail, so the loop's fetch is the safety net.
-            imap.idle(IDLE_RENEW.min(account.interval)).await?;
-            if crate::stop::requested() {
+            imap.idle(IDLE_RENEW.min(account.interval), &store.stop).await?;
+            if store.stop.requested() {
                 tracing::info!("{}: stopped", account.name);
                 break;
             }

@@ -155,6 +155,16 @@ pub fn strip_trace(m: &[u8]) -> Vec<u8> {
     rest.to_vec()
 }
 
+/// Waits until the wall clock's second changes: servers whose UIDVALIDITY
+/// is the time it was made (Dovecot, GNU imap4d) then give a new one.
+pub fn wait_for_next_second() {
+    let second = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let first = second();
+    while second() == first {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn read_dir_contents(dir: &Path) -> Vec<Vec<u8>> {
     let mut v: Vec<Vec<u8>> = match std::fs::read_dir(dir) {
         Ok(d) => d.map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect(),
