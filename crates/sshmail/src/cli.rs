@@ -405,9 +405,7 @@ fn adhoc_name(account: &config::Account, dest: &str) -> String {
         config::Via::Command(c) => {
             crate::process::command(c, "tunnel").map(|(_, shown)| shown).unwrap_or_else(|_| "tunnel".to_string())
         }
-        config::Via::Tls | config::Via::StartTls => {
-            format!("{}@{}:{}", account.user, account.server_host, account.server_port)
-        }
+        config::Via::Tls | config::Via::StartTls => account.login(),
     }
 }
 

@@ -306,6 +306,13 @@ pub struct Account {
     pub allow_preauth: bool,
 }
 
+impl Account {
+    /// `user@server:port`: the mail login, for messages and names.
+    pub fn login(&self) -> String {
+        format!("{}@{}:{}", self.user, self.server_host, self.server_port)
+    }
+}
+
 /// The default config file: `$XDG_CONFIG_HOME/sshmail/config.toml`.
 pub fn default_config_path() -> PathBuf {
     xdg_dir("XDG_CONFIG_HOME", ".config").join("sshmail/config.toml")

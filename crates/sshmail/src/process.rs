@@ -164,6 +164,51 @@ pub async fn read_secret(c: &Command, what: &str, timeout: Duration) -> Result<c
     Ok(crate::secret::Secret::new(first))
 }
 
+/// What a process at the other end of a stream (a tunnel command, a remote
+/// command in an exec channel) said on stderr (the first [`MAX_STDERR`]
+/// bytes) and how it ended, for error messages. The one collector for both.
+#[derive(Debug, Default)]
+pub struct Collected {
+    stderr: std::sync::Mutex<Vec<u8>>,
+    exit: std::sync::Mutex<Option<i64>>,
+    exited: tokio::sync::Notify,
+}
+
+impl Collected {
+    /// Keeps stderr bytes, up to [`MAX_STDERR`] in all.
+    pub fn add_stderr(&self, data: &[u8]) {
+        let mut e = self.stderr.lock().expect("stderr lock");
+        let room = MAX_STDERR.saturating_sub(e.len());
+        e.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// Records the exit status (-1: killed by a signal).
+    pub fn set_exit(&self, code: i64) {
+        *self.exit.lock().expect("exit lock") = Some(code);
+        // notify_one keeps a permit if nobody waits yet.
+        self.exited.notify_one();
+    }
+
+    /// The exit status, once known.
+    pub fn exit(&self) -> Option<i64> {
+        *self.exit.lock().expect("exit lock")
+    }
+
+    /// Waits up to `max` for the exit status, which often arrives just
+    /// after the output ends (and the last stderr with it).
+    pub async fn wait_exit(&self, max: Duration) -> Option<i64> {
+        if self.exit().is_none() {
+            let _ = tokio::time::timeout(max, self.exited.notified()).await;
+        }
+        self.exit()
+    }
+
+    /// The stderr collected so far, as text, trimmed.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).trim().to_string()
+    }
+}
+
 /// Quotes one word for a POSIX shell.
 pub fn shell_quote(w: &str) -> String {
     if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {

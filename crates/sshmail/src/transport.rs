@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _,
 
 use crate::config::{Account, Command, TlsSettings, Via};
 use crate::error::{Error, Result};
-use crate::process::shell_quote;
+use crate::process::{Collected, shell_quote};
 use crate::ssh::session::ExecStatus;
 use crate::ssh::{SshPool, target};
 
@@ -55,31 +55,14 @@ pub struct Opened {
     /// The server's greeting was already read (STARTTLS).
     pub greeting_done: bool,
     /// Diagnostics of a process on the other end (exec, command).
-    pub diagnostics: Option<Arc<dyn Diagnostics>>,
-}
-
-/// Stderr and exit status of the process behind a stream.
-pub trait Diagnostics: Send + Sync {
-    /// What it said on stderr (bounded), trimmed.
-    fn stderr(&self) -> String;
-    /// Its exit status, once known.
-    fn exit(&self) -> Option<i64>;
-}
-
-impl Diagnostics for ExecStatus {
-    fn stderr(&self) -> String {
-        ExecStatus::stderr(self)
-    }
-    fn exit(&self) -> Option<i64> {
-        ExecStatus::exit(self).map(i64::from)
-    }
+    pub diagnostics: Option<Arc<Collected>>,
 }
 
 /// Adds what the process behind a stream said to an error message.
-/// The exit status is waited for a moment ([`wait_for_exit`]).
-pub async fn explain(diagnostics: Option<&dyn Diagnostics>, e: Error) -> Error {
+/// The exit status is waited for a moment.
+pub async fn explain(diagnostics: Option<&Collected>, e: Error) -> Error {
     let Some(d) = diagnostics else { return e };
-    wait_for_exit(d).await;
+    d.wait_exit(EXIT_WAIT).await;
     let err = d.stderr();
     let exit = d.exit().map(|c| format!(" (exit status {c})")).unwrap_or_default();
     if err.is_empty() && exit.is_empty() {
@@ -94,16 +77,8 @@ pub async fn explain(diagnostics: Option<&dyn Diagnostics>, e: Error) -> Error {
     }
 }
 
-/// Waits up to a second for the process's exit status, which often arrives
-/// just after its output ends (and its last stderr with it).
-async fn wait_for_exit(d: &dyn Diagnostics) {
-    for _ in 0..20 {
-        if d.exit().is_some() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
+/// How long to wait for a process's exit status after its output ended.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Opens the account's transport.
 pub async fn open(account: &Account, pool: &SshPool, ssh_config: Option<&ssh2_config::SshConfig>) -> Result<Opened> {
@@ -210,8 +185,9 @@ async fn detect_imapd(
                 said.push(format!("{command}: greeted `{line}`, not PREAUTH"));
             }
             Greeting::Nothing => {
-                wait_for_exit(status.as_ref()).await;
-                let exit = Diagnostics::exit(status.as_ref())
+                let exit = status
+                    .wait_exit(EXIT_WAIT)
+                    .await
                     .map(|c| format!("exit status {c}"))
                     .unwrap_or_else(|| "no exit status".into());
                 let err = status.stderr();
@@ -292,15 +268,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
 async fn connect_tcp(account: &Account) -> Result<tokio::net::TcpStream> {
     let server = format!("{}:{}", account.server_host, account.server_port);
-    let tcp = tokio::time::timeout(
-        account.timeout,
-        tokio::net::TcpStream::connect((account.server_host.as_str(), account.server_port)),
-    )
-    .await
-    .map_err(|_| Error::Connect(format!("{server}: TCP connect timed out")))?
-    .map_err(|e| Error::Connect(format!("{server}: cannot connect: {e}")))?;
-    tcp.set_nodelay(true).ok();
-    Ok(tcp)
+    crate::wire::connect_tcp(&account.server_host, account.server_port, account.timeout)
+        .await
+        .map_err(|e| Error::Connect(format!("{server}: cannot connect: {e}")))
 }
 
 /// Reads the greeting, sends STARTTLS, and waits for its OK, on the bare
@@ -542,7 +512,7 @@ fn open_command(c: &Command) -> Result<Opened> {
     let stdin = child.stdin.take().expect("piped stdin");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
-    let diag = Arc::new(ProcessDiagnostics::default());
+    let diag = Arc::new(Collected::default());
     let d = diag.clone();
     let echo = std::io::stderr().is_terminal();
     // Its stderr in bounded chunks: a line without an end is still only
@@ -555,7 +525,7 @@ fn open_command(c: &Command) -> Result<Opened> {
             if echo {
                 tracing::debug!("tunnel: {}", text.trim_end());
             }
-            d.add(&text);
+            d.add_stderr(&buf[..n]);
         }
     });
     let d = diag.clone();
@@ -568,7 +538,7 @@ fn open_command(c: &Command) -> Result<Opened> {
         // Whatever it started goes with it.
         group.kill();
         if let Some(s) = status {
-            *d.exit.lock().expect("exit lock") = Some(s.code().map(i64::from).unwrap_or(-1));
+            d.set_exit(s.code().map(i64::from).unwrap_or(-1));
         }
     });
     Ok(Opened {
@@ -578,33 +548,6 @@ fn open_command(c: &Command) -> Result<Opened> {
         greeting_done: false,
         diagnostics: Some(diag),
     })
-}
-
-#[derive(Default)]
-struct ProcessDiagnostics {
-    stderr: Mutex<String>,
-    exit: Mutex<Option<i64>>,
-}
-
-impl ProcessDiagnostics {
-    fn add(&self, text: &str) {
-        let mut s = self.stderr.lock().expect("stderr lock");
-        let room = crate::process::MAX_STDERR.saturating_sub(s.len());
-        let mut end = text.len().min(room);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.push_str(&text[..end]);
-    }
-}
-
-impl Diagnostics for ProcessDiagnostics {
-    fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr lock").trim().to_string()
-    }
-    fn exit(&self) -> Option<i64> {
-        *self.exit.lock().expect("exit lock")
-    }
 }
 
 /// A child's stdout and stdin as one stream; dropping it ends the child

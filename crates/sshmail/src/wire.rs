@@ -32,6 +32,17 @@ use crate::error::{Error, Result};
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
+/// Connects to `host:port` within `timeout` (a timeout is an error of kind
+/// `TimedOut`), with Nagle off: the one TCP connect for SSH, mail servers
+/// and SMTP/LMTP sinks.
+pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {timeout:?}")))??;
+    tcp.set_nodelay(true).ok();
+    Ok(tcp)
+}
+
 /// Initial read buffer capacity.
 const READ_CHUNK: usize = 64 * 1024;
 

@@ -49,11 +49,9 @@ impl Smtp {
     pub async fn deliver(&self, batch: &[Finished]) -> Result<Vec<std::result::Result<(), Refusal>>> {
         match &self.endpoint {
             Endpoint::Tcp(h, p) => {
-                let tcp = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect((h.as_str(), *p)))
+                let tcp = crate::wire::connect_tcp(h, *p, self.timeout)
                     .await
-                    .map_err(|_| Error::Delivery(format!("{}: connect timed out", self.name())))?
                     .map_err(|e| Error::Delivery(format!("cannot connect to {}: {e}", self.name())))?;
-                tcp.set_nodelay(true).ok();
                 self.run(tcp, batch).await
             }
             Endpoint::Unix(path) => {

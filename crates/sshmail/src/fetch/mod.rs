@@ -228,11 +228,11 @@ pub fn mailbox_identity(account: &Account, ssh_config: Option<&ssh2_config::SshC
                 .iter()
                 .map(|j| format!("{}@{}:{:?}", j.user.as_deref().unwrap_or(""), j.host, j.port))
                 .collect();
-            format!("{}@{}:{} via [{}]", t.user, t.host, t.port, jumps.join(","))
+            format!("{} via [{}]", t.name(), jumps.join(","))
         }
         _ => String::new(),
     };
-    let login = format!("{}@{}:{}", account.user, account.server_host, account.server_port);
+    let login = account.login();
     let how = match &account.via {
         Via::Forward => format!("forward {login}"),
         Via::Tls => format!("tls {login}"),

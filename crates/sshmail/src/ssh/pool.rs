@@ -133,7 +133,7 @@ impl SshPool {
 
     /// Runs a short command and returns its stdout (at most 64 KiB) and exit
     /// status.
-    pub async fn run(&self, target: &SshTarget, jumps: &[SshTarget], command: &str) -> Result<(Vec<u8>, Option<u32>)> {
+    pub async fn run(&self, target: &SshTarget, jumps: &[SshTarget], command: &str) -> Result<(Vec<u8>, Option<i64>)> {
         use tokio::io::AsyncReadExt as _;
         let (mut stream, status, name) = self.exec(target, jumps, command).await?;
         let mut out = Vec::new();

@@ -197,7 +197,7 @@ pub struct SshSession {
 
 impl std::fmt::Debug for SshSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SshSession({}@{}:{})", self.target.user, self.target.host, self.target.port)
+        write!(f, "SshSession({})", self.target.name())
     }
 }
 
@@ -205,7 +205,7 @@ impl SshSession {
     /// Connects and authenticates. `jump` is an already connected session
     /// through which to reach the target (ProxyJump).
     pub async fn connect(target: &SshTarget, jump: Option<Arc<SshSession>>) -> Result<SshSession> {
-        let where_ = format!("{}@{}:{}", target.user, target.host, target.port);
+        let where_ = target.name();
         let refusal = Arc::new(Mutex::new(None));
         let handler = Handler { target: target.clone(), refusal: refusal.clone() };
         let config = Arc::new(client_config(target));
@@ -213,12 +213,9 @@ impl SshSession {
         let connecting = async {
             match &jump {
                 None => {
-                    let addr = (target.host.as_str(), target.port);
-                    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                    let tcp = crate::wire::connect_tcp(&target.host, target.port, timeout)
                         .await
-                        .map_err(|_| Error::Connect(format!("{where_}: TCP connect timed out after {timeout:?}")))?
                         .map_err(|e| Error::Connect(format!("{where_}: cannot connect: {e}")))?;
-                    tcp.set_nodelay(true).ok();
                     Ok(client::connect_stream(config, tcp, handler).await)
                 }
                 Some(j) => {
@@ -319,7 +316,7 @@ impl SshSession {
                     russh::ChannelMsg::Data { data } if their_write.write_all(&data).await.is_err() => break,
                     russh::ChannelMsg::Data { .. } => {}
                     russh::ChannelMsg::ExtendedData { data, ext: 1 } => st.add_stderr(&data),
-                    russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(exit_status),
+                    russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(i64::from(exit_status)),
                     russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
                     _ => {}
                 }
@@ -329,7 +326,7 @@ impl SshSession {
             while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), from_remote.wait()).await {
                 match msg {
                     russh::ChannelMsg::ExtendedData { data, ext: 1 } => st.add_stderr(&data),
-                    russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(exit_status),
+                    russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(i64::from(exit_status)),
                     russh::ChannelMsg::Close => break,
                     _ => {}
                 }
@@ -366,7 +363,7 @@ impl SshSession {
 
     /// `user@host:port`, for messages.
     pub fn name(&self) -> String {
-        format!("{}@{}:{}", self.target.user, self.target.host, self.target.port)
+        self.target.name()
     }
 
     /// Sends SSH_MSG_DISCONNECT.
@@ -385,44 +382,7 @@ pub enum ExecError {
 }
 
 /// What a remote command said on stderr and how it ended.
-#[derive(Debug, Default)]
-pub struct ExecStatus {
-    stderr: Mutex<Vec<u8>>,
-    exit: Mutex<Option<u32>>,
-    exited: tokio::sync::Notify,
-}
-
-impl ExecStatus {
-    fn add_stderr(&self, data: &[u8]) {
-        let mut e = self.stderr.lock().expect("stderr lock");
-        let room = (64 * 1024usize).saturating_sub(e.len());
-        e.extend_from_slice(&data[..data.len().min(room)]);
-    }
-
-    fn set_exit(&self, code: u32) {
-        *self.exit.lock().expect("exit lock") = Some(code);
-        // notify_one keeps a permit if nobody waits yet.
-        self.exited.notify_one();
-    }
-
-    /// Waits up to `max` for the exit status.
-    pub async fn wait_exit(&self, max: Duration) -> Option<u32> {
-        if self.exit().is_none() {
-            let _ = tokio::time::timeout(max, self.exited.notified()).await;
-        }
-        self.exit()
-    }
-
-    /// The exit status, once known.
-    pub fn exit(&self) -> Option<u32> {
-        *self.exit.lock().expect("exit lock")
-    }
-
-    /// The stderr collected so far, as text, trimmed.
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).trim().to_string()
-    }
-}
+pub type ExecStatus = crate::process::Collected;
 
 fn client_config(target: &SshTarget) -> client::Config {
     let mut preferred = russh::Preferred::default();
@@ -476,7 +436,7 @@ fn host_key_error(t: &SshTarget, r: HostKeyRefusal) -> Error {
 }
 
 async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Result<()> {
-    let where_ = format!("{}@{}:{}", t.user, t.host, t.port);
+    let where_ = t.name();
     let mut tried = Vec::new();
     let wanted: Vec<PublicKey> = t.identities.iter().filter_map(|p| read_public_key(p)).collect();
 
