@@ -717,7 +717,37 @@ pub enum Pending {
     /// UID FETCH of a batch (index into the batch list).
     Fetch(usize),
     /// A STORE or EXPUNGE applying the policy to delivered UIDs.
-    Apply(Vec<u32>, &'static str),
+    Apply(Vec<u32>, PolicyStep),
+}
+
+/// One command of a policy applied to delivered messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyStep {
+    /// `UID STORE +FLAGS (\Seen)`.
+    Seen,
+    /// `UID STORE +FLAGS (\Deleted)`.
+    Flag,
+    /// `UID EXPUNGE` of exactly those UIDs (UIDPLUS).
+    UidExpunge,
+    /// A plain `EXPUNGE` (with `allow_expunge_all`).
+    Expunge,
+}
+
+impl PolicyStep {
+    /// The command, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyStep::Seen => "UID STORE \\Seen",
+            PolicyStep::Flag => "UID STORE \\Deleted",
+            PolicyStep::UidExpunge => "UID EXPUNGE",
+            PolicyStep::Expunge => "EXPUNGE",
+        }
+    }
+
+    /// True if, done, it removed the messages from the server.
+    pub fn removes(self) -> bool {
+        matches!(self, PolicyStep::UidExpunge | PolicyStep::Expunge)
+    }
 }
 
 /// True if a FETCH response carried a body.

@@ -37,7 +37,7 @@ use crate::ssh::SshPool;
 use crate::stop::Stop;
 use crate::transport::{self, Stream};
 use crate::wire::Wire;
-use imap::{Bodies, Imap, Pending};
+use imap::{Bodies, Imap, Pending, PolicyStep};
 use pop3::Pop3;
 
 /// Messages per group commit.
@@ -1059,29 +1059,33 @@ async fn imap_pipeline<S: Stream>(
                             requested.remove(uid);
                         }
                         let mut batch = Vec::with_capacity(batches[i].len());
+                        let mut uid_of = HashMap::with_capacity(batches[i].len());
                         for uid in &batches[i] {
                             match collected.remove(uid) {
-                                Some(f) => batch.push((format!("{validity_prefix}{uid}"), f)),
+                                Some(f) => {
+                                    let key = format!("{validity_prefix}{uid}");
+                                    uid_of.insert(key.clone(), *uid);
+                                    batch.push((key, f));
+                                }
                                 None => tracing::info!("{}: UID {uid} vanished before it was fetched", imap.peer()),
                             }
                         }
                         let keys = store.commit(&mut batch, subfolder).await?;
-                        let uids: Vec<u32> =
-                            keys.iter().filter_map(|k| k.rsplit('/').next().and_then(|u| u.parse().ok())).collect();
+                        let uids: Vec<u32> = keys.iter().filter_map(|k| uid_of.get(k).copied()).collect();
                         if !uids.is_empty() {
                             apply_policy(account, imap, &uids, in_flight).await?;
                         }
                     }
-                    Pending::Apply(uids, what) => {
+                    Pending::Apply(uids, step) => {
                         if done.status != Status::Ok {
                             // As a refused DELE: the messages stay on the
                             // server, and the run says so (exit 7).
-                            let m = format!("{}; the messages stay on the server", imap.failure(what, &done));
+                            let m = format!("{}; the messages stay on the server", imap.failure(step.name(), &done));
                             tracing::warn!("{m}");
                             store.outcome.policy_errors.push(m);
                         } else {
                             fault::point("policy-applied");
-                            if what == "UID EXPUNGE" || what == "EXPUNGE" {
+                            if step.removes() {
                                 store.outcome.deleted += uids.len();
                             }
                         }
@@ -1106,18 +1110,18 @@ async fn apply_policy<S: Stream>(
         Policy::Keep => {}
         Policy::Seen => {
             let tag = imap.send(&ImapCommand::UidStoreAdd(set, "\\Seen")).await?;
-            in_flight.push_back((tag, Pending::Apply(uids.to_vec(), "UID STORE \\Seen")));
+            in_flight.push_back((tag, Pending::Apply(uids.to_vec(), PolicyStep::Seen)));
         }
         Policy::Delete => {
             let tag = imap.send(&ImapCommand::UidStoreAdd(set.clone(), "\\Deleted")).await?;
             fault::point("delete-sent");
-            in_flight.push_back((tag, Pending::Apply(uids.to_vec(), "UID STORE \\Deleted")));
+            in_flight.push_back((tag, Pending::Apply(uids.to_vec(), PolicyStep::Flag)));
             if imap.has("UIDPLUS") {
                 let tag = imap.send(&ImapCommand::UidExpunge(set)).await?;
-                in_flight.push_back((tag, Pending::Apply(uids.to_vec(), "UID EXPUNGE")));
+                in_flight.push_back((tag, Pending::Apply(uids.to_vec(), PolicyStep::UidExpunge)));
             } else if account.allow_expunge_all {
                 let tag = imap.send(&ImapCommand::Expunge).await?;
-                in_flight.push_back((tag, Pending::Apply(uids.to_vec(), "EXPUNGE")));
+                in_flight.push_back((tag, Pending::Apply(uids.to_vec(), PolicyStep::Expunge)));
             } else {
                 tracing::warn!(
                     "{}: no UIDPLUS, so delivered messages are only flagged \\Deleted (a plain EXPUNGE would also remove \
