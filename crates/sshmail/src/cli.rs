@@ -11,6 +11,7 @@ use crate::error::{Error, Exit};
 use crate::fetch::{self, Presentation, human_bytes};
 use crate::ssh::{SshPool, target};
 use crate::stop::Stop;
+use crate::transport::Route;
 
 /// How many accounts are fetched at the same time.
 const ACCOUNTS_AT_ONCE: usize = 4;
@@ -241,18 +242,22 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         }
     };
     let mut accounts = accounts;
+    // Each account's route, `~/.ssh/config` applied once; an account whose
+    // route cannot be made fails alone, like any other account error.
+    let mut routes = Vec::with_capacity(accounts.len());
     for a in &mut accounts {
+        let route = Route::of(a, ssh_config.as_ref());
         // The mail login defaults to the SSH user, `~/.ssh/config`'s
         // included, as documented.
         if !a.user_given
-            && matches!(a.via, config::Via::Forward | config::Via::Exec(_))
-            && let Ok(t) = target::resolve(a, ssh_config.as_ref())
+            && let Ok(Route { ssh: Some((t, _)), .. }) = &route
         {
-            a.user = t.user;
+            a.user = t.user.clone();
             if a.adhoc {
                 a.name = adhoc_name(a, args.ssh.as_deref().unwrap_or_default());
             }
         }
+        routes.push(route);
     }
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
     let show = Presentation { progress: interactive && !args.idle && !args.check, idle: args.idle, check: args.check };
@@ -261,22 +266,30 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
             eprintln!("sshmail: --idle takes exactly one IMAP account");
             return Exit::Usage;
         }
-        return idle_forever(&accounts[0], ssh_config.as_ref(), show).await;
+        let route = match routes.remove(0) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sshmail: {}: {e}", accounts[0].name);
+                return e.exit();
+            }
+        };
+        return idle_forever(&accounts[0], &route, show).await;
     }
     // Accounts run concurrently (a few at a time), sharing SSH connections;
     // results are reported in the order the accounts were given.
     let pool = Arc::new(SshPool::new());
-    let ssh_config = Arc::new(ssh_config);
     let limit = Arc::new(tokio::sync::Semaphore::new(ACCOUNTS_AT_ONCE));
     let show = Presentation { progress: show.progress && accounts.len() == 1, ..show };
     let handles: Vec<_> = accounts
         .iter()
         .cloned()
-        .map(|account| {
-            let (pool, ssh_config, limit) = (pool.clone(), ssh_config.clone(), limit.clone());
+        .zip(routes)
+        .map(|(account, route)| {
+            let (pool, limit) = (pool.clone(), limit.clone());
             tokio::spawn(async move {
+                let route = route?;
                 let _permit = limit.acquire_owned().await;
-                fetch::fetch_account(&account, &pool, ssh_config.as_ref().as_ref(), show, &Stop::process()).await
+                fetch::fetch_account(&account, &route, &pool, show, &Stop::process()).await
             })
         })
         .collect();
@@ -356,11 +369,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
 /// (5 s doubling to 5 min). Ends on errors a retry cannot fix, and on
 /// SIGTERM/SIGINT, after ending the IDLE (DONE) and the session (LOGOUT):
 /// exit 0 then.
-async fn idle_forever(
-    account: &config::Account,
-    ssh_config: Option<&ssh2_config::SshConfig>,
-    show: Presentation,
-) -> Exit {
+async fn idle_forever(account: &config::Account, route: &Route, show: Presentation) -> Exit {
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
     let mut pause = FIRST_PAUSE;
     crate::stop::on_signals();
@@ -370,7 +379,7 @@ async fn idle_forever(
     let pool = SshPool::new();
     let exit = loop {
         let started = std::time::Instant::now();
-        let result = fetch::fetch_account(account, &pool, ssh_config, show, &stop).await;
+        let result = fetch::fetch_account(account, route, &pool, show, &stop).await;
         // A session that lasted is a fresh start for the back-off.
         if started.elapsed() > std::time::Duration::from_secs(600) {
             pause = FIRST_PAUSE;

@@ -21,7 +21,7 @@ use crate::config::{Account, Command, TlsSettings, Via};
 use crate::error::{Error, Result};
 use crate::process::{Collected, shell_quote};
 use crate::ssh::session::ExecStatus;
-use crate::ssh::{SshPool, target};
+use crate::ssh::{SshPool, SshTarget, target};
 
 /// The preauthenticated IMAP servers sshmail tries, in order, when none is
 /// given: the program, and the arguments that make it run preauthenticated.
@@ -80,35 +80,86 @@ pub async fn explain(diagnostics: Option<&Collected>, e: Error) -> Error {
 /// How long to wait for a process's exit status after its output ended.
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Opens the account's transport.
-pub async fn open(account: &Account, pool: &SshPool, ssh_config: Option<&ssh2_config::SshConfig>) -> Result<Opened> {
-    let server = format!("{}:{}", account.server_host, account.server_port);
-    match &account.via {
+/// How to reach an account's server: what the config says, with
+/// `~/.ssh/config` applied once, when the route is made. Everything that
+/// opens a stream to a server (a fetch now; the gateway and the relay
+/// later) goes through [`open`] with one of these; nothing below reads the
+/// account or the ssh_config again.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The SSH target and its ProxyJump hops (outermost first), for
+    /// `forward` and `exec`.
+    pub ssh: Option<(SshTarget, Vec<SshTarget>)>,
+    /// How the stream is made.
+    pub via: Via,
+    /// The mail server as seen from the SSH host (forward) or from here.
+    pub server_host: String,
+    /// Its port.
+    pub server_port: u16,
+    /// TLS settings (tls, starttls).
+    pub tls: TlsSettings,
+    /// PREAUTH accepted on a network connection.
+    pub allow_preauth: bool,
+    /// The per-wait timeout.
+    pub timeout: std::time::Duration,
+}
+
+impl Route {
+    /// The route of `account`, with `ssh_config` applied to its SSH
+    /// destination and to each jump hop.
+    pub fn of(account: &Account, ssh_config: Option<&ssh2_config::SshConfig>) -> Result<Route> {
+        let ssh = match account.via {
+            Via::Forward | Via::Exec(_) => {
+                let t = target::resolve(account, ssh_config)?;
+                let jumps =
+                    t.jumps.iter().map(|j| target::resolve_jump(j, ssh_config, account)).collect::<Result<Vec<_>>>()?;
+                Some((t, jumps))
+            }
+            _ => None,
+        };
+        Ok(Route {
+            ssh,
+            via: account.via.clone(),
+            server_host: account.server_host.clone(),
+            server_port: account.server_port,
+            tls: account.tls.clone(),
+            allow_preauth: account.allow_preauth,
+            timeout: account.timeout,
+        })
+    }
+
+    /// `host:port` of the mail server.
+    pub fn server(&self) -> String {
+        format!("{}:{}", self.server_host, self.server_port)
+    }
+}
+
+/// Opens a stream along `route`.
+pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
+    let server = route.server();
+    match &route.via {
         Via::Forward | Via::Exec(_) => {
-            let target = target::resolve(account, ssh_config)?;
-            let jumps = target
-                .jumps
-                .iter()
-                .map(|j| target::resolve_jump(j, ssh_config, account))
-                .collect::<Result<Vec<_>>>()?;
-            if account.via == Via::Forward {
-                let session = pool.get(&target, &jumps).await?;
-                let ch = session.forward(&account.server_host, account.server_port).await?;
+            let Some((target, jumps)) = &route.ssh else {
+                return Err(Error::Config(format!("the route to {server} has no SSH destination")));
+            };
+            if route.via == Via::Forward {
+                let session = pool.get(target, jumps).await?;
+                let ch = session.forward(&route.server_host, route.server_port).await?;
                 return Ok(Opened {
                     stream: Box::new(ch),
                     peer: format!("{server} (via {})", session.name()),
-                    preauth_ok: account.allow_preauth,
+                    preauth_ok: route.allow_preauth,
                     greeting_done: false,
                     diagnostics: None,
                 });
             }
-            let (command, stream, status) = match &account.via {
+            let (command, stream, status) = match &route.via {
                 Via::Exec(Some(c)) => {
                     let command = remote_command(c);
-                    let (stream, status, _) = pool.exec(&target, &jumps, &command).await?;
+                    let (stream, status, _) = pool.exec(target, jumps, &command).await?;
                     (command, Box::new(stream) as Box<dyn Stream>, status)
                 }
-                _ => detect_imapd(pool, &target, &jumps).await?,
+                _ => detect_imapd(pool, target, jumps).await?,
             };
             Ok(Opened {
                 stream,
@@ -120,20 +171,20 @@ pub async fn open(account: &Account, pool: &SshPool, ssh_config: Option<&ssh2_co
         }
         Via::Command(c) => open_command(c),
         Via::Tls => {
-            let tcp = connect_tcp(account).await?;
-            let tls = tls_handshake(tcp, &account.server_host, &account.tls, account.timeout).await?;
+            let tcp = connect_tcp(route).await?;
+            let tls = tls_handshake(tcp, &route.server_host, &route.tls, route.timeout).await?;
             Ok(Opened {
                 stream: Box::new(tls),
                 peer: format!("{server} (TLS)"),
-                preauth_ok: account.allow_preauth,
+                preauth_ok: route.allow_preauth,
                 greeting_done: false,
                 diagnostics: None,
             })
         }
         Via::StartTls => {
-            let tcp = connect_tcp(account).await?;
-            let tcp = imap_starttls(tcp, &server, account.timeout).await?;
-            let tls = tls_handshake(tcp, &account.server_host, &account.tls, account.timeout).await?;
+            let tcp = connect_tcp(route).await?;
+            let tcp = imap_starttls(tcp, &server, route.timeout).await?;
+            let tls = tls_handshake(tcp, &route.server_host, &route.tls, route.timeout).await?;
             Ok(Opened {
                 stream: Box::new(tls),
                 peer: format!("{server} (STARTTLS)"),
@@ -266,11 +317,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-async fn connect_tcp(account: &Account) -> Result<tokio::net::TcpStream> {
-    let server = format!("{}:{}", account.server_host, account.server_port);
-    crate::wire::connect_tcp(&account.server_host, account.server_port, account.timeout)
+async fn connect_tcp(route: &Route) -> Result<tokio::net::TcpStream> {
+    crate::wire::connect_tcp(&route.server_host, route.server_port, route.timeout)
         .await
-        .map_err(|e| Error::Connect(format!("{server}: cannot connect: {e}")))
+        .map_err(|e| Error::Connect(format!("{}: cannot connect: {e}", route.server())))
 }
 
 /// Reads the greeting, sends STARTTLS, and waits for its OK, on the bare

@@ -11,6 +11,7 @@ use sshmail::config::{RawAccount, resolve};
 use sshmail::fetch::{Presentation, fetch_account};
 use sshmail::ssh::SshPool;
 use sshmail::stop::Stop;
+use sshmail::transport::Route;
 use sshmail_testbed::corpus;
 
 #[test]
@@ -28,13 +29,14 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
     };
     let state = env.state_dir().display().to_string();
     let account = resolve("cancelled", &raw, Some(&state)).unwrap();
+    let route = Route::of(&account, None).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let pool = std::sync::Arc::new(SshPool::new());
     runtime.block_on(async {
         let task = {
-            let (account, pool) = (account.clone(), pool.clone());
+            let (account, route, pool) = (account.clone(), route.clone(), pool.clone());
             tokio::spawn(
-                async move { fetch_account(&account, &pool, None, Presentation::default(), &Stop::new()).await },
+                async move { fetch_account(&account, &route, &pool, Presentation::default(), &Stop::new()).await },
             )
         };
         // Cancel while a message is being written into tmp/.
@@ -51,7 +53,7 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
         assert!(partial < 30, "everything was delivered before the cancel");
 
         // The next cycle, in the same process and pool, finishes the job.
-        let outcome = fetch_account(&account, &pool, None, Presentation::default(), &Stop::new()).await.unwrap();
+        let outcome = fetch_account(&account, &route, &pool, Presentation::default(), &Stop::new()).await.unwrap();
         assert_eq!(outcome.delivered + partial, 30);
         pool.close_all().await;
     });

@@ -11,6 +11,7 @@ use sshmail::config::{Command, RawAccount, resolve};
 use sshmail::fetch::{Presentation, fetch_account};
 use sshmail::ssh::SshPool;
 use sshmail::stop::Stop;
+use sshmail::transport::Route;
 
 #[test]
 fn idle_stops_cleanly_on_request_with_done_and_logout() {
@@ -25,15 +26,16 @@ fn idle_stops_cleanly_on_request_with_done_and_logout() {
     };
     let state = h.dir.path().join("state").display().to_string();
     let account = resolve("watched", &raw, Some(&state)).unwrap();
+    let route = Route::of(&account, None).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let stop = Stop::new();
         let pool = std::sync::Arc::new(SshPool::new());
         let task = {
-            let (account, pool, stop) = (account.clone(), pool.clone(), stop.child());
+            let (account, route, pool, stop) = (account.clone(), route.clone(), pool.clone(), stop.child());
             tokio::spawn(async move {
                 let show = Presentation { idle: true, ..Presentation::default() };
-                fetch_account(&account, &pool, None, show, &stop).await
+                fetch_account(&account, &route, &pool, show, &stop).await
             })
         };
         let deadline = Instant::now() + Duration::from_secs(30);

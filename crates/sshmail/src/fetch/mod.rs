@@ -35,7 +35,7 @@ use crate::fault;
 use crate::ledger::Ledger;
 use crate::ssh::SshPool;
 use crate::stop::Stop;
-use crate::transport::{self, Stream};
+use crate::transport::{self, Route, Stream};
 use crate::wire::Wire;
 use imap::{Bodies, Imap, Pending, PolicyStep};
 use pop3::Pop3;
@@ -124,15 +124,15 @@ const IDLE_RENEW: std::time::Duration = std::time::Duration::from_secs(28 * 60);
 /// connection fails.
 pub async fn fetch_account(
     account: &Account,
+    route: &Route,
     pool: &SshPool,
-    ssh_config: Option<&ssh2_config::SshConfig>,
     show: Presentation,
     stop: &Stop,
 ) -> Result<Outcome> {
     let started = Instant::now();
     // Local state first: a broken state directory or Maildir should stop us
     // before we touch the server.
-    let (identity, stem, legacy) = ledger_names(account, ssh_config)?;
+    let (identity, stem, legacy) = ledger_names(account, route);
     let mut ledger = Ledger::open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref())?;
     let sink = if show.check {
         Sink::for_check(&account.deliver, &ledger.spool_dir(), &account.recipient, account.timeout)?
@@ -180,7 +180,7 @@ pub async fn fetch_account(
         crate::config::Via::Exec(_) | crate::config::Via::Command(_) if account.protocol == Protocol::Imap => None,
         _ => crate::process::password(&account.password, "password_command", account.timeout).await?,
     };
-    let opened = transport::open(account, pool, ssh_config).await?;
+    let opened = transport::open(route, pool).await?;
     let diagnostics = opened.diagnostics.clone();
     let wire = Wire::new(opened.stream, account.timeout, opened.peer.clone());
     let trace = account.received.then(|| Trace {
@@ -218,11 +218,10 @@ pub async fn fetch_account(
 /// for network servers the server and login, or the remote imapd / local
 /// tunnel command. Two mailboxes that differ in any of these never share a
 /// ledger.
-pub fn mailbox_identity(account: &Account, ssh_config: Option<&ssh2_config::SshConfig>) -> Result<String> {
+pub fn mailbox_identity(account: &Account, route: &Route) -> String {
     use crate::config::Via;
-    let ssh = match &account.via {
-        Via::Forward | Via::Exec(_) => {
-            let t = crate::ssh::target::resolve(account, ssh_config)?;
+    let ssh = match &route.ssh {
+        Some((t, _)) => {
             let jumps: Vec<String> = t
                 .jumps
                 .iter()
@@ -230,7 +229,7 @@ pub fn mailbox_identity(account: &Account, ssh_config: Option<&ssh2_config::SshC
                 .collect();
             format!("{} via [{}]", t.name(), jumps.join(","))
         }
-        _ => String::new(),
+        None => String::new(),
     };
     let login = account.login();
     let how = match &account.via {
@@ -241,20 +240,17 @@ pub fn mailbox_identity(account: &Account, ssh_config: Option<&ssh2_config::SshC
         Via::Exec(None) => "exec (detected imapd)".to_string(),
         Via::Command(c) => format!("command {}", transport::remote_command(c)),
     };
-    Ok(format!("{:?}\n{how}\n{ssh}", account.protocol))
+    format!("{:?}\n{how}\n{ssh}", account.protocol)
 }
 
 /// The ledger of an account: (identity, file name, an older file name of the
 /// same mailbox to adopt). A config account's ledger is named after the
 /// account; an ad-hoc one after its mailbox: a readable part and a hash of
 /// the identity, bounded in length and stable for the same command line.
-fn ledger_names(
-    account: &Account,
-    ssh_config: Option<&ssh2_config::SshConfig>,
-) -> Result<(String, String, Option<String>)> {
-    let identity = mailbox_identity(account, ssh_config)?;
+fn ledger_names(account: &Account, route: &Route) -> (String, String, Option<String>) {
+    let identity = mailbox_identity(account, route);
     if !account.adhoc {
-        return Ok((identity, account.name.clone(), None));
+        return (identity, account.name.clone(), None);
     }
     let hash = crate::ledger::short_hash(&identity, 8);
     let readable: String = crate::ledger::file_stem(&account.name).chars().take(48).collect();
@@ -267,7 +263,7 @@ fn ledger_names(
         crate::config::Via::Command(c) => Some(format!("tunnel {}", transport::remote_command(c))),
         _ => Some(account.name.clone()),
     };
-    Ok((identity, format!("{readable}-{hash}"), legacy))
+    (identity, format!("{readable}-{hash}"), legacy)
 }
 
 /// ", N delivered earlier to delete" (or to flag \Seen); nothing in keep

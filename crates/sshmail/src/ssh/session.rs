@@ -502,7 +502,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
         let key = match russh::keys::load_secret_key(&path, None) {
             Ok(k) => k,
             Err(russh::keys::Error::KeyIsEncrypted) => {
-                let Some(pass) = prompt_passphrase(&path)? else {
+                let Some(pass) = prompt_passphrase(&path).await? else {
                     tried.push(format!(
                         "{} (encrypted; no terminal to ask for its passphrase — add it to ssh-agent)",
                         path.display()
@@ -596,12 +596,20 @@ fn read_public_key(private: &std::path::Path) -> Option<PublicKey> {
     PublicKey::from_openssh(text.trim()).ok()
 }
 
-fn prompt_passphrase(path: &std::path::Path) -> Result<Option<String>> {
+/// Asks for a key's passphrase on the terminal, if there is one: one
+/// prompt at a time (accounts connect concurrently), read on a blocking
+/// thread so that the other connections' keepalives and transfers go on.
+async fn prompt_passphrase(path: &std::path::Path) -> Result<Option<String>> {
     use std::io::IsTerminal as _;
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     if !std::io::stdin().is_terminal() {
         return Ok(None);
     }
-    rpassword::prompt_password(format!("Enter passphrase for key '{}': ", path.display()))
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let prompt = format!("Enter passphrase for key '{}': ", path.display());
+    tokio::task::spawn_blocking(move || rpassword::prompt_password(prompt))
+        .await
+        .map_err(|e| Error::Auth(format!("cannot read passphrase: {e}")))?
         .map(Some)
         .map_err(|e| Error::Auth(format!("cannot read passphrase: {e}")))
 }
