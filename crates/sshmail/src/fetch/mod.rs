@@ -335,7 +335,7 @@ impl Store<'_> {
                 spool.discard_finished(f);
             }
             let ok = delivered?;
-            self.ledger.commit_marked(&ok)?;
+            crate::blocking::run(|| self.ledger.commit_marked(&ok))?;
             fault::point("batch-recorded");
             self.outcome.delivered += ok.len();
             return Ok(ok.into_iter().map(|(k, _)| k).collect());
@@ -354,9 +354,12 @@ impl Store<'_> {
             .zip(&files)
             .map(|(k, f)| (k.clone(), maildir.token(subfolder, &f.name), f.fingerprint.clone()))
             .collect();
-        self.ledger.prepare(&prepared)?;
-        maildir.publish(subfolder, &files)?;
-        self.ledger.commit(&keys)?;
+        // fsyncs and renames: off the async workers.
+        crate::blocking::run(|| {
+            self.ledger.prepare(&prepared)?;
+            maildir.publish(subfolder, &files)?;
+            self.ledger.commit(&keys)
+        })?;
         fault::point("batch-recorded");
         self.outcome.delivered += files.len();
         self.outcome.bytes += files.iter().map(|f| f.len).sum::<u64>();
