@@ -260,7 +260,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         routes.push(route);
     }
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
-    let show = Presentation { progress: interactive && !args.idle && !args.check, idle: args.idle, check: args.check };
+    let show = Presentation { idle: args.idle, check: args.check };
     if args.idle {
         if accounts.len() != 1 || accounts[0].protocol != config::Protocol::Imap {
             eprintln!("sshmail: --idle takes exactly one IMAP account");
@@ -273,23 +273,37 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                 return e.exit();
             }
         };
-        return idle_forever(&accounts[0], &route, show).await;
+        crate::stop::on_signals();
+        // One pool for the whole watch: a dead connection is replaced on
+        // the next lease, a live one reused.
+        let ctx = fetch::Context {
+            pool: Arc::new(SshPool::new()),
+            stop: Stop::process(),
+            report: Arc::new(fetch::report::Quiet),
+        };
+        return idle_forever(&accounts[0], &route, show, &ctx).await;
     }
     // Accounts run concurrently (a few at a time), sharing SSH connections;
     // results are reported in the order the accounts were given.
-    let pool = Arc::new(SshPool::new());
     let limit = Arc::new(tokio::sync::Semaphore::new(ACCOUNTS_AT_ONCE));
-    let show = Presentation { progress: show.progress && accounts.len() == 1, ..show };
+    // A progress bar for one account on a terminal; several would fight
+    // over the line.
+    let report: Arc<dyn fetch::report::Report> = if interactive && !args.check && accounts.len() == 1 {
+        Arc::new(fetch::report::Terminal)
+    } else {
+        Arc::new(fetch::report::Quiet)
+    };
+    let ctx = fetch::Context { pool: Arc::new(SshPool::new()), stop: Stop::process(), report };
     let handles: Vec<_> = accounts
         .iter()
         .cloned()
         .zip(routes)
         .map(|(account, route)| {
-            let (pool, limit) = (pool.clone(), limit.clone());
+            let (ctx, limit) = (ctx.clone(), limit.clone());
             tokio::spawn(async move {
                 let route = route?;
                 let _permit = limit.acquire_owned().await;
-                fetch::fetch_account(&account, &route, &pool, show, &Stop::process()).await
+                fetch::fetch_account(&account, &route, show, &ctx).await
             })
         })
         .collect();
@@ -357,7 +371,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
             }
         }
     }
-    pool.close_all().await;
+    ctx.pool.close_all().await;
     match worst {
         Some(e) => e,
         None if any_mail => Exit::Delivered,
@@ -369,17 +383,13 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
 /// (5 s doubling to 5 min). Ends on errors a retry cannot fix, and on
 /// SIGTERM/SIGINT, after ending the IDLE (DONE) and the session (LOGOUT):
 /// exit 0 then.
-async fn idle_forever(account: &config::Account, route: &Route, show: Presentation) -> Exit {
+async fn idle_forever(account: &config::Account, route: &Route, show: Presentation, ctx: &fetch::Context) -> Exit {
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
     let mut pause = FIRST_PAUSE;
-    crate::stop::on_signals();
-    let stop = Stop::process();
-    // One pool for the whole watch: a dead connection is replaced on the
-    // next lease, a live one reused.
-    let pool = SshPool::new();
+    let stop = &ctx.stop;
     let exit = loop {
         let started = std::time::Instant::now();
-        let result = fetch::fetch_account(account, route, &pool, show, &stop).await;
+        let result = fetch::fetch_account(account, route, show, ctx).await;
         // A session that lasted is a fresh start for the back-off.
         if started.elapsed() > std::time::Duration::from_secs(600) {
             pause = FIRST_PAUSE;
@@ -401,7 +411,7 @@ async fn idle_forever(account: &config::Account, route: &Route, show: Presentati
             }
         }
     };
-    pool.close_all().await;
+    ctx.pool.close_all().await;
     exit
 }
 

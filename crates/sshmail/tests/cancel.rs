@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::Env;
 use sshmail::config::{RawAccount, resolve};
-use sshmail::fetch::{Presentation, fetch_account};
-use sshmail::ssh::SshPool;
-use sshmail::stop::Stop;
+use sshmail::fetch::{Context, Presentation, fetch_account};
 use sshmail::transport::Route;
 use sshmail_testbed::corpus;
 
@@ -31,13 +29,11 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
     let account = resolve("cancelled", &raw, Some(&state)).unwrap();
     let route = Route::of(&account, None).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let pool = std::sync::Arc::new(SshPool::new());
+    let ctx = Context::quiet();
     runtime.block_on(async {
         let task = {
-            let (account, route, pool) = (account.clone(), route.clone(), pool.clone());
-            tokio::spawn(
-                async move { fetch_account(&account, &route, &pool, Presentation::default(), &Stop::new()).await },
-            )
+            let (account, route, ctx) = (account.clone(), route.clone(), ctx.clone());
+            tokio::spawn(async move { fetch_account(&account, &route, Presentation::default(), &ctx).await })
         };
         // Cancel while a message is being written into tmp/.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -53,9 +49,9 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
         assert!(partial < 30, "everything was delivered before the cancel");
 
         // The next cycle, in the same process and pool, finishes the job.
-        let outcome = fetch_account(&account, &route, &pool, Presentation::default(), &Stop::new()).await.unwrap();
+        let outcome = fetch_account(&account, &route, Presentation::default(), &ctx).await.unwrap();
         assert_eq!(outcome.delivered + partial, 30);
-        pool.close_all().await;
+        ctx.pool.close_all().await;
     });
     assert_eq!(env.delivered(), env.expected(), "every message exactly once");
     assert_eq!(env.tmp_files(), 0);

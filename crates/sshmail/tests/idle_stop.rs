@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::Hostile;
 use sshmail::config::{Command, RawAccount, resolve};
-use sshmail::fetch::{Presentation, fetch_account};
-use sshmail::ssh::SshPool;
+use sshmail::fetch::{Context, Presentation, fetch_account};
 use sshmail::stop::Stop;
 use sshmail::transport::Route;
 
@@ -30,12 +29,14 @@ fn idle_stops_cleanly_on_request_with_done_and_logout() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let stop = Stop::new();
-        let pool = std::sync::Arc::new(SshPool::new());
         let task = {
-            let (account, route, pool, stop) = (account.clone(), route.clone(), pool.clone(), stop.child());
+            let (account, route) = (account.clone(), route.clone());
+            // The task's token is a child: the owner stops it by stopping
+            // the parent.
+            let ctx = Context { stop: stop.child(), ..Context::quiet() };
             tokio::spawn(async move {
                 let show = Presentation { idle: true, ..Presentation::default() };
-                fetch_account(&account, &route, &pool, show, &stop).await
+                fetch_account(&account, &route, show, &ctx).await
             })
         };
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -19,11 +19,12 @@
 pub mod fingerprint;
 pub mod imap;
 pub mod pop3;
+pub mod report;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use sshmail_proto::imap::{Command as ImapCommand, Limits, Response, Status, Untagged, uid_set};
 use sshmail_proto::pop3::{Command, Reply};
 
@@ -39,6 +40,7 @@ use crate::transport::{self, Route, Stream};
 use crate::wire::Wire;
 use imap::{Bodies, Imap, Pending, PolicyStep};
 use pop3::Pop3;
+use report::{Report, Transfer};
 
 /// Messages per group commit.
 const BATCH_MESSAGES: usize = 256;
@@ -105,8 +107,6 @@ impl Trace {
 /// How the run presents itself, and whether it stays.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Presentation {
-    /// Show a progress bar (interactive terminal).
-    pub progress: bool,
     /// IMAP: after fetching, stay connected and IDLE on the first folder,
     /// fetching whatever arrives, until stopped or the connection fails.
     pub idle: bool,
@@ -119,16 +119,31 @@ pub struct Presentation {
 /// to renew within 29 minutes).
 const IDLE_RENEW: std::time::Duration = std::time::Duration::from_secs(28 * 60);
 
-/// Fetches one account through the pool. With `show.idle` it stays until
-/// `stop` is requested (then ends the IDLE with DONE and logs out) or the
-/// connection fails.
-pub async fn fetch_account(
-    account: &Account,
-    route: &Route,
-    pool: &SshPool,
-    show: Presentation,
-    stop: &Stop,
-) -> Result<Outcome> {
+/// What fetch cycles run with, shared by every cycle of the process: the
+/// SSH pool, the stop token watched by long waits, and where transfers are
+/// reported.
+#[derive(Clone)]
+pub struct Context {
+    /// The connections.
+    pub pool: Arc<SshPool>,
+    /// Ends IDLE (DONE, LOGOUT) and long waits when requested.
+    pub stop: Stop,
+    /// Progress of each transfer.
+    pub report: Arc<dyn Report>,
+}
+
+impl Context {
+    /// A context with a fresh pool, no stop requested, reporting nothing.
+    pub fn quiet() -> Context {
+        Context { pool: Arc::new(SshPool::new()), stop: Stop::new(), report: Arc::new(report::Quiet) }
+    }
+}
+
+/// One fetch cycle for an account, through `route` and the context's pool.
+/// With `show.idle` it stays until the context's stop is requested (then
+/// ends the IDLE with DONE and logs out) or the connection fails.
+pub async fn fetch_account(account: &Account, route: &Route, show: Presentation, ctx: &Context) -> Result<Outcome> {
+    let pool = ctx.pool.as_ref();
     let started = Instant::now();
     // Local state first: a broken state directory or Maildir should stop us
     // before we touch the server.
@@ -192,7 +207,15 @@ pub async fn fetch_account(
         by: gethostname::gethostname().to_string_lossy().into_owned(),
         recipient: account.recipient.clone(),
     });
-    let mut store = Store { sink: &sink, ledger: &mut ledger, outcome: &mut outcome, show, trace, stop: stop.clone() };
+    let mut store = Store {
+        sink: &sink,
+        ledger: &mut ledger,
+        outcome: &mut outcome,
+        show,
+        trace,
+        stop: ctx.stop.clone(),
+        report: ctx.report.as_ref(),
+    };
     let flow = match account.protocol {
         Protocol::Pop3 => pop3_flow(account, wire, password, &mut store).await,
         Protocol::Imap => imap_flow(account, wire, password, opened.greeting_done, opened.preauth_ok, &mut store).await,
@@ -284,6 +307,7 @@ struct Store<'a> {
     show: Presentation,
     trace: Option<Trace>,
     stop: Stop,
+    report: &'a dyn Report,
 }
 
 impl Store<'_> {
@@ -371,21 +395,6 @@ impl Store<'_> {
         if let Err(e) = self.commit(batch, subfolder).await {
             tracing::error!("could not save the messages that were complete: {e}");
         }
-    }
-
-    fn bar(&self, total_bytes: u64, messages: usize, what: &str) -> ProgressBar {
-        if !self.show.progress || messages == 0 {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::new(total_bytes);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(what.to_string());
-        bar.set_message(format!("0/{messages}"));
-        bar
     }
 }
 
@@ -521,7 +530,8 @@ async fn pop3_transfer<S: Stream>(
 ) -> Result<HashSet<String>> {
     let depth = if pop.caps.pipelining { PIPELINE_DEPTH } else { 1 };
     let numbers: HashMap<&str, u32> = to_fetch.iter().map(|(n, u, _)| (u.as_str(), *n)).collect();
-    let bar = store.bar(to_fetch.iter().filter_map(|(_, _, s)| *s).sum(), to_fetch.len(), &account.name);
+    let mut bar =
+        store.report.transfer(&account.name, to_fetch.len(), to_fetch.iter().filter_map(|(_, _, s)| *s).sum());
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut outgoing: Vec<Command> = Vec::new();
     let mut dele_queue: VecDeque<(u32, String)> = to_delete.into();
@@ -611,8 +621,8 @@ async fn pop3_transfer<S: Stream>(
                             );
                         }
                     }
-                    bar.inc(pop.received() - before);
-                    bar.set_message(format!("{}/{total}", i + 1));
+                    bar.received(pop.received() - before);
+                    bar.messages(i + 1);
                 }
             }
             let bodies_to_come = unconfirmed.is_some() || in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
@@ -627,7 +637,7 @@ async fn pop3_transfer<S: Stream>(
         }
     }
     .await;
-    bar.finish_and_clear();
+    drop(bar);
     if let Err(e) = result {
         if let Some((key, f)) = unconfirmed.take() {
             if pop.out_of_step {
@@ -894,16 +904,16 @@ async fn imap_folder<S: Stream>(
         batches.last_mut().expect("a batch").push(*uid);
         bytes += size;
     }
-    let bar = store.bar(to_fetch.iter().map(|(_, s)| s).sum(), to_fetch.len(), folder);
+    let mut bar = store.report.transfer(folder, to_fetch.len(), to_fetch.iter().map(|(_, s)| s).sum());
     let result = imap_transfer(
         &Job { account, validity_prefix: &validity_prefix, subfolder: subfolder.as_ref(), batches: &batches },
         imap,
         store,
         to_apply,
-        &bar,
+        bar.as_mut(),
     )
     .await;
-    bar.finish_and_clear();
+    drop(bar);
     result
 }
 
@@ -967,7 +977,7 @@ async fn imap_transfer<S: Stream>(
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
     to_apply: Vec<u32>,
-    bar: &ProgressBar,
+    bar: &mut dyn Transfer,
 ) -> Result<()> {
     let mut in_flight: VecDeque<(String, Pending)> = VecDeque::new();
     if !to_apply.is_empty() {
@@ -996,12 +1006,11 @@ async fn imap_pipeline<S: Stream>(
     in_flight: &mut VecDeque<(String, Pending)>,
     collected: &mut HashMap<u32, Finished>,
     bodies: &mut Bodies<'_>,
-    bar: &ProgressBar,
+    bar: &mut dyn Transfer,
 ) -> Result<()> {
     let Job { account, validity_prefix, subfolder, batches } = *job;
     let mut next = 0;
     let mut count = 0usize;
-    let total: usize = batches.iter().map(Vec::len).sum();
     // The UIDs of the batches in flight: a body for any other UID is
     // nobody's, and is thrown away at once.
     let mut requested: HashSet<u32> = HashSet::new();
@@ -1021,7 +1030,7 @@ async fn imap_pipeline<S: Stream>(
         }
         let before = imap.received();
         let response = imap.read(bodies).await?;
-        bar.inc(imap.received() - before);
+        bar.received(imap.received() - before);
         match response {
             Response::Untagged(Untagged::Fetch(f)) if imap::has_body(&f) => {
                 let Some(mut file) = bodies.done.take() else { continue };
@@ -1031,7 +1040,7 @@ async fn imap_pipeline<S: Stream>(
                         file.fingerprint = bodies.done_header.take();
                         collected.insert(uid, file);
                         count += 1;
-                        bar.set_message(format!("{count}/{total}"));
+                        bar.messages(count);
                     }
                     _ => {
                         store.sink.spool().discard_finished(file);
