@@ -10,7 +10,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod blocking;
 pub mod cli;
 pub mod config;
 pub mod deliver;
