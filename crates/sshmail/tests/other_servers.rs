@@ -62,22 +62,14 @@ fn imap4d_on_a_maildir_delete_mode_and_a_30_mb_message() {
 #[test]
 fn regression_nothing_is_fetched_twice_on_imap4d_mbox_in_delete_mode() {
     let mut env = Env::new();
-    for i in 0..3 {
-        let m = corpus::small_message(i, 300);
-        env.bed.add_mbox_message(&m).unwrap();
-        env.originals.push(m);
-    }
+    env.add_mbox_messages((0..3).map(|i| corpus::small_message(i, 300)));
     let out = imap4d(&env, true, &[]);
     assert_exit(&out, 0);
     assert_eq!(env.delivered(), env.expected());
     for round in 0..2 {
         // New mail arrives, as a local delivery agent appends it.
         common::wait_for_next_second();
-        for i in 0..2 {
-            let m = corpus::small_message(10 + round * 2 + i, 300);
-            env.bed.add_mbox_message(&m).unwrap();
-            env.originals.push(m);
-        }
+        env.add_mbox_messages((0..2).map(|i| corpus::small_message(10 + round * 2 + i, 300)));
         let out = imap4d(&env, true, &[]);
         assert_exit(&out, 0);
         assert_eq!(env.delivered(), env.expected(), "round {round}: {}", stderr(&out));
@@ -91,19 +83,13 @@ fn regression_nothing_is_fetched_twice_on_imap4d_mbox_in_delete_mode() {
 #[test]
 fn regression_keep_mode_works_on_imap4d_mbox_across_new_mail() {
     let mut env = Env::new();
-    for i in 0..3 {
-        let m = corpus::small_message(i, 300);
-        env.bed.add_mbox_message(&m).unwrap();
-        env.originals.push(m);
-    }
+    env.add_mbox_messages((0..3).map(|i| corpus::small_message(i, 300)));
     let out = imap4d(&env, true, &["--keep"]);
     assert_exit(&out, 0);
     assert_eq!(env.delivered(), env.expected());
     for round in 0..2 {
         common::wait_for_next_second();
-        let m = corpus::small_message(10 + round, 300);
-        env.bed.add_mbox_message(&m).unwrap();
-        env.originals.push(m);
+        env.add_mbox_messages([corpus::small_message(10 + round, 300)]);
         let out = imap4d(&env, true, &["--keep"]);
         assert_exit(&out, 0);
         assert_eq!(env.delivered(), env.expected(), "round {round}: {}", stderr(&out));

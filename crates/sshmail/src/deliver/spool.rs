@@ -182,11 +182,6 @@ impl Spool {
         Ok(Finished { name, path, file, len, fingerprint: None, kept: false })
     }
 
-    /// Removes an unfinished message (as dropping it does).
-    pub fn discard(&self, staged: Staged) {
-        drop(staged);
-    }
-
     /// Removes a finished message that will not be delivered from here (as
     /// dropping it does, unless it was kept).
     pub fn discard_finished(&self, finished: Finished) {
@@ -342,7 +337,7 @@ mod tests {
         assert!(!a.name.contains('/') && !a.name.contains(':'));
         let f = spool.finish(a).unwrap();
         assert_eq!(fs::read(&f.path).unwrap(), b"Received: x\n");
-        spool.discard(b);
+        drop(b);
         spool.discard_finished(f);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }

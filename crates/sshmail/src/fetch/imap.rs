@@ -181,16 +181,11 @@ impl<'m> Bodies<'m> {
         Ok(())
     }
 
-    /// Removes a half-written or unclaimed body.
+    /// Removes a half-written or unclaimed body (dropped, a staged file
+    /// removes itself).
     pub fn abort(&mut self) {
-        if let Some(spool) = self.spool {
-            if let Some(s) = self.current.take() {
-                spool.discard(s);
-            }
-            if let Some(f) = self.done.take() {
-                spool.discard_finished(f);
-            }
-        }
+        self.current = None;
+        self.done = None;
     }
 }
 

@@ -672,11 +672,11 @@ async fn pop3_body<S: Stream>(
             Ok(Ok(spool.finish(staged)?))
         }
         Ok(pop3::Body::TooLarge(got)) => {
-            spool.discard(staged);
+            drop(staged);
             Ok(Err(got))
         }
         Err(e) => {
-            spool.discard(staged);
+            drop(staged);
             Err(e)
         }
     }

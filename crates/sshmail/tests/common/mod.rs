@@ -41,6 +41,15 @@ impl Env {
         }
     }
 
+    /// Appends `msgs` to the server's mbox (as a delivery agent would) and
+    /// remembers them as the expected result.
+    pub fn add_mbox_messages(&mut self, msgs: impl IntoIterator<Item = Vec<u8>>) {
+        for m in msgs {
+            self.bed.add_mbox_message(&m).unwrap();
+            self.originals.push(m);
+        }
+    }
+
     pub fn maildir(&self) -> PathBuf {
         self.home.path().join("Maildir")
     }
