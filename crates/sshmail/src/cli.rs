@@ -246,13 +246,13 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
     // route cannot be made fails alone, like any other account error.
     let mut routes = Vec::with_capacity(accounts.len());
     for a in &mut accounts {
-        let route = Route::of(a, ssh_config.as_ref());
+        let route = Route::of(&a.reach, ssh_config.as_ref());
         // The mail login defaults to the SSH user, `~/.ssh/config`'s
         // included, as documented.
-        if !a.user_given
+        if !a.login.user_given
             && let Ok(Route { ssh: Some((t, _)), .. }) = &route
         {
-            a.user = t.user.clone();
+            a.login.user = t.user.clone();
             if a.adhoc {
                 a.name = adhoc_name(a, args.ssh.as_deref().unwrap_or_default());
             }
@@ -418,13 +418,13 @@ async fn idle_forever(account: &config::Account, route: &Route, show: Presentati
 /// How an ad-hoc account is named in messages (its ledger is named after
 /// the mailbox itself: fetch::mailbox_identity).
 fn adhoc_name(account: &config::Account, dest: &str) -> String {
-    match &account.via {
-        config::Via::Forward => format!("{}@{}:{} via {dest}", account.user, account.server_host, account.server_port),
+    match &account.reach.via {
+        config::Via::Forward => format!("{} via {dest}", account.address()),
         config::Via::Exec(_) => format!("imap on {dest}"),
         config::Via::Command(c) => {
             crate::process::command(c, "tunnel").map(|(_, shown)| shown).unwrap_or_else(|_| "tunnel".to_string())
         }
-        config::Via::Tls | config::Via::StartTls => account.login(),
+        config::Via::Tls | config::Via::StartTls => account.address(),
     }
 }
 

@@ -233,7 +233,10 @@ pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
     }
 }
 
-/// A fully resolved account.
+/// A fully resolved account, in its concerns: how to reach the server
+/// (`reach`, which `transport::Route::of` resolves against `~/.ssh/config`),
+/// who logs in (`login`), what to fetch and what to do with it on the server
+/// (`fetch`), and where mail goes (`delivery`).
 #[derive(Debug, Clone)]
 pub struct Account {
     /// The account's name (config table key, or a description of an ad-hoc
@@ -242,16 +245,53 @@ pub struct Account {
     /// Ad hoc (no config table): the ledger is named after the mailbox it
     /// reaches, not after `name`.
     pub adhoc: bool,
-    /// With `--idle`: fetch at least this often, whatever IDLE reports.
-    pub interval: std::time::Duration,
-    /// The SSH host to go through.
-    pub ssh: SshDestination,
     /// The mail protocol.
     pub protocol: Protocol,
+    /// How to reach the mail server.
+    pub reach: Reach,
+    /// The mail login.
+    pub login: Login,
+    /// What to fetch, and what to do with it on the server.
+    pub fetch: FetchPolicy,
+    /// Where mail goes.
+    pub delivery: Deliver,
+    /// Directory for this account's ledger.
+    pub state_dir: PathBuf,
+}
+
+/// How to reach an account's mail server, as configured (the SSH parts are
+/// completed from `~/.ssh/config` when `transport::Route::of` makes a route).
+#[derive(Debug, Clone)]
+pub struct Reach {
+    /// The SSH host to go through.
+    pub ssh: SshDestination,
+    /// Identity files given for this account (before ~/.ssh/config's).
+    pub identities: Vec<PathBuf>,
+    /// A known_hosts file given for this account.
+    pub known_hosts: Option<PathBuf>,
+    /// Unknown host key policy, if the account sets one.
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// Password for SSH password / keyboard-interactive login, if asked for.
+    pub ssh_password: PasswordSource,
+    /// Ask for SSH compression.
+    pub compress: bool,
+    /// How the stream to the mail server is made.
+    pub via: Via,
     /// The mail server as seen from the SSH host.
     pub server_host: String,
     /// Its port.
     pub server_port: u16,
+    /// TLS settings.
+    pub tls: TlsSettings,
+    /// IMAP: accept a PREAUTH greeting on a network port (forward, tls).
+    pub allow_preauth: bool,
+    /// How long any single wait may take.
+    pub timeout: Duration,
+}
+
+/// Who logs in to the mail server, and how.
+#[derive(Debug, Clone)]
+pub struct Login {
     /// Mail login name.
     pub user: String,
     /// `user` was given (in the account or in `ssh = "user@host"`); if not,
@@ -261,34 +301,19 @@ pub struct Account {
     pub password: PasswordSource,
     /// Login method.
     pub auth: AuthMethod,
-    /// Fetch messages already fetched before.
-    pub fetch_all: bool,
-    /// Ask for SSH compression.
-    pub compress: bool,
-    /// Where mail goes.
-    pub deliver: Delivery,
-    /// Identity files given for this account (before ~/.ssh/config's).
-    pub identities: Vec<PathBuf>,
-    /// A known_hosts file given for this account.
-    pub known_hosts: Option<PathBuf>,
-    /// Unknown host key policy, if the account sets one.
-    pub host_key_policy: Option<HostKeyPolicy>,
-    /// How long any single wait may take.
-    pub timeout: Duration,
-    /// Password for SSH password / keyboard-interactive login, if asked for.
-    pub ssh_password: PasswordSource,
-    /// Directory for this account's ledger.
-    pub state_dir: PathBuf,
-    /// How to reach the mail server.
-    pub via: Via,
+}
+
+/// What a fetch takes from the server and leaves there.
+#[derive(Debug, Clone)]
+pub struct FetchPolicy {
     /// What to do with delivered messages on the server.
     pub policy: Policy,
     /// IMAP folders (names or LIST patterns with `*` and `%`), UTF-8.
     pub folders: Vec<String>,
     /// IMAP: fetch only messages without \Seen.
     pub only_unseen: bool,
-    /// TLS settings.
-    pub tls: TlsSettings,
+    /// Fetch messages already fetched before.
+    pub fetch_all: bool,
     /// Largest message accepted; larger ones stay on the server.
     pub max_message_size: u64,
     /// IMAP without UIDPLUS: allow a plain EXPUNGE (which also removes
@@ -296,20 +321,32 @@ pub struct Account {
     pub allow_expunge_all: bool,
     /// IMAP: fetch a folder whose UIDVALIDITY changed again from scratch.
     pub accept_uidvalidity_change: bool,
+    /// With `--idle`: fetch at least this often, whatever IDLE reports.
+    pub interval: std::time::Duration,
+}
+
+/// Where an account's mail goes, and how it is marked on the way.
+#[derive(Debug, Clone)]
+pub struct Deliver {
+    /// The sink.
+    pub to: Delivery,
     /// Add a `Received:` line to each message.
     pub received: bool,
     /// The local recipient (SMTP/LMTP RCPT TO, MDA `%T`).
     pub recipient: String,
     /// IMAP into a Maildir: each folder into its own Maildir++ subfolder.
     pub maildir_subfolders: bool,
-    /// IMAP: accept a PREAUTH greeting on a network port (forward, tls).
-    pub allow_preauth: bool,
+}
+
+/// `user@host:port`, the one way a login or an SSH destination is named.
+pub fn user_at(user: &str, host: &str, port: u16) -> String {
+    format!("{user}@{host}:{port}")
 }
 
 impl Account {
     /// `user@server:port`: the mail login, for messages and names.
-    pub fn login(&self) -> String {
-        format!("{}@{}:{}", self.user, self.server_host, self.server_port)
+    pub fn address(&self) -> String {
+        user_at(&self.login.user, &self.reach.server_host, self.reach.server_port)
     }
 }
 
@@ -554,39 +591,42 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
     Ok(Account {
         name: name.to_string(),
         adhoc: false,
-        user_given,
-        interval: std::time::Duration::from_secs(raw.interval.unwrap_or(300).max(1)),
-        ssh,
         protocol,
-        server_host,
-        server_port,
-        user,
-        password,
-        auth,
-        fetch_all: raw.fetch_all.unwrap_or(false),
-        compress: raw.compress.unwrap_or(false),
-        deliver,
-        identities: raw.identity.iter().flatten().map(|s| expand_tilde(s)).collect(),
-        known_hosts: raw.known_hosts.as_deref().map(expand_tilde),
-        host_key_policy,
-        timeout: Duration::from_secs(timeout),
-        ssh_password,
-        state_dir: state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
-        via,
-        policy,
-        folders,
-        only_unseen: raw.only_unseen.unwrap_or(false),
-        tls: TlsSettings {
-            ca_file: raw.tls_ca_file.as_deref().map(expand_tilde),
-            fingerprint: raw.tls_fingerprint.clone(),
+        reach: Reach {
+            ssh,
+            identities: raw.identity.iter().flatten().map(|s| expand_tilde(s)).collect(),
+            known_hosts: raw.known_hosts.as_deref().map(expand_tilde),
+            host_key_policy,
+            ssh_password,
+            compress: raw.compress.unwrap_or(false),
+            via,
+            server_host,
+            server_port,
+            tls: TlsSettings {
+                ca_file: raw.tls_ca_file.as_deref().map(expand_tilde),
+                fingerprint: raw.tls_fingerprint.clone(),
+            },
+            allow_preauth: raw.allow_preauth.unwrap_or(false),
+            timeout: Duration::from_secs(timeout),
         },
-        max_message_size: raw.max_message_size.unwrap_or(1 << 30),
-        allow_expunge_all: raw.allow_expunge_all.unwrap_or(false),
-        accept_uidvalidity_change: raw.accept_uidvalidity_change.unwrap_or(false),
-        received: raw.received.unwrap_or(true),
-        recipient: raw.recipient.clone().unwrap_or_else(local_user),
-        maildir_subfolders: raw.maildir_subfolders.unwrap_or(false),
-        allow_preauth: raw.allow_preauth.unwrap_or(false),
+        login: Login { user, user_given, password, auth },
+        fetch: FetchPolicy {
+            policy,
+            folders,
+            only_unseen: raw.only_unseen.unwrap_or(false),
+            fetch_all: raw.fetch_all.unwrap_or(false),
+            max_message_size: raw.max_message_size.unwrap_or(1 << 30),
+            allow_expunge_all: raw.allow_expunge_all.unwrap_or(false),
+            accept_uidvalidity_change: raw.accept_uidvalidity_change.unwrap_or(false),
+            interval: std::time::Duration::from_secs(raw.interval.unwrap_or(300).max(1)),
+        },
+        delivery: Deliver {
+            to: deliver,
+            received: raw.received.unwrap_or(true),
+            recipient: raw.recipient.clone().unwrap_or_else(local_user),
+            maildir_subfolders: raw.maildir_subfolders.unwrap_or(false),
+        },
+        state_dir: state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
     })
 }
 
@@ -644,10 +684,13 @@ mod tests {
             toml::from_str("[account.work]\nssh = \"me@shell\"\npassword_command = [\"pass\", \"show\", \"mail\"]\n")
                 .unwrap();
         let a = resolve("work", &raw.account["work"], Some("/tmp/st")).unwrap();
-        assert_eq!((a.server_host.as_str(), a.server_port, a.user.as_str()), ("localhost", 110, "me"));
-        assert!(a.policy == Policy::Delete && !a.compress);
-        assert_eq!(a.timeout, Duration::from_secs(30));
-        assert!(matches!(a.password, PasswordSource::Command(Command::Argv(_))));
+        assert_eq!(
+            (a.reach.server_host.as_str(), a.reach.server_port, a.login.user.as_str()),
+            ("localhost", 110, "me")
+        );
+        assert!(a.fetch.policy == Policy::Delete && !a.reach.compress);
+        assert_eq!(a.reach.timeout, Duration::from_secs(30));
+        assert!(matches!(a.login.password, PasswordSource::Command(Command::Argv(_))));
     }
 
     #[test]
@@ -655,7 +698,7 @@ mod tests {
         let raw = RawAccount { ssh: Some("h".into()), protocol: Some("imap".into()), ..Default::default() };
         let a = resolve("a", &raw, None).unwrap();
         assert_eq!(
-            (a.via.clone(), a.folders.clone(), a.policy),
+            (a.reach.via.clone(), a.fetch.folders.clone(), a.fetch.policy),
             (Via::Exec(None), vec!["INBOX".to_string()], Policy::Delete)
         );
         let raw = RawAccount {
@@ -666,13 +709,13 @@ mod tests {
             ..Default::default()
         };
         let a = resolve("a", &raw, None).unwrap();
-        assert_eq!((a.server_port, a.policy), (993, Policy::Keep));
+        assert_eq!((a.reach.server_port, a.fetch.policy), (993, Policy::Keep));
         let raw = RawAccount {
             protocol: Some("imap".into()),
             tunnel: Some(Command::Argv(vec!["ssh".into(), "h".into(), "imapd".into()])),
             ..Default::default()
         };
-        assert!(matches!(resolve("a", &raw, None).unwrap().via, Via::Command(_)));
+        assert!(matches!(resolve("a", &raw, None).unwrap().reach.via, Via::Command(_)));
     }
 
     #[test]
@@ -686,8 +729,8 @@ mod tests {
             resolve(name, account, None).unwrap_or_else(|e| panic!("README account {name}: {e}"));
         }
         let uni = resolve("uni", &raw.account["uni"], None).unwrap();
-        assert_eq!((uni.protocol, uni.policy), (Protocol::Imap, Policy::Seen));
-        assert!(matches!(uni.via, Via::Exec(Some(_))));
+        assert_eq!((uni.protocol, uni.fetch.policy), (Protocol::Imap, Policy::Seen));
+        assert!(matches!(uni.reach.via, Via::Exec(Some(_))));
     }
 
     #[test]

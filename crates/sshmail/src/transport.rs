@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
-use crate::config::{Account, Command, TlsSettings, Via};
+use crate::config::{Command, Reach, TlsSettings, Via};
 use crate::error::{Error, Result};
 use crate::process::{Collected, shell_quote};
 use crate::ssh::session::ExecStatus;
@@ -107,24 +107,24 @@ pub struct Route {
 impl Route {
     /// The route of `account`, with `ssh_config` applied to its SSH
     /// destination and to each jump hop.
-    pub fn of(account: &Account, ssh_config: Option<&ssh2_config::SshConfig>) -> Result<Route> {
-        let ssh = match account.via {
+    pub fn of(reach: &Reach, ssh_config: Option<&ssh2_config::SshConfig>) -> Result<Route> {
+        let ssh = match reach.via {
             Via::Forward | Via::Exec(_) => {
-                let t = target::resolve(account, ssh_config)?;
+                let t = target::resolve(reach, ssh_config)?;
                 let jumps =
-                    t.jumps.iter().map(|j| target::resolve_jump(j, ssh_config, account)).collect::<Result<Vec<_>>>()?;
+                    t.jumps.iter().map(|j| target::resolve_jump(j, ssh_config, reach)).collect::<Result<Vec<_>>>()?;
                 Some((t, jumps))
             }
             _ => None,
         };
         Ok(Route {
             ssh,
-            via: account.via.clone(),
-            server_host: account.server_host.clone(),
-            server_port: account.server_port,
-            tls: account.tls.clone(),
-            allow_preauth: account.allow_preauth,
-            timeout: account.timeout,
+            via: reach.via.clone(),
+            server_host: reach.server_host.clone(),
+            server_port: reach.server_port,
+            tls: reach.tls.clone(),
+            allow_preauth: reach.allow_preauth,
+            timeout: reach.timeout,
         })
     }
 

@@ -27,7 +27,7 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
     };
     let state = env.state_dir().display().to_string();
     let account = resolve("cancelled", &raw, Some(&state)).unwrap();
-    let route = Route::of(&account, None).unwrap();
+    let route = Route::of(&account.reach, None).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let ctx = Context::quiet();
     runtime.block_on(async {

@@ -25,7 +25,7 @@ fn idle_stops_cleanly_on_request_with_done_and_logout() {
     };
     let state = h.dir.path().join("state").display().to_string();
     let account = resolve("watched", &raw, Some(&state)).unwrap();
-    let route = Route::of(&account, None).unwrap();
+    let route = Route::of(&account.reach, None).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let stop = Stop::new();

@@ -20,7 +20,7 @@ fn ssh_target(env: &Env) -> target::SshTarget {
         known_hosts: Some(env.bed.known_hosts.display().to_string()),
         ..Default::default()
     };
-    target::resolve(&resolve("pool", &raw, None).unwrap(), None).unwrap()
+    target::resolve(&resolve("pool", &raw, None).unwrap().reach, None).unwrap()
 }
 
 /// The security defect: account A (`accept-new`, its own empty

@@ -150,9 +150,9 @@ pub async fn fetch_account(account: &Account, route: &Route, show: Presentation,
     let (identity, stem, legacy) = ledger_names(account, route);
     let mut ledger = Ledger::open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref())?;
     let sink = if show.check {
-        Sink::for_check(&account.deliver, &ledger.spool_dir(), &account.recipient, account.timeout)?
+        Sink::for_check(&account.delivery.to, &ledger.spool_dir(), &account.delivery.recipient, account.reach.timeout)?
     } else {
-        Sink::open(&account.deliver, &ledger.spool_dir(), &account.recipient, account.timeout)?
+        Sink::open(&account.delivery.to, &ledger.spool_dir(), &account.delivery.recipient, account.reach.timeout)?
     };
     let mut outcome = Outcome::default();
     // A check changes nothing locally either: no recovery, no cleaning.
@@ -191,21 +191,21 @@ pub async fn fetch_account(account: &Account, route: &Route, show: Presentation,
     // fails must not hold a server connection open. Through exec or a
     // tunnel command the server normally greets PREAUTH and needs none, so
     // there it is asked for only when the server wants one.
-    let password = match &account.via {
+    let password = match &account.reach.via {
         crate::config::Via::Exec(_) | crate::config::Via::Command(_) if account.protocol == Protocol::Imap => None,
-        _ => crate::process::password(&account.password, "password_command", account.timeout).await?,
+        _ => crate::process::password(&account.login.password, "password_command", account.reach.timeout).await?,
     };
     let opened = transport::open(route, pool).await?;
     let diagnostics = opened.diagnostics.clone();
-    let wire = Wire::new(opened.stream, account.timeout, opened.peer.clone());
-    let trace = account.received.then(|| Trace {
+    let wire = Wire::new(opened.stream, account.reach.timeout, opened.peer.clone());
+    let trace = account.delivery.received.then(|| Trace {
         from: opened.peer.clone(),
         with: match account.protocol {
             Protocol::Pop3 => "POP3",
             Protocol::Imap => "IMAP",
         },
         by: gethostname::gethostname().to_string_lossy().into_owned(),
-        recipient: account.recipient.clone(),
+        recipient: account.delivery.recipient.clone(),
     });
     let mut store = Store {
         sink: &sink,
@@ -254,8 +254,8 @@ pub fn mailbox_identity(account: &Account, route: &Route) -> String {
         }
         None => String::new(),
     };
-    let login = account.login();
-    let how = match &account.via {
+    let login = account.address();
+    let how = match &account.reach.via {
         Via::Forward => format!("forward {login}"),
         Via::Tls => format!("tls {login}"),
         Via::StartTls => format!("starttls {login}"),
@@ -281,7 +281,7 @@ fn ledger_names(account: &Account, route: &Route) -> (String, String, Option<Str
     // exec, already held the whole identity: that file is taken over. An
     // exec one ("imap on HOST") was shared by every imapd on the host, so
     // it is not.
-    let legacy = match &account.via {
+    let legacy = match &account.reach.via {
         crate::config::Via::Exec(_) => None,
         crate::config::Via::Command(c) => Some(format!("tunnel {}", transport::remote_command(c))),
         _ => Some(account.name.clone()),
@@ -418,7 +418,7 @@ async fn pop3_flow<S: Stream>(
 ) -> Result<u64> {
     let mut pop = Pop3::start(wire).await?;
     pop.capa().await?;
-    pop.login(&account.user, password.as_ref(), account.auth).await?;
+    pop.login(&account.login.user, password.as_ref(), account.login.auth).await?;
     let listing = pop.scan().await?;
     store.outcome.on_server = listing.len();
 
@@ -430,7 +430,7 @@ async fn pop3_flow<S: Stream>(
             tracing::warn!("{}: UIDL {uid} appears twice; message {n} is left alone", pop.peer());
             continue;
         }
-        if account.fetch_all || !store.ledger.is_delivered(uid) {
+        if account.fetch.fetch_all || !store.ledger.is_delivered(uid) {
             if size.is_none() {
                 tracing::warn!(
                     "{}: LIST does not give the size of message {n}; fetching it within max_message_size",
@@ -438,7 +438,7 @@ async fn pop3_flow<S: Stream>(
                 );
             }
             if let Some(size) = *size
-                && size > account.max_message_size
+                && size > account.fetch.max_message_size
             {
                 tracing::warn!(
                     "{}: message {n} is {} (over max_message_size); left on the server",
@@ -449,7 +449,7 @@ async fn pop3_flow<S: Stream>(
                 continue;
             }
             to_fetch.push((*n, uid.clone(), *size));
-        } else if account.policy == Policy::Delete {
+        } else if account.fetch.policy == Policy::Delete {
             to_delete.push((*n, uid.clone()));
         }
     }
@@ -458,7 +458,7 @@ async fn pop3_flow<S: Stream>(
         account.name,
         listing.len(),
         to_fetch.len(),
-        policy_note(account.policy, to_delete.len())
+        policy_note(account.fetch.policy, to_delete.len())
     );
     if store.show.check {
         store.outcome.waiting = to_fetch.len();
@@ -606,7 +606,7 @@ async fn pop3_transfer<S: Stream>(
                     // so twice as much and a margin is still honest).
                     let limit = size
                         .map_or(u64::MAX, |s| s.saturating_mul(2).saturating_add(64 << 10))
-                        .min(account.max_message_size);
+                        .min(account.fetch.max_message_size);
                     match pop3_body(pop, store, &mut buf, limit).await? {
                         Ok(f) => unconfirmed = Some((uid.clone(), f)),
                         Err(got) => {
@@ -630,7 +630,7 @@ async fn pop3_transfer<S: Stream>(
             if !batch.is_empty() && (full || (next == total && !bodies_to_come)) {
                 let keys = store.commit(&mut batch, None).await?;
                 batch_bytes = 0;
-                if account.policy == Policy::Delete {
+                if account.fetch.policy == Policy::Delete {
                     dele_queue.extend(keys.into_iter().map(|k| (numbers[k.as_str()], k)));
                 }
             }
@@ -698,16 +698,20 @@ async fn imap_flow<S: Stream>(
     preauth_ok: bool,
     store: &mut Store<'_>,
 ) -> Result<u64> {
-    let limits = Limits { max_body: account.max_message_size, ..Limits::default() };
+    let limits = Limits { max_body: account.fetch.max_message_size, ..Limits::default() };
     let mut imap = Imap::start(wire, limits, greeting_done, preauth_ok).await?;
     if imap.preauth {
         tracing::info!("{}: preauthenticated by {}", account.name, imap.peer());
     } else {
         let password = match password {
             Some(p) => Some(p),
-            None => crate::process::password(&account.password, "password_command", account.timeout).await?,
+            None => {
+                crate::process::password(&account.login.password, "password_command", account.reach.timeout).await?
+            }
         };
-        if password.is_none() && matches!(account.via, crate::config::Via::Exec(_) | crate::config::Via::Command(_)) {
+        if password.is_none()
+            && matches!(account.reach.via, crate::config::Via::Exec(_) | crate::config::Via::Command(_))
+        {
             return Err(Error::Auth(format!(
                 "{} greeted `* OK`, not `* PREAUTH`: it wants a login, so it does not run preauthenticated. Run it \
                  so that it does (Dovecot's imap binary does by itself, GNU imap4d needs `--inetd --preauth`, \
@@ -715,9 +719,9 @@ async fn imap_flow<S: Stream>(
                 imap.peer()
             )));
         }
-        imap.login(&account.user, password.as_ref(), account.auth).await?;
+        imap.login(&account.login.user, password.as_ref(), account.login.auth).await?;
     }
-    let folders = resolve_folders(&mut imap, &account.folders).await?;
+    let folders = resolve_folders(&mut imap, &account.fetch.folders).await?;
     let mut listed: HashSet<String> = HashSet::new();
     let mut done_prefixes: Vec<String> = Vec::new();
     for folder in &folders {
@@ -758,7 +762,7 @@ async fn imap_flow<S: Stream>(
             // Renewed well within RFC 2177's 29 minutes, and at least every
             // `interval`: some servers (GNU imap4d) announce IDLE and never
             // report new mail, so the loop's fetch is the safety net.
-            imap.idle(IDLE_RENEW.min(account.interval), &store.stop).await?;
+            imap.idle(IDLE_RENEW.min(account.fetch.interval), &store.stop).await?;
             if store.stop.requested() {
                 tracing::info!("{}: stopped", account.name);
                 break;
@@ -797,7 +801,7 @@ async fn imap_folder<S: Stream>(
 ) -> Result<()> {
     // The folder's name comes from the server: it becomes a directory only
     // through the one mapping that makes it a safe child of the Maildir.
-    let subfolder = match account.maildir_subfolders.then(|| Subfolder::for_folder(folder)) {
+    let subfolder = match account.delivery.maildir_subfolders.then(|| Subfolder::for_folder(folder)) {
         None => None,
         Some(Ok(sub)) => sub,
         Some(Err(why)) => {
@@ -828,7 +832,7 @@ async fn imap_folder<S: Stream>(
         );
         if unmarked == 0 {
             tracing::info!("{changed}; the messages delivered before are recognised by their header");
-        } else if account.policy == Policy::Delete || account.accept_uidvalidity_change {
+        } else if account.fetch.policy == Policy::Delete || account.fetch.accept_uidvalidity_change {
             tracing::warn!(
                 "{changed}; {unmarked} messages delivered before were recorded without a fingerprint and cannot be \
                  recognised, so what is there now is fetched as new"
@@ -854,17 +858,17 @@ async fn imap_folder<S: Stream>(
         let key = format!("{validity_prefix}{uid}");
         let delivered = store.ledger.is_delivered(&key) || recognised.contains(&uid);
         listed.insert(key);
-        if account.fetch_all || !delivered {
-            if account.only_unseen && seen {
+        if account.fetch.fetch_all || !delivered {
+            if account.fetch.only_unseen && seen {
                 continue;
             }
-            if account.policy == Policy::Delete && f.deleted {
+            if account.fetch.policy == Policy::Delete && f.deleted {
                 // Someone else flagged it for deletion: not ours to fetch,
                 // nor (UID EXPUNGE names only what we delivered) to expunge.
                 continue;
             }
             let size = f.size.unwrap_or(0);
-            if size > account.max_message_size {
+            if size > account.fetch.max_message_size {
                 tracing::warn!(
                     "{}: {folder} UID {uid} is {} (over max_message_size); left there",
                     imap.peer(),
@@ -874,7 +878,7 @@ async fn imap_folder<S: Stream>(
                 continue;
             }
             to_fetch.push((uid, size));
-        } else if account.policy == Policy::Delete || (account.policy == Policy::Seen && !seen) {
+        } else if account.fetch.policy == Policy::Delete || (account.fetch.policy == Policy::Seen && !seen) {
             // Delivered before, but the policy was not applied (or, for
             // delete, flagged but not yet expunged): apply it now.
             to_apply.push(uid);
@@ -885,7 +889,7 @@ async fn imap_folder<S: Stream>(
         account.name,
         scan.len(),
         to_fetch.len(),
-        policy_note(account.policy, to_apply.len())
+        policy_note(account.fetch.policy, to_apply.len())
     );
     if store.show.check {
         store.outcome.waiting += to_fetch.len();
@@ -935,7 +939,7 @@ async fn recognise<S: Stream>(
     }
     let candidates: Vec<u32> = scan
         .iter()
-        .filter(|f| !(account.policy == Policy::Delete && f.deleted))
+        .filter(|f| !(account.fetch.policy == Policy::Delete && f.deleted))
         .filter(|f| !store.ledger.is_delivered(&format!("{validity_prefix}{}", f.uid)))
         .map(|f| f.uid)
         .collect();
@@ -1114,7 +1118,7 @@ async fn apply_policy<S: Stream>(
     in_flight: &mut VecDeque<(String, Pending)>,
 ) -> Result<()> {
     let set = uid_set(uids);
-    match account.policy {
+    match account.fetch.policy {
         Policy::Keep => {}
         Policy::Seen => {
             let tag = imap.send(&ImapCommand::UidStoreAdd(set, "\\Seen")).await?;
@@ -1127,7 +1131,7 @@ async fn apply_policy<S: Stream>(
             if imap.has("UIDPLUS") {
                 let tag = imap.send(&ImapCommand::UidExpunge(set)).await?;
                 in_flight.push_back((tag, Pending::Apply(uids.to_vec(), PolicyStep::UidExpunge)));
-            } else if account.allow_expunge_all {
+            } else if account.fetch.allow_expunge_all {
                 let tag = imap.send(&ImapCommand::Expunge).await?;
                 in_flight.push_back((tag, Pending::Apply(uids.to_vec(), PolicyStep::Expunge)));
             } else {

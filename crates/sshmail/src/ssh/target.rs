@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ssh2_config::{ParseRule, SshConfig};
 
-use crate::config::{Account, HostKeyPolicy, PasswordSource, SshDestination, expand_tilde, home};
+use crate::config::{HostKeyPolicy, PasswordSource, Reach, SshDestination, expand_tilde, home};
 use crate::error::{Error, Result};
 
 /// A resolved SSH connection target.
@@ -57,7 +57,7 @@ pub const DEFAULT_ALIVE_MAX: usize = 2;
 impl SshTarget {
     /// `user@host:port`, for messages.
     pub fn name(&self) -> String {
-        format!("{}@{}:{}", self.user, self.host, self.port)
+        crate::config::user_at(&self.user, &self.host, self.port)
     }
 
     /// What decides whether two accounts may share one connection: where it
@@ -102,12 +102,12 @@ pub fn load_ssh_config(path: Option<&Path>) -> Result<Option<SshConfig>> {
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
-/// Resolves the SSH destination of `account` against an ssh config.
-pub fn resolve(account: &Account, ssh_config: Option<&SshConfig>) -> Result<SshTarget> {
-    resolve_destination(&account.ssh, ssh_config, account)
+/// Resolves the SSH destination of `reach` against an ssh config.
+pub fn resolve(reach: &Reach, ssh_config: Option<&SshConfig>) -> Result<SshTarget> {
+    resolve_destination(&reach.ssh, ssh_config, reach)
 }
 
-fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, account: &Account) -> Result<SshTarget> {
+fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, reach: &Reach) -> Result<SshTarget> {
     let params = ssh_config.map(|c| c.query(&dest.host));
     let first =
         |key: &str| -> Option<String> { params.as_ref()?.unsupported_fields.get(key).and_then(|v| v.first()).cloned() };
@@ -118,13 +118,13 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, ac
         .clone()
         .or(params.as_ref().and_then(|p| p.user.clone()))
         .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "root".into()));
-    let mut identities = account.identities.clone();
+    let mut identities = reach.identities.clone();
     if let Some(files) = params.as_ref().and_then(|p| p.identity_file.clone()) {
         identities.extend(files.iter().map(|p| expand_tilde(&p.to_string_lossy())));
     }
     let identities_only = first("identitiesonly").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
     let mut known_hosts = Vec::new();
-    if let Some(f) = &account.known_hosts {
+    if let Some(f) = &reach.known_hosts {
         known_hosts.push(f.clone());
     } else if let Some(list) = params.as_ref().and_then(|p| p.unsupported_fields.get("userknownhostsfile")) {
         known_hosts.extend(list.iter().filter(|s| *s != "none").map(|s| expand_tilde(s)));
@@ -133,10 +133,10 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, ac
         known_hosts.push(home().join(".ssh/known_hosts"));
         known_hosts.push(home().join(".ssh/known_hosts2"));
     }
-    if account.known_hosts.is_none() {
+    if reach.known_hosts.is_none() {
         known_hosts.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
     }
-    let policy = match account.host_key_policy {
+    let policy = match reach.host_key_policy {
         Some(p) => p,
         None => match first("stricthostkeychecking").as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("accept-new") => HostKeyPolicy::AcceptNew,
@@ -147,7 +147,7 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, ac
             _ => HostKeyPolicy::Strict,
         },
     };
-    let compress = account.compress || params.as_ref().and_then(|p| p.compression).unwrap_or(false);
+    let compress = reach.compress || params.as_ref().and_then(|p| p.compression).unwrap_or(false);
     let alive_interval = params
         .as_ref()
         .and_then(|p| p.server_alive_interval)
@@ -177,10 +177,10 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, ac
         known_hosts,
         policy,
         compress,
-        timeout: account.timeout,
+        timeout: reach.timeout,
         alive_interval,
         alive_max,
-        password: account.ssh_password.clone(),
+        password: reach.ssh_password.clone(),
         jumps,
     })
 }
@@ -188,8 +188,8 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, ac
 /// Resolves a ProxyJump hop: its own `~/.ssh/config` entry, the account's
 /// known_hosts and policy, no jumps of its own (one level, like `-J a,b`
 /// flattened by the caller).
-pub fn resolve_jump(dest: &SshDestination, ssh_config: Option<&SshConfig>, account: &Account) -> Result<SshTarget> {
-    let mut t = resolve_destination(dest, ssh_config, account)?;
+pub fn resolve_jump(dest: &SshDestination, ssh_config: Option<&SshConfig>, reach: &Reach) -> Result<SshTarget> {
+    let mut t = resolve_destination(dest, ssh_config, reach)?;
     t.jumps.clear();
     Ok(t)
 }
@@ -212,7 +212,7 @@ mod tests {
         );
         let raw = RawAccount { ssh: Some("mail".into()), ..Default::default() };
         let account = resolve_account("a", &raw, None).unwrap();
-        let t = resolve(&account, Some(&cfg)).unwrap();
+        let t = resolve(&account.reach, Some(&cfg)).unwrap();
         assert_eq!((t.host.as_str(), t.port, t.user.as_str()), ("shell.example.org", 2222, "alice"));
         assert_eq!(t.identities, vec![PathBuf::from("/keys/id_mail")]);
         assert!(t.identities_only && t.compress);
@@ -226,10 +226,10 @@ mod tests {
         let cfg = parse("Host mail\n  ServerAliveInterval 7\n  ServerAliveCountMax 4\n");
         let raw = RawAccount { ssh: Some("mail".into()), ..Default::default() };
         let account = resolve_account("a", &raw, None).unwrap();
-        let t = resolve(&account, Some(&cfg)).unwrap();
+        let t = resolve(&account.reach, Some(&cfg)).unwrap();
         assert_eq!((t.alive_interval, t.alive_max), (Duration::from_secs(7), 4));
         let cfg = parse("Host mail\n  ServerAliveCountMax many\n");
-        assert!(resolve(&account, Some(&cfg)).unwrap_err().to_string().contains("ServerAliveCountMax"));
+        assert!(resolve(&account.reach, Some(&cfg)).unwrap_err().to_string().contains("ServerAliveCountMax"));
     }
 
     /// The security defect: a connection verified under one account's
@@ -242,7 +242,7 @@ mod tests {
             known_hosts: Some(kh.into()),
             ..Default::default()
         };
-        let key = |r: RawAccount| resolve(&resolve_account("a", &r, None).unwrap(), None).unwrap().trust_key();
+        let key = |r: RawAccount| resolve(&resolve_account("a", &r, None).unwrap().reach, None).unwrap().trust_key();
         assert_eq!(key(raw("strict", "/kh/a")), key(raw("strict", "/kh/a")));
         assert_ne!(key(raw("strict", "/kh/a")), key(raw("accept-new", "/kh/a")));
         assert_ne!(key(raw("strict", "/kh/a")), key(raw("strict", "/kh/b")));
@@ -252,7 +252,7 @@ mod tests {
         };
         assert_ne!(key(with_password), key(raw("strict", "/kh/a")));
         // A password written in the config is never part of the key.
-        let mut t = resolve(&resolve_account("a", &raw("strict", "/kh/a"), None).unwrap(), None).unwrap();
+        let mut t = resolve(&resolve_account("a", &raw("strict", "/kh/a"), None).unwrap().reach, None).unwrap();
         t.password = PasswordSource::Literal(crate::secret::Secret::new("hunter2"));
         assert!(!t.trust_key().contains("hunter2"), "{}", t.trust_key());
     }
@@ -267,7 +267,7 @@ mod tests {
             ..Default::default()
         };
         let account = resolve_account("a", &raw, None).unwrap();
-        let t = resolve(&account, Some(&cfg)).unwrap();
+        let t = resolve(&account.reach, Some(&cfg)).unwrap();
         assert_eq!((t.user.as_str(), t.port, t.policy), ("bob", 22, HostKeyPolicy::Strict));
         assert_eq!(t.known_hosts, vec![PathBuf::from("/my/kh")]);
     }
