@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Command as ConfigCommand, RawAccount};
 use crate::error::{Error, Exit};
-use crate::fetch::{self, Presentation, human_bytes};
+use crate::fetch::{self, Cycle, human_bytes};
 use crate::ssh::{SshPool, target};
 use crate::stop::Stop;
 use crate::transport::Route;
@@ -260,7 +260,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         routes.push(route);
     }
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
-    let show = Presentation { idle: args.idle, check: args.check };
+    let show = Cycle { idle: args.idle, check: args.check, folders: None };
     if args.idle {
         if accounts.len() != 1 || accounts[0].protocol != config::Protocol::Imap {
             eprintln!("sshmail: --idle takes exactly one IMAP account");
@@ -276,12 +276,8 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         crate::stop::on_signals();
         // One pool for the whole watch: a dead connection is replaced on
         // the next lease, a live one reused.
-        let ctx = fetch::Context {
-            pool: Arc::new(SshPool::new()),
-            stop: Stop::process(),
-            report: Arc::new(fetch::report::Quiet),
-        };
-        return idle_forever(&accounts[0], &route, show, &ctx).await;
+        let ctx = fetch::Context::new(SshPool::new().prompting(), Stop::process(), Arc::new(fetch::report::Quiet));
+        return idle_forever(&accounts[0], &route, &show, &ctx).await;
     }
     // Accounts run concurrently (a few at a time), sharing SSH connections;
     // results are reported in the order the accounts were given.
@@ -293,17 +289,17 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
     } else {
         Arc::new(fetch::report::Quiet)
     };
-    let ctx = fetch::Context { pool: Arc::new(SshPool::new()), stop: Stop::process(), report };
+    let ctx = fetch::Context::new(SshPool::new().prompting(), Stop::process(), report);
     let handles: Vec<_> = accounts
         .iter()
         .cloned()
         .zip(routes)
         .map(|(account, route)| {
-            let (ctx, limit) = (ctx.clone(), limit.clone());
+            let (ctx, limit, show) = (ctx.clone(), limit.clone(), show.clone());
             tokio::spawn(async move {
                 let route = route?;
                 let _permit = limit.acquire_owned().await;
-                fetch::fetch_account(&account, &route, show, &ctx).await
+                fetch::fetch_account(&account, &route, &show, &ctx).await
             })
         })
         .collect();
@@ -383,7 +379,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
 /// (5 s doubling to 5 min). Ends on errors a retry cannot fix, and on
 /// SIGTERM/SIGINT, after ending the IDLE (DONE) and the session (LOGOUT):
 /// exit 0 then.
-async fn idle_forever(account: &config::Account, route: &Route, show: Presentation, ctx: &fetch::Context) -> Exit {
+async fn idle_forever(account: &config::Account, route: &Route, show: &Cycle, ctx: &fetch::Context) -> Exit {
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
     let mut pause = FIRST_PAUSE;
     let stop = &ctx.stop;

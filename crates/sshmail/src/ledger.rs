@@ -21,13 +21,16 @@
 //! over the old one, so it does not grow without bound.
 //!
 //! A second process working on the same account is refused by an exclusive
-//! lock on `<account>.lock`.
+//! lock on `<account>.lock`. Within one process, the account's concurrent
+//! tasks (one per folder, in a daemon) share one open ledger through
+//! [`Ledgers`].
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::error::{Error, Result, delivery};
 use crate::fault;
@@ -272,6 +275,47 @@ impl Ledger {
         self.file.sync_data().map_err(ctx)?;
         fault::point("ledger-synced");
         Ok(())
+    }
+}
+
+/// An open ledger shared by the tasks of one account in this process. Lock
+/// it for each step and never across an await: a step that writes
+/// (`prepare`, a publish, `commit`) then runs whole before another task
+/// looks, so no task sees another's half-done batch as left by a crash.
+#[derive(Debug, Clone)]
+pub struct Shared(Arc<Mutex<Ledger>>);
+
+impl Shared {
+    /// The ledger, for one step.
+    pub fn lock(&self) -> MutexGuard<'_, Ledger> {
+        // A task that panicked mid-step left the journal as it was on disk
+        // (appends are whole lines, fsync'd before the in-memory update).
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The ledgers open in this process, by file: an account's concurrent
+/// tasks get the same [`Shared`] handle (the lock file refuses a second
+/// open, even from this process), and the ledger closes, releasing its
+/// lock, when the last task lets go of it.
+#[derive(Debug, Default)]
+pub struct Ledgers {
+    open: Mutex<HashMap<PathBuf, Weak<Mutex<Ledger>>>>,
+}
+
+impl Ledgers {
+    /// The ledger of the mailbox `identity` named `name` in `dir`
+    /// ([`Ledger::open_for_mailbox`]), or the handle already open for it.
+    pub fn open_for_mailbox(&self, dir: &Path, name: &str, identity: &str, legacy: Option<&str>) -> Result<Shared> {
+        let file = dir.join(format!("{}.ledger", file_stem(name)));
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(ledger) = open.get(&file).and_then(Weak::upgrade) {
+            return Ok(Shared(ledger));
+        }
+        let ledger = Arc::new(Mutex::new(Ledger::open_for_mailbox(dir, name, identity, legacy)?));
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(file, Arc::downgrade(&ledger));
+        Ok(Shared(ledger))
     }
 }
 

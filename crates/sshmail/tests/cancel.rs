@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::Env;
 use sshmail::config::{RawAccount, resolve};
-use sshmail::fetch::{Context, Presentation, fetch_account};
+use sshmail::fetch::{Context, Cycle, fetch_account};
 use sshmail::transport::Route;
 use sshmail_testbed::corpus;
 
@@ -33,7 +33,7 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
     runtime.block_on(async {
         let task = {
             let (account, route, ctx) = (account.clone(), route.clone(), ctx.clone());
-            tokio::spawn(async move { fetch_account(&account, &route, Presentation::default(), &ctx).await })
+            tokio::spawn(async move { fetch_account(&account, &route, &Cycle::default(), &ctx).await })
         };
         // Cancel while a message is being written into tmp/.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -49,7 +49,7 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
         assert!(partial < 30, "everything was delivered before the cancel");
 
         // The next cycle, in the same process and pool, finishes the job.
-        let outcome = fetch_account(&account, &route, Presentation::default(), &ctx).await.unwrap();
+        let outcome = fetch_account(&account, &route, &Cycle::default(), &ctx).await.unwrap();
         assert_eq!(outcome.delivered + partial, 30);
         ctx.pool.close_all().await;
     });

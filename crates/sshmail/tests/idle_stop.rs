@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::Hostile;
 use sshmail::config::{Command, RawAccount, resolve};
-use sshmail::fetch::{Context, Presentation, fetch_account};
+use sshmail::fetch::{Context, Cycle, fetch_account};
 use sshmail::stop::Stop;
 use sshmail::transport::Route;
 
@@ -35,8 +35,8 @@ fn idle_stops_cleanly_on_request_with_done_and_logout() {
             // the parent.
             let ctx = Context { stop: stop.child(), ..Context::quiet() };
             tokio::spawn(async move {
-                let show = Presentation { idle: true, ..Presentation::default() };
-                fetch_account(&account, &route, show, &ctx).await
+                let show = Cycle { idle: true, ..Cycle::default() };
+                fetch_account(&account, &route, &show, &ctx).await
             })
         };
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -164,3 +164,26 @@ fn an_idle_connection_is_closed_and_replaced_on_the_next_lease() {
     let logins = std::fs::read_to_string(env.bed.sshd_log()).unwrap().matches("Accepted publickey").count();
     assert_eq!(logins, 2);
 }
+
+/// A pool that does not prompt (what the daemon uses) never asks for a
+/// passphrase: an encrypted key the agent does not hold is passed over,
+/// and the refusal names that key and how to hand it to the agent.
+#[test]
+fn a_pool_that_does_not_prompt_names_the_key_that_needs_the_agent() {
+    let env = Env::new();
+    let key = env.home.path().join("encrypted_key");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "a passphrase", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut target = ssh_target(&env);
+    target.identities = vec![key.clone()];
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let err = runtime.block_on(async { SshPool::new().get(&target, &[]).await.map(|_| ()) }).unwrap_err();
+    assert_eq!(err.exit().code(), 3, "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("ssh-add {}", key.display())), "{text}");
+    assert!(text.contains("asks for no passphrase"), "{text}");
+}

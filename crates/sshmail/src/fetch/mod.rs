@@ -33,7 +33,7 @@ use crate::deliver::maildir::Subfolder;
 use crate::deliver::{Finished, Refusal, Sink};
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledgers, Shared};
 use crate::ssh::SshPool;
 use crate::stop::Stop;
 use crate::transport::{self, Route, Stream};
@@ -104,15 +104,20 @@ impl Trace {
     }
 }
 
-/// How the run presents itself, and whether it stays.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Presentation {
+/// What one cycle does: which folders, whether it only counts, whether it
+/// stays.
+#[derive(Debug, Clone, Default)]
+pub struct Cycle {
     /// IMAP: after fetching, stay connected and IDLE on the first folder,
     /// fetching whatever arrives, until stopped or the connection fails.
     pub idle: bool,
     /// Only count what is waiting (like `fetchmail --check`): log in, list,
     /// and leave; nothing is fetched, delivered, flagged or recorded.
     pub check: bool,
+    /// IMAP: these folders (names or patterns) instead of the account's,
+    /// for a task that watches some of them; the account's other tasks run
+    /// beside it on the same ledger.
+    pub folders: Option<Vec<String>>,
 }
 
 /// How long one IDLE may last before it is renewed (RFC 2177 asks clients
@@ -120,12 +125,14 @@ pub struct Presentation {
 const IDLE_RENEW: std::time::Duration = std::time::Duration::from_secs(28 * 60);
 
 /// What fetch cycles run with, shared by every cycle of the process: the
-/// SSH pool, the stop token watched by long waits, and where transfers are
-/// reported.
+/// SSH pool, the open ledgers, the stop token watched by long waits, and
+/// where transfers are reported.
 #[derive(Clone)]
 pub struct Context {
     /// The connections.
     pub pool: Arc<SshPool>,
+    /// One open ledger per account, shared by its concurrent cycles.
+    pub ledgers: Arc<Ledgers>,
     /// Ends IDLE (DONE, LOGOUT) and long waits when requested.
     pub stop: Stop,
     /// Progress of each transfer.
@@ -135,49 +142,44 @@ pub struct Context {
 impl Context {
     /// A context with a fresh pool, no stop requested, reporting nothing.
     pub fn quiet() -> Context {
-        Context { pool: Arc::new(SshPool::new()), stop: Stop::new(), report: Arc::new(report::Quiet) }
+        Context::new(SshPool::new(), Stop::new(), Arc::new(report::Quiet))
+    }
+
+    /// A context around `pool`, with no ledger open yet.
+    pub fn new(pool: SshPool, stop: Stop, report: Arc<dyn Report>) -> Context {
+        Context { pool: Arc::new(pool), ledgers: Arc::default(), stop, report }
     }
 }
 
 /// One fetch cycle for an account, through `route` and the context's pool.
 /// With `show.idle` it stays until the context's stop is requested (then
 /// ends the IDLE with DONE and logs out) or the connection fails.
-pub async fn fetch_account(account: &Account, route: &Route, show: Presentation, ctx: &Context) -> Result<Outcome> {
+pub async fn fetch_account(account: &Account, route: &Route, show: &Cycle, ctx: &Context) -> Result<Outcome> {
     let pool = ctx.pool.as_ref();
     let started = Instant::now();
     // Local state first: a broken state directory or Maildir should stop us
     // before we touch the server.
     let (identity, stem, legacy) = ledger_names(account, route);
-    let mut ledger = Ledger::open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref())?;
+    let ledger = ctx.ledgers.open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref())?;
     let sink = if show.check {
-        Sink::for_check(&account.delivery.to, &ledger.spool_dir(), &account.delivery.recipient, account.reach.timeout)?
+        Sink::for_check(
+            &account.delivery.to,
+            &ledger.lock().spool_dir(),
+            &account.delivery.recipient,
+            account.reach.timeout,
+        )?
     } else {
-        Sink::open(&account.delivery.to, &ledger.spool_dir(), &account.delivery.recipient, account.reach.timeout)?
+        Sink::open(
+            &account.delivery.to,
+            &ledger.lock().spool_dir(),
+            &account.delivery.recipient,
+            account.reach.timeout,
+        )?
     };
     let mut outcome = Outcome::default();
     // A check changes nothing locally either: no recovery, no cleaning.
-    let pending = if show.check { Vec::new() } else { ledger.pending() };
-    for (key, token) in pending {
-        // A staged message was named in the ledger but not recorded as
-        // delivered, so the server still has it: finish the publish, or
-        // forget it and fetch again. A recovery that cannot succeed must
-        // not block the account on every later run.
-        let recovered = match sink.maildir().map(|m| m.recover(&token)).transpose() {
-            Ok(r) => r.unwrap_or(false),
-            Err(e) => {
-                tracing::warn!(
-                    "{}: cannot finish an interrupted delivery ({e}); it will be fetched again",
-                    account.name
-                );
-                false
-            }
-        };
-        if recovered {
-            ledger.commit(std::slice::from_ref(&key))?;
-            outcome.recovered += 1;
-        } else {
-            ledger.forget(&key)?;
-        }
+    if !show.check {
+        outcome.recovered = recover(account, &sink, &ledger)?;
     }
     // Only after recovery, which may still need staged files.
     if !show.check {
@@ -209,7 +211,7 @@ pub async fn fetch_account(account: &Account, route: &Route, show: Presentation,
     });
     let mut store = Store {
         sink: &sink,
-        ledger: &mut ledger,
+        ledger: &ledger,
         outcome: &mut outcome,
         show,
         trace,
@@ -234,6 +236,36 @@ pub async fn fetch_account(account: &Account, route: &Route, show: Presentation,
         started.elapsed().as_secs_f64()
     );
     Ok(outcome)
+}
+
+/// Finishes what an interrupted run left half-delivered: a staged message
+/// named in the ledger but not recorded as delivered, so the server still
+/// has it. Its publish is finished, or it is forgotten and fetched again: a
+/// recovery that cannot succeed must not block the account on every later
+/// run. Under the ledger's lock, so the account's other tasks in this
+/// process wait rather than fetch what is being recovered.
+fn recover(account: &Account, sink: &Sink, ledger: &Shared) -> Result<usize> {
+    let mut ledger = ledger.lock();
+    let mut recovered = 0;
+    for (key, token) in ledger.pending() {
+        let done = match sink.maildir().map(|m| m.recover(&token)).transpose() {
+            Ok(r) => r.unwrap_or(false),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: cannot finish an interrupted delivery ({e}); it will be fetched again",
+                    account.name
+                );
+                false
+            }
+        };
+        if done {
+            ledger.commit(std::slice::from_ref(&key))?;
+            recovered += 1;
+        } else {
+            ledger.forget(&key)?;
+        }
+    }
+    Ok(recovered)
 }
 
 /// Everything that selects the mailbox an account reaches: protocol,
@@ -302,9 +334,9 @@ fn policy_note(policy: Policy, earlier: usize) -> String {
 /// The local side of a fetch: where bodies go and what is on record.
 struct Store<'a> {
     sink: &'a Sink,
-    ledger: &'a mut Ledger,
+    ledger: &'a Shared,
     outcome: &'a mut Outcome,
-    show: Presentation,
+    show: &'a Cycle,
     trace: Option<Trace>,
     stop: Stop,
     report: &'a dyn Report,
@@ -359,7 +391,7 @@ impl Store<'_> {
                 spool.discard_finished(f);
             }
             let ok = delivered?;
-            self.ledger.commit_marked(&ok)?;
+            self.ledger.lock().commit_marked(&ok)?;
             fault::point("batch-recorded");
             self.outcome.delivered += ok.len();
             return Ok(ok.into_iter().map(|(k, _)| k).collect());
@@ -381,9 +413,13 @@ impl Store<'_> {
         // Three fsyncs and the renames, inline: handing the worker's other
         // tasks over (block_in_place) cost 12 MiB of peak RSS (new threads,
         // their malloc arenas) and saved no time.
-        self.ledger.prepare(&prepared)?;
+        // One lock for the three steps: the account's other tasks never see
+        // this batch prepared but not committed.
+        let mut ledger = self.ledger.lock();
+        ledger.prepare(&prepared)?;
         maildir.publish(subfolder, &files)?;
-        self.ledger.commit(&keys)?;
+        ledger.commit(&keys)?;
+        drop(ledger);
         fault::point("batch-recorded");
         self.outcome.delivered += files.len();
         self.outcome.bytes += files.iter().map(|f| f.len).sum::<u64>();
@@ -430,7 +466,7 @@ async fn pop3_flow<S: Stream>(
             tracing::warn!("{}: UIDL {uid} appears twice; message {n} is left alone", pop.peer());
             continue;
         }
-        if account.fetch.fetch_all || !store.ledger.is_delivered(uid) {
+        if account.fetch.fetch_all || !store.ledger.lock().is_delivered(uid) {
             if size.is_none() {
                 tracing::warn!(
                     "{}: LIST does not give the size of message {n}; fetching it within max_message_size",
@@ -475,7 +511,7 @@ async fn pop3_flow<S: Stream>(
         Ok(d) => d,
         Err(e) => {
             // Nothing was expunged (no QUIT): keep every id still listed.
-            let _ = store.ledger.compact(|k| listed.contains(k));
+            let _ = store.ledger.lock().compact(|k| listed.contains(k));
             return Err(e);
         }
     };
@@ -487,18 +523,18 @@ async fn pop3_flow<S: Stream>(
     match quit {
         Ok(Reply::Ok(_)) => {
             store.outcome.deleted = deleted.len();
-            store.ledger.compact(|k| listed.contains(k) && !deleted.contains(k))?;
+            store.ledger.lock().compact(|k| listed.contains(k) && !deleted.contains(k))?;
             Ok(pop.received())
         }
         Ok(Reply::Err(t)) => {
-            store.ledger.compact(|k| listed.contains(k))?;
+            store.ledger.lock().compact(|k| listed.contains(k))?;
             Err(Error::Server(format!(
                 "{}: QUIT failed (-ERR {t}); messages marked for deletion stay on the server and will be deleted next time",
                 pop.peer()
             )))
         }
         Err(e) => {
-            store.ledger.compact(|k| listed.contains(k))?;
+            store.ledger.lock().compact(|k| listed.contains(k))?;
             Err(e)
         }
     }
@@ -721,7 +757,7 @@ async fn imap_flow<S: Stream>(
         }
         imap.login(&account.login.user, password.as_ref(), account.login.auth).await?;
     }
-    let folders = resolve_folders(&mut imap, &account.fetch.folders).await?;
+    let folders = resolve_folders(&mut imap, store.show.folders.as_ref().unwrap_or(&account.fetch.folders)).await?;
     let mut listed: HashSet<String> = HashSet::new();
     let mut done_prefixes: Vec<String> = Vec::new();
     for folder in &folders {
@@ -740,7 +776,7 @@ async fn imap_flow<S: Stream>(
         imap.logout().await;
         return Ok(imap.received());
     }
-    store.ledger.compact(|k| listed.contains(k) || !done_prefixes.iter().any(|p| k.starts_with(p.as_str())))?;
+    store.ledger.lock().compact(|k| listed.contains(k) || !done_prefixes.iter().any(|p| k.starts_with(p.as_str())))?;
     if store.show.idle {
         let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
         tracing::info!("{}: waiting for new mail in {folder} (IDLE)", account.name);
@@ -754,7 +790,7 @@ async fn imap_flow<S: Stream>(
             let mut seen = HashSet::new();
             imap_folder(account, &mut imap, store, folder, &mut seen).await?;
             let prefix = folder_prefix(folder);
-            store.ledger.compact(|k| seen.contains(k) || !k.starts_with(prefix.as_str()))?;
+            store.ledger.lock().compact(|k| seen.contains(k) || !k.starts_with(prefix.as_str()))?;
             let new = store.outcome.delivered - before;
             if new > 0 {
                 tracing::info!("{}: {folder}: {new} new delivered", account.name);
@@ -818,13 +854,13 @@ async fn imap_folder<S: Stream>(
     let prefix = folder_prefix(folder);
     let validity_prefix = format!("{prefix}{validity}/");
     let old: Vec<String> =
-        store.ledger.validities(&prefix).into_iter().filter(|v| *v != validity.to_string()).collect();
+        store.ledger.lock().validities(&prefix).into_iter().filter(|v| *v != validity.to_string()).collect();
     // After a renumbering, what was delivered is recognised by fingerprint
     // (size and header block), where the ledger has one.
     let mut marks = HashMap::new();
     if !old.is_empty() {
         let unmarked;
-        (marks, unmarked) = store.ledger.marks_under(&prefix, &validity_prefix);
+        (marks, unmarked) = store.ledger.lock().marks_under(&prefix, &validity_prefix);
         let changed = format!(
             "{}: UIDVALIDITY of {folder} changed from {} to {validity}: the server renumbered the folder",
             imap.peer(),
@@ -856,7 +892,7 @@ async fn imap_folder<S: Stream>(
     for f in &scan {
         let (uid, seen) = (f.uid, f.seen);
         let key = format!("{validity_prefix}{uid}");
-        let delivered = store.ledger.is_delivered(&key) || recognised.contains(&uid);
+        let delivered = store.ledger.lock().is_delivered(&key) || recognised.contains(&uid);
         listed.insert(key);
         if account.fetch.fetch_all || !delivered {
             if account.fetch.only_unseen && seen {
@@ -940,7 +976,7 @@ async fn recognise<S: Stream>(
     let candidates: Vec<u32> = scan
         .iter()
         .filter(|f| !(account.fetch.policy == Policy::Delete && f.deleted))
-        .filter(|f| !store.ledger.is_delivered(&format!("{validity_prefix}{}", f.uid)))
+        .filter(|f| !store.ledger.lock().is_delivered(&format!("{validity_prefix}{}", f.uid)))
         .map(|f| f.uid)
         .collect();
     if candidates.is_empty() {
@@ -957,7 +993,7 @@ async fn recognise<S: Stream>(
     }
     tracing::info!("{}: {} messages delivered before were recognised", imap.peer(), adopted.len());
     if !store.show.check {
-        store.ledger.commit_marked(&adopted)?;
+        store.ledger.lock().commit_marked(&adopted)?;
     }
     Ok(found)
 }

@@ -15,6 +15,10 @@
 //!   (a config reload).
 //! - **Locks are per route.** Connecting and authenticating hold only that
 //!   route's connect lock, never one that callers for other routes wait on.
+//! - **Prompts only when asked.** A pool made by [`SshPool::new`] never
+//!   prompts (what a daemon needs): the agent and unencrypted keys are used,
+//!   and an encrypted key is named in the error with `ssh-add`. A pool
+//!   [`SshPool::prompting`] asks for a key's passphrase on the terminal.
 //! - **Idle close.** With [`SshPool::with_idle_close`], a connection nobody
 //!   leases is closed after that long ([`SshPool::reap`], also run on every
 //!   lease); a dead one is dropped and replaced on the next lease.
@@ -23,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::session::{ExecError, ExecStatus, SshSession};
+use super::session::{ExecError, ExecStatus, Prompts, SshSession};
 use super::target::SshTarget;
 use crate::error::{Error, Result};
 
@@ -87,12 +91,21 @@ pub struct SshPool {
     /// By trust key and jump chain.
     routes: Mutex<HashMap<String, Arc<Route>>>,
     idle_close: Option<Duration>,
+    prompts: Prompts,
 }
 
 impl SshPool {
-    /// A pool whose connections stay until [`SshPool::close_all`].
+    /// A pool whose connections stay until [`SshPool::close_all`], and
+    /// that never prompts.
     pub fn new() -> SshPool {
         SshPool::default()
+    }
+
+    /// The same pool, asking on the terminal (when there is one) for the
+    /// passphrase of an encrypted key the agent does not hold.
+    pub fn prompting(mut self) -> SshPool {
+        self.prompts = Prompts::OnTerminal;
+        self
     }
 
     /// A pool that closes a connection nobody has leased for `idle`.
@@ -186,7 +199,7 @@ impl SshPool {
         if let Some(e) = route.failed() {
             return Err(e);
         }
-        let conn = match SshSession::connect(target, via).await {
+        let conn = match SshSession::connect(target, via, self.prompts).await {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 route.record(&e);

@@ -199,7 +199,7 @@ impl std::fmt::Debug for SshSession {
 impl SshSession {
     /// Connects and authenticates. `jump` is an already connected session
     /// through which to reach the target (ProxyJump).
-    pub async fn connect(target: &SshTarget, jump: Option<Arc<SshSession>>) -> Result<SshSession> {
+    pub async fn connect(target: &SshTarget, jump: Option<Arc<SshSession>>, prompts: Prompts) -> Result<SshSession> {
         let where_ = target.name();
         let refusal = Arc::new(Mutex::new(None));
         let handler = Handler { target: target.clone(), refusal: refusal.clone() };
@@ -232,7 +232,7 @@ impl SshSession {
                 });
             }
         };
-        authenticate(&mut handle, target).await?;
+        authenticate(&mut handle, target, prompts).await?;
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
         Ok(SshSession { handle, target: target.clone(), jump, usage: Arc::default() })
     }
@@ -430,7 +430,17 @@ fn host_key_error(t: &SshTarget, r: HostKeyRefusal) -> Error {
     })
 }
 
-async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Result<()> {
+/// Whether authentication may ask the user anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Prompts {
+    /// Never (a daemon, cron, scripts): the agent and unencrypted keys only.
+    #[default]
+    Never,
+    /// On the terminal, if stdin is one: a key's passphrase.
+    OnTerminal,
+}
+
+async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, prompts: Prompts) -> Result<()> {
     let where_ = t.name();
     let mut tried = Vec::new();
     let wanted: Vec<PublicKey> = t.identities.iter().filter_map(|p| read_public_key(p)).collect();
@@ -497,9 +507,18 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget) -> Re
         let key = match russh::keys::load_secret_key(&path, None) {
             Ok(k) => k,
             Err(russh::keys::Error::KeyIsEncrypted) => {
-                let Some(pass) = prompt_passphrase(&path).await? else {
+                let asked = match prompts {
+                    Prompts::OnTerminal => prompt_passphrase(&path).await?,
+                    Prompts::Never => None,
+                };
+                let Some(pass) = asked else {
+                    let why = match prompts {
+                        Prompts::OnTerminal => "no terminal to ask for its passphrase",
+                        Prompts::Never => "this run asks for no passphrase",
+                    };
                     tried.push(format!(
-                        "{} (encrypted; no terminal to ask for its passphrase — add it to ssh-agent)",
+                        "{} (encrypted; {why} — add it to the agent: ssh-add {})",
+                        path.display(),
                         path.display()
                     ));
                     continue;
