@@ -354,7 +354,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                         "sshmail: {}: {} messages not delivered, left on the server: {}",
                         account.name,
                         o.undelivered.len(),
-                        o.undelivered.join("; ")
+                        o.undelivered.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
                     );
                 }
                 for e in &o.folder_errors {
@@ -375,31 +375,42 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
     }
 }
 
-/// IDLE on one account; after a failure, reconnect with growing pauses
-/// (5 s doubling to 5 min). Ends on errors a retry cannot fix, and on
+/// IDLE on one account; after a failure, reconnect: at once when a
+/// connection that worked dropped (once; [`crate::error::Retry::Now`]),
+/// else with growing pauses (5 s doubling to 5 min). Ends on errors a retry cannot fix, and on
 /// SIGTERM/SIGINT, after ending the IDLE (DONE) and the session (LOGOUT):
 /// exit 0 then.
 async fn idle_forever(account: &config::Account, route: &Route, show: &Cycle, ctx: &fetch::Context) -> Exit {
+    use crate::error::Retry;
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
     let mut pause = FIRST_PAUSE;
     let stop = &ctx.stop;
+    // A connection that worked and dropped is tried again at once, but
+    // not twice in a row: one that drops again at once backs off.
+    let mut at_once = false;
     let exit = loop {
         let started = std::time::Instant::now();
         let result = fetch::fetch_account(account, route, show, ctx).await;
         // A session that lasted is a fresh start for the back-off.
         if started.elapsed() > std::time::Duration::from_secs(600) {
             pause = FIRST_PAUSE;
+            at_once = false;
         }
         match result {
             Ok(_) => break Exit::Delivered,
             Err(_) if stop.requested() => break Exit::Delivered,
-            Err(e) if e.retry() == crate::error::Retry::Later => {
+            Err(e) if e.retry() == Retry::Now && !at_once => {
+                eprintln!("sshmail: {}: {e}; reconnecting", account.name);
+                at_once = true;
+            }
+            Err(e) if e.retry() != Retry::Never => {
                 eprintln!("sshmail: {}: {e}; retrying in {} s", account.name, pause.as_secs());
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.wait() => break Exit::Delivered,
                 }
                 pause = (pause * 2).min(std::time::Duration::from_secs(300));
+                at_once = false;
             }
             Err(e) => {
                 eprintln!("sshmail: {}: {e}", account.name);

@@ -38,12 +38,16 @@ impl Exit {
 /// An error that ends the work on one account.
 #[derive(Debug, Clone, Error)]
 pub enum Error {
-    /// TCP connect, SSH transport, channel open, lost link.
+    /// TCP connect, SSH transport, channel open.
     #[error("{0}")]
     Connect(String),
+    /// A connection that worked went away: closed by the other end, reset,
+    /// or its link found dead. Worth one immediate new try.
+    #[error("{0}")]
+    Lost(String),
     /// The host key was unknown, changed or revoked.
     #[error("{0}")]
-    HostKey(String),
+    HostKey(Box<HostKeyRefused>),
     /// SSH or mail login refused.
     #[error("{0}")]
     Auth(String),
@@ -64,9 +68,62 @@ pub enum Error {
     Delivery(String),
 }
 
+/// Why a host key was refused: what the user, and a daemon's status, need
+/// to act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyRefused {
+    /// The name looked up in known_hosts: `host`, or `[host]:port`.
+    pub host: String,
+    /// The known_hosts files consulted.
+    pub files: Vec<String>,
+    /// What was wrong.
+    pub problem: HostKeyProblem,
+}
+
+/// What was wrong with a host key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyProblem {
+    /// No known_hosts line names the host (the server's key's fingerprint).
+    Unknown { offered: String },
+    /// A line names the host with another key.
+    Changed { at: String, known: String, offered: String },
+    /// The key is marked `@revoked`.
+    Revoked { at: String, fingerprint: String },
+    /// known_hosts could not be read, or a new key not recorded.
+    Unusable(String),
+}
+
+impl std::fmt::Display for HostKeyRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = &self.host;
+        match &self.problem {
+            HostKeyProblem::Unknown { offered } => write!(
+                f,
+                "host key for {name} is not known (server offered {offered}; looked in {}) — refusing. \
+                 Check the fingerprint with the server's administrator, then run once with \
+                 --accept-new-host-key (or set host_key_policy = \"accept-new\") to record it",
+                self.files.join(", ")
+            ),
+            HostKeyProblem::Changed { at, known, offered } => write!(
+                f,
+                "host key for {name} changed: {at} has {known}, server offered {offered} — refusing. \
+                 If the change is expected, remove that line (ssh-keygen -R '{name}') and connect again"
+            ),
+            HostKeyProblem::Revoked { at, fingerprint } => {
+                write!(f, "host key {fingerprint} for {name} is revoked ({at}) — refusing")
+            }
+            HostKeyProblem::Unusable(msg) => write!(f, "{name}: {msg}"),
+        }
+    }
+}
+
 /// When the work that failed may be tried again (isync's grades).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
+    /// At once, once: what worked a moment ago (a connection that dropped,
+    /// a link that died while the machine slept) most likely works again.
+    /// If the new try fails too, its own error decides.
+    Now,
     /// After a back-off: the link, the server or the local disk may recover.
     Later,
     /// Not until the configuration changes: a refused host key, a failed
@@ -79,6 +136,7 @@ impl Error {
     /// Whether, and when, to try again.
     pub fn retry(&self) -> Retry {
         match self {
+            Error::Lost(_) => Retry::Now,
             Error::Connect(_) | Error::Protocol(_) | Error::Server(_) | Error::Delivery(_) => Retry::Later,
             Error::HostKey(_) | Error::Auth(_) | Error::Config(_) | Error::Permissions(_) => Retry::Never,
         }
@@ -87,7 +145,7 @@ impl Error {
     /// The exit code this error maps to.
     pub fn exit(&self) -> Exit {
         match self {
-            Error::Connect(_) | Error::HostKey(_) => Exit::Connect,
+            Error::Connect(_) | Error::Lost(_) | Error::HostKey(_) => Exit::Connect,
             Error::Auth(_) => Exit::Auth,
             Error::Protocol(_) => Exit::Protocol,
             Error::Server(_) => Exit::Server,
@@ -111,14 +169,22 @@ mod tests {
     use super::*;
 
     /// A refused host key or login is never retried by itself: only a
-    /// config change (or the user) can fix it; everything else may recover.
+    /// config change (or the user) can fix it; a connection that dropped is
+    /// tried again at once; everything else after a back-off.
     #[test]
-    fn refusals_are_never_retried_the_rest_later() {
-        for e in [Error::HostKey("k".into()), Error::Auth("a".into()), Error::Config("c".into())] {
+    fn refusals_are_never_retried_a_lost_link_at_once_the_rest_later() {
+        let key = HostKeyRefused {
+            host: "[h]:2222".into(),
+            files: vec!["/kh".into()],
+            problem: HostKeyProblem::Unknown { offered: "SHA256:x".into() },
+        };
+        for e in [Error::HostKey(Box::new(key)), Error::Auth("a".into()), Error::Config("c".into())] {
             assert_eq!(e.retry(), Retry::Never, "{e:?}");
         }
         for e in [Error::Connect("c".into()), Error::Protocol("p".into()), Error::Delivery("disk full".into())] {
             assert_eq!(e.retry(), Retry::Later, "{e:?}");
         }
+        assert_eq!(Error::Lost("l".into()).retry(), Retry::Now);
+        assert_eq!(Error::Lost("l".into()).exit(), Exit::Connect, "exit codes stay as documented");
     }
 }

@@ -71,6 +71,7 @@ pub async fn explain(diagnostics: Option<&Collected>, e: Error) -> Error {
     let add = format!("; the command at the other end said{exit}: {}", if err.is_empty() { "nothing" } else { &err });
     match e {
         Error::Connect(m) => Error::Connect(m + &add),
+        Error::Lost(m) => Error::Lost(m + &add),
         Error::Protocol(m) => Error::Protocol(m + &add),
         Error::Server(m) => Error::Server(m + &add),
         other => other,

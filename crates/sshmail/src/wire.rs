@@ -96,7 +96,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
                 let failure = match tokio::time::timeout(timeout, done).await {
                     Ok(Ok(())) => continue,
                     Err(_) => Error::Protocol(format!("{who} stopped accepting data for {} s", timeout.as_secs())),
-                    Ok(Err(e)) => Error::Connect(format!("connection to {who} failed: {e}")),
+                    Ok(Err(e)) => Error::Lost(format!("connection to {who} failed: {e}")),
                 };
                 *errors.lock().expect("write error lock") = Some(failure);
                 return;
@@ -200,9 +200,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
             .io
             .read_buf(&mut self.buf)
             .await
-            .map_err(|e| Error::Connect(format!("connection to {} failed: {e}", self.peer)))?;
+            .map_err(|e| Error::Lost(format!("connection to {} failed: {e}", self.peer)))?;
         if n == 0 {
-            return Err(Error::Connect(format!("{} closed the connection unexpectedly", self.peer)));
+            return Err(Error::Lost(format!("{} closed the connection unexpectedly", self.peer)));
         }
         self.received += n as u64;
         Ok(())
@@ -238,13 +238,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
         let room = tokio::time::timeout(self.timeout * 2, self.room.clone().acquire_many_owned(claim))
             .await
             .map_err(|_| Error::Protocol(format!("{} stopped accepting data", self.peer)))?
-            .map_err(|_| Error::Connect(format!("connection to {} is closed for writing", self.peer)))?;
+            .map_err(|_| Error::Lost(format!("connection to {} is closed for writing", self.peer)))?;
         if let Some(e) = self.write_error.lock().expect("write error lock").take() {
             return Err(e);
         }
         match &self.writer {
             Some(tx) if tx.send((data.to_vec(), room)).is_ok() => Ok(()),
-            _ => Err(Error::Connect(format!("connection to {} is closed for writing", self.peer))),
+            _ => Err(Error::Lost(format!("connection to {} is closed for writing", self.peer))),
         }
     }
 
@@ -420,6 +420,6 @@ mod tests {
         let (server, client) = tokio::io::duplex(1024);
         drop(server);
         let mut w = Wire::new(client, Duration::from_secs(5), "gone");
-        assert!(matches!(w.read_line(100).await.unwrap_err(), Error::Connect(_)));
+        assert!(matches!(w.read_line(100).await.unwrap_err(), Error::Lost(_)));
     }
 }

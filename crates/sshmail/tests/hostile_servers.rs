@@ -519,3 +519,28 @@ fn regression_every_read_is_bounded_a_list_of_skipped_folders() {
     assert_exit(&out, 4);
     assert!(stderr(&out).contains("flooded"), "{}", stderr(&out));
 }
+
+/// A connection that worked and then dropped (here: as the watch began to
+/// IDLE) is tried again at once, as after a suspend; one that drops again
+/// at once backs off instead of hammering the server.
+#[test]
+fn a_dropped_connection_is_retried_at_once_then_with_a_back_off() {
+    let h = Hostile::new("imap-drop-in-idle");
+    let mut child = h
+        .command(&["--idle", "--keep"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = common::StderrLog::of(&mut child);
+    log.wait_until("it never backed off", |t| t.contains("retrying in 5 s"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = log.finish();
+    let at_once =
+        text.find("; reconnecting").unwrap_or_else(|| panic!("the first drop was not retried at once:\n{text}"));
+    assert!(at_once < text.find("retrying in 5 s").unwrap(), "{text}");
+    let idles = h.log().lines().filter(|l| l.ends_with(" IDLE")).count();
+    assert!(idles >= 2, "the retry at once never reached the server again:\n{}", h.log());
+    assert_eq!(h.delivered().len(), 3, "the messages, once");
+}

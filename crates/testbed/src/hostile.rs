@@ -49,6 +49,7 @@ pub const IMAP_SCENARIOS: &[&str] = &[
     "imap-store-refused",     // every UID STORE gets NO
     "imap-list-flood",        // LIST answers 3 M \Noselect folders
     "imap-login-no-sasl-ir",  // greets OK; AUTH=PLAIN without SASL-IR, LOGINDISABLED (as GNU imap4d)
+    "imap-drop-in-idle",      // as "imap", but the connection ends (no BYE) once the client IDLEs
 ];
 
 /// Runs `scenario` on stdin/stdout, with its log and state in `state`.
@@ -507,6 +508,10 @@ fn imap(s: &mut Server, scenario: &str) -> Result<()> {
                     }
                     _ => s.send(format!("{tag} BAD unknown UID command\r\n").as_bytes())?,
                 }
+            }
+            "IDLE" if scenario == "imap-drop-in-idle" => {
+                s.send(b"+ idling\r\n")?;
+                return Ok(());
             }
             "IDLE" => {
                 s.send(b"+ idling\r\n")?;

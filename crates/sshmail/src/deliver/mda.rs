@@ -29,7 +29,7 @@ pub struct Mda {
 }
 
 /// Why one message was not delivered.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Refusal {
     /// Try again later (EX_TEMPFAIL, SMTP 4xx).
     Temporary(String),

@@ -66,13 +66,13 @@ pub struct Outcome {
     pub refused: usize,
     /// Deliveries finished from an interrupted earlier run.
     pub recovered: usize,
-    /// Folders that could not be fetched, with the reason.
-    pub folder_errors: Vec<String>,
-    /// Messages the sink refused (left on the server), with the reason.
-    pub undelivered: Vec<String>,
-    /// Policy actions the server refused (DELE, STORE, EXPUNGE), with its
-    /// answer: the messages stay on the server.
-    pub policy_errors: Vec<String>,
+    /// Folders that could not be fetched (the others were).
+    pub folder_errors: Vec<FolderError>,
+    /// Messages the sink refused (left on the server).
+    pub undelivered: Vec<Undelivered>,
+    /// Policy actions the server refused (DELE, STORE, EXPUNGE): the
+    /// messages stay on the server.
+    pub policy_errors: Vec<PolicyRefusal>,
     /// With `check`: messages waiting to be fetched, and their bytes.
     pub waiting: usize,
     /// Their size in bytes, as the server reports it.
@@ -118,6 +118,54 @@ pub struct Cycle {
     /// for a task that watches some of them; the account's other tasks run
     /// beside it on the same ledger.
     pub folders: Option<Vec<String>>,
+}
+
+/// A folder that could not be fetched in a cycle; the others were.
+#[derive(Debug, Clone)]
+pub struct FolderError {
+    /// The folder, as the server names it.
+    pub folder: String,
+    /// Why (the server's answer, a changed UIDVALIDITY, an unsafe name).
+    pub error: Error,
+}
+
+impl std::fmt::Display for FolderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// A message the sink refused: it stays on the server.
+#[derive(Debug, Clone)]
+pub struct Undelivered {
+    /// Its ledger key.
+    pub key: String,
+    /// The sink's answer (temporary or permanent).
+    pub refusal: Refusal,
+}
+
+impl std::fmt::Display for Undelivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.refusal.text())
+    }
+}
+
+/// A policy action (DELE, a flag, an expunge) the server refused: its
+/// messages stay on the server.
+#[derive(Debug, Clone)]
+pub struct PolicyRefusal {
+    /// The command, as `DELE` or `UID EXPUNGE`.
+    pub action: &'static str,
+    /// How many messages it was for.
+    pub messages: usize,
+    /// The whole story, with the server's answer.
+    pub text: String,
+}
+
+impl std::fmt::Display for PolicyRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// How long one IDLE may last before it is renewed (RFC 2177 asks clients
@@ -379,7 +427,7 @@ impl Store<'_> {
                                 let kind =
                                     if matches!(refusal, Refusal::Temporary(_)) { "temporary" } else { "permanent" };
                                 tracing::warn!("{key}: not delivered ({kind}): {}", refusal.text());
-                                self.outcome.undelivered.push(format!("{key}: {}", refusal.text()));
+                                self.outcome.undelivered.push(Undelivered { key: key.clone(), refusal });
                             }
                         }
                     }
@@ -624,9 +672,9 @@ async fn pop3_transfer<S: Stream>(
                     accepted.insert(uid);
                 }
                 (InFlight::Dele(uid), Reply::Err(t)) => {
-                    let m = format!("{}: DELE of {uid} refused: -ERR {t}; it stays on the server", pop.peer());
-                    tracing::warn!("{m}");
-                    store.outcome.policy_errors.push(m);
+                    let text = format!("{}: DELE of {uid} refused: -ERR {t}; it stays on the server", pop.peer());
+                    tracing::warn!("{text}");
+                    store.outcome.policy_errors.push(PolicyRefusal { action: "DELE", messages: 1, text });
                 }
                 (InFlight::Noop, _) => {}
                 (InFlight::Retr(i), Reply::Err(t)) => {
@@ -763,11 +811,11 @@ async fn imap_flow<S: Stream>(
     for folder in &folders {
         match imap_folder(account, &mut imap, store, folder, &mut listed).await {
             Ok(()) => done_prefixes.push(folder_prefix(folder)),
-            Err(Error::Server(m)) => {
+            Err(error @ Error::Server(_)) => {
                 // One bad folder (gone, UIDVALIDITY changed) does not stop
                 // the others; it is reported at the end.
-                tracing::error!("{m}");
-                store.outcome.folder_errors.push(m);
+                tracing::error!("{error}");
+                store.outcome.folder_errors.push(FolderError { folder: folder.clone(), error });
             }
             Err(e) => return Err(e),
         }
@@ -1128,9 +1176,13 @@ async fn imap_pipeline<S: Stream>(
                         if done.status != Status::Ok {
                             // As a refused DELE: the messages stay on the
                             // server, and the run says so (exit 7).
-                            let m = format!("{}; the messages stay on the server", imap.failure(step.name(), &done));
-                            tracing::warn!("{m}");
-                            store.outcome.policy_errors.push(m);
+                            let text = format!("{}; the messages stay on the server", imap.failure(step.name(), &done));
+                            tracing::warn!("{text}");
+                            store.outcome.policy_errors.push(PolicyRefusal {
+                                action: step.name(),
+                                messages: uids.len(),
+                                text,
+                            });
                         } else {
                             fault::point("policy-applied");
                             if step.removes() {

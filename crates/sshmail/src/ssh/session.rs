@@ -18,7 +18,7 @@ use russh::{ChannelStream, client};
 use super::known_hosts::{self, Verdict};
 use super::target::SshTarget;
 use crate::config::HostKeyPolicy;
-use crate::error::{Error, Result};
+use crate::error::{Error, HostKeyProblem, HostKeyRefused, Result};
 
 /// A forwarded channel as a byte stream, counted as a use of its
 /// connection while it is open.
@@ -122,19 +122,10 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Leased<S> {
     }
 }
 
-/// What the host key check decided, kept for the error message.
-#[derive(Debug, Clone)]
-enum HostKeyRefusal {
-    Unknown { fingerprint: String },
-    Changed { at: known_hosts::Location, known: String, offered: String },
-    Revoked { at: known_hosts::Location, fingerprint: String },
-    Io(String),
-}
-
 /// russh's callback object: verifies the host key.
 struct Handler {
     target: SshTarget,
-    refusal: Arc<Mutex<Option<HostKeyRefusal>>>,
+    refusal: Arc<Mutex<Option<HostKeyProblem>>>,
 }
 
 impl client::Handler for Handler {
@@ -166,15 +157,19 @@ impl client::Handler for Handler {
                         );
                         return Ok(true);
                     }
-                    Err(e) => HostKeyRefusal::Io(format!("cannot record the new host key in {}: {e}", file.display())),
+                    Err(e) => {
+                        HostKeyProblem::Unusable(format!("cannot record the new host key in {}: {e}", file.display()))
+                    }
                 }
             }
-            Ok(Verdict::Unknown) => HostKeyRefusal::Unknown { fingerprint: known_hosts::fingerprint(key) },
+            Ok(Verdict::Unknown) => HostKeyProblem::Unknown { offered: known_hosts::fingerprint(key) },
             Ok(Verdict::Changed { at, known }) => {
-                HostKeyRefusal::Changed { at, known, offered: known_hosts::fingerprint(key) }
+                HostKeyProblem::Changed { at: at.to_string(), known, offered: known_hosts::fingerprint(key) }
             }
-            Ok(Verdict::Revoked(at)) => HostKeyRefusal::Revoked { at, fingerprint: known_hosts::fingerprint(key) },
-            Err(e) => HostKeyRefusal::Io(format!("cannot read known_hosts: {e}")),
+            Ok(Verdict::Revoked(at)) => {
+                HostKeyProblem::Revoked { at: at.to_string(), fingerprint: known_hosts::fingerprint(key) }
+            }
+            Err(e) => HostKeyProblem::Unusable(format!("cannot read known_hosts: {e}")),
         };
         *self.refusal.lock().expect("refusal lock") = Some(refusal);
         Ok(false)
@@ -410,24 +405,12 @@ fn client_config(target: &SshTarget) -> client::Config {
     }
 }
 
-fn host_key_error(t: &SshTarget, r: HostKeyRefusal) -> Error {
-    let name = known_hosts::lookup_name(&t.host, t.port);
-    let files = t.known_hosts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-    Error::HostKey(match r {
-        HostKeyRefusal::Unknown { fingerprint } => format!(
-            "host key for {name} is not known (server offered {fingerprint}; looked in {files}) — refusing. \
-             Check the fingerprint with the server's administrator, then run once with \
-             --accept-new-host-key (or set host_key_policy = \"accept-new\") to record it"
-        ),
-        HostKeyRefusal::Changed { at, known, offered } => format!(
-            "host key for {name} changed: {at} has {known}, server offered {offered} — refusing. \
-             If the change is expected, remove that line (ssh-keygen -R '{name}') and connect again"
-        ),
-        HostKeyRefusal::Revoked { at, fingerprint } => {
-            format!("host key {fingerprint} for {name} is revoked ({at}) — refusing")
-        }
-        HostKeyRefusal::Io(msg) => format!("{name}: {msg}"),
-    })
+fn host_key_error(t: &SshTarget, problem: HostKeyProblem) -> Error {
+    Error::HostKey(Box::new(HostKeyRefused {
+        host: known_hosts::lookup_name(&t.host, t.port),
+        files: t.known_hosts.iter().map(|p| p.display().to_string()).collect(),
+        problem,
+    }))
 }
 
 /// Whether authentication may ask the user anything.
