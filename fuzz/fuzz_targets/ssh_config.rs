@@ -17,5 +17,5 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => panic!("the fixed account does not parse: {e}"),
         };
     let Ok(account) = sshmail::config::resolve("a", &raw.account["a"], None) else { return };
-    let _ = sshmail::ssh::target::resolve(&account, Some(&config));
+    let _ = sshmail::ssh::target::resolve(&account.reach, Some(&config));
 });

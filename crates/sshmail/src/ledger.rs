@@ -37,16 +37,77 @@ use crate::fault;
 
 const HEADER: &str = "# sshmail ledger v1\n";
 
+/// What the ledger records a message by. Built only by [`Key::uidl`] (a
+/// POP3 message) and [`FolderKeys::key`] (an IMAP message: folder,
+/// UIDVALIDITY, UID); in the journal it is one field: the UIDL as the server
+/// gave it, or `folder/uidvalidity/uid` with the folder name
+/// percent-encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    /// A POP3 message, by its UIDL.
+    pub fn uidl(uidl: &str) -> Key {
+        Key(uidl.to_string())
+    }
+
+    /// The journal's field.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The keys of one IMAP folder, under any UIDVALIDITY.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FolderKeys {
+    /// `folder/`, the name percent-encoded (so it holds no `/`).
+    prefix: String,
+}
+
+impl FolderKeys {
+    /// The keys of the folder the server calls `name`.
+    pub fn new(name: &str) -> FolderKeys {
+        FolderKeys { prefix: format!("{}/", percent_encode(name)) }
+    }
+
+    /// The message `uid` of this folder under `validity`.
+    pub fn key(&self, validity: u32, uid: u32) -> Key {
+        Key(format!("{}{validity}/{uid}", self.prefix))
+    }
+
+    /// Whether `key` is one of this folder's, under any UIDVALIDITY.
+    pub fn holds(&self, key: &Key) -> bool {
+        key.0.starts_with(&self.prefix)
+    }
+
+    /// The UIDVALIDITY of one of this folder's keys.
+    fn validity_of(&self, key: &Key) -> Option<u32> {
+        key.0.strip_prefix(&self.prefix)?.split('/').next()?.parse().ok()
+    }
+}
+
 /// The delivery journal of one account.
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
     file: File,
     _lock: File,
-    delivered: HashSet<String>,
-    pending: HashMap<String, String>,
+    delivered: HashSet<Key>,
+    pending: HashMap<Key, String>,
     /// Fingerprints of delivered and pending keys, where recorded.
-    marks: HashMap<String, String>,
+    marks: HashMap<Key, String>,
 }
 
 impl Ledger {
@@ -133,34 +194,27 @@ impl Ledger {
     }
 
     /// True if `key` was delivered before.
-    pub fn is_delivered(&self, key: &str) -> bool {
+    pub fn is_delivered(&self, key: &Key) -> bool {
         self.delivered.contains(key)
     }
 
-    /// The distinct second path components of delivered keys that start
-    /// with `prefix` (for IMAP keys `folder/uidvalidity/uid`: the
-    /// UIDVALIDITY values on record for a folder).
-    pub fn validities(&self, prefix: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .delivered
-            .iter()
-            .filter_map(|k| k.strip_prefix(prefix))
-            .filter_map(|rest| rest.split('/').next())
-            .map(str::to_string)
-            .collect();
-        v.sort();
+    /// The UIDVALIDITY values on record for a folder, in order.
+    pub fn validities(&self, folder: &FolderKeys) -> Vec<u32> {
+        let mut v: Vec<u32> = self.delivered.iter().filter_map(|k| folder.validity_of(k)).collect();
+        v.sort_unstable();
         v.dedup();
         v
     }
 
-    /// The fingerprints of what was delivered under keys starting with
-    /// `prefix` but not with `except` (a folder's other UIDVALIDITY
-    /// values), each with the number of deliveries it stands for; and how
-    /// many of those deliveries were recorded without one.
-    pub fn marks_under(&self, prefix: &str, except: &str) -> (HashMap<String, usize>, usize) {
+    /// The fingerprints of what was delivered from `folder` under another
+    /// UIDVALIDITY than `except`, each with the number of deliveries it
+    /// stands for; and how many of those deliveries were recorded without
+    /// one.
+    pub fn marks_under(&self, folder: &FolderKeys, except: u32) -> (HashMap<String, usize>, usize) {
         let mut marks: HashMap<String, usize> = HashMap::new();
         let mut unmarked = 0;
-        for key in self.delivered.iter().filter(|k| k.starts_with(prefix) && !k.starts_with(except)) {
+        let others = self.delivered.iter().filter(|k| folder.holds(k) && folder.validity_of(k) != Some(except));
+        for key in others {
             match self.marks.get(key) {
                 Some(fp) => *marks.entry(fp.clone()).or_default() += 1,
                 None => unmarked += 1,
@@ -170,7 +224,7 @@ impl Ledger {
     }
 
     /// Prepared but not confirmed deliveries, left by an interrupted run.
-    pub fn pending(&self) -> Vec<(String, String)> {
+    pub fn pending(&self) -> Vec<(Key, String)> {
         let mut v: Vec<_> = self.pending.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
         v.sort();
         v
@@ -178,10 +232,10 @@ impl Ledger {
 
     /// Records that these messages are durable in staging under their
     /// tokens (key, token, fingerprint if known).
-    pub fn prepare(&mut self, items: &[(String, String, Option<String>)]) -> Result<()> {
+    pub fn prepare(&mut self, items: &[(Key, String, Option<String>)]) -> Result<()> {
         let mut buf = String::new();
         for (key, token, fp) in items {
-            check_field(key)?;
+            check_field(key.as_str())?;
             check_field(token)?;
             buf.push_str(&format!("P {key} {token}"));
             push_mark(&mut buf, fp.as_deref())?;
@@ -198,17 +252,17 @@ impl Ledger {
 
     /// Records that these messages are delivered (a fingerprint given when
     /// they were prepared stays theirs).
-    pub fn commit(&mut self, keys: &[String]) -> Result<()> {
-        let items: Vec<(String, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
+    pub fn commit(&mut self, keys: &[Key]) -> Result<()> {
+        let items: Vec<(Key, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
         self.commit_marked(&items)
     }
 
     /// Records that these messages are delivered, each with its fingerprint
     /// if known.
-    pub fn commit_marked(&mut self, items: &[(String, Option<String>)]) -> Result<()> {
+    pub fn commit_marked(&mut self, items: &[(Key, Option<String>)]) -> Result<()> {
         let mut buf = String::new();
         for (key, fp) in items {
-            check_field(key)?;
+            check_field(key.as_str())?;
             buf.push_str(&format!("D {key}"));
             push_mark(&mut buf, fp.as_deref())?;
         }
@@ -224,7 +278,7 @@ impl Ledger {
     }
 
     /// Drops a pending entry whose message never became durable.
-    pub fn forget(&mut self, key: &str) -> Result<()> {
+    pub fn forget(&mut self, key: &Key) -> Result<()> {
         self.append(&format!("F {key}\n"))?;
         self.pending.remove(key);
         if !self.delivered.contains(key) {
@@ -235,7 +289,7 @@ impl Ledger {
 
     /// Rewrites the journal keeping only the delivered keys for which `keep`
     /// is true (those still on the server) and every pending entry.
-    pub fn compact(&mut self, keep: impl Fn(&str) -> bool) -> Result<()> {
+    pub fn compact(&mut self, keep: impl Fn(&Key) -> bool) -> Result<()> {
         self.delivered.retain(|k| keep(k));
         self.marks.retain(|k, _| self.delivered.contains(k) || self.pending.contains_key(k));
         let mut text = String::from(HEADER);
@@ -417,9 +471,9 @@ fn push_mark(buf: &mut String, fp: Option<&str>) -> Result<()> {
 /// What a journal says.
 #[derive(Default)]
 struct Replayed {
-    delivered: HashSet<String>,
-    pending: HashMap<String, String>,
-    marks: HashMap<String, String>,
+    delivered: HashSet<Key>,
+    pending: HashMap<Key, String>,
+    marks: HashMap<Key, String>,
 }
 
 /// Replays journal bytes. Only complete lines count.
@@ -435,16 +489,16 @@ fn replay(bytes: &[u8]) -> Replayed {
         let mut w = line.split(' ');
         match (w.next(), w.next(), w.next(), w.next(), w.next()) {
             (Some("P"), Some(k), Some(t), fp, None) => {
-                pending.insert(k.to_string(), t.to_string());
+                pending.insert(Key(k.to_string()), t.to_string());
                 if let Some(fp) = fp {
-                    marks.insert(k.to_string(), fp.to_string());
+                    marks.insert(Key(k.to_string()), fp.to_string());
                 }
             }
             (Some("D"), Some(k), fp, None, None) => {
                 pending.remove(k);
-                delivered.insert(k.to_string());
+                delivered.insert(Key(k.to_string()));
                 if let Some(fp) = fp {
-                    marks.insert(k.to_string(), fp.to_string());
+                    marks.insert(Key(k.to_string()), fp.to_string());
                 }
             }
             (Some("F"), Some(k), None, None, None) => {
@@ -468,18 +522,22 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn k(s: &str) -> Key {
+        Key::uidl(s)
+    }
+
     #[test]
     fn records_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut l = Ledger::open(dir.path(), "work").unwrap();
-            l.prepare(&[("uid1".into(), "tok1".into(), None), ("uid2".into(), "tok2".into(), None)]).unwrap();
-            l.commit(&["uid1".into()]).unwrap();
+            l.prepare(&[(k("uid1"), "tok1".into(), None), (k("uid2"), "tok2".into(), None)]).unwrap();
+            l.commit(&[k("uid1")]).unwrap();
         }
         let l = Ledger::open(dir.path(), "work").unwrap();
-        assert!(l.is_delivered("uid1"));
-        assert!(!l.is_delivered("uid2"));
-        assert_eq!(l.pending(), vec![("uid2".to_string(), "tok2".to_string())]);
+        assert!(l.is_delivered(&k("uid1")));
+        assert!(!l.is_delivered(&k("uid2")));
+        assert_eq!(l.pending(), vec![(k("uid2"), "tok2".to_string())]);
     }
 
     /// Regression: the ledger and lock were named by the whole tunnel
@@ -501,13 +559,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut l = Ledger::open_for_mailbox(dir.path(), "a", "exec imapd-one", None).unwrap();
-            l.commit(&["INBOX/7/1".into()]).unwrap();
+            l.commit(&[FolderKeys::new("INBOX").key(7, 1)]).unwrap();
         }
         let l = Ledger::open_for_mailbox(dir.path(), "a", "exec imapd-one", None).unwrap();
-        assert!(l.is_delivered("INBOX/7/1"));
+        assert!(l.is_delivered(&FolderKeys::new("INBOX").key(7, 1)));
         drop(l);
         let l = Ledger::open_for_mailbox(dir.path(), "a", "exec imapd-two", None).unwrap();
-        assert!(!l.is_delivered("INBOX/7/1"), "another mailbox's record was used");
+        assert!(!l.is_delivered(&FolderKeys::new("INBOX").key(7, 1)), "another mailbox's record was used");
         drop(l);
         // The first mailbox's records were kept aside, not lost.
         let aside = std::fs::read_dir(dir.path())
@@ -528,37 +586,41 @@ mod tests {
     fn compaction_keeps_only_what_is_asked_and_pending() {
         let dir = tempfile::tempdir().unwrap();
         let mut l = Ledger::open(dir.path(), "a").unwrap();
-        l.prepare(&[("x".into(), "t".into(), None)]).unwrap();
-        l.commit(&["a1".into(), "a2".into()]).unwrap();
-        l.compact(|k| k == "a2").unwrap();
-        l.commit(&["a3".into()]).unwrap();
+        l.prepare(&[(k("x"), "t".into(), None)]).unwrap();
+        l.commit(&[k("a1"), k("a2")]).unwrap();
+        l.compact(|key| key.as_str() == "a2").unwrap();
+        l.commit(&[k("a3")]).unwrap();
         drop(l);
         let l = Ledger::open(dir.path(), "a").unwrap();
-        assert!(!l.is_delivered("a1") && l.is_delivered("a2") && l.is_delivered("a3"));
+        assert!(!l.is_delivered(&k("a1")) && l.is_delivered(&k("a2")) && l.is_delivered(&k("a3")));
         assert_eq!(l.pending().len(), 1);
     }
 
     #[test]
     fn fingerprints_survive_replay_and_compaction() {
         let dir = tempfile::tempdir().unwrap();
+        let f = FolderKeys::new("F");
         {
             let mut l = Ledger::open(dir.path(), "a").unwrap();
             // Maildir: the fingerprint goes with P, D follows without it.
-            l.prepare(&[("F/1/1".into(), "t1".into(), Some("10.aa".into()))]).unwrap();
-            l.commit(&["F/1/1".into()]).unwrap();
+            l.prepare(&[(f.key(1, 1), "t1".into(), Some("10.aa".into()))]).unwrap();
+            l.commit(&[f.key(1, 1)]).unwrap();
             // Other sinks: with D.
-            l.commit_marked(&[("F/1/2".into(), Some("10.aa".into())), ("F/1/3".into(), None)]).unwrap();
-            l.commit_marked(&[("F/2/1".into(), Some("20.bb".into()))]).unwrap();
+            l.commit_marked(&[(f.key(1, 2), Some("10.aa".into())), (f.key(1, 3), None)]).unwrap();
+            l.commit_marked(&[(f.key(2, 1), Some("20.bb".into()))]).unwrap();
+            // Another folder's do not count.
+            l.commit_marked(&[(FolderKeys::new("G").key(1, 1), Some("10.aa".into()))]).unwrap();
         }
         let mut l = Ledger::open(dir.path(), "a").unwrap();
-        let (marks, unmarked) = l.marks_under("F/", "F/2/");
+        assert_eq!(l.validities(&f), vec![1, 2]);
+        let (marks, unmarked) = l.marks_under(&f, 2);
         assert_eq!(marks, HashMap::from([("10.aa".to_string(), 2)]));
         assert_eq!(unmarked, 1);
-        l.compact(|k| k != "F/1/2").unwrap();
+        l.compact(|key| *key != f.key(1, 2)).unwrap();
         drop(l);
         let l = Ledger::open(dir.path(), "a").unwrap();
-        assert_eq!(l.marks_under("F/", "F/2/").0, HashMap::from([("10.aa".to_string(), 1)]));
-        assert_eq!(l.marks_under("F/", "F/1/").0, HashMap::from([("20.bb".to_string(), 1)]));
+        assert_eq!(l.marks_under(&f, 2).0, HashMap::from([("10.aa".to_string(), 1)]));
+        assert_eq!(l.marks_under(&f, 1).0, HashMap::from([("20.bb".to_string(), 1)]));
     }
 
     #[test]
@@ -568,6 +630,16 @@ mod tests {
         let e = Ledger::open(dir.path(), "a").unwrap_err().to_string();
         assert!(e.contains("another sshmail"), "{e}");
         assert!(Ledger::open(dir.path(), "b").is_ok());
+    }
+
+    /// A folder's keys are its own, whatever its name: one named like
+    /// another's key prefix (`a/b` against `a`) holds none of the other's.
+    #[test]
+    fn folder_keys_hold_only_their_folders_messages() {
+        let (a, ab) = (FolderKeys::new("a"), FolderKeys::new("a/b"));
+        assert!(a.holds(&a.key(5, 1)) && !a.holds(&ab.key(5, 1)) && !ab.holds(&a.key(5, 1)));
+        assert_eq!(a.key(5, 1).as_str(), "a/5/1", "the journal's form is unchanged");
+        assert_eq!(ab.key(5, 1).as_str(), "a%2Fb/5/1");
     }
 
     #[test]
@@ -584,6 +656,6 @@ mod tests {
     fn ids_with_spaces_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut l = Ledger::open(dir.path(), "a").unwrap();
-        assert!(l.commit(&["a b".into()]).is_err());
+        assert!(l.commit(&[k("a b")]).is_err());
     }
 }

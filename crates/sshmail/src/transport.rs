@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use sshmail_proto::imap;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use crate::config::{Command, Reach, TlsSettings, Via};
@@ -227,7 +228,7 @@ async fn detect_imapd(
         let command = format!("{program}{args}");
         let (mut stream, status, _) = pool.exec(target, jumps, &command).await?;
         match read_greeting(&mut stream, timeout.min(std::time::Duration::from_secs(10))).await {
-            Greeting::Line(bytes) if bytes.starts_with(b"* PREAUTH") => {
+            Greeting::Line(bytes) if imap::Greeting::parse(&bytes) == imap::Greeting::PreAuth => {
                 tracing::info!("found the IMAP server {command} on {}", target.name());
                 return Ok((command, Box::new(Prefixed { prefix: bytes, pos: 0, inner: stream }), status));
             }
@@ -345,14 +346,17 @@ async fn imap_starttls(
         Ok(String::from_utf8_lossy(&line).trim_end().to_string())
     };
     let greeting = read_line(&mut reader).await?;
-    if greeting.to_ascii_uppercase().starts_with("* PREAUTH") {
-        return Err(Error::Protocol(format!(
-            "{server} greeted with PREAUTH on a connection that must first switch to TLS — refusing (a PREAUTH here \
-             would mean talking in plain text)"
-        )));
-    }
-    if !greeting.to_ascii_uppercase().starts_with("* OK") {
-        return Err(Error::Server(format!("{server} refused the connection: {greeting}")));
+    match imap::Greeting::parse(format!("{greeting}\r\n").as_bytes()) {
+        imap::Greeting::Ok => {}
+        imap::Greeting::PreAuth => {
+            return Err(Error::Protocol(format!(
+                "{server} greeted with PREAUTH on a connection that must first switch to TLS — refusing (a PREAUTH \
+                 here would mean talking in plain text)"
+            )));
+        }
+        imap::Greeting::Bye(_) | imap::Greeting::NotImap(_) => {
+            return Err(Error::Server(format!("{server} refused the connection: {greeting}")));
+        }
     }
     reader.get_mut().write_all(b"S0 STARTTLS\r\n").await.map_err(|e| Error::Connect(format!("{server}: {e}")))?;
     loop {

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 pub use command::{Command, Tagger, uid_set};
 pub use reader::{Event, ResponseReader};
-pub use response::{Code, Fetch, Response, Status, Untagged, Value};
+pub use response::{Code, Fetch, Greeting, Response, Status, Untagged, Value};
 
 /// Bounds on what a server may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

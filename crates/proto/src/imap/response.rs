@@ -138,6 +138,50 @@ pub enum Response {
     Continuation(String),
 }
 
+/// What an IMAP server's greeting says: the one check of a greeting, for
+/// a session, for finding a preauthenticated imapd, and before STARTTLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greeting {
+    /// `* OK`: a login follows.
+    Ok,
+    /// `* PREAUTH`: the session is already authenticated.
+    PreAuth,
+    /// `* BYE`: the server refuses the session (its text).
+    Bye(String),
+    /// Something else: not an IMAP greeting (what it was, for messages).
+    NotImap(String),
+}
+
+impl Greeting {
+    /// The kind of greeting `response` is.
+    pub fn of(response: &Response) -> Greeting {
+        match response {
+            Response::Untagged(Untagged::Status { status: Status::Ok, .. }) => Greeting::Ok,
+            Response::Untagged(Untagged::Status { status: Status::PreAuth, .. }) => Greeting::PreAuth,
+            Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => Greeting::Bye(text.clone()),
+            Response::Continuation(text) => Greeting::NotImap(format!("`+{text}`")),
+            Response::Tagged { tag, text, .. } => Greeting::NotImap(format!("`{tag} {text}`")),
+            Response::Untagged(_) => {
+                Greeting::NotImap("an untagged response other than OK, PREAUTH or BYE".to_string())
+            }
+        }
+    }
+
+    /// The kind of greeting the first line of `input` is (it must end in
+    /// a line end; a literal in a greeting is not IMAP's either).
+    pub fn parse(input: &[u8]) -> Greeting {
+        let mut reader = super::ResponseReader::new(super::Limits { max_literal: 0, ..super::Limits::default() });
+        match reader.next(input) {
+            Ok((_, Some(super::Event::Response(r)))) => Greeting::of(&r),
+            _ => {
+                let line = input.split(|&b| b == b'\n').next().unwrap_or_default();
+                let shown: String = String::from_utf8_lossy(line).trim_end().chars().take(100).collect();
+                Greeting::NotImap(format!("`{shown}`"))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
     Atom(Vec<u8>),

@@ -215,3 +215,15 @@ fn header_sections_stream_and_are_never_the_body() {
         assert_eq!(f.header, Some(Value::Streamed));
     }
 }
+
+#[test]
+fn greetings_are_classified_one_way() {
+    assert_eq!(Greeting::parse(b"* OK [CAPABILITY IMAP4rev1] ready\r\n"), Greeting::Ok);
+    assert_eq!(Greeting::parse(b"* ok ready\r\n"), Greeting::Ok, "status words are case-insensitive");
+    assert_eq!(Greeting::parse(b"* PREAUTH [CAPABILITY IMAP4rev1] logged in\r\nmore"), Greeting::PreAuth);
+    assert_eq!(Greeting::parse(b"* BYE go away\r\n"), Greeting::Bye("go away".into()));
+    assert!(matches!(Greeting::parse(b"+OK POP3 ready\r\n"), Greeting::NotImap(_)));
+    assert!(matches!(Greeting::parse(b"* PREAUTH no line end"), Greeting::NotImap(_)));
+    assert!(matches!(Greeting::parse(b"SSH-2.0-OpenSSH\r\n"), Greeting::NotImap(_)));
+    assert!(matches!(Greeting::parse(b"* PREAUTH {5}\r\nhello\r\n"), Greeting::NotImap(_)), "no literals");
+}

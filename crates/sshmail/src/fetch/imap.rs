@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use sshmail_proto::imap::{
-    Code, Command, Event, Fetch, Limits, Response, ResponseReader, Status, Tagger, Untagged, Value, uid_set, utf7,
+    Code, Command, Event, Fetch, Greeting, Limits, Response, ResponseReader, Status, Tagger, Untagged, Value, uid_set,
+    utf7,
 };
 use sshmail_proto::line::CrlfToLf;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -218,36 +219,32 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         };
         if !greeting_done {
             let greeting = imap.read(&mut Bodies::discard()).await?;
-            match greeting {
-                Response::Untagged(Untagged::Status { status: Status::Ok, code, .. }) => imap.take_caps(code),
-                Response::Untagged(Untagged::Status { status: Status::PreAuth, code, text }) => {
-                    if !preauth_ok {
-                        return Err(Error::Protocol(format!(
-                            "{} greeted with PREAUTH ({text}) on a network connection, where a login was expected \
-                             — refusing; if this server is meant to do that, set allow_preauth = true",
-                            imap.peer()
-                        )));
-                    }
-                    imap.preauth = true;
-                    imap.take_caps(code);
+            match Greeting::of(&greeting) {
+                Greeting::Ok => {}
+                Greeting::PreAuth if !preauth_ok => {
+                    return Err(Error::Protocol(format!(
+                        "{} greeted with PREAUTH on a network connection, where a login was expected — refusing; \
+                         if this server is meant to do that, set allow_preauth = true",
+                        imap.peer()
+                    )));
                 }
-                Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) => {
+                Greeting::PreAuth => imap.preauth = true,
+                Greeting::Bye(text) => {
                     return Err(Error::Server(format!("{} refused the session: {text}", imap.peer())));
                 }
-                Response::Continuation(text) => {
+                Greeting::NotImap(what) if what.starts_with("`+") => {
                     return Err(Error::Protocol(format!(
-                        "{} greeted `+{text}`, which is not IMAP (a POP3 server greets `+OK`: use --pop3, or point \
+                        "{} greeted {what}, which is not IMAP (a POP3 server greets `+OK`: use --pop3, or point \
                          the account at the IMAP server)",
                         imap.peer()
                     )));
                 }
-                other => {
-                    let what = match other {
-                        Response::Tagged { tag, text, .. } => format!("`{tag} {text}`"),
-                        _ => "an untagged response other than OK, PREAUTH or BYE".to_string(),
-                    };
+                Greeting::NotImap(what) => {
                     return Err(Error::Protocol(format!("{}: the greeting was {what}, not IMAP's", imap.peer())));
                 }
+            }
+            if let Response::Untagged(Untagged::Status { code, .. }) = greeting {
+                imap.take_caps(code);
             }
         }
         if imap.caps.is_empty() {

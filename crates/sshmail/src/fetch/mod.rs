@@ -33,7 +33,7 @@ use crate::deliver::maildir::Subfolder;
 use crate::deliver::{Finished, Refusal, Sink};
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::ledger::{Ledgers, Shared};
+use crate::ledger::{FolderKeys, Key, Ledgers, Shared};
 use crate::ssh::SshPool;
 use crate::stop::Stop;
 use crate::transport::{self, Route, Stream};
@@ -139,7 +139,7 @@ impl std::fmt::Display for FolderError {
 #[derive(Debug, Clone)]
 pub struct Undelivered {
     /// Its ledger key.
-    pub key: String,
+    pub key: Key,
     /// The sink's answer (temporary or permanent).
     pub refusal: Refusal,
 }
@@ -401,15 +401,11 @@ impl Store<'_> {
     /// Maildir: sync, record staged (`P`), publish, record delivered (`D`).
     /// Other sinks: deliver, then record delivered; refusals stay on the
     /// server and are reported.
-    async fn commit(
-        &mut self,
-        batch: &mut Vec<(String, Finished)>,
-        subfolder: Option<&Subfolder>,
-    ) -> Result<Vec<String>> {
+    async fn commit(&mut self, batch: &mut Vec<(Key, Finished)>, subfolder: Option<&Subfolder>) -> Result<Vec<Key>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let (keys, mut files): (Vec<String>, Vec<Finished>) = std::mem::take(batch).into_iter().unzip();
+        let (keys, mut files): (Vec<Key>, Vec<Finished>) = std::mem::take(batch).into_iter().unzip();
         let spool = self.sink.spool();
         let Some(maildir) = self.sink.maildir() else {
             let results = self.sink.deliver(&files).await;
@@ -475,7 +471,7 @@ impl Store<'_> {
     }
 
     /// Saves what is complete after a failure; the failure is what counts.
-    async fn salvage(&mut self, batch: &mut Vec<(String, Finished)>, subfolder: Option<&Subfolder>) {
+    async fn salvage(&mut self, batch: &mut Vec<(Key, Finished)>, subfolder: Option<&Subfolder>) {
         if let Err(e) = self.commit(batch, subfolder).await {
             tracing::error!("could not save the messages that were complete: {e}");
         }
@@ -514,7 +510,8 @@ async fn pop3_flow<S: Stream>(
             tracing::warn!("{}: UIDL {uid} appears twice; message {n} is left alone", pop.peer());
             continue;
         }
-        if account.fetch.fetch_all || !store.ledger.lock().is_delivered(uid) {
+        let key = Key::uidl(uid);
+        if account.fetch.fetch_all || !store.ledger.lock().is_delivered(&key) {
             if size.is_none() {
                 tracing::warn!(
                     "{}: LIST does not give the size of message {n}; fetching it within max_message_size",
@@ -532,9 +529,9 @@ async fn pop3_flow<S: Stream>(
                 store.outcome.refused += 1;
                 continue;
             }
-            to_fetch.push((*n, uid.clone(), *size));
+            to_fetch.push((*n, key, *size));
         } else if account.fetch.policy == Policy::Delete {
-            to_delete.push((*n, uid.clone()));
+            to_delete.push((*n, key));
         }
     }
     tracing::info!(
@@ -553,7 +550,7 @@ async fn pop3_flow<S: Stream>(
         return Ok(pop.received());
     }
 
-    let listed: HashSet<String> = listing.iter().map(|(_, u, _)| u.clone()).collect();
+    let listed: HashSet<Key> = listing.iter().map(|(_, u, _)| Key::uidl(u)).collect();
     let result = pop3_transfer(account, &mut pop, store, &to_fetch, to_delete).await;
     let deleted = match result {
         Ok(d) => d,
@@ -591,7 +588,7 @@ async fn pop3_flow<S: Stream>(
 /// What is in flight on the pipelined POP3 connection, in order.
 enum InFlight {
     Retr(usize),
-    Dele(String),
+    Dele(Key),
     /// After the last RETR: its +OK shows that the last body ended where
     /// the server meant it to.
     Noop,
@@ -609,19 +606,19 @@ async fn pop3_transfer<S: Stream>(
     account: &Account,
     pop: &mut Pop3<S>,
     store: &mut Store<'_>,
-    to_fetch: &[(u32, String, Option<u64>)],
-    to_delete: Vec<(u32, String)>,
-) -> Result<HashSet<String>> {
+    to_fetch: &[(u32, Key, Option<u64>)],
+    to_delete: Vec<(u32, Key)>,
+) -> Result<HashSet<Key>> {
     let depth = if pop.caps.pipelining { PIPELINE_DEPTH } else { 1 };
-    let numbers: HashMap<&str, u32> = to_fetch.iter().map(|(n, u, _)| (u.as_str(), *n)).collect();
+    let numbers: HashMap<&Key, u32> = to_fetch.iter().map(|(n, k, _)| (k, *n)).collect();
     let mut bar =
         store.report.transfer(&account.name, to_fetch.len(), to_fetch.iter().filter_map(|(_, _, s)| *s).sum());
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut outgoing: Vec<Command> = Vec::new();
-    let mut dele_queue: VecDeque<(u32, String)> = to_delete.into();
+    let mut dele_queue: VecDeque<(u32, Key)> = to_delete.into();
     let mut accepted = HashSet::new();
-    let mut batch: Vec<(String, Finished)> = Vec::new();
-    let mut unconfirmed: Option<(String, Finished)> = None;
+    let mut batch: Vec<(Key, Finished)> = Vec::new();
+    let mut unconfirmed: Option<(Key, Finished)> = None;
     let mut batch_bytes = 0u64;
     let mut next = 0usize;
     let mut noop_sent = false;
@@ -715,7 +712,7 @@ async fn pop3_transfer<S: Stream>(
                 let keys = store.commit(&mut batch, None).await?;
                 batch_bytes = 0;
                 if account.fetch.policy == Policy::Delete {
-                    dele_queue.extend(keys.into_iter().map(|k| (numbers[k.as_str()], k)));
+                    dele_queue.extend(keys.into_iter().map(|k| (numbers[&k], k)));
                 }
             }
         }
@@ -768,12 +765,6 @@ async fn pop3_body<S: Stream>(
 
 // ---------------------------------------------------------------- IMAP --
 
-/// The ledger key prefix of a folder: its name with `%`, `/`, space and
-/// non-ASCII percent-encoded, then `/`.
-fn folder_prefix(folder: &str) -> String {
-    format!("{}/", crate::ledger::percent_encode(folder))
-}
-
 async fn imap_flow<S: Stream>(
     account: &Account,
     wire: Wire<S>,
@@ -806,11 +797,11 @@ async fn imap_flow<S: Stream>(
         imap.login(&account.login.user, password.as_ref(), account.login.auth).await?;
     }
     let folders = resolve_folders(&mut imap, store.show.folders.as_ref().unwrap_or(&account.fetch.folders)).await?;
-    let mut listed: HashSet<String> = HashSet::new();
-    let mut done_prefixes: Vec<String> = Vec::new();
+    let mut listed: HashSet<Key> = HashSet::new();
+    let mut done: Vec<FolderKeys> = Vec::new();
     for folder in &folders {
         match imap_folder(account, &mut imap, store, folder, &mut listed).await {
-            Ok(()) => done_prefixes.push(folder_prefix(folder)),
+            Ok(()) => done.push(FolderKeys::new(folder)),
             Err(error @ Error::Server(_)) => {
                 // One bad folder (gone, UIDVALIDITY changed) does not stop
                 // the others; it is reported at the end.
@@ -824,7 +815,7 @@ async fn imap_flow<S: Stream>(
         imap.logout().await;
         return Ok(imap.received());
     }
-    store.ledger.lock().compact(|k| listed.contains(k) || !done_prefixes.iter().any(|p| k.starts_with(p.as_str())))?;
+    store.ledger.lock().compact(|k| listed.contains(k) || !done.iter().any(|f| f.holds(k)))?;
     if store.show.idle {
         let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
         tracing::info!("{}: waiting for new mail in {folder} (IDLE)", account.name);
@@ -837,8 +828,8 @@ async fn imap_flow<S: Stream>(
             let before = store.outcome.delivered;
             let mut seen = HashSet::new();
             imap_folder(account, &mut imap, store, folder, &mut seen).await?;
-            let prefix = folder_prefix(folder);
-            store.ledger.lock().compact(|k| seen.contains(k) || !k.starts_with(prefix.as_str()))?;
+            let keys = FolderKeys::new(folder);
+            store.ledger.lock().compact(|k| seen.contains(k) || !keys.holds(k))?;
             let new = store.outcome.delivered - before;
             if new > 0 {
                 tracing::info!("{}: {folder}: {new} new delivered", account.name);
@@ -881,7 +872,7 @@ async fn imap_folder<S: Stream>(
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
     folder: &str,
-    listed: &mut HashSet<String>,
+    listed: &mut HashSet<Key>,
 ) -> Result<()> {
     // The folder's name comes from the server: it becomes a directory only
     // through the one mapping that makes it a safe child of the Maildir.
@@ -899,16 +890,15 @@ async fn imap_folder<S: Stream>(
     // stays read-only.
     let read_only = store.show.check;
     let (validity, exists) = imap.select(folder, read_only).await?;
-    let prefix = folder_prefix(folder);
-    let validity_prefix = format!("{prefix}{validity}/");
+    let keys = FolderKeys::new(folder);
     let old: Vec<String> =
-        store.ledger.lock().validities(&prefix).into_iter().filter(|v| *v != validity.to_string()).collect();
+        store.ledger.lock().validities(&keys).into_iter().filter(|v| *v != validity).map(|v| v.to_string()).collect();
     // After a renumbering, what was delivered is recognised by fingerprint
     // (size and header block), where the ledger has one.
     let mut marks = HashMap::new();
     if !old.is_empty() {
         let unmarked;
-        (marks, unmarked) = store.ledger.lock().marks_under(&prefix, &validity_prefix);
+        (marks, unmarked) = store.ledger.lock().marks_under(&keys, validity);
         let changed = format!(
             "{}: UIDVALIDITY of {folder} changed from {} to {validity}: the server renumbered the folder",
             imap.peer(),
@@ -934,12 +924,12 @@ async fn imap_folder<S: Stream>(
     }
     let scan = imap.scan().await?;
     store.outcome.on_server += scan.len();
-    let recognised = recognise(account, imap, store, &validity_prefix, &scan, marks).await?;
+    let recognised = recognise(account, imap, store, (&keys, validity), &scan, marks).await?;
     let mut to_fetch: Vec<(u32, u64)> = Vec::new();
     let mut to_apply: Vec<u32> = Vec::new();
     for f in &scan {
         let (uid, seen) = (f.uid, f.seen);
-        let key = format!("{validity_prefix}{uid}");
+        let key = keys.key(validity, uid);
         let delivered = store.ledger.lock().is_delivered(&key) || recognised.contains(&uid);
         listed.insert(key);
         if account.fetch.fetch_all || !delivered {
@@ -994,7 +984,7 @@ async fn imap_folder<S: Stream>(
     }
     let mut bar = store.report.transfer(folder, to_fetch.len(), to_fetch.iter().map(|(_, s)| s).sum());
     let result = imap_transfer(
-        &Job { account, validity_prefix: &validity_prefix, subfolder: subfolder.as_ref(), batches: &batches },
+        &Job { account, keys: &keys, validity, subfolder: subfolder.as_ref(), batches: &batches },
         imap,
         store,
         to_apply,
@@ -1013,7 +1003,7 @@ async fn recognise<S: Stream>(
     account: &Account,
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
-    validity_prefix: &str,
+    (keys, validity): (&FolderKeys, u32),
     scan: &[imap::Listed],
     mut marks: HashMap<String, usize>,
 ) -> Result<HashSet<u32>> {
@@ -1024,7 +1014,7 @@ async fn recognise<S: Stream>(
     let candidates: Vec<u32> = scan
         .iter()
         .filter(|f| !(account.fetch.policy == Policy::Delete && f.deleted))
-        .filter(|f| !store.ledger.lock().is_delivered(&format!("{validity_prefix}{}", f.uid)))
+        .filter(|f| !store.ledger.lock().is_delivered(&keys.key(validity, f.uid)))
         .map(|f| f.uid)
         .collect();
     if candidates.is_empty() {
@@ -1036,7 +1026,7 @@ async fn recognise<S: Stream>(
             && found.insert(uid)
         {
             *left -= 1;
-            adopted.push((format!("{validity_prefix}{uid}"), Some(fp)));
+            adopted.push((keys.key(validity, uid), Some(fp)));
         }
     }
     tracing::info!("{}: {} messages delivered before were recognised", imap.peer(), adopted.len());
@@ -1049,8 +1039,10 @@ async fn recognise<S: Stream>(
 /// What one folder's transfer works on.
 struct Job<'a> {
     account: &'a Account,
-    /// `folder/uidvalidity/`, the ledger key prefix.
-    validity_prefix: &'a str,
+    /// The folder's ledger keys.
+    keys: &'a FolderKeys,
+    /// Its UIDVALIDITY.
+    validity: u32,
     /// The Maildir++ subfolder to deliver into, if any.
     subfolder: Option<&'a Subfolder>,
     /// UIDs to fetch, in batches.
@@ -1078,8 +1070,8 @@ async fn imap_transfer<S: Stream>(
     if let Err(e) = result {
         // Keep what is complete; nothing of it was deleted yet.
         bodies.abort();
-        let mut batch: Vec<(String, Finished)> =
-            collected.drain().map(|(uid, f)| (format!("{}{uid}", job.validity_prefix), f)).collect();
+        let mut batch: Vec<(Key, Finished)> =
+            collected.drain().map(|(uid, f)| (job.keys.key(job.validity, uid), f)).collect();
         store.salvage(&mut batch, job.subfolder).await;
         return Err(e);
     }
@@ -1096,7 +1088,7 @@ async fn imap_pipeline<S: Stream>(
     bodies: &mut Bodies<'_>,
     bar: &mut dyn Transfer,
 ) -> Result<()> {
-    let Job { account, validity_prefix, subfolder, batches } = *job;
+    let Job { account, keys: folder_keys, validity, subfolder, batches } = *job;
     let mut next = 0;
     let mut count = 0usize;
     // The UIDs of the batches in flight: a body for any other UID is
@@ -1159,7 +1151,7 @@ async fn imap_pipeline<S: Stream>(
                         for uid in &batches[i] {
                             match collected.remove(uid) {
                                 Some(f) => {
-                                    let key = format!("{validity_prefix}{uid}");
+                                    let key = folder_keys.key(validity, *uid);
                                     uid_of.insert(key.clone(), *uid);
                                     batch.push((key, f));
                                 }
