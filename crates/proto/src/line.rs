@@ -23,7 +23,7 @@ pub struct LineTooLong {
 /// and `Err` that `limit` bytes arrived without a line end.
 pub fn find_line(buf: &[u8], limit: usize) -> Result<Option<(usize, usize)>, LineTooLong> {
     let window = &buf[..buf.len().min(limit.saturating_add(2))];
-    match window.iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', window) {
         Some(lf) => {
             let end = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
             if end > limit {
@@ -77,13 +77,14 @@ impl CrlfToLf {
     /// Converts `input`, appending to `out`.
     pub fn convert(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let mut rest = input;
+        out.reserve(input.len() + 1);
         if self.pending_cr {
             self.pending_cr = false;
             if rest.first() != Some(&b'\n') {
                 out.push(b'\r');
             }
         }
-        while let Some(p) = rest.iter().position(|&b| b == b'\r') {
+        while let Some(p) = memchr::memchr(b'\r', rest) {
             out.extend_from_slice(&rest[..p]);
             match rest.get(p + 1) {
                 Some(b'\n') => {}

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use maildir::Maildir;
 pub use mda::Refusal;
-pub use spool::{Finished, Spool, Staged};
+pub use spool::{Finished, Spool, Staged, SyncJob};
 
 use crate::config::Delivery;
 use crate::error::Result;

@@ -114,6 +114,41 @@ impl Drop for Finished {
     }
 }
 
+/// The fdatasyncs of a batch, running on blocking threads.
+#[derive(Debug)]
+pub struct SyncJob {
+    tasks: Vec<tokio::task::JoinHandle<std::result::Result<(), (PathBuf, std::io::Error)>>>,
+}
+
+impl SyncJob {
+    /// True once every file's sync has ended (well or not).
+    pub fn is_finished(&self) -> bool {
+        self.tasks.iter().all(tokio::task::JoinHandle::is_finished)
+    }
+
+    /// Waits for every sync; the first failure is the error.
+    pub async fn wait(self) -> Result<()> {
+        let mut first_error = None;
+        for t in self.tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err((path, e))) => {
+                    first_error.get_or_insert_with(|| delivery(format!("cannot sync {}", path.display()), e));
+                }
+                Err(e) => {
+                    first_error
+                        .get_or_insert_with(|| delivery("cannot sync staged messages", std::io::Error::other(e)));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        fault::point("maildir-synced");
+        Ok(())
+    }
+}
+
 impl Spool {
     /// Opens (creating, mode 0700) a staging directory.
     pub fn open(dir: &Path) -> Result<Spool> {
@@ -193,6 +228,14 @@ impl Spool {
     /// Makes every file's content durable, several at a time, on the
     /// runtime's blocking threads (reused, not started per batch).
     pub async fn sync(&self, batch: &[Finished]) -> Result<()> {
+        self.start_sync_of(&batch.iter().collect::<Vec<_>>())?.wait().await
+    }
+
+    /// Starts making every file's content durable, several at a time, on
+    /// the runtime's blocking threads, and returns at once: the transfer
+    /// goes on while the disk works. Nothing counts as durable until
+    /// [`SyncJob::wait`] returns.
+    pub fn start_sync_of(&self, batch: &[&Finished]) -> Result<SyncJob> {
         const PARALLEL: usize = 16;
         let chunk = batch.len().div_ceil(PARALLEL).max(1);
         let mut tasks = Vec::with_capacity(PARALLEL);
@@ -209,24 +252,7 @@ impl Spool {
                 Ok::<(), (PathBuf, std::io::Error)>(())
             }));
         }
-        let mut first_error = None;
-        for t in tasks {
-            match t.await {
-                Ok(Ok(())) => {}
-                Ok(Err((path, e))) => {
-                    first_error.get_or_insert_with(|| delivery(format!("cannot sync {}", path.display()), e));
-                }
-                Err(e) => {
-                    first_error
-                        .get_or_insert_with(|| delivery("cannot sync staged messages", std::io::Error::other(e)));
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        fault::point("maildir-synced");
-        Ok(())
+        Ok(SyncJob { tasks })
     }
 
     /// Removes our own files whose writer is gone (a dead process, or a

@@ -11,8 +11,8 @@ use sshmail_proto::imap::{Command as ImapCommand, Limits, Response, Status, Unta
 use super::imap::{self, Bodies, Imap, Pending, PolicyStep};
 use super::report::Transfer;
 use super::{
-    BATCH_BYTES, BATCH_MESSAGES, FolderError, IDLE_RENEW, IMAP_FETCHES_IN_FLIGHT, PolicyRefusal, Store, human_bytes,
-    policy_note,
+    BATCH_BYTES, BATCH_MESSAGES, Committing, FolderError, IDLE_RENEW, IMAP_FETCHES_IN_FLIGHT, PolicyRefusal, Store,
+    human_bytes, policy_note,
 };
 use crate::config::{Account, Policy};
 use crate::deliver::Finished;
@@ -330,29 +330,57 @@ async fn imap_transfer<S: Stream>(
     let mut collected: HashMap<u32, Finished> = HashMap::new();
     let spool = store.sink.spool();
     let mut bodies = Bodies::into_spool(spool, store.trace.clone());
-    let result = imap_pipeline(job, imap, store, &mut in_flight, &mut collected, &mut bodies, bar).await;
+    let mut syncing = None;
+    let result = imap_pipeline(job, imap, store, &mut in_flight, &mut collected, &mut syncing, &mut bodies, bar).await;
     if let Err(e) = result {
         // Keep what is complete; nothing of it was deleted yet.
         bodies.abort();
-        let mut batch: Vec<(Key, Finished)> =
-            collected.drain().map(|(uid, f)| (job.keys.key(job.validity, uid), f)).collect();
+        let mut batch: Vec<(Key, Finished)> = syncing.map(|(c, _)| c.into_batch()).unwrap_or_default();
+        batch.extend(collected.drain().map(|(uid, f)| (job.keys.key(job.validity, uid), f)));
         store.salvage(&mut batch, job.subfolder).await;
         return Err(e);
     }
     Ok(())
 }
 
+/// A batch being committed while the next one streams in, with the UIDs of
+/// its keys (for the policy once it is recorded).
+type Syncing = Option<(Committing, HashMap<Key, u32>)>;
+
+/// Finishes the commit under way, if any, and queues the policy for what
+/// it recorded.
+async fn finish_batch<S: Stream>(
+    job: &Job<'_>,
+    imap: &mut Imap<S>,
+    store: &mut Store<'_>,
+    in_flight: &mut VecDeque<(String, Pending)>,
+    syncing: &mut Syncing,
+) -> Result<()> {
+    let Some((committing, uid_of)) = syncing.take() else { return Ok(()) };
+    let keys = store.finish_commit(committing, job.subfolder).await?;
+    let uids: Vec<u32> = keys.iter().filter_map(|k| uid_of.get(k).copied()).collect();
+    if !uids.is_empty() {
+        apply_policy(job.account, imap, &uids, in_flight).await?;
+    }
+    Ok(())
+}
+
 /// The loop of [`imap_transfer`]; on error the caller saves what is complete.
+/// A batch whose bodies are all in is made durable (fdatasync on blocking
+/// threads) while the next batch streams in; it is recorded, and the policy
+/// applied to it, once its syncs end.
+#[allow(clippy::too_many_arguments)]
 async fn imap_pipeline<S: Stream>(
     job: &Job<'_>,
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
     in_flight: &mut VecDeque<(String, Pending)>,
     collected: &mut HashMap<u32, Finished>,
+    syncing: &mut Syncing,
     bodies: &mut Bodies<'_>,
     bar: &mut dyn Transfer,
 ) -> Result<()> {
-    let Job { account, keys: folder_keys, validity, subfolder, batches } = *job;
+    let Job { account: _, keys: folder_keys, validity, subfolder: _, batches } = *job;
     let mut next = 0;
     let mut count = 0usize;
     // The UIDs of the batches in flight: a body for any other UID is
@@ -370,7 +398,14 @@ async fn imap_pipeline<S: Stream>(
             next += 1;
         }
         if in_flight.is_empty() {
-            return Ok(());
+            if syncing.is_none() {
+                return Ok(());
+            }
+            finish_batch(job, imap, store, in_flight, syncing).await?;
+            continue;
+        }
+        if syncing.as_ref().is_some_and(|(c, _)| c.ready()) {
+            finish_batch(job, imap, store, in_flight, syncing).await?;
         }
         let before = imap.received();
         let response = imap.read(bodies).await?;
@@ -422,11 +457,9 @@ async fn imap_pipeline<S: Stream>(
                                 None => tracing::info!("{}: UID {uid} vanished before it was fetched", imap.peer()),
                             }
                         }
-                        let keys = store.commit(&mut batch, subfolder).await?;
-                        let uids: Vec<u32> = keys.iter().filter_map(|k| uid_of.get(k).copied()).collect();
-                        if !uids.is_empty() {
-                            apply_policy(account, imap, &uids, in_flight).await?;
-                        }
+                        // One commit under way at a time, in batch order.
+                        finish_batch(job, imap, store, in_flight, syncing).await?;
+                        *syncing = Some((store.begin_commit(batch)?, uid_of));
                     }
                     Pending::Apply(uids, step) => {
                         if done.status != Status::Ok {

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use crate::config::{Account, Policy, Protocol};
 use crate::deliver::maildir::Subfolder;
-use crate::deliver::{Finished, Refusal, Sink};
+use crate::deliver::{Finished, Refusal, Sink, SyncJob};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::ledger::{Key, Ledgers, Shared};
@@ -400,10 +400,33 @@ impl Store<'_> {
     /// Other sinks: deliver, then record delivered; refusals stay on the
     /// server and are reported.
     async fn commit(&mut self, batch: &mut Vec<(Key, Finished)>, subfolder: Option<&Subfolder>) -> Result<Vec<Key>> {
+        let started = self.begin_commit(std::mem::take(batch))?;
+        self.finish_commit(started, subfolder).await
+    }
+
+    /// Starts a group commit: for a Maildir, the batch's fdatasyncs begin
+    /// on blocking threads and the caller goes on reading the next batch
+    /// (the transfer and the disk overlap); [`Store::finish_commit`] waits
+    /// for them and records. Other sinks do all their work when finished.
+    fn begin_commit(&self, batch: Vec<(Key, Finished)>) -> Result<Committing> {
+        let sync = match self.sink.maildir() {
+            Some(_) if !batch.is_empty() => {
+                let files: Vec<&Finished> = batch.iter().map(|(_, f)| f).collect();
+                Some(self.sink.spool().start_sync_of(&files)?)
+            }
+            _ => None,
+        };
+        Ok(Committing { batch, sync })
+    }
+
+    /// Ends a group commit begun by [`Store::begin_commit`]. Returns the
+    /// keys delivered, in batch order.
+    async fn finish_commit(&mut self, committing: Committing, subfolder: Option<&Subfolder>) -> Result<Vec<Key>> {
+        let Committing { batch, sync } = committing;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let (keys, mut files): (Vec<Key>, Vec<Finished>) = std::mem::take(batch).into_iter().unzip();
+        let (keys, mut files): (Vec<Key>, Vec<Finished>) = batch.into_iter().unzip();
         let spool = self.sink.spool();
         let Some(maildir) = self.sink.maildir() else {
             let results = self.sink.deliver(&files).await;
@@ -440,7 +463,11 @@ impl Store<'_> {
         };
         // Order is important: content durable, then named in the ledger,
         // then visible, then recorded as delivered.
-        if let Err(e) = spool.sync(&files).await {
+        let synced = match sync {
+            Some(job) => job.wait().await,
+            None => spool.sync(&files).await,
+        };
+        if let Err(e) = synced {
             files.into_iter().for_each(|f| spool.discard_finished(f));
             return Err(e);
         }
@@ -473,6 +500,26 @@ impl Store<'_> {
         if let Err(e) = self.commit(batch, subfolder).await {
             tracing::error!("could not save the messages that were complete: {e}");
         }
+    }
+}
+
+/// A group commit under way: its batch, and for a Maildir the batch's
+/// fdatasyncs running meanwhile. Dropped (an error, a cancelled task), its
+/// files are removed; nothing was recorded.
+pub(super) struct Committing {
+    batch: Vec<(Key, Finished)>,
+    sync: Option<SyncJob>,
+}
+
+impl Committing {
+    /// True when finishing it would not wait for the disk.
+    pub(super) fn ready(&self) -> bool {
+        self.sync.as_ref().is_none_or(SyncJob::is_finished)
+    }
+
+    /// Its messages, to save after a failure.
+    pub(super) fn into_batch(self) -> Vec<(Key, Finished)> {
+        self.batch
     }
 }
 
