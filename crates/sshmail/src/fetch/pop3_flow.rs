@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use sshmail_proto::pop3::{Command, Reply};
 
 use super::pop3::{self, Pop3};
-use super::{BATCH_BYTES, BATCH_MESSAGES, PIPELINE_DEPTH, PolicyRefusal, Store, human_bytes, policy_note};
+use super::{BATCH_BYTES, BATCH_MESSAGES, Committing, PIPELINE_DEPTH, PolicyRefusal, Store, human_bytes, policy_note};
 use crate::config::{Account, Policy};
 use crate::deliver::Finished;
 use crate::error::{Error, Result};
@@ -151,8 +151,17 @@ async fn pop3_transfer<S: Stream>(
     let mut buf = Vec::with_capacity(64 * 1024);
     let total = to_fetch.len();
 
+    let delete = account.fetch.policy == Policy::Delete;
+    let mut committing: Option<Committing> = None;
     let result: Result<()> = async {
         loop {
+            // A batch whose syncs ended is recorded, and its DELEs queued,
+            // before the pipeline is refilled.
+            if committing.as_ref().is_some_and(Committing::ready)
+                && let Some(c) = committing.take()
+            {
+                finish_batch(store, c, &numbers, delete.then_some(&mut dele_queue)).await?;
+            }
             // Keep the pipeline full: pending DELEs first, then RETRs. Refill
             // when it is half empty, so that commands go out many to a write
             // (and to an SSH packet), not one per message.
@@ -181,7 +190,13 @@ async fn pop3_transfer<S: Stream>(
                 }
                 outgoing.clear();
             }
-            let Some(item) = in_flight.pop_front() else { return Ok(()) };
+            let Some(item) = in_flight.pop_front() else {
+                if let Some(c) = committing.take() {
+                    finish_batch(store, c, &numbers, delete.then_some(&mut dele_queue)).await?;
+                    continue;
+                }
+                return Ok(());
+            };
             // Every item starts with a reply line; once it parses, the body
             // before it is confirmed.
             let reply = pop.reply().await?;
@@ -235,17 +250,22 @@ async fn pop3_transfer<S: Stream>(
             let bodies_to_come = unconfirmed.is_some() || in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
             let full = batch.len() >= fault::batch_messages(BATCH_MESSAGES) || batch_bytes >= BATCH_BYTES;
             if !batch.is_empty() && (full || (next == total && !bodies_to_come)) {
-                let keys = store.commit(&mut batch, None).await?;
-                batch_bytes = 0;
-                if account.fetch.policy == Policy::Delete {
-                    dele_queue.extend(keys.into_iter().map(|k| (numbers[&k], k)));
+                // One commit under way at a time, in batch order; this
+                // batch's fdatasyncs run while the next bodies stream in.
+                if let Some(c) = committing.take() {
+                    finish_batch(store, c, &numbers, delete.then_some(&mut dele_queue)).await?;
                 }
+                committing = Some(store.begin_commit(std::mem::take(&mut batch))?);
+                batch_bytes = 0;
             }
         }
     }
     .await;
     drop(bar);
     if let Err(e) = result {
+        if let Some(c) = committing.take() {
+            batch.splice(0..0, c.into_batch());
+        }
         if let Some((key, f)) = unconfirmed.take() {
             if pop.out_of_step {
                 tracing::warn!("{}: {key} was followed by garbage, so it may be cut off; not kept", pop.peer());
@@ -260,6 +280,21 @@ async fn pop3_transfer<S: Stream>(
         return Err(e);
     }
     Ok(accepted)
+}
+
+/// Finishes a batch's commit and queues DELEs for what it recorded (when
+/// `dele_queue` is given: the delete policy).
+async fn finish_batch(
+    store: &mut Store<'_>,
+    committing: Committing,
+    numbers: &HashMap<&Key, u32>,
+    dele_queue: Option<&mut VecDeque<(u32, Key)>>,
+) -> Result<()> {
+    let keys = store.finish_commit(committing, None).await?;
+    if let Some(queue) = dele_queue {
+        queue.extend(keys.into_iter().map(|k| (numbers[&k], k)));
+    }
+    Ok(())
 }
 
 /// Reads one RETR body (its +OK already read) into the staging area: the
