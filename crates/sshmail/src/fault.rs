@@ -37,18 +37,32 @@ static PAUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Marks a point where a test may widen a race window (first hit only).
 pub async fn pause(name: &str) {
+    if let Some(ms) = pause_for(name) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+/// As [`pause`], for code on a blocking thread: the thread sleeps.
+pub fn pause_blocking(name: &str) {
+    if let Some(ms) = pause_for(name) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// How long to pause at `name`: only where `SSHMAIL_PAUSE` names it, and
+/// only the first time.
+fn pause_for(name: &str) -> Option<u64> {
     let target = PAUSE.get_or_init(|| {
         let v = std::env::var("SSHMAIL_PAUSE").ok()?;
         let (n, ms) = v.split_once(':')?;
         Some((n.to_string(), ms.parse().ok()?))
     });
-    if let Some((want, ms)) = target
-        && want == name
-        && PAUSED.fetch_add(1, Ordering::SeqCst) == 0
-    {
-        eprintln!("sshmail: pausing {ms} ms at {name}");
-        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+    let (want, ms) = target.as_ref()?;
+    if want != name || PAUSED.fetch_add(1, Ordering::SeqCst) != 0 {
+        return None;
     }
+    eprintln!("sshmail: pausing {ms} ms at {name}");
+    Some(*ms)
 }
 
 /// Messages per group commit: `default`, or `SSHMAIL_BATCH` when a test
