@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Env;
-use sshmail::config::{RawAccount, resolve};
+use sshmail::config::resolve;
 use sshmail::fetch::{Context, Cycle, fetch_account};
 use sshmail::transport::Route;
 use sshmail_testbed::corpus;
@@ -16,15 +16,7 @@ use sshmail_testbed::corpus;
 fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_file() {
     let mut env = Env::new();
     env.add_messages((0..30).map(|i| corpus::mixed_message(i, 1)));
-    let raw = RawAccount {
-        ssh: Some(env.bed.ssh_destination()),
-        protocol: Some("imap".into()),
-        identity: Some(vec![env.bed.client_key.display().to_string()]),
-        known_hosts: Some(env.bed.known_hosts.display().to_string()),
-        deliver: Some(format!("maildir:{}", env.maildir().display())),
-        received: Some(false),
-        ..Default::default()
-    };
+    let raw = env.imap_account();
     let state = env.state_dir().display().to_string();
     let account = resolve("cancelled", &raw, Some(&state)).unwrap();
     let route = Route::of(&account.reach, None).unwrap();

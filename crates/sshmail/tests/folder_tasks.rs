@@ -20,16 +20,7 @@ fn one_ledger_per_account_is_shared_by_its_concurrent_folder_tasks() {
         env.bed.add_message_to("lists.rust", &m).unwrap();
         env.originals.push(m);
     }
-    let raw = RawAccount {
-        ssh: Some(env.bed.ssh_destination()),
-        protocol: Some("imap".into()),
-        identity: Some(vec![env.bed.client_key.display().to_string()]),
-        known_hosts: Some(env.bed.known_hosts.display().to_string()),
-        deliver: Some(format!("maildir:{}", env.maildir().display())),
-        folders: Some(vec!["INBOX".into(), "lists.*".into()]),
-        received: Some(false),
-        ..Default::default()
-    };
+    let raw = RawAccount { folders: Some(vec!["INBOX".into(), "lists.*".into()]), ..env.imap_account() };
     let state = env.state_dir();
     let account = resolve("tasks", &raw, Some(&state.display().to_string())).unwrap();
     let route = Route::of(&account.reach, None).unwrap();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Env;
-use sshmail::config::{RawAccount, resolve};
+use sshmail::config::resolve;
 use sshmail::fetch::{Context, Cycle, fetch_account};
 use sshmail::transport::Route;
 use sshmail_testbed::corpus;
@@ -37,15 +37,7 @@ fn a_batchs_record_and_fsyncs_never_stall_the_runtime() {
     }
     let mut env = Env::new();
     env.add_messages((0..10).map(|i| corpus::mixed_message(i, 1)));
-    let raw = RawAccount {
-        ssh: Some(env.bed.ssh_destination()),
-        protocol: Some("imap".into()),
-        identity: Some(vec![env.bed.client_key.display().to_string()]),
-        known_hosts: Some(env.bed.known_hosts.display().to_string()),
-        deliver: Some(format!("maildir:{}", env.maildir().display())),
-        received: Some(false),
-        ..Default::default()
-    };
+    let raw = env.imap_account();
     let state = env.state_dir().display().to_string();
     let account = resolve("ticking", &raw, Some(&state)).unwrap();
     let route = Route::of(&account.reach, None).unwrap();

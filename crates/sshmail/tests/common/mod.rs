@@ -58,6 +58,21 @@ impl Env {
         self.home.path().join("state")
     }
 
+    /// The testbed's IMAP account for library-level tests (exec channel to
+    /// Dovecot's imap, into the Maildir, no Received: line), to be resolved
+    /// with `sshmail::config::resolve`.
+    pub fn imap_account(&self) -> sshmail::config::RawAccount {
+        sshmail::config::RawAccount {
+            ssh: Some(self.bed.ssh_destination()),
+            protocol: Some("imap".into()),
+            identity: Some(vec![self.bed.client_key.display().to_string()]),
+            known_hosts: Some(self.bed.known_hosts.display().to_string()),
+            deliver: Some(format!("maildir:{}", self.maildir().display())),
+            received: Some(false),
+            ..Default::default()
+        }
+    }
+
     /// The standard ad-hoc command line, plus `extra`.
     pub fn command(&self, extra: &[&str]) -> Command {
         self.command_with_identity(&self.bed.client_key, extra)
