@@ -79,8 +79,13 @@ pub async fn explain(diagnostics: Option<&Collected>, e: Error) -> Error {
     }
 }
 
-/// How long to wait for a process's exit status after its output ended.
-const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long to wait for a process's exit status after its output ended
+/// (for an error message; a local command's status comes after its stderr
+/// is drained, which takes at most [`STDERR_DRAIN`]).
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a local command's stderr is read after the command exited.
+const STDERR_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How to reach an account's server: what the config says, with
 /// `~/.ssh/config` applied once, when the route is made. Everything that
@@ -572,7 +577,7 @@ fn open_command(c: &Command) -> Result<Opened> {
     let echo = std::io::stderr().is_terminal();
     // Its stderr in bounded chunks: a line without an end is still only
     // ever a chunk in memory, and only the first 64 KiB are kept.
-    tokio::spawn(async move {
+    let stderr_read = tokio::spawn(async move {
         use tokio::io::AsyncReadExt as _;
         let mut buf = vec![0u8; 8192];
         while let Ok(n @ 1..) = stderr.read(&mut buf).await {
@@ -592,6 +597,10 @@ fn open_command(c: &Command) -> Result<Opened> {
         };
         // Whatever it started goes with it.
         group.kill();
+        // The status is published only once its stderr is read to the end
+        // (bounded: a grandchild that escaped the group may hold it open),
+        // so whoever waits for the status also gets its last words.
+        let _ = tokio::time::timeout(STDERR_DRAIN, stderr_read).await;
         if let Some(s) = status {
             d.set_exit(s.code().map(i64::from).unwrap_or(-1));
         }

@@ -73,7 +73,7 @@ pub(super) async fn imap_flow<S: Stream>(
         imap.logout().await;
         return Ok(imap.received());
     }
-    store.ledger.lock().compact(|k| listed.contains(k) || !done.iter().any(|f| f.holds(k)))?;
+    store.compact(move |k| listed.contains(k) || !done.iter().any(|f| f.holds(k))).await?;
     if store.show.idle {
         let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
         watch(account, &mut imap, store, folder).await?;
@@ -99,7 +99,8 @@ async fn watch<S: Stream>(account: &Account, imap: &mut Imap<S>, store: &mut Sto
         let before = store.outcome.delivered;
         let mut seen = HashSet::new();
         imap_folder(account, imap, store, folder, &mut seen).await?;
-        store.ledger.lock().compact(|k| seen.contains(k) || !keys.holds(k))?;
+        let keys = keys.clone();
+        store.compact(move |k| seen.contains(k) || !keys.holds(k)).await?;
         let new = store.outcome.delivered - before;
         if new > 0 {
             tracing::info!("{}: {folder}: {new} new delivered", account.name);

@@ -505,6 +505,15 @@ impl Store<'_> {
         Ok(keys)
     }
 
+    /// Compacts the ledger ([`crate::ledger::Ledger::compact`]: a rewrite,
+    /// an fsync, a rename) on a blocking thread.
+    async fn compact(&self, keep: impl Fn(&Key) -> bool + Send + 'static) -> Result<()> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.lock().compact(keep))
+            .await
+            .map_err(|e| Error::Delivery(format!("the ledger compaction failed: {e}")))?
+    }
+
     /// Saves what is complete after a failure; the failure is what counts.
     async fn salvage(&mut self, batch: &mut Vec<(Key, Finished)>, subfolder: Option<&Subfolder>) {
         if let Err(e) = self.commit(batch, subfolder).await {

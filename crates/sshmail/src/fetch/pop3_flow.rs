@@ -82,7 +82,7 @@ pub(super) async fn pop3_flow<S: Stream>(
         Ok(d) => d,
         Err(e) => {
             // Nothing was expunged (no QUIT): keep every id still listed.
-            let _ = store.ledger.lock().compact(|k| listed.contains(k));
+            let _ = store.compact(move |k| listed.contains(k)).await;
             return Err(e);
         }
     };
@@ -94,18 +94,18 @@ pub(super) async fn pop3_flow<S: Stream>(
     match quit {
         Ok(Reply::Ok(_)) => {
             store.outcome.deleted = deleted.len();
-            store.ledger.lock().compact(|k| listed.contains(k) && !deleted.contains(k))?;
+            store.compact(move |k| listed.contains(k) && !deleted.contains(k)).await?;
             Ok(pop.received())
         }
         Ok(Reply::Err(t)) => {
-            store.ledger.lock().compact(|k| listed.contains(k))?;
+            store.compact(move |k| listed.contains(k)).await?;
             Err(Error::Server(format!(
                 "{}: QUIT failed (-ERR {t}); messages marked for deletion stay on the server and will be deleted next time",
                 pop.peer()
             )))
         }
         Err(e) => {
-            store.ledger.lock().compact(|k| listed.contains(k))?;
+            store.compact(move |k| listed.contains(k)).await?;
             Err(e)
         }
     }
