@@ -223,11 +223,17 @@ pub async fn fetch_account(account: &Account, route: &Route, show: &Cycle, ctx: 
     let mut outcome = Outcome::default();
     // A check changes nothing locally either: no recovery, no cleaning.
     if !show.check {
-        outcome.recovered = recover(account, &sink, &ledger)?;
-    }
-    // Only after recovery, which may still need staged files.
-    if !show.check {
-        sink.spool().clean();
+        // On a blocking thread (renames, fsyncs, a directory scan): recovery
+        // first, then orphan clean-up, since recovery may still need staged
+        // files.
+        let (name, sink, ledger) = (account.name.clone(), sink.clone(), ledger.clone());
+        outcome.recovered = tokio::task::spawn_blocking(move || {
+            let recovered = recover(&name, &sink, &ledger)?;
+            sink.spool().clean();
+            Ok::<_, Error>(recovered)
+        })
+        .await
+        .map_err(|e| Error::Delivery(format!("the recovery of interrupted deliveries failed: {e}")))??;
     }
     if outcome.recovered > 0 {
         tracing::info!("{}: finished {} deliveries interrupted in an earlier run", account.name, outcome.recovered);
@@ -290,17 +296,14 @@ pub async fn fetch_account(account: &Account, route: &Route, show: &Cycle, ctx: 
 /// recovery that cannot succeed must not block the account on every later
 /// run. Under the ledger's lock, so the account's other tasks in this
 /// process wait rather than fetch what is being recovered.
-fn recover(account: &Account, sink: &Sink, ledger: &Shared) -> Result<usize> {
+fn recover(account: &str, sink: &Sink, ledger: &Shared) -> Result<usize> {
     let mut ledger = ledger.lock();
     let mut recovered = 0;
     for (key, token) in ledger.pending() {
         let done = match sink.maildir().map(|m| m.recover(&token)).transpose() {
             Ok(r) => r.unwrap_or(false),
             Err(e) => {
-                tracing::warn!(
-                    "{}: cannot finish an interrupted delivery ({e}); it will be fetched again",
-                    account.name
-                );
+                tracing::warn!("{}: cannot finish an interrupted delivery ({e}); it will be fetched again", account);
                 false
             }
         };
