@@ -94,9 +94,7 @@ impl Sink {
             Sink::Mbox(m, _) => {
                 // Dotlock waits and fsyncs block: not on the async workers.
                 let (m, paths) = (m.clone(), batch.iter().map(|f| f.path.clone()).collect::<Vec<_>>());
-                tokio::task::spawn_blocking(move || m.deliver(&paths))
-                    .await
-                    .map_err(|e| crate::error::Error::Delivery(format!("the mbox delivery failed: {e}")))??;
+                on_disk("the mbox delivery", move || m.deliver(&paths)).await?;
                 Ok(batch.iter().map(|_| Ok(())).collect())
             }
             Sink::Mda(m, _) => {
@@ -109,4 +107,14 @@ impl Sink {
             Sink::Smtp(s, _) => s.deliver(batch).await,
         }
     }
+}
+
+/// Runs local disk work that blocks (fsyncs, renames, lock waits, directory
+/// scans) on the runtime's blocking threads, so the async workers go on
+/// with other tasks; `what` names it if the thread itself fails.
+pub async fn on_disk<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| crate::error::Error::Delivery(format!("{what} failed: {e}")))?
 }

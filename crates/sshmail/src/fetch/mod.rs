@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use crate::config::{Account, Policy, Protocol};
 use crate::deliver::maildir::Subfolder;
-use crate::deliver::{Finished, Refusal, Sink, SyncJob};
+use crate::deliver::{Finished, Refusal, Sink, SyncJob, on_disk};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::ledger::{Key, Ledgers, Shared};
@@ -205,21 +205,10 @@ pub async fn fetch_account(account: &Account, route: &Route, show: &Cycle, ctx: 
     // before we touch the server.
     let (identity, stem, legacy) = ledger_names(account, route);
     let ledger = ctx.ledgers.open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref())?;
-    let sink = Arc::new(if show.check {
-        Sink::for_check(
-            &account.delivery.to,
-            &ledger.lock().spool_dir(),
-            &account.delivery.recipient,
-            account.reach.timeout,
-        )?
-    } else {
-        Sink::open(
-            &account.delivery.to,
-            &ledger.lock().spool_dir(),
-            &account.delivery.recipient,
-            account.reach.timeout,
-        )?
-    });
+    let open_sink = if show.check { Sink::for_check } else { Sink::open };
+    let spool_dir = ledger.lock().spool_dir();
+    let sink =
+        Arc::new(open_sink(&account.delivery.to, &spool_dir, &account.delivery.recipient, account.reach.timeout)?);
     let mut outcome = Outcome::default();
     // A check changes nothing locally either: no recovery, no cleaning.
     if !show.check {
@@ -227,13 +216,12 @@ pub async fn fetch_account(account: &Account, route: &Route, show: &Cycle, ctx: 
         // first, then orphan clean-up, since recovery may still need staged
         // files.
         let (name, sink, ledger) = (account.name.clone(), sink.clone(), ledger.clone());
-        outcome.recovered = tokio::task::spawn_blocking(move || {
+        outcome.recovered = on_disk("the recovery of interrupted deliveries", move || {
             let recovered = recover(&name, &sink, &ledger)?;
             sink.spool().clean();
-            Ok::<_, Error>(recovered)
+            Ok(recovered)
         })
-        .await
-        .map_err(|e| Error::Delivery(format!("the recovery of interrupted deliveries failed: {e}")))??;
+        .await?;
     }
     if outcome.recovered > 0 {
         tracing::info!("{}: finished {} deliveries interrupted in an earlier run", account.name, outcome.recovered);
@@ -490,7 +478,7 @@ impl Store<'_> {
         // its end even if this task is cancelled: then it is recorded, and
         // the next cycle applies the policy.
         let (ledger, sink, subfolder) = (self.ledger.clone(), Arc::clone(self.sink), subfolder.cloned());
-        let keys = tokio::task::spawn_blocking(move || {
+        let keys = on_disk("the delivery step", move || {
             let maildir = sink.maildir().expect("a Maildir sink");
             fault::pause_blocking("batch-recording");
             let mut ledger = ledger.lock();
@@ -499,10 +487,9 @@ impl Store<'_> {
             ledger.commit(&keys)?;
             drop(ledger);
             fault::point("batch-recorded");
-            Ok::<_, Error>(keys)
+            Ok(keys)
         })
-        .await
-        .map_err(|e| Error::Delivery(format!("the delivery step failed: {e}")))??;
+        .await?;
         self.outcome.delivered += count;
         self.outcome.bytes += bytes;
         Ok(keys)
@@ -512,9 +499,7 @@ impl Store<'_> {
     /// an fsync, a rename) on a blocking thread.
     async fn compact(&self, keep: impl Fn(&Key) -> bool + Send + 'static) -> Result<()> {
         let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || ledger.lock().compact(keep))
-            .await
-            .map_err(|e| Error::Delivery(format!("the ledger compaction failed: {e}")))?
+        on_disk("the ledger compaction", move || ledger.lock().compact(keep)).await
     }
 
     /// Saves what is complete after a failure; the failure is what counts.
