@@ -50,7 +50,75 @@ pub enum Cmd {
     /// Fetch new mail from every configured account, the named ones, or the
     /// server given with --ssh.
     #[command(after_help = EXIT_CODES)]
-    Fetch(FetchArgs),
+    Fetch(Box<FetchArgs>),
+    /// Run in the foreground: every account and folder of the config, IMAP
+    /// folders watched by IDLE, POP3 polled; driven by signals (SIGUSR1:
+    /// poll now, SIGHUP: reload, SIGTERM: stop) and by `sshmail status`,
+    /// `poll`, `reload` and `stop`.
+    #[command(after_help = DAEMON_HELP)]
+    Daemon(DaemonArgs),
+    /// Show what the running daemon is doing, per account and folder.
+    #[command(after_help = "Exit codes: 0 the daemon answered, 2 none runs for this config.")]
+    Status(StatusArgs),
+    /// Ask the running daemon to fetch now, and print what came.
+    #[command(after_help = "Exit codes: 0 mail was delivered, 1 no new mail, 2 no daemon runs or a fetch failed.")]
+    Poll(PollArgs),
+    /// Ask the running daemon to re-read its config file.
+    #[command(
+        after_help = "Exit codes: 0 reloaded, 2 no daemon runs, 5 the file was refused (the old config runs on)."
+    )]
+    Reload(ControlArgs),
+    /// Ask the running daemon to stop, and wait until it has.
+    #[command(after_help = "Exit codes: 0 stopped, 2 no daemon runs.")]
+    Stop(ControlArgs),
+}
+
+const DAEMON_HELP: &str = "\
+One daemon runs per user and config file; a second one exits with 5 and names
+the first one's PID. Its control socket is $XDG_RUNTIME_DIR/sshmail/control.
+Under systemd use contrib/sshmail.service (systemctl --user enable --now sshmail).
+Exit codes: 0 stopped on request, 2 the control socket cannot be made,
+5 the config is wrong or a daemon already runs, 6 the config holding a password
+is readable by others.";
+
+/// `sshmail daemon` options.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Config file [default: $XDG_CONFIG_HOME/sshmail/config.toml].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log to the local syslog (/dev/log, facility mail) instead of stderr.
+    #[arg(long)]
+    pub syslog: bool,
+}
+
+/// Which daemon to talk to.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The daemon running this config file [default: $XDG_CONFIG_HOME/sshmail/config.toml].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `sshmail status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Accounts to show; default: all.
+    pub accounts: Vec<String>,
+    /// Print the status as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: ControlArgs,
+}
+
+/// `sshmail poll` options.
+#[derive(Debug, Args)]
+pub struct PollArgs {
+    /// Accounts to poll; default: all.
+    pub accounts: Vec<String>,
+    #[command(flatten)]
+    pub daemon: ControlArgs,
 }
 
 /// `sshmail fetch` options.
@@ -197,6 +265,11 @@ pub fn main() -> i32 {
     let code = runtime.block_on(async {
         match cli.command {
             Cmd::Fetch(ref args) => run_fetch(&cli, args).await,
+            Cmd::Daemon(ref args) => crate::daemon::run(args.config.as_deref()).await,
+            Cmd::Status(ref args) => status(args).await,
+            Cmd::Poll(ref args) => poll(&cli, args).await,
+            Cmd::Reload(ref args) => reload(args).await,
+            Cmd::Stop(ref args) => stop(args).await,
         }
     });
     // Channels close from spawned tasks; give them a moment, bounded.
@@ -205,25 +278,135 @@ pub fn main() -> i32 {
 }
 
 fn init_logging(cli: &Cli) {
+    let (target, daemon) = match &cli.command {
+        Cmd::Daemon(a) => (crate::logging::Target::choose(a.syslog), true),
+        _ => (crate::logging::Target::Stderr, false),
+    };
     let default = if cli.quiet {
         "error"
     } else {
         match cli.verbose {
+            // The daemon says what it delivered and what failed; what each
+            // cycle does shows from -v on.
+            0 if daemon => "sshmail::daemon=info,warn",
             0 => "warn",
             1 => "sshmail=info,warn",
             2 => "sshmail=debug,info",
             _ => "trace",
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SSHMAIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(cli.verbose >= 2)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .init();
+    crate::logging::init(target, default, cli.verbose >= 2);
+}
+
+/// The control socket of the daemon for `args`' config.
+fn control_paths(args: &ControlArgs) -> crate::daemon::control::Paths {
+    let (path, default) = crate::daemon::config_path(args.config.as_deref());
+    crate::daemon::control::Paths::for_config(&path, default)
+}
+
+/// Sends a request; prints why when there is no answer.
+async fn ask(
+    args: &ControlArgs,
+    command: crate::daemon::control::Command,
+    wait: std::time::Duration,
+) -> Result<crate::daemon::control::Response, Exit> {
+    use crate::daemon::control::NoAnswer;
+    match crate::daemon::control::ask(&control_paths(args), command, wait).await {
+        Ok(r) => Ok(r),
+        Err(NoAnswer::NotRunning(why) | NoAnswer::Failed(why)) => {
+            eprintln!("sshmail: {why}");
+            Err(Exit::Connect)
+        }
+    }
+}
+
+async fn status(args: &StatusArgs) -> Exit {
+    use crate::daemon::control::Command;
+    let command = Command::Status { accounts: args.accounts.clone() };
+    let response = match ask(&args.daemon, command, std::time::Duration::from_secs(10)).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let Some(status) = response.status.filter(|_| response.ok) else {
+        eprintln!("sshmail: the daemon refused: {}", response.error.unwrap_or_default());
+        return Exit::Connect;
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+    } else {
+        print!("{}", status.render());
+    }
+    Exit::Delivered
+}
+
+async fn poll(cli: &Cli, args: &PollArgs) -> Exit {
+    use crate::daemon::control::Command;
+    let command = Command::Poll { accounts: args.accounts.clone() };
+    let response = match ask(&args.daemon, command, std::time::Duration::from_secs(660)).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if !response.ok {
+        eprintln!("sshmail: {}", response.error.unwrap_or_default());
+        return Exit::Usage;
+    }
+    let mut exit = Exit::NoMail;
+    for p in &response.polled {
+        match &p.error {
+            Some(e) => {
+                eprintln!("sshmail: {}: {}: {e}", p.account, p.folder);
+                exit = Exit::Connect;
+            }
+            None => {
+                if p.delivered > 0 && exit == Exit::NoMail {
+                    exit = Exit::Delivered;
+                }
+                if !cli.quiet {
+                    println!("{}: {}: {} new", p.account, p.folder, p.delivered);
+                }
+            }
+        }
+    }
+    exit
+}
+
+async fn reload(args: &ControlArgs) -> Exit {
+    match ask(args, crate::daemon::control::Command::Reload, std::time::Duration::from_secs(30)).await {
+        Ok(r) if r.ok => Exit::Delivered,
+        Ok(r) => {
+            eprintln!(
+                "sshmail: reload refused, the daemon runs on with the config it had: {}",
+                r.error.unwrap_or_default()
+            );
+            Exit::Usage
+        }
+        Err(e) => e,
+    }
+}
+
+async fn stop(args: &ControlArgs) -> Exit {
+    let paths = control_paths(args);
+    match ask(args, crate::daemon::control::Command::Stop, std::time::Duration::from_secs(10)).await {
+        Ok(r) if r.ok => {}
+        Ok(r) => {
+            eprintln!("sshmail: the daemon refused to stop: {}", r.error.unwrap_or_default());
+            return Exit::Connect;
+        }
+        Err(e) => return e,
+    }
+    // Stopped once its lock is free.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        match crate::daemon::control::Lock::take(&paths) {
+            Ok(lock) => {
+                drop(lock);
+                return Exit::Delivered;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    eprintln!("sshmail: the daemon did not stop within 15 s");
+    Exit::Connect
 }
 
 async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
@@ -246,21 +429,14 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
     // route cannot be made fails alone, like any other account error.
     let mut routes = Vec::with_capacity(accounts.len());
     for a in &mut accounts {
-        let route = Route::of(&a.reach, ssh_config.as_ref());
-        // The mail login defaults to the SSH user, `~/.ssh/config`'s
-        // included, as documented.
-        if !a.login.user_given
-            && let Ok(Route { ssh: Some((t, _)), .. }) = &route
-        {
-            a.login.user = t.user.clone();
-            if a.adhoc {
-                a.name = adhoc_name(a, args.ssh.as_deref().unwrap_or_default());
-            }
+        let route = crate::transport::route_account(a, ssh_config.as_ref());
+        if a.adhoc && !a.login.user_given && route.as_ref().is_ok_and(|r| r.ssh.is_some()) {
+            a.name = adhoc_name(a, args.ssh.as_deref().unwrap_or_default());
         }
         routes.push(route);
     }
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
-    let show = Cycle { idle: args.idle, check: args.check, folders: None };
+    let show = Cycle { idle: args.idle, check: args.check, ..Cycle::default() };
     if args.idle {
         if accounts.len() != 1 || accounts[0].protocol != config::Protocol::Imap {
             eprintln!("sshmail: --idle takes exactly one IMAP account");

@@ -42,10 +42,53 @@ pub struct RawConfig {
     /// Accounts by name.
     #[serde(default)]
     pub account: BTreeMap<String, RawAccount>,
+    /// `sshmail daemon` settings.
+    #[serde(default)]
+    pub daemon: RawDaemon,
+}
+
+/// The `[daemon]` table as written.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// Seconds between polls of an account (and the safety-net pass of an
+    /// IDLE folder) when the account sets no `interval`; default 300.
+    pub interval: Option<u64>,
+    /// Seconds an IDLE lasts before it is renewed; default 480.
+    pub idle_renew: Option<u64>,
+    /// Seconds an SSH connection without channels stays open; default 600.
+    pub ssh_idle_close: Option<u64>,
+}
+
+/// `sshmail daemon` settings, defaults filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// Poll interval for accounts that set none.
+    pub interval: Duration,
+    /// The first IDLE renewal time (shortened for a server that drops
+    /// IDLEs sooner).
+    pub idle_renew: Duration,
+    /// How long an SSH connection nobody uses stays open.
+    pub ssh_idle_close: Duration,
+}
+
+impl RawDaemon {
+    /// Checks the values and fills the defaults.
+    pub fn resolve(&self) -> Result<DaemonSettings> {
+        let secs = |v: Option<u64>, default: u64, key: &str| match v.unwrap_or(default) {
+            0 => Err(Error::Config(format!("[daemon] {key} must be at least 1 second"))),
+            n => Ok(Duration::from_secs(n)),
+        };
+        Ok(DaemonSettings {
+            interval: secs(self.interval, 300, "interval")?,
+            idle_renew: secs(self.idle_renew, 480, "idle_renew")?,
+            ssh_idle_close: secs(self.ssh_idle_close, 600, "ssh_idle_close")?,
+        })
+    }
 }
 
 /// One account as written. Every field is optional here; [`resolve`] checks.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccount {
     pub ssh: Option<String>,

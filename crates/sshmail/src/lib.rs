@@ -12,11 +12,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod deliver;
 pub mod error;
 pub mod fault;
 pub mod fetch;
 pub mod ledger;
+pub mod logging;
 pub mod process;
 pub mod secret;
 pub mod ssh;

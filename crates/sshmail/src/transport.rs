@@ -57,6 +57,8 @@ pub struct Opened {
     pub greeting_done: bool,
     /// Diagnostics of a process on the other end (exec, command).
     pub diagnostics: Option<Arc<Collected>>,
+    /// The SSH connection it runs on (`user@host:port #N`), if any.
+    pub connection: Option<String>,
 }
 
 /// Adds what the process behind a stream said to an error message.
@@ -141,6 +143,21 @@ impl Route {
     }
 }
 
+/// The route of `account`, `~/.ssh/config` applied; the mail login
+/// defaults to the SSH user it names, as documented.
+pub fn route_account(
+    account: &mut crate::config::Account,
+    ssh_config: Option<&ssh2_config::SshConfig>,
+) -> Result<Route> {
+    let route = Route::of(&account.reach, ssh_config)?;
+    if !account.login.user_given
+        && let Some((t, _)) = &route.ssh
+    {
+        account.login.user = t.user.clone();
+    }
+    Ok(route)
+}
+
 /// Opens a stream along `route`.
 pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
     let server = route.server();
@@ -158,13 +175,14 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
                     preauth_ok: route.allow_preauth,
                     greeting_done: false,
                     diagnostics: None,
+                    connection: Some(session.label()),
                 });
             }
-            let (command, stream, status) = match &route.via {
+            let (command, stream, status, connection) = match &route.via {
                 Via::Exec(Some(c)) => {
                     let command = remote_command(c);
-                    let (stream, status, _) = pool.exec(target, jumps, &command).await?;
-                    (command, Box::new(stream) as Box<dyn Stream>, status)
+                    let (stream, status, connection) = pool.exec(target, jumps, &command).await?;
+                    (command, Box::new(stream) as Box<dyn Stream>, status, connection)
                 }
                 _ => detect_imapd(pool, target, jumps).await?,
             };
@@ -174,6 +192,7 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
                 preauth_ok: true,
                 greeting_done: false,
                 diagnostics: Some(status),
+                connection: Some(connection),
             })
         }
         Via::Command(c) => open_command(c),
@@ -186,6 +205,7 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
                 preauth_ok: route.allow_preauth,
                 greeting_done: false,
                 diagnostics: None,
+                connection: None,
             })
         }
         Via::StartTls => {
@@ -198,6 +218,7 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
                 preauth_ok: false,
                 greeting_done: true,
                 diagnostics: None,
+                connection: None,
             })
         }
     }
@@ -220,7 +241,7 @@ async fn detect_imapd(
     pool: &SshPool,
     target: &target::SshTarget,
     jumps: &[target::SshTarget],
-) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>)> {
+) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String)> {
     let timeout = target.timeout;
     let probe = format!(
         "for p in {}; do if [ -x \"$p\" ]; then echo \"$p\"; fi; done; true",
@@ -231,11 +252,11 @@ async fn detect_imapd(
     let mut said = Vec::new();
     for (program, args) in IMAPD_CANDIDATES.iter().filter(|(p, _)| present.iter().any(|f| f == p)) {
         let command = format!("{program}{args}");
-        let (mut stream, status, _) = pool.exec(target, jumps, &command).await?;
+        let (mut stream, status, connection) = pool.exec(target, jumps, &command).await?;
         match read_greeting(&mut stream, timeout.min(std::time::Duration::from_secs(10))).await {
             Greeting::Line(bytes) if imap::Greeting::parse(&bytes) == imap::Greeting::PreAuth => {
                 tracing::info!("found the IMAP server {command} on {}", target.name());
-                return Ok((command, Box::new(Prefixed { prefix: bytes, pos: 0, inner: stream }), status));
+                return Ok((command, Box::new(Prefixed { prefix: bytes, pos: 0, inner: stream }), status, connection));
             }
             Greeting::Line(bytes) => {
                 let line = String::from_utf8_lossy(&bytes);
@@ -611,6 +632,7 @@ fn open_command(c: &Command) -> Result<Opened> {
         preauth_ok: true,
         greeting_done: false,
         diagnostics: Some(diag),
+        connection: None,
     })
 }
 

@@ -251,6 +251,40 @@ impl Testbed {
         Ok(())
     }
 
+    /// Delivers a message into `folder` (`INBOX` or a name, created on
+    /// demand) the way a mail server does, through Dovecot itself
+    /// (`doveadm save`), so that its IDLE sessions hear of it as they would
+    /// of mail from its LDA or LMTP.
+    pub fn deliver_by_dovecot(&self, folder: &str, content: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let doveadm = find_program("doveadm", &["/usr/bin/doveadm"])?;
+        if folder != "INBOX" {
+            let out = Command::new(&doveadm)
+                .arg("-c")
+                .arg(&self.dovecot_config)
+                .args(["mailbox", "create", "-u", MAIL_USER, folder])
+                .output()?;
+            let said = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() && !said.contains("already exists") {
+                bail!("doveadm mailbox create {folder} failed: {said}");
+            }
+        }
+        let mut child = Command::new(&doveadm)
+            .arg("-c")
+            .arg(&self.dovecot_config)
+            .args(["save", "-u", MAIL_USER, "-m", folder])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().context("doveadm's stdin")?.write_all(content)?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("doveadm save -m {folder} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// The mbox that imap4d serves with `imap4d_command(true)`.
     pub fn server_mbox(&self) -> PathBuf {
         self.path().join("home/mbox")
@@ -719,6 +753,7 @@ pub fn signal(pid: u32, name: &str) {
         "CONT" => Signal::CONT,
         "HUP" => Signal::HUP,
         "INT" => Signal::INT,
+        "USR1" => Signal::USR1,
         _ => return,
     };
     if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {

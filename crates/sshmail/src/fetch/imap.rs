@@ -12,6 +12,7 @@ use sshmail_proto::imap::{
 };
 use sshmail_proto::line::CrlfToLf;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 
 use crate::config::AuthMethod;
 use crate::deliver::{Finished, Spool, Staged};
@@ -201,8 +202,27 @@ pub struct Imap<S> {
     pub preauth: bool,
     /// Untagged EXISTS/EXPUNGE seen since the last check (for IDLE).
     pub changed: bool,
+    /// Messages in the selected folder, as the last EXISTS and the
+    /// EXPUNGEs since said.
+    pub exists: u32,
     /// Bytes of the last response read.
     pub last_size: u64,
+    /// How long the last IDLE lasted when the server ended it (a BYE or a
+    /// closed connection) before we did.
+    pub idle_ended_after: Option<Duration>,
+}
+
+/// Why an IDLE ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// The folder changed (EXISTS).
+    Changed,
+    /// Its time was up (renewal, or the poll safety net).
+    Renewal,
+    /// A poll was asked for.
+    Asked,
+    /// A stop was requested.
+    Stopped,
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
@@ -215,7 +235,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             caps: Vec::new(),
             preauth: false,
             changed: false,
+            exists: 0,
             last_size: 0,
+            idle_ended_after: None,
         };
         if !greeting_done {
             let greeting = imap.read(&mut Bodies::discard()).await?;
@@ -322,7 +344,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
 
     fn note(&mut self, r: &Response) {
         match r {
-            Response::Untagged(Untagged::Exists(_) | Untagged::Expunge(_)) => self.changed = true,
+            Response::Untagged(Untagged::Exists(n)) => {
+                self.changed = true;
+                self.exists = *n;
+            }
+            Response::Untagged(Untagged::Expunge(_)) => {
+                self.changed = true;
+                self.exists = self.exists.saturating_sub(1);
+            }
             Response::Untagged(Untagged::Capability(c)) => {
                 self.caps = c.iter().map(|s| s.to_ascii_uppercase()).collect();
             }
@@ -565,18 +594,24 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             Some(v) => v,
         };
         self.changed = false;
+        self.exists = exists;
         Ok((validity, exists))
     }
 
-    /// UID, FLAGS and size of every message in the selected folder, each UID
-    /// once (a repeated one is skipped with a warning).
-    pub async fn scan(&mut self) -> Result<Vec<Listed>> {
+    /// UID, FLAGS and size of every message in the selected folder with a
+    /// UID of at least `from` (1: all), each UID once (a repeated one is
+    /// skipped with a warning). `from:*` names the last message even when
+    /// its UID is lower (RFC 3501's `*`), so that one is left out here.
+    pub async fn scan(&mut self, from: u32) -> Result<Vec<Listed>> {
         let peer = self.peer().to_string();
         let mut out: Vec<Listed> = Vec::new();
         let mut uids = std::collections::HashSet::new();
         let keep = |u: Untagged| {
             let Untagged::Fetch(f) = u else { return Ok(false) };
             let Some(uid) = f.uid else { return Ok(false) };
+            if uid < from {
+                return Ok(true);
+            }
             if !uids.insert(uid) {
                 tracing::warn!("{peer}: UID {uid} listed twice; it is fetched once");
                 return Ok(true);
@@ -590,7 +625,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             out.push(Listed { uid, size: f.size, seen: flag("\\Seen"), deleted: flag("\\Deleted") });
             Ok(true)
         };
-        self.run(&Command::UidFetch("1:*".into(), "(UID FLAGS RFC822.SIZE)"), "UID FETCH", keep).await?;
+        let set = format!("{}:*", from.max(1));
+        self.run(&Command::UidFetch(set, "(UID FLAGS RFC822.SIZE)"), "UID FETCH", keep).await?;
         Ok(out)
     }
 
@@ -621,22 +657,25 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         Ok(out)
     }
 
-    /// IDLE (RFC 2177) until the selected folder changes or `max` passes.
-    /// Returns true if something changed.
-    pub async fn idle(&mut self, max: Duration, stop: &crate::stop::Stop) -> Result<bool> {
+    /// IDLE (RFC 2177) until the selected folder changes, `max` passes, a
+    /// stop is requested or `wake` is notified (a poll asked for); then
+    /// DONE. Where the server has no IDLE, waits (at most a minute) and
+    /// sends NOOP, which reports changes too. Says why it ended.
+    pub async fn idle(&mut self, max: Duration, stop: &crate::stop::Stop, wake: &Notify) -> Result<Woke> {
         if !self.has("IDLE") {
-            // Poll instead: NOOP reports changes too.
-            tokio::select! {
-                _ = tokio::time::sleep(max.min(Duration::from_secs(60))) => {}
-                _ = stop.wait() => return Ok(false),
-            }
+            let woke = tokio::select! {
+                _ = tokio::time::sleep(max.min(Duration::from_secs(60))) => Woke::Renewal,
+                _ = wake.notified() => Woke::Asked,
+                _ = stop.wait() => return Ok(Woke::Stopped),
+            };
             self.changed = false;
             self.run(&Command::Noop, "NOOP", |_| Ok(true)).await?;
-            return Ok(std::mem::take(&mut self.changed));
+            return Ok(if std::mem::take(&mut self.changed) { Woke::Changed } else { woke });
         }
         if std::mem::take(&mut self.changed) {
-            return Ok(true);
+            return Ok(Woke::Changed);
         }
+        let began = tokio::time::Instant::now();
         let tag = self.send(&Command::Idle).await?;
         match self.read(&mut Bodies::discard()).await? {
             Response::Continuation(_) => tracing::debug!("{}: idling", self.peer()),
@@ -645,24 +684,33 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             }
             _ => {}
         }
-        let deadline = tokio::time::Instant::now() + max;
-        let changed = loop {
+        let deadline = began + max;
+        let woke = loop {
             // Our own timeout must not fire while idling: wait in slices
             // shorter than the wire's timeout, and treat silence as normal.
-            // A stop request ends the IDLE like its deadline does.
+            // A stop request or a poll ends the IDLE like its deadline does.
             let wait = tokio::select! {
-                w = self.wire_wait(deadline) => w?,
-                _ = stop.wait() => false,
+                w = self.wire_wait(deadline) => w.map(|more| if more { None } else { Some(Woke::Renewal) }),
+                _ = wake.notified() => Ok(Some(Woke::Asked)),
+                _ = stop.wait() => Ok(Some(Woke::Stopped)),
             };
-            if !wait {
-                break false;
+            let wait = match wait {
+                Ok(w) => w,
+                Err(e) => return Err(self.ended_idle(began, e)),
+            };
+            if let Some(w) = wait {
+                break w;
             }
-            let r = self.read(&mut Bodies::discard()).await?;
+            let r = match self.read(&mut Bodies::discard()).await {
+                Ok(r) => r,
+                Err(e) => return Err(self.ended_idle(began, e)),
+            };
             if matches!(r, Response::Untagged(Untagged::Exists(_))) {
-                break true;
+                break Woke::Changed;
             }
             if let Response::Untagged(Untagged::Status { status: Status::Bye, text, .. }) = r {
-                return Err(Error::Server(format!("{} ended IDLE: {text}", self.peer())));
+                let e = Error::Lost(format!("{} ended the IDLE: {text}", self.peer()));
+                return Err(self.ended_idle(began, e));
             }
         };
         self.wire.send(b"DONE\r\n").await?;
@@ -678,7 +726,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             }
         }
         self.changed = false;
-        Ok(changed)
+        Ok(woke)
+    }
+
+    /// Notes how long an IDLE lasted before the server (or the link) ended
+    /// it, for the watch to renew sooner next time.
+    fn ended_idle(&mut self, began: tokio::time::Instant, e: Error) -> Error {
+        if matches!(e, Error::Lost(_)) {
+            self.idle_ended_after = Some(began.elapsed());
+        }
+        e
     }
 
     /// Waits until bytes are buffered (true) or the deadline passes (false).

@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use sshmail_proto::imap::{Command as ImapCommand, Limits, Response, Status, Untagged, uid_set};
 
 use super::imap::{self, Bodies, Imap, Pending, PolicyStep};
-use super::report::Transfer;
+use super::report::{Event, Transfer};
 use super::{
-    BATCH_BYTES, BATCH_MESSAGES, Committing, FolderError, IDLE_RENEW, IMAP_FETCHES_IN_FLIGHT, PolicyRefusal, Store,
-    human_bytes, policy_note,
+    BATCH_BYTES, BATCH_MESSAGES, Committing, FolderError, IMAP_FETCHES_IN_FLIGHT, PolicyRefusal, Store, human_bytes,
+    policy_note,
 };
 use crate::config::{Account, Policy};
 use crate::deliver::Finished;
@@ -55,11 +55,16 @@ pub(super) async fn imap_flow<S: Stream>(
         imap.login(&account.login.user, password.as_ref(), account.login.auth).await?;
     }
     let folders = resolve_folders(&mut imap, store.show.folders.as_ref().unwrap_or(&account.fetch.folders)).await?;
+    store.outcome.folders = folders.clone();
     let mut listed: HashSet<Key> = HashSet::new();
     let mut done: Vec<FolderKeys> = Vec::new();
     for folder in &folders {
-        match imap_folder(account, &mut imap, store, folder, &mut listed).await {
-            Ok(()) => done.push(FolderKeys::new(folder)),
+        let before = (store.outcome.delivered, store.outcome.bytes);
+        match imap_folder(account, &mut imap, store, folder, &mut listed, None).await {
+            Ok(_) => {
+                done.push(FolderKeys::new(folder));
+                store.passed(folder, before);
+            }
             Err(error @ Error::Server(_)) => {
                 // One bad folder (gone, UIDVALIDITY changed) does not stop
                 // the others; it is reported at the end.
@@ -82,32 +87,64 @@ pub(super) async fn imap_flow<S: Stream>(
     Ok(imap.received())
 }
 
-/// Watches `folder` until the cycle's stop is requested: fetches, IDLEs
-/// (renewed well within RFC 2177's 29 minutes, and at least every
-/// `interval`), fetches again, and so on. A stop ends the IDLE with DONE;
-/// the caller logs out. A failure ends the watch with its error, for the
-/// caller to retry by its class.
+/// Watches `folder` until the cycle's stop is requested: a full pass
+/// (every message listed, the policy applied to what was delivered before,
+/// the ledger compacted), then IDLE (renewed by the cycle's [`Renewal`]
+/// time, and at least every `interval`, the safety net for servers that
+/// announce IDLE and never report), then a catch-up pass over what is above
+/// the highest UID seen, and so on. A change reported during a pass ends the
+/// next IDLE at once, so mail that arrives while a fetch runs is fetched
+/// when it ends. A stop ends the IDLE with DONE; the caller logs out. A
+/// failure ends the watch with its error, for the caller to retry by its
+/// class; the next cycle starts with a full pass again, so nothing that
+/// arrived meanwhile is missed.
+///
+/// [`Renewal`]: super::Renewal
 async fn watch<S: Stream>(account: &Account, imap: &mut Imap<S>, store: &mut Store<'_>, folder: &str) -> Result<()> {
-    tracing::info!("{}: waiting for new mail in {folder} (IDLE)", account.name);
+    tracing::info!("{}: waiting for new mail in {folder}", account.name);
     let keys = FolderKeys::new(folder);
+    let renewal = store.show.renewal.clone();
+    // (UIDVALIDITY, the lowest UID not yet seen) after the first pass.
+    let mut since: Option<(u32, u32)> = None;
+    // The imap_flow before the watch made a full pass already.
+    let mut full_done = false;
     while !store.stop.requested() {
         fault::pause("idle-loop").await;
-        // Fetch before every IDLE, not only after one reported a change:
-        // mail that arrived between the last scan and the IDLE command
-        // would otherwise wait for the next change. The fetch leaves the
-        // folder selected for the IDLE.
-        let before = store.outcome.delivered;
+        let before = (store.outcome.delivered, store.outcome.bytes);
         let mut seen = HashSet::new();
-        imap_folder(account, imap, store, folder, &mut seen).await?;
-        let keys = keys.clone();
-        store.compact(move |k| seen.contains(k) || !keys.holds(k)).await?;
-        let new = store.outcome.delivered - before;
+        let pass = if full_done { since } else { None };
+        since = Some(imap_folder(account, imap, store, folder, &mut seen, pass).await?);
+        if pass.is_none() {
+            // Only a full pass lists everything, so only it may compact.
+            let keys = keys.clone();
+            store.compact(move |k| seen.contains(k) || !keys.holds(k)).await?;
+            full_done = true;
+        }
+        store.passed(folder, before);
+        let new = store.outcome.delivered - before.0;
         if new > 0 {
             tracing::info!("{}: {folder}: {new} new delivered", account.name);
         }
-        // Some servers (GNU imap4d) announce IDLE and never report new
-        // mail, so the fetch at every renewal is the safety net.
-        imap.idle(IDLE_RENEW.min(account.fetch.interval), &store.stop).await?;
+        let until = renewal.get().min(account.fetch.interval);
+        store.report.event(Event::Waiting { folder, idle: imap.has("IDLE"), until });
+        let woke = match imap.idle(until, &store.stop, &store.wake).await {
+            Ok(w) => w,
+            Err(e) => {
+                if let Some(lasted) = imap.idle_ended_after.take()
+                    && let Some(now) = renewal.ended_after(lasted)
+                {
+                    tracing::info!(
+                        "{}: {} ended an IDLE after {} s; renewing every {} s from now on",
+                        account.name,
+                        imap.peer(),
+                        lasted.as_secs(),
+                        now.as_secs()
+                    );
+                }
+                return Err(e);
+            }
+        };
+        tracing::debug!("{}: {folder}: IDLE ended: {woke:?}", account.name);
     }
     tracing::info!("{}: stopped", account.name);
     Ok(())
@@ -131,14 +168,18 @@ async fn resolve_folders<S: Stream>(imap: &mut Imap<S>, wanted: &[String]) -> Re
     Ok(out)
 }
 
-/// Fetches one folder.
+/// Fetches one folder. `since`, from a pass before in this session with
+/// the folder still selected: (its UIDVALIDITY, the lowest UID not yet
+/// seen), for a catch-up pass that lists only what is above. Returns the
+/// same pair for the next pass.
 async fn imap_folder<S: Stream>(
     account: &Account,
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
     folder: &str,
     listed: &mut HashSet<Key>,
-) -> Result<()> {
+    since: Option<(u32, u32)>,
+) -> Result<(u32, u32)> {
     // The folder's name comes from the server: it becomes a directory only
     // through the one mapping that makes it a safe child of the Maildir.
     let subfolder = match account.delivery.maildir_subfolders.then(|| Subfolder::for_folder(folder)) {
@@ -148,13 +189,18 @@ async fn imap_folder<S: Stream>(
             return Err(Error::Server(format!("{}: {why}; the folder is skipped", imap.peer())));
         }
     };
+    if let Some((validity, from)) = since {
+        // The folder is still selected: its UIDVALIDITY cannot have changed
+        // without the server ending the session.
+        return fetch_listed(account, imap, store, (folder, subfolder), listed, (validity, from), HashMap::new()).await;
+    }
     // Keep opens with SELECT too (bodies are fetched with BODY.PEEK[], so
     // nothing changes): servers such as GNU imap4d and a fresh Courier
     // mailbox do not persist UIDs for a folder only EXAMINEd, so the next
     // run would see a new UIDVALIDITY. Only --check, which records nothing,
     // stays read-only.
     let read_only = store.show.check;
-    let (validity, exists) = imap.select(folder, read_only).await?;
+    let (validity, _) = imap.select(folder, read_only).await?;
     let keys = FolderKeys::new(folder);
     let old: Vec<String> =
         store.ledger.lock().validities(&keys).into_iter().filter(|v| *v != validity).map(|v| v.to_string()).collect();
@@ -184,10 +230,27 @@ async fn imap_folder<S: Stream>(
             )));
         }
     }
-    if exists == 0 {
-        return Ok(());
+    fetch_listed(account, imap, store, (folder, subfolder), listed, (validity, 1), marks).await
+}
+
+/// The rest of a pass over a selected folder: list what is there from UID
+/// `from` on, recognise (after a renumbering), fetch what is new, apply the
+/// policy.
+async fn fetch_listed<S: Stream>(
+    account: &Account,
+    imap: &mut Imap<S>,
+    store: &mut Store<'_>,
+    (folder, subfolder): (&str, Option<Subfolder>),
+    listed: &mut HashSet<Key>,
+    (validity, from): (u32, u32),
+    marks: HashMap<String, usize>,
+) -> Result<(u32, u32)> {
+    let keys = FolderKeys::new(folder);
+    if imap.exists == 0 {
+        return Ok((validity, from));
     }
-    let scan = imap.scan().await?;
+    let scan = imap.scan(from).await?;
+    let next = scan.iter().map(|f| f.uid.saturating_add(1)).max().unwrap_or(from).max(from);
     store.outcome.on_server += scan.len();
     let recognised = recognise(account, imap, store, (&keys, validity), &scan, marks).await?;
     let mut to_fetch: Vec<(u32, u64)> = Vec::new();
@@ -233,7 +296,7 @@ async fn imap_folder<S: Stream>(
     if store.show.check {
         store.outcome.waiting += to_fetch.len();
         store.outcome.waiting_bytes += to_fetch.iter().map(|(_, s)| s).sum::<u64>();
-        return Ok(());
+        return Ok((validity, next));
     }
 
     // Batches by count and size.
@@ -257,7 +320,7 @@ async fn imap_folder<S: Stream>(
     )
     .await;
     drop(bar);
-    result
+    result.map(|()| (validity, next))
 }
 
 /// Finds, among the messages of a renumbered folder, those the ledger

@@ -73,6 +73,8 @@ pub struct Outcome {
     pub waiting: usize,
     /// Their size in bytes, as the server reports it.
     pub waiting_bytes: u64,
+    /// IMAP: the folders the cycle took, the account's patterns resolved.
+    pub folders: Vec<String>,
 }
 
 /// The `Received:` line added to each message (unless `received = false`).
@@ -114,6 +116,50 @@ pub struct Cycle {
     /// for a task that watches some of them; the account's other tasks run
     /// beside it on the same ledger.
     pub folders: Option<Vec<String>>,
+    /// With `idle`: how long an IDLE may last, learned across the cycles
+    /// of one watch.
+    pub renewal: Arc<Renewal>,
+}
+
+/// How long an IDLE may last before it is renewed: well under RFC 2177's
+/// 29 minutes by default, since servers are seen ending one at 10 and at
+/// about 23 minutes; when a server ends one sooner, the next ones are
+/// renewed before that.
+#[derive(Debug)]
+pub struct Renewal(std::sync::Mutex<std::time::Duration>);
+
+/// The shortest renewal learned from a server that ends IDLEs early.
+const SHORTEST_RENEWAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Default for Renewal {
+    fn default() -> Self {
+        Renewal::new(IDLE_RENEW)
+    }
+}
+
+impl Renewal {
+    /// Starts from `first`.
+    pub fn new(first: std::time::Duration) -> Renewal {
+        Renewal(std::sync::Mutex::new(first.max(std::time::Duration::from_secs(1))))
+    }
+
+    /// The current renewal time.
+    pub fn get(&self) -> std::time::Duration {
+        *self.0.lock().expect("renewal lock")
+    }
+
+    /// The server ended an IDLE after `lasted`: renew at three quarters of
+    /// that from now on (not below a minute). An IDLE that ended within a
+    /// minute teaches nothing (a link that failed, not a server's limit).
+    /// Returns the new time when it changed.
+    pub fn ended_after(&self, lasted: std::time::Duration) -> Option<std::time::Duration> {
+        let mut current = self.0.lock().expect("renewal lock");
+        if lasted < SHORTEST_RENEWAL || lasted >= *current {
+            return None;
+        }
+        *current = (lasted * 3 / 4).max(SHORTEST_RENEWAL);
+        Some(*current)
+    }
 }
 
 /// A folder that could not be fetched in a cycle; the others were.
@@ -164,9 +210,10 @@ impl std::fmt::Display for PolicyRefusal {
     }
 }
 
-/// How long one IDLE may last before it is renewed (RFC 2177 asks clients
-/// to renew within 29 minutes).
-const IDLE_RENEW: std::time::Duration = std::time::Duration::from_secs(28 * 60);
+/// How long one IDLE may last before it is renewed, by default (RFC 2177
+/// asks clients to renew within 29 minutes; servers are seen dropping an
+/// IDLE at 10).
+pub const IDLE_RENEW: std::time::Duration = std::time::Duration::from_secs(8 * 60);
 
 /// What fetch cycles run with, shared by every cycle of the process: the
 /// SSH pool, the open ledgers, the stop token watched by long waits, and
@@ -179,8 +226,10 @@ pub struct Context {
     pub ledgers: Arc<Ledgers>,
     /// Ends IDLE (DONE, LOGOUT) and long waits when requested.
     pub stop: Stop,
-    /// Progress of each transfer.
+    /// Progress of each transfer, and the cycle's events.
     pub report: Arc<dyn Report>,
+    /// Notified to ask a watch for a pass now (a poll): ends its IDLE.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Context {
@@ -191,7 +240,7 @@ impl Context {
 
     /// A context around `pool`, with no ledger open yet.
     pub fn new(pool: SshPool, stop: Stop, report: Arc<dyn Report>) -> Context {
-        Context { pool: Arc::new(pool), ledgers: Arc::default(), stop, report }
+        Context { pool: Arc::new(pool), ledgers: Arc::default(), stop, report, wake: Arc::default() }
     }
 }
 
@@ -236,6 +285,7 @@ pub async fn fetch_account(account: &Account, route: &Route, show: &Cycle, ctx: 
         _ => crate::process::password(&account.login.password, "password_command", account.reach.timeout).await?,
     };
     let opened = transport::open(route, pool).await?;
+    ctx.report.event(report::Event::Connected { peer: &opened.peer, connection: opened.connection.as_deref() });
     let diagnostics = opened.diagnostics.clone();
     let wire = Wire::new(opened.stream, account.reach.timeout, opened.peer.clone());
     let trace = account.delivery.received.then(|| Trace {
@@ -254,10 +304,17 @@ pub async fn fetch_account(account: &Account, route: &Route, show: &Cycle, ctx: 
         show,
         trace,
         stop: ctx.stop.clone(),
+        wake: ctx.wake.clone(),
         report: ctx.report.as_ref(),
     };
     let flow = match account.protocol {
-        Protocol::Pop3 => pop3_flow::pop3_flow(account, wire, password, &mut store).await,
+        Protocol::Pop3 => {
+            let r = pop3_flow::pop3_flow(account, wire, password, &mut store).await;
+            if r.is_ok() {
+                store.passed("INBOX", (0, 0));
+            }
+            r
+        }
         Protocol::Imap => {
             imap_flow::imap_flow(account, wire, password, opened.greeting_done, opened.preauth_ok, &mut store).await
         }
@@ -376,10 +433,21 @@ struct Store<'a> {
     show: &'a Cycle,
     trace: Option<Trace>,
     stop: Stop,
+    wake: Arc<tokio::sync::Notify>,
     report: &'a dyn Report,
 }
 
 impl Store<'_> {
+    /// Reports a pass over `folder` that began when the outcome's delivered
+    /// messages and bytes were `before`.
+    fn passed(&self, folder: &str, before: (usize, u64)) {
+        self.report.event(report::Event::Passed {
+            folder,
+            delivered: self.outcome.delivered - before.0,
+            bytes: self.outcome.bytes - before.1,
+        });
+    }
+
     /// The trace line for a message starting now (empty when off).
     fn prefix(&self) -> Vec<u8> {
         self.trace.as_ref().map(Trace::line).unwrap_or_default()

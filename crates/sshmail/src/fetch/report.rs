@@ -1,7 +1,9 @@
 //! How a fetch says what it is doing while it runs. A fetch cycle reports
 //! each transfer through a [`Report`]; the terminal's progress bar is one
 //! ([`Terminal`]), silence under cron another ([`Quiet`]), and a daemon's
-//! status will be a third. The fetch itself knows none of them.
+//! status board a third. Besides transfers, a cycle reports [`Event`]s (a
+//! connection made, a pass over a folder ended, a wait for news begun),
+//! which only the daemon listens to. The fetch itself knows none of them.
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -10,6 +12,41 @@ pub trait Report: Send + Sync {
     /// A transfer of `messages` messages (`bytes` in all, as the server
     /// announced them) from `what` (an account or a folder) begins.
     fn transfer(&self, what: &str, messages: usize, bytes: u64) -> Box<dyn Transfer>;
+
+    /// Something happened in a cycle; by default nobody listens.
+    fn event(&self, _event: Event<'_>) {}
+}
+
+/// What a cycle reports besides transfers.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// The server was reached: `peer` as named in messages, `connection`
+    /// the SSH connection it runs on (`user@host:port #N`), if any.
+    Connected {
+        /// Who is on the other end.
+        peer: &'a str,
+        /// Which SSH connection.
+        connection: Option<&'a str>,
+    },
+    /// A pass over `folder` (POP3: the maildrop, named `INBOX`) ended.
+    Passed {
+        /// The folder.
+        folder: &'a str,
+        /// Messages delivered by this pass.
+        delivered: usize,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// A watch waits for news on `folder`: by IDLE (`idle`), or where the
+    /// server has none by NOOP; at most `until` before the next pass.
+    Waiting {
+        /// The folder.
+        folder: &'a str,
+        /// IDLE (true) or NOOP polling (false).
+        idle: bool,
+        /// The longest wait before the next pass.
+        until: std::time::Duration,
+    },
 }
 
 /// One transfer's progress; dropping it ends the transfer.

@@ -121,7 +121,8 @@ impl SshPool {
 
     /// Runs `command` in an exec channel on a connection to `target` that
     /// has a session channel free, opening another connection when all are
-    /// full. Returns the stream, its status and the connection's name.
+    /// full. Returns the stream, its status and the connection's label
+    /// ([`SshSession::label`]).
     pub async fn exec(
         &self,
         target: &SshTarget,
@@ -133,7 +134,7 @@ impl SshPool {
             let (session, lease) = self.lease(target, jumps, true).await?;
             let lease = lease.expect("a session lease");
             match session.exec(command, lease).await {
-                Ok((stream, status)) => return Ok((stream, status, session.name())),
+                Ok((stream, status)) => return Ok((stream, status, session.label())),
                 Err(ExecError::Full) => continue,
                 Err(ExecError::Other(e)) => return Err(e),
             }

@@ -183,6 +183,9 @@ pub struct SshSession {
     /// Kept alive so the jump host's channel lives as long as we do.
     jump: Option<Arc<SshSession>>,
     usage: Arc<Usage>,
+    /// This connection's number in the process (1, 2, …), to tell apart
+    /// connections to one host in logs and status.
+    serial: u64,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -229,7 +232,9 @@ impl SshSession {
         };
         authenticate(&mut handle, target, prompts).await?;
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
-        Ok(SshSession { handle, target: target.clone(), jump, usage: Arc::default() })
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(SshSession { handle, target: target.clone(), jump, usage: Arc::default(), serial })
     }
 
     /// What is open on this connection.
@@ -354,6 +359,11 @@ impl SshSession {
     /// `user@host:port`, for messages.
     pub fn name(&self) -> String {
         self.target.name()
+    }
+
+    /// `user@host:port #N`: which connection of the process this is.
+    pub fn label(&self) -> String {
+        format!("{} #{}", self.name(), self.serial)
     }
 
     /// Sends SSH_MSG_DISCONNECT.

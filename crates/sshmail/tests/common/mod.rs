@@ -434,6 +434,11 @@ impl StderrLog {
 
     /// Everything, once the child has exited.
     pub fn finish(mut self) -> String {
+        self.join()
+    }
+
+    /// Everything, once the child has exited (the reader is joined).
+    pub fn join(&mut self) -> String {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -498,5 +503,173 @@ impl Drop for SmtpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Env {
+    /// An `[account.NAME]` table for the testbed's IMAP account (exec
+    /// channel to Dovecot's imap, into the Maildir, no Received: line), plus
+    /// the `extra` lines.
+    pub fn imap_toml(&self, name: &str, extra: &str) -> String {
+        format!(
+            "[account.{name}]\nssh = \"{}\"\nprotocol = \"imap\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\n\
+             deliver = \"maildir:{}\"\nreceived = false\n{extra}\n",
+            self.bed.ssh_destination(),
+            self.bed.client_key.display(),
+            self.bed.known_hosts.display(),
+            self.maildir().display()
+        )
+    }
+
+    /// An `[account.NAME]` table for the testbed's POP3 account through a
+    /// forward, plus the `extra` lines.
+    pub fn pop3_toml(&self, name: &str, extra: &str) -> String {
+        format!(
+            "[account.{name}]\nssh = \"{}\"\nserver = \"127.0.0.1:{}\"\nuser = \"{}\"\n\
+             password_command = \"cat '{}'\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\n\
+             deliver = \"maildir:{}\"\nreceived = false\n{extra}\n",
+            self.bed.ssh_destination(),
+            self.bed.pop3_port,
+            MAIL_USER,
+            self.home.path().join("password").display(),
+            self.bed.client_key.display(),
+            self.bed.known_hosts.display(),
+            self.maildir().display()
+        )
+    }
+}
+
+/// A running `sshmail daemon` with its own config file, runtime directory
+/// and log.
+pub struct Daemon {
+    pub child: Child,
+    pub log: StderrLog,
+    pub config: PathBuf,
+    home: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `accounts` (TOML tables; the state directory is the env's) as
+    /// the config and starts the daemon; returns once its control socket
+    /// answers.
+    pub fn start(env: &Env, accounts: &str) -> Daemon {
+        let config = env.home.path().join("config.toml");
+        Daemon::write_config(&config, &format!("state_dir = \"{}\"\n{accounts}", env.state_dir().display()));
+        let d = Daemon::spawn(env.home.path(), &config, &[]);
+        d.wait_answering();
+        d
+    }
+
+    /// Starts a daemon on an existing config file, with `env` set.
+    pub fn spawn(home: &Path, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Daemon::base(home);
+        cmd.args(["daemon", "--config"]).arg(config).envs(env.iter().copied());
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let log = StderrLog::of(&mut child);
+        Daemon { child, log, config: config.to_path_buf(), home: home.to_path_buf() }
+    }
+
+    /// The config file, private (it may name a password command).
+    pub fn write_config(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    fn base(home: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
+        c.env("HOME", home)
+            .env("XDG_RUNTIME_DIR", home.join("run"))
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSHMAIL_LOG")
+            .env_remove("SSHMAIL_FAULT")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `sshmail ARGS --config FILE` against this daemon.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Daemon::base(&self.home);
+        c.args(args).arg("--config").arg(&self.config);
+        c
+    }
+
+    /// Runs `sshmail ARGS` against this daemon (bounded).
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        wait_bounded(child, Duration::from_secs(120))
+    }
+
+    /// The daemon's status.
+    pub fn status(&self) -> sshmail::daemon::board::Status {
+        let out = self.ctl(&["status", "--json"]);
+        assert_exit(&out, 0);
+        serde_json::from_slice(&out.stdout).expect("status --json is the Status")
+    }
+
+    /// Waits (bounded) until the control socket answers.
+    pub fn wait_answering(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.ctl(&["status"]).status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the daemon never answered; log:\n{}", self.log.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (bounded by `limit`) until `ok` holds for the status.
+    pub fn wait_status(&self, what: &str, limit: Duration, ok: impl Fn(&sshmail::daemon::board::Status) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.status();
+            if ok(&s) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}; status: {s:#?}\nlog:\n{}", self.log.text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `signal` (TERM, HUP, USR1, KILL…).
+    pub fn signal(&self, signal: &str) {
+        sshmail_testbed::signal(self.child.id(), signal);
+    }
+
+    /// Waits (bounded by `limit`) for the daemon to exit; its exit code and
+    /// log.
+    pub fn wait_exit(mut self, limit: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), self.log.join());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the daemon did not exit within {limit:?}; log:\n{}", self.log.join());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it (SIGTERM) and checks it exits 0 within 5 s; its log.
+    pub fn stop(self) -> String {
+        self.signal("TERM");
+        let (code, log) = self.wait_exit(Duration::from_secs(5));
+        assert_eq!(code, Some(0), "the daemon's exit; log:\n{log}");
+        log
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

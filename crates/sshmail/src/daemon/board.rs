@@ -1,0 +1,459 @@
+//! The status board: what every account × folder task of the daemon is
+//! doing, kept up to date by the tasks (each reports through a [`Slot`],
+//! which is also the fetch's [`Report`]) and read by `sshmail status` and
+//! `sshmail poll`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{Error, Retry};
+use crate::fetch::report::{Event, Quiet, Report, Transfer};
+
+/// How a folder is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Not yet known: the first connection is under way.
+    Starting,
+    /// IMAP IDLE: the server pushes news.
+    Idle,
+    /// Polled every interval (POP3, or an IMAP server without IDLE).
+    Polling,
+}
+
+/// A moment, for people and scripts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stamp {
+    /// RFC 3339, local time.
+    pub at: String,
+    /// Seconds since the Unix epoch.
+    pub unix: u64,
+}
+
+impl Stamp {
+    /// Now.
+    pub fn now() -> Stamp {
+        Stamp::of(SystemTime::now())
+    }
+
+    /// `d` from now.
+    pub fn after(d: Duration) -> Stamp {
+        Stamp::of(SystemTime::now() + d)
+    }
+
+    fn of(t: SystemTime) -> Stamp {
+        let local: chrono::DateTime<chrono::Local> = t.into();
+        Stamp {
+            at: local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            unix: t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        }
+    }
+}
+
+/// Something that happened, and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Happened {
+    /// When.
+    pub at: Stamp,
+    /// What.
+    pub what: String,
+}
+
+/// What comes next, and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Next {
+    /// When.
+    pub at: Stamp,
+    /// `poll`, `idle renewal` or `retry`.
+    pub what: String,
+}
+
+/// The last error of a task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastError {
+    /// When it happened.
+    pub at: Stamp,
+    /// The message (never a secret).
+    pub text: String,
+    /// `now`, `later` or `never` (not until the config changes).
+    pub retry: String,
+    /// When the next try is; none while it waits for a config change or
+    /// `sshmail poll`.
+    pub next_try: Option<Stamp>,
+}
+
+/// One folder (POP3: the maildrop, `INBOX`) of one account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FolderStatus {
+    /// The folder, as the server names it (or as configured).
+    pub folder: String,
+    /// How it is watched.
+    pub mode: Mode,
+    /// Connected to the server now.
+    pub connected: bool,
+    /// The SSH connection it runs on (`user@host:port #N`).
+    pub connection: Option<String>,
+    /// The server, as named in messages.
+    pub peer: Option<String>,
+    /// The last thing that happened.
+    pub last_event: Option<Happened>,
+    /// The last pass over the folder and what it delivered.
+    pub last_poll: Option<Happened>,
+    /// The next poll, IDLE renewal or retry.
+    pub next: Option<Next>,
+    /// Messages delivered since the daemon started.
+    pub delivered: u64,
+    /// The last error, if the last try failed.
+    pub last_error: Option<LastError>,
+    /// Passes over the folder since the start (a poll waits for the next).
+    pub passes: u64,
+    /// Tries that failed since the start.
+    pub failures: u64,
+    /// A pass or a connection is under way.
+    pub busy: bool,
+}
+
+/// One account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountStatus {
+    /// Its name in the config.
+    pub name: String,
+    /// `pop3` or `imap`.
+    pub protocol: String,
+    /// `user@host:port` of the mail server.
+    pub server: String,
+    /// Its folders.
+    pub folders: Vec<FolderStatus>,
+}
+
+/// The whole daemon, as `status --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The daemon's PID.
+    pub pid: u32,
+    /// When it started.
+    pub started: Stamp,
+    /// The config file it runs.
+    pub config: String,
+    /// Why the config file as it is now was not taken (the one before
+    /// runs), after a reload.
+    pub config_error: Option<String>,
+    /// Every account.
+    pub accounts: Vec<AccountStatus>,
+}
+
+/// Every task's status, by account and folder.
+pub struct Board {
+    inner: Mutex<Inner>,
+    /// Bumped at every change, for whoever waits for one (a poll).
+    changed: watch::Sender<u64>,
+    pid: u32,
+    started: Stamp,
+    config: String,
+}
+
+/// An account's protocol, server and folders; each folder with the number
+/// of the slot that owns it, so a task that ends after its account was
+/// restarted does not touch its successor's entry.
+type Folders = BTreeMap<String, (u64, FolderStatus)>;
+
+struct Inner {
+    accounts: BTreeMap<String, (String, String, Folders)>,
+    config_error: Option<String>,
+    slots: u64,
+}
+
+impl Board {
+    /// An empty board for the daemon running `config`.
+    pub fn new(config: &std::path::Path) -> Arc<Board> {
+        Arc::new(Board {
+            inner: Mutex::new(Inner { accounts: BTreeMap::new(), config_error: None, slots: 0 }),
+            changed: watch::channel(0).0,
+            pid: std::process::id(),
+            started: Stamp::now(),
+            config: config.display().to_string(),
+        })
+    }
+
+    /// A slot for a task on `folder` of `account`.
+    pub fn slot(self: &Arc<Board>, account: &crate::config::Account, folder: &str) -> Arc<Slot> {
+        let protocol = format!("{:?}", account.protocol).to_ascii_lowercase();
+        let mut inner = self.inner.lock().expect("board lock");
+        inner.slots += 1;
+        let id = inner.slots;
+        let entry = inner.accounts.entry(account.name.clone()).or_default();
+        (entry.0, entry.1) = (protocol, account.address());
+        entry.2.insert(
+            folder.to_string(),
+            (
+                id,
+                FolderStatus {
+                    folder: folder.to_string(),
+                    mode: Mode::Starting,
+                    connected: false,
+                    connection: None,
+                    peer: None,
+                    last_event: None,
+                    last_poll: None,
+                    next: None,
+                    delivered: 0,
+                    last_error: None,
+                    passes: 0,
+                    failures: 0,
+                    busy: true,
+                },
+            ),
+        );
+        drop(inner);
+        self.bump();
+        Arc::new(Slot { board: self.clone(), account: account.name.clone(), folder: folder.to_string(), id })
+    }
+
+    /// Forgets a slot's folder (its task ended: an account removed or
+    /// changed), unless a newer slot took it over.
+    fn remove(&self, slot: &Slot) {
+        let mut inner = self.inner.lock().expect("board lock");
+        if let Some(a) = inner.accounts.get_mut(&slot.account) {
+            if a.2.get(&slot.folder).is_some_and(|(id, _)| *id == slot.id) {
+                a.2.remove(&slot.folder);
+            }
+            if a.2.is_empty() {
+                inner.accounts.remove(&slot.account);
+            }
+        }
+        drop(inner);
+        self.bump();
+    }
+
+    /// Records why the config file as it is now was refused (None: taken).
+    pub fn config_error(&self, error: Option<String>) {
+        self.inner.lock().expect("board lock").config_error = error;
+        self.bump();
+    }
+
+    /// The status of `accounts` (all when empty).
+    pub fn status(&self, accounts: &[String]) -> Status {
+        let inner = self.inner.lock().expect("board lock");
+        Status {
+            pid: self.pid,
+            started: self.started.clone(),
+            config: self.config.clone(),
+            config_error: inner.config_error.clone(),
+            accounts: inner
+                .accounts
+                .iter()
+                .filter(|(name, _)| accounts.is_empty() || accounts.contains(name))
+                .map(|(name, (protocol, server, folders))| AccountStatus {
+                    name: name.clone(),
+                    protocol: protocol.clone(),
+                    server: server.clone(),
+                    folders: folders.values().map(|(_, f)| f.clone()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A receiver that sees every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn update(&self, slot: &Slot, f: impl FnOnce(&mut FolderStatus)) {
+        let mut inner = self.inner.lock().expect("board lock");
+        if let Some((_, s)) = inner
+            .accounts
+            .get_mut(&slot.account)
+            .and_then(|a| a.2.get_mut(&slot.folder))
+            .filter(|(id, _)| *id == slot.id)
+        {
+            f(s);
+        }
+        drop(inner);
+        self.bump();
+    }
+}
+
+/// One task's place on the board; the fetch reports into it.
+pub struct Slot {
+    board: Arc<Board>,
+    account: String,
+    folder: String,
+    id: u64,
+}
+
+impl Slot {
+    /// The account's name.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// The folder's name.
+    pub fn folder(&self) -> &str {
+        &self.folder
+    }
+
+    /// A try (a connection, a poll) begins.
+    pub fn trying(&self) {
+        self.board.update(self, |s| {
+            s.busy = true;
+            s.next = None;
+        });
+    }
+
+    /// The try ended with `error`; the next one is in `next_try` (None:
+    /// not until the config changes or a poll is asked for).
+    pub fn failed(&self, error: &Error, next_try: Option<Duration>) {
+        let retry = match error.retry() {
+            Retry::Now => "now",
+            Retry::Later => "later",
+            Retry::Never => "never",
+        };
+        self.board.update(self, |s| {
+            s.busy = false;
+            s.connected = false;
+            s.failures += 1;
+            let text = error.to_string();
+            s.last_event = Some(Happened { at: Stamp::now(), what: format!("error: {text}") });
+            s.last_error = Some(LastError {
+                at: Stamp::now(),
+                text,
+                retry: retry.to_string(),
+                next_try: next_try.map(Stamp::after),
+            });
+            s.next = next_try.map(|d| Next { at: Stamp::after(d), what: "retry".into() });
+        });
+    }
+
+    /// A polling task's cycle ended (`problem`: what went wrong with some
+    /// messages or folders); the next is in `next`.
+    pub fn polled(&self, next: Duration, problem: Option<String>) {
+        self.board.update(self, |s| {
+            s.busy = false;
+            s.connected = false;
+            s.mode = Mode::Polling;
+            s.last_error = problem.map(|text| LastError {
+                at: Stamp::now(),
+                text,
+                retry: "later".into(),
+                next_try: Some(Stamp::after(next)),
+            });
+            s.next = Some(Next { at: Stamp::after(next), what: "poll".into() });
+        });
+    }
+
+    /// The task ended: its entry goes.
+    pub fn ended(&self) {
+        self.board.remove(self);
+    }
+
+    /// Its status now.
+    pub fn status(&self) -> Option<FolderStatus> {
+        let inner = self.board.inner.lock().expect("board lock");
+        inner
+            .accounts
+            .get(&self.account)
+            .and_then(|a| a.2.get(&self.folder))
+            .filter(|(id, _)| *id == self.id)
+            .map(|(_, s)| s.clone())
+    }
+}
+
+impl Report for Slot {
+    fn transfer(&self, what: &str, messages: usize, bytes: u64) -> Box<dyn Transfer> {
+        Quiet.transfer(what, messages, bytes)
+    }
+
+    fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Connected { peer, connection } => self.board.update(self, |s| {
+                s.connected = true;
+                s.busy = true;
+                s.peer = Some(peer.to_string());
+                s.connection = connection.map(str::to_string);
+                s.last_event = Some(Happened { at: Stamp::now(), what: format!("connected to {peer}") });
+            }),
+            Event::Passed { folder, delivered, bytes } => {
+                if delivered > 0 {
+                    tracing::info!(
+                        target: "sshmail::daemon",
+                        "{}: {folder}: {delivered} new ({})",
+                        self.account,
+                        crate::fetch::human_bytes(bytes)
+                    );
+                }
+                self.board.update(self, |s| {
+                    s.passes += 1;
+                    s.delivered += delivered as u64;
+                    s.last_error = None;
+                    let what = format!("{delivered} new");
+                    s.last_poll = Some(Happened { at: Stamp::now(), what: what.clone() });
+                    if delivered > 0 {
+                        s.last_event = Some(Happened { at: Stamp::now(), what: format!("delivered {what}") });
+                    }
+                });
+            }
+            Event::Waiting { idle, until, .. } => self.board.update(self, |s| {
+                s.busy = false;
+                s.mode = if idle { Mode::Idle } else { Mode::Polling };
+                s.next =
+                    Some(Next { at: Stamp::after(until), what: if idle { "idle renewal" } else { "poll" }.into() });
+            }),
+        }
+    }
+}
+
+impl Status {
+    /// The status as text for people.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "sshmail daemon, PID {}, since {}, config {}", self.pid, self.started.at, self.config);
+        if let Some(e) = &self.config_error {
+            let _ = writeln!(out, "  the config file was not taken (the one before runs): {e}");
+        }
+        if self.accounts.is_empty() {
+            let _ = writeln!(out, "  no accounts");
+        }
+        for a in &self.accounts {
+            let _ = writeln!(out, "{} ({}, {})", a.name, a.protocol, a.server);
+            for f in &a.folders {
+                let mode = match f.mode {
+                    Mode::Starting => "starting",
+                    Mode::Idle => "IDLE",
+                    Mode::Polling => "polling",
+                };
+                let link = match (&f.connected, &f.connection) {
+                    (true, Some(c)) => format!("connected via {c}"),
+                    (true, None) => "connected".to_string(),
+                    (false, _) => "not connected".to_string(),
+                };
+                let _ = writeln!(out, "  {}: {mode}, {link}, {} delivered since start", f.folder, f.delivered);
+                if let Some(p) = &f.last_poll {
+                    let _ = writeln!(out, "    last poll {}: {}", p.at.at, p.what);
+                }
+                if let Some(n) = &f.next {
+                    let _ = writeln!(out, "    next {} {}", n.what, n.at.at);
+                }
+                if let Some(e) = &f.last_error {
+                    let when = match (&e.next_try, e.retry.as_str()) {
+                        (Some(t), _) => format!("next try {}", t.at),
+                        (None, "never") => {
+                            "not retried until the config changes (sshmail reload) or sshmail poll".to_string()
+                        }
+                        (None, _) => "retrying".to_string(),
+                    };
+                    let _ = writeln!(out, "    error {} ({}): {}", e.at.at, when, e.text);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,579 @@
+//! `sshmail daemon`: every account and folder in one process.
+//!
+//! Each account × folder is a task ([`task`]): an IMAP folder is watched
+//! (IDLE where the server has it, a pass at least every `interval` as the
+//! safety net, a catch-up after every reconnect and renewal), a POP3
+//! account polled every `interval`. Tasks share the process's SSH pool and
+//! ledgers, so accounts on one host share connections (as many as their
+//! channels need) and an account's folders share one ledger. A task's
+//! failure is retried by its class ([`crate::error::Retry`]), with a
+//! back-off; a host that is down holds up only its own tasks.
+//!
+//! The daemon is driven by signals (SIGUSR1: poll everything; SIGHUP:
+//! reload; SIGTERM/SIGINT: stop) and by its control socket ([`control`]:
+//! `status`, `poll`, `reload`, `stop`), and shows what each task does on
+//! its [`board`].
+
+pub mod board;
+pub mod control;
+mod systemd;
+mod task;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{self, Account, DaemonSettings, Protocol, RawAccount};
+use crate::error::{Error, Exit, Result};
+use crate::fetch::{self, Context, Cycle};
+use crate::ledger::Ledgers;
+use crate::ssh::{SshPool, target};
+use crate::stop::Stop;
+use crate::transport::Route;
+use board::{Board, Slot};
+use control::{Command, Paths, Polled, Response};
+
+/// Poll cycles (POP3, an IMAP account's folder discovery) at once.
+const POLLS_AT_ONCE: usize = 16;
+/// How far apart the first tries of consecutive tasks start.
+const STAGGER: Duration = Duration::from_millis(20);
+/// The latest any task's first try starts.
+const STAGGER_MAX: Duration = Duration::from_secs(2);
+/// How long a stop waits for tasks to end cleanly (DONE, LOGOUT, a
+/// message in flight finished) before abandoning them.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long `sshmail poll` waits for the passes it asked for.
+const POLL_WAIT: Duration = Duration::from_secs(600);
+/// How often the clocks are compared to notice a suspend.
+const CLOCK_CHECK: Duration = Duration::from_secs(5);
+
+/// The config file the daemon runs: the given one, or the default.
+pub fn config_path(given: Option<&Path>) -> (PathBuf, bool) {
+    match given {
+        Some(p) => (p.to_path_buf(), false),
+        None => (config::default_config_path(), true),
+    }
+}
+
+/// Runs the daemon in the foreground until stopped; returns the exit code.
+pub async fn run(config: Option<&Path>) -> Exit {
+    let (path, default) = config_path(config);
+    let paths = Paths::for_config(&path, default);
+    if let Err(e) = paths.prepare() {
+        eprintln!("sshmail: {e}");
+        return e.exit();
+    }
+    let _lock = match control::Lock::take(&paths) {
+        Ok(l) => l,
+        Err(control::Held::By(pid)) => {
+            let who = pid.map(|p| format!("PID {p}")).unwrap_or_else(|| "another process".into());
+            eprintln!(
+                "sshmail: an sshmail daemon ({who}) already runs for {} (lock {}); `sshmail stop` ends it",
+                path.display(),
+                paths.lock.display()
+            );
+            return Exit::Usage;
+        }
+        Err(control::Held::Error(e)) => {
+            eprintln!("sshmail: {e}");
+            return e.exit();
+        }
+    };
+    let plan = match Plan::load(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sshmail: {e}");
+            return e.exit();
+        }
+    };
+    let listener = match control::listen(&paths) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sshmail: {e}");
+            return e.exit();
+        }
+    };
+    let stop = Stop::process();
+    let daemon = Arc::new(Daemon {
+        board: Board::new(&path),
+        pool: Arc::new(SshPool::with_idle_close(plan.settings.ssh_idle_close)),
+        ledgers: Arc::default(),
+        stop: stop.clone(),
+        path: path.clone(),
+        running: Mutex::new(BTreeMap::new()),
+        supervisors: Mutex::new(JoinSet::new()),
+        polls: Arc::new(Semaphore::new(POLLS_AT_ONCE)),
+    });
+    tracing::info!(
+        target: "sshmail::daemon",
+        "started: {} accounts from {}; control socket {}",
+        plan.accounts.len(),
+        path.display(),
+        paths.socket.display()
+    );
+    daemon.apply(plan);
+    systemd::notify("READY=1");
+
+    let mut background = JoinSet::new();
+    background.spawn(signals(daemon.clone()));
+    background.spawn(serve(daemon.clone(), listener));
+    background.spawn(watch_clock(daemon.clone()));
+    background.spawn(reap(daemon.pool.clone()));
+    stop.wait().await;
+
+    systemd::notify("STOPPING=1");
+    tracing::info!(target: "sshmail::daemon", "stopping");
+    let mut supervisors = std::mem::take(&mut *daemon.supervisors.lock().expect("daemon lock"));
+    let ended = tokio::time::timeout(STOP_GRACE, async { while supervisors.join_next().await.is_some() {} }).await;
+    if ended.is_err() {
+        tracing::warn!(target: "sshmail::daemon", "some tasks did not end in time; their work in flight is abandoned");
+    }
+    // Aborted tasks drop what they staged; nothing was recorded for it.
+    supervisors.shutdown().await;
+    background.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), daemon.pool.close_all()).await;
+    let _ = std::fs::remove_file(&paths.socket);
+    tracing::info!(target: "sshmail::daemon", "stopped");
+    Exit::Delivered
+}
+
+/// The accounts of a config file, resolved, and the daemon settings.
+struct Plan {
+    settings: DaemonSettings,
+    accounts: BTreeMap<String, Planned>,
+}
+
+/// One account of a plan.
+struct Planned {
+    account: Arc<Account>,
+    route: Arc<Result<Route>>,
+    /// What, when it changes, restarts the account: the account as written,
+    /// the daemon settings, the state directory and the mailbox reached
+    /// (after `~/.ssh/config`).
+    key: (RawAccount, DaemonSettings, PathBuf, String),
+}
+
+impl Plan {
+    /// Reads and checks the whole file: one bad account refuses all of it.
+    fn load(path: &Path) -> Result<Plan> {
+        if !path.exists() {
+            return Err(Error::Config(format!(
+                "no config file at {}; write one (see `man sshmail`) and start again",
+                path.display()
+            )));
+        }
+        let raw = config::load(path)?;
+        let settings = raw.daemon.resolve()?;
+        let ssh_config = target::load_ssh_config(None)?;
+        if raw.account.is_empty() {
+            tracing::warn!(target: "sshmail::daemon", "{} defines no [account.NAME]", path.display());
+        }
+        let mut accounts = BTreeMap::new();
+        for (name, written) in &raw.account {
+            let mut with_defaults = written.clone();
+            with_defaults.interval = written.interval.or(Some(settings.interval.as_secs()));
+            let mut account = config::resolve(name, &with_defaults, raw.state_dir.as_deref())?;
+            let route = crate::transport::route_account(&mut account, ssh_config.as_ref());
+            let identity = match &route {
+                Ok(r) => fetch::mailbox_identity(&account, r),
+                Err(e) => e.to_string(),
+            };
+            let key = (written.clone(), settings.clone(), account.state_dir.clone(), identity);
+            accounts.insert(name.clone(), Planned { account: Arc::new(account), route: Arc::new(route), key });
+        }
+        Ok(Plan { settings, accounts })
+    }
+}
+
+/// The daemon's state.
+struct Daemon {
+    board: Arc<Board>,
+    pool: Arc<SshPool>,
+    ledgers: Arc<Ledgers>,
+    stop: Stop,
+    path: PathBuf,
+    running: Mutex<BTreeMap<String, Running>>,
+    supervisors: Mutex<JoinSet<()>>,
+    polls: Arc<Semaphore>,
+}
+
+/// A running account.
+struct Running {
+    key: (RawAccount, DaemonSettings, PathBuf, String),
+    stop: Stop,
+    tasks: Arc<Mutex<Vec<Handle>>>,
+}
+
+/// What the daemon keeps of a task: how to wake it and where it reports.
+#[derive(Clone)]
+struct Handle {
+    wake: Arc<Notify>,
+    slot: Arc<Slot>,
+}
+
+impl Daemon {
+    /// Starts what `plan` adds or changes, stops what it removes or
+    /// changes; unchanged accounts keep their connections and IDLEs (and
+    /// those that failed try again).
+    fn apply(&self, plan: Plan) {
+        let mut running = self.running.lock().expect("daemon lock");
+        let gone: Vec<String> = running.keys().filter(|n| !plan.accounts.contains_key(*n)).cloned().collect();
+        for name in gone {
+            if let Some(r) = running.remove(&name) {
+                tracing::info!(target: "sshmail::daemon", "{name}: removed from the config; stopping it");
+                r.stop.request();
+            }
+        }
+        let mut order = 0usize;
+        for (name, planned) in plan.accounts {
+            if let Some(r) = running.get(&name) {
+                if r.key == planned.key {
+                    for h in r.tasks.lock().expect("tasks lock").iter() {
+                        if h.slot.status().is_some_and(|s| s.last_error.is_some()) {
+                            h.wake.notify_one();
+                        }
+                    }
+                    continue;
+                }
+                tracing::info!(target: "sshmail::daemon", "{name}: changed in the config; restarting it");
+                r.stop.request();
+            }
+            let stop = self.stop.child();
+            let tasks: Arc<Mutex<Vec<Handle>>> = Arc::default();
+            let supervisor = Supervisor {
+                board: self.board.clone(),
+                pool: self.pool.clone(),
+                ledgers: self.ledgers.clone(),
+                polls: self.polls.clone(),
+                stop: stop.clone(),
+                tasks: tasks.clone(),
+                idle_renew: plan.settings.idle_renew,
+                first: order,
+            };
+            order += planned.account.fetch.folders.len();
+            self.supervisors.lock().expect("daemon lock").spawn(supervisor.run(planned.account, planned.route));
+            running.insert(name, Running { key: planned.key, stop, tasks });
+        }
+    }
+
+    /// Re-reads the config file; a file that does not load leaves the
+    /// accounts as they run.
+    fn reload(&self) -> std::result::Result<(), String> {
+        systemd::notify("RELOADING=1");
+        let result = match Plan::load(&self.path) {
+            Ok(plan) => {
+                tracing::info!(target: "sshmail::daemon", "reloading {}", self.path.display());
+                self.board.config_error(None);
+                self.pool.forget_failures();
+                self.apply(plan);
+                Ok(())
+            }
+            Err(e) => {
+                let text = format!("{e}");
+                tracing::error!(target: "sshmail::daemon", "reload refused, the accounts run as before: {text}");
+                self.board.config_error(Some(text.clone()));
+                Err(text)
+            }
+        };
+        systemd::notify("READY=1");
+        result
+    }
+
+    /// The tasks of `accounts` (all when empty).
+    fn handles(&self, accounts: &[String]) -> Vec<Handle> {
+        let running = self.running.lock().expect("daemon lock");
+        running
+            .iter()
+            .filter(|(n, _)| accounts.is_empty() || accounts.contains(n))
+            .flat_map(|(_, r)| r.tasks.lock().expect("tasks lock").clone())
+            .collect()
+    }
+
+    /// Asks the tasks of `accounts` for a pass now; with `wait`, returns
+    /// once each has made one (or failed), at most [`POLL_WAIT`].
+    async fn poll(&self, accounts: &[String], wait: bool) -> Vec<Polled> {
+        let handles = self.handles(accounts);
+        let mut changes = self.board.subscribe();
+        // A task busy with a pass finishes it first, then makes the one
+        // asked for: wait for two.
+        let before: Vec<_> = handles
+            .iter()
+            .map(|h| {
+                let s = h.slot.status();
+                let (passes, failures, delivered, busy) =
+                    s.map(|s| (s.passes, s.failures, s.delivered, s.busy)).unwrap_or_default();
+                h.wake.notify_one();
+                (passes + failures + u64::from(busy) + 1, delivered, failures)
+            })
+            .collect();
+        if !wait {
+            return Vec::new();
+        }
+        let deadline = tokio::time::Instant::now() + POLL_WAIT;
+        loop {
+            let done = handles
+                .iter()
+                .zip(&before)
+                .all(|(h, (needed, _, _))| h.slot.status().is_none_or(|s| s.passes + s.failures >= *needed));
+            if done {
+                break;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.stop.wait() => break,
+            }
+        }
+        handles
+            .iter()
+            .zip(&before)
+            .map(|(h, (needed, delivered, failures))| {
+                let s = h.slot.status();
+                let error = match &s {
+                    None => Some("the account was stopped".to_string()),
+                    Some(s) if s.passes + s.failures < *needed => Some("no pass ended in time".to_string()),
+                    Some(s) if s.failures > *failures => s.last_error.as_ref().map(|e| e.text.clone()),
+                    Some(_) => None,
+                };
+                Polled {
+                    account: h.slot.account().to_string(),
+                    folder: h.slot.folder().to_string(),
+                    delivered: s.map(|s| s.delivered - delivered).unwrap_or(0),
+                    error,
+                }
+            })
+            .collect()
+    }
+
+    /// Wakes every task: after a resume, each checks its connection and
+    /// catches up.
+    fn wake_all(&self) {
+        self.pool.forget_failures();
+        for h in self.handles(&[]) {
+            h.wake.notify_one();
+        }
+    }
+}
+
+/// Starts an account's tasks and waits for them; an IMAP account whose
+/// folders include patterns first lists them (one cycle over all its
+/// folders, which fetches them too).
+struct Supervisor {
+    board: Arc<Board>,
+    pool: Arc<SshPool>,
+    ledgers: Arc<Ledgers>,
+    polls: Arc<Semaphore>,
+    stop: Stop,
+    tasks: Arc<Mutex<Vec<Handle>>>,
+    idle_renew: Duration,
+    first: usize,
+}
+
+impl Supervisor {
+    async fn run(self, account: Arc<Account>, route: Arc<Result<Route>>) {
+        let mut set = JoinSet::new();
+        let folders: Vec<Option<String>> = match account.protocol {
+            Protocol::Pop3 => vec![None],
+            Protocol::Imap => {
+                let patterns = account.fetch.folders.iter().any(|f| f.contains(['*', '%']));
+                let names =
+                    if patterns { self.discover(&account, &route).await } else { Some(account.fetch.folders.clone()) };
+                let Some(names) = names else { return };
+                names.into_iter().map(Some).collect()
+            }
+        };
+        for (i, folder) in folders.into_iter().enumerate() {
+            let name = folder.clone().unwrap_or_else(|| "INBOX".to_string());
+            let (slot, ctx) = self.context(&account, &name);
+            self.tasks.lock().expect("tasks lock").push(Handle { wake: ctx.wake.clone(), slot: slot.clone() });
+            let start_after = STAGGER.saturating_mul((self.first + i) as u32).min(STAGGER_MAX);
+            set.spawn(task::run(task::Task {
+                account: account.clone(),
+                route: route.clone(),
+                folder,
+                slot,
+                ctx,
+                idle_renew: self.idle_renew,
+                start_after,
+                polls: self.polls.clone(),
+            }));
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// A slot on the board and the context of a task on `folder`.
+    fn context(&self, account: &Account, folder: &str) -> (Arc<Slot>, Context) {
+        let slot = self.board.slot(account, folder);
+        let ctx = Context {
+            pool: self.pool.clone(),
+            ledgers: self.ledgers.clone(),
+            stop: self.stop.child(),
+            report: slot.clone(),
+            wake: Arc::default(),
+        };
+        (slot, ctx)
+    }
+
+    /// Lists the account's folders (its patterns resolved) by a cycle over
+    /// all of them, retried like a task's; None when stopped first.
+    async fn discover(&self, account: &Arc<Account>, route: &Result<Route>) -> Option<Vec<String>> {
+        let shown = account.fetch.folders.join(" ");
+        let (slot, ctx) = self.context(account, &shown);
+        self.tasks.lock().expect("tasks lock").push(Handle { wake: ctx.wake.clone(), slot: slot.clone() });
+        let mut backoff = task::Backoff::default();
+        let found = loop {
+            if self.stop.requested() {
+                break None;
+            }
+            slot.trying();
+            let result = match route {
+                Err(e) => Err(e.clone()),
+                Ok(route) => {
+                    let _permit = self.polls.acquire().await;
+                    fetch::fetch_account(account, route, &Cycle::default(), &ctx).await
+                }
+            };
+            match result {
+                Ok(o) => break Some(o.folders),
+                Err(e) => {
+                    let pause = backoff.next(e.retry());
+                    tracing::warn!(target: "sshmail::daemon", "{}: listing the folders {shown}: {e}", account.name);
+                    slot.failed(&e, pause);
+                    let sleep = async {
+                        match pause {
+                            Some(p) => tokio::time::sleep(p).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = sleep => {}
+                        _ = ctx.wake.notified() => {}
+                        _ = self.stop.wait() => break None,
+                    }
+                }
+            }
+        };
+        self.tasks.lock().expect("tasks lock").retain(|h| !Arc::ptr_eq(&h.slot, &slot));
+        slot.ended();
+        found
+    }
+}
+
+/// `interval` give or take a twentieth, so that accounts polled together
+/// drift apart.
+fn jittered_interval(interval: Duration) -> Duration {
+    let spread = task::jitter(Duration::from_secs(1000)).as_secs_f64() / 1000.0; // 0.75..1.25
+    interval.mul_f64(1.0 + (spread - 1.0) / 5.0)
+}
+
+/// SIGUSR1 polls everything, SIGHUP reloads; SIGTERM and SIGINT stop.
+async fn signals(daemon: Arc<Daemon>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut usr1), Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(target: "sshmail::daemon", "cannot install the signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = usr1.recv() => {
+                tracing::info!(target: "sshmail::daemon", "SIGUSR1: polling every account now");
+                daemon.poll(&[], false).await;
+            }
+            _ = hup.recv() => {
+                let _ = daemon.reload();
+            }
+            _ = term.recv() => daemon.stop.request(),
+            _ = int.recv() => daemon.stop.request(),
+        }
+    }
+}
+
+/// Answers the control socket.
+async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if !control::peer_is_us(&stream) {
+            continue;
+        }
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let mut stream = tokio::io::BufReader::new(stream);
+            let response = match control::read_request(&mut stream).await {
+                Err(why) => Response::refused(why),
+                Ok(request) => match request.command {
+                    Command::Status { accounts } => {
+                        Response { status: Some(daemon.board.status(&accounts)), ..Response::ok() }
+                    }
+                    Command::Poll { accounts } => match unknown(&daemon, &accounts) {
+                        Some(why) => Response::refused(why),
+                        None => Response { polled: daemon.poll(&accounts, true).await, ..Response::ok() },
+                    },
+                    Command::Reload => match daemon.reload() {
+                        Ok(()) => Response::ok(),
+                        Err(why) => Response::refused(why),
+                    },
+                    Command::Stop => {
+                        tracing::info!(target: "sshmail::daemon", "asked to stop");
+                        daemon.stop.request();
+                        Response::ok()
+                    }
+                },
+            };
+            control::write_response(&mut stream, &response).await;
+        });
+    }
+}
+
+/// Names in `accounts` the daemon does not run.
+fn unknown(daemon: &Daemon, accounts: &[String]) -> Option<String> {
+    let running = daemon.running.lock().expect("daemon lock");
+    let missing: Vec<&str> = accounts.iter().filter(|a| !running.contains_key(*a)).map(String::as_str).collect();
+    (!missing.is_empty()).then(|| format!("no account {} in the daemon's config", missing.join(", ")))
+}
+
+/// Notices a suspend: the boot-time clock, which counts the time asleep,
+/// ran ahead of the monotonic one, which does not. Then every task checks
+/// its connection and catches up at once (a dead link is found by the SSH
+/// keepalive within seconds), instead of waiting for its timers.
+async fn watch_clock(daemon: Arc<Daemon>) {
+    let gap = || {
+        let boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        let mono = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let secs = |t: rustix::time::Timespec| t.tv_sec as f64 + t.tv_nsec as f64 / 1e9;
+        secs(boot) - secs(mono)
+    };
+    let mut last = gap();
+    loop {
+        tokio::time::sleep(CLOCK_CHECK).await;
+        let now = gap();
+        if now - last > 2.0 {
+            tracing::info!(
+                target: "sshmail::daemon",
+                "the machine slept for {:.0} s: checking every connection and catching up",
+                now - last
+            );
+            daemon.wake_all();
+        }
+        last = now;
+    }
+}
+
+/// Closes SSH connections nobody has used for `ssh_idle_close`.
+async fn reap(pool: Arc<SshPool>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        pool.reap();
+    }
+}
