@@ -644,6 +644,41 @@ impl Testbed {
         Ok(v)
     }
 
+    /// Kills sshd, its listener and every session, as a crashed host would
+    /// lose them; [`Testbed::restart_sshd`] brings it back on the same port.
+    pub fn kill_sshd(&mut self) {
+        for pid in self.sshd_session_pids() {
+            signal(pid, "CONT");
+            signal(pid, "KILL");
+        }
+        if let Some(mut child) = self.sshd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts sshd again after [`Testbed::kill_sshd`], same port and keys.
+    pub fn restart_sshd(&mut self) -> Result<()> {
+        self.spawn_sshd()
+    }
+
+    fn spawn_sshd(&mut self) -> Result<()> {
+        let root = self.path().to_path_buf();
+        let child = Command::new(find_program("sshd", &["/usr/sbin/sshd"])?)
+            .arg("-D")
+            .arg("-f")
+            .arg(root.join("sshd_config"))
+            .arg("-E")
+            .arg(root.join("sshd.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting sshd (is openssh-server installed?)")?;
+        self.sshd = Some(child);
+        wait_for_port(self.ssh_port, &mut self.sshd, &root.join("sshd.log"))
+    }
+
     fn start_sshd(&mut self, opts: &Options) -> Result<()> {
         let root = self.path().to_path_buf();
         let host_key = root.join("ssh_host_ed25519_key");
@@ -685,20 +720,8 @@ impl Testbed {
         );
         let conf_path = root.join("sshd_config");
         fs::write(&conf_path, config)?;
-        let child = Command::new(find_program("sshd", &["/usr/sbin/sshd"])?)
-            .arg("-D")
-            .arg("-f")
-            .arg(&conf_path)
-            .arg("-E")
-            .arg(root.join("sshd.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting sshd (is openssh-server installed?)")?;
-        self.sshd = Some(child);
         self.ssh_port = port;
-        wait_for_port(port, &mut self.sshd, &root.join("sshd.log"))?;
+        self.spawn_sshd()?;
         let pubkey = fs::read_to_string(host_key.with_extension("pub"))?;
         let mut fields = pubkey.split_whitespace();
         let line = format!("{} {}", fields.next().unwrap_or(""), fields.next().unwrap_or(""));

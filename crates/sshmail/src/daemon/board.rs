@@ -113,6 +113,8 @@ pub struct FolderStatus {
     pub passes: u64,
     /// Tries that failed since the start.
     pub failures: u64,
+    /// Connections to the server made since the start.
+    pub connects: u64,
     /// A pass or a connection is under way.
     pub busy: bool,
 }
@@ -204,6 +206,7 @@ impl Board {
                     last_error: None,
                     passes: 0,
                     failures: 0,
+                    connects: 0,
                     busy: true,
                 },
             ),
@@ -375,6 +378,7 @@ impl Report for Slot {
         match event {
             Event::Connected { peer, connection } => self.board.update(self, |s| {
                 s.connected = true;
+                s.connects += 1;
                 s.busy = true;
                 s.peer = Some(peer.to_string());
                 s.connection = connection.map(str::to_string);
