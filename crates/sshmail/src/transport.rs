@@ -237,12 +237,82 @@ pub fn remote_command(c: &Command) -> String {
 /// in turn and reads its greeting. The first that greets `* PREAUTH` is the
 /// one, and its session goes on (the greeting is handed on to the IMAP
 /// layer). The error names every candidate tried and what each said.
+///
+/// What was found is remembered for the process, per SSH destination (and
+/// jumps): later sessions (another folder, a reconnect) start it at once,
+/// and while one session detects, the others to the same host wait for its
+/// answer instead of probing too (which would open twice the channels). A
+/// remembered imapd that no longer greets PREAUTH is detected afresh.
 async fn detect_imapd(
     pool: &SshPool,
     target: &target::SshTarget,
     jumps: &[target::SshTarget],
 ) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String)> {
-    let timeout = target.timeout;
+    type Found = Arc<tokio::sync::Mutex<Option<String>>>;
+    static FOUND: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Found>>> =
+        std::sync::OnceLock::new();
+    let key = format!("{} via {:?}", target.name(), jumps.iter().map(|j| j.name()).collect::<Vec<_>>());
+    let found: Found = FOUND.get_or_init(Default::default).lock().expect("imapd cache").entry(key).or_default().clone();
+    let remembered = found.lock().await.clone();
+    if let Some(command) = &remembered
+        && let Ok(opened) = start_preauth(pool, target, jumps, command).await?
+    {
+        return Ok(opened);
+    }
+    let mut found = found.lock().await;
+    // Another session may have detected it meanwhile.
+    if let Some(command) = (*found).clone().filter(|c| Some(c) != remembered.as_ref())
+        && let Ok(opened) = start_preauth(pool, target, jumps, &command).await?
+    {
+        return Ok(opened);
+    }
+    let opened = probe_imapd(pool, target, jumps).await?;
+    *found = Some(opened.0.clone());
+    Ok(opened)
+}
+
+/// Starts `command` and reads its greeting: the session when it greets
+/// PREAUTH, else what it said (or, with its stderr, why it said nothing).
+async fn start_preauth(
+    pool: &SshPool,
+    target: &target::SshTarget,
+    jumps: &[target::SshTarget],
+    command: &str,
+) -> Result<std::result::Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String), String>> {
+    let (mut stream, status, connection) = pool.exec(target, jumps, command).await?;
+    match read_greeting(&mut stream, target.timeout.min(std::time::Duration::from_secs(10))).await {
+        Greeting::Line(bytes) if imap::Greeting::parse(&bytes) == imap::Greeting::PreAuth => {
+            let stream = Box::new(Prefixed { prefix: bytes, pos: 0, inner: stream });
+            Ok(Ok((command.to_string(), stream, status, connection)))
+        }
+        Greeting::Line(bytes) => {
+            let line = String::from_utf8_lossy(&bytes);
+            let line = line.lines().next().unwrap_or("").chars().take(100).collect::<String>();
+            Ok(Err(format!("{command}: greeted `{line}`, not PREAUTH")))
+        }
+        Greeting::Nothing => {
+            let exit = status
+                .wait_exit(EXIT_WAIT)
+                .await
+                .map(|c| format!("exit status {c}"))
+                .unwrap_or_else(|| "no exit status".into());
+            let err = status.stderr();
+            let err = err.lines().last().unwrap_or("").chars().take(160).collect::<String>();
+            Ok(Err(format!(
+                "{command}: no greeting ({exit}){}",
+                if err.is_empty() { String::new() } else { format!(": {err}") }
+            )))
+        }
+    }
+}
+
+/// Lists which candidates exist, then starts each in turn until one greets
+/// PREAUTH.
+async fn probe_imapd(
+    pool: &SshPool,
+    target: &target::SshTarget,
+    jumps: &[target::SshTarget],
+) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String)> {
     let probe = format!(
         "for p in {}; do if [ -x \"$p\" ]; then echo \"$p\"; fi; done; true",
         IMAPD_CANDIDATES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(" ")
@@ -252,30 +322,12 @@ async fn detect_imapd(
     let mut said = Vec::new();
     for (program, args) in IMAPD_CANDIDATES.iter().filter(|(p, _)| present.iter().any(|f| f == p)) {
         let command = format!("{program}{args}");
-        let (mut stream, status, connection) = pool.exec(target, jumps, &command).await?;
-        match read_greeting(&mut stream, timeout.min(std::time::Duration::from_secs(10))).await {
-            Greeting::Line(bytes) if imap::Greeting::parse(&bytes) == imap::Greeting::PreAuth => {
+        match start_preauth(pool, target, jumps, &command).await? {
+            Ok(opened) => {
                 tracing::info!("found the IMAP server {command} on {}", target.name());
-                return Ok((command, Box::new(Prefixed { prefix: bytes, pos: 0, inner: stream }), status, connection));
+                return Ok(opened);
             }
-            Greeting::Line(bytes) => {
-                let line = String::from_utf8_lossy(&bytes);
-                let line = line.lines().next().unwrap_or("").chars().take(100).collect::<String>();
-                said.push(format!("{command}: greeted `{line}`, not PREAUTH"));
-            }
-            Greeting::Nothing => {
-                let exit = status
-                    .wait_exit(EXIT_WAIT)
-                    .await
-                    .map(|c| format!("exit status {c}"))
-                    .unwrap_or_else(|| "no exit status".into());
-                let err = status.stderr();
-                let err = err.lines().last().unwrap_or("").chars().take(160).collect::<String>();
-                said.push(format!(
-                    "{command}: no greeting ({exit}){}",
-                    if err.is_empty() { String::new() } else { format!(": {err}") }
-                ));
-            }
+            Err(what) => said.push(what),
         }
     }
     let tried = if said.is_empty() {

@@ -200,3 +200,218 @@ fn sigusr1_and_poll_fetch_a_pop3_account_at_once() {
     assert_same(env.delivered(), env.expected());
     assert_eq!(env.bed.server_message_count().unwrap(), 0);
 }
+
+/// How many SSH logins sshd has accepted so far.
+fn ssh_logins(env: &Env) -> usize {
+    std::fs::read_to_string(env.bed.sshd_log()).unwrap_or_default().matches("Accepted publickey").count()
+}
+
+#[test]
+fn sighup_adds_an_account_without_reconnecting_the_others_and_a_broken_config_leaves_them_running() {
+    let mut env = Env::new();
+    let one = env.imap_toml("one", "");
+    let daemon = Daemon::start(&env, &one);
+    daemon.wait_status("one IDLE", Duration::from_secs(30), |s| s.accounts[0].folders[0].mode == Mode::Idle);
+    let logins = ssh_logins(&env);
+    let before = daemon.status().accounts[0].folders[0].clone();
+
+    // Add a POP3 account on the same host.
+    let config = format!("state_dir = \"{}\"\n{one}{}", env.state_dir().display(), env.pop3_toml("two", ""));
+    Daemon::write_config(&daemon.config, &config);
+    env.add_messages([corpus::mixed_message(1, 1)]);
+    daemon.signal("HUP");
+    daemon.wait_status("two added", Duration::from_secs(30), |s| {
+        s.accounts.iter().any(|a| a.name == "two" && a.folders[0].passes >= 1)
+    });
+    wait_delivered(&env, 1, Duration::from_secs(10), &daemon);
+    let after = daemon.status();
+    let one_after = &after.accounts.iter().find(|a| a.name == "one").unwrap().folders[0];
+    assert_eq!(
+        (one_after.connects, one_after.connection.as_deref(), one_after.failures),
+        (before.connects, before.connection.as_deref(), 0),
+        "one kept its session"
+    );
+    assert_eq!(one_after.mode, Mode::Idle);
+    assert_eq!(ssh_logins(&env), logins, "no new SSH connection: two shares one's");
+
+    // A config that no longer parses: reported, the old one runs on.
+    Daemon::write_config(&daemon.config, &format!("{config}\n[account.three\n"));
+    daemon.signal("HUP");
+    daemon.wait_status("the broken config reported", Duration::from_secs(10), |s| s.config_error.is_some());
+    let refused = daemon.ctl(&["reload"]);
+    assert_eq!(refused.status.code(), Some(5), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("line"), "names where: {:?}", refused);
+    let m = corpus::mixed_message(2, 1);
+    env.bed.deliver_by_dovecot("INBOX", &m).unwrap();
+    env.originals.push(m);
+    wait_delivered(&env, 2, Duration::from_secs(5), &daemon);
+    let status = daemon.status();
+    assert_eq!(status.accounts.len(), 2, "both accounts still run");
+
+    // Fixed again, and one removed.
+    Daemon::write_config(&daemon.config, &format!("state_dir = \"{}\"\n{one}", env.state_dir().display()));
+    let ok = daemon.ctl(&["reload"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    daemon.wait_status("two removed", Duration::from_secs(10), |s| {
+        s.config_error.is_none() && s.accounts.len() == 1 && s.accounts[0].name == "one"
+    });
+    let log = daemon.stop();
+    assert!(log.contains("reload refused"), "{log}");
+    assert_same(env.delivered(), env.expected());
+}
+
+#[test]
+fn sigterm_during_a_200_mb_fetch_exits_0_within_5_s_leaving_no_partial_file_and_the_next_start_delivers_it_once() {
+    let mut env = Env::new();
+    let mut big = b"From: big@example.org\nTo: mailuser@example.net\nSubject: 200 MB\n\n".to_vec();
+    let line = [b'x'; 76];
+    while big.len() < 200 << 20 {
+        big.extend_from_slice(&line);
+        big.push(b'\n');
+    }
+    env.add_messages([big]);
+    let config = env.home.path().join("config.toml");
+    Daemon::write_config(
+        &config,
+        &format!("state_dir = \"{}\"\n{}", env.state_dir().display(), env.pop3_toml("pop", "")),
+    );
+    // The transfer holds still mid-message (past 16 MiB) for 20 s: the stop
+    // comes while it is in flight and must abandon it.
+    let daemon = Daemon::spawn(env.home.path(), &config, &[("SSHMAIL_PAUSE", "body-streaming:20000")]);
+    // Under way: the message is streaming into tmp/, held still past 16 MiB.
+    daemon.log.wait_until("the transfer paused mid-message", |l| l.contains("pausing"));
+    assert_eq!(env.tmp_files(), 1, "the message is being staged");
+    let asked = Instant::now();
+    daemon.signal("TERM");
+    let (code, log) = daemon.wait_exit(Duration::from_secs(5));
+    eprintln!("stopped after {:?}", asked.elapsed());
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(env.tmp_files(), 0, "no partial file is left in tmp/");
+    assert!(env.delivered().is_empty(), "nothing half-delivered");
+    assert_eq!(env.bed.server_message_count().unwrap(), 1, "the message is still on the server");
+
+    assert!(log.contains("abandoned"), "{log}");
+    let again = Daemon::spawn(env.home.path(), &config, &[]);
+    wait_delivered(&env, 1, Duration::from_secs(120), &again);
+    again.wait_answering();
+    again.stop();
+    assert_eq!(env.delivered().len(), 1);
+    assert!(env.delivered() == env.expected(), "the 200 MB message arrived once, intact");
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+}
+
+#[test]
+fn twenty_accounts_on_one_host_use_no_more_ssh_connections_than_their_channels_need() {
+    let env = Env::new();
+    let mut accounts = String::new();
+    for i in 1..=20 {
+        env.bed.deliver_by_dovecot(&format!("f{i:02}"), &corpus::mixed_message(i, 1)).unwrap();
+        accounts += &env.imap_toml(&format!("a{i:02}"), &format!("folders = [\"f{i:02}\"]"));
+    }
+    let daemon = Daemon::start(&env, &accounts);
+    daemon.wait_status("20 accounts IDLE", Duration::from_secs(60), |s| {
+        s.accounts.len() == 20 && s.accounts.iter().all(|a| a.folders[0].mode == Mode::Idle)
+    });
+    wait_delivered(&env, 20, Duration::from_secs(10), &daemon);
+    // 20 exec channels, 10 per connection (OpenSSH's MaxSessions).
+    assert_eq!(ssh_logins(&env), 2, "SSH connections for 20 exec channels");
+    let connections: std::collections::BTreeSet<_> =
+        daemon.status().accounts.iter().filter_map(|a| a.folders[0].connection.clone()).collect();
+    assert_eq!(connections.len(), 2, "{connections:?}");
+    daemon.stop();
+}
+
+#[test]
+fn a_killed_and_restarted_sshd_is_reconnected_and_what_arrived_meanwhile_delivered_within_30_s() {
+    let mut env = Env::new();
+    let daemon = Daemon::start(&env, &env.imap_toml("mail", ""));
+    daemon.wait_status("IDLE", Duration::from_secs(30), |s| s.accounts[0].folders[0].mode == Mode::Idle);
+    env.bed.kill_sshd();
+    for i in 0..3 {
+        let m = corpus::mixed_message(i, 1);
+        env.bed.deliver_by_dovecot("INBOX", &m).unwrap();
+        env.originals.push(m);
+    }
+    daemon.wait_status("the loss noticed", Duration::from_secs(30), |s| s.accounts[0].folders[0].failures > 0);
+    std::thread::sleep(Duration::from_secs(3));
+    env.bed.restart_sshd().unwrap();
+    let took = wait_delivered(&env, 3, Duration::from_secs(30), &daemon);
+    eprintln!("delivered {took:?} after sshd came back");
+    daemon.wait_status("IDLE again", Duration::from_secs(10), |s| {
+        let f = &s.accounts[0].folders[0];
+        f.mode == Mode::Idle && f.connected && f.connects >= 2
+    });
+    daemon.stop();
+    assert_same(env.delivered(), env.expected());
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+}
+
+#[test]
+fn an_sshd_frozen_for_20_s_is_noticed_and_reconnected_nothing_lost_or_duplicated() {
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 1)));
+    let daemon = Daemon::start(&env, &env.imap_toml("mail", ""));
+    wait_delivered(&env, 2, Duration::from_secs(30), &daemon);
+    daemon.wait_status("IDLE", Duration::from_secs(30), |s| s.accounts[0].folders[0].mode == Mode::Idle);
+    let mut frozen = env.bed.sshd_session_pids();
+    frozen.extend(env.bed.sshd_pid());
+    for pid in &frozen {
+        sshmail_testbed::signal(*pid, "STOP");
+    }
+    for i in 2..5 {
+        let m = corpus::mixed_message(i, 1);
+        env.bed.deliver_by_dovecot("INBOX", &m).unwrap();
+        env.originals.push(m);
+    }
+    daemon.wait_status("the frozen link noticed", Duration::from_secs(20), |s| s.accounts[0].folders[0].failures > 0);
+    // Frozen for 20 s in all (the keepalive notices within about 8).
+    std::thread::sleep(Duration::from_secs(12));
+    for pid in &frozen {
+        sshmail_testbed::signal(*pid, "CONT");
+    }
+    let took = wait_delivered(&env, 5, Duration::from_secs(90), &daemon);
+    eprintln!("delivered {took:?} after sshd resumed");
+    daemon.stop();
+    assert_same(env.delivered(), env.expected());
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+}
+
+#[test]
+fn kill_9_of_the_daemon_in_delete_mode_under_arriving_mail_loses_and_duplicates_nothing() {
+    let mut env = Env::new();
+    let messages: Vec<Vec<u8>> = (0..40).map(|i| corpus::mixed_message(i, 4)).collect();
+    env.originals.extend(messages.iter().cloned());
+    let daemon = Daemon::start(&env, &env.imap_toml("mail", ""));
+    let config = daemon.config.clone();
+    let delivering = {
+        let msgs = messages.clone();
+        let bed = &env.bed;
+        std::thread::scope(|scope| {
+            let sender = scope.spawn(move || {
+                for m in &msgs {
+                    bed.deliver_by_dovecot("INBOX", m).unwrap();
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            });
+            // Kill it while mail arrives and is being fetched.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while read_dir_contents(&env.maildir().join("new")).len() < 10 {
+                assert!(Instant::now() < deadline, "nothing arrived; log:\n{}", daemon.log.text());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            daemon.signal("KILL");
+            let (code, _) = daemon.wait_exit(Duration::from_secs(5));
+            assert_eq!(code, None, "killed by the signal");
+            let again = Daemon::spawn(env.home.path(), &config, &[]);
+            sender.join().unwrap();
+            again
+        })
+    };
+    wait_delivered(&env, 40, Duration::from_secs(60), &delivering);
+    delivering.wait_answering();
+    delivering.wait_status("the server emptied", Duration::from_secs(30), |_| {
+        env.bed.server_message_count().unwrap_or(1) == 0
+    });
+    delivering.stop();
+    assert_same(env.delivered(), env.expected());
+}
