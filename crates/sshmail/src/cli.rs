@@ -742,13 +742,19 @@ mod tests {
         use clap::CommandFactory;
         let man = include_str!("../../../doc/sshmail.1").replace("\\-", "-");
         let cli = Cli::command();
-        let fetch = cli.find_subcommand("fetch").expect("fetch");
-        for arg in fetch.get_arguments().chain(cli.get_arguments()) {
-            if let Some(long) = arg.get_long() {
-                if matches!(long, "help" | "version") {
-                    continue;
+        for sub in cli.get_subcommands() {
+            assert!(
+                man.contains(&format!("sshmail {}", sub.get_name())),
+                "doc/sshmail.1 does not show {}",
+                sub.get_name()
+            );
+            for arg in sub.get_arguments().chain(cli.get_arguments()) {
+                if let Some(long) = arg.get_long() {
+                    if matches!(long, "help" | "version") {
+                        continue;
+                    }
+                    assert!(man.contains(&format!("--{long}")), "doc/sshmail.1 does not document --{long}");
                 }
-                assert!(man.contains(&format!("--{long}")), "doc/sshmail.1 does not document --{long}");
             }
         }
     }

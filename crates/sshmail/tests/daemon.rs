@@ -415,3 +415,61 @@ fn kill_9_of_the_daemon_in_delete_mode_under_arriving_mail_loses_and_duplicates_
     delivering.stop();
     assert_same(env.delivered(), env.expected());
 }
+
+#[test]
+fn an_idle_folder_on_imap4d_which_never_reports_is_still_polled_every_interval() {
+    let mut env = Env::new();
+    let imapd = env.bed.imap4d_command(false).unwrap();
+    let daemon = Daemon::start(&env, &env.imap_toml("gnu", &format!("imapd = \"{imapd}\"\ninterval = 2")));
+    daemon.wait_status("watching", Duration::from_secs(30), |s| s.accounts[0].folders[0].mode == Mode::Idle);
+    env.add_messages([corpus::mixed_message(3, 1)]);
+    // imap4d sends no EXISTS while idling: the pass every `interval` finds it.
+    let took = wait_delivered(&env, 1, Duration::from_secs(10), &daemon);
+    eprintln!("imap4d: delivered after {took:?}");
+    let log = daemon.stop();
+    assert!(log.contains("gnu: INBOX: 1 new"), "{log}");
+    assert_same(env.delivered(), env.expected());
+}
+
+#[test]
+fn under_systemd_it_notifies_readiness_and_its_log_lines_carry_syslog_priorities() {
+    use std::os::unix::fs::MetadataExt as _;
+    let env = Env::new();
+    let config = env.home.path().join("config.toml");
+    Daemon::write_config(
+        &config,
+        &format!("state_dir = \"{}\"\n{}", env.state_dir().display(), env.imap_toml("mail", "")),
+    );
+    let notify_path = env.home.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // The journal's stream: stderr is a file whose device and inode
+    // JOURNAL_STREAM names, as systemd sets it.
+    let log_path = env.home.path().join("journal");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let meta = log_file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sshmail"))
+        .args(["daemon", "-v", "--config"])
+        .arg(&config)
+        .env("HOME", env.home.path())
+        .env("XDG_RUNTIME_DIR", env.home.path().join("run"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("JOURNAL_STREAM", &stream)
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(std::process::Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    sshmail_testbed::signal(child.id(), "TERM");
+    let n = notify.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let status = common::wait_bounded_status(&mut child, Duration::from_secs(5));
+    assert_eq!(status, Some(0));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.is_empty() && log.lines().all(|l| l.starts_with('<')), "every line has a priority:\n{log}");
+    assert!(log.lines().any(|l| l.starts_with("<6>") && l.contains("started")), "{log}");
+}

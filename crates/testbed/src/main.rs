@@ -71,6 +71,7 @@ fn main() -> Result<()> {
         ("MAIL_USER", MAIL_USER.to_string()),
         ("MAIL_PASSWORD", MAIL_PASSWORD.to_string()),
         ("SERVER_MAILDIR", bed.server_maildir().display().to_string()),
+        ("DOVECOT_CONFIG", bed.dovecot_config.display().to_string()),
         ("MESSAGES", messages.to_string()),
     ];
     let text: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();

@@ -61,6 +61,13 @@ pub fn config_path(given: Option<&Path>) -> (PathBuf, bool) {
 
 /// Runs the daemon in the foreground until stopped; returns the exit code.
 pub async fn run(config: Option<&Path>) -> Exit {
+    let caught = match Signals::catch() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sshmail: cannot catch signals: {e}");
+            return Exit::Connect;
+        }
+    };
     let (path, default) = config_path(config);
     let paths = Paths::for_config(&path, default);
     if let Err(e) = paths.prepare() {
@@ -115,11 +122,11 @@ pub async fn run(config: Option<&Path>) -> Exit {
         path.display(),
         paths.socket.display()
     );
+    let mut background = JoinSet::new();
+    background.spawn(signals(daemon.clone(), caught));
     daemon.apply(plan);
     systemd::notify("READY=1");
 
-    let mut background = JoinSet::new();
-    background.spawn(signals(daemon.clone()));
     background.spawn(serve(daemon.clone(), listener));
     background.spawn(watch_clock(daemon.clone()));
     background.spawn(reap(daemon.pool.clone()));
@@ -470,18 +477,30 @@ fn jittered_interval(interval: Duration) -> Duration {
     interval.mul_f64(1.0 + (spread - 1.0) / 5.0)
 }
 
+/// The daemon's signals, caught from the start (before it says it is
+/// ready, so that an early SIGTERM stops it cleanly instead of killing it).
+struct Signals {
+    usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// SIGUSR1 polls everything, SIGHUP reloads; SIGTERM and SIGINT stop.
-async fn signals(daemon: Arc<Daemon>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut usr1), Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!(target: "sshmail::daemon", "cannot install the signal handlers");
-        return;
-    };
+async fn signals(daemon: Arc<Daemon>, signals: Signals) {
+    let Signals { mut usr1, mut hup, mut term, mut int } = signals;
     loop {
         tokio::select! {
             _ = usr1.recv() => {

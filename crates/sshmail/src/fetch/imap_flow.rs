@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use sshmail_proto::imap::{Command as ImapCommand, Limits, Response, Status, Untagged, uid_set};
 
-use super::imap::{self, Bodies, Imap, Pending, PolicyStep};
+use super::imap::{self, Bodies, Imap, Pending, PolicyStep, Woke};
 use super::report::{Event, Transfer};
 use super::{
     BATCH_BYTES, BATCH_MESSAGES, Committing, FolderError, IMAP_FETCHES_IN_FLIGHT, PolicyRefusal, Store, human_bytes,
@@ -58,9 +58,11 @@ pub(super) async fn imap_flow<S: Stream>(
     store.outcome.folders = folders.clone();
     let mut listed: HashSet<Key> = HashSet::new();
     let mut done: Vec<FolderKeys> = Vec::new();
-    for folder in &folders {
+    // A watched folder's first pass is the watch's own.
+    let watched = if store.show.idle && !store.show.check { folders.first().cloned() } else { None };
+    for folder in folders.iter().filter(|f| Some(*f) != watched.as_ref()) {
         let before = (store.outcome.delivered, store.outcome.bytes);
-        match imap_folder(account, &mut imap, store, folder, &mut listed, None).await {
+        match imap_folder(account, &mut imap, store, folder, &mut listed, Pass::Full).await {
             Ok(_) => {
                 done.push(FolderKeys::new(folder));
                 store.passed(folder, before);
@@ -80,8 +82,8 @@ pub(super) async fn imap_flow<S: Stream>(
     }
     store.compact(move |k| listed.contains(k) || !done.iter().any(|f| f.holds(k))).await?;
     if store.show.idle {
-        let Some(folder) = folders.first() else { return Err(Error::Config("no folder to IDLE on".into())) };
-        watch(account, &mut imap, store, folder).await?;
+        let Some(folder) = watched else { return Err(Error::Config("no folder to IDLE on".into())) };
+        watch(account, &mut imap, store, &folder).await?;
     }
     imap.logout().await;
     Ok(imap.received())
@@ -104,21 +106,18 @@ async fn watch<S: Stream>(account: &Account, imap: &mut Imap<S>, store: &mut Sto
     tracing::info!("{}: waiting for new mail in {folder}", account.name);
     let keys = FolderKeys::new(folder);
     let renewal = store.show.renewal.clone();
-    // (UIDVALIDITY, the lowest UID not yet seen) after the first pass.
-    let mut since: Option<(u32, u32)> = None;
-    // The imap_flow before the watch made a full pass already.
-    let mut full_done = false;
+    // The watch's first pass is a full one (the cycle left this folder to
+    // it): what it lists is what the ledger's compaction keeps.
+    let mut pass = Pass::Full;
     while !store.stop.requested() {
         fault::pause("idle-loop").await;
         let before = (store.outcome.delivered, store.outcome.bytes);
         let mut seen = HashSet::new();
-        let pass = if full_done { since } else { None };
-        since = Some(imap_folder(account, imap, store, folder, &mut seen, pass).await?);
-        if pass.is_none() {
-            // Only a full pass lists everything, so only it may compact.
+        let (validity, from, full) = imap_folder(account, imap, store, folder, &mut seen, pass).await?;
+        if full {
+            // Only a pass that listed everything may compact.
             let keys = keys.clone();
             store.compact(move |k| seen.contains(k) || !keys.holds(k)).await?;
-            full_done = true;
         }
         store.passed(folder, before);
         let new = store.outcome.delivered - before.0;
@@ -145,6 +144,12 @@ async fn watch<S: Stream>(account: &Account, imap: &mut Imap<S>, store: &mut Sto
             }
         };
         tracing::debug!("{}: {folder}: IDLE ended: {woke:?}", account.name);
+        // A reported change: what is above the last UID seen. A renewal or
+        // a poll asked for: SELECT again, for servers that never report.
+        pass = match woke {
+            Woke::Changed => Pass::Above { validity, from },
+            _ => Pass::Reselect { validity, from },
+        };
     }
     tracing::info!("{}: stopped", account.name);
     Ok(())
@@ -168,18 +173,30 @@ async fn resolve_folders<S: Stream>(imap: &mut Imap<S>, wanted: &[String]) -> Re
     Ok(out)
 }
 
-/// Fetches one folder. `since`, from a pass before in this session with
-/// the folder still selected: (its UIDVALIDITY, the lowest UID not yet
-/// seen), for a catch-up pass that lists only what is above. Returns the
-/// same pair for the next pass.
+/// Which messages a pass over a folder lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// SELECT, and every message.
+    Full,
+    /// The folder is still selected and the server reported a change: the
+    /// messages from UID `from` on (UIDVALIDITY `validity`).
+    Above { validity: u32, from: u32 },
+    /// SELECT again (some servers, GNU imap4d, look at the folder again only
+    /// then) and list from UID `from` on, if the UIDVALIDITY is still
+    /// `validity`; else every message.
+    Reselect { validity: u32, from: u32 },
+}
+
+/// Fetches one folder. Returns (its UIDVALIDITY, the lowest UID not yet
+/// seen, whether every message was listed), for the next pass.
 async fn imap_folder<S: Stream>(
     account: &Account,
     imap: &mut Imap<S>,
     store: &mut Store<'_>,
     folder: &str,
     listed: &mut HashSet<Key>,
-    since: Option<(u32, u32)>,
-) -> Result<(u32, u32)> {
+    pass: Pass,
+) -> Result<(u32, u32, bool)> {
     // The folder's name comes from the server: it becomes a directory only
     // through the one mapping that makes it a safe child of the Maildir.
     let subfolder = match account.delivery.maildir_subfolders.then(|| Subfolder::for_folder(folder)) {
@@ -189,10 +206,12 @@ async fn imap_folder<S: Stream>(
             return Err(Error::Server(format!("{}: {why}; the folder is skipped", imap.peer())));
         }
     };
-    if let Some((validity, from)) = since {
+    if let Pass::Above { validity, from } = pass {
         // The folder is still selected: its UIDVALIDITY cannot have changed
         // without the server ending the session.
-        return fetch_listed(account, imap, store, (folder, subfolder), listed, (validity, from), HashMap::new()).await;
+        let (validity, next) =
+            fetch_listed(account, imap, store, (folder, subfolder), listed, (validity, from), HashMap::new()).await?;
+        return Ok((validity, next, false));
     }
     // Keep opens with SELECT too (bodies are fetched with BODY.PEEK[], so
     // nothing changes): servers such as GNU imap4d and a fresh Courier
@@ -230,7 +249,13 @@ async fn imap_folder<S: Stream>(
             )));
         }
     }
-    fetch_listed(account, imap, store, (folder, subfolder), listed, (validity, 1), marks).await
+    let from = match pass {
+        Pass::Reselect { validity: v, from } if v == validity => from,
+        _ => 1,
+    };
+    let (validity, next) =
+        fetch_listed(account, imap, store, (folder, subfolder), listed, (validity, from), marks).await?;
+    Ok((validity, next, from == 1))
 }
 
 /// The rest of a pass over a selected folder: list what is there from UID

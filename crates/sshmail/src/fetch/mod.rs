@@ -607,3 +607,19 @@ pub fn human_bytes(n: u64) -> String {
         _ => format!("{:.2} GB", n as f64 / 1e9),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_a_server_ended_early_is_renewed_sooner_from_then_on_never_below_a_minute() {
+        let r = Renewal::new(std::time::Duration::from_secs(480));
+        assert_eq!(r.ended_after(std::time::Duration::from_secs(30)), None, "a quick failure teaches nothing");
+        assert_eq!(r.ended_after(std::time::Duration::from_secs(600)), None, "past the renewal: not early");
+        assert_eq!(r.ended_after(std::time::Duration::from_secs(300)), Some(std::time::Duration::from_secs(225)));
+        assert_eq!(r.get(), std::time::Duration::from_secs(225));
+        assert_eq!(r.ended_after(std::time::Duration::from_secs(70)), Some(std::time::Duration::from_secs(60)));
+        assert_eq!(r.get(), std::time::Duration::from_secs(60));
+    }
+}

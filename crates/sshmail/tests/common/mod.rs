@@ -673,3 +673,20 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Waits (bounded) for `child` to exit; its exit code (None: killed by a
+/// signal). Kills it and fails past the limit.
+pub fn wait_bounded_status(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
