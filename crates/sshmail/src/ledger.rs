@@ -126,7 +126,8 @@ impl Ledger {
             .map_err(|e| delivery(format!("cannot open {}", lock_path.display()), e))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
             Error::Delivery(format!(
-                "account {account} is being fetched by another sshmail process (lock {} is held)",
+                "account {account} is being fetched by another sshmail process (lock {} is held); if `sshmail \
+                 daemon` runs it, `sshmail poll {account}` fetches now",
                 lock_path.display()
             ))
         })?;

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Env, read_dir_contents};
+use common::{Daemon, Env, assert_exit, read_dir_contents};
 use sshmail::daemon::board::Mode;
 use sshmail_testbed::corpus;
 
@@ -472,4 +472,30 @@ fn under_systemd_it_notifies_readiness_and_its_log_lines_carry_syslog_priorities
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.is_empty() && log.lines().all(|l| l.starts_with('<')), "every line has a priority:\n{log}");
     assert!(log.lines().any(|l| l.starts_with("<6>") && l.contains("started")), "{log}");
+}
+
+#[test]
+fn a_refused_host_key_is_not_retried_until_a_reload_and_status_says_so() {
+    let env = Env::new();
+    let unknown = env.home.path().join("empty_known_hosts");
+    std::fs::write(&unknown, "").unwrap();
+    let good = env.imap_toml("mail", "");
+    let bad = good.replace(&env.bed.known_hosts.display().to_string(), &unknown.display().to_string());
+    let daemon = Daemon::start(&env, &bad);
+    daemon.wait_status("the refusal on the board", Duration::from_secs(30), |s| {
+        s.accounts[0].folders[0].last_error.as_ref().is_some_and(|e| e.retry == "never" && e.next_try.is_none())
+    });
+    let text = String::from_utf8_lossy(&daemon.ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains("not retried until the config changes") && text.contains("host key"), "{text}");
+    // It stays refused: no new try by itself.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(daemon.status().accounts[0].folders[0].failures, 1, "a refused host key was retried");
+    // Fixed in the config: the reload tries again, and it works.
+    Daemon::write_config(&daemon.config, &format!("state_dir = \"{}\"\n{good}", env.state_dir().display()));
+    assert_exit(&daemon.ctl(&["reload"]), 0);
+    daemon.wait_status("connected after the fix", Duration::from_secs(30), |s| {
+        let f = &s.accounts[0].folders[0];
+        f.mode == Mode::Idle && f.connected && f.last_error.is_none()
+    });
+    daemon.stop();
 }
