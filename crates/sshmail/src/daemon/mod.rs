@@ -450,16 +450,8 @@ impl Supervisor {
                     let pause = backoff.next(e.retry());
                     tracing::warn!(target: "sshmail::daemon", "{}: listing the folders {shown}: {e}", account.name);
                     slot.failed(&e, pause);
-                    let sleep = async {
-                        match pause {
-                            Some(p) => tokio::time::sleep(p).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        _ = sleep => {}
-                        _ = ctx.wake.notified() => {}
-                        _ = self.stop.wait() => break None,
+                    if !task::wait(pause, &ctx.wake, &self.stop).await {
+                        break None;
                     }
                 }
             }

@@ -144,7 +144,7 @@ pub async fn run(task: Task) {
 
 /// Waits `pause` (None: until woken), or until woken or stopped. False
 /// when stopped.
-async fn wait(pause: Option<Duration>, wake: &Notify, stop: &crate::stop::Stop) -> bool {
+pub async fn wait(pause: Option<Duration>, wake: &Notify, stop: &crate::stop::Stop) -> bool {
     let sleep = async {
         match pause {
             Some(p) => tokio::time::sleep(p).await,
