@@ -102,10 +102,13 @@ struct Syslog {
 }
 
 impl Syslog {
+    /// The socket is `/dev/log` (`SSHMAIL_SYSLOG_SOCKET` names another, for
+    /// tests).
     fn open() -> Syslog {
-        let socket = UnixDatagram::unbound().ok().filter(|s| s.connect("/dev/log").is_ok());
+        let path = std::env::var_os("SSHMAIL_SYSLOG_SOCKET").unwrap_or_else(|| "/dev/log".into());
+        let socket = UnixDatagram::unbound().ok().filter(|s| s.connect(&path).is_ok());
         if socket.is_none() {
-            eprintln!("sshmail: no syslog at /dev/log; logging to stderr");
+            eprintln!("sshmail: no syslog at {}; logging to stderr", std::path::Path::new(&path).display());
         }
         Syslog { socket: socket.map(Arc::new) }
     }

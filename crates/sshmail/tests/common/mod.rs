@@ -562,7 +562,7 @@ impl Daemon {
 
     /// Starts a daemon on an existing config file, with `env` set.
     pub fn spawn(home: &Path, config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Daemon::base(home);
+        let mut cmd = Daemon::base_command(home);
         cmd.args(["daemon", "--config"]).arg(config).envs(env.iter().copied());
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let log = StderrLog::of(&mut child);
@@ -576,7 +576,9 @@ impl Daemon {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
-    fn base(home: &Path) -> Command {
+    /// `sshmail` with a daemon's environment (HOME, XDG_RUNTIME_DIR), no
+    /// agent, nothing from the caller's logging, fault or systemd settings.
+    pub fn base_command(home: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
         c.env("HOME", home)
             .env("XDG_RUNTIME_DIR", home.join("run"))
@@ -591,7 +593,7 @@ impl Daemon {
 
     /// `sshmail ARGS --config FILE` against this daemon.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Daemon::base(&self.home);
+        let mut c = Daemon::base_command(&self.home);
         c.args(args).arg("--config").arg(&self.config);
         c
     }
