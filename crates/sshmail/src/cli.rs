@@ -397,13 +397,10 @@ async fn stop(args: &ControlArgs) -> Exit {
     // Stopped once its lock is free.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while std::time::Instant::now() < deadline {
-        match crate::daemon::control::Lock::take(&paths) {
-            Ok(lock) => {
-                drop(lock);
-                return Exit::Delivered;
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        if !crate::daemon::control::held(&paths) {
+            return Exit::Delivered;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     eprintln!("sshmail: the daemon did not stop within 15 s");
     Exit::Connect

@@ -158,10 +158,9 @@ fn the_control_socket_is_private_status_names_every_account_and_a_second_daemon_
     assert_eq!(stopped.status.code(), Some(0), "{}", String::from_utf8_lossy(&stopped.stderr));
     let (code, _) = daemon_exit(daemon);
     assert_eq!(code, Some(0));
-    let none = std::process::Command::new(env!("CARGO_BIN_EXE_sshmail"))
+    let none = Daemon::base_command(env.home.path())
         .args(["status", "--config"])
         .arg(env.home.path().join("config.toml"))
-        .env("XDG_RUNTIME_DIR", env.home.path().join("run"))
         .output()
         .unwrap();
     assert_eq!(none.status.code(), Some(2), "status without a daemon");
@@ -216,7 +215,7 @@ fn sighup_adds_an_account_without_reconnecting_the_others_and_a_broken_config_le
     let before = daemon.status().accounts[0].folders[0].clone();
 
     // Add a POP3 account on the same host.
-    let config = format!("state_dir = \"{}\"\n{one}{}", env.state_dir().display(), env.pop3_toml("two", ""));
+    let config = env.config_toml(&(one.clone() + &env.pop3_toml("two", "")));
     Daemon::write_config(&daemon.config, &config);
     env.add_messages([corpus::mixed_message(1, 1)]);
     daemon.signal("HUP");
@@ -249,7 +248,7 @@ fn sighup_adds_an_account_without_reconnecting_the_others_and_a_broken_config_le
     assert_eq!(status.accounts.len(), 2, "both accounts still run");
 
     // Fixed again, and one removed.
-    Daemon::write_config(&daemon.config, &format!("state_dir = \"{}\"\n{one}", env.state_dir().display()));
+    Daemon::write_config(&daemon.config, &env.config_toml(&one));
     let ok = daemon.ctl(&["reload"]);
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
     daemon.wait_status("two removed", Duration::from_secs(10), |s| {
@@ -271,10 +270,7 @@ fn sigterm_during_a_200_mb_fetch_exits_0_within_5_s_leaving_no_partial_file_and_
     }
     env.add_messages([big]);
     let config = env.home.path().join("config.toml");
-    Daemon::write_config(
-        &config,
-        &format!("state_dir = \"{}\"\n{}", env.state_dir().display(), env.pop3_toml("pop", "")),
-    );
+    Daemon::write_config(&config, &env.config_toml(&env.pop3_toml("pop", "")));
     // The transfer holds still mid-message (past 16 MiB) for 20 s: the stop
     // comes while it is in flight and must abandon it.
     let daemon = Daemon::spawn(env.home.path(), &config, &[("SSHMAIL_PAUSE", "body-streaming:20000")]);
@@ -436,10 +432,7 @@ fn under_systemd_it_notifies_readiness_and_its_log_lines_carry_syslog_priorities
     use std::os::unix::fs::MetadataExt as _;
     let env = Env::new();
     let config = env.home.path().join("config.toml");
-    Daemon::write_config(
-        &config,
-        &format!("state_dir = \"{}\"\n{}", env.state_dir().display(), env.imap_toml("mail", "")),
-    );
+    Daemon::write_config(&config, &env.config_toml(&env.imap_toml("mail", "")));
     let notify_path = env.home.path().join("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -491,7 +484,7 @@ fn a_refused_host_key_is_not_retried_until_a_reload_and_status_says_so() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(daemon.status().accounts[0].folders[0].failures, 1, "a refused host key was retried");
     // Fixed in the config: the reload tries again, and it works.
-    Daemon::write_config(&daemon.config, &format!("state_dir = \"{}\"\n{good}", env.state_dir().display()));
+    Daemon::write_config(&daemon.config, &env.config_toml(&good));
     assert_exit(&daemon.ctl(&["reload"]), 0);
     daemon.wait_status("connected after the fix", Duration::from_secs(30), |s| {
         let f = &s.accounts[0].folders[0];
@@ -504,10 +497,7 @@ fn a_refused_host_key_is_not_retried_until_a_reload_and_status_says_so() {
 fn with_syslog_its_lines_go_to_the_syslog_socket_with_facility_mail() {
     let env = Env::new();
     let config = env.home.path().join("config.toml");
-    Daemon::write_config(
-        &config,
-        &format!("state_dir = \"{}\"\n{}", env.state_dir().display(), env.imap_toml("mail", "")),
-    );
+    Daemon::write_config(&config, &env.config_toml(&env.imap_toml("mail", "")));
     let socket_path = env.home.path().join("log");
     let syslog = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     syslog.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

@@ -359,13 +359,22 @@ impl Slot {
 
     /// Its status now.
     pub fn status(&self) -> Option<FolderStatus> {
+        self.with_status(FolderStatus::clone)
+    }
+
+    /// Passes and failed tries so far: what a poll waits to see grow.
+    pub fn tries(&self) -> Option<u64> {
+        self.with_status(|s| s.passes + s.failures)
+    }
+
+    fn with_status<R>(&self, f: impl FnOnce(&FolderStatus) -> R) -> Option<R> {
         let inner = self.board.inner.lock().expect("board lock");
         inner
             .accounts
             .get(&self.account)
             .and_then(|a| a.2.get(&self.folder))
             .filter(|(id, _)| *id == self.id)
-            .map(|(_, s)| s.clone())
+            .map(|(_, s)| f(s))
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::board::Status;
@@ -204,6 +204,15 @@ impl Lock {
     }
 }
 
+/// True while a daemon holds the lock; looked at without writing the file.
+pub fn held(paths: &Paths) -> bool {
+    use rustix::fs::{FlockOperation, flock};
+    let Ok(file) = std::fs::File::open(&paths.lock) else { return false };
+    // A shared lock is refused while the daemon holds its exclusive one;
+    // taken, it goes with the file.
+    flock(&file, FlockOperation::NonBlockingLockShared) == Err(rustix::io::Errno::WOULDBLOCK)
+}
+
 /// Why the lock was not taken.
 #[derive(Debug)]
 pub enum Held {
@@ -246,8 +255,6 @@ pub async fn read_request(stream: &mut BufReader<UnixStream>) -> std::result::Re
     }
     Ok(request)
 }
-
-use tokio::io::AsyncReadExt as _;
 
 /// True when the connection's peer runs as our uid; logs a refusal.
 pub fn peer_is_us(stream: &UnixStream) -> bool {

@@ -322,10 +322,8 @@ impl Daemon {
         }
         let deadline = tokio::time::Instant::now() + POLL_WAIT;
         loop {
-            let done = handles
-                .iter()
-                .zip(&before)
-                .all(|(h, (needed, _, _))| h.slot.status().is_none_or(|s| s.passes + s.failures >= *needed));
+            let done =
+                handles.iter().zip(&before).all(|(h, (needed, _, _))| h.slot.tries().is_none_or(|t| t >= *needed));
             if done {
                 break;
             }
@@ -460,13 +458,6 @@ impl Supervisor {
         slot.ended();
         found
     }
-}
-
-/// `interval` give or take a twentieth, so that accounts polled together
-/// drift apart.
-fn jittered_interval(interval: Duration) -> Duration {
-    let spread = task::jitter(Duration::from_secs(1000)).as_secs_f64() / 1000.0; // 0.75..1.25
-    interval.mul_f64(1.0 + (spread - 1.0) / 5.0)
 }
 
 /// The daemon's signals, caught from the start (before it says it is

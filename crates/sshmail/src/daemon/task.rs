@@ -61,7 +61,7 @@ impl Backoff {
             _ => {
                 let base = FIRST_PAUSE.saturating_mul(1 << self.failures.min(16)).min(LONGEST_PAUSE);
                 self.failures += 1;
-                Some(jitter(base))
+                Some(jitter(base, 0.25))
             }
         }
     }
@@ -72,13 +72,13 @@ impl Backoff {
     }
 }
 
-/// `d` give or take a quarter, so that tasks that failed together do not
-/// retry together.
-pub fn jitter(d: Duration) -> Duration {
+/// `d` give or take `spread` of it (a quarter: 0.25), so that tasks that
+/// failed or polled together do not try again together.
+pub fn jitter(d: Duration, spread: f64) -> Duration {
     let mut b = [0u8; 2];
     let r = if getrandom::fill(&mut b).is_ok() { u16::from_le_bytes(b) } else { 0x8000 };
     let frac = f64::from(r) / f64::from(u16::MAX); // 0..=1
-    d.mul_f64(0.75 + frac / 2.0)
+    d.mul_f64(1.0 - spread + 2.0 * spread * frac)
 }
 
 /// Runs a task until its stop is requested.
@@ -121,7 +121,8 @@ pub async fn run(task: Task) {
         let pause = match result {
             Ok(outcome) => {
                 backoff.reset();
-                let next = super::jittered_interval(account.fetch.interval);
+                // Accounts polled together drift apart.
+                let next = jitter(account.fetch.interval, 0.05);
                 slot.polled(next, outcome.as_ref().and_then(|o| problems(&account.name, o)));
                 Some(next)
             }

@@ -521,6 +521,11 @@ impl Env {
         )
     }
 
+    /// A whole config file: the env's state directory, then `accounts`.
+    pub fn config_toml(&self, accounts: &str) -> String {
+        format!("state_dir = \"{}\"\n{accounts}", self.state_dir().display())
+    }
+
     /// An `[account.NAME]` table for the testbed's POP3 account through a
     /// forward, plus the `extra` lines.
     pub fn pop3_toml(&self, name: &str, extra: &str) -> String {
@@ -554,7 +559,7 @@ impl Daemon {
     /// answers.
     pub fn start(env: &Env, accounts: &str) -> Daemon {
         let config = env.home.path().join("config.toml");
-        Daemon::write_config(&config, &format!("state_dir = \"{}\"\n{accounts}", env.state_dir().display()));
+        Daemon::write_config(&config, &env.config_toml(accounts));
         let d = Daemon::spawn(env.home.path(), &config, &[]);
         d.wait_answering();
         d
