@@ -667,14 +667,26 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
     if names.is_empty() {
         return Err(Error::Config(format!("{} defines no [account.NAME]", path.display())));
     }
-    names
-        .iter()
-        .map(|n| {
-            let base =
-                raw.account.get(n).ok_or_else(|| Error::Config(format!("no account {n:?} in {}", path.display())))?;
-            config::resolve(n, &merge(base, &overrides), state_dir.as_deref())
-        })
-        .collect()
+    let named = !args.accounts.is_empty();
+    let mut accounts = Vec::with_capacity(names.len());
+    for n in &names {
+        let base =
+            raw.account.get(n).ok_or_else(|| Error::Config(format!("no account {n:?} in {}", path.display())))?;
+        let account = config::resolve(n, &merge(base, &overrides), state_dir.as_deref())?;
+        match account.fetch.enabled {
+            true => accounts.push(account),
+            false if named => {
+                return Err(Error::Config(format!(
+                    "account {n} has fetch = false: it is only served (or used to send), not fetched"
+                )));
+            }
+            false => {}
+        }
+    }
+    if accounts.is_empty() {
+        return Err(Error::Config(format!("every account in {} has fetch = false", path.display())));
+    }
+    Ok(accounts)
 }
 
 /// Command-line values win over the file's.

@@ -123,6 +123,165 @@ pub struct RawAccount {
     pub maildir_subfolders: Option<bool>,
     pub allow_preauth: Option<bool>,
     pub interval: Option<u64>,
+    /// False: the account is only served (or used to send); neither
+    /// `sshmail fetch` nor the daemon fetches it.
+    pub fetch: Option<bool>,
+    /// Local endpoints for mail clients.
+    pub serve: Option<RawServe>,
+}
+
+/// An account's `serve` table as written: local endpoints for mail
+/// clients, each `unix:PATH` or `tcp:HOST:PORT`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServe {
+    /// The account's IMAP server (its own route when the account is IMAP).
+    pub imap: Option<String>,
+    /// The account's POP3 server (its own route when the account is POP3).
+    pub pop3: Option<String>,
+    /// An SMTP server, forwarded from the SSH host (port 25 on `server`'s host).
+    pub smtp: Option<String>,
+    /// Let a `tcp:` endpoint listen on an address other hosts can reach.
+    /// Nobody's uid can be checked there: anyone who reaches it gets the
+    /// mailbox, without a password when the server side is PREAUTH.
+    pub open_to_network: Option<bool>,
+    /// IMAP: greet a client with OK instead of the server's PREAUTH and
+    /// accept its LOGIN / AUTHENTICATE PLAIN here (the peer-uid check
+    /// already authorised it), for clients that insist on logging in.
+    pub imap_accept_login: Option<bool>,
+}
+
+/// What a local endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// IMAP.
+    Imap,
+    /// POP3.
+    Pop3,
+    /// SMTP.
+    Smtp,
+}
+
+impl Service {
+    /// The name used in config keys and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Imap => "imap",
+            Service::Pop3 => "pop3",
+            Service::Smtp => "smtp",
+        }
+    }
+
+    /// Parses `imap`, `pop3` (or `pop`), `smtp`.
+    pub fn parse(s: &str) -> Option<Service> {
+        match s {
+            "imap" => Some(Service::Imap),
+            "pop3" | "pop" => Some(Service::Pop3),
+            "smtp" => Some(Service::Smtp),
+            _ => None,
+        }
+    }
+
+    /// The service an account's own protocol is.
+    pub fn of(protocol: Protocol) -> Service {
+        match protocol {
+            Protocol::Imap => Service::Imap,
+            Protocol::Pop3 => Service::Pop3,
+        }
+    }
+}
+
+/// Where a local endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Listen {
+    /// A Unix socket (mode 0600, in a directory of mode 0700).
+    Unix(PathBuf),
+    /// A TCP port.
+    Tcp(std::net::SocketAddr),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+            Listen::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// One local endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeEndpoint {
+    /// What it serves.
+    pub service: Service,
+    /// Where.
+    pub listen: Listen,
+}
+
+/// An account's local endpoints, resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Serve {
+    /// The endpoints.
+    pub endpoints: Vec<ServeEndpoint>,
+    /// IMAP: answer the client's login here when the server is PREAUTH.
+    pub accept_login: bool,
+}
+
+/// Parses a `serve.*` value: `unix:PATH` (`$XDG_RUNTIME_DIR` and `~`
+/// expanded; absolute) or `tcp:HOST:PORT` (an IP address, or
+/// `localhost`). A TCP address other hosts can reach is refused unless
+/// `open_to_network`.
+pub fn parse_listen(s: &str, key: &str, open_to_network: bool) -> Result<Listen> {
+    let bad = |why: &str| Error::Config(format!("{key} = {s:?}: {why}"));
+    if let Some(path) = s.strip_prefix("unix:") {
+        let path = expand_runtime_dir(path).map_err(|e| bad(&e))?;
+        if !path.is_absolute() {
+            return Err(bad("the socket path must be absolute"));
+        }
+        return Ok(Listen::Unix(path));
+    }
+    let Some(rest) = s.strip_prefix("tcp:") else {
+        return Err(bad("expected unix:PATH or tcp:HOST:PORT"));
+    };
+    let (host, port) = match split_host_port(rest) {
+        Some((h, Some(p))) if p != 0 => (h, p),
+        _ => return Err(bad("expected tcp:HOST:PORT with a port from 1 to 65535")),
+    };
+    let ip: std::net::IpAddr = match host.as_str() {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        h => h.parse().map_err(|_| bad("HOST must be an IP address (127.0.0.1, [::1]) or localhost"))?,
+    };
+    if !ip.is_loopback() && !open_to_network {
+        return Err(bad(
+            "this address can be reached from other hosts, where nobody's uid can be checked: anyone reaching it \
+             would read your mail. Listen on 127.0.0.1, [::1] or a unix: socket, or, if that is what you want, \
+             also set serve.open_to_network = true",
+        ));
+    }
+    Ok(Listen::Tcp(std::net::SocketAddr::new(ip, port)))
+}
+
+/// Expands a leading `$XDG_RUNTIME_DIR` (or `${XDG_RUNTIME_DIR}`) and `~`.
+fn expand_runtime_dir(path: &str) -> std::result::Result<PathBuf, String> {
+    for var in ["$XDG_RUNTIME_DIR", "${XDG_RUNTIME_DIR}"] {
+        if let Some(rest) = path.strip_prefix(var) {
+            let base = runtime_base().ok_or("XDG_RUNTIME_DIR is not set here (and no /run/user/UID exists)")?;
+            return Ok(base.join(rest.trim_start_matches('/')));
+        }
+    }
+    if path.contains('$') {
+        return Err("only $XDG_RUNTIME_DIR is expanded in a socket path".into());
+    }
+    Ok(expand_tilde(path))
+}
+
+/// `$XDG_RUNTIME_DIR`, else `/run/user/UID` where that exists.
+pub fn runtime_base() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    let run = PathBuf::from(format!("/run/user/{}", rustix::process::geteuid().as_raw()));
+    run.is_dir().then_some(run)
 }
 
 /// A command: a string run by `/bin/sh -c`, or an argument vector run as is.
@@ -300,6 +459,8 @@ pub struct Account {
     pub delivery: Deliver,
     /// Directory for this account's ledger.
     pub state_dir: PathBuf,
+    /// Local endpoints for mail clients.
+    pub serve: Serve,
 }
 
 /// How to reach an account's mail server, as configured (the SSH parts are
@@ -366,6 +527,8 @@ pub struct FetchPolicy {
     pub accept_uidvalidity_change: bool,
     /// With `--idle`: fetch at least this often, whatever IDLE reports.
     pub interval: std::time::Duration,
+    /// Fetched at all (`fetch = false`: only served, or used to send).
+    pub enabled: bool,
 }
 
 /// Where an account's mail goes, and how it is marked on the way.
@@ -631,6 +794,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
     if folders.is_empty() {
         return Err(ctx("`folders` is empty".into()));
     }
+    let serve = resolve_serve(raw.serve.as_ref()).map_err(|e| ctx(e.to_string()))?;
     Ok(Account {
         name: name.to_string(),
         adhoc: false,
@@ -662,6 +826,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
             allow_expunge_all: raw.allow_expunge_all.unwrap_or(false),
             accept_uidvalidity_change: raw.accept_uidvalidity_change.unwrap_or(false),
             interval: std::time::Duration::from_secs(raw.interval.unwrap_or(300).max(1)),
+            enabled: raw.fetch.unwrap_or(true),
         },
         delivery: Deliver {
             to: deliver,
@@ -670,7 +835,32 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
             maildir_subfolders: raw.maildir_subfolders.unwrap_or(false),
         },
         state_dir: state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
+        serve,
     })
+}
+
+/// An account's `serve` table, checked.
+fn resolve_serve(raw: Option<&RawServe>) -> Result<Serve> {
+    let Some(raw) = raw else { return Ok(Serve::default()) };
+    let open = raw.open_to_network.unwrap_or(false);
+    let mut endpoints = Vec::new();
+    for (service, value) in [(Service::Imap, &raw.imap), (Service::Pop3, &raw.pop3), (Service::Smtp, &raw.smtp)] {
+        if let Some(v) = value {
+            let key = format!("serve.{}", service.name());
+            endpoints.push(ServeEndpoint { service, listen: parse_listen(v, &key, open)? });
+        }
+    }
+    for (i, a) in endpoints.iter().enumerate() {
+        if let Some(b) = endpoints[..i].iter().find(|b| b.listen == a.listen) {
+            return Err(Error::Config(format!(
+                "serve.{} and serve.{} both listen on {}",
+                b.service.name(),
+                a.service.name(),
+                a.listen
+            )));
+        }
+    }
+    Ok(Serve { endpoints, accept_login: raw.imap_accept_login.unwrap_or(false) })
 }
 
 /// Parses a `--deliver` / `deliver` value.

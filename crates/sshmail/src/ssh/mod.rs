@@ -1,6 +1,7 @@
 //! In-process SSH: targets from `~/.ssh/config`, host key checks, sessions,
 //! and the pool that owns every connection.
 
+pub mod backlog;
 pub mod known_hosts;
 pub mod pool;
 pub mod session;

@@ -5,24 +5,23 @@
 //! chain: agent keys, then identity files, then a password only if the
 //! account gives one. Channels come out as byte streams.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use russh::client;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
-use russh::{ChannelStream, client};
 
 use super::known_hosts::{self, Verdict};
 use super::target::SshTarget;
 use crate::config::HostKeyPolicy;
 use crate::error::{Error, HostKeyProblem, HostKeyRefused, Result};
 
-/// A forwarded channel as a byte stream, counted as a use of its
-/// connection while it is open.
-pub type Channel = Leased<ChannelStream<client::Msg>>;
+/// An open channel as a byte stream, counted as a use of its connection
+/// while it is open; what the peer sends waits in a bounded
+/// [`super::backlog::Backlog`], never on the connection.
+pub type Channel = tokio::io::DuplexStream;
 
 /// Session channels (exec) OpenSSH allows per connection by default
 /// (`MaxSessions`); a server that allows fewer is learned from its refusal.
@@ -91,34 +90,6 @@ impl Drop for Lease {
         if self.usage.channels.fetch_sub(1, Ordering::SeqCst) == 1 {
             *self.usage.idle_since.lock().expect("usage lock") = Some(Instant::now());
         }
-    }
-}
-
-/// A stream that holds a [`Lease`] on its connection while it lives.
-pub struct Leased<S> {
-    inner: S,
-    _lease: Lease,
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Leased<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Leased<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -257,7 +228,7 @@ impl SshSession {
                 )),
                 other => Error::Connect(format!("{}: cannot open a channel to {host}:{port}: {other}", self.name())),
             })?;
-        Ok(Leased { inner: ch.into_stream(), _lease: lease })
+        Ok(super::backlog::attach(ch, lease, |_| {}))
     }
 
     /// Runs `command` on the SSH host in an exec channel, in the session
@@ -271,7 +242,7 @@ impl SshSession {
         &self,
         command: &str,
         lease: Lease,
-    ) -> std::result::Result<(tokio::io::DuplexStream, Arc<ExecStatus>), ExecError> {
+    ) -> std::result::Result<(Channel, Arc<ExecStatus>), ExecError> {
         let where_ = self.name();
         let timeout = self.target.timeout;
         let open = async {
@@ -297,42 +268,12 @@ impl SshSession {
             }
             Ok(Ok(ch)) => ch,
         };
-        let lease = Arc::new(lease);
-        let writer_lease = lease.clone();
         let status = Arc::new(ExecStatus::default());
-        let (ours, theirs) = tokio::io::duplex(256 * 1024);
-        let (mut from_remote, to_remote) = ch.split();
-        let (mut their_read, mut their_write) = tokio::io::split(theirs);
         let st = status.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt as _;
-            while let Some(msg) = from_remote.wait().await {
-                match msg {
-                    russh::ChannelMsg::Data { data } if their_write.write_all(&data).await.is_err() => break,
-                    russh::ChannelMsg::Data { .. } => {}
-                    russh::ChannelMsg::ExtendedData { data, ext: 1 } => st.add_stderr(&data),
-                    russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(i64::from(exit_status)),
-                    russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
-                    _ => {}
-                }
-            }
-            // Collect a late exit status or stderr without blocking the reader.
-            let _ = their_write.shutdown().await;
-            while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), from_remote.wait()).await {
-                match msg {
-                    russh::ChannelMsg::ExtendedData { data, ext: 1 } => st.add_stderr(&data),
-                    russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(i64::from(exit_status)),
-                    russh::ChannelMsg::Close => break,
-                    _ => {}
-                }
-            }
-            drop(lease);
-        });
-        tokio::spawn(async move {
-            let mut writer = to_remote.make_writer();
-            let _ = tokio::io::copy(&mut their_read, &mut writer).await;
-            let _ = to_remote.eof().await;
-            drop(writer_lease);
+        let ours = super::backlog::attach(ch, lease, move |msg| match msg {
+            russh::ChannelMsg::ExtendedData { data, ext: 1 } => st.add_stderr(&data),
+            russh::ChannelMsg::ExitStatus { exit_status } => st.set_exit(i64::from(exit_status)),
+            _ => {}
         });
         Ok((ours, status))
     }
