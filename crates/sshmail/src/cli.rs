@@ -71,6 +71,59 @@ pub enum Cmd {
     /// Ask the running daemon to stop, and wait until it has.
     #[command(after_help = "Exit codes: 0 stopped, 2 no daemon runs.")]
     Stop(ControlArgs),
+    /// Serve the local endpoints (serve.imap, serve.pop3, serve.smtp) of
+    /// every account, or of the named ones, without fetching: a daemon
+    /// for mail clients only, in the foreground.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+    /// Connect stdin/stdout to an account's mail server: for mutt's
+    /// `tunnel`, mbsync's `Tunnel`, Alpine's `ssh-path`. Through the
+    /// running daemon's SSH connection when there is one, else its own.
+    #[command(after_help = TUNNEL_HELP)]
+    Tunnel(TunnelArgs),
+}
+
+const SERVE_HELP: &str = "\
+Endpoints serve only their owner: a Unix socket is 0600 in a 0700 directory and
+checks each peer's uid; a loopback TCP port checks the peer's uid in /proc/net/tcp.
+`sshmail serve` holds the same lock and control socket as `sshmail daemon` (run one
+or the other for a config), and answers `sshmail tunnel`, `status`, `reload` and
+`stop`. Exit codes as for `sshmail daemon`; 5 also when an endpoint cannot listen.";
+
+const TUNNEL_HELP: &str = "\
+Examples:
+  mutt:    set tunnel=\"sshmail tunnel uni\"
+  mbsync:  Tunnel \"sshmail tunnel uni\"
+  Alpine:  a wrapper script as ssh-path (see man sshmail)
+The server's greeting is checked first: text before it (a shell startup file on the
+SSH host, a forced command) is an error on stderr and, in the protocol, on stdout.
+Exit codes: 0 the session ended, 2 the server or SSH host could not be reached (or
+its host key was refused), 3 a login failed, 4 the server did not greet as it should,
+5 the config or arguments are wrong, 7 the server refused the session.";
+
+/// `sshmail serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Accounts whose endpoints to serve; default: all.
+    pub accounts: Vec<String>,
+    /// Config file [default: $XDG_CONFIG_HOME/sshmail/config.toml].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log to the local syslog (/dev/log, facility mail) instead of stderr.
+    #[arg(long)]
+    pub syslog: bool,
+}
+
+/// `sshmail tunnel` options.
+#[derive(Debug, Args)]
+pub struct TunnelArgs {
+    /// The account ([account.NAME] in the config).
+    pub account: String,
+    /// What to reach: imap, pop3 or smtp [default: the account's protocol].
+    #[arg(long, value_name = "PROTOCOL", value_parser = ["imap", "pop3", "smtp"])]
+    pub protocol: Option<String>,
+    #[command(flatten)]
+    pub daemon: ControlArgs,
 }
 
 const DAEMON_HELP: &str = "\
@@ -265,21 +318,36 @@ pub fn main() -> i32 {
     let code = runtime.block_on(async {
         match cli.command {
             Cmd::Fetch(ref args) => run_fetch(&cli, args).await,
-            Cmd::Daemon(ref args) => crate::daemon::run(args.config.as_deref()).await,
+            Cmd::Daemon(ref args) => crate::daemon::run(args.config.as_deref(), crate::daemon::Mode::daemon()).await,
+            Cmd::Serve(ref args) => {
+                let mode = crate::daemon::Mode { fetch: false, accounts: args.accounts.clone() };
+                crate::daemon::run(args.config.as_deref(), mode).await
+            }
+            Cmd::Tunnel(ref args) => {
+                let service = args.protocol.as_deref().and_then(config::Service::parse);
+                crate::gateway::tunnel::run(args.daemon.config.as_deref(), &args.account, service).await
+            }
             Cmd::Status(ref args) => status(args).await,
             Cmd::Poll(ref args) => poll(&cli, args).await,
             Cmd::Reload(ref args) => reload(args).await,
             Cmd::Stop(ref args) => stop(args).await,
         }
     });
-    // Channels close from spawned tasks; give them a moment, bounded.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    if matches!(cli.command, Cmd::Tunnel(_)) {
+        // The client waits for the tunnel to exit; a read of stdin may be
+        // pending in a thread.
+        runtime.shutdown_background();
+    } else {
+        // Channels close from spawned tasks; give them a moment, bounded.
+        runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    }
     code.code()
 }
 
 fn init_logging(cli: &Cli) {
     let (target, daemon) = match &cli.command {
         Cmd::Daemon(a) => (crate::logging::Target::choose(a.syslog), true),
+        Cmd::Serve(a) => (crate::logging::Target::choose(a.syslog), true),
         _ => (crate::logging::Target::Stderr, false),
     };
     let default = if cli.quiet {
@@ -288,7 +356,7 @@ fn init_logging(cli: &Cli) {
         match cli.verbose {
             // The daemon says what it delivered and what failed; what each
             // cycle does shows from -v on.
-            0 if daemon => "sshmail::daemon=info,warn",
+            0 if daemon => "sshmail::daemon=info,sshmail::gateway=info,warn",
             0 => "warn",
             1 => "sshmail=info,warn",
             2 => "sshmail=debug,info",

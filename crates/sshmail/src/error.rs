@@ -33,6 +33,25 @@ impl Exit {
     pub fn code(self) -> i32 {
         self as i32
     }
+
+    /// The exit of a numeric status (one another sshmail process reported);
+    /// an unknown one is a connection failure.
+    pub fn from_code(code: i32) -> Exit {
+        [
+            Exit::Delivered,
+            Exit::NoMail,
+            Exit::Connect,
+            Exit::Auth,
+            Exit::Protocol,
+            Exit::Usage,
+            Exit::Permissions,
+            Exit::Server,
+            Exit::Delivery,
+        ]
+        .into_iter()
+        .find(|e| e.code() == code)
+        .unwrap_or(Exit::Connect)
+    }
 }
 
 /// An error that ends the work on one account.

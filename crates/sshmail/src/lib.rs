@@ -17,6 +17,7 @@ pub mod deliver;
 pub mod error;
 pub mod fault;
 pub mod fetch;
+pub mod gateway;
 pub mod ledger;
 pub mod logging;
 pub mod process;

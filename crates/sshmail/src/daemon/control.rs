@@ -61,6 +61,16 @@ pub enum Command {
     Reload,
     /// Stop the daemon.
     Stop,
+    /// A stream to an account's server on the daemon's SSH connection
+    /// (`sshmail tunnel`): after an OK response, the connection carries
+    /// the server's bytes, its greeting first, and the client's.
+    Tunnel {
+        /// The account.
+        account: String,
+        /// `imap`, `pop3` or `smtp`; the account's own protocol when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
 }
 
 /// What the daemon answers.
@@ -79,12 +89,16 @@ pub struct Response {
     /// For `poll`: what each folder's pass did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub polled: Vec<Polled>,
+    /// For a refused `tunnel`: the exit code of the error (as `sshmail
+    /// fetch` would exit for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i32>,
 }
 
 impl Response {
     /// Done, nothing to add.
     pub fn ok() -> Response {
-        Response { version: VERSION, ok: true, error: None, status: None, polled: Vec::new() }
+        Response { version: VERSION, ok: true, error: None, status: None, polled: Vec::new(), exit: None }
     }
 
     /// Refused, for `why`.
@@ -296,6 +310,16 @@ pub enum NoAnswer {
 /// Sends `command` to the daemon at `paths` and returns its answer,
 /// waiting at most `wait` for it.
 pub async fn ask(paths: &Paths, command: Command, wait: Duration) -> std::result::Result<Response, NoAnswer> {
+    Ok(exchange(paths, command, wait).await?.0)
+}
+
+/// Sends `command` and returns the answer and the connection, which goes
+/// on (a tunnel) after the answer's line.
+pub async fn exchange(
+    paths: &Paths,
+    command: Command,
+    wait: Duration,
+) -> std::result::Result<(Response, BufReader<UnixStream>), NoAnswer> {
     let socket = &paths.socket;
     let mut stream = match UnixStream::connect(socket).await {
         Ok(s) => s,
@@ -314,9 +338,9 @@ pub async fn ask(paths: &Paths, command: Command, wait: Duration) -> std::result
         let mut reader = BufReader::new(stream);
         let mut answer = Vec::new();
         (&mut reader).take(64 << 20).read_until(b'\n', &mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
+        Ok::<_, std::io::Error>((answer, reader))
     };
-    let answer = match tokio::time::timeout(wait, exchange).await {
+    let (answer, reader) = match tokio::time::timeout(wait, exchange).await {
         Err(_) => {
             return Err(NoAnswer::Failed(format!(
                 "the daemon at {} did not answer within {} s",
@@ -325,7 +349,7 @@ pub async fn ask(paths: &Paths, command: Command, wait: Duration) -> std::result
             )));
         }
         Ok(Err(e)) => return Err(NoAnswer::Failed(format!("talking to the daemon at {}: {e}", socket.display()))),
-        Ok(Ok(a)) if a.is_empty() => {
+        Ok(Ok((a, _))) if a.is_empty() => {
             return Err(NoAnswer::Failed(format!(
                 "the daemon at {} closed the connection without an answer (another user's daemon?)",
                 socket.display()
@@ -333,5 +357,7 @@ pub async fn ask(paths: &Paths, command: Command, wait: Duration) -> std::result
         }
         Ok(Ok(a)) => a,
     };
-    serde_json::from_slice(&answer).map_err(|e| NoAnswer::Failed(format!("the daemon's answer is not understood: {e}")))
+    let response = serde_json::from_slice(&answer)
+        .map_err(|e| NoAnswer::Failed(format!("the daemon's answer is not understood: {e}")))?;
+    Ok((response, reader))
 }

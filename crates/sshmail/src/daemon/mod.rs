@@ -19,7 +19,7 @@ pub mod control;
 mod systemd;
 mod task;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,9 +27,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{self, Account, DaemonSettings, Protocol, RawAccount};
+use crate::config::{self, Account, DaemonSettings, Listen, Protocol, RawAccount};
 use crate::error::{Error, Exit, Result};
 use crate::fetch::{self, Context, Cycle};
+use crate::gateway::{self, Served};
 use crate::ledger::Ledgers;
 use crate::ssh::{SshPool, target};
 use crate::stop::Stop;
@@ -59,8 +60,25 @@ pub fn config_path(given: Option<&Path>) -> (PathBuf, bool) {
     }
 }
 
+/// What a daemon runs: everything (`sshmail daemon`), or only the
+/// endpoints of some accounts (`sshmail serve`).
+#[derive(Debug, Clone, Default)]
+pub struct Mode {
+    /// Fetch the accounts that fetch; false: serve only.
+    pub fetch: bool,
+    /// Only these accounts (all when empty).
+    pub accounts: Vec<String>,
+}
+
+impl Mode {
+    /// `sshmail daemon`.
+    pub fn daemon() -> Mode {
+        Mode { fetch: true, accounts: Vec::new() }
+    }
+}
+
 /// Runs the daemon in the foreground until stopped; returns the exit code.
-pub async fn run(config: Option<&Path>) -> Exit {
+pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
     let caught = match Signals::catch() {
         Ok(s) => s,
         Err(e) => {
@@ -90,7 +108,7 @@ pub async fn run(config: Option<&Path>) -> Exit {
             return e.exit();
         }
     };
-    let plan = match Plan::load(&path) {
+    let plan = match Plan::load(&path, &mode) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("sshmail: {e}");
@@ -114,6 +132,8 @@ pub async fn run(config: Option<&Path>) -> Exit {
         running: Mutex::new(BTreeMap::new()),
         supervisors: Mutex::new(JoinSet::new()),
         polls: Arc::new(Semaphore::new(POLLS_AT_ONCE)),
+        endpoints: Mutex::new(HashMap::new()),
+        mode,
     });
     tracing::info!(
         target: "sshmail::daemon",
@@ -122,25 +142,30 @@ pub async fn run(config: Option<&Path>) -> Exit {
         path.display(),
         paths.socket.display()
     );
+    let reap_every = (plan.settings.ssh_idle_close / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut background = JoinSet::new();
     background.spawn(signals(daemon.clone(), caught));
-    daemon.apply(plan);
+    let unbound = daemon.apply(plan);
+    if !unbound.is_empty() {
+        for e in &unbound {
+            eprintln!("sshmail: {e}");
+        }
+        stop.request();
+        daemon.shutdown().await;
+        background.shutdown().await;
+        let _ = std::fs::remove_file(&paths.socket);
+        return Exit::Usage;
+    }
     systemd::notify("READY=1");
 
     background.spawn(serve(daemon.clone(), listener));
     background.spawn(watch_clock(daemon.clone()));
-    background.spawn(reap(daemon.pool.clone()));
+    background.spawn(reap(daemon.pool.clone(), reap_every));
     stop.wait().await;
 
     systemd::notify("STOPPING=1");
     tracing::info!(target: "sshmail::daemon", "stopping");
-    let mut supervisors = std::mem::take(&mut *daemon.supervisors.lock().expect("daemon lock"));
-    let ended = tokio::time::timeout(STOP_GRACE, async { while supervisors.join_next().await.is_some() {} }).await;
-    if ended.is_err() {
-        tracing::warn!(target: "sshmail::daemon", "some tasks did not end in time; their work in flight is abandoned");
-    }
-    // Aborted tasks drop what they staged; nothing was recorded for it.
-    supervisors.shutdown().await;
+    daemon.shutdown().await;
     background.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), daemon.pool.close_all()).await;
     let _ = std::fs::remove_file(&paths.socket);
@@ -158,6 +183,8 @@ struct Plan {
 struct Planned {
     account: Arc<Account>,
     route: Arc<Result<Route>>,
+    /// Its endpoints, and what each serves.
+    endpoints: Vec<(Listen, Arc<Served>)>,
     /// What, when it changes, restarts the account: the account as written,
     /// the daemon settings, the state directory and the mailbox reached
     /// (after `~/.ssh/config`).
@@ -166,7 +193,7 @@ struct Planned {
 
 impl Plan {
     /// Reads and checks the whole file: one bad account refuses all of it.
-    fn load(path: &Path) -> Result<Plan> {
+    fn load(path: &Path, mode: &Mode) -> Result<Plan> {
         if !path.exists() {
             return Err(Error::Config(format!(
                 "no config file at {}; write one (see `man sshmail`) and start again",
@@ -179,18 +206,40 @@ impl Plan {
         if raw.account.is_empty() {
             tracing::warn!(target: "sshmail::daemon", "{} defines no [account.NAME]", path.display());
         }
+        if let Some(missing) = mode.accounts.iter().find(|a| !raw.account.contains_key(*a)) {
+            return Err(Error::Config(format!("no account {missing:?} in {}", path.display())));
+        }
         let mut accounts = BTreeMap::new();
+        let mut listening: HashMap<Listen, String> = HashMap::new();
         for (name, written) in &raw.account {
+            if !mode.accounts.is_empty() && !mode.accounts.contains(name) {
+                continue;
+            }
             let mut with_defaults = written.clone();
             with_defaults.interval = written.interval.or(Some(settings.interval.as_secs()));
+            if !mode.fetch {
+                with_defaults.fetch = Some(false);
+            }
             let mut account = config::resolve(name, &with_defaults, raw.state_dir.as_deref())?;
             let route = crate::transport::route_account(&mut account, ssh_config.as_ref());
+            let mut endpoints = Vec::new();
+            for e in &account.serve.endpoints {
+                let route = route.as_ref().map_err(|e| Error::Config(format!("account {name}: {e}")))?;
+                if let Some(other) = listening.insert(e.listen.clone(), name.clone()) {
+                    return Err(Error::Config(format!(
+                        "accounts {other} and {name} both serve on {}; give each its own",
+                        e.listen
+                    )));
+                }
+                endpoints.push((e.listen.clone(), Arc::new(Served::new(&account, route, e.service)?)));
+            }
             let identity = match &route {
                 Ok(r) => fetch::mailbox_identity(&account, r),
                 Err(e) => e.to_string(),
             };
             let key = (written.clone(), settings.clone(), account.state_dir.clone(), identity);
-            accounts.insert(name.clone(), Planned { account: Arc::new(account), route: Arc::new(route), key });
+            accounts
+                .insert(name.clone(), Planned { account: Arc::new(account), route: Arc::new(route), endpoints, key });
         }
         Ok(Plan { settings, accounts })
     }
@@ -206,6 +255,10 @@ struct Daemon {
     running: Mutex<BTreeMap<String, Running>>,
     supervisors: Mutex<JoinSet<()>>,
     polls: Arc<Semaphore>,
+    /// The local endpoints, by address: an endpoint whose account changes
+    /// keeps its socket and serves new clients the new way.
+    endpoints: Mutex<HashMap<Listen, Endpoint>>,
+    mode: Mode,
 }
 
 /// A running account.
@@ -213,6 +266,14 @@ struct Running {
     key: (RawAccount, DaemonSettings, PathBuf, String),
     stop: Stop,
     tasks: Arc<Mutex<Vec<Handle>>>,
+    account: Arc<Account>,
+    route: Arc<Result<Route>>,
+}
+
+/// A local endpoint being served.
+struct Endpoint {
+    served: Arc<Mutex<Arc<Served>>>,
+    stop: Stop,
 }
 
 /// What the daemon keeps of a task: how to wake it and where it reports.
@@ -225,8 +286,10 @@ struct Handle {
 impl Daemon {
     /// Starts what `plan` adds or changes, stops what it removes or
     /// changes; unchanged accounts keep their connections and IDLEs (and
-    /// those that failed try again).
-    fn apply(&self, plan: Plan) {
+    /// those that failed try again). Returns the endpoints that could not
+    /// listen, why.
+    fn apply(&self, plan: Plan) -> Vec<String> {
+        let unbound = self.apply_endpoints(&plan);
         let mut running = self.running.lock().expect("daemon lock");
         let gone: Vec<String> = running.keys().filter(|n| !plan.accounts.contains_key(*n)).cloned().collect();
         for name in gone {
@@ -262,22 +325,95 @@ impl Daemon {
                 first: order,
             };
             order += planned.account.fetch.folders.len();
+            let (account, route) = (planned.account.clone(), planned.route.clone());
             self.supervisors.lock().expect("daemon lock").spawn(supervisor.run(planned.account, planned.route));
-            running.insert(name, Running { key: planned.key, stop, tasks });
+            running.insert(name, Running { key: planned.key, stop, tasks, account, route });
         }
+        unbound
+    }
+
+    /// Listens where `plan` says, stops listening where it no longer does;
+    /// an endpoint that stays gets what it serves from `plan`.
+    fn apply_endpoints(&self, plan: &Plan) -> Vec<String> {
+        let wanted: HashMap<&Listen, &Arc<Served>> =
+            plan.accounts.values().flat_map(|p| p.endpoints.iter().map(|(l, s)| (l, s))).collect();
+        let mut endpoints = self.endpoints.lock().expect("daemon lock");
+        endpoints.retain(|listen, e| {
+            let keep = wanted.contains_key(listen);
+            if !keep {
+                e.stop.request();
+            }
+            keep
+        });
+        let mut unbound = Vec::new();
+        for (listen, served) in wanted {
+            if let Some(e) = endpoints.get(listen) {
+                *e.served.lock().expect("endpoint lock") = served.clone();
+                continue;
+            }
+            match gateway::listen::Bound::bind(listen) {
+                Ok(bound) => {
+                    let shared = Arc::new(Mutex::new(served.clone()));
+                    let stop = self.stop.child();
+                    tokio::spawn(gateway::serve(bound, shared.clone(), self.pool.clone(), stop.clone()));
+                    endpoints.insert(listen.clone(), Endpoint { served: shared, stop });
+                }
+                Err(e) => {
+                    tracing::error!(target: "sshmail::daemon", "{}: {e}", served.name());
+                    unbound.push(format!("{}: {e}", served.name()));
+                }
+            }
+        }
+        unbound
+    }
+
+    /// Ends the accounts' tasks: a moment for a clean end, then abandoned.
+    async fn shutdown(&self) {
+        let mut supervisors = std::mem::take(&mut *self.supervisors.lock().expect("daemon lock"));
+        let ended = tokio::time::timeout(STOP_GRACE, async { while supervisors.join_next().await.is_some() {} }).await;
+        if ended.is_err() {
+            tracing::warn!(target: "sshmail::daemon", "some tasks did not end in time; their work in flight is abandoned");
+        }
+        // Aborted tasks drop what they staged; nothing was recorded for it.
+        supervisors.shutdown().await;
+    }
+
+    /// A stream to `account`'s `service` for `sshmail tunnel`.
+    async fn tunnel(&self, account: &str, service: Option<&str>) -> Result<gateway::Connected> {
+        let (account, route) = {
+            let running = self.running.lock().expect("daemon lock");
+            let r = running
+                .get(account)
+                .ok_or_else(|| Error::Config(format!("no account {account} in the daemon's config")))?;
+            (r.account.clone(), r.route.clone())
+        };
+        let service = match service {
+            None => config::Service::of(account.protocol),
+            Some(s) => config::Service::parse(s)
+                .ok_or_else(|| Error::Config(format!("unknown protocol {s:?} (imap, pop3, smtp)")))?,
+        };
+        let route = route.as_ref().as_ref().map_err(Clone::clone)?;
+        let served = Served::new(&account, route, service)?;
+        gateway::connect(&served, &self.pool).await
     }
 
     /// Re-reads the config file; a file that does not load leaves the
     /// accounts as they run.
     fn reload(&self) -> std::result::Result<(), String> {
         systemd::notify("RELOADING=1");
-        let result = match Plan::load(&self.path) {
+        let result = match Plan::load(&self.path, &self.mode) {
             Ok(plan) => {
                 tracing::info!(target: "sshmail::daemon", "reloading {}", self.path.display());
                 self.board.config_error(None);
                 self.pool.forget_failures();
-                self.apply(plan);
-                Ok(())
+                let unbound = self.apply(plan);
+                if unbound.is_empty() {
+                    Ok(())
+                } else {
+                    let text = unbound.join("; ");
+                    self.board.config_error(Some(text.clone()));
+                    Err(text)
+                }
             }
             Err(e) => {
                 let text = format!("{e}");
@@ -380,6 +516,9 @@ struct Supervisor {
 
 impl Supervisor {
     async fn run(self, account: Arc<Account>, route: Arc<Result<Route>>) {
+        if !account.fetch.enabled {
+            return;
+        }
         let mut set = JoinSet::new();
         let folders: Vec<Option<String>> = match account.protocol {
             Protocol::Pop3 => vec![None],
@@ -531,6 +670,19 @@ async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
                         daemon.stop.request();
                         Response::ok()
                     }
+                    Command::Tunnel { account, service } => match daemon.tunnel(&account, service.as_deref()).await {
+                        Err(e) => {
+                            tracing::warn!(target: "sshmail::gateway", "{account}: a tunnel was asked for: {e}");
+                            Response { exit: Some(e.exit().code()), ..Response::refused(e.to_string()) }
+                        }
+                        Ok(server) => {
+                            control::write_response(&mut stream, &Response::ok()).await;
+                            let on = server.connection.clone().unwrap_or_default();
+                            tracing::info!(target: "sshmail::gateway", "{account}: a tunnel opened on {on}");
+                            let _ = gateway::splice(stream, server, false).await;
+                            return;
+                        }
+                    },
                 },
             };
             control::write_response(&mut stream, &response).await;
@@ -572,10 +724,11 @@ async fn watch_clock(daemon: Arc<Daemon>) {
     }
 }
 
-/// Closes SSH connections nobody has used for `ssh_idle_close`.
-async fn reap(pool: Arc<SshPool>) {
+/// Closes SSH connections nobody has used for `ssh_idle_close`, looking
+/// `every` so often.
+async fn reap(pool: Arc<SshPool>, every: Duration) {
     loop {
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(every).await;
         pool.reap();
     }
 }

@@ -1,0 +1,310 @@
+//! The gateway: mail clients reach the remote IMAP, POP3 or SMTP server
+//! through sshmail's SSH connections.
+//!
+//! - [`listen`]: local endpoints (`serve.imap` …) that serve only their
+//!   owner.
+//! - Each client connection is one channel on the pooled SSH connection
+//!   ([`transport::open`] with the service's route): a forward, or for an
+//!   IMAP account the remote imapd in an exec channel (PREAUTH: no second
+//!   password). The connection is shared with the daemon's fetching and
+//!   the other clients, and closed by the pool once nobody uses it.
+//! - The server's greeting is read and checked before anything reaches
+//!   the client ([`connect`]): text before it (a shell startup file, a
+//!   forced command) is a clear error, sent to the client in its own
+//!   protocol and logged, not a hang.
+//! - Then bytes pass through unaltered both ways ([`splice`]), except with
+//!   `serve.imap_accept_login`, where [`shim`] greets OK instead of PREAUTH
+//!   and answers the client's login itself.
+//!
+//! `sshmail tunnel` gets the same stream on stdin/stdout, from the
+//! daemon's control socket when a daemon runs ([`crate::daemon`]), else by
+//! connecting itself.
+
+pub mod listen;
+mod peer;
+mod shim;
+pub mod tunnel;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sshmail_proto::imap;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::task::JoinSet;
+
+use crate::config::{Account, Service, Via};
+use crate::error::{Error, Result};
+use crate::ssh::SshPool;
+use crate::stop::Stop;
+use crate::transport::{self, Route};
+use crate::wire::Stream;
+
+/// The longest greeting line read before it is judged.
+const MAX_GREETING: usize = 8 * 1024;
+/// How long the server may go on after the client has closed its side.
+const AFTER_CLIENT_EOF: Duration = Duration::from_secs(60);
+
+/// What an endpoint (or a tunnel) serves: an account's service, along its
+/// route.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The account's name.
+    pub account: String,
+    /// The service.
+    pub service: Service,
+    /// How to reach it.
+    pub route: Route,
+    /// IMAP: answer the client's login here ([`shim`]).
+    pub accept_login: bool,
+}
+
+impl Served {
+    /// `service` of `account`, whose route is `route`: the account's own
+    /// route for its own protocol; for another service, a forward through
+    /// the same SSH host to the server's host at that service's port.
+    pub fn new(account: &Account, route: &Route, service: Service) -> Result<Served> {
+        let route = if Service::of(account.protocol) == service {
+            route.clone()
+        } else {
+            if !matches!(route.via, Via::Forward | Via::Exec(_)) {
+                return Err(Error::Config(format!(
+                    "account {}: serve.{} needs an SSH route (via = \"forward\" or \"exec\")",
+                    account.name,
+                    service.name()
+                )));
+            }
+            let port = match service {
+                Service::Imap => 143,
+                Service::Pop3 => 110,
+                Service::Smtp => 25,
+            };
+            Route { via: Via::Forward, server_port: port, allow_preauth: false, ..route.clone() }
+        };
+        Ok(Served { account: account.name.clone(), service, route, accept_login: account.serve.accept_login })
+    }
+
+    /// `account imap`, for logs.
+    pub fn name(&self) -> String {
+        format!("{} {}", self.account, self.service.name())
+    }
+}
+
+/// A stream to the server whose greeting was read and checked.
+pub struct Connected {
+    /// The stream, after the greeting.
+    pub stream: Box<dyn Stream>,
+    /// Everything read so far: the greeting (and anything after it), to be
+    /// sent to the client first.
+    pub greeting: Vec<u8>,
+    /// The SSH connection it runs on, if any (`user@host:port #N`).
+    pub connection: Option<String>,
+    /// The service.
+    pub service: Service,
+}
+
+impl Connected {
+    /// The server greeted IMAP PREAUTH.
+    fn preauth(&self) -> bool {
+        self.service == Service::Imap && imap::Greeting::parse(&self.greeting) == imap::Greeting::PreAuth
+    }
+}
+
+/// Opens a stream to `served` and reads its greeting.
+pub async fn connect(served: &Served, pool: &SshPool) -> Result<Connected> {
+    let opened = transport::open(&served.route, pool).await?;
+    let mut stream = opened.stream;
+    let greeting = if opened.greeting_done {
+        // STARTTLS consumed the server's greeting; the session goes on as
+        // after it.
+        format!("* OK [sshmail] {} ready\r\n", opened.peer).into_bytes()
+    } else {
+        match read_greeting(&mut stream, served, &opened.peer).await {
+            Ok(g) => g,
+            Err(e) => return Err(transport::explain(opened.diagnostics.as_deref(), e).await),
+        }
+    };
+    Ok(Connected { stream, greeting, connection: opened.connection, service: served.service })
+}
+
+/// Reads up to the first line end and checks that the line is the
+/// service's greeting.
+async fn read_greeting(stream: &mut Box<dyn Stream>, served: &Served, peer: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(512);
+    let deadline = tokio::time::Instant::now() + served.route.timeout;
+    while !buf.contains(&b'\n') {
+        if buf.len() >= MAX_GREETING {
+            break;
+        }
+        let mut chunk = [0u8; 2048];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .map_err(|_| {
+                Error::Protocol(format!(
+                    "{peer} sent no {} greeting within {} s",
+                    served.service.name().to_uppercase(),
+                    served.route.timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| Error::Lost(format!("{peer}: {e}")))?;
+        if n == 0 {
+            return Err(Error::Lost(format!(
+                "{peer} closed the connection before greeting{}",
+                if buf.is_empty() { String::new() } else { format!(" (after `{}`)", shown(&buf)) }
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = &buf[..buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len())];
+    let (ok, expected) = match served.service {
+        Service::Imap => match imap::Greeting::parse(&buf) {
+            imap::Greeting::Ok | imap::Greeting::PreAuth => (true, ""),
+            imap::Greeting::Bye(text) => return Err(Error::Server(format!("{peer} refused the session: {text}"))),
+            imap::Greeting::NotImap(_) => (false, "`* OK` or `* PREAUTH`"),
+        },
+        Service::Pop3 => (line.to_ascii_uppercase().starts_with(b"+OK"), "`+OK`"),
+        Service::Smtp => (line.starts_with(b"220"), "`220`"),
+    };
+    if ok {
+        return Ok(buf);
+    }
+    let cause = match served.route.via {
+        Via::Exec(_) | Via::Command(_) => {
+            "something prints text before the server starts: a shell startup file on the SSH host \
+             (~/.bashrc, ~/.profile: print only when interactive), or a forced command= on the key in \
+             authorized_keys"
+        }
+        _ => "is that the right server and port?",
+    };
+    Err(Error::Protocol(format!(
+        "{peer} sent `{}` where the {} greeting ({expected}) should be: {cause}",
+        shown(line),
+        served.service.name().to_uppercase()
+    )))
+}
+
+/// At most 120 characters of what a peer sent, printable.
+fn shown(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim_end().chars().map(|c| if c.is_control() { '?' } else { c }).take(120).collect()
+}
+
+/// What a client is sent when its server cannot be reached: an error in
+/// its own protocol, so that it shows why.
+pub fn refusal(service: Service, why: &str) -> Vec<u8> {
+    let text: String = why.chars().map(|c| if c.is_control() { ' ' } else { c }).take(400).collect();
+    match service {
+        Service::Imap => format!("* BYE [UNAVAILABLE] sshmail: {text}\r\n"),
+        Service::Pop3 => format!("-ERR sshmail: {text}\r\n"),
+        Service::Smtp => format!("421 sshmail: {text}\r\n"),
+    }
+    .into_bytes()
+}
+
+/// Passes bytes between the client and the server until the session ends:
+/// the greeting first (or the login shim), then everything unaltered both
+/// ways. When the client closes its side, the server's side is closed too
+/// and what it still sends is passed on (for a while); when the server
+/// closes, the session ends. Returns the bytes sent each way (to the
+/// server, to the client).
+pub async fn splice<C: Stream>(client: C, server: Connected, accept_login: bool) -> std::io::Result<(u64, u64)> {
+    if accept_login && server.preauth() {
+        return shim::run(client, server).await;
+    }
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    client_write.write_all(&server.greeting).await?;
+    let greeting = server.greeting.len() as u64;
+    let (server_read, server_write) = tokio::io::split(server.stream);
+    pass(&mut client_read, client_write, server_read, server_write, greeting).await
+}
+
+/// The two directions of a session, after its start.
+async fn pass<R, W, SR, SW>(
+    client_read: &mut R,
+    mut client_write: W,
+    mut server_read: SR,
+    mut server_write: SW,
+    already_down: u64,
+) -> std::io::Result<(u64, u64)>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+    SR: tokio::io::AsyncRead + Unpin,
+    SW: tokio::io::AsyncWrite + Unpin,
+{
+    let up = async {
+        let n = tokio::io::copy(client_read, &mut server_write).await;
+        let _ = server_write.shutdown().await;
+        n
+    };
+    let down = async {
+        let n = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+        n
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        // The server ended the session: nothing more can be said to it.
+        d = &mut down => Ok((0, already_down + d?)),
+        u = &mut up => {
+            let u = u?;
+            let d = tokio::time::timeout(AFTER_CLIENT_EOF, down).await.unwrap_or(Ok(0))?;
+            Ok((u, already_down + d))
+        }
+    }
+}
+
+/// Serves `bound` until `stop`: each client that passes the peer check
+/// gets its own stream to the server. Clients in session when the
+/// endpoint stops (a reload) go on until they end. What it serves is read
+/// for each client (a reload may change it).
+pub async fn serve(bound: listen::Bound, served: Arc<std::sync::Mutex<Arc<Served>>>, pool: Arc<SshPool>, stop: Stop) {
+    let mut clients = JoinSet::new();
+    let at = bound.listen();
+    let current = || served.lock().expect("endpoint lock").clone();
+    tracing::info!(target: "sshmail::gateway", "{}: serving on {at}", current().name());
+    loop {
+        tokio::select! {
+            accepted = bound.accept() => match accepted {
+                Ok(a) => {
+                    clients.spawn(client(a, current(), pool.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: a moment, then again.
+                    tracing::warn!(target: "sshmail::gateway", "{at}: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            _ = stop.wait() => break,
+        }
+    }
+    drop(bound);
+    tracing::info!(target: "sshmail::gateway", "{}: no longer serving on {at}", current().name());
+    clients.detach_all();
+}
+
+/// One client of an endpoint, to its end.
+async fn client(accepted: listen::Accepted, served: Arc<Served>, pool: Arc<SshPool>) {
+    let listen::Accepted { mut stream, who } = accepted;
+    let name = served.name();
+    match connect(&served, &pool).await {
+        Err(e) => {
+            tracing::warn!(target: "sshmail::gateway", "{name}: a client ({who}) came, but the server: {e}");
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                stream.write_all(&refusal(served.service, &e.to_string())),
+            )
+            .await;
+        }
+        Ok(server) => {
+            let on = server.connection.clone().unwrap_or_else(|| "its own connection".into());
+            tracing::info!(target: "sshmail::gateway", "{name}: a client ({who}) connected, on {on}");
+            match splice(stream, server, served.accept_login).await {
+                Ok((up, down)) => tracing::info!(
+                    target: "sshmail::gateway",
+                    "{name}: the client ({who}) is done: {up} bytes to the server, {down} to the client"
+                ),
+                Err(e) => tracing::info!(target: "sshmail::gateway", "{name}: the client ({who}) went away: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `sshmail tunnel ACCOUNT`: the account's server on stdin/stdout, for
+//! clients that run a command to connect (mutt's `tunnel`, mbsync's
+//! `Tunnel`, Alpine's `ssh-path`).
+//!
+//! When a daemon runs for the config, it is asked over its control socket
+//! for a stream on the SSH connection it holds: no new handshake, and the
+//! greeting comes within milliseconds. Without one (or when it does not
+//! run this account), the tunnel connects by itself, never prompting
+//! (stdin/stdout belong to the client). Either way the greeting is checked
+//! first, and a failure is said on stderr and to the client, in its
+//! protocol, before the tunnel exits non-zero.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt as _;
+
+use super::{Connected, Served};
+use crate::config::{self, Service};
+use crate::daemon::control::{self, Command, NoAnswer};
+use crate::error::{Error, Exit};
+use crate::ssh::{SshPool, target};
+
+/// How long the daemon may take to open the stream (its connect timeout
+/// is the account's; this bounds a daemon that hangs).
+const DAEMON_WAIT: Duration = Duration::from_secs(120);
+
+/// Runs the tunnel until the session ends; returns the exit code.
+pub async fn run(config_file: Option<&Path>, account: &str, service: Option<Service>) -> Exit {
+    let stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    let (path, default) = crate::daemon::config_path(config_file);
+    let paths = control::Paths::for_config(&path, default);
+    let ask = Command::Tunnel { account: account.to_string(), service: service.map(|s| s.name().to_string()) };
+    match control::exchange(&paths, ask, DAEMON_WAIT).await {
+        Ok((response, daemon)) if response.ok => {
+            let through = Connected {
+                stream: Box::new(daemon),
+                greeting: Vec::new(),
+                connection: None,
+                service: service.unwrap_or(Service::Imap),
+            };
+            if let Err(e) = super::splice(stdio, through, false).await {
+                tracing::debug!("{account}: the tunnel ended: {e}");
+            }
+            return Exit::Delivered;
+        }
+        Ok((response, _)) => {
+            let why = response.error.unwrap_or_default();
+            if !why.starts_with("no account") {
+                let exit = response.exit.map_or(Exit::Connect, Exit::from_code);
+                return refuse(stdio, service.unwrap_or(Service::Imap), account, &why, exit).await;
+            }
+            tracing::debug!("{account}: the daemon does not run it; connecting alone");
+        }
+        Err(NoAnswer::NotRunning(_)) => {}
+        Err(NoAnswer::Failed(why)) => tracing::info!("{why}; connecting alone"),
+    }
+    let (served, pool) = match alone(&path, default, account, service) {
+        Ok(s) => s,
+        Err(e) => return refuse(stdio, service.unwrap_or(Service::Imap), account, &e.to_string(), e.exit()).await,
+    };
+    let result = match super::connect(&served, &pool).await {
+        Err(e) => refuse(stdio, served.service, account, &e.to_string(), e.exit()).await,
+        Ok(server) => {
+            if let Err(e) = super::splice(stdio, server, false).await {
+                tracing::debug!("{account}: the tunnel ended: {e}");
+            }
+            Exit::Delivered
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), pool.close_all()).await;
+    result
+}
+
+/// What to serve, read from the config file, and a pool of our own.
+fn alone(
+    path: &Path,
+    default: bool,
+    account: &str,
+    service: Option<Service>,
+) -> crate::error::Result<(Served, SshPool)> {
+    if default && !path.exists() {
+        return Err(Error::Config(format!("no config file at {}; write one (see `man sshmail`)", path.display())));
+    }
+    let raw = config::load(path)?;
+    let written = raw
+        .account
+        .get(account)
+        .ok_or_else(|| Error::Config(format!("no account {account:?} in {}", path.display())))?;
+    let mut resolved = config::resolve(account, written, raw.state_dir.as_deref())?;
+    let ssh_config = target::load_ssh_config(None)?;
+    let route = crate::transport::route_account(&mut resolved, ssh_config.as_ref())?;
+    let service = service.unwrap_or(Service::of(resolved.protocol));
+    Ok((Served::new(&resolved, &route, service)?, SshPool::new()))
+}
+
+/// Says why on stderr and to the client; returns `exit`.
+async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
+    mut stdio: S,
+    service: Service,
+    account: &str,
+    why: &str,
+    exit: Exit,
+) -> Exit {
+    eprintln!("sshmail: {account}: {why}");
+    let _ = stdio.write_all(&super::refusal(service, why)).await;
+    let _ = stdio.flush().await;
+    match exit {
+        Exit::Delivered | Exit::NoMail => Exit::Connect,
+        other => other,
+    }
+}

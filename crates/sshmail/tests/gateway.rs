@@ -1,0 +1,425 @@
+//! The gateway against real peers: OpenSSH's sshd and Dovecot behind it,
+//! real mail clients in front (Python's imaplib and poplib, fetchmail,
+//! mbsync), through the daemon's owner-only endpoints and `sshmail tunnel`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Env, assert_exit, read_dir_contents, stderr, wait_bounded};
+use sshmail_testbed::{MAIL_USER, corpus};
+
+/// Python's imaplib/poplib client script.
+fn client_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mail_client.py")
+}
+
+/// Runs the client script (bounded).
+fn client(args: &[&str]) -> Output {
+    let child = Command::new("/usr/bin/python3")
+        .arg(client_script())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_bounded(child, Duration::from_secs(300))
+}
+
+/// The messages in `dir`, sorted.
+fn messages_in(dir: &Path) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> =
+        std::fs::read_dir(dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    v.sort();
+    v
+}
+
+/// `m` with every bare LF made CRLF: a message as IMAP and POP3 send it.
+fn crlf(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len() + m.len() / 40);
+    for (i, &b) in m.iter().enumerate() {
+        if b == b'\n' && (i == 0 || m[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// The originals as the server sends them, sorted.
+fn expected_on_the_wire(env: &Env) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = env.originals.iter().map(|m| crlf(m)).collect();
+    v.sort();
+    v
+}
+
+/// Checks two sorted message lists are equal, without printing them.
+fn assert_same_messages(got: &[Vec<u8>], want: &[Vec<u8>], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: how many messages");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        let head = |m: &[u8]| String::from_utf8_lossy(&m[..m.len().min(300)]).to_string();
+        panic!("{what}: message {i} differs; got:\n{}\nwanted:\n{}", head(&got[i]), head(&want[i]));
+    }
+}
+
+/// `m` without the `X-TUID:` header line mbsync adds to what it copies.
+fn without_tuid(m: &[u8]) -> Vec<u8> {
+    let end = m.windows(2).position(|w| w == b"\n\n").unwrap_or(m.len());
+    match m[..end].windows(8).position(|w| w == b"\nX-TUID:") {
+        Some(at) => {
+            let line_end = at + 1 + m[at + 1..].iter().position(|&b| b == b'\n').unwrap_or(0);
+            [&m[..at], &m[line_end..]].concat()
+        }
+        None => m.to_vec(),
+    }
+}
+
+/// A free loopback TCP port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// SSH sessions sshd has accepted so far.
+fn ssh_logins(env: &Env) -> usize {
+    std::fs::read_to_string(env.bed.sshd_log()).unwrap_or_default().matches("Accepted publickey").count()
+}
+
+/// `sshmail tunnel ARGS --config CONF` as a shell command line, with the
+/// daemon's environment.
+fn tunnel_command(home: &Path, config: &Path, args: &str) -> String {
+    format!(
+        "env -u SSH_AUTH_SOCK HOME={} XDG_RUNTIME_DIR={} {} tunnel {args} --config {}",
+        home.display(),
+        home.join("run").display(),
+        env!("CARGO_BIN_EXE_sshmail"),
+        config.display()
+    )
+}
+
+#[test]
+fn imaplib_and_poplib_through_owner_only_endpoints_and_the_tunnel_get_every_message_byte_exact() {
+    let mut env = Env::new();
+    env.add_messages((0..30).map(|i| corpus::mixed_message(i, 10)));
+    let pop3_port = free_port();
+    let accounts = format!(
+        "{}{}",
+        env.imap_toml("uni", "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n"),
+        env.pop3_toml("isp", &format!("fetch = false\nserve.pop3 = \"tcp:127.0.0.1:{pop3_port}\"\n"))
+    );
+    let daemon = Daemon::start(&env, &accounts);
+    let socket = env.home.path().join("run/sshmail/uni.imap");
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the socket is the owner's only");
+    let dir_mode = std::fs::metadata(socket.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700, "in a private directory");
+
+    let expected = expected_on_the_wire(&env);
+    let out_dir = env.home.path().join("via-socket");
+    let out = client(&["imap-fetch", &format!("unix:{}", socket.display()), out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "imaplib on the socket: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    assert_same_messages(&messages_in(&out_dir), &expected, "imaplib through the Unix socket");
+
+    let out_dir = env.home.path().join("via-tunnel");
+    let tunnel = format!("cmd:{}", tunnel_command(env.home.path(), &daemon.config, "uni"));
+    let out = client(&["imap-fetch", &tunnel, out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "imaplib through sshmail tunnel: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    assert_same_messages(&messages_in(&out_dir), &expected, "imaplib through the tunnel");
+
+    let out_dir = env.home.path().join("via-pop3");
+    let password = env.home.path().join("password");
+    let out = client(&[
+        "pop3-fetch",
+        &format!("tcp:127.0.0.1:{pop3_port}"),
+        MAIL_USER,
+        password.to_str().unwrap(),
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "poplib on the TCP port: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    assert_same_messages(&messages_in(&out_dir), &expected, "poplib through the loopback TCP port");
+
+    // fetch = false: the daemon fetched nothing.
+    assert!(read_dir_contents(&env.maildir().join("new")).is_empty(), "a fetch = false account was fetched");
+    assert_eq!(env.bed.server_message_count().unwrap(), 30);
+    let log = daemon.stop();
+    assert!(log.contains("a tunnel opened on"), "the tunnel went through the daemon:\n{log}");
+}
+
+#[test]
+fn another_uid_is_refused_on_the_unix_socket_and_the_tcp_port_and_the_refusal_is_logged() {
+    let env = Env::new();
+    let port = free_port();
+    // A socket in a directory anyone may enter, so that only sshmail's own
+    // checks stand between another user and it.
+    let open_dir = env.home.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    for dir in [env.home.path(), &open_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let socket = open_dir.join("uni.imap");
+    let accounts = env.imap_toml(
+        "uni",
+        &format!("fetch = false\nserve.imap = \"unix:{}\"\nserve.pop3 = \"tcp:127.0.0.1:{port}\"\n", socket.display()),
+    );
+    let daemon = Daemon::start(&env, &accounts);
+    let as_nobody = |where_: &str| {
+        let child = Command::new("runuser")
+            .args(["-u", "nobody", "--", "/usr/bin/python3"])
+            .arg(client_script())
+            .args(["probe", where_])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_bounded(child, Duration::from_secs(30));
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // The socket's mode (0600) keeps nobody out already.
+    let said = as_nobody(&format!("unix:{}", socket.display()));
+    assert!(said.contains("connect failed") && said.contains("Permission denied"), "{said}");
+    // With the mode opened, SO_PEERCRED still refuses.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let said = as_nobody(&format!("unix:{}", socket.display()));
+    assert_eq!(said.trim(), "got b''", "another uid got something from the socket");
+    // The TCP port checks the peer's uid in /proc/net/tcp.
+    let said = as_nobody(&format!("tcp:127.0.0.1:{port}"));
+    assert_eq!(said.trim(), "got b''", "another uid got something from the TCP port");
+    let nobody = String::from_utf8(Command::new("id").args(["-u", "nobody"]).output().unwrap().stdout).unwrap();
+    let nobody = nobody.trim();
+    daemon
+        .log
+        .wait_until("both refusals logged", |log| log.matches(&format!("uid {nobody} is someone else")).count() >= 2);
+    let log = daemon.log.text();
+    assert!(log.contains(&format!("unix:{}: refused a connection from uid {nobody}", socket.display())), "{log}");
+    assert!(log.contains(&format!("tcp:127.0.0.1:{port}: refused a connection from 127.0.0.1:")), "{log}");
+    // The owner is served.
+    let out = client(&["probe", &format!("unix:{}", socket.display())]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("* PREAUTH"), "{}", String::from_utf8_lossy(&out.stdout));
+    daemon.stop();
+}
+
+#[test]
+fn ten_clients_at_once_share_one_ssh_connection_which_closes_when_idle_and_reopens_for_the_next() {
+    let mut env = Env::new();
+    env.add_messages((0..3).map(|i| corpus::small_message(i, 100)));
+    let accounts = format!(
+        "[daemon]\nssh_idle_close = 2\n{}",
+        env.imap_toml("uni", "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n")
+    );
+    let daemon = Daemon::start(&env, &accounts);
+    let socket = format!("unix:{}", env.home.path().join("run/sshmail/uni.imap").display());
+    let before = ssh_logins(&env);
+    let out = client(&["imap-many", &socket, "10", "1"]);
+    assert!(out.status.success(), "ten clients: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    assert_eq!(ssh_logins(&env) - before, 1, "ten clients at once, one SSH login; log:\n{}", daemon.log.text());
+    // Idle for longer than ssh_idle_close: the connection is closed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.bed.sshd_session_pids().is_empty() {
+        assert!(Instant::now() < deadline, "the idle SSH connection was not closed; log:\n{}", daemon.log.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = client(&["imap-many", &socket, "1", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ssh_logins(&env) - before, 2, "the next client opened a new connection");
+    daemon.stop();
+}
+
+#[test]
+fn a_client_that_stops_reading_mid_fetch_of_200_mb_does_not_stall_another_and_memory_stays_bounded() {
+    let mut env = Env::new();
+    let big = corpus::small_message(0, 200 << 20);
+    env.add_messages([big.clone(), corpus::small_message(1, 2000)]);
+    let accounts = env.imap_toml("uni", "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n");
+    let daemon = Daemon::start(&env, &accounts);
+    let socket = format!("unix:{}", env.home.path().join("run/sshmail/uni.imap").display());
+    let digest = env.home.path().join("stalled.sha256");
+    let mut stalled = Command::new("/usr/bin/python3")
+        .arg(client_script())
+        .args(["imap-stall", &socket, "15", digest.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the big FETCH has begun and its client has stopped reading …
+    let marker = PathBuf::from(format!("{}.stalled", digest.display()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the stalling client never began its FETCH");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // … another client's whole session goes through on the same connection.
+    let started = Instant::now();
+    let out_dir = env.home.path().join("other");
+    let out = client(&["imap-fetch", &socket, out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "the other client took {took:?} while one stalled");
+    assert_eq!(messages_in(&out_dir).len(), 2);
+    let rss = common::peak_rss_kib(daemon.child.id()).unwrap();
+    assert!(rss < 64 * 1024, "the daemon's RSS grew to {rss} KiB with 200 MB unread");
+    // The stalled client resumes and gets the whole message, intact.
+    let code = common::wait_bounded_status(&mut stalled, Duration::from_secs(120));
+    assert_eq!(code, Some(0));
+    use sha2::Digest as _;
+    let want: String = sha2::Sha256::digest(crlf(&big)).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(std::fs::read_to_string(&digest).unwrap(), want, "the stalled client's message was damaged");
+    daemon.stop();
+}
+
+#[test]
+fn fetchmail_polls_the_pop3_endpoint_and_receives_every_message_exactly_once() {
+    let mut env = Env::new();
+    env.add_messages((0..20).map(|i| corpus::mixed_message(i, 7)));
+    let port = free_port();
+    let accounts = env.pop3_toml("isp", &format!("fetch = false\nserve.pop3 = \"tcp:127.0.0.1:{port}\"\n"));
+    let daemon = Daemon::start(&env, &accounts);
+    let local = env.home.path().join("fetchmail-maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(local.join(sub)).unwrap();
+    }
+    let rc = env.home.path().join("fetchmailrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "poll 127.0.0.1 service {port} protocol pop3 auth password\n  \
+             user \"{MAIL_USER}\" password \"{}\" is root here sslproto ''\n  \
+             mda \"/usr/bin/procmail -m DEFAULT={}/ /dev/null\"\n",
+            sshmail_testbed::MAIL_PASSWORD,
+            local.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let fetchmail = |home: &Path| {
+        let child = Command::new("fetchmail")
+            .args(["-f"])
+            .arg(&rc)
+            .args(["--nosyslog", "--nodetach", "--pidfile"])
+            .arg(home.join("fetchmail.pid"))
+            .env("HOME", home)
+            .env("FETCHMAILHOME", home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fetchmail must be installed (scripts/install-deps)");
+        wait_bounded(child, Duration::from_secs(120))
+    };
+    let out = fetchmail(env.home.path());
+    assert_exit(&out, 0);
+    // fetchmail adds its Received: line on top (compared without trace
+    // fields on both sides).
+    let mut got: Vec<Vec<u8>> = read_dir_contents(&local.join("new")).iter().map(|m| common::strip_trace(m)).collect();
+    got.sort();
+    let mut want: Vec<Vec<u8>> = env.originals.iter().map(|m| common::strip_trace(m)).collect();
+    want.sort();
+    assert_same_messages(&got, &want, "fetchmail's copies");
+    assert_eq!(env.bed.server_message_count().unwrap(), 0, "fetchmail deleted them after delivery");
+    // A second poll finds nothing (fetchmail exits 1: no mail).
+    let out = fetchmail(env.home.path());
+    assert_exit(&out, 1);
+    assert_eq!(read_dir_contents(&local.join("new")).len(), 20);
+    daemon.stop();
+}
+
+/// An mbsync config syncing the far INBOX into `local` through `tunnel`.
+fn mbsyncrc(path: &Path, tunnel: &str, local: &Path) {
+    std::fs::write(
+        path,
+        format!(
+            "IMAPAccount far\nTunnel \"{tunnel}\"\n\nIMAPStore far\nAccount far\n\n\
+             MaildirStore near\nPath {0}/\nInbox {0}/INBOX\n\n\
+             Channel sync\nFar :far:\nNear :near:\nPatterns INBOX\nCreate Near\nSync Pull\nSyncState *\n",
+            local.display()
+        ),
+    )
+    .unwrap();
+}
+
+fn mbsync(rc: &Path) -> Output {
+    let child = Command::new("mbsync")
+        .arg("-c")
+        .arg(rc)
+        .arg("-a")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mbsync must be installed (isync; scripts/install-deps)");
+    wait_bounded(child, Duration::from_secs(120))
+}
+
+/// Every message in an mbsync Maildir (new/ and cur/), mbsync's header
+/// taken off, sorted.
+fn synced(local: &Path) -> Vec<Vec<u8>> {
+    let mut v = read_dir_contents(&local.join("INBOX/new"));
+    v.extend(read_dir_contents(&local.join("INBOX/cur")));
+    let mut v: Vec<Vec<u8>> = v.iter().map(|m| without_tuid(m)).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn mbsync_tunnel_syncs_a_mailbox_alone_and_through_a_running_daemon() {
+    let mut env = Env::new();
+    env.add_messages((0..25).map(|i| corpus::mixed_message(i, 9)));
+    let config = env.home.path().join("config.toml");
+    Daemon::write_config(&config, &env.config_toml(&env.imap_toml("uni", "fetch = false\n")));
+    let local = env.home.path().join("mbsync");
+    std::fs::create_dir(&local).unwrap();
+    let rc = env.home.path().join("mbsyncrc");
+    mbsyncrc(&rc, &tunnel_command(env.home.path(), &config, "uni"), &local);
+    let mut want = env.originals.clone();
+    want.sort();
+
+    // No daemon: the tunnel connects by itself.
+    let out = mbsync(&rc);
+    assert!(out.status.success(), "mbsync alone: {}", stderr(&out));
+    assert_same_messages(&synced(&local), &want, "mbsync alone");
+
+    // With a daemon: through its connection.
+    let daemon = Daemon::spawn(env.home.path(), &config, &[]);
+    daemon.wait_answering();
+    let new = corpus::mixed_message(100, 1);
+    env.add_messages([new]);
+    let mut want = env.originals.clone();
+    want.sort();
+    let out = mbsync(&rc);
+    assert!(out.status.success(), "mbsync with the daemon: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    assert_same_messages(&synced(&local), &want, "mbsync through the daemon");
+    let log = daemon.stop();
+    assert!(log.contains("uni: a tunnel opened on"), "mbsync's tunnel did not use the daemon:\n{log}");
+}
+
+#[test]
+fn a_noisy_shell_before_the_greeting_is_a_clear_error_from_the_tunnel_not_a_hang() {
+    let env = Env::new();
+    let config = env.home.path().join("config.toml");
+    let noisy = "imapd = \"echo Welcome to the shell host; exec /usr/lib/dovecot/imap\"\nfetch = false\n";
+    Daemon::write_config(&config, &env.config_toml(&env.imap_toml("uni", noisy)));
+    let started = Instant::now();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(tunnel_command(env.home.path(), &config, "uni"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(child, Duration::from_secs(60));
+    assert!(started.elapsed() < Duration::from_secs(20), "it took {:?}", started.elapsed());
+    assert_exit(&out, 4);
+    let err = stderr(&out);
+    assert!(err.contains("`Welcome to the shell host`") && err.contains("shell startup file"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("* BYE [UNAVAILABLE] sshmail: "), "the client is told too: {stdout}");
+}
