@@ -423,3 +423,68 @@ fn a_noisy_shell_before_the_greeting_is_a_clear_error_from_the_tunnel_not_a_hang
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("* BYE [UNAVAILABLE] sshmail: "), "the client is told too: {stdout}");
 }
+
+#[test]
+fn the_login_shim_greets_ok_and_accepts_login_and_authenticate_plain_then_passes_bytes_unaltered() {
+    let mut env = Env::new();
+    env.add_messages((0..12).map(|i| corpus::mixed_message(i, 5)));
+    let accounts = env.imap_toml(
+        "uni",
+        "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\nserve.imap_accept_login = true\n",
+    );
+    let daemon = Daemon::start(&env, &accounts);
+    let socket = format!("unix:{}", env.home.path().join("run/sshmail/uni.imap").display());
+    let out = client(&["probe", &socket]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("* OK [CAPABILITY") && !said.contains("PREAUTH"), "{said}");
+    let expected = expected_on_the_wire(&env);
+    for how in ["--login", "--authenticate"] {
+        let out_dir = env.home.path().join(format!("shim{how}"));
+        let out = client(&["imap-fetch", &socket, out_dir.to_str().unwrap(), how]);
+        assert!(out.status.success(), "imaplib {how} through the shim: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+        assert_same_messages(&messages_in(&out_dir), &expected, how);
+    }
+    daemon.stop();
+}
+
+#[test]
+fn fifty_clients_at_once_are_all_served() {
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::small_message(i, 100)));
+    let accounts = env.imap_toml("uni", "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n");
+    let daemon = Daemon::start(&env, &accounts);
+    let socket = format!("unix:{}", env.home.path().join("run/sshmail/uni.imap").display());
+    let out = client(&["imap-many", &socket, "50", "1"]);
+    assert!(out.status.success(), "fifty clients: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "50");
+    daemon.stop();
+}
+
+#[test]
+fn a_privileged_port_without_the_right_to_bind_it_fails_with_advice_not_a_bare_eacces() {
+    let env = Env::new();
+    // A user without the right: nobody, with a home and config of its own.
+    let home = tempfile::Builder::new().prefix("sshmail-nobody.").tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = home.path().join("config.toml");
+    std::fs::write(&config, env.imap_toml("uni", "fetch = false\nserve.imap = \"tcp:127.0.0.1:143\"\n")).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let child = Command::new("runuser")
+        .args(["-u", "nobody", "--", "env"])
+        .arg(format!("HOME={}", home.path().display()))
+        .arg(format!("XDG_RUNTIME_DIR={}", home.path().join("run").display()))
+        .arg(env!("CARGO_BIN_EXE_sshmail"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(child, Duration::from_secs(30));
+    assert_exit(&out, 5);
+    let err = stderr(&out);
+    assert!(err.contains("port 143 is privileged") && err.contains("cap_net_bind_service"), "{err}");
+    assert!(err.contains("ip_unprivileged_port_start"), "{err}");
+}
