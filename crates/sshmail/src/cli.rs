@@ -325,7 +325,7 @@ pub fn main() -> i32 {
             }
             Cmd::Tunnel(ref args) => {
                 let service = args.protocol.as_deref().and_then(config::Service::parse);
-                crate::gateway::tunnel::run(args.daemon.config.as_deref(), &args.account, service).await
+                crate::tunnel::run(args.daemon.config.as_deref(), &args.account, service).await
             }
             Cmd::Status(ref args) => status(args).await,
             Cmd::Poll(ref args) => poll(&cli, args).await,

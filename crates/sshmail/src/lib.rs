@@ -25,4 +25,5 @@ pub mod secret;
 pub mod ssh;
 pub mod stop;
 pub mod transport;
+pub mod tunnel;
 pub mod wire;

@@ -16,14 +16,13 @@
 //!   `serve.imap_accept_login`, where [`shim`] greets OK instead of PREAUTH
 //!   and answers the client's login itself.
 //!
-//! `sshmail tunnel` gets the same stream on stdin/stdout, from the
-//! daemon's control socket when a daemon runs ([`crate::daemon`]), else by
-//! connecting itself.
+//! `sshmail tunnel` (the `tunnel` module, above this one) gets the same stream on
+//! stdin/stdout, from the daemon's control socket when a daemon runs, else
+//! by connecting itself.
 
 pub mod listen;
 mod peer;
 mod shim;
-pub mod tunnel;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
 
-use super::{Connected, Served};
 use crate::config::{self, Service};
 use crate::daemon::control::{self, Command, NoAnswer};
 use crate::error::{Error, Exit};
+use crate::gateway::{self, Connected, Served};
 use crate::ssh::{SshPool, target};
 
 /// How long the daemon may take to open the stream (its connect timeout
@@ -39,7 +39,7 @@ pub async fn run(config_file: Option<&Path>, account: &str, service: Option<Serv
                 connection: None,
                 service: service.unwrap_or(Service::Imap),
             };
-            if let Err(e) = super::splice(stdio, through, false).await {
+            if let Err(e) = gateway::splice(stdio, through, false).await {
                 tracing::debug!("{account}: the tunnel ended: {e}");
             }
             return Exit::Delivered;
@@ -59,10 +59,10 @@ pub async fn run(config_file: Option<&Path>, account: &str, service: Option<Serv
         Ok(s) => s,
         Err(e) => return refuse(stdio, service.unwrap_or(Service::Imap), account, &e.to_string(), e.exit()).await,
     };
-    let result = match super::connect(&served, &pool).await {
+    let result = match gateway::connect(&served, &pool).await {
         Err(e) => refuse(stdio, served.service, account, &e.to_string(), e.exit()).await,
         Ok(server) => {
-            if let Err(e) = super::splice(stdio, server, false).await {
+            if let Err(e) = gateway::splice(stdio, server, false).await {
                 tracing::debug!("{account}: the tunnel ended: {e}");
             }
             Exit::Delivered
@@ -103,7 +103,7 @@ async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
     exit: Exit,
 ) -> Exit {
     eprintln!("sshmail: {account}: {why}");
-    let _ = stdio.write_all(&super::refusal(service, why)).await;
+    let _ = stdio.write_all(&gateway::refusal(service, why)).await;
     let _ = stdio.flush().await;
     match exit {
         Exit::Delivered | Exit::NoMail => Exit::Connect,
