@@ -27,7 +27,7 @@ const DAEMON_WAIT: Duration = Duration::from_secs(120);
 
 /// Runs the tunnel until the session ends; returns the exit code.
 pub async fn run(config_file: Option<&Path>, account: &str, service: Option<Service>) -> Exit {
-    let stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    let stdio = stdio();
     let (path, default) = crate::daemon::config_path(config_file);
     let paths = control::Paths::for_config(&path, default);
     let ask = Command::Tunnel { account: account.to_string(), service: service.map(|s| s.name().to_string()) };
@@ -70,6 +70,57 @@ pub async fn run(config_file: Option<&Path>, account: &str, service: Option<Serv
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), pool.close_all()).await;
     result
+}
+
+/// Standard input and output as one stream. A socket (mbsync's Tunnel
+/// gives a socket pair) or a pipe (mutt's tunnel) is polled by the runtime
+/// like any connection; anything else (a terminal, a file) goes through
+/// tokio's threaded stdio.
+fn stdio() -> impl crate::wire::Stream {
+    use std::os::fd::AsFd as _;
+    type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+    type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+    let kind = |fd: std::os::fd::BorrowedFd<'_>| {
+        rustix::fs::fstat(fd).map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode)).ok()
+    };
+    let socket = |fd: std::os::fd::OwnedFd| -> std::io::Result<tokio::net::UnixStream> {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        tokio::net::UnixStream::from_std(s)
+    };
+    let input: Reader = {
+        let fd = std::io::stdin().as_fd().try_clone_to_owned();
+        match fd.as_ref().ok().and_then(|fd| kind(fd.as_fd())) {
+            Some(rustix::fs::FileType::Socket) => match socket(fd.expect("checked")) {
+                Ok(s) => Box::new(s),
+                Err(_) => Box::new(tokio::io::stdin()),
+            },
+            Some(rustix::fs::FileType::Fifo) => {
+                match tokio::net::unix::pipe::Receiver::from_owned_fd(fd.expect("checked")) {
+                    Ok(p) => Box::new(p),
+                    Err(_) => Box::new(tokio::io::stdin()),
+                }
+            }
+            _ => Box::new(tokio::io::stdin()),
+        }
+    };
+    let output: Writer = {
+        let fd = std::io::stdout().as_fd().try_clone_to_owned();
+        match fd.as_ref().ok().and_then(|fd| kind(fd.as_fd())) {
+            Some(rustix::fs::FileType::Socket) => match socket(fd.expect("checked")) {
+                Ok(s) => Box::new(s),
+                Err(_) => Box::new(tokio::io::stdout()),
+            },
+            Some(rustix::fs::FileType::Fifo) => {
+                match tokio::net::unix::pipe::Sender::from_owned_fd(fd.expect("checked")) {
+                    Ok(p) => Box::new(p),
+                    Err(_) => Box::new(tokio::io::stdout()),
+                }
+            }
+            _ => Box::new(tokio::io::stdout()),
+        }
+    };
+    tokio::io::join(input, output)
 }
 
 /// What to serve, read from the config file, and a pool of our own.

@@ -42,6 +42,8 @@ use crate::wire::Stream;
 const MAX_GREETING: usize = 8 * 1024;
 /// How long the server may go on after the client has closed its side.
 const AFTER_CLIENT_EOF: Duration = Duration::from_secs(60);
+/// The most one direction of a session moves per read.
+const COPY_CHUNK: usize = 64 * 1024;
 
 /// What an endpoint (or a tunnel) serves: an account's service, along its
 /// route.
@@ -230,12 +232,12 @@ where
     SW: tokio::io::AsyncWrite + Unpin,
 {
     let up = async {
-        let n = tokio::io::copy(client_read, &mut server_write).await;
+        let n = copy(client_read, &mut server_write).await;
         let _ = server_write.shutdown().await;
         n
     };
     let down = async {
-        let n = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let n = copy(&mut server_read, &mut client_write).await;
         let _ = client_write.shutdown().await;
         n
     };
@@ -248,6 +250,26 @@ where
             let d = tokio::time::timeout(AFTER_CLIENT_EOF, down).await.unwrap_or(Ok(0))?;
             Ok((u, already_down + d))
         }
+    }
+}
+
+/// Copies until the end of `from`, each piece written out (and flushed)
+/// as soon as it is read: no piece waits for the next.
+async fn copy<R, W>(from: &mut R, to: &mut W) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin + ?Sized,
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        total += n as u64;
     }
 }
 
