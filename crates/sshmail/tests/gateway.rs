@@ -231,6 +231,10 @@ fn ten_clients_at_once_share_one_ssh_connection_which_closes_when_idle_and_reope
     daemon.stop();
 }
 
+/// Regression: russh waits in the connection's one loop when a channel's
+/// queue is full, so before the per-channel backlog a stalled client held
+/// every other channel of the connection until it read again (here: 17 s,
+/// the stall, instead of well under a second).
 #[test]
 fn a_client_that_stops_reading_mid_fetch_of_200_mb_does_not_stall_another_and_memory_stays_bounded() {
     let mut env = Env::new();
@@ -487,4 +491,140 @@ fn a_privileged_port_without_the_right_to_bind_it_fails_with_advice_not_a_bare_e
     let err = stderr(&out);
     assert!(err.contains("port 143 is privileged") && err.contains("cap_net_bind_service"), "{err}");
     assert!(err.contains("ip_unprivileged_port_start"), "{err}");
+}
+
+/// tmux on a private socket: Alpine driven like a person would.
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> Output {
+        let child = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tmux must be installed (scripts/install-deps)");
+        wait_bounded(child, Duration::from_secs(20))
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "mail"]).stdout).to_string()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn alpine_with_ssh_path_running_sshmail_tunnel_opens_the_remote_inbox_and_lists_every_message() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::small_message(i, 500)));
+    let daemon = Daemon::start(&env, &env.imap_toml("uni", "fetch = false\n"));
+    let home = env.home.path();
+    // Alpine runs `ssh-path HOST -l USER exec /etc/rimapd`; the wrapper
+    // notes what it was given and runs the tunnel instead.
+    let wrapper = home.join("sshmail-alpine");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec {}\n",
+            home.join("wrapper.args").display(),
+            tunnel_command(home, &daemon.config, "uni")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pinerc = home.join("pinerc");
+    std::fs::write(
+        &pinerc,
+        format!(
+            "personal-name=Test\nuser-domain=example.net\ninbox-path={{imaphost/user=me}}INBOX\n\
+             ssh-path={}\nssh-open-timeout=15\nrsh-open-timeout=0\n",
+            wrapper.display()
+        ),
+    )
+    .unwrap();
+    let tmux = Tmux { socket: home.join("tmux.sock") };
+    let alpine = format!("env HOME={} alpine -p {} -i", home.display(), pinerc.display());
+    let out = tmux.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", &alpine]);
+    assert!(out.status.success(), "tmux: {}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let screen = tmux.screen();
+        if screen.contains("Exit this greeting") {
+            // Alpine's first start shows its greeting once.
+            tmux.run(&["send-keys", "-t", "mail", "E"]);
+        } else if screen.contains("MESSAGE INDEX") && (0..5).all(|i| screen.contains(&format!("message {i}"))) {
+            break screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alpine never listed the INBOX; screen:\n{screen}\nlog:\n{}",
+            daemon.log.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(listed.contains("Message 1 of 5"), "{listed}");
+    let args = std::fs::read_to_string(home.join("wrapper.args")).unwrap();
+    assert!(args.contains("imaphost -l me exec /etc/rimapd"), "Alpine ran: {args}");
+    tmux.run(&["send-keys", "-t", "mail", "q"]);
+    tmux.run(&["send-keys", "-t", "mail", "y"]);
+    let log = daemon.stop();
+    assert!(log.contains("uni: a tunnel opened on"), "Alpine's session did not use the daemon:\n{log}");
+}
+
+#[test]
+fn mutt_lists_the_inbox_through_a_tcp_endpoint_and_through_its_tunnel_setting() {
+    let mut env = Env::new();
+    env.add_messages((0..4).map(|i| corpus::small_message(i, 400)));
+    let port = free_port();
+    let accounts = env.imap_toml("uni", &format!("fetch = false\nserve.imap = \"tcp:127.0.0.1:{port}\"\n"));
+    let daemon = Daemon::start(&env, &accounts);
+    let home = env.home.path();
+    let common = "set imap_user=me\nset ssl_starttls=no\nset ssl_force_tls=no\nset header_cache=\"\"\n\
+                  set mail_check=60\nset sort=date-sent\nset help=no\n";
+    let cases = [
+        ("tcp", format!("{common}set folder=\"imap://127.0.0.1:{port}/\"\nset spoolfile=\"+INBOX\"\n")),
+        (
+            "tunnel",
+            format!(
+                "{common}set tunnel=\"{}\"\nset folder=\"imap://imaphost/\"\nset spoolfile=\"+INBOX\"\n",
+                tunnel_command(home, &daemon.config, "uni")
+            ),
+        ),
+    ];
+    for (name, rc) in cases {
+        let muttrc = home.join(format!("muttrc-{name}"));
+        std::fs::write(&muttrc, rc).unwrap();
+        let tmux = Tmux { socket: home.join(format!("tmux-{name}.sock")) };
+        let mutt = format!("env HOME={} TERM=xterm mutt -n -F {}", home.display(), muttrc.display());
+        let out = tmux.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", &mutt]);
+        assert!(out.status.success(), "tmux: {}", stderr(&out));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let screen = tmux.screen();
+            if (0..4).all(|i| screen.contains(&format!("message {i}"))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mutt ({name}) never listed the INBOX; screen:\n{screen}\nlog:\n{}",
+                daemon.log.text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tmux.run(&["send-keys", "-t", "mail", "q"]);
+    }
+    let log = daemon.stop();
+    assert!(log.contains("uni imap: a client (127.0.0.1:"), "mutt did not come through the TCP endpoint:\n{log}");
+    assert!(log.contains("uni: a tunnel opened on"), "mutt's tunnel did not use the daemon:\n{log}");
 }
