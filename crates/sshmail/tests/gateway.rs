@@ -142,6 +142,24 @@ fn imaplib_and_poplib_through_owner_only_endpoints_and_the_tunnel_get_every_mess
     assert!(out.status.success(), "poplib on the TCP port: {}\nlog:\n{}", stderr(&out), daemon.log.text());
     assert_same_messages(&messages_in(&out_dir), &expected, "poplib through the loopback TCP port");
 
+    // POP3 through the tunnel, its stdin/stdout a socket pair (as mbsync
+    // gives); IMAP through one too.
+    let out_dir = env.home.path().join("via-pop3-tunnel");
+    let tunnel = format!("pair:{}", tunnel_command(env.home.path(), &daemon.config, "isp --protocol pop3"));
+    let out = client(&["pop3-fetch", &tunnel, MAIL_USER, password.to_str().unwrap(), out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "poplib through the tunnel: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    assert_same_messages(&messages_in(&out_dir), &expected, "poplib through the tunnel");
+    let out_dir = env.home.path().join("via-socketpair");
+    let tunnel = format!("pair:{}", tunnel_command(env.home.path(), &daemon.config, "uni"));
+    let out = client(&["imap-fetch", &tunnel, out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "imaplib on a socket pair: {}", stderr(&out));
+    assert_same_messages(&messages_in(&out_dir), &expected, "imaplib through the tunnel on a socket pair");
+    let status = daemon.status();
+    assert_eq!(status.tunnels.total, 3, "{status:#?}");
+    let served: Vec<(&str, &str, u64)> =
+        status.endpoints.iter().map(|e| (e.account.as_str(), e.service.as_str(), e.clients.total)).collect();
+    assert_eq!(served, vec![("isp", "pop3", 1), ("uni", "imap", 1)]);
+
     // fetch = false: the daemon fetched nothing.
     assert!(read_dir_contents(&env.maildir().join("new")).is_empty(), "a fetch = false account was fetched");
     assert_eq!(env.bed.server_message_count().unwrap(), 30);
@@ -228,6 +246,11 @@ fn ten_clients_at_once_share_one_ssh_connection_which_closes_when_idle_and_reope
     let out = client(&["imap-many", &socket, "1", "0"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(ssh_logins(&env) - before, 2, "the next client opened a new connection");
+    daemon.wait_status("status counts the endpoint's clients", Duration::from_secs(10), |s| {
+        s.endpoints.len() == 1 && s.endpoints[0].clients.total == 11 && s.endpoints[0].clients.now == 0
+    });
+    let text = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
+    assert!(text.contains("serving uni imap on unix:") && text.contains("0 clients now, 11 since start"), "{text}");
     daemon.stop();
 }
 
@@ -627,4 +650,49 @@ fn mutt_lists_the_inbox_through_a_tcp_endpoint_and_through_its_tunnel_setting() 
     let log = daemon.stop();
     assert!(log.contains("uni imap: a client (127.0.0.1:"), "mutt did not come through the TCP endpoint:\n{log}");
     assert!(log.contains("uni: a tunnel opened on"), "mutt's tunnel did not use the daemon:\n{log}");
+}
+
+#[test]
+fn sshmail_serve_serves_only_the_named_accounts_endpoints_fetches_nothing_and_answers_the_tunnel() {
+    let mut env = Env::new();
+    env.add_messages((0..6).map(|i| corpus::small_message(i, 300)));
+    let run = env.home.path().join("run/sshmail");
+    let accounts = format!(
+        "{}{}",
+        env.imap_toml("uni", "serve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n"),
+        env.imap_toml("other", "serve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/other.imap\"\n")
+    );
+    let config = env.home.path().join("config.toml");
+    Daemon::write_config(&config, &env.config_toml(&accounts));
+    let mut cmd = Daemon::base_command(env.home.path());
+    cmd.args(["serve", "uni", "--config"]).arg(&config);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut log = common::StderrLog::of(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run.join("uni.imap").exists() {
+        assert!(Instant::now() < deadline, "sshmail serve never listened; log:\n{}", log.text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!run.join("other.imap").exists(), "an account not named was served");
+    let out_dir = env.home.path().join("via-serve");
+    let out = client(&["imap-fetch", &format!("unix:{}", run.join("uni.imap").display()), out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}\nlog:\n{}", stderr(&out), log.text());
+    assert_same_messages(&messages_in(&out_dir), &expected_on_the_wire(&env), "imaplib through sshmail serve");
+    let out_dir = env.home.path().join("via-serve-tunnel");
+    let tunnel = format!("pair:{}", tunnel_command(env.home.path(), &config, "uni"));
+    let out = client(&["imap-fetch", &tunnel, out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Nothing fetched: a fetching account is only served under `serve`.
+    assert!(read_dir_contents(&env.maildir().join("new")).is_empty());
+    assert_eq!(env.bed.server_message_count().unwrap(), 6);
+    let mut stop = Daemon::base_command(env.home.path());
+    let out = wait_bounded(
+        stop.args(["stop", "--config"]).arg(&config).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+        Duration::from_secs(30),
+    );
+    assert_exit(&out, 0);
+    assert_eq!(common::wait_bounded_status(&mut child, Duration::from_secs(10)), Some(0));
+    let log = log.join();
+    assert!(log.contains("uni: a tunnel opened on"), "{log}");
+    assert!(!run.join("uni.imap").exists(), "the socket was left behind");
 }

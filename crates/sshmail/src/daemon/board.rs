@@ -146,6 +146,35 @@ pub struct Status {
     pub config_error: Option<String>,
     /// Every account.
     pub accounts: Vec<AccountStatus>,
+    /// The local endpoints served for mail clients.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointStatus>,
+    /// `sshmail tunnel` sessions through the daemon: open now, and since
+    /// the start.
+    #[serde(default)]
+    pub tunnels: Clients,
+}
+
+/// A local endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// The account it serves.
+    pub account: String,
+    /// `imap`, `pop3` or `smtp`.
+    pub service: String,
+    /// `unix:PATH` or `tcp:HOST:PORT`.
+    pub listen: String,
+    /// Its clients.
+    pub clients: Clients,
+}
+
+/// How many clients: in session now, and since the start.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Clients {
+    /// In session now.
+    pub now: u64,
+    /// Since the start.
+    pub total: u64,
 }
 
 /// Every task's status, by account and folder.
@@ -257,6 +286,8 @@ impl Board {
                     folders: folders.values().map(|(_, f)| f.clone()).collect(),
                 })
                 .collect(),
+            endpoints: Vec::new(),
+            tunnels: Clients::default(),
         }
     }
 
@@ -466,6 +497,16 @@ impl Status {
                     let _ = writeln!(out, "    error {} ({}): {}", e.at.at, when, e.text);
                 }
             }
+        }
+        for e in &self.endpoints {
+            let _ = writeln!(
+                out,
+                "serving {} {} on {}: {} clients now, {} since start",
+                e.account, e.service, e.listen, e.clients.now, e.clients.total
+            );
+        }
+        if self.tunnels.total > 0 {
+            let _ = writeln!(out, "tunnels: {} open now, {} since start", self.tunnels.now, self.tunnels.total);
         }
         out
     }

@@ -132,6 +132,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
         running: Mutex::new(BTreeMap::new()),
         supervisors: Mutex::new(JoinSet::new()),
         polls: Arc::new(Semaphore::new(POLLS_AT_ONCE)),
+        tunnels: Arc::default(),
         endpoints: Mutex::new(HashMap::new()),
         mode,
     });
@@ -255,6 +256,8 @@ struct Daemon {
     running: Mutex<BTreeMap<String, Running>>,
     supervisors: Mutex<JoinSet<()>>,
     polls: Arc<Semaphore>,
+    /// `sshmail tunnel` sessions.
+    tunnels: Arc<gateway::Count>,
     /// The local endpoints, by address: an endpoint whose account changes
     /// keeps its socket and serves new clients the new way.
     endpoints: Mutex<HashMap<Listen, Endpoint>>,
@@ -274,6 +277,7 @@ struct Running {
 struct Endpoint {
     served: Arc<Mutex<Arc<Served>>>,
     stop: Stop,
+    count: Arc<gateway::Count>,
 }
 
 /// What the daemon keeps of a task: how to wake it and where it reports.
@@ -355,8 +359,9 @@ impl Daemon {
                 Ok(bound) => {
                     let shared = Arc::new(Mutex::new(served.clone()));
                     let stop = self.stop.child();
-                    tokio::spawn(gateway::serve(bound, shared.clone(), self.pool.clone(), stop.clone()));
-                    endpoints.insert(listen.clone(), Endpoint { served: shared, stop });
+                    let count = Arc::new(gateway::Count::default());
+                    tokio::spawn(gateway::serve(bound, shared.clone(), self.pool.clone(), stop.clone(), count.clone()));
+                    endpoints.insert(listen.clone(), Endpoint { served: shared, stop, count });
                 }
                 Err(e) => {
                     tracing::error!(target: "sshmail::daemon", "{}: {e}", served.name());
@@ -376,6 +381,33 @@ impl Daemon {
         }
         // Aborted tasks drop what they staged; nothing was recorded for it.
         supervisors.shutdown().await;
+    }
+
+    /// The board's status of `accounts` (all when empty), with their
+    /// endpoints and the tunnels.
+    fn status(&self, accounts: &[String]) -> board::Status {
+        let clients = |c: &gateway::Count| {
+            let (now, total) = c.get();
+            board::Clients { now, total }
+        };
+        let mut status = self.board.status(accounts);
+        let endpoints = self.endpoints.lock().expect("daemon lock");
+        status.endpoints = endpoints
+            .iter()
+            .map(|(listen, e)| {
+                let served = e.served.lock().expect("endpoint lock").clone();
+                board::EndpointStatus {
+                    account: served.account.clone(),
+                    service: served.service.name().to_string(),
+                    listen: listen.to_string(),
+                    clients: clients(&e.count),
+                }
+            })
+            .filter(|e| accounts.is_empty() || accounts.contains(&e.account))
+            .collect();
+        status.endpoints.sort_by(|a, b| (&a.account, &a.listen).cmp(&(&b.account, &b.listen)));
+        status.tunnels = clients(&self.tunnels);
+        status
     }
 
     /// A stream to `account`'s `service` for `sshmail tunnel`.
@@ -655,7 +687,7 @@ async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
                 Err(why) => Response::refused(why),
                 Ok(request) => match request.command {
                     Command::Status { accounts } => {
-                        Response { status: Some(daemon.board.status(&accounts)), ..Response::ok() }
+                        Response { status: Some(daemon.status(&accounts)), ..Response::ok() }
                     }
                     Command::Poll { accounts } => match unknown(&daemon, &accounts) {
                         Some(why) => Response::refused(why),
@@ -679,6 +711,7 @@ async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
                             control::write_response(&mut stream, &Response::ok()).await;
                             let on = server.connection.clone().unwrap_or_default();
                             tracing::info!(target: "sshmail::gateway", "{account}: a tunnel opened on {on}");
+                            let _inside = daemon.tunnels.enter();
                             let _ = gateway::splice(stream, server, false).await;
                             return;
                         }

@@ -90,6 +90,35 @@ impl Served {
     }
 }
 
+/// Clients in session now, and since the start (for `status`).
+#[derive(Debug, Default)]
+pub struct Count {
+    now: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl Count {
+    /// One more in session, until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> impl Drop + Send + 'static {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.now.fetch_add(1, SeqCst);
+        self.total.fetch_add(1, SeqCst);
+        struct Leave(Arc<Count>);
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Leave(self.clone())
+    }
+
+    /// (in session now, since the start).
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.now.load(SeqCst), self.total.load(SeqCst))
+    }
+}
+
 /// A stream to the server whose greeting was read and checked.
 pub struct Connected {
     /// The stream, after the greeting.
@@ -277,7 +306,13 @@ where
 /// gets its own stream to the server. Clients in session when the
 /// endpoint stops (a reload) go on until they end. What it serves is read
 /// for each client (a reload may change it).
-pub async fn serve(bound: listen::Bound, served: Arc<std::sync::Mutex<Arc<Served>>>, pool: Arc<SshPool>, stop: Stop) {
+pub async fn serve(
+    bound: listen::Bound,
+    served: Arc<std::sync::Mutex<Arc<Served>>>,
+    pool: Arc<SshPool>,
+    stop: Stop,
+    count: Arc<Count>,
+) {
     let mut clients = JoinSet::new();
     let at = bound.listen();
     let current = || served.lock().expect("endpoint lock").clone();
@@ -286,7 +321,12 @@ pub async fn serve(bound: listen::Bound, served: Arc<std::sync::Mutex<Arc<Served
         tokio::select! {
             accepted = bound.accept() => match accepted {
                 Ok(a) => {
-                    clients.spawn(client(a, current(), pool.clone()));
+                    let inside = count.enter();
+                    let (served, pool) = (current(), pool.clone());
+                    clients.spawn(async move {
+                        client(a, served, pool).await;
+                        drop(inside);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: a moment, then again.
