@@ -996,6 +996,35 @@ mod tests {
         assert!(resolve("a", &raw, None).is_err());
     }
 
+    #[test]
+    fn owner_only_endpoints_listen_addresses_beyond_loopback_need_the_opt_in() {
+        let ok = |s: &str, open: bool| parse_listen(s, "serve.imap", open);
+        assert_eq!(ok("tcp:127.0.0.1:1143", false).unwrap(), Listen::Tcp("127.0.0.1:1143".parse().unwrap()));
+        assert_eq!(ok("tcp:localhost:1143", false).unwrap(), Listen::Tcp("127.0.0.1:1143".parse().unwrap()));
+        assert_eq!(ok("tcp:[::1]:1143", false).unwrap(), Listen::Tcp("[::1]:1143".parse().unwrap()));
+        for open in ["tcp:0.0.0.0:1143", "tcp:[::]:1143", "tcp:192.168.1.5:143"] {
+            let e = ok(open, false).unwrap_err().to_string();
+            assert!(e.contains("serve.open_to_network = true") && e.contains("other hosts"), "{e}");
+            assert!(ok(open, true).is_ok(), "{open} with the opt-in");
+        }
+        for bad in ["tcp:imap.example.org:143", "tcp:127.0.0.1", "tcp:127.0.0.1:0", "udp:x", "unix:relative/sock"] {
+            assert!(ok(bad, false).is_err(), "{bad}");
+        }
+        assert_eq!(ok("unix:/run/x.sock", false).unwrap(), Listen::Unix("/run/x.sock".into()));
+        assert!(ok("unix:$HOME/x", false).unwrap_err().to_string().contains("only $XDG_RUNTIME_DIR"));
+        // Two endpoints of an account on one address.
+        let raw = RawAccount {
+            ssh: Some("h".into()),
+            serve: Some(RawServe {
+                imap: Some("tcp:127.0.0.1:1143".into()),
+                pop3: Some("tcp:127.0.0.1:1143".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(resolve("a", &raw, None).unwrap_err().to_string().contains("both listen on"));
+    }
+
     /// Regression: a TOML error showed the offending source line, so a typo
     /// `pasword = "…"` or an unterminated password went to stderr (under
     /// cron, into mail); and the mode was checked only after a good parse.

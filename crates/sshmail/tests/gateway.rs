@@ -471,6 +471,8 @@ fn the_login_shim_greets_ok_and_accepts_login_and_authenticate_plain_then_passes
         assert!(out.status.success(), "imaplib {how} through the shim: {}\nlog:\n{}", stderr(&out), daemon.log.text());
         assert_same_messages(&messages_in(&out_dir), &expected, how);
     }
+    let out = client(&["imap-literal-login", &socket]);
+    assert!(out.status.success(), "LOGIN with literals: {}\nlog:\n{}", stderr(&out), daemon.log.text());
     daemon.stop();
 }
 

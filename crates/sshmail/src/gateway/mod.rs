@@ -369,3 +369,45 @@ async fn client(accepted: listen::Accepted, served: Arc<Served>, pool: Arc<SshPo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(raw: crate::config::RawAccount) -> (Account, Route) {
+        let account = crate::config::resolve("a", &raw, None).unwrap();
+        let route = Route::of(&account.reach, None).unwrap();
+        (account, route)
+    }
+
+    #[test]
+    fn another_service_is_a_forward_to_its_port_on_the_server_host_its_own_is_the_account_route() {
+        let (a, route) = account(crate::config::RawAccount {
+            ssh: Some("me@shell".into()),
+            protocol: Some("imap".into()),
+            ..Default::default()
+        });
+        let own = Served::new(&a, &route, Service::Imap).unwrap();
+        assert_eq!(own.route.via, Via::Exec(None));
+        for (service, port) in [(Service::Pop3, 110), (Service::Smtp, 25)] {
+            let other = Served::new(&a, &route, service).unwrap();
+            assert_eq!((other.route.via.clone(), other.route.server_port), (Via::Forward, port));
+            assert_eq!(other.route.server_host, "localhost");
+            assert!(!other.route.allow_preauth);
+        }
+        let (a, route) = account(crate::config::RawAccount {
+            protocol: Some("imap".into()),
+            via: Some("tls".into()),
+            server: Some("imap.example.org".into()),
+            ..Default::default()
+        });
+        assert!(Served::new(&a, &route, Service::Smtp).is_err(), "no SSH route to forward through");
+    }
+
+    #[test]
+    fn a_refusal_is_said_in_the_clients_protocol_on_one_line() {
+        assert_eq!(refusal(Service::Imap, "down\r\nA1 OK"), b"* BYE [UNAVAILABLE] sshmail: down  A1 OK\r\n");
+        assert!(refusal(Service::Pop3, "x").starts_with(b"-ERR sshmail: x"));
+        assert!(refusal(Service::Smtp, "x").starts_with(b"421 sshmail: x"));
+    }
+}

@@ -106,15 +106,17 @@ mod tests {
         assert!(same(mapped, "127.0.0.1:80".parse().unwrap()));
     }
 
-    /// The real table: a connection this process makes to itself is found
-    /// with this process's uid.
+    /// The real tables: a connection this process makes to itself, over
+    /// IPv4 and over IPv6, is found with this process's uid.
     #[test]
     fn a_loopback_connection_of_ours_is_found_with_our_uid() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, peer) = listener.accept().unwrap();
-        let uid = tcp_peer_uid(server.local_addr().unwrap(), peer).unwrap();
-        assert_eq!(uid, Some(rustix::process::geteuid().as_raw()));
-        drop(client);
+        for at in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = std::net::TcpListener::bind(at).unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, peer) = listener.accept().unwrap();
+            let uid = tcp_peer_uid(server.local_addr().unwrap(), peer).unwrap();
+            assert_eq!(uid, Some(rustix::process::geteuid().as_raw()), "{at}");
+            drop(client);
+        }
     }
 }
