@@ -838,20 +838,7 @@ mod tests {
 
     #[test]
     fn exit_codes_match_fetchmail() {
-        let codes: Vec<i32> = [
-            Exit::Delivered,
-            Exit::NoMail,
-            Exit::Connect,
-            Exit::Auth,
-            Exit::Protocol,
-            Exit::Usage,
-            Exit::Permissions,
-            Exit::Server,
-            Exit::Delivery,
-        ]
-        .iter()
-        .map(|e| e.code())
-        .collect();
+        let codes: Vec<i32> = Exit::ALL.iter().map(|e| e.code()).collect();
         assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 10]);
     }
 

@@ -34,23 +34,23 @@ impl Exit {
         self as i32
     }
 
+    /// Every exit, in the order of their codes.
+    pub const ALL: [Exit; 9] = [
+        Exit::Delivered,
+        Exit::NoMail,
+        Exit::Connect,
+        Exit::Auth,
+        Exit::Protocol,
+        Exit::Usage,
+        Exit::Permissions,
+        Exit::Server,
+        Exit::Delivery,
+    ];
+
     /// The exit of a numeric status (one another sshmail process reported);
     /// an unknown one is a connection failure.
     pub fn from_code(code: i32) -> Exit {
-        [
-            Exit::Delivered,
-            Exit::NoMail,
-            Exit::Connect,
-            Exit::Auth,
-            Exit::Protocol,
-            Exit::Usage,
-            Exit::Permissions,
-            Exit::Server,
-            Exit::Delivery,
-        ]
-        .into_iter()
-        .find(|e| e.code() == code)
-        .unwrap_or(Exit::Connect)
+        Exit::ALL.into_iter().find(|e| e.code() == code).unwrap_or(Exit::Connect)
     }
 }
 

@@ -88,37 +88,28 @@ fn stdio() -> impl crate::wire::Stream {
         s.set_nonblocking(true)?;
         tokio::net::UnixStream::from_std(s)
     };
-    let input: Reader = {
-        let fd = std::io::stdin().as_fd().try_clone_to_owned();
-        match fd.as_ref().ok().and_then(|fd| kind(fd.as_fd())) {
-            Some(rustix::fs::FileType::Socket) => match socket(fd.expect("checked")) {
-                Ok(s) => Box::new(s),
-                Err(_) => Box::new(tokio::io::stdin()),
-            },
-            Some(rustix::fs::FileType::Fifo) => {
-                match tokio::net::unix::pipe::Receiver::from_owned_fd(fd.expect("checked")) {
-                    Ok(p) => Box::new(p),
-                    Err(_) => Box::new(tokio::io::stdin()),
-                }
-            }
-            _ => Box::new(tokio::io::stdin()),
-        }
+    // A dup of the descriptor, and what it is.
+    let probe = |fd: std::os::fd::BorrowedFd<'_>| {
+        let owned = fd.try_clone_to_owned().ok()?;
+        let kind = kind(owned.as_fd())?;
+        Some((owned, kind))
     };
-    let output: Writer = {
-        let fd = std::io::stdout().as_fd().try_clone_to_owned();
-        match fd.as_ref().ok().and_then(|fd| kind(fd.as_fd())) {
-            Some(rustix::fs::FileType::Socket) => match socket(fd.expect("checked")) {
-                Ok(s) => Box::new(s),
-                Err(_) => Box::new(tokio::io::stdout()),
-            },
-            Some(rustix::fs::FileType::Fifo) => {
-                match tokio::net::unix::pipe::Sender::from_owned_fd(fd.expect("checked")) {
-                    Ok(p) => Box::new(p),
-                    Err(_) => Box::new(tokio::io::stdout()),
-                }
-            }
-            _ => Box::new(tokio::io::stdout()),
+    use rustix::fs::FileType;
+    let input: Reader = match probe(std::io::stdin().as_fd()) {
+        Some((fd, FileType::Socket)) => {
+            socket(fd).map_or_else(|_| Box::new(tokio::io::stdin()) as Reader, |s| Box::new(s))
         }
+        Some((fd, FileType::Fifo)) => tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+            .map_or_else(|_| Box::new(tokio::io::stdin()) as Reader, |p| Box::new(p)),
+        _ => Box::new(tokio::io::stdin()),
+    };
+    let output: Writer = match probe(std::io::stdout().as_fd()) {
+        Some((fd, FileType::Socket)) => {
+            socket(fd).map_or_else(|_| Box::new(tokio::io::stdout()) as Writer, |s| Box::new(s))
+        }
+        Some((fd, FileType::Fifo)) => tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+            .map_or_else(|_| Box::new(tokio::io::stdout()) as Writer, |p| Box::new(p)),
+        _ => Box::new(tokio::io::stdout()),
     };
     tokio::io::join(input, output)
 }

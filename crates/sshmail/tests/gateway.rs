@@ -77,6 +77,14 @@ fn without_tuid(m: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Account lines: served only, on a Unix socket in the runtime directory.
+const SERVED_ON_A_SOCKET: &str = "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n";
+
+/// Where [`SERVED_ON_A_SOCKET`] listens, as the client script names it.
+fn socket_of(env: &Env) -> String {
+    format!("unix:{}", env.home.path().join("run/sshmail/uni.imap").display())
+}
+
 /// A free loopback TCP port.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -106,7 +114,7 @@ fn imaplib_and_poplib_through_owner_only_endpoints_and_the_tunnel_get_every_mess
     let pop3_port = free_port();
     let accounts = format!(
         "{}{}",
-        env.imap_toml("uni", "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n"),
+        env.imap_toml("uni", SERVED_ON_A_SOCKET),
         env.pop3_toml("isp", &format!("fetch = false\nserve.pop3 = \"tcp:127.0.0.1:{pop3_port}\"\n"))
     );
     let daemon = Daemon::start(&env, &accounts);
@@ -227,12 +235,9 @@ fn another_uid_is_refused_on_the_unix_socket_and_the_tcp_port_and_the_refusal_is
 fn ten_clients_at_once_share_one_ssh_connection_which_closes_when_idle_and_reopens_for_the_next() {
     let mut env = Env::new();
     env.add_messages((0..3).map(|i| corpus::small_message(i, 100)));
-    let accounts = format!(
-        "[daemon]\nssh_idle_close = 2\n{}",
-        env.imap_toml("uni", "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n")
-    );
+    let accounts = format!("[daemon]\nssh_idle_close = 2\n{}", env.imap_toml("uni", SERVED_ON_A_SOCKET));
     let daemon = Daemon::start(&env, &accounts);
-    let socket = format!("unix:{}", env.home.path().join("run/sshmail/uni.imap").display());
+    let socket = socket_of(&env);
     let before = ssh_logins(&env);
     let out = client(&["imap-many", &socket, "10", "1"]);
     assert!(out.status.success(), "ten clients: {}\nlog:\n{}", stderr(&out), daemon.log.text());
@@ -263,9 +268,9 @@ fn a_client_that_stops_reading_mid_fetch_of_200_mb_does_not_stall_another_and_me
     let mut env = Env::new();
     let big = corpus::small_message(0, 200 << 20);
     env.add_messages([big.clone(), corpus::small_message(1, 2000)]);
-    let accounts = env.imap_toml("uni", "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n");
+    let accounts = env.imap_toml("uni", SERVED_ON_A_SOCKET);
     let daemon = Daemon::start(&env, &accounts);
-    let socket = format!("unix:{}", env.home.path().join("run/sshmail/uni.imap").display());
+    let socket = socket_of(&env);
     let digest = env.home.path().join("stalled.sha256");
     let mut stalled = Command::new("/usr/bin/python3")
         .arg(client_script())
@@ -455,12 +460,9 @@ fn a_noisy_shell_before_the_greeting_is_a_clear_error_from_the_tunnel_not_a_hang
 fn the_login_shim_greets_ok_and_accepts_login_and_authenticate_plain_then_passes_bytes_unaltered() {
     let mut env = Env::new();
     env.add_messages((0..12).map(|i| corpus::mixed_message(i, 5)));
-    let accounts = env.imap_toml(
-        "uni",
-        "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\nserve.imap_accept_login = true\n",
-    );
+    let accounts = env.imap_toml("uni", &format!("{SERVED_ON_A_SOCKET}serve.imap_accept_login = true\n"));
     let daemon = Daemon::start(&env, &accounts);
-    let socket = format!("unix:{}", env.home.path().join("run/sshmail/uni.imap").display());
+    let socket = socket_of(&env);
     let out = client(&["probe", &socket]);
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(said.contains("* OK [CAPABILITY") && !said.contains("PREAUTH"), "{said}");
@@ -480,9 +482,9 @@ fn the_login_shim_greets_ok_and_accepts_login_and_authenticate_plain_then_passes
 fn fifty_clients_at_once_are_all_served() {
     let mut env = Env::new();
     env.add_messages((0..2).map(|i| corpus::small_message(i, 100)));
-    let accounts = env.imap_toml("uni", "fetch = false\nserve.imap = \"unix:$XDG_RUNTIME_DIR/sshmail/uni.imap\"\n");
+    let accounts = env.imap_toml("uni", SERVED_ON_A_SOCKET);
     let daemon = Daemon::start(&env, &accounts);
-    let socket = format!("unix:{}", env.home.path().join("run/sshmail/uni.imap").display());
+    let socket = socket_of(&env);
     let out = client(&["imap-many", &socket, "50", "1"]);
     assert!(out.status.success(), "fifty clients: {}\nlog:\n{}", stderr(&out), daemon.log.text());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "50");
