@@ -700,3 +700,30 @@ fn sshmail_serve_serves_only_the_named_accounts_endpoints_fetches_nothing_and_an
     assert!(log.contains("uni: a tunnel opened on"), "{log}");
     assert!(!run.join("uni.imap").exists(), "the socket was left behind");
 }
+
+#[test]
+fn serve_smtp_forwards_to_port_25_on_the_server_host_and_a_real_smtp_server_gets_the_message_intact() {
+    let env = Env::new();
+    // The SSH host's SMTP server: aiosmtpd on port 25 of this machine.
+    let sink = common::SmtpServer::start_on(&env.home.path().join("smtp"), None, 25);
+    let port = free_port();
+    let accounts = env.pop3_toml("isp", &format!("fetch = false\nserve.smtp = \"tcp:127.0.0.1:{port}\"\n"));
+    let daemon = Daemon::start(&env, &accounts);
+    let message = env.home.path().join("message.eml");
+    let content = "From: me@example.net\r\nTo: you@example.org\r\nSubject: through the gateway\r\n\r\n\
+                   caf\u{e9} line\r\n.leading dot\r\n";
+    std::fs::write(&message, content).unwrap();
+    let out = client(&[
+        "smtp-send",
+        &format!("tcp:127.0.0.1:{port}"),
+        "me@example.net",
+        "you@example.org",
+        message.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "smtplib through serve.smtp: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    let got = sink.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "me@example.net\nyou@example.org\n");
+    assert_eq!(got[0].1, content.replace("\r\n", "\n").into_bytes(), "the message was altered");
+    daemon.stop();
+}

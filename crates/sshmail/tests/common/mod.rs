@@ -456,8 +456,14 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub fn start(dir: &Path, refuse: Option<&str>) -> SmtpServer {
-        std::fs::create_dir_all(dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        SmtpServer::start_on(dir, refuse, port)
+    }
+
+    /// The server on a given port (25, for what is reached as "the SMTP
+    /// server" of a host).
+    pub fn start_on(dir: &Path, refuse: Option<&str>, port: u16) -> SmtpServer {
+        std::fs::create_dir_all(dir).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smtp_sink.py");
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(script).arg(port.to_string()).arg(dir).stdin(Stdio::null());
