@@ -1,7 +1,7 @@
 //! Command line: argument parsing, logging set-up, exit codes.
 
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
@@ -81,6 +81,55 @@ pub enum Cmd {
     /// running daemon's SSH connection when there is one, else its own.
     #[command(after_help = TUNNEL_HELP)]
     Tunnel(TunnelArgs),
+    /// Send a message read from stdin, as sendmail does: queued durably in
+    /// the outbox first, then relayed through SSH (also run as `sendmail`
+    /// by a symlink).
+    #[command(after_help = SENDMAIL_HELP, disable_help_flag = true)]
+    Sendmail(SendmailArgs),
+    /// List the outbox (also run as `mailq`), try it now, or remove an entry.
+    #[command(after_help = "Exit codes: 0, 69 a message was refused for good, 75 some stay queued, 78 config.")]
+    Queue(QueueArgs),
+}
+
+const SENDMAIL_HELP: &str = "\
+sshmail sendmail [-t] [-f FROM | -r FROM] [-F NAME] [-i | -oi] [-oem] [-odi | -odb]
+                 [-B8BITMIME] [-N …] [-R …] [-v] [--account A] [--config FILE]
+                 [--no-queue] [--] [RCPT…] < message
+Exit codes (sysexits): 0 queued or sent, 64 bad arguments, 65 the message could
+not be read, 69 refused for good (the relay's text on stderr), 75 not accepted
+(the outbox cannot be written, or --no-queue and the relay cannot take it now),
+78 no account to send with.";
+
+/// `sshmail sendmail` arguments: sendmail's own, parsed by it.
+#[derive(Debug, Args)]
+pub struct SendmailArgs {
+    /// sendmail options and recipients.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
+}
+
+/// `sshmail queue` options.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// What to do; without one, list the outbox.
+    #[command(subcommand)]
+    pub action: Option<QueueAction>,
+}
+
+/// `sshmail queue` actions.
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// Try every queued message now.
+    Flush {
+        /// Config file [default: $XDG_CONFIG_HOME/sshmail/config.toml].
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Remove a queued or failed message by its id.
+    Remove {
+        /// The id `sshmail queue` shows.
+        id: String,
+    },
 }
 
 const SERVE_HELP: &str = "\
@@ -297,6 +346,14 @@ pub struct FetchArgs {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
+    // Installed or linked as `sendmail` / `mailq`: sendmail's command line.
+    let argv: Vec<String> = std::env::args().collect();
+    let name = argv.first().map(|a| Path::new(a).file_name().unwrap_or_default().to_string_lossy().to_string());
+    match name.as_deref() {
+        Some("sendmail") => return run_sendmail(&argv[1..], false),
+        Some("mailq") => return run_sendmail(&argv[1..], true),
+        _ => {}
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -307,6 +364,11 @@ pub fn main() -> i32 {
             };
         }
     };
+    match &cli.command {
+        Cmd::Sendmail(a) => return run_sendmail(&a.args, false),
+        Cmd::Queue(q) => return run_queue(&cli, q),
+        _ => {}
+    }
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -327,6 +389,7 @@ pub fn main() -> i32 {
                 let service = args.protocol.as_deref().and_then(config::Service::parse);
                 crate::tunnel::run(args.daemon.config.as_deref(), &args.account, service).await
             }
+            Cmd::Sendmail(_) | Cmd::Queue(_) => unreachable!("run before the runtime"),
             Cmd::Status(ref args) => status(args).await,
             Cmd::Poll(ref args) => poll(&cli, args).await,
             Cmd::Reload(ref args) => reload(args).await,
@@ -342,6 +405,54 @@ pub fn main() -> i32 {
         runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     }
     code.code()
+}
+
+/// `sendmail ARGS` (`mailq` when `list`), with sendmail's exit codes.
+fn run_sendmail(args: &[String], list: bool) -> i32 {
+    let verbose = args.iter().any(|a| a == "-v");
+    crate::logging::init(crate::logging::Target::Stderr, if verbose { "sshmail=info,warn" } else { "warn" }, false);
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+        eprintln!("sendmail: cannot start");
+        return crate::send::sysexits::TEMPFAIL;
+    };
+    let code = runtime.block_on(crate::send::sendmail(args, list));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+/// `sshmail queue [flush | remove ID]`.
+fn run_queue(cli: &Cli, q: &QueueArgs) -> i32 {
+    init_logging(cli);
+    use crate::send::{outbox::Outbox, sysexits};
+    let outbox = match Outbox::open(&Outbox::default_dir()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sshmail: {e}");
+            return sysexits::TEMPFAIL;
+        }
+    };
+    match &q.action {
+        None => crate::send::list_queue(&outbox),
+        Some(QueueAction::Remove { id }) => match outbox.remove(id) {
+            Ok(true) => sysexits::OK,
+            Ok(false) => {
+                eprintln!("sshmail: no entry {id} in the outbox ({})", outbox.dir().display());
+                sysexits::USAGE
+            }
+            Err(e) => {
+                eprintln!("sshmail: {e}");
+                sysexits::TEMPFAIL
+            }
+        },
+        Some(QueueAction::Flush { config }) => {
+            let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+                return sysexits::TEMPFAIL;
+            };
+            let code = runtime.block_on(crate::send::flush(&outbox, config.as_deref()));
+            runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+            code
+        }
+    }
 }
 
 fn init_logging(cli: &Cli) {

@@ -128,6 +128,48 @@ pub struct RawAccount {
     pub fetch: Option<bool>,
     /// Local endpoints for mail clients.
     pub serve: Option<RawServe>,
+    /// How mail is sent through this account (`sshmail sendmail`).
+    pub send: Option<RawSend>,
+}
+
+/// An account's `send` table as written.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSend {
+    /// `smtp` (a forward to `server`) or `exec` (the remote `command`).
+    pub via: Option<String>,
+    /// smtp: the relay as seen from the SSH host, `host[:port]`.
+    pub server: Option<String>,
+    /// exec: the remote sendmail; `-f FROM -- RCPT…` are appended.
+    pub command: Option<Command>,
+    /// Envelope senders that choose this account.
+    pub from: Option<Vec<String>>,
+    /// SMTP AUTH login.
+    pub user: Option<String>,
+    /// SMTP AUTH password, printed by a command.
+    pub password_command: Option<Command>,
+}
+
+/// How an account relays outgoing mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relay {
+    /// SMTP to `host:port` as seen from the SSH host.
+    Smtp(String, u16),
+    /// The remote sendmail-compatible command (argv or shell text).
+    Exec(Command),
+}
+
+/// An account's `send` table, resolved.
+#[derive(Debug, Clone)]
+pub struct Send {
+    /// How.
+    pub relay: Relay,
+    /// Envelope senders that choose this account (lower case).
+    pub from: Vec<String>,
+    /// SMTP AUTH login.
+    pub user: Option<String>,
+    /// Its password.
+    pub password: PasswordSource,
 }
 
 /// An account's `serve` table as written: local endpoints for mail
@@ -461,6 +503,8 @@ pub struct Account {
     pub state_dir: PathBuf,
     /// Local endpoints for mail clients.
     pub serve: Serve,
+    /// How mail is sent through it, if at all.
+    pub send: Option<Send>,
 }
 
 /// How to reach an account's mail server, as configured (the SSH parts are
@@ -795,6 +839,10 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         return Err(ctx("`folders` is empty".into()));
     }
     let serve = resolve_serve(raw.serve.as_ref()).map_err(|e| ctx(e.to_string()))?;
+    let send = raw.send.as_ref().map(resolve_send).transpose().map_err(|e| ctx(e.to_string()))?;
+    if send.is_some() && raw.ssh.is_none() {
+        return Err(ctx("`send` relays through SSH and needs `ssh`".into()));
+    }
     Ok(Account {
         name: name.to_string(),
         adhoc: false,
@@ -836,6 +884,40 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
         },
         state_dir: state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
         serve,
+        send,
+    })
+}
+
+/// An account's `send` table, checked.
+fn resolve_send(raw: &RawSend) -> Result<Send> {
+    let bad = |m: &str| Error::Config(m.to_string());
+    let relay = match raw.via.as_deref().unwrap_or("smtp") {
+        "smtp" => {
+            if raw.command.is_some() {
+                return Err(bad("send.command is for send.via = \"exec\""));
+            }
+            let server = raw.server.as_deref().unwrap_or("localhost:25");
+            let (h, p) = split_host_port(server).ok_or_else(|| bad(&format!("bad send.server {server:?}")))?;
+            Relay::Smtp(h, p.unwrap_or(25))
+        }
+        "exec" => {
+            if raw.server.is_some() || raw.user.is_some() || raw.password_command.is_some() {
+                return Err(bad("send.server, send.user and send.password_command are for send.via = \"smtp\""));
+            }
+            Relay::Exec(
+                raw.command.clone().unwrap_or_else(|| Command::Argv(vec!["/usr/sbin/sendmail".into(), "-oi".into()])),
+            )
+        }
+        other => return Err(bad(&format!("unknown send.via {other:?} (smtp, exec)"))),
+    };
+    Ok(Send {
+        relay,
+        from: raw.from.iter().flatten().map(|f| f.to_ascii_lowercase()).collect(),
+        user: raw.user.clone(),
+        password: match &raw.password_command {
+            Some(c) => PasswordSource::Command(c.clone()),
+            None => PasswordSource::None,
+        },
     })
 }
 

@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod logging;
 pub mod process;
 pub mod secret;
+pub mod send;
 pub mod ssh;
 pub mod stop;
 pub mod transport;

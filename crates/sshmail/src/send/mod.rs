@@ -1,0 +1,435 @@
+//! `sshmail sendmail`: a sendmail-compatible relay through SSH, with a
+//! durable outbox.
+//!
+//! The message and its envelope are queued ([`outbox`], fsync'd) before any
+//! network work; then `sendmail` tries to relay it at once, by itself,
+//! within a bounded wait. Exit 0 means "durably queued or delivered", as
+//! with sendmail; a link that is down, or a 4xx, leaves it queued (a note
+//! on stderr, exit 0; `--no-queue`: exit 75 and nothing kept). A
+//! permanent refusal during the command itself exits 69 with the relay's
+//! text, and the entry moves to `outbox/failed`. `sshmail queue` lists the
+//! outbox, `queue flush` tries everything queued now, `queue remove ID`
+//! drops one.
+//!
+//! Which account sends: `--account`, else the one whose `send.from` holds
+//! the envelope sender, else the only account with a `send` table.
+
+pub mod args;
+pub mod message;
+pub mod outbox;
+pub mod relay;
+
+use std::io::Read as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{self, Account, Relay};
+use crate::error::{Error, Result};
+use crate::ssh::SshPool;
+use crate::transport::{self, Route};
+use args::{Args, Mode};
+use outbox::{Entry, Envelope, Outbox};
+
+/// sysexits(3), the codes sendmail's callers understand.
+pub mod sysexits {
+    /// Queued or delivered.
+    pub const OK: i32 = 0;
+    /// Bad command line.
+    pub const USAGE: i32 = 64;
+    /// The message could not be read.
+    pub const DATAERR: i32 = 65;
+    /// A recipient or the message was refused for good.
+    pub const UNAVAILABLE: i32 = 69;
+    /// Try again later (nothing was accepted).
+    pub const TEMPFAIL: i32 = 75;
+    /// The configuration is wrong.
+    pub const CONFIG: i32 = 78;
+}
+
+/// How long `sendmail` tries to relay before it leaves the message queued.
+const RELAY_NOW: Duration = Duration::from_secs(60);
+/// The first pause after a failed try; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: u64 = 60;
+const MAX_PAUSE: u64 = 3600;
+
+/// Runs `sendmail ARGS` (or `mailq` when `list`); returns the exit code.
+pub async fn sendmail(raw_args: &[String], list: bool) -> i32 {
+    let mut args = match args::parse(raw_args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return sysexits::USAGE;
+        }
+    };
+    if list {
+        args.mode = Mode::List;
+    }
+    let outbox = match Outbox::open(&Outbox::default_dir()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return sysexits::TEMPFAIL;
+        }
+    };
+    match args.mode {
+        Mode::List => list_queue(&outbox),
+        Mode::Flush => flush(&outbox, args.config.as_deref()).await,
+        Mode::Send => submit(&outbox, &args).await,
+    }
+}
+
+/// The accounts that can send, from the config file.
+fn senders(config_file: Option<&Path>) -> Result<Vec<(Account, Result<Route>)>> {
+    let path = config_file.map(Path::to_path_buf).unwrap_or_else(config::default_config_path);
+    if !path.exists() {
+        return Err(Error::Config(format!("no config file at {}; write one (see `man sshmail`)", path.display())));
+    }
+    let raw = config::load(&path)?;
+    let ssh_config = crate::ssh::target::load_ssh_config(None)?;
+    let mut out = Vec::new();
+    for (name, written) in &raw.account {
+        if written.send.is_none() {
+            continue;
+        }
+        let mut account = config::resolve(name, written, raw.state_dir.as_deref())?;
+        let route = transport::route_account(&mut account, ssh_config.as_ref());
+        out.push((account, route));
+    }
+    Ok(out)
+}
+
+/// The account that sends for `sender` (`--account` first).
+fn choose<'a>(
+    accounts: &'a [(Account, Result<Route>)],
+    wanted: Option<&str>,
+    sender: Option<&str>,
+) -> std::result::Result<&'a (Account, Result<Route>), String> {
+    if let Some(w) = wanted {
+        return accounts
+            .iter()
+            .find(|(a, _)| a.name == w)
+            .ok_or_else(|| format!("no account {w} with a `send` table in the config"));
+    }
+    if let Some(s) = sender.map(str::to_ascii_lowercase)
+        && let Some(found) = accounts.iter().find(|(a, _)| a.send.as_ref().is_some_and(|t| t.from.contains(&s)))
+    {
+        return Ok(found);
+    }
+    match accounts {
+        [] => Err("no account has a `send` table; add one (see `man sshmail`)".into()),
+        [only] => Ok(only),
+        _ => Err("several accounts can send and none lists this sender in send.from; give --account".into()),
+    }
+}
+
+/// Queues the message on stdin, then tries to relay it now.
+async fn submit(outbox: &Outbox, args: &Args) -> i32 {
+    let accounts = match senders(args.config.as_deref()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return sysexits::CONFIG;
+        }
+    };
+    // The header first: -t recipients, the From: for a sender.
+    let how = message::Reading { ignore_dots: args.ignore_dots };
+    let mut input = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
+    let header = match message::Header::read(&mut input, how) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("sendmail: cannot read the message: {e}");
+            return sysexits::DATAERR;
+        }
+    };
+    let header_from = header.addresses("from").into_iter().next();
+    let wanted_sender = args.sender.clone().or(header_from.clone());
+    let (account, route) = match choose(&accounts, args.account.as_deref(), wanted_sender.as_deref()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return sysexits::CONFIG;
+        }
+    };
+    let send = account.send.as_ref().expect("a sending account");
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let sender = args
+        .sender
+        .clone()
+        .or_else(|| send.from.first().cloned())
+        .or(header_from)
+        .unwrap_or_else(|| format!("{}@{host}", account.login.user));
+    // `-f '<>'`: a bounce, with the null sender.
+    let sender = if sender == "<>" { String::new() } else { sender };
+    let mut recipients = args.recipients.clone();
+    if args.extract {
+        for field in ["to", "cc", "bcc"] {
+            recipients.extend(header.addresses(field));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    recipients.retain(|r| seen.insert(r.to_ascii_lowercase()));
+    if recipients.is_empty() {
+        eprintln!("sendmail: no recipients (give them as arguments, or -t to take them from the header)");
+        return sysexits::USAGE;
+    }
+    let sender_shown = (!sender.is_empty()).then_some(&sender);
+    if let Some(bad) = recipients.iter().chain(sender_shown).find(|a| !message::valid_address(a)) {
+        eprintln!("sendmail: {bad:?} is not an address that can be relayed (no spaces, control characters or <>)");
+        return sysexits::USAGE;
+    }
+    let envelope = Envelope {
+        version: outbox::VERSION,
+        sender: sender.clone(),
+        recipients,
+        account: account.name.clone(),
+        queued: outbox::now(),
+    };
+    let message_id = format!("{}.{}@{host}", outbox::now(), std::process::id());
+    let head = header.rewrite(&sender, args.full_name.as_deref(), &message_id);
+    let ended = header.ended();
+    let mut body = message::Body::new(&mut input, how, ended);
+    let mut whole = head.as_slice().chain(&mut body);
+    let mut entry = match outbox.add(&envelope, &mut whole) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("sendmail: the message was not accepted: {e}");
+            return sysexits::TEMPFAIL;
+        }
+    };
+    // Queued: from here on, exit 0 unless refused for good now.
+    let Some(claim) = outbox.claim(&entry) else { return sysexits::OK };
+    let pool = SshPool::new();
+    let tried = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool)).await;
+    drop(claim);
+    let _ = tokio::time::timeout(Duration::from_secs(1), pool.close_all()).await;
+    match tried {
+        Ok(Ok(Attempt::Done)) => sysexits::OK,
+        Ok(Ok(Attempt::Failed(why))) => {
+            eprintln!("sendmail: {why}");
+            sysexits::UNAVAILABLE
+        }
+        Ok(Ok(Attempt::Later(why))) | Ok(Err(Error::Delivery(why))) => later(outbox, &entry, args, &why),
+        Ok(Err(e)) => later(outbox, &entry, args, &e.to_string()),
+        Err(_) => later(outbox, &entry, args, "the relay did not finish within 60 s"),
+    }
+}
+
+/// Not relayed now: queued (exit 0), or with `--no-queue` dropped (75).
+fn later(outbox: &Outbox, entry: &Entry, args: &Args, why: &str) -> i32 {
+    if args.no_queue && entry.state.accepted.is_empty() {
+        let _ = outbox.remove(&entry.id);
+        eprintln!("sendmail: not sent, and not queued (--no-queue): {why}");
+        return sysexits::TEMPFAIL;
+    }
+    eprintln!("sendmail: queued as {} and tried again later (sshmail queue flush, or the daemon): {why}", entry.id);
+    sysexits::OK
+}
+
+/// How a try went.
+#[derive(Debug)]
+enum Attempt {
+    /// Every recipient has it.
+    Done,
+    /// Some refused it for good (the entry is in `failed/`).
+    Failed(String),
+    /// It stays queued, for this reason.
+    Later(String),
+}
+
+/// One try of `entry`, recorded in the outbox.
+async fn attempt(
+    outbox: &Outbox,
+    entry: &mut Entry,
+    account: &Account,
+    route: &Result<Route>,
+    pool: &SshPool,
+) -> Result<Attempt> {
+    let route = route.as_ref().map_err(Clone::clone)?;
+    let send = account.send.as_ref().ok_or_else(|| Error::Config(format!("account {} cannot send", account.name)))?;
+    let mut state = entry.state.clone();
+    state.attempts += 1;
+    let verdict = match relay_once(entry, account, route, send, pool).await {
+        Ok(v) => v,
+        Err(e) => {
+            let pause = (FIRST_PAUSE << state.attempts.saturating_sub(1).min(6)).min(MAX_PAUSE);
+            state.last_error = Some(e.to_string());
+            state.next_try = Some(outbox::now() + pause);
+            outbox.record(entry, state)?;
+            return Ok(Attempt::Later(e.to_string()));
+        }
+    };
+    state.accepted.extend(verdict.accepted.iter().cloned());
+    state.uncertain = verdict.uncertain;
+    let refused: Vec<String> = verdict.permanent.iter().map(|(r, why)| format!("{r}: {why}")).collect();
+    let temporary: Vec<String> = verdict.temporary.iter().map(|(r, why)| format!("{r}: {why}")).collect();
+    if !verdict.permanent.is_empty() {
+        // Sent to those who took it; the rest refused it for good.
+        let why = refused.join("; ");
+        outbox.record(entry, state)?;
+        outbox.fail(entry, &why)?;
+        return Ok(Attempt::Failed(why));
+    }
+    if entry.envelope.recipients.iter().all(|r| state.accepted.contains(r)) {
+        outbox.done(entry)?;
+        return Ok(Attempt::Done);
+    }
+    let why = temporary.join("; ");
+    let pause = (FIRST_PAUSE << state.attempts.saturating_sub(1).min(6)).min(MAX_PAUSE);
+    state.last_error = Some(why.clone());
+    state.next_try = Some(outbox::now() + pause);
+    outbox.record(entry, state)?;
+    Ok(Attempt::Later(why))
+}
+
+/// Opens the way to the relay and hands the message over once.
+async fn relay_once(
+    entry: &Entry,
+    account: &Account,
+    route: &Route,
+    send: &config::Send,
+    pool: &SshPool,
+) -> Result<relay::Verdict> {
+    match &send.relay {
+        Relay::Smtp(host, port) => {
+            let to = Route {
+                via: config::Via::Forward,
+                server_host: host.clone(),
+                server_port: *port,
+                allow_preauth: false,
+                ..route.clone()
+            };
+            let opened = transport::open(&to, pool).await?;
+            let auth = match &send.user {
+                Some(user) => {
+                    let pw = crate::process::password(&send.password, "send.password_command", route.timeout)
+                        .await?
+                        .ok_or_else(|| Error::Config("send.user is set but no send.password_command".into()))?;
+                    Some((user.clone(), pw))
+                }
+                None => None,
+            };
+            relay::smtp(opened.stream, &opened.peer, entry, auth, route.timeout).await
+        }
+        Relay::Exec(command) => {
+            let Some((target, jumps)) = &route.ssh else {
+                return Err(Error::Config(format!("account {} has no SSH destination", account.name)));
+            };
+            let mut line = transport::remote_command(command);
+            line.push_str(" -f ");
+            line.push_str(&crate::process::shell_quote(&entry.envelope.sender));
+            line.push_str(" --");
+            for r in entry.pending() {
+                line.push(' ');
+                line.push_str(&crate::process::shell_quote(&r));
+            }
+            let (stream, status, _) = pool.exec(target, jumps, &line).await?;
+            relay::exec(Box::new(stream), &status, entry, route.timeout).await
+        }
+    }
+}
+
+/// `sshmail queue flush` / `sendmail -q`: tries every queued entry now.
+pub async fn flush(outbox: &Outbox, config_file: Option<&Path>) -> i32 {
+    let accounts = match senders(config_file) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sshmail: {e}");
+            return sysexits::CONFIG;
+        }
+    };
+    let (entries, unreadable) = match outbox.queued() {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("sshmail: {e}");
+            return sysexits::TEMPFAIL;
+        }
+    };
+    for u in &unreadable {
+        eprintln!("sshmail: outbox entry {} skipped: {}", u.id, u.why);
+    }
+    let pool = SshPool::new();
+    let mut code = sysexits::OK;
+    for mut entry in entries {
+        let Some(claim) = outbox.claim(&entry) else { continue };
+        let Some((account, route)) = accounts.iter().find(|(a, _)| a.name == entry.envelope.account) else {
+            eprintln!("sshmail: {}: its account {} can no longer send; left queued", entry.id, entry.envelope.account);
+            code = sysexits::CONFIG;
+            continue;
+        };
+        match tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool)).await {
+            Ok(Ok(Attempt::Done)) => println!("{}: sent", entry.id),
+            Ok(Ok(Attempt::Failed(why))) => {
+                println!("{}: refused, moved to failed: {why}", entry.id);
+                code = code.max(sysexits::UNAVAILABLE);
+            }
+            Ok(Ok(Attempt::Later(why))) => {
+                println!("{}: still queued: {why}", entry.id);
+                code = code.max(sysexits::TEMPFAIL);
+            }
+            Ok(Err(e)) => {
+                println!("{}: still queued: {e}", entry.id);
+                code = code.max(sysexits::TEMPFAIL);
+            }
+            Err(_) => {
+                println!("{}: still queued: the relay did not finish within 60 s", entry.id);
+                code = code.max(sysexits::TEMPFAIL);
+            }
+        }
+        drop(claim);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), pool.close_all()).await;
+    code
+}
+
+/// `sshmail queue` / `mailq`: the outbox, queued and failed.
+pub fn list_queue(outbox: &Outbox) -> i32 {
+    let (queued, bad) = match outbox.queued() {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("sshmail: {e}");
+            return sysexits::TEMPFAIL;
+        }
+    };
+    let (failed, bad_failed) = outbox.failed().unwrap_or_default();
+    if queued.is_empty() && failed.is_empty() && bad.is_empty() {
+        println!("the outbox is empty ({})", outbox.dir().display());
+        return sysexits::OK;
+    }
+    let show = |e: &Entry, what: &str| {
+        let when = chrono::DateTime::from_timestamp(e.envelope.queued as i64, 0)
+            .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default();
+        println!(
+            "{}  {what}  {when}  {} bytes  via {}  <{}> -> {}",
+            e.id,
+            e.size,
+            e.envelope.account,
+            e.envelope.sender,
+            e.pending().join(", ")
+        );
+        if e.state.attempts > 0 || e.state.last_error.is_some() {
+            let next = e
+                .state
+                .next_try
+                .and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
+                .map(|t| format!(", next try {}", t.with_timezone(&chrono::Local).format("%H:%M")))
+                .unwrap_or_default();
+            println!(
+                "    {} tries{next}{}: {}",
+                e.state.attempts,
+                if e.state.uncertain { ", uncertain (the relay may have it already)" } else { "" },
+                e.state.last_error.as_deref().unwrap_or("")
+            );
+        }
+    };
+    for e in &queued {
+        show(e, "queued");
+    }
+    for e in &failed {
+        show(e, "FAILED");
+    }
+    for u in bad.iter().chain(&bad_failed) {
+        println!("{}  unreadable: {}", u.id, u.why);
+    }
+    sysexits::OK
+}

@@ -1,0 +1,300 @@
+//! Handing a queued message to the relay, through SSH.
+//!
+//! - `smtp`: a forward to the relay as seen from the SSH host. EHLO (HELO
+//!   as a fallback), AUTH PLAIN or LOGIN when `send.user` is set,
+//!   PIPELINING and 8BITMIME / SMTPUTF8 when offered. The result is per
+//!   recipient; the DATA is dot-stuffed and CRLF'd on the way.
+//! - `exec`: the remote `sendmail`-compatible command with
+//!   `-f FROM -- RCPT…` appended, the message on its stdin. Exit 0 is
+//!   accepted, 75 (EX_TEMPFAIL) or no exit status is temporary, anything
+//!   else permanent (with its stderr).
+//!
+//! A connection lost after the final dot and before the reply leaves the
+//! message "uncertain": the relay may have it. It is tried again (a
+//! duplicate beats a loss) and `sshmail queue` says so.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use sshmail_proto::smtp::{self, DataEncoder, Extensions, Reply};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::outbox::Entry;
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use crate::wire::{Stream, Wire};
+
+/// What the relay said of each recipient.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    /// Took it.
+    pub accepted: Vec<String>,
+    /// Refused for now (4xx), why.
+    pub temporary: Vec<(String, String)>,
+    /// Refused for good (5xx), why.
+    pub permanent: Vec<(String, String)>,
+    /// Lost after the end of DATA, before the reply.
+    pub uncertain: bool,
+}
+
+impl Verdict {
+    fn all(rcpts: &[String], why: &str, permanent: bool) -> Verdict {
+        let list = rcpts.iter().map(|r| (r.clone(), why.to_string())).collect();
+        if permanent {
+            Verdict { permanent: list, ..Verdict::default() }
+        } else {
+            Verdict { temporary: list, ..Verdict::default() }
+        }
+    }
+}
+
+/// Sends `entry` to its pending recipients over an SMTP session on `stream`.
+pub async fn smtp(
+    stream: Box<dyn Stream>,
+    peer: &str,
+    entry: &Entry,
+    auth: Option<(String, Secret)>,
+    timeout: Duration,
+) -> Result<Verdict> {
+    let mut wire = Wire::new(stream, timeout, peer.to_string());
+    let rcpts = entry.pending();
+    let greeting = read_reply(&mut wire).await?;
+    if !greeting.is_positive() {
+        return Err(Error::Server(format!("the relay {peer} refused the connection: {}", greeting.text())));
+    }
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    wire.send(format!("EHLO {host}\r\n").as_bytes()).await?;
+    let ehlo = read_reply(&mut wire).await?;
+    let ext = if ehlo.is_positive() {
+        Extensions::from_reply(&ehlo)
+    } else {
+        wire.send(format!("HELO {host}\r\n").as_bytes()).await?;
+        let r = read_reply(&mut wire).await?;
+        if !r.is_positive() {
+            return Err(Error::Server(format!("the relay {peer} refused HELO: {}", r.text())));
+        }
+        Extensions::default()
+    };
+    if let Some((user, password)) = auth {
+        authenticate(&mut wire, peer, &ehlo, &user, &password).await?;
+    }
+    let eight_bit = has_eight_bit(entry)?;
+    let utf8 = eight_bit && ext.smtputf8 && !ext.eight_bit_mime;
+    let mail = smtp::mail_from(&entry.envelope.sender, &ext, eight_bit, utf8, entry.size);
+    let mut verdict = Verdict::default();
+    let mut accepted = Vec::new();
+    if ext.pipelining {
+        let mut batch = mail.clone();
+        for r in &rcpts {
+            batch.push_str(&smtp::rcpt_to(r));
+        }
+        batch.push_str("DATA\r\n");
+        wire.send(batch.as_bytes()).await?;
+        let m = read_reply(&mut wire).await?;
+        for r in &rcpts {
+            let reply = read_reply(&mut wire).await?;
+            judge(r, &reply, &m, &mut accepted, &mut verdict);
+        }
+        let d = read_reply(&mut wire).await?;
+        if !m.is_positive() || accepted.is_empty() {
+            if d.is_intermediate() {
+                // The server took DATA anyway: end it empty.
+                wire.send(b".\r\n").await?;
+                read_reply(&mut wire).await?;
+            }
+            return quit(wire, verdict).await;
+        }
+        if !d.is_intermediate() {
+            refuse_all(&accepted, &format!("DATA refused: {}", d.text()), d.is_transient(), &mut verdict);
+            return quit(wire, verdict).await;
+        }
+    } else {
+        wire.send(mail.as_bytes()).await?;
+        let m = read_reply(&mut wire).await?;
+        if !m.is_positive() {
+            let v = Verdict::all(&rcpts, &format!("MAIL FROM refused: {}", m.text()), !m.is_transient());
+            return quit(wire, v).await;
+        }
+        for r in &rcpts {
+            wire.send(smtp::rcpt_to(r).as_bytes()).await?;
+            let reply = read_reply(&mut wire).await?;
+            judge(r, &reply, &m, &mut accepted, &mut verdict);
+        }
+        if accepted.is_empty() {
+            return quit(wire, verdict).await;
+        }
+        wire.send(b"DATA\r\n").await?;
+        let d = read_reply(&mut wire).await?;
+        if !d.is_intermediate() {
+            refuse_all(&accepted, &format!("DATA refused: {}", d.text()), d.is_transient(), &mut verdict);
+            return quit(wire, verdict).await;
+        }
+    }
+    send_data(&mut wire, entry).await?;
+    crate::fault::point("relay-data-sent");
+    match read_reply(&mut wire).await {
+        Ok(r) if r.is_positive() => verdict.accepted = accepted,
+        Ok(r) => {
+            refuse_all(&accepted, &format!("the message was refused: {}", r.text()), r.is_transient(), &mut verdict)
+        }
+        Err(e) => {
+            // The relay may have it: try again (a duplicate beats a loss).
+            verdict.uncertain = true;
+            refuse_all(
+                &accepted,
+                &format!("the connection was lost after the message was sent: {e}"),
+                true,
+                &mut verdict,
+            );
+            return Ok(verdict);
+        }
+    }
+    quit(wire, verdict).await
+}
+
+/// One RCPT's reply, after MAIL's.
+fn judge(rcpt: &str, reply: &Reply, mail: &Reply, accepted: &mut Vec<String>, verdict: &mut Verdict) {
+    if !mail.is_positive() {
+        let why = format!("MAIL FROM refused: {}", mail.text());
+        if mail.is_transient() { &mut verdict.temporary } else { &mut verdict.permanent }.push((rcpt.to_string(), why));
+    } else if reply.is_positive() {
+        accepted.push(rcpt.to_string());
+    } else {
+        let why = format!("RCPT TO:<{rcpt}> refused: {}", reply.text());
+        if reply.is_transient() { &mut verdict.temporary } else { &mut verdict.permanent }
+            .push((rcpt.to_string(), why));
+    }
+}
+
+fn refuse_all(rcpts: &[String], why: &str, transient: bool, verdict: &mut Verdict) {
+    let list = if transient { &mut verdict.temporary } else { &mut verdict.permanent };
+    list.extend(rcpts.iter().map(|r| (r.clone(), why.to_string())));
+}
+
+async fn quit<S: Stream>(mut wire: Wire<S>, verdict: Verdict) -> Result<Verdict> {
+    let _ = wire.send(b"QUIT\r\n").await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), read_reply(&mut wire)).await;
+    wire.shutdown().await;
+    Ok(verdict)
+}
+
+/// AUTH PLAIN when offered (or nothing is said), else AUTH LOGIN.
+async fn authenticate<S: Stream>(wire: &mut Wire<S>, peer: &str, ehlo: &Reply, user: &str, pw: &Secret) -> Result<()> {
+    use base64::Engine as _;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    let mechanisms: Vec<String> = ehlo
+        .lines
+        .iter()
+        .filter_map(|l| {
+            let l = l.to_ascii_uppercase();
+            l.strip_prefix("AUTH").map(|m| m.trim_start_matches(['=', ' ']).to_string())
+        })
+        .flat_map(|m| m.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let r = if mechanisms.iter().any(|m| m == "PLAIN") || !mechanisms.iter().any(|m| m == "LOGIN") {
+        let token = b64(format!("\0{user}\0{}", pw.expose()).as_bytes());
+        wire.send(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+        read_reply(wire).await?
+    } else {
+        wire.send(b"AUTH LOGIN\r\n").await?;
+        let mut r = read_reply(wire).await?;
+        for step in [user.as_bytes(), pw.expose().as_bytes()] {
+            if !r.is_intermediate() {
+                break;
+            }
+            wire.send(format!("{}\r\n", b64(step)).as_bytes()).await?;
+            r = read_reply(wire).await?;
+        }
+        r
+    };
+    if r.is_positive() {
+        Ok(())
+    } else if r.is_transient() {
+        Err(Error::Server(format!("the relay {peer} could not log you in now: {}", r.text())))
+    } else {
+        Err(Error::Auth(format!("the relay {peer} refused the login of {user}: {}", r.text())))
+    }
+}
+
+/// The message has bytes above 127 (it needs 8BITMIME).
+fn has_eight_bit(entry: &Entry) -> Result<bool> {
+    let mut m = entry.message()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = m.read(&mut buf).map_err(|e| Error::Delivery(format!("outbox {}: {e}", entry.id)))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if buf[..n].iter().any(|&b| b >= 0x80) {
+            return Ok(true);
+        }
+    }
+}
+
+async fn send_data<S: Stream>(wire: &mut Wire<S>, entry: &Entry) -> Result<()> {
+    let mut m = entry.message()?;
+    let mut enc = DataEncoder::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(72 * 1024);
+    loop {
+        let n = m.read(&mut buf).map_err(|e| Error::Delivery(format!("outbox {}: {e}", entry.id)))?;
+        out.clear();
+        if n == 0 {
+            enc.finish(&mut out);
+            return wire.send(&out).await;
+        }
+        enc.encode(&buf[..n], &mut out);
+        wire.send(&out).await?;
+    }
+}
+
+/// One SMTP reply (all its lines).
+pub async fn read_reply<S: Stream>(wire: &mut Wire<S>) -> Result<Reply> {
+    let mut parser = smtp::ReplyParser::default();
+    loop {
+        let line = wire.read_line(smtp::MAX_LINE).await?;
+        if let Some(r) = parser.line(&line).map_err(|e| Error::Protocol(format!("{}: {e}", wire.peer())))? {
+            return Ok(r);
+        }
+    }
+}
+
+/// Runs the remote sendmail on `stream` (an exec channel whose command
+/// already names the recipients): the message on its stdin, then its exit.
+pub async fn exec(
+    mut stream: Box<dyn Stream>,
+    status: &crate::process::Collected,
+    entry: &Entry,
+    timeout: Duration,
+) -> Result<Verdict> {
+    let rcpts = entry.pending();
+    let mut m = entry.message()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = m.read(&mut buf).map_err(|e| Error::Delivery(format!("outbox {}: {e}", entry.id)))?;
+        if n == 0 {
+            break;
+        }
+        tokio::time::timeout(timeout, stream.write_all(&buf[..n]))
+            .await
+            .map_err(|_| Error::Lost("the remote sendmail stopped reading".into()))?
+            .map_err(|e| Error::Lost(format!("the remote sendmail: {e}")))?;
+    }
+    let _ = stream.shutdown().await;
+    crate::fault::point("relay-data-sent");
+    // What it prints is not ours to keep; bounded, to its end.
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(timeout, (&mut stream).take(1 << 20).read_to_end(&mut sink)).await;
+    let exit = status.wait_exit(timeout).await;
+    let said = status.stderr();
+    let said = if said.trim().is_empty() { String::new() } else { format!(": {}", said.trim()) };
+    Ok(match exit {
+        Some(0) => Verdict { accepted: rcpts, ..Verdict::default() },
+        Some(75) => Verdict::all(&rcpts, &format!("the remote sendmail said try later (exit 75){said}"), false),
+        Some(code) => Verdict::all(&rcpts, &format!("the remote sendmail refused it (exit {code}){said}"), true),
+        None => Verdict {
+            uncertain: true,
+            ..Verdict::all(&rcpts, &format!("the remote sendmail gave no exit status{said}"), false)
+        },
+    })
+}
