@@ -270,6 +270,7 @@ async fn attempt(
         return Ok(Attempt::Failed(why));
     }
     if entry.envelope.recipients.iter().all(|r| state.accepted.contains(r)) {
+        crate::fault::point("relay-accepted");
         outbox.done(entry)?;
         return Ok(Attempt::Done);
     }

@@ -480,6 +480,25 @@ impl SmtpServer {
         SmtpServer { child, dir: dir.to_path_buf(), port }
     }
 
+    /// (envelope, content with CRLF turned into LF), in the order the
+    /// server accepted them.
+    pub fn received_in_order(&self) -> Vec<(String, Vec<u8>)> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| {
+                let content = std::fs::read(p).unwrap();
+                let lf = String::from_utf8_lossy(&content).replace("\r\n", "\n").into_bytes();
+                (std::fs::read_to_string(p.with_extension("env")).unwrap(), lf)
+            })
+            .collect()
+    }
+
     /// (envelope, content with CRLF turned into LF), sorted by content.
     pub fn received(&self) -> Vec<(String, Vec<u8>)> {
         let mut v = Vec::new();
