@@ -415,9 +415,35 @@ fn run_sendmail(args: &[String], list: bool) -> i32 {
         eprintln!("sendmail: cannot start");
         return crate::send::sysexits::TEMPFAIL;
     };
-    let code = runtime.block_on(crate::send::sendmail(args, list));
+    let config = crate::send::args::parse(args).ok().and_then(|a| a.config);
+    let daemon = DaemonRelay { config };
+    let code = runtime.block_on(crate::send::sendmail(args, list, &daemon));
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
+}
+
+/// The daemon of the config, asked over its control socket to relay an
+/// outbox entry.
+struct DaemonRelay {
+    config: Option<PathBuf>,
+}
+
+impl crate::send::Relayer for DaemonRelay {
+    fn relay(
+        &self,
+        id: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<crate::send::Attempt>> + Send + '_>> {
+        let id = id.to_string();
+        Box::pin(async move {
+            let paths = control_paths(&ControlArgs { config: self.config.clone() });
+            let command = crate::daemon::control::Command::Send { id };
+            let wait = std::time::Duration::from_secs(70);
+            match crate::daemon::control::ask(&paths, command, wait).await {
+                Ok(r) if r.ok => r.sent,
+                _ => None,
+            }
+        })
+    }
 }
 
 /// `sshmail queue [flush | remove ID]`.
@@ -467,7 +493,7 @@ fn init_logging(cli: &Cli) {
         match cli.verbose {
             // The daemon says what it delivered and what failed; what each
             // cycle does shows from -v on.
-            0 if daemon => "sshmail::daemon=info,sshmail::gateway=info,warn",
+            0 if daemon => "sshmail::daemon=info,sshmail::gateway=info,sshmail::send=info,warn",
             0 => "warn",
             1 => "sshmail=info,warn",
             2 => "sshmail=debug,info",

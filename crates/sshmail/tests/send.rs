@@ -367,3 +367,59 @@ fn killed_at_every_step_of_queuing_and_relaying_nothing_accepted_is_lost() {
         assert_eq!(s.outbox("new"), 0, "{point}: the outbox is empty after the flush");
     }
 }
+
+fn ssh_logins(env: &Env) -> usize {
+    std::fs::read_to_string(env.bed.sshd_log()).unwrap_or_default().matches("Accepted publickey").count()
+}
+
+#[test]
+fn with_a_daemon_running_sendmail_hands_it_the_entry_one_ssh_connection_for_all_and_a_poll_retries_at_once() {
+    let mut s = Sending::new(None);
+    let mut cmd = Daemon::base_command(s.env.home.path());
+    cmd.env_remove("XDG_DATA_HOME").args(["daemon", "--config"]).arg(&s.config);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut log = common::StderrLog::of(&mut child);
+    let control = |args: &[&str]| {
+        let mut c = Daemon::base_command(s.env.home.path());
+        c.args(args).arg("--config").arg(&s.config);
+        wait_bounded(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), Duration::from_secs(60))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !control(&["status"]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "the daemon never answered: {}", log.text());
+    }
+    let with_daemon = |s: &Sending, args: &[&str], message: &[u8]| {
+        let config = s.config.display().to_string();
+        let mut all = vec!["sendmail", "--config", config.as_str()];
+        all.extend_from_slice(args);
+        let mut c = s.command(Path::new(env!("CARGO_BIN_EXE_sshmail")), &all);
+        c.env("XDG_RUNTIME_DIR", s.env.home.path().join("run"));
+        s.feed(c, message)
+    };
+    let before = ssh_logins(&s.env);
+    for i in 0..3 {
+        let out = with_daemon(&s, &["-i", &format!("r{i}@example.org")], b"Subject: via the daemon\n\nbody\n");
+        assert_exit(&out, 0);
+    }
+    assert_eq!(s.sink.received().len(), 3, "log:\n{}", log.text());
+    assert_eq!(ssh_logins(&s.env) - before, 1, "three messages, one SSH connection (the daemon's)");
+    assert_eq!(log.text().matches("relayed for sendmail: Done").count(), 3, "{}", log.text());
+    // The link goes down: queued; back up, a poll sends it at once.
+    s.env.bed.kill_sshd();
+    let out = with_daemon(&s, &["-i", "late@example.org"], b"Subject: later\n\nbody\n");
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("queued as"), "{}", stderr(&out));
+    s.env.bed.restart_sshd().unwrap();
+    control(&["poll"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while s.sink.received().len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not send it after the poll: {}", log.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.outbox("new"), 0);
+    let out = control(&["stop"]);
+    assert_exit(&out, 0);
+    assert_eq!(common::wait_bounded_status(&mut child, Duration::from_secs(10)), Some(0));
+    let _ = log.join();
+    assert_eq!(s.sink.received().len(), 4, "each once");
+}

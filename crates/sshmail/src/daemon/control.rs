@@ -61,6 +61,12 @@ pub enum Command {
     Reload,
     /// Stop the daemon.
     Stop,
+    /// Relay the outbox entry `id` now, on the daemon's SSH connection
+    /// (`sshmail sendmail` after it queued the message).
+    Send {
+        /// The entry.
+        id: String,
+    },
     /// A stream to an account's server on the daemon's SSH connection
     /// (`sshmail tunnel`): after an OK response, the connection carries
     /// the server's bytes, its greeting first, and the client's.
@@ -93,12 +99,15 @@ pub struct Response {
     /// fetch` would exit for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<i32>,
+    /// For `send`: how the try went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<crate::send::Attempt>,
 }
 
 impl Response {
     /// Done, nothing to add.
     pub fn ok() -> Response {
-        Response { version: VERSION, ok: true, error: None, status: None, polled: Vec::new(), exit: None }
+        Response { version: VERSION, ok: true, error: None, status: None, polled: Vec::new(), exit: None, sent: None }
     }
 
     /// Refused, for `why`.

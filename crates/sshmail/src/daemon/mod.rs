@@ -49,6 +49,8 @@ const STAGGER_MAX: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long `sshmail poll` waits for the passes it asked for.
 const POLL_WAIT: Duration = Duration::from_secs(600);
+/// How often the outbox is looked at for entries due again.
+const OUTBOX_CHECK: Duration = Duration::from_secs(30);
 /// How often the clocks are compared to notice a suspend.
 const CLOCK_CHECK: Duration = Duration::from_secs(5);
 
@@ -133,6 +135,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
         supervisors: Mutex::new(JoinSet::new()),
         polls: Arc::new(Semaphore::new(POLLS_AT_ONCE)),
         tunnels: Arc::default(),
+        flush_outbox: Notify::new(),
         endpoints: Mutex::new(HashMap::new()),
         mode,
     });
@@ -162,6 +165,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
     background.spawn(serve(daemon.clone(), listener));
     background.spawn(watch_clock(daemon.clone()));
     background.spawn(reap(daemon.pool.clone(), reap_every));
+    background.spawn(outbox(daemon.clone()));
     stop.wait().await;
 
     systemd::notify("STOPPING=1");
@@ -258,6 +262,8 @@ struct Daemon {
     polls: Arc<Semaphore>,
     /// `sshmail tunnel` sessions.
     tunnels: Arc<gateway::Count>,
+    /// Asks the outbox task to try everything queued now (a poll).
+    flush_outbox: Notify,
     /// The local endpoints, by address: an endpoint whose account changes
     /// keeps its socket and serves new clients the new way.
     endpoints: Mutex<HashMap<Listen, Endpoint>>,
@@ -410,6 +416,13 @@ impl Daemon {
         status
     }
 
+    /// `account`, when the daemon runs it and it can send.
+    fn sender(&self, account: &str) -> Option<(Arc<Account>, Arc<Result<Route>>)> {
+        let running = self.running.lock().expect("daemon lock");
+        let r = running.get(account).filter(|r| r.account.send.is_some())?;
+        Some((r.account.clone(), r.route.clone()))
+    }
+
     /// A stream to `account`'s `service` for `sshmail tunnel`.
     async fn tunnel(&self, account: &str, service: Option<&str>) -> Result<gateway::Connected> {
         let (account, route) = {
@@ -471,6 +484,9 @@ impl Daemon {
     /// Asks the tasks of `accounts` for a pass now; with `wait`, returns
     /// once each has made one (or failed), at most [`POLL_WAIT`].
     async fn poll(&self, accounts: &[String], wait: bool) -> Vec<Polled> {
+        // Now means now: not after a connect failure's back-off.
+        self.pool.forget_failures();
+        self.flush_outbox.notify_one();
         let handles = self.handles(accounts);
         let mut changes = self.board.subscribe();
         // A task busy with a pass finishes it first, then makes the one
@@ -702,6 +718,23 @@ async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
                         daemon.stop.request();
                         Response::ok()
                     }
+                    Command::Send { id } => {
+                        let outbox = match crate::send::outbox::Outbox::open(&crate::send::outbox::Outbox::default_dir())
+                        {
+                            Ok(o) => o,
+                            Err(e) => {
+                                control::write_response(&mut stream, &Response::refused(e.to_string())).await;
+                                return;
+                            }
+                        };
+                        match crate::send::relay_queued(&outbox, &id, |a| daemon.sender(a), &daemon.pool).await {
+                            Some(sent) => {
+                                tracing::info!(target: "sshmail::send", "{id}: relayed for sendmail: {sent:?}");
+                                Response { sent: Some(sent), ..Response::ok() }
+                            }
+                            None => Response::refused(format!("no queued entry {id} this daemon can relay")),
+                        }
+                    }
                     Command::Tunnel { account, service } => match daemon.tunnel(&account, service.as_deref()).await {
                         Err(e) => {
                             tracing::warn!(target: "sshmail::gateway", "{account}: a tunnel was asked for: {e}");
@@ -754,6 +787,24 @@ async fn watch_clock(daemon: Arc<Daemon>) {
             daemon.wake_all();
         }
         last = now;
+    }
+}
+
+/// Relays the outbox's entries whose back-off is over, every
+/// [`OUTBOX_CHECK`], and every queued one when a poll asks for it (the
+/// accounts that can send, on the daemon's pool).
+async fn outbox(daemon: Arc<Daemon>) {
+    let dir = crate::send::outbox::Outbox::default_dir();
+    loop {
+        let all = tokio::select! {
+            _ = tokio::time::sleep(OUTBOX_CHECK) => false,
+            _ = daemon.flush_outbox.notified() => true,
+        };
+        if !dir.join("new").is_dir() {
+            continue;
+        }
+        let Ok(outbox) = crate::send::outbox::Outbox::open(&dir) else { continue };
+        crate::send::relay_due(&outbox, |a| daemon.sender(a), &daemon.pool, all).await;
     }
 }
 

@@ -53,7 +53,7 @@ const FIRST_PAUSE: u64 = 60;
 const MAX_PAUSE: u64 = 3600;
 
 /// Runs `sendmail ARGS` (or `mailq` when `list`); returns the exit code.
-pub async fn sendmail(raw_args: &[String], list: bool) -> i32 {
+pub async fn sendmail(raw_args: &[String], list: bool, daemon: &dyn Relayer) -> i32 {
     let mut args = match args::parse(raw_args) {
         Ok(a) => a,
         Err(e) => {
@@ -74,7 +74,7 @@ pub async fn sendmail(raw_args: &[String], list: bool) -> i32 {
     match args.mode {
         Mode::List => list_queue(&outbox),
         Mode::Flush => flush(&outbox, args.config.as_deref()).await,
-        Mode::Send => submit(&outbox, &args).await,
+        Mode::Send => submit(&outbox, &args, daemon).await,
     }
 }
 
@@ -123,7 +123,7 @@ fn choose<'a>(
 }
 
 /// Queues the message on stdin, then tries to relay it now.
-async fn submit(outbox: &Outbox, args: &Args) -> i32 {
+async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
     let accounts = match senders(args.config.as_deref()) {
         Ok(a) => a,
         Err(e) => {
@@ -196,7 +196,26 @@ async fn submit(outbox: &Outbox, args: &Args) -> i32 {
             return sysexits::TEMPFAIL;
         }
     };
-    // Queued: from here on, exit 0 unless refused for good now.
+    // Queued: from here on, exit 0 unless refused for good now. A running
+    // daemon relays it on its connection (no new SSH handshake).
+    if let Ok(Some(done)) = tokio::time::timeout(RELAY_NOW, daemon.relay(&entry.id)).await {
+        return match done {
+            Attempt::Done => sysexits::OK,
+            Attempt::Failed(why) => {
+                eprintln!("sendmail: {why}");
+                sysexits::UNAVAILABLE
+            }
+            Attempt::Later(why) => {
+                // The daemon keeps it and tries again.
+                if let Ok((queued, _)) = outbox.queued()
+                    && let Some(e) = queued.into_iter().find(|e| e.id == entry.id)
+                {
+                    entry = e;
+                }
+                later(outbox, &entry, args, &why)
+            }
+        };
+    }
     let Some(claim) = outbox.claim(&entry) else { return sysexits::OK };
     let pool = SshPool::new();
     let tried = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool)).await;
@@ -225,9 +244,10 @@ fn later(outbox: &Outbox, entry: &Entry, args: &Args, why: &str) -> i32 {
     sysexits::OK
 }
 
-/// How a try went.
-#[derive(Debug)]
-enum Attempt {
+/// How a try went (also the daemon's answer to a `send` request).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", content = "why", rename_all = "lowercase")]
+pub enum Attempt {
     /// Every recipient has it.
     Done,
     /// Some refused it for good (the entry is in `failed/`).
@@ -236,8 +256,24 @@ enum Attempt {
     Later(String),
 }
 
-/// One try of `entry`, recorded in the outbox.
-async fn attempt(
+/// A running daemon that can relay an entry on its own SSH connections.
+pub trait Relayer {
+    /// Asks it to relay the queued entry `id` now; None when no daemon
+    /// answers (or it cannot take the entry), so the caller relays it.
+    fn relay(&self, id: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Attempt>> + Send + '_>>;
+}
+
+/// No daemon: the caller relays by itself.
+pub struct Alone;
+
+impl Relayer for Alone {
+    fn relay(&self, _: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Attempt>> + Send + '_>> {
+        Box::pin(async { None })
+    }
+}
+
+/// One try of `entry`, recorded in the outbox (the caller holds its claim).
+pub async fn attempt(
     outbox: &Outbox,
     entry: &mut Entry,
     account: &Account,
@@ -327,6 +363,53 @@ async fn relay_once(
             relay::exec(Box::new(stream), &status, entry, route.timeout).await
         }
     }
+}
+
+/// The daemon's side: relays the queued entry `id` with `account`'s route on
+/// `pool` (None: no such entry, or someone else is relaying it).
+pub async fn relay_queued(
+    outbox: &Outbox,
+    id: &str,
+    find: impl Fn(&str) -> Option<(std::sync::Arc<Account>, std::sync::Arc<Result<Route>>)>,
+    pool: &SshPool,
+) -> Option<Attempt> {
+    let (queued, _) = outbox.queued().ok()?;
+    let mut entry = queued.into_iter().find(|e| e.id == id)?;
+    let (account, route) = find(&entry.envelope.account)?;
+    let claim = outbox.claim(&entry)?;
+    let result = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, &account, &route, pool)).await;
+    drop(claim);
+    Some(match result {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => Attempt::Later(e.to_string()),
+        Err(_) => Attempt::Later("the relay did not finish within 60 s".into()),
+    })
+}
+
+/// The daemon's side: tries every queued entry whose time has come (its
+/// back-off over; every one with `all`), one after another. Returns how
+/// many were tried.
+pub async fn relay_due(
+    outbox: &Outbox,
+    find: impl Fn(&str) -> Option<(std::sync::Arc<Account>, std::sync::Arc<Result<Route>>)>,
+    pool: &SshPool,
+    all: bool,
+) -> usize {
+    let Ok((queued, _)) = outbox.queued() else { return 0 };
+    let now = outbox::now();
+    let mut tried = 0;
+    for e in queued.iter().filter(|e| all || e.state.next_try.is_none_or(|t| t <= now)) {
+        match relay_queued(outbox, &e.id, &find, pool).await {
+            Some(Attempt::Done) => tracing::info!(target: "sshmail::send", "{}: sent", e.id),
+            Some(Attempt::Failed(why)) => {
+                tracing::warn!(target: "sshmail::send", "{}: refused for good, moved to failed: {why}", e.id)
+            }
+            Some(Attempt::Later(why)) => tracing::info!(target: "sshmail::send", "{}: still queued: {why}", e.id),
+            None => continue,
+        }
+        tried += 1;
+    }
+    tried
 }
 
 /// `sshmail queue flush` / `sendmail -q`: tries every queued entry now.
