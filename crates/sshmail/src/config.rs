@@ -1048,6 +1048,27 @@ mod tests {
         assert!(matches!(uni.reach.via, Via::Exec(Some(_))));
     }
 
+    /// Every TOML example in the README (the gateway's and the sender's too).
+    #[test]
+    fn every_readme_toml_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let mut blocks = 0;
+        for part in readme.split("```toml\n").skip(1) {
+            let text = &part[..part.find("```").expect("closed")];
+            let raw: RawConfig = toml::from_str(text).unwrap_or_else(|e| panic!("README example: {e}\n{text}"));
+            for (name, account) in &raw.account {
+                match resolve(name, account, None) {
+                    Ok(_) => {}
+                    // Without a runtime directory here, only that is wrong.
+                    Err(e) if runtime_base().is_none() && e.to_string().contains("XDG_RUNTIME_DIR") => {}
+                    Err(e) => panic!("README account {name}: {e}"),
+                }
+            }
+            blocks += 1;
+        }
+        assert!(blocks >= 3, "the README's examples: {blocks}");
+    }
+
     #[test]
     fn delivery_specs() {
         assert_eq!(parse_delivery("mbox:/var/mail/me").unwrap(), Delivery::Mbox("/var/mail/me".into()));
