@@ -43,6 +43,52 @@ pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> std::io::R
     Ok(tcp)
 }
 
+/// A TCP stream that acknowledges at once what it reads (TCP_QUICKACK,
+/// which Linux clears as it goes, set again after every read). A peer
+/// with Nagle's algorithm on (sshd, for a session without a terminal)
+/// holds a small packet back until its previous one is acknowledged, and a
+/// delayed ACK waits up to 40 ms: without this, an exchange of small
+/// messages over an SSH channel (an SMTP reply written line by line) can
+/// stall 40 ms at each step.
+pub struct QuickAck(pub tokio::net::TcpStream);
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let _ = rustix::net::sockopt::set_tcp_quickack(&self.0, true);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// Initial read buffer capacity.
 const READ_CHUNK: usize = 64 * 1024;
 

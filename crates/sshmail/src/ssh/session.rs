@@ -180,6 +180,7 @@ impl SshSession {
                     let tcp = crate::wire::connect_tcp(&target.host, target.port, timeout)
                         .await
                         .map_err(|e| Error::Connect(format!("{where_}: cannot connect: {e}")))?;
+                    let tcp = crate::wire::QuickAck(tcp);
                     Ok(client::connect_stream(config, tcp, handler).await)
                 }
                 Some(j) => {
