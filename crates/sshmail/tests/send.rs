@@ -54,7 +54,8 @@ impl Sending {
 
     fn feed(&self, mut cmd: Command, message: &[u8]) -> Output {
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(message).unwrap();
+        // A sendmail that gives up early (a full disk) stops reading.
+        let _ = child.stdin.take().unwrap().write_all(message);
         wait_bounded(child, Duration::from_secs(120))
     }
 
@@ -422,4 +423,24 @@ fn with_a_daemon_running_sendmail_hands_it_the_entry_one_ssh_connection_for_all_
     assert_eq!(common::wait_bounded_status(&mut child, Duration::from_secs(10)), Some(0));
     let _ = log.join();
     assert_eq!(s.sink.received().len(), 4, "each once");
+}
+
+#[test]
+fn accepted_means_durable_a_full_disk_exits_75_and_claims_nothing() {
+    let s = Sending::new(None);
+    let disk = common::SmallDisk::mount(&s.env.home.path().join("small"));
+    let config = s.config.display().to_string();
+    let mut cmd =
+        s.command(Path::new(env!("CARGO_BIN_EXE_sshmail")), &["sendmail", "--config", &config, "-i", "a@example.org"]);
+    cmd.env("XDG_DATA_HOME", &disk.0);
+    let mut big = b"Subject: too big for the disk\n\n".to_vec();
+    big.extend(std::iter::repeat_n(b"x".repeat(99).into_iter().chain([b'\n']), 20_000).flatten());
+    let out = s.feed(cmd, &big);
+    assert_exit(&out, 75);
+    assert!(stderr(&out).contains("not accepted") && stderr(&out).contains("No space left"), "{}", stderr(&out));
+    let outbox = disk.0.join("sshmail/outbox");
+    for sub in ["new", "tmp"] {
+        assert_eq!(std::fs::read_dir(outbox.join(sub)).unwrap().count(), 0, "{sub}/ holds nothing");
+    }
+    assert!(s.sink.received().is_empty());
 }

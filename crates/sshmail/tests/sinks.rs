@@ -297,31 +297,13 @@ fn lmtp_into_dovecot_serves_back_the_same_message() {
     assert_eq!(bodies, expected);
 }
 
-/// A 1 MiB tmpfs, unmounted on drop. Needs root (CI runs as root).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(path: &Path) -> SmallDisk {
-        std::fs::create_dir_all(path).unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(path).output().unwrap();
-        assert!(out.status.success(), "mounting a small tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
-        SmallDisk(path.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn disk_full_gives_a_clear_error_and_loses_nothing() {
     let mut env = Env::new();
     env.add_messages((0..4).map(|i| corpus::mixed_message(i, 0)));
     // Over a megabyte: cannot fit.
     env.add_messages([corpus::mixed_message(9, 1)]);
-    let disk = SmallDisk::mount(&env.home.path().join("small"));
+    let disk = common::SmallDisk::mount(&env.home.path().join("small"));
 
     // Maildir on the full disk.
     let md = disk.0.join("Maildir");

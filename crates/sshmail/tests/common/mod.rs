@@ -722,3 +722,21 @@ pub fn wait_bounded_status(child: &mut Child, limit: Duration) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A 1 MiB tmpfs, unmounted on drop. Needs root (CI runs as root).
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    pub fn mount(path: &Path) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(path).output().unwrap();
+        assert!(out.status.success(), "mounting a small tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk(path.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
