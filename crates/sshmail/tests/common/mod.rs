@@ -456,13 +456,26 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub fn start(dir: &Path, refuse: Option<&str>) -> SmtpServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        SmtpServer::start_on(dir, refuse, port)
+        // A free port can be taken by a test running beside this one
+        // before the server binds it: then another.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if let Some(server) = SmtpServer::try_start(dir, refuse, port) {
+                return server;
+            }
+        }
+        panic!("the SMTP server exited at every start; is python3-aiosmtpd installed?");
     }
 
     /// The server on a given port (25, for what is reached as "the SMTP
     /// server" of a host).
     pub fn start_on(dir: &Path, refuse: Option<&str>, port: u16) -> SmtpServer {
+        SmtpServer::try_start(dir, refuse, port)
+            .unwrap_or_else(|| panic!("the SMTP server exited; is port {port} free and python3-aiosmtpd installed?"))
+    }
+
+    /// The server on `port`; None if it exited before it was ready.
+    fn try_start(dir: &Path, refuse: Option<&str>, port: u16) -> Option<SmtpServer> {
         std::fs::create_dir_all(dir).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smtp_sink.py");
         let mut cmd = Command::new("/usr/bin/python3");
@@ -473,11 +486,13 @@ impl SmtpServer {
         let mut child = cmd.spawn().expect("python3 with aiosmtpd (python3-aiosmtpd) must start");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !dir.join("ready").exists() {
-            assert!(child.try_wait().unwrap().is_none(), "the SMTP server exited; is python3-aiosmtpd installed?");
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
             assert!(Instant::now() < deadline, "the SMTP server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        SmtpServer { child, dir: dir.to_path_buf(), port }
+        Some(SmtpServer { child, dir: dir.to_path_buf(), port })
     }
 
     /// (envelope, content with CRLF turned into LF), in the order the
