@@ -376,19 +376,10 @@ fn ssh_logins(env: &Env) -> usize {
 #[test]
 fn with_a_daemon_running_sendmail_hands_it_the_entry_one_ssh_connection_for_all_and_a_poll_retries_at_once() {
     let mut s = Sending::new(None);
-    let mut cmd = Daemon::base_command(s.env.home.path());
-    cmd.env_remove("XDG_DATA_HOME").args(["daemon", "--config"]).arg(&s.config);
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut log = common::StderrLog::of(&mut child);
-    let control = |args: &[&str]| {
-        let mut c = Daemon::base_command(s.env.home.path());
-        c.args(args).arg("--config").arg(&s.config);
-        wait_bounded(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), Duration::from_secs(60))
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !control(&["status"]).status.success() {
-        assert!(std::time::Instant::now() < deadline, "the daemon never answered: {}", log.text());
-    }
+    // A Daemon is stopped (killed) when dropped, should an assertion fail.
+    let daemon = Daemon::spawn(s.env.home.path(), &s.config, &[]);
+    daemon.wait_answering();
+    let log = &daemon.log;
     let with_daemon = |s: &Sending, args: &[&str], message: &[u8]| {
         let config = s.config.display().to_string();
         let mut all = vec!["sendmail", "--config", config.as_str()];
@@ -411,17 +402,14 @@ fn with_a_daemon_running_sendmail_hands_it_the_entry_one_ssh_connection_for_all_
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("queued as"), "{}", stderr(&out));
     s.env.bed.restart_sshd().unwrap();
-    control(&["poll"]);
+    daemon.ctl(&["poll"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while s.sink.received().len() < 4 {
         assert!(std::time::Instant::now() < deadline, "the daemon did not send it after the poll: {}", log.text());
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(s.outbox("new"), 0);
-    let out = control(&["stop"]);
-    assert_exit(&out, 0);
-    assert_eq!(common::wait_bounded_status(&mut child, Duration::from_secs(10)), Some(0));
-    let _ = log.join();
+    daemon.stop();
     assert_eq!(s.sink.received().len(), 4, "each once");
 }
 

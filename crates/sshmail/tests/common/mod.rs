@@ -621,12 +621,15 @@ impl Daemon {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
-    /// `sshmail` with a daemon's environment (HOME, XDG_RUNTIME_DIR), no
+    /// `sshmail` with a daemon's environment (HOME, XDG_RUNTIME_DIR; the
+    /// outbox and the cache under HOME), no
     /// agent, nothing from the caller's logging, fault or systemd settings.
     pub fn base_command(home: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
         c.env("HOME", home)
             .env("XDG_RUNTIME_DIR", home.join("run"))
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_CACHE_HOME")
             .env_remove("SSH_AUTH_SOCK")
             .env_remove("SSHMAIL_LOG")
             .env_remove("SSHMAIL_FAULT")
