@@ -493,6 +493,10 @@ fn fifty_clients_at_once_are_all_served() {
 
 #[test]
 fn a_privileged_port_without_the_right_to_bind_it_fails_with_advice_not_a_bare_eacces() {
+    // The premise: port 143 is privileged on this machine.
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    let start: u32 = start.trim().parse().unwrap();
+    assert!(start > 143, "net.ipv4.ip_unprivileged_port_start is {start} here: port 143 is not privileged");
     let env = Env::new();
     // A user without the right: nobody, with a home and config of its own.
     let home = tempfile::Builder::new().prefix("sshmail-nobody.").tempdir().unwrap();

@@ -4,7 +4,6 @@
 //! offered, DATA streamed from the staged file with dot-stuffing on the fly.
 //! A 2xx to the end of DATA means delivered; 4xx is temporary, 5xx permanent.
 
-use std::io::Read as _;
 use std::time::Duration;
 
 use sshmail_proto::smtp::{self, DataEncoder, Extensions, Reply, ReplyParser};
@@ -136,22 +135,9 @@ impl Smtp {
     }
 
     async fn send_data<S: Stream>(&self, s: &mut Session<S>, msg: &Finished) -> Result<()> {
-        let mut file = std::fs::File::open(&msg.path)
+        let file = std::fs::File::open(&msg.path)
             .map_err(|e| Error::Delivery(format!("cannot read {}: {e}", msg.path.display())))?;
-        let mut enc = DataEncoder::default();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut out = Vec::with_capacity(72 * 1024);
-        loop {
-            let n =
-                file.read(&mut buf).map_err(|e| Error::Delivery(format!("cannot read {}: {e}", msg.path.display())))?;
-            out.clear();
-            if n == 0 {
-                enc.finish(&mut out);
-                return s.wire.send(&out).await.map_err(to_delivery);
-            }
-            enc.encode(&buf[..n], &mut out);
-            s.wire.send(&out).await.map_err(to_delivery)?;
-        }
+        send_data(&mut s.wire, file, &msg.path.display().to_string()).await.map_err(to_delivery)
     }
 
     async fn reset<S: Stream>(&self, s: &mut Session<S>) -> Result<()> {
@@ -160,12 +146,40 @@ impl Smtp {
     }
 
     async fn reply<S: Stream>(&self, s: &mut Session<S>) -> Result<Reply> {
-        let mut parser = ReplyParser::default();
-        loop {
-            let line = s.wire.read_line(smtp::MAX_LINE).await.map_err(to_delivery)?;
-            if let Some(r) = parser.line(&line).map_err(|e| Error::Delivery(format!("{}: {e}", self.name())))? {
-                return Ok(r);
-            }
+        read_reply(&mut s.wire).await.map_err(to_delivery)
+    }
+}
+
+/// One SMTP or LMTP reply (all its lines), each line bounded.
+pub async fn read_reply<S: Stream>(wire: &mut Wire<S>) -> Result<Reply> {
+    let mut parser = ReplyParser::default();
+    loop {
+        let line = wire.read_line(smtp::MAX_LINE).await?;
+        if let Some(r) = parser.line(&line).map_err(|e| Error::Protocol(format!("{}: {e}", wire.peer())))? {
+            return Ok(r);
+        }
+    }
+}
+
+/// `message` as DATA (dot-stuffed, CRLF), written in pieces of 64 KiB or
+/// more; the final dot goes in the same write as the message's end, so
+/// that a small message is one segment (a lone `.` CRLF segment would wait
+/// for a delayed ACK on a Nagle socket along the way: 40 ms a message).
+/// `what` names the source in a read error.
+pub async fn send_data<S: Stream>(wire: &mut Wire<S>, mut message: impl std::io::Read, what: &str) -> Result<()> {
+    let mut enc = DataEncoder::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(136 * 1024);
+    loop {
+        let n = message.read(&mut buf).map_err(|e| Error::Delivery(format!("cannot read {what}: {e}")))?;
+        if n == 0 {
+            enc.finish(&mut out);
+            return wire.send(&out).await;
+        }
+        enc.encode(&buf[..n], &mut out);
+        if out.len() >= 64 * 1024 {
+            wire.send(&out).await?;
+            out.clear();
         }
     }
 }

@@ -207,9 +207,7 @@ async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
             }
             Attempt::Later(why) => {
                 // The daemon keeps it and tries again.
-                if let Ok((queued, _)) = outbox.queued()
-                    && let Some(e) = queued.into_iter().find(|e| e.id == entry.id)
-                {
+                if let Some(e) = outbox.get(&entry.id) {
                     entry = e;
                 }
                 later(outbox, &entry, args, &why)
@@ -287,9 +285,8 @@ pub async fn attempt(
     let verdict = match relay_once(entry, account, route, send, pool).await {
         Ok(v) => v,
         Err(e) => {
-            let pause = (FIRST_PAUSE << state.attempts.saturating_sub(1).min(6)).min(MAX_PAUSE);
             state.last_error = Some(e.to_string());
-            state.next_try = Some(outbox::now() + pause);
+            state.next_try = Some(outbox::now() + pause_after(state.attempts));
             outbox.record(entry, state)?;
             return Ok(Attempt::Later(e.to_string()));
         }
@@ -311,11 +308,15 @@ pub async fn attempt(
         return Ok(Attempt::Done);
     }
     let why = temporary.join("; ");
-    let pause = (FIRST_PAUSE << state.attempts.saturating_sub(1).min(6)).min(MAX_PAUSE);
     state.last_error = Some(why.clone());
-    state.next_try = Some(outbox::now() + pause);
+    state.next_try = Some(outbox::now() + pause_after(state.attempts));
     outbox.record(entry, state)?;
     Ok(Attempt::Later(why))
+}
+
+/// Seconds to wait after the `attempts`th failed try: 1 min doubling to 1 h.
+fn pause_after(attempts: u32) -> u64 {
+    (FIRST_PAUSE << attempts.saturating_sub(1).min(6)).min(MAX_PAUSE)
 }
 
 /// Opens the way to the relay and hands the message over once.
@@ -373,8 +374,7 @@ pub async fn relay_queued(
     find: impl Fn(&str) -> Option<(std::sync::Arc<Account>, std::sync::Arc<Result<Route>>)>,
     pool: &SshPool,
 ) -> Option<Attempt> {
-    let (queued, _) = outbox.queued().ok()?;
-    let mut entry = queued.into_iter().find(|e| e.id == id)?;
+    let mut entry = outbox.get(id)?;
     let (account, route) = find(&entry.envelope.account)?;
     let claim = outbox.claim(&entry)?;
     let result = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, &account, &route, pool)).await;
@@ -516,4 +516,15 @@ pub fn list_queue(outbox: &Outbox) -> i32 {
         println!("{}  unreadable: {}", u.id, u.why);
     }
     sysexits::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_a_minute_doubling_to_an_hour() {
+        let pauses: Vec<u64> = [1, 2, 3, 6, 7, 8, 1000].into_iter().map(pause_after).collect();
+        assert_eq!(pauses, [60, 120, 240, 1920, 3600, 3600, 3600]);
+    }
 }

@@ -180,6 +180,14 @@ impl Outbox {
         self.entries("new")
     }
 
+    /// The queued entry `id`, if it is there and can be read.
+    pub fn get(&self, id: &str) -> Option<Entry> {
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            return None;
+        }
+        self.read(&self.dir.join("new").join(id), id).ok()
+    }
+
     /// The failed entries.
     pub fn failed(&self) -> Result<(Vec<Entry>, Vec<Unreadable>)> {
         self.entries("failed")
@@ -337,6 +345,8 @@ mod tests {
         queued[0].message().unwrap().read_to_end(&mut back).unwrap();
         assert_eq!(back, message);
         assert_eq!(queued[0].size, message.len() as u64);
+        assert_eq!(outbox.get(&added.id).map(|e| e.envelope), Some(envelope()));
+        assert!(outbox.get("../new").is_none() && outbox.get("").is_none());
     }
 
     #[test]

@@ -16,10 +16,11 @@
 use std::io::Read as _;
 use std::time::Duration;
 
-use sshmail_proto::smtp::{self, DataEncoder, Extensions, Reply};
+use sshmail_proto::smtp::{self, Extensions, Reply};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::outbox::Entry;
+use crate::deliver::smtp::{read_reply, send_data};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::wire::{Stream, Wire};
@@ -130,7 +131,7 @@ pub async fn smtp(
             return quit(wire, verdict).await;
         }
     }
-    send_data(&mut wire, entry).await?;
+    send_data(&mut wire, entry.message()?, &format!("outbox {}", entry.id)).await?;
     crate::fault::point("relay-data-sent");
     match read_reply(&mut wire).await {
         Ok(r) if r.is_positive() => verdict.accepted = accepted,
@@ -227,40 +228,6 @@ fn has_eight_bit(entry: &Entry) -> Result<bool> {
         }
         if buf[..n].iter().any(|&b| b >= 0x80) {
             return Ok(true);
-        }
-    }
-}
-
-/// The message as DATA, written in pieces of 64 KiB or more; the final
-/// dot goes in the same write as the message's end, so that a small
-/// message is one segment (a lone `.` CRLF segment would wait for a
-/// delayed ACK on a Nagle socket along the way: 40 ms a message).
-async fn send_data<S: Stream>(wire: &mut Wire<S>, entry: &Entry) -> Result<()> {
-    let mut m = entry.message()?;
-    let mut enc = DataEncoder::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = Vec::with_capacity(136 * 1024);
-    loop {
-        let n = m.read(&mut buf).map_err(|e| Error::Delivery(format!("outbox {}: {e}", entry.id)))?;
-        if n == 0 {
-            enc.finish(&mut out);
-            return wire.send(&out).await;
-        }
-        enc.encode(&buf[..n], &mut out);
-        if out.len() >= 64 * 1024 {
-            wire.send(&out).await?;
-            out.clear();
-        }
-    }
-}
-
-/// One SMTP reply (all its lines).
-pub async fn read_reply<S: Stream>(wire: &mut Wire<S>) -> Result<Reply> {
-    let mut parser = smtp::ReplyParser::default();
-    loop {
-        let line = wire.read_line(smtp::MAX_LINE).await?;
-        if let Some(r) = parser.line(&line).map_err(|e| Error::Protocol(format!("{}: {e}", wire.peer())))? {
-            return Ok(r);
         }
     }
 }
