@@ -102,6 +102,11 @@ pub struct Extensions {
     pub smtputf8: bool,
     /// SIZE limit, if announced (0: no limit given).
     pub size: Option<u64>,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
+    /// The AUTH mechanisms offered (RFC 4954), upper case; also read from
+    /// the old `AUTH=` form.
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -116,6 +121,15 @@ impl Extensions {
                 Some("8BITMIME") => e.eight_bit_mime = true,
                 Some("SMTPUTF8") => e.smtputf8 = true,
                 Some("SIZE") => e.size = Some(w.next().and_then(|s| s.parse().ok()).unwrap_or(0)),
+                Some("STARTTLS") => e.starttls = true,
+                Some(word) if word == "AUTH" || word.starts_with("AUTH=") => {
+                    let first = word.strip_prefix("AUTH=").filter(|m| !m.is_empty()).map(str::to_string);
+                    for m in first.into_iter().chain(w.map(str::to_ascii_uppercase)) {
+                        if !e.auth.contains(&m) {
+                            e.auth.push(m);
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -224,6 +238,19 @@ mod tests {
     }
 
     #[test]
+    fn starttls_and_auth_mechanisms_in_both_forms() {
+        let r = Reply {
+            code: 250,
+            lines: vec!["relay".into(), "STARTTLS".into(), "AUTH plain LOGIN".into(), "AUTH=LOGIN CRAM-MD5".into()],
+        };
+        let e = Extensions::from_reply(&r);
+        assert!(e.starttls);
+        assert_eq!(e.auth, ["PLAIN", "LOGIN", "CRAM-MD5"]);
+        let none = Extensions::from_reply(&Reply { code: 250, lines: vec!["relay".into(), "AUTHX".into()] });
+        assert!(!none.starttls && none.auth.is_empty());
+    }
+
+    #[test]
     fn bad_replies() {
         let mut p = ReplyParser::default();
         assert!(p.line(b"hello").is_err());
@@ -252,7 +279,8 @@ mod tests {
 
     #[test]
     fn mail_from_parameters() {
-        let ext = Extensions { pipelining: true, eight_bit_mime: true, smtputf8: true, size: Some(0) };
+        let ext =
+            Extensions { pipelining: true, eight_bit_mime: true, smtputf8: true, size: Some(0), ..Default::default() };
         assert_eq!(mail_from("a@b", &ext, true, false, 42), "MAIL FROM:<a@b> BODY=8BITMIME SIZE=42\r\n");
         assert_eq!(mail_from("", &Extensions::default(), true, true, 1), "MAIL FROM:<>\r\n");
     }

@@ -148,6 +148,26 @@ pub struct RawSend {
     pub user: Option<String>,
     /// SMTP AUTH password, printed by a command.
     pub password_command: Option<Command>,
+    /// smtp: `auto` (when offered), `require` or `never`.
+    pub starttls: Option<String>,
+    /// smtp: extra CA certificates (PEM) for the relay's certificate.
+    pub tls_ca_file: Option<String>,
+    /// smtp: accept exactly this relay certificate (SHA-256 of its DER).
+    pub tls_fingerprint: Option<String>,
+    /// Days a message may stay queued before it is given up (5).
+    pub expire_days: Option<u64>,
+}
+
+/// When the relay's STARTTLS is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    /// When the relay offers it.
+    Auto,
+    /// Always: a relay that does not offer it is not sent to.
+    Require,
+    /// Never (a relay on the SSH host itself with a certificate for
+    /// another name).
+    Never,
 }
 
 /// How an account relays outgoing mail.
@@ -170,6 +190,13 @@ pub struct Send {
     pub user: Option<String>,
     /// Its password.
     pub password: PasswordSource,
+    /// When STARTTLS is used.
+    pub starttls: StartTls,
+    /// How the relay's certificate is checked (its name: the host of
+    /// `send.server`).
+    pub tls: TlsSettings,
+    /// How long a message may stay queued before it is given up.
+    pub expire: Duration,
 }
 
 /// An account's `serve` table as written: local endpoints for mail
@@ -901,8 +928,17 @@ fn resolve_send(raw: &RawSend) -> Result<Send> {
             Relay::Smtp(h, p.unwrap_or(25))
         }
         "exec" => {
-            if raw.server.is_some() || raw.user.is_some() || raw.password_command.is_some() {
-                return Err(bad("send.server, send.user and send.password_command are for send.via = \"smtp\""));
+            if raw.server.is_some()
+                || raw.user.is_some()
+                || raw.password_command.is_some()
+                || raw.starttls.is_some()
+                || raw.tls_ca_file.is_some()
+                || raw.tls_fingerprint.is_some()
+            {
+                return Err(bad(
+                    "send.server, send.user, send.password_command, send.starttls and send.tls_* are for \
+                     send.via = \"smtp\"",
+                ));
             }
             Relay::Exec(
                 raw.command.clone().unwrap_or_else(|| Command::Argv(vec!["/usr/sbin/sendmail".into(), "-oi".into()])),
@@ -910,7 +946,27 @@ fn resolve_send(raw: &RawSend) -> Result<Send> {
         }
         other => return Err(bad(&format!("unknown send.via {other:?} (smtp, exec)"))),
     };
+    let starttls = match raw.starttls.as_deref().unwrap_or("auto") {
+        "auto" => StartTls::Auto,
+        "require" => StartTls::Require,
+        "never" => StartTls::Never,
+        other => return Err(bad(&format!("unknown send.starttls {other:?} (auto, require, never)"))),
+    };
+    if starttls == StartTls::Never && (raw.tls_ca_file.is_some() || raw.tls_fingerprint.is_some()) {
+        return Err(bad("send.tls_ca_file and send.tls_fingerprint mean nothing with send.starttls = \"never\""));
+    }
+    let expire = match raw.expire_days {
+        Some(0) => return Err(bad("send.expire_days must be 1 or more")),
+        Some(d) => Duration::from_secs(d.saturating_mul(86_400)),
+        None => Duration::from_secs(5 * 86_400),
+    };
     Ok(Send {
+        starttls,
+        tls: TlsSettings {
+            ca_file: raw.tls_ca_file.as_deref().map(expand_tilde),
+            fingerprint: raw.tls_fingerprint.clone(),
+        },
+        expire,
         relay,
         from: raw.from.iter().flatten().map(|f| f.to_ascii_lowercase()).collect(),
         user: raw.user.clone(),

@@ -198,7 +198,7 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
         Via::Command(c) => open_command(c),
         Via::Tls => {
             let tcp = connect_tcp(route).await?;
-            let tls = tls_handshake(tcp, &route.server_host, &route.tls, route.timeout).await?;
+            let tls = tls_handshake(tcp, &route.server_host, &route.tls, ACCOUNT_TLS_KEYS, route.timeout).await?;
             Ok(Opened {
                 stream: Box::new(tls),
                 peer: format!("{server} (TLS)"),
@@ -211,7 +211,7 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
         Via::StartTls => {
             let tcp = connect_tcp(route).await?;
             let tcp = imap_starttls(tcp, &server, route.timeout).await?;
-            let tls = tls_handshake(tcp, &route.server_host, &route.tls, route.timeout).await?;
+            let tls = tls_handshake(tcp, &route.server_host, &route.tls, ACCOUNT_TLS_KEYS, route.timeout).await?;
             Ok(Opened {
                 stream: Box::new(tls),
                 peer: format!("{server} (STARTTLS)"),
@@ -450,10 +450,17 @@ async fn imap_starttls(
     Ok(reader.into_inner())
 }
 
-async fn tls_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+/// How an account's TLS settings are named, for advice in errors.
+const ACCOUNT_TLS_KEYS: [&str; 3] = ["tls_ca_file (--tls-ca-file)", "tls_fingerprint", " (--tls-fingerprint)"];
+
+/// A TLS client session on `stream`, with `host`'s certificate checked
+/// by `settings`; `keys` name those settings in the advice of an error
+/// (the CA file's, the fingerprint's, and what follows the fingerprint).
+pub async fn tls_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     host: &str,
     settings: &TlsSettings,
+    keys: [&str; 3],
     timeout: std::time::Duration,
 ) -> Result<tokio_rustls::client::TlsStream<S>> {
     let refused = Arc::new(Mutex::new(None));
@@ -468,9 +475,9 @@ async fn tls_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             // Say what to do, not only what rustls said.
             Some(sha256) => Error::Connect(format!(
                 "{host}: TLS handshake failed: the server's certificate is not trusted ({e}). If the server uses a \
-                 self-signed certificate or a private CA, trust that CA with tls_ca_file (--tls-ca-file), or pin this \
-                 very certificate with tls_fingerprint = \"{sha256}\" (--tls-fingerprint), after checking that \
-                 fingerprint on the server itself"
+                 self-signed certificate or a private CA, trust that CA with {}, or pin this very certificate with \
+                 {} = \"{sha256}\"{}, after checking that fingerprint on the server itself",
+                keys[0], keys[1], keys[2]
             )),
             None => Error::Connect(format!("{host}: TLS handshake failed: {e}")),
         })

@@ -114,7 +114,9 @@ pub struct Wire<S> {
     writer: Option<mpsc::UnboundedSender<Queued>>,
     room: Arc<tokio::sync::Semaphore>,
     write_error: Arc<Mutex<Option<Error>>>,
-    writer_task: Option<tokio::task::JoinHandle<()>>,
+    /// Hands back the write half instead of closing it (see [`Wire::into_inner`]).
+    keep_open: Arc<std::sync::atomic::AtomicBool>,
+    writer_task: Option<tokio::task::JoinHandle<Option<tokio::io::WriteHalf<S>>>>,
     buf: Vec<u8>,
     start: usize,
     timeout: Duration,
@@ -133,6 +135,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
         let write_error = Arc::new(Mutex::new(None));
         let errors = write_error.clone();
         let who = peer.clone();
+        let keep_open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let keep = keep_open.clone();
         let writer_task = tokio::spawn(async move {
             while let Some((bytes, _room)) = rx.recv().await {
                 let done = async {
@@ -145,15 +149,20 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
                     Ok(Err(e)) => Error::Lost(format!("connection to {who} failed: {e}")),
                 };
                 *errors.lock().expect("write error lock") = Some(failure);
-                return;
+                return None;
+            }
+            if keep.load(std::sync::atomic::Ordering::SeqCst) {
+                return Some(write);
             }
             let _ = tokio::time::timeout(timeout, write.shutdown()).await;
+            None
         });
         Wire {
             io: read,
             writer: Some(tx),
             room: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE)),
             write_error,
+            keep_open,
             writer_task: Some(writer_task),
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
@@ -291,6 +300,36 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
         match &self.writer {
             Some(tx) if tx.send((data.to_vec(), room)).is_ok() => Ok(()),
             _ => Err(Error::Lost(format!("connection to {} is closed for writing", self.peer))),
+        }
+    }
+
+    /// The stream itself again, once everything queued is written (to start
+    /// TLS on it). Refused when the peer sent more than was read: bytes
+    /// sent before the TLS handshake must not be taken as sent inside it.
+    pub async fn into_inner(mut self) -> Result<S>
+    where
+        S: Unpin,
+    {
+        if !self.buffered().is_empty() {
+            return Err(Error::Protocol(format!(
+                "{} sent {} bytes more than asked for before TLS began; that is refused (it would let someone on \
+                 the way inject commands)",
+                self.peer,
+                self.buffered().len()
+            )));
+        }
+        self.keep_open.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.writer = None;
+        let task = self.writer_task.take().expect("the writer runs until shutdown");
+        let write = tokio::time::timeout(self.timeout, task)
+            .await
+            .map_err(|_| Error::Protocol(format!("{} stopped accepting data", self.peer)))?
+            .ok()
+            .flatten();
+        let error = self.write_error.lock().expect("write error lock").take();
+        match write {
+            Some(write) => Ok(self.io.unsplit(write)),
+            None => Err(error.unwrap_or_else(|| Error::Lost(format!("connection to {} failed", self.peer)))),
         }
     }
 

@@ -23,13 +23,27 @@ impl Sending {
     fn new(refuse: Option<&str>) -> Sending {
         let env = Env::new();
         let sink = SmtpServer::start(&env.home.path().join("smtp"), refuse);
+        Sending::on(env, sink, "")
+    }
+
+    /// `env` relaying to `sink`, with `extra` lines in the account.
+    fn on(env: Env, sink: SmtpServer, extra: &str) -> Sending {
         let config = env.home.path().join("config.toml");
-        let account = env.pop3_toml(
+        let s = Sending { env, sink, config };
+        s.configure(extra);
+        s
+    }
+
+    /// Rewrites the config, with `extra` lines in the account.
+    fn configure(&self, extra: &str) {
+        let account = self.env.pop3_toml(
             "isp",
-            &format!("fetch = false\nsend.server = \"127.0.0.1:{}\"\nsend.from = [\"me@example.net\"]\n", sink.port),
+            &format!(
+                "fetch = false\nsend.server = \"127.0.0.1:{}\"\nsend.from = [\"me@example.net\"]\n{extra}",
+                self.sink.port
+            ),
         );
-        Daemon::write_config(&config, &env.config_toml(&account));
-        Sending { env, sink, config }
+        Daemon::write_config(&self.config, &self.env.config_toml(&account));
     }
 
     /// `sshmail ARGS --config FILE` in the env's HOME (the outbox under it).
@@ -144,6 +158,47 @@ fn accepted_means_durable_with_sshd_down_it_is_queued_exit_0_and_a_flush_sends_i
     assert_exit(&out, 0);
     assert_eq!(s.sink.received().len(), 1, "sent exactly once");
     assert!(text(&s.queue(&[]).stdout).contains("the outbox is empty"));
+}
+
+#[test]
+fn starttls_then_auth_to_a_relay_that_requires_both_and_its_certificate_checked() {
+    let env = Env::with(sshmail_testbed::Options { tls: true, ..sshmail_testbed::Options::default() });
+    let pki = env.bed.ca_cert.parent().unwrap().to_path_buf();
+    let (cert, key) = (pki.join("server.pem").display().to_string(), pki.join("server.key").display().to_string());
+    let settings = [("SMTP_TLS_CERT", cert.as_str()), ("SMTP_TLS_KEY", key.as_str()), ("SMTP_AUTH", "me:s3cret word")];
+    let sink = SmtpServer::start_with(&env.home.path().join("smtp"), None, &settings);
+    let login = "send.user = \"me\"\nsend.password_command = [\"printf\", \"%s\", \"s3cret word\"]\n";
+    // The relay's certificate is from a CA nobody told us of: not sent.
+    let s = Sending::on(env, sink, login);
+    let out = s.sendmail(&["-i", "a@example.org"], b"Subject: secured\n\nbody\n");
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("queued as") && err.contains("not trusted") && err.contains("send.tls_ca_file"), "{err}");
+    assert!(!err.contains("s3cret"), "no secret in messages: {err}");
+    assert_eq!(s.sink.received().len(), 0);
+    // Told of the CA: STARTTLS, then AUTH, then the message.
+    let ca = format!("send.tls_ca_file = \"{}\"\n", s.env.bed.ca_cert.display());
+    s.configure(&format!("{login}{ca}"));
+    let config = s.config.display().to_string();
+    let out = s.queue(&["flush", "--config", &config]);
+    assert_exit(&out, 0);
+    let got = s.sink.received();
+    assert_eq!(got.len(), 1, "{}", text(&out.stdout));
+    let meta = std::fs::read_to_string(s.sink.dir.join("000001.meta")).unwrap();
+    assert_eq!(meta, "tls=yes auth=me\n");
+    // A wrong password: the relay's refusal, and the message stays queued.
+    s.configure(&format!("{}{ca}", login.replace("s3cret word", "wrong")));
+    let out = s.sendmail(&["-i", "b@example.org"], b"Subject: refused login\n\nbody\n");
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("queued as") && err.contains("refused the login of me") && err.contains("535"), "{err}");
+    assert_eq!((s.sink.received().len(), s.outbox("new")), (1, 1));
+    // send.starttls = "never" to a relay that requires it: refused, kept.
+    s.configure(&format!("{login}send.starttls = \"never\"\n"));
+    let out = s.queue(&["flush", "--config", &config]);
+    assert_exit(&out, 75);
+    assert!(text(&out.stdout).contains("still queued"), "{}", text(&out.stdout));
+    assert_eq!((s.sink.received().len(), s.outbox("new")), (1, 1));
 }
 
 #[test]

@@ -346,7 +346,8 @@ async fn relay_once(
                 }
                 None => None,
             };
-            relay::smtp(opened.stream, &opened.peer, entry, auth, route.timeout).await
+            let tls = relay::Tls { host, when: send.starttls, settings: &send.tls };
+            relay::smtp(opened.stream, &opened.peer, entry, auth, tls, route.timeout).await
         }
         Relay::Exec(command) => {
             let Some((target, jumps)) = &route.ssh else {

@@ -20,6 +20,7 @@ use sshmail_proto::smtp::{self, Extensions, Reply};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::outbox::Entry;
+use crate::config::{StartTls, TlsSettings};
 use crate::deliver::smtp::{read_reply, send_data};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -49,12 +50,23 @@ impl Verdict {
     }
 }
 
+/// How the relay's STARTTLS is used and checked.
+pub struct Tls<'a> {
+    /// The name its certificate must carry (the host of `send.server`).
+    pub host: &'a str,
+    /// When.
+    pub when: StartTls,
+    /// The CA file or the pin.
+    pub settings: &'a TlsSettings,
+}
+
 /// Sends `entry` to its pending recipients over an SMTP session on `stream`.
 pub async fn smtp(
     stream: Box<dyn Stream>,
     peer: &str,
     entry: &Entry,
     auth: Option<(String, Secret)>,
+    tls: Tls<'_>,
     timeout: Duration,
 ) -> Result<Verdict> {
     let mut wire = Wire::new(stream, timeout, peer.to_string());
@@ -63,21 +75,26 @@ pub async fn smtp(
     if !greeting.is_positive() {
         return Err(Error::Server(format!("the relay {peer} refused the connection: {}", greeting.text())));
     }
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
-    wire.send(format!("EHLO {host}\r\n").as_bytes()).await?;
-    let ehlo = read_reply(&mut wire).await?;
-    let ext = if ehlo.is_positive() {
-        Extensions::from_reply(&ehlo)
-    } else {
-        wire.send(format!("HELO {host}\r\n").as_bytes()).await?;
+    let mut ext = hello(&mut wire, peer).await?;
+    if ext.starttls && tls.when != StartTls::Never {
+        wire.send(b"STARTTLS\r\n").await?;
         let r = read_reply(&mut wire).await?;
-        if !r.is_positive() {
-            return Err(Error::Server(format!("the relay {peer} refused HELO: {}", r.text())));
+        if r.code != 220 {
+            return Err(Error::Server(format!("the relay {peer} offered STARTTLS and then refused it: {}", r.text())));
         }
-        Extensions::default()
-    };
+        let plain = wire.into_inner().await?;
+        let keys = ["send.tls_ca_file", "send.tls_fingerprint", ""];
+        let secured = crate::transport::tls_handshake(plain, tls.host, tls.settings, keys, timeout).await?;
+        wire = Wire::new(Box::new(secured) as Box<dyn Stream>, timeout, format!("{peer} (STARTTLS)"));
+        // What was said before TLS is forgotten (RFC 3207 4.2).
+        ext = hello(&mut wire, peer).await?;
+    } else if tls.when == StartTls::Require {
+        return Err(Error::Server(format!(
+            "the relay {peer} does not offer STARTTLS, and send.starttls = \"require\": nothing was sent"
+        )));
+    }
     if let Some((user, password)) = auth {
-        authenticate(&mut wire, peer, &ehlo, &user, &password).await?;
+        authenticate(&mut wire, peer, &ext, &user, &password).await?;
     }
     let eight_bit = has_eight_bit(entry)?;
     let utf8 = eight_bit && ext.smtputf8 && !ext.eight_bit_mime;
@@ -179,19 +196,33 @@ async fn quit<S: Stream>(mut wire: Wire<S>, verdict: Verdict) -> Result<Verdict>
     Ok(verdict)
 }
 
+/// EHLO, else HELO (no extensions then).
+async fn hello<S: Stream>(wire: &mut Wire<S>, peer: &str) -> Result<Extensions> {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    wire.send(format!("EHLO {host}\r\n").as_bytes()).await?;
+    let ehlo = read_reply(wire).await?;
+    if ehlo.is_positive() {
+        return Ok(Extensions::from_reply(&ehlo));
+    }
+    wire.send(format!("HELO {host}\r\n").as_bytes()).await?;
+    let r = read_reply(wire).await?;
+    if !r.is_positive() {
+        return Err(Error::Server(format!("the relay {peer} refused HELO: {}", r.text())));
+    }
+    Ok(Extensions::default())
+}
+
 /// AUTH PLAIN when offered (or nothing is said), else AUTH LOGIN.
-async fn authenticate<S: Stream>(wire: &mut Wire<S>, peer: &str, ehlo: &Reply, user: &str, pw: &Secret) -> Result<()> {
+async fn authenticate<S: Stream>(
+    wire: &mut Wire<S>,
+    peer: &str,
+    ext: &Extensions,
+    user: &str,
+    pw: &Secret,
+) -> Result<()> {
     use base64::Engine as _;
     let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
-    let mechanisms: Vec<String> = ehlo
-        .lines
-        .iter()
-        .filter_map(|l| {
-            let l = l.to_ascii_uppercase();
-            l.strip_prefix("AUTH").map(|m| m.trim_start_matches(['=', ' ']).to_string())
-        })
-        .flat_map(|m| m.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .collect();
+    let mechanisms = &ext.auth;
     let r = if mechanisms.iter().any(|m| m == "PLAIN") || !mechanisms.iter().any(|m| m == "LOGIN") {
         let token = b64(format!("\0{user}\0{}", pw.expose()).as_bytes());
         wire.send(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;

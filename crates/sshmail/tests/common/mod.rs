@@ -456,11 +456,17 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub fn start(dir: &Path, refuse: Option<&str>) -> SmtpServer {
+        SmtpServer::start_with(dir, refuse, &[])
+    }
+
+    /// The server with settings in its environment (SMTP_TLS_CERT,
+    /// SMTP_TLS_KEY, SMTP_AUTH: see `smtp_sink.py`).
+    pub fn start_with(dir: &Path, refuse: Option<&str>, settings: &[(&str, &str)]) -> SmtpServer {
         // A free port can be taken by a test running beside this one
         // before the server binds it: then another.
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            if let Some(server) = SmtpServer::try_start(dir, refuse, port) {
+            if let Some(server) = SmtpServer::try_start(dir, refuse, port, settings) {
                 return server;
             }
         }
@@ -470,16 +476,17 @@ impl SmtpServer {
     /// The server on a given port (25, for what is reached as "the SMTP
     /// server" of a host).
     pub fn start_on(dir: &Path, refuse: Option<&str>, port: u16) -> SmtpServer {
-        SmtpServer::try_start(dir, refuse, port)
+        SmtpServer::try_start(dir, refuse, port, &[])
             .unwrap_or_else(|| panic!("the SMTP server exited; is port {port} free and python3-aiosmtpd installed?"))
     }
 
     /// The server on `port`; None if it exited before it was ready.
-    fn try_start(dir: &Path, refuse: Option<&str>, port: u16) -> Option<SmtpServer> {
+    fn try_start(dir: &Path, refuse: Option<&str>, port: u16, settings: &[(&str, &str)]) -> Option<SmtpServer> {
         std::fs::create_dir_all(dir).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smtp_sink.py");
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(script).arg(port.to_string()).arg(dir).stdin(Stdio::null());
+        cmd.envs(settings.iter().copied());
         if let Some(r) = refuse {
             cmd.arg(r);
         }
