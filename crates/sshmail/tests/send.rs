@@ -201,6 +201,68 @@ fn starttls_then_auth_to_a_relay_that_requires_both_and_its_certificate_checked(
     assert_eq!((s.sink.received().len(), s.outbox("new")), (1, 1));
 }
 
+/// The messages in the Maildir's new/, by name.
+fn notices(s: &Sending) -> Vec<String> {
+    let dir = s.env.maildir().join("new");
+    let mut names: Vec<_> = std::fs::read_dir(&dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    names.sort();
+    names.iter().map(|p| text(&std::fs::read(p).unwrap())).collect()
+}
+
+#[test]
+fn given_up_later_refused_or_expired_the_user_gets_one_notice_in_the_mailbox_and_nothing_goes_out() {
+    let mut s = Sending::new(Some("nobody@example.org"));
+    s.env.bed.kill_sshd();
+    for (rcpt, subject) in [("nobody@example.org", "to nobody"), ("old@example.org", "too old")] {
+        let out = s.sendmail(&["-i", rcpt], format!("Subject: {subject}\n\nbody\n").as_bytes());
+        assert_exit(&out, 0);
+    }
+    // The second was queued six days ago.
+    let dir = s.env.home.path().join(".local/share/sshmail/outbox/new");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let content = std::fs::read(&path).unwrap();
+        if text(&content).contains("too old") {
+            let cut = content.iter().position(|&b| b == b'\n').unwrap();
+            let mut envelope: serde_json::Value = serde_json::from_slice(&content[..cut]).unwrap();
+            envelope["queued"] = (envelope["queued"].as_u64().unwrap() - 6 * 86_400).into();
+            let mut rewritten = serde_json::to_vec(&envelope).unwrap();
+            rewritten.extend_from_slice(&content[cut..]);
+            std::fs::write(&path, rewritten).unwrap();
+        }
+    }
+    // sshd still down: the old one is given up (5 days), the other kept
+    // (75 says something is still queued).
+    let config = s.config.display().to_string();
+    let out = s.queue(&["flush", "--config", &config]);
+    assert_exit(&out, 75);
+    assert!(text(&out.stdout).contains("not sent within 5 days"), "{}", text(&out.stdout));
+    assert_eq!((s.outbox("new"), s.outbox("failed")), (1, 1));
+    let got = notices(&s);
+    assert_eq!(got.len(), 1, "one notice");
+    let n = &got[0];
+    assert!(n.contains("Subject: Undelivered mail: not sent to old@example.org\n"), "{n}");
+    assert!(n.contains("Auto-Submitted: auto-replied\n") && n.contains("From: Mail Delivery System <MAILER-DAEMON@"));
+    assert!(n.contains("not sent within 5 days") && n.contains("Content-Type: message/rfc822\n"), "{n}");
+    assert!(n.contains("\nSubject: too old\n") && n.trim_end().ends_with("--"), "the original attached: {n}");
+    // Back up: the relay refuses the other for good; its own notice.
+    s.env.bed.restart_sshd().unwrap();
+    let out = s.queue(&["flush", "--config", &config]);
+    assert_exit(&out, 69);
+    assert_eq!((s.outbox("new"), s.outbox("failed")), (0, 2));
+    let got = notices(&s);
+    assert_eq!(got.len(), 2, "a notice each");
+    let n = got.iter().find(|n| n.contains("not sent to nobody@example.org")).expect("the refusal's notice");
+    assert!(n.contains("550 5.1.1 no such user") && n.contains("\nSubject: to nobody\n"), "{n}");
+    // Nothing more: no notice twice, and no notice went out as mail.
+    let out = s.queue(&["flush", "--config", &config]);
+    assert_exit(&out, 0);
+    assert_eq!(notices(&s).len(), 2);
+    assert_eq!(s.sink.received().len(), 0, "notices stay local");
+    let listed = text(&s.queue(&[]).stdout);
+    assert!(listed.matches("FAILED").count() == 2 && listed.contains("notice delivered"), "{listed}");
+}
+
 #[test]
 fn a_recipient_refused_for_good_exits_69_with_the_relays_text_and_the_entry_is_kept_as_failed() {
     let s = Sending::new(Some("nobody@example.org"));

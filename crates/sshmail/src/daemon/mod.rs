@@ -727,7 +727,15 @@ async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
                                 return;
                             }
                         };
-                        match crate::send::relay_queued(&outbox, &id, |a| daemon.sender(a), &daemon.pool).await {
+                        match crate::send::relay_queued(
+                            &outbox,
+                            &id,
+                            |a| daemon.sender(a),
+                            &daemon.pool,
+                            crate::send::Waiting::Sender,
+                        )
+                        .await
+                        {
                             Some(sent) => {
                                 tracing::info!(target: "sshmail::send", "{id}: relayed for sendmail: {sent:?}");
                                 Response { sent: Some(sent), ..Response::ok() }
@@ -805,6 +813,7 @@ async fn outbox(daemon: Arc<Daemon>) {
         }
         let Ok(outbox) = crate::send::outbox::Outbox::open(&dir) else { continue };
         crate::send::relay_due(&outbox, |a| daemon.sender(a), &daemon.pool, all).await;
+        crate::send::deliver_notices(&outbox, |a| daemon.sender(a)).await;
     }
 }
 

@@ -109,6 +109,26 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// Delivers one message that sshmail writes itself (a notice of mail
+    /// not sent), durably, the way a fetched one goes: staged, synced, then
+    /// published or handed on. `write` fills the staged file.
+    pub async fn deliver_one(&self, write: impl FnOnce(&mut Staged) -> Result<()>) -> Result<()> {
+        let mut staged = self.spool().begin(b"")?;
+        write(&mut staged)?;
+        let finished = self.spool().finish(staged)?;
+        let batch = [finished];
+        self.spool().sync(&batch).await?;
+        match self.maildir() {
+            Some(m) => m.publish(None, &batch),
+            None => match self.deliver(&batch).await?.pop() {
+                Some(Err(refusal)) => Err(crate::error::Error::Delivery(refusal.text().to_string())),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
 /// Runs local disk work that blocks (fsyncs, renames, lock waits, directory
 /// scans) on the runtime's blocking threads, so the async workers go on
 /// with other tasks; `what` names it if the thread itself fails.

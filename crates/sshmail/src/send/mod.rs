@@ -16,6 +16,7 @@
 
 pub mod args;
 pub mod message;
+pub mod notice;
 pub mod outbox;
 pub mod relay;
 
@@ -216,7 +217,8 @@ async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
     }
     let Some(claim) = outbox.claim(&entry) else { return sysexits::OK };
     let pool = SshPool::new();
-    let tried = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool)).await;
+    let tried =
+        tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool, Waiting::Sender)).await;
     drop(claim);
     let _ = tokio::time::timeout(Duration::from_secs(1), pool.close_all()).await;
     match tried {
@@ -270,48 +272,88 @@ impl Relayer for Alone {
     }
 }
 
+/// Who waits for a try's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The user's `sendmail`, which reports a refusal itself (exit 69).
+    Sender,
+    /// Nobody (the daemon's retries, `queue flush`): a message given up on
+    /// gets a notice in the user's mailbox.
+    Nobody,
+}
+
 /// One try of `entry`, recorded in the outbox (the caller holds its claim).
+/// A message still not sent `send.expire` after it was queued is given up.
 pub async fn attempt(
     outbox: &Outbox,
     entry: &mut Entry,
     account: &Account,
     route: &Result<Route>,
     pool: &SshPool,
+    waiting: Waiting,
 ) -> Result<Attempt> {
     let route = route.as_ref().map_err(Clone::clone)?;
     let send = account.send.as_ref().ok_or_else(|| Error::Config(format!("account {} cannot send", account.name)))?;
     let mut state = entry.state.clone();
     state.attempts += 1;
-    let verdict = match relay_once(entry, account, route, send, pool).await {
-        Ok(v) => v,
-        Err(e) => {
-            state.last_error = Some(e.to_string());
-            state.next_try = Some(outbox::now() + pause_after(state.attempts));
-            outbox.record(entry, state)?;
-            return Ok(Attempt::Later(e.to_string()));
-        }
+    let (verdict, link_error) = match relay_once(entry, account, route, send, pool).await {
+        Ok(v) => (v, None),
+        Err(e) => (relay::Verdict::default(), Some(e.to_string())),
     };
     state.accepted.extend(verdict.accepted.iter().cloned());
-    state.uncertain = verdict.uncertain;
-    let refused: Vec<String> = verdict.permanent.iter().map(|(r, why)| format!("{r}: {why}")).collect();
+    if link_error.is_none() {
+        state.uncertain = verdict.uncertain;
+    }
+    let mut refused: Vec<String> = verdict.permanent.iter().map(|(r, why)| format!("{r}: {why}")).collect();
     let temporary: Vec<String> = verdict.temporary.iter().map(|(r, why)| format!("{r}: {why}")).collect();
-    if !verdict.permanent.is_empty() {
+    let done = entry.envelope.recipients.iter().all(|r| state.accepted.contains(r));
+    let why_later = link_error.clone().unwrap_or_else(|| temporary.join("; "));
+    let age = outbox::now().saturating_sub(entry.envelope.queued);
+    if refused.is_empty() && !done && age >= send.expire.as_secs() {
+        let days = send.expire.as_secs() / 86_400;
+        refused.push(format!("not sent within {days} days (send.expire_days); the last try: {why_later}"));
+    }
+    if !refused.is_empty() {
         // Sent to those who took it; the rest refused it for good.
         let why = refused.join("; ");
+        if waiting == Waiting::Nobody {
+            state.notice = outbox::Notice::Due;
+        }
         outbox.record(entry, state)?;
         outbox.fail(entry, &why)?;
+        if waiting == Waiting::Nobody
+            && let Err(e) = notice::deliver(outbox, entry, account).await
+        {
+            tracing::warn!(target: "sshmail::send", "{}: the notice could not be delivered yet: {e}", entry.id);
+        }
         return Ok(Attempt::Failed(why));
     }
-    if entry.envelope.recipients.iter().all(|r| state.accepted.contains(r)) {
+    if done {
         crate::fault::point("relay-accepted");
         outbox.done(entry)?;
         return Ok(Attempt::Done);
     }
-    let why = temporary.join("; ");
-    state.last_error = Some(why.clone());
+    state.last_error = Some(why_later.clone());
     state.next_try = Some(outbox::now() + pause_after(state.attempts));
+    state.link_down = link_error.is_some();
     outbox.record(entry, state)?;
-    Ok(Attempt::Later(why))
+    Ok(Attempt::Later(why_later))
+}
+
+/// Delivers the notices still due for failed entries (one that could not
+/// be delivered when its message was given up on), with the accounts `find`
+/// knows.
+pub async fn deliver_notices(
+    outbox: &Outbox,
+    find: impl Fn(&str) -> Option<(std::sync::Arc<Account>, std::sync::Arc<Result<Route>>)>,
+) {
+    let Ok((failed, _)) = outbox.failed() else { return };
+    for mut e in failed.into_iter().filter(|e| e.state.notice == outbox::Notice::Due) {
+        let Some((account, _)) = find(&e.envelope.account) else { continue };
+        if let Err(err) = notice::deliver(outbox, &mut e, &account).await {
+            tracing::warn!(target: "sshmail::send", "{}: the notice could not be delivered yet: {err}", e.id);
+        }
+    }
 }
 
 /// Seconds to wait after the `attempts`th failed try: 1 min doubling to 1 h.
@@ -374,11 +416,12 @@ pub async fn relay_queued(
     id: &str,
     find: impl Fn(&str) -> Option<(std::sync::Arc<Account>, std::sync::Arc<Result<Route>>)>,
     pool: &SshPool,
+    waiting: Waiting,
 ) -> Option<Attempt> {
     let mut entry = outbox.get(id)?;
     let (account, route) = find(&entry.envelope.account)?;
     let claim = outbox.claim(&entry)?;
-    let result = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, &account, &route, pool)).await;
+    let result = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, &account, &route, pool, waiting)).await;
     drop(claim);
     Some(match result {
         Ok(Ok(a)) => a,
@@ -400,7 +443,7 @@ pub async fn relay_due(
     let now = outbox::now();
     let mut tried = 0;
     for e in queued.iter().filter(|e| all || e.state.next_try.is_none_or(|t| t <= now)) {
-        match relay_queued(outbox, &e.id, &find, pool).await {
+        match relay_queued(outbox, &e.id, &find, pool, Waiting::Nobody).await {
             Some(Attempt::Done) => tracing::info!(target: "sshmail::send", "{}: sent", e.id),
             Some(Attempt::Failed(why)) => {
                 tracing::warn!(target: "sshmail::send", "{}: refused for good, moved to failed: {why}", e.id)
@@ -441,7 +484,8 @@ pub async fn flush(outbox: &Outbox, config_file: Option<&Path>) -> i32 {
             code = sysexits::CONFIG;
             continue;
         };
-        match tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool)).await {
+        match tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool, Waiting::Nobody)).await
+        {
             Ok(Ok(Attempt::Done)) => println!("{}: sent", entry.id),
             Ok(Ok(Attempt::Failed(why))) => {
                 println!("{}: refused, moved to failed: {why}", entry.id);
@@ -463,6 +507,11 @@ pub async fn flush(outbox: &Outbox, config_file: Option<&Path>) -> i32 {
         drop(claim);
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), pool.close_all()).await;
+    let find = |name: &str| {
+        let (a, r) = accounts.iter().find(|(a, _)| a.name == name)?;
+        Some((std::sync::Arc::new(a.clone()), std::sync::Arc::new(r.clone())))
+    };
+    deliver_notices(outbox, find).await;
     code
 }
 
@@ -499,8 +548,13 @@ pub fn list_queue(outbox: &Outbox) -> i32 {
                 .and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
                 .map(|t| format!(", next try {}", t.with_timezone(&chrono::Local).format("%H:%M")))
                 .unwrap_or_default();
+            let notice = match e.state.notice {
+                outbox::Notice::None => "",
+                outbox::Notice::Due => ", notice due",
+                outbox::Notice::Delivered => ", notice delivered",
+            };
             println!(
-                "    {} tries{next}{}: {}",
+                "    {} tries{next}{}{notice}: {}",
                 e.state.attempts,
                 if e.state.uncertain { ", uncertain (the relay may have it already)" } else { "" },
                 e.state.last_error.as_deref().unwrap_or("")

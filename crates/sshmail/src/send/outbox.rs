@@ -63,6 +63,33 @@ pub struct State {
     /// relay may have it; it is sent again (a duplicate beats a loss).
     #[serde(default)]
     pub uncertain: bool,
+    /// The last try did not reach the relay (the link or the SSH host was
+    /// down): it is tried again as soon as a connection comes back.
+    #[serde(default)]
+    pub link_down: bool,
+    /// The notice to the user of a message given up on later (not while
+    /// the user's own `sendmail` waited, which says so itself).
+    #[serde(default, skip_serializing_if = "Notice::is_none")]
+    pub notice: Notice,
+}
+
+/// Whether the user was told by a notice in their mailbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Notice {
+    /// None is needed.
+    #[default]
+    None,
+    /// One is to be delivered (it is retried until it is).
+    Due,
+    /// Delivered.
+    Delivered,
+}
+
+impl Notice {
+    fn is_none(&self) -> bool {
+        *self == Notice::None
+    }
 }
 
 /// One queued (or failed) message.
