@@ -531,6 +531,49 @@ fn with_a_daemon_running_sendmail_hands_it_the_entry_one_ssh_connection_for_all_
 }
 
 #[test]
+fn the_daemon_retries_at_once_when_a_connection_comes_back_not_after_its_back_off() {
+    let env = Env::new();
+    let sink = SmtpServer::start(&env.home.path().join("smtp"), None);
+    let s = Sending::on(env, sink, "");
+    // An IMAP account that fetches (its IDLE notices the link and comes
+    // back) and sends, through the same SSH host.
+    let account = s
+        .env
+        .imap_toml("uni", &format!("send.server = \"127.0.0.1:{}\"\nsend.from = [\"me@example.net\"]\n", s.sink.port));
+    Daemon::write_config(&s.config, &s.env.config_toml(&account));
+    let mut s = s;
+    let daemon = Daemon::spawn(s.env.home.path(), &s.config, &[]);
+    daemon.wait_answering();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ssh_logins(&s.env) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the daemon never logged in: {}", daemon.log.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.env.bed.kill_sshd();
+    let config = s.config.display().to_string();
+    let mut c =
+        s.command(Path::new(env!("CARGO_BIN_EXE_sshmail")), &["sendmail", "--config", &config, "-i", "a@example.org"]);
+    c.env("XDG_RUNTIME_DIR", s.env.home.path().join("run"));
+    let out = s.feed(c, b"Subject: sent when the link is back\n\nbody\n");
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("queued as"), "{}", stderr(&out));
+    let listed = text(&s.queue(&[]).stdout);
+    assert!(listed.contains("1 tries, next try"), "its back-off is a minute: {listed}");
+    let back = std::time::Instant::now();
+    s.env.bed.restart_sshd().unwrap();
+    // The IDLE task reconnects within seconds; the entry's own next try is
+    // a minute away, and the outbox's check every 30 s only takes due ones.
+    while s.sink.received().is_empty() {
+        assert!(back.elapsed() < Duration::from_secs(45), "not sent on the reconnect: {}", daemon.log.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.log.text().contains("a connection came back: trying it now"), "{}", daemon.log.text());
+    assert_eq!(s.outbox("new"), 0);
+    daemon.stop();
+    assert_eq!(s.sink.received().len(), 1);
+}
+
+#[test]
 fn accepted_means_durable_a_full_disk_exits_75_and_claims_nothing() {
     let s = Sending::new(None);
     let disk = common::SmallDisk::mount(&s.env.home.path().join("small"));

@@ -799,20 +799,26 @@ async fn watch_clock(daemon: Arc<Daemon>) {
 }
 
 /// Relays the outbox's entries whose back-off is over, every
-/// [`OUTBOX_CHECK`], and every queued one when a poll asks for it (the
-/// accounts that can send, on the daemon's pool).
+/// [`OUTBOX_CHECK`]; those that found the link down as soon as a
+/// connection comes back (any account's, to any host: a cheap try); and
+/// every queued one when a poll asks for it (the accounts that can send,
+/// on the daemon's pool). Then the notices still due.
 async fn outbox(daemon: Arc<Daemon>) {
+    use crate::send::Which;
     let dir = crate::send::outbox::Outbox::default_dir();
+    let mut recoveries = daemon.pool.recoveries();
     loop {
-        let all = tokio::select! {
-            _ = tokio::time::sleep(OUTBOX_CHECK) => false,
-            _ = daemon.flush_outbox.notified() => true,
+        let which = tokio::select! {
+            _ = tokio::time::sleep(OUTBOX_CHECK) => Which::Due,
+            _ = daemon.flush_outbox.notified() => Which::All,
+            Ok(()) = recoveries.changed() => Which::DueOrWaitingForLink,
         };
+        recoveries.mark_unchanged();
         if !dir.join("new").is_dir() {
             continue;
         }
         let Ok(outbox) = crate::send::outbox::Outbox::open(&dir) else { continue };
-        crate::send::relay_due(&outbox, |a| daemon.sender(a), &daemon.pool, all).await;
+        crate::send::relay_due(&outbox, |a| daemon.sender(a), &daemon.pool, which).await;
         crate::send::deliver_notices(&outbox, |a| daemon.sender(a)).await;
     }
 }

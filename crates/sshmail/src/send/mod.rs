@@ -430,19 +430,38 @@ pub async fn relay_queued(
     })
 }
 
-/// The daemon's side: tries every queued entry whose time has come (its
-/// back-off over; every one with `all`), one after another. Returns how
-/// many were tried.
+/// Which queued entries the daemon tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// Those whose back-off is over.
+    Due,
+    /// Those, and those whose last try found the link down (a connection
+    /// came back).
+    DueOrWaitingForLink,
+    /// Every one (`sshmail poll`).
+    All,
+}
+
+/// The daemon's side: tries the queued entries `which` says, one after
+/// another. Returns how many were tried.
 pub async fn relay_due(
     outbox: &Outbox,
     find: impl Fn(&str) -> Option<(std::sync::Arc<Account>, std::sync::Arc<Result<Route>>)>,
     pool: &SshPool,
-    all: bool,
+    which: Which,
 ) -> usize {
     let Ok((queued, _)) = outbox.queued() else { return 0 };
     let now = outbox::now();
+    let chosen = |e: &&Entry| match which {
+        Which::All => true,
+        Which::Due => e.state.next_try.is_none_or(|t| t <= now),
+        Which::DueOrWaitingForLink => e.state.link_down || e.state.next_try.is_none_or(|t| t <= now),
+    };
     let mut tried = 0;
-    for e in queued.iter().filter(|e| all || e.state.next_try.is_none_or(|t| t <= now)) {
+    for e in queued.iter().filter(chosen) {
+        if which == Which::DueOrWaitingForLink && e.state.link_down {
+            tracing::info!(target: "sshmail::send", "{}: a connection came back: trying it now", e.id);
+        }
         match relay_queued(outbox, &e.id, &find, pool, Waiting::Nobody).await {
             Some(Attempt::Done) => tracing::info!(target: "sshmail::send", "{}: sent", e.id),
             Some(Attempt::Failed(why)) => {

@@ -92,6 +92,8 @@ pub struct SshPool {
     routes: Mutex<HashMap<String, Arc<Route>>>,
     idle_close: Option<Duration>,
     prompts: Prompts,
+    /// Counts connections made where the last try had failed.
+    recovered: tokio::sync::watch::Sender<u64>,
 }
 
 impl SshPool {
@@ -207,7 +209,10 @@ impl SshPool {
                 return Err(e);
             }
         };
-        *route.failure.lock().expect("route lock") = None;
+        if route.failure.lock().expect("route lock").take().is_some() {
+            tracing::debug!("{}: connected again", target.name());
+            self.recovered.send_modify(|n| *n += 1);
+        }
         let lease = if session { conn.usage().reserve_session() } else { None };
         route.conns.lock().expect("route lock").push(conn.clone());
         Ok((conn, lease))
@@ -236,6 +241,12 @@ impl SshPool {
                 tokio::spawn(async move { c.close().await });
             }
         }
+    }
+
+    /// Changes each time a connection is made where the last try had
+    /// failed: a host is reachable again (what waited for it can go on).
+    pub fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recovered.subscribe()
     }
 
     /// Forgets recorded connect failures (after the configuration changed).
