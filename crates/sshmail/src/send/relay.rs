@@ -1,8 +1,10 @@
 //! Handing a queued message to the relay, through SSH.
 //!
 //! - `smtp`: a forward to the relay as seen from the SSH host. EHLO (HELO
-//!   as a fallback), AUTH PLAIN or LOGIN when `send.user` is set,
-//!   PIPELINING and 8BITMIME / SMTPUTF8 when offered. The result is per
+//!   as a fallback), STARTTLS when offered (`send.starttls`; the EHLO
+//!   again inside it, and nothing the relay sent early is kept), AUTH
+//!   PLAIN or LOGIN when `send.user` is set, PIPELINING and 8BITMIME /
+//!   SMTPUTF8 when offered. The result is per
 //!   recipient; the DATA is dot-stuffed and CRLF'd on the way.
 //! - `exec`: the remote `sendmail`-compatible command with
 //!   `-f FROM -- RCPT…` appended, the message on its stdin. Exit 0 is
