@@ -264,6 +264,39 @@ fn given_up_later_refused_or_expired_the_user_gets_one_notice_in_the_mailbox_and
 }
 
 #[test]
+fn a_refusal_the_daemon_meets_on_a_retry_gives_one_notice_and_none_for_a_refusal_sendmail_reported() {
+    let mut s = Sending::new(Some("nobody@example.org"));
+    let daemon = Daemon::spawn(s.env.home.path(), &s.config, &[]);
+    daemon.wait_answering();
+    let config = s.config.display().to_string();
+    let through_daemon = |s: &Sending, rcpt: &str| {
+        let mut c = s.command(Path::new(env!("CARGO_BIN_EXE_sshmail")), &["sendmail", "--config", &config, "-i", rcpt]);
+        c.env("XDG_RUNTIME_DIR", s.env.home.path().join("run"));
+        s.feed(c, format!("Subject: to {rcpt}\n\nbody\n").as_bytes())
+    };
+    // Refused while sendmail waits: exit 69 says it; no notice.
+    assert_exit(&through_daemon(&s, "nobody@example.org"), 69);
+    // Refused on the daemon's retry: the notice.
+    s.env.bed.kill_sshd();
+    assert_exit(&through_daemon(&s, "nobody@example.org"), 0);
+    s.env.bed.restart_sshd().unwrap();
+    daemon.ctl(&["poll"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while notices(&s).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no notice: {}", daemon.log.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.ctl(&["poll"]);
+    let listed = text(&s.queue(&[]).stdout);
+    daemon.stop();
+    assert_eq!(notices(&s).len(), 1, "one notice, for the retry's refusal only");
+    assert!(notices(&s)[0].contains("550 5.1.1 no such user"), "{}", notices(&s)[0]);
+    assert_eq!((s.outbox("new"), s.outbox("failed")), (0, 2));
+    assert_eq!(listed.matches("notice delivered").count(), 1, "{listed}");
+    assert_eq!(s.sink.received().len(), 0);
+}
+
+#[test]
 fn a_recipient_refused_for_good_exits_69_with_the_relays_text_and_the_entry_is_kept_as_failed() {
     let s = Sending::new(Some("nobody@example.org"));
     let out = s.sendmail(&["-i", "nobody@example.org"], b"Subject: s\n\nbody\n");
