@@ -321,10 +321,8 @@ pub async fn attempt(
         }
         outbox.record(entry, state)?;
         outbox.fail(entry, &why)?;
-        if waiting == Waiting::Nobody
-            && let Err(e) = notice::deliver(outbox, entry, account).await
-        {
-            tracing::warn!(target: "sshmail::send", "{}: the notice could not be delivered yet: {e}", entry.id);
+        if waiting == Waiting::Nobody {
+            notice::deliver(outbox, entry, account).await;
         }
         return Ok(Attempt::Failed(why));
     }
@@ -350,9 +348,7 @@ pub async fn deliver_notices(
     let Ok((failed, _)) = outbox.failed() else { return };
     for mut e in failed.into_iter().filter(|e| e.state.notice == outbox::Notice::Due) {
         let Some((account, _)) = find(&e.envelope.account) else { continue };
-        if let Err(err) = notice::deliver(outbox, &mut e, &account).await {
-            tracing::warn!(target: "sshmail::send", "{}: the notice could not be delivered yet: {err}", e.id);
-        }
+        notice::deliver(outbox, &mut e, &account).await;
     }
 }
 

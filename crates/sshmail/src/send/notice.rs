@@ -19,8 +19,15 @@ use crate::deliver::{Sink, Staged};
 use crate::error::{Error, Result};
 
 /// Delivers the notice of `entry` (in `failed/`, its notice due) to
-/// `account`'s delivery target, and records it as delivered.
-pub async fn deliver(outbox: &Outbox, entry: &mut Entry, account: &Account) -> Result<()> {
+/// `account`'s delivery target and records it as delivered; a failure is
+/// logged, and the notice stays due for the next pass.
+pub async fn deliver(outbox: &Outbox, entry: &mut Entry, account: &Account) {
+    if let Err(e) = try_deliver(outbox, entry, account).await {
+        tracing::warn!(target: "sshmail::send", "{}: the notice could not be delivered yet: {e}", entry.id);
+    }
+}
+
+async fn try_deliver(outbox: &Outbox, entry: &mut Entry, account: &Account) -> Result<()> {
     let staging = outbox.dir().join("notices");
     let sink = Sink::open(&account.delivery.to, &staging, &account.delivery.recipient, account.reach.timeout)?;
     let host = gethostname::gethostname().to_string_lossy().into_owned();
@@ -37,8 +44,7 @@ fn compose(entry: &Entry, to: &str, host: &str, kept: &std::path::Path, out: &mu
     let why = entry.state.last_error.as_deref().unwrap_or("no reason was recorded");
     let boundary = format!("sshmail-notice-{}", entry.id);
     let date = chrono::Local::now().to_rfc2822();
-    let refused: Vec<&str> =
-        env.recipients.iter().filter(|r| !entry.state.accepted.contains(r)).map(|r| r.as_str()).collect();
+    let refused = entry.pending();
     let sender = if env.sender.is_empty() { "<>" } else { env.sender.as_str() };
     let queued = chrono::DateTime::from_timestamp(env.queued as i64, 0)
         .map(|t| t.with_timezone(&chrono::Local).to_rfc2822())
