@@ -89,7 +89,38 @@ pub enum Cmd {
     /// List the outbox (also run as `mailq`), try it now, or remove an entry.
     #[command(after_help = "Exit codes: 0, 69 a message was refused for good, 75 some stay queued, 78 config.")]
     Queue(QueueArgs),
+    /// Turn another program's configuration into an sshmail config.
+    Import(ImportArgs),
 }
+
+/// `sshmail import` options.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// What to import.
+    #[command(subcommand)]
+    pub what: ImportWhat,
+}
+
+/// What `sshmail import` reads.
+#[derive(Debug, Subcommand)]
+pub enum ImportWhat {
+    /// A fetchmail run control file: the TOML goes to stdout, one warning
+    /// per option not carried over to stderr.
+    #[command(after_help = IMPORT_HELP)]
+    Fetchmailrc {
+        /// The file [default: ~/.fetchmailrc].
+        file: Option<PathBuf>,
+    },
+}
+
+const IMPORT_HELP: &str = "\
+Recognised: a poll of localhost whose preconnect opens `ssh -L PORT:HOST:PORT`
+becomes an account that forwards through that SSH host in-process; a plugin
+running a remote imapd through ssh becomes an exec account; `set daemon N` the
+daemon's interval. A config holding a password is made mode 600 when stdout is
+a file. Example:
+  sshmail import fetchmailrc > ~/.config/sshmail/config.toml
+Exit codes: 0 imported, 5 the file cannot be read or parsed (the line is named).";
 
 const SENDMAIL_HELP: &str = "\
 sshmail sendmail [-t] [-f FROM | -r FROM] [-F NAME] [-i | -oi] [-oem] [-odi | -odb]
@@ -367,6 +398,9 @@ pub fn main() -> i32 {
     match &cli.command {
         Cmd::Sendmail(a) => return run_sendmail(&a.args, false),
         Cmd::Queue(q) => return run_queue(&cli, q),
+        Cmd::Import(ImportArgs { what: ImportWhat::Fetchmailrc { file } }) => {
+            return crate::import::run(file.as_deref()).code();
+        }
         _ => {}
     }
     init_logging(&cli);
@@ -389,7 +423,7 @@ pub fn main() -> i32 {
                 let service = args.protocol.as_deref().and_then(config::Service::parse);
                 crate::tunnel::run(args.daemon.config.as_deref(), &args.account, service).await
             }
-            Cmd::Sendmail(_) | Cmd::Queue(_) => unreachable!("run before the runtime"),
+            Cmd::Sendmail(_) | Cmd::Queue(_) | Cmd::Import(_) => unreachable!("run before the runtime"),
             Cmd::Status(ref args) => status(args).await,
             Cmd::Poll(ref args) => poll(&cli, args).await,
             Cmd::Reload(ref args) => reload(args).await,

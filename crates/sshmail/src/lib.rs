@@ -18,6 +18,7 @@ pub mod error;
 pub mod fault;
 pub mod fetch;
 pub mod gateway;
+pub mod import;
 pub mod ledger;
 pub mod logging;
 pub mod process;

@@ -60,6 +60,11 @@ pub struct Options {
     pub mailutils: bool,
     /// sshd's `MaxSessions`; None keeps OpenSSH's default (10).
     pub max_sessions: Option<u32>,
+    /// More logins to the same mailbox, as (name, password): each is a
+    /// Dovecot login and an SSH login with the client key. Run as root, the
+    /// Unix account sshd needs is created when missing (no home, no
+    /// password); otherwise starting fails.
+    pub extra_logins: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -71,6 +76,7 @@ impl Default for Options {
             imap_capability: None,
             mailutils: false,
             max_sessions: None,
+            extra_logins: Vec::new(),
         }
     }
 }
@@ -417,6 +423,14 @@ impl Testbed {
                 home.display()
             ));
         }
+        for (name, password) in &opts.extra_logins {
+            entries.push_str(&format!(
+                "{name}:{{PLAIN}}{password}:{}:{}::{}\n",
+                self.account.uid,
+                self.account.gid,
+                home.display()
+            ));
+        }
         fs::write(&passwd, entries)?;
         let (pop3, imap) = (free_port()?, free_port()?);
         let (ssl, imaps) = if opts.tls {
@@ -688,6 +702,9 @@ impl Testbed {
         let authorized = root.join("authorized_keys");
         fs::copy(client_key.with_extension("pub"), &authorized)?;
         fs::set_permissions(&authorized, fs::Permissions::from_mode(0o644))?;
+        for (name, _) in &opts.extra_logins {
+            unix_login(name)?;
+        }
         let port = free_port()?;
         fs::create_dir_all("/run/sshd").ok();
         let config = format!(
@@ -715,7 +732,10 @@ impl Testbed {
             hk = host_key.display(),
             root = root.display(),
             authorized = authorized.display(),
-            user = self.account.name,
+            user = std::iter::once(self.account.name.as_str())
+                .chain(opts.extra_logins.iter().map(|(n, _)| n.as_str()))
+                .collect::<Vec<_>>()
+                .join(" "),
             fwd = if opts.allow_tcp_forwarding { "yes" } else { "no" },
         );
         let conf_path = root.join("sshd_config");
@@ -832,6 +852,26 @@ fn test_account() -> Result<Account> {
     // sshd without PAM refuses a locked ('!') account even for key logins.
     Command::new("usermod").args(["-p", "*", TEST_USER]).status()?;
     lookup(TEST_USER)
+}
+
+/// Makes sure a Unix account `name` exists that sshd lets in by key (for
+/// [`Options::extra_logins`]): created as a system account without a home.
+fn unix_login(name: &str) -> Result<()> {
+    if Command::new("id").arg(name).stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
+        return Ok(());
+    }
+    if rustix_uid() != 0 {
+        bail!("the SSH login {name} does not exist, and only root can create it");
+    }
+    let status = Command::new("useradd")
+        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", name])
+        .status()
+        .context("running useradd")?;
+    if !status.success() && status.code() != Some(9) {
+        bail!("could not create the SSH login {name} with useradd");
+    }
+    Command::new("usermod").args(["-p", "*", name]).status()?;
+    Ok(())
 }
 
 fn lookup(name: &str) -> Result<Account> {
