@@ -408,28 +408,15 @@ impl Testbed {
         let passwd = root.join("dovecot.passwd");
         // The mail login, and the SSH login name for the imapd run over
         // ssh exec (it looks up $USER): both are the same mailbox.
-        let mut entries = format!(
-            "{MAIL_USER}:{{PLAIN}}{MAIL_PASSWORD}:{}:{}::{}\n",
-            self.account.uid,
-            self.account.gid,
-            home.display()
-        );
+        let entry = |name: &str, password: &str| {
+            format!("{name}:{{PLAIN}}{password}:{}:{}::{}\n", self.account.uid, self.account.gid, home.display())
+        };
+        let mut entries = entry(MAIL_USER, MAIL_PASSWORD);
         if self.account.name != MAIL_USER {
-            entries.push_str(&format!(
-                "{}:{{PLAIN}}{MAIL_PASSWORD}:{}:{}::{}\n",
-                self.account.name,
-                self.account.uid,
-                self.account.gid,
-                home.display()
-            ));
+            entries.push_str(&entry(&self.account.name, MAIL_PASSWORD));
         }
         for (name, password) in &opts.extra_logins {
-            entries.push_str(&format!(
-                "{name}:{{PLAIN}}{password}:{}:{}::{}\n",
-                self.account.uid,
-                self.account.gid,
-                home.display()
-            ));
+            entries.push_str(&entry(name, password));
         }
         fs::write(&passwd, entries)?;
         let (pop3, imap) = (free_port()?, free_port()?);
@@ -841,16 +828,7 @@ fn test_account() -> Result<Account> {
     if Command::new("id").arg(TEST_USER).stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
         return lookup(TEST_USER);
     }
-    let status = Command::new("useradd")
-        .args(["--system", "--create-home", "--home-dir", "/var/lib/sshmail-test", "--shell", "/bin/sh", TEST_USER])
-        .status()
-        .context("running useradd")?;
-    // 9: created meanwhile by a parallel test.
-    if !status.success() && status.code() != Some(9) {
-        bail!("could not create the test account {TEST_USER} with useradd");
-    }
-    // sshd without PAM refuses a locked ('!') account even for key logins.
-    Command::new("usermod").args(["-p", "*", TEST_USER]).status()?;
+    add_system_account(TEST_USER, &["--create-home", "--home-dir", "/var/lib/sshmail-test"])?;
     lookup(TEST_USER)
 }
 
@@ -863,13 +841,23 @@ fn unix_login(name: &str) -> Result<()> {
     if rustix_uid() != 0 {
         bail!("the SSH login {name} does not exist, and only root can create it");
     }
+    add_system_account(name, &["--no-create-home", "--home-dir", "/nonexistent"])
+}
+
+/// `useradd --system` with a shell and `home` options, then the account
+/// unlocked for key logins.
+fn add_system_account(name: &str, home: &[&str]) -> Result<()> {
     let status = Command::new("useradd")
-        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", name])
+        .arg("--system")
+        .args(home)
+        .args(["--shell", "/bin/sh", name])
         .status()
         .context("running useradd")?;
+    // 9: created meanwhile by a parallel test.
     if !status.success() && status.code() != Some(9) {
-        bail!("could not create the SSH login {name} with useradd");
+        bail!("could not create the account {name} with useradd");
     }
+    // sshd without PAM refuses a locked ('!') account even for key logins.
     Command::new("usermod").args(["-p", "*", name]).status()?;
     Ok(())
 }
