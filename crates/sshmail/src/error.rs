@@ -102,10 +102,11 @@ pub struct HostKeyRefused {
 /// What was wrong with a host key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostKeyProblem {
-    /// No known_hosts line names the host (the server's key's fingerprint).
-    Unknown { offered: String },
+    /// No known_hosts line names the host (the server's key's fingerprint,
+    /// and the known_hosts line that would trust it).
+    Unknown { offered: String, line: String },
     /// A line names the host with another key.
-    Changed { at: String, known: String, offered: String },
+    Changed { at: String, known: String, offered: String, line: String },
     /// The key is marked `@revoked`.
     Revoked { at: String, fingerprint: String },
     /// known_hosts could not be read, or a new key not recorded.
@@ -116,14 +117,14 @@ impl std::fmt::Display for HostKeyRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = &self.host;
         match &self.problem {
-            HostKeyProblem::Unknown { offered } => write!(
+            HostKeyProblem::Unknown { offered, .. } => write!(
                 f,
                 "host key for {name} is not known (server offered {offered}; looked in {}) — refusing. \
                  Check the fingerprint with the server's administrator, then run once with \
                  --accept-new-host-key (or set host_key_policy = \"accept-new\") to record it",
                 self.files.join(", ")
             ),
-            HostKeyProblem::Changed { at, known, offered } => write!(
+            HostKeyProblem::Changed { at, known, offered, .. } => write!(
                 f,
                 "host key for {name} changed: {at} has {known}, server offered {offered} — refusing. \
                  If the change is expected, remove that line (ssh-keygen -R '{name}') and connect again"
@@ -195,7 +196,7 @@ mod tests {
         let key = HostKeyRefused {
             host: "[h]:2222".into(),
             files: vec!["/kh".into()],
-            problem: HostKeyProblem::Unknown { offered: "SHA256:x".into() },
+            problem: HostKeyProblem::Unknown { offered: "SHA256:x".into(), line: String::new() },
         };
         for e in [Error::HostKey(Box::new(key)), Error::Auth("a".into()), Error::Config("c".into())] {
             assert_eq!(e.retry(), Retry::Never, "{e:?}");

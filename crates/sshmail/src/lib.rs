@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
+pub mod doctor;
 pub mod error;
 pub mod fault;
 pub mod fetch;

@@ -366,10 +366,17 @@ async fn read_greeting(stream: &mut (impl AsyncRead + Unpin), timeout: std::time
 }
 
 /// A stream that first yields bytes already read from it.
-struct Prefixed<S> {
+pub struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
     inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, after `prefix`.
+    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed { prefix, pos: 0, inner }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -81,6 +81,10 @@ pub enum Cmd {
     Queue(QueueArgs),
     /// Turn another program's configuration into an sshmail config.
     Import(ImportArgs),
+    /// Check every hop to each account's mailbox, in the order the mail
+    /// travels: PASS, WARN or FAIL with what to do. Changes nothing.
+    #[command(after_help = DOCTOR_HELP)]
+    Doctor(DoctorArgs),
     /// Print the shell completion script for bash, zsh or fish (which
     /// scripts/install installs).
     #[command(after_help = COMPLETIONS_HELP)]
@@ -91,6 +95,32 @@ pub enum Cmd {
     },
     /// Print the manual page (roff), e.g. `sshmail man | man -l -`.
     Man,
+}
+
+const DOCTOR_HELP: &str = "\
+Hops, per account: config, ssh_config, resolve, tcp, ssh (the server's banner),
+host-key, ssh-auth, channel (forwarding or exec allowed), imapd, greeting (and
+shell noise before it), capabilities, login, delivery, ledger, send (the relay
+and its EHLO); then for this machine: sendmail, git (sendemail.sendmailCmd),
+outbox, daemon (and each folder's last error), forwards (an `ssh -L` of a mail
+port open to every local user). An account's remote hops stop at its first FAIL.
+No message is fetched, flagged or sent; no secret is printed.
+Exit codes: 0 nothing failed (warnings allowed), else the code `sshmail fetch`
+would exit with for the first FAIL (2 connection or host key, 3 login, 4 protocol,
+5 config, 6 permissions, 7 server, 10 delivery).";
+
+/// `sshmail doctor` options.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Accounts to check; default: all.
+    #[arg(value_name = "ACCOUNT")]
+    pub accounts: Vec<String>,
+    /// Config file [default: $XDG_CONFIG_HOME/sshmail/config.toml].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// ssh_config file to read instead of ~/.ssh/config.
+    #[arg(long, short = 'F', value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
 }
 
 /// A shell `sshmail completions` writes for.

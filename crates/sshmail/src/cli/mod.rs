@@ -73,6 +73,14 @@ pub fn main() -> i32 {
                 unreachable!("run before the runtime")
             }
             Cmd::Status(ref args) => status(args).await,
+            Cmd::Doctor(ref args) => {
+                let args = crate::doctor::Args {
+                    accounts: &args.accounts,
+                    config: args.config.as_deref(),
+                    ssh_config: args.ssh_config.as_deref(),
+                };
+                crate::doctor::run(args).await
+            }
             Cmd::Poll(ref args) => poll(&cli, args).await,
             Cmd::Reload(ref args) => reload(args).await,
             Cmd::Stop(ref args) => stop(args).await,

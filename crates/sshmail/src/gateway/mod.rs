@@ -148,7 +148,7 @@ pub async fn connect(served: &Served, pool: &SshPool) -> Result<Connected> {
         // after it.
         format!("* OK [sshmail] {} ready\r\n", opened.peer).into_bytes()
     } else {
-        match read_greeting(&mut stream, served, &opened.peer).await {
+        match read_greeting(&mut stream, served.service, &served.route, &opened.peer).await {
             Ok(g) => g,
             Err(e) => return Err(transport::explain(opened.diagnostics.as_deref(), e).await),
         }
@@ -157,10 +157,15 @@ pub async fn connect(served: &Served, pool: &SshPool) -> Result<Connected> {
 }
 
 /// Reads up to the first line end and checks that the line is the
-/// service's greeting.
-async fn read_greeting(stream: &mut Box<dyn Stream>, served: &Served, peer: &str) -> Result<Vec<u8>> {
+/// service's greeting (also `sshmail doctor`'s check).
+pub async fn read_greeting(
+    stream: &mut Box<dyn Stream>,
+    service: Service,
+    route: &Route,
+    peer: &str,
+) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(512);
-    let deadline = tokio::time::Instant::now() + served.route.timeout;
+    let deadline = tokio::time::Instant::now() + route.timeout;
     while !buf.contains(&b'\n') {
         if buf.len() >= MAX_GREETING {
             break;
@@ -171,8 +176,8 @@ async fn read_greeting(stream: &mut Box<dyn Stream>, served: &Served, peer: &str
             .map_err(|_| {
                 Error::Protocol(format!(
                     "{peer} sent no {} greeting within {} s",
-                    served.service.name().to_uppercase(),
-                    served.route.timeout.as_secs()
+                    service.name().to_uppercase(),
+                    route.timeout.as_secs()
                 ))
             })?
             .map_err(|e| Error::Lost(format!("{peer}: {e}")))?;
@@ -185,7 +190,7 @@ async fn read_greeting(stream: &mut Box<dyn Stream>, served: &Served, peer: &str
         buf.extend_from_slice(&chunk[..n]);
     }
     let line = &buf[..buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len())];
-    let (ok, expected) = match served.service {
+    let (ok, expected) = match service {
         Service::Imap => match imap::Greeting::parse(&buf) {
             imap::Greeting::Ok | imap::Greeting::PreAuth => (true, ""),
             imap::Greeting::Bye(text) => return Err(Error::Server(format!("{peer} refused the session: {text}"))),
@@ -197,7 +202,7 @@ async fn read_greeting(stream: &mut Box<dyn Stream>, served: &Served, peer: &str
     if ok {
         return Ok(buf);
     }
-    let cause = match served.route.via {
+    let cause = match route.via {
         Via::Exec(_) | Via::Command(_) => {
             "something prints text before the server starts: a shell startup file on the SSH host \
              (~/.bashrc, ~/.profile: print only when interactive), or a forced command= on the key in \
@@ -208,7 +213,7 @@ async fn read_greeting(stream: &mut Box<dyn Stream>, served: &Served, peer: &str
     Err(Error::Protocol(format!(
         "{peer} sent `{}` where the {} greeting ({expected}) should be: {cause}",
         shown(line),
-        served.service.name().to_uppercase()
+        service.name().to_uppercase()
     )))
 }
 

@@ -97,6 +97,16 @@ impl Drop for Lease {
 struct Handler {
     target: SshTarget,
     refusal: Arc<Mutex<Option<HostKeyProblem>>>,
+    trusted: Arc<Mutex<Option<String>>>,
+}
+
+/// What the handshake showed, for `sshmail doctor`.
+#[derive(Debug, Clone, Default)]
+pub struct Handshake {
+    /// The host key's fingerprint and the known_hosts line that trusts it.
+    pub host_key: String,
+    /// What authenticated us: `agent key SHA256:…`, a key file, `password`.
+    pub auth: String,
 }
 
 impl client::Handler for Handler {
@@ -111,15 +121,19 @@ impl client::Handler for Handler {
         };
         let t = &self.target;
         let verdict = known_hosts::check(&t.known_hosts, &t.host, t.port, key);
+        let line = format!("{} {}", known_hosts::lookup_name(&t.host, t.port), key.to_openssh().unwrap_or_default());
         let refusal = match verdict {
             Ok(Verdict::Trusted(at)) => {
                 tracing::debug!("host key for {} matches {at}", known_hosts::lookup_name(&t.host, t.port));
+                *self.trusted.lock().expect("trusted lock") = Some(format!("{} ({at})", known_hosts::fingerprint(key)));
                 return Ok(true);
             }
             Ok(Verdict::Unknown) if t.policy == HostKeyPolicy::AcceptNew => {
                 let file = &t.known_hosts[0];
                 match known_hosts::append_hashed(file, &t.host, t.port, key) {
                     Ok(()) => {
+                        *self.trusted.lock().expect("trusted lock") =
+                            Some(format!("{} (added to {})", known_hosts::fingerprint(key), file.display()));
                         tracing::warn!(
                             "added host key {} for {} to {}",
                             known_hosts::fingerprint(key),
@@ -133,9 +147,9 @@ impl client::Handler for Handler {
                     }
                 }
             }
-            Ok(Verdict::Unknown) => HostKeyProblem::Unknown { offered: known_hosts::fingerprint(key) },
+            Ok(Verdict::Unknown) => HostKeyProblem::Unknown { offered: known_hosts::fingerprint(key), line },
             Ok(Verdict::Changed { at, known }) => {
-                HostKeyProblem::Changed { at: at.to_string(), known, offered: known_hosts::fingerprint(key) }
+                HostKeyProblem::Changed { at: at.to_string(), known, offered: known_hosts::fingerprint(key), line }
             }
             Ok(Verdict::Revoked(at)) => {
                 HostKeyProblem::Revoked { at: at.to_string(), fingerprint: known_hosts::fingerprint(key) }
@@ -157,6 +171,7 @@ pub struct SshSession {
     /// This connection's number in the process (1, 2, …), to tell apart
     /// connections to one host in logs and status.
     serial: u64,
+    handshake: Handshake,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -171,7 +186,8 @@ impl SshSession {
     pub async fn connect(target: &SshTarget, jump: Option<Arc<SshSession>>, prompts: Prompts) -> Result<SshSession> {
         let where_ = target.name();
         let refusal = Arc::new(Mutex::new(None));
-        let handler = Handler { target: target.clone(), refusal: refusal.clone() };
+        let trusted = Arc::new(Mutex::new(None));
+        let handler = Handler { target: target.clone(), refusal: refusal.clone(), trusted: trusted.clone() };
         let config = Arc::new(client_config(target));
         let timeout = target.timeout;
         let connecting = async {
@@ -202,11 +218,18 @@ impl SshSession {
                 });
             }
         };
-        authenticate(&mut handle, target, prompts).await?;
+        let auth = authenticate(&mut handle, target, prompts).await?;
+        let host_key = trusted.lock().expect("trusted lock").take().unwrap_or_default();
+        let handshake = Handshake { host_key, auth };
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
         static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(SshSession { handle, target: target.clone(), jump, usage: Arc::default(), serial })
+        Ok(SshSession { handle, target: target.clone(), jump, usage: Arc::default(), serial, handshake })
+    }
+
+    /// What the handshake showed.
+    pub fn handshake(&self) -> &Handshake {
+        &self.handshake
     }
 
     /// What is open on this connection.
@@ -375,7 +398,8 @@ pub enum Prompts {
     OnTerminal,
 }
 
-async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, prompts: Prompts) -> Result<()> {
+/// Authenticates; returns what succeeded.
+async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, prompts: Prompts) -> Result<String> {
     let where_ = t.name();
     let mut tried = Vec::new();
     let wanted: Vec<PublicKey> = t.identities.iter().filter_map(|p| read_public_key(p)).collect();
@@ -411,7 +435,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
                     )
                     .await
                     {
-                        Ok(Ok(r)) if r.success() => return Ok(()),
+                        Ok(Ok(r)) if r.success() => return Ok(tried.pop().unwrap_or_default()),
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => tracing::debug!("agent signing failed: {e}"),
                         Err(e) => {
@@ -478,7 +502,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
         .await?
         .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
         if r.success() {
-            return Ok(());
+            return Ok(tried.pop().unwrap_or_default());
         }
     }
 
@@ -489,7 +513,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
             .await?
             .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
         if r.success() {
-            return Ok(());
+            return Ok(tried.pop().unwrap_or_default());
         }
         tried.push("keyboard-interactive".into());
         let mut r = within(
@@ -502,7 +526,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
         .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
         for _ in 0..4 {
             match r {
-                client::KeyboardInteractiveAuthResponse::Success => return Ok(()),
+                client::KeyboardInteractiveAuthResponse::Success => return Ok("keyboard-interactive".into()),
                 client::KeyboardInteractiveAuthResponse::Failure { .. } => break,
                 client::KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
                     let answers = prompts.iter().map(|_| pw.expose().to_string()).collect();

@@ -1,0 +1,230 @@
+//! `sshmail doctor`: every hop between here and each account's mailbox,
+//! checked in the order the mail travels, each a PASS, WARN or FAIL line
+//! with what to do. An account's remote hops stop at its first FAIL (what
+//! comes after depends on it); the local ones (delivery, ledger) and the
+//! machine-wide ones (send, daemon, forwards) are checked whatever came
+//! before. Nothing is changed anywhere: no message is fetched, flagged or
+//! sent, and a probe file written to test a directory is removed at once.
+//! No secret is printed: errors are the same redacted texts a fetch prints.
+
+mod local;
+mod remote;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::config;
+use crate::error::{Error, Exit};
+
+/// How a hop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// It works.
+    Pass,
+    /// It works, but something will bite.
+    Warn,
+    /// It does not work.
+    Fail,
+}
+
+impl Status {
+    fn word(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// The report, printed as it is made (a hop that hangs shows where).
+pub struct Report {
+    out: Box<dyn std::io::Write + Send>,
+    /// The exit code of the first FAIL.
+    first_failure: Option<Exit>,
+    fails: usize,
+    warns: usize,
+}
+
+impl Report {
+    fn new() -> Report {
+        Report { out: Box::new(std::io::stdout()), first_failure: None, fails: 0, warns: 0 }
+    }
+
+    fn heading(&mut self, text: &str) {
+        let _ = writeln!(self.out, "{text}");
+    }
+
+    /// One hop.
+    pub fn hop(&mut self, status: Status, hop: &str, what: impl AsRef<str>, fix: Option<&str>) {
+        let what = printable(what.as_ref());
+        let _ = writeln!(self.out, "  {} {hop:<13} {what}", status.word());
+        if let Some(fix) = fix {
+            let _ = writeln!(self.out, "       {:<13} fix: {}", "", printable(fix));
+        }
+        let _ = self.out.flush();
+        match status {
+            Status::Pass => {}
+            Status::Warn => self.warns += 1,
+            Status::Fail => self.fails += 1,
+        }
+    }
+
+    fn pass(&mut self, hop: &str, what: impl AsRef<str>) {
+        self.hop(Status::Pass, hop, what, None);
+    }
+
+    fn warn(&mut self, hop: &str, what: impl AsRef<str>, fix: &str) {
+        self.hop(Status::Warn, hop, what, Some(fix));
+    }
+
+    /// A FAIL; `exit` is what `sshmail fetch` would exit with for it.
+    fn fail(&mut self, hop: &str, what: impl AsRef<str>, fix: &str, exit: Exit) {
+        self.hop(Status::Fail, hop, what, Some(fix));
+        self.first_failure.get_or_insert(exit);
+    }
+
+    /// A FAIL for an error, graded as a fetch grades it.
+    fn error(&mut self, hop: &str, e: &Error, fix: &str) {
+        self.fail(hop, e.to_string(), fix, e.exit());
+    }
+}
+
+/// Control characters out, length bounded: what a server says is shown,
+/// never obeyed by the terminal.
+fn printable(text: &str) -> String {
+    let mut s: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(600).collect();
+    if text.chars().count() > 600 {
+        s.push('…');
+    }
+    s
+}
+
+/// Where `doctor` looks.
+pub struct Args<'a> {
+    /// Accounts to check; all when empty.
+    pub accounts: &'a [String],
+    /// The config file given, if any.
+    pub config: Option<&'a Path>,
+    /// The ssh_config file given, if any.
+    pub ssh_config: Option<&'a Path>,
+}
+
+/// Runs every check; exit 0 when nothing FAILed, else the exit code a
+/// fetch would have for the first FAIL.
+pub async fn run(args: Args<'_>) -> Exit {
+    let mut report = Report::new();
+    let path = args.config.map(Path::to_path_buf).unwrap_or_else(config::default_config_path);
+    report.heading(&format!("config {}", path.display()));
+    let accounts = match load(&mut report, &path, args.accounts) {
+        Some(a) => a,
+        None => return finish(report),
+    };
+    let ssh_config = match crate::ssh::target::load_ssh_config(args.ssh_config) {
+        Ok(c) => {
+            report
+                .pass("ssh_config", args.ssh_config.map(|p| p.display().to_string()).unwrap_or("~/.ssh/config".into()));
+            c
+        }
+        Err(e) => {
+            report.error("ssh_config", &e, "fix the line it names (sshmail reads it as OpenSSH does)");
+            return finish(report);
+        }
+    };
+    for mut account in accounts {
+        report.heading(&format!("account {}", account.name));
+        let route = match crate::transport::route_account(&mut account, ssh_config.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                report.error("route", &e, "fix the account's ssh, via or server keys");
+                continue;
+            }
+        };
+        let pool = crate::ssh::SshPool::new();
+        if account.fetch.enabled {
+            remote::account(&mut report, &account, &route, &pool).await;
+        }
+        if account.fetch.enabled {
+            local::delivery(&mut report, &account).await;
+            local::ledger(&mut report, &account);
+        }
+        if let Some(send) = &account.send {
+            remote::relay(&mut report, &account, send, &route, &pool).await;
+        }
+        pool.close_all().await;
+    }
+    report.heading("this machine");
+    local::sendmail(&mut report);
+    local::outbox(&mut report);
+    local::daemon(&mut report, &path, args.config.is_none()).await;
+    local::forwards(&mut report);
+    finish(report)
+}
+
+/// Loads and resolves the config: the `config` hop.
+fn load(report: &mut Report, path: &Path, names: &[String]) -> Option<Vec<config::Account>> {
+    if !path.exists() {
+        report.fail(
+            "config",
+            format!("no config file at {}", path.display()),
+            "write one (man sshmail, CONFIGURATION), or import one: sshmail import fetchmailrc > FILE",
+            Exit::Usage,
+        );
+        return None;
+    }
+    let raw = match config::load(path) {
+        Ok(r) => r,
+        Err(e) => {
+            let fix = match e {
+                Error::Permissions(_) => "chmod 600 the file (it holds a password)",
+                _ => "fix the line it names",
+            };
+            report.error("config", &e, fix);
+            return None;
+        }
+    };
+    let names: Vec<String> = if names.is_empty() { raw.account.keys().cloned().collect() } else { names.to_vec() };
+    let mut accounts = Vec::new();
+    for name in &names {
+        let Some(base) = raw.account.get(name) else {
+            report.fail("config", format!("no account {name:?} in {}", path.display()), "check the name", Exit::Usage);
+            return None;
+        };
+        match config::resolve(name, base, raw.state_dir.as_deref()) {
+            Ok(a) => accounts.push(a),
+            Err(e) => {
+                report.error("config", &e, "fix the account's table");
+                return None;
+            }
+        }
+    }
+    if accounts.is_empty() {
+        report.fail("config", format!("{} defines no [account.NAME]", path.display()), "add one", Exit::Usage);
+        return None;
+    }
+    report.pass("config", format!("{} parses: {} account(s), mode {}", path.display(), accounts.len(), mode(path)));
+    Some(accounts)
+}
+
+fn mode(path: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).map(|m| format!("{:o}", m.permissions().mode() & 0o777)).unwrap_or_else(|_| "?".into())
+}
+
+fn finish(mut report: Report) -> Exit {
+    let summary = match report.fails {
+        0 => format!("nothing failed ({} warning(s))", report.warns),
+        n => format!("{n} failed, {} warning(s)", report.warns),
+    };
+    report.heading(&summary);
+    match report.first_failure {
+        None => Exit::Delivered,
+        Some(e) => e,
+    }
+}
+
+/// The directory a file or directory `path` would be made in: the nearest
+/// existing ancestor.
+fn existing_ancestor(path: &Path) -> Option<PathBuf> {
+    path.ancestors().skip(1).find(|p| p.exists()).map(Path::to_path_buf)
+}

@@ -1,0 +1,510 @@
+//! The hops to the server: name, TCP, SSH, host key, SSH login, channel,
+//! imapd, greeting, capabilities, mail login; and the relay for sending.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+
+use super::Report;
+use crate::config::{Account, Command, Protocol, Relay, Send, Service, Via};
+use crate::error::{Error, Exit, HostKeyProblem};
+use crate::fetch::imap::Imap;
+use crate::fetch::pop3::Pop3;
+use crate::ssh::SshPool;
+use crate::ssh::target::SshTarget;
+use crate::transport::{self, Opened, Prefixed, Route, Stream};
+use crate::wire::Wire;
+
+/// Every remote hop of `account`, up to the first FAIL.
+pub async fn account(report: &mut Report, account: &Account, route: &Route, pool: &SshPool) {
+    let Some((target, jumps)) = &route.ssh else {
+        // No SSH: the command or the TLS connection is the channel.
+        match transport::open(route, pool).await {
+            Ok(opened) => {
+                report.pass("channel", &opened.peer);
+                server(report, account, route, opened).await;
+            }
+            Err(e) => report.error("channel", &e, "check the account's tunnel command, or server and TLS keys"),
+        }
+        return;
+    };
+    if !ssh(report, target, jumps, pool).await {
+        return;
+    }
+    let opened = match &route.via {
+        Via::Exec(configured) => {
+            if !exec_allowed(report, target, jumps, pool).await {
+                return;
+            }
+            if let Some(c) = configured
+                && !program_found(report, target, jumps, pool, c).await
+            {
+                return;
+            }
+            match transport::open(route, pool).await {
+                Ok(opened) => {
+                    report.pass("imapd", &opened.peer);
+                    opened
+                }
+                Err(e) => {
+                    report.error(
+                        "imapd",
+                        &e,
+                        "install an IMAP server on the SSH host, or name its binary: imapd = \"/usr/lib/dovecot/imap\"",
+                    );
+                    return;
+                }
+            }
+        }
+        _ => match transport::open(route, pool).await {
+            Ok(opened) => {
+                report.pass("channel", format!("direct-tcpip to {} allowed", route.server()));
+                opened
+            }
+            Err(e) => {
+                report.error(
+                    "channel",
+                    &e,
+                    "allow forwarding on the SSH server (AllowTcpForwarding yes), check `server` (as seen from the SSH \
+                     host); for IMAP, via = \"exec\" runs the imapd there and needs no forwarding",
+                );
+                return;
+            }
+        },
+    };
+    server(report, account, route, opened).await;
+}
+
+/// Name, TCP, banner of the first SSH hop, then the SSH connection (host
+/// key, login) through the pool. True when connected.
+async fn ssh(report: &mut Report, target: &SshTarget, jumps: &[SshTarget], pool: &SshPool) -> bool {
+    let first = jumps.first().unwrap_or(target);
+    if !reach_sshd(report, first).await {
+        return false;
+    }
+    match pool.get(target, jumps).await {
+        Ok(session) => {
+            let hs = session.handshake();
+            report.pass("host-key", format!("{} {}", target.name(), hs.host_key));
+            report.pass("ssh-auth", format!("as {} with {}", target.user, hs.auth));
+            true
+        }
+        Err(Error::HostKey(refused)) => {
+            let fix = match &refused.problem {
+                HostKeyProblem::Unknown { line, .. } => format!(
+                    "compare the fingerprint with the server's (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub \
+                     there), then add this line to {}: {line}  (or run once with --accept-new-host-key)",
+                    refused.files.first().map(String::as_str).unwrap_or("~/.ssh/known_hosts")
+                ),
+                HostKeyProblem::Changed { line, .. } => format!(
+                    "do not connect until you know why: if the server was reinstalled, remove the old line \
+                     (ssh-keygen -R '{}') and add the new one: {line}",
+                    refused.host
+                ),
+                HostKeyProblem::Revoked { .. } => "ask the server's administrator: that key is revoked".into(),
+                HostKeyProblem::Unusable(_) => "make the known_hosts file readable and writable by you".into(),
+            };
+            report.fail("host-key", refused.to_string(), &fix, Exit::Connect);
+            false
+        }
+        Err(e @ Error::Auth(_)) => {
+            report.pass("host-key", format!("{} known", target.name()));
+            let fix = format!(
+                "authorize one of your keys there (ssh-copy-id -p {} {}@{}), or load the right key into the agent \
+                 (ssh-add), or name it: identity = [\"~/.ssh/KEY\"]",
+                target.port, target.user, target.host
+            );
+            report.error("ssh-auth", &e, &fix);
+            false
+        }
+        Err(e) => {
+            report.error("ssh", &e, "the SSH handshake failed: `ssh -v` to the same host shows where");
+            false
+        }
+    }
+}
+
+/// `resolve`, `tcp` and `ssh` (the banner) for one SSH server.
+async fn reach_sshd(report: &mut Report, t: &SshTarget) -> bool {
+    let within = t.timeout;
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout(within, tokio::net::lookup_host((t.host.as_str(), t.port))).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                report.fail(
+                    "resolve",
+                    format!("{}: {e}", t.host),
+                    "check the host name (HostName in ~/.ssh/config, or the account's ssh)",
+                    Exit::Connect,
+                );
+                return false;
+            }
+            Err(_) => {
+                report.fail(
+                    "resolve",
+                    format!("{}: no answer within {} s", t.host, within.as_secs()),
+                    "check DNS (/etc/resolv.conf)",
+                    Exit::Connect,
+                );
+                return false;
+            }
+        };
+    let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    report.pass("resolve", format!("{} is {}", t.host, shown.join(", ")));
+    let mut failures = Vec::new();
+    let mut tcp = None;
+    for addr in &addrs {
+        match tokio::time::timeout(within, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                tcp = Some((s, *addr));
+                break;
+            }
+            Ok(Err(e)) => failures.push(format!("{addr}: {e}")),
+            Err(_) => failures.push(format!("{addr}: no answer within {} s", within.as_secs())),
+        }
+    }
+    let Some((tcp, addr)) = tcp else {
+        report.fail(
+            "tcp",
+            failures.join("; "),
+            &format!(
+                "is sshd running on {} and listening on port {}? (Port in ~/.ssh/config, or ssh = \"user@host:port\"); \
+                 a firewall between?",
+                t.host, t.port
+            ),
+            Exit::Connect,
+        );
+        return false;
+    };
+    report.pass("tcp", format!("connected to {addr}"));
+    // The server's identification string (RFC 4253 4.2), after any lines
+    // it may send before it.
+    let mut lines = BufReader::new(tcp.take(8192));
+    let banner = tokio::time::timeout(within, async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match lines.read_line(&mut line).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) if line.starts_with("SSH-") => return Some(line.trim_end().to_string()),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    match banner {
+        Ok(Some(b)) if b.starts_with("SSH-2.0-") || b.starts_with("SSH-1.99-") => {
+            report.pass("ssh", b);
+            true
+        }
+        Ok(Some(b)) => {
+            report.fail("ssh", format!("{addr} speaks {b}"), "the server must speak SSH 2", Exit::Protocol);
+            false
+        }
+        Ok(None) => {
+            report.fail(
+                "ssh",
+                format!("{addr} sent no SSH identification"),
+                "is that port an SSH server? (sshd may also refuse you: MaxStartups, tcp wrappers)",
+                Exit::Protocol,
+            );
+            false
+        }
+        Err(_) => {
+            report.fail(
+                "ssh",
+                format!("{addr} sent nothing within {} s", within.as_secs()),
+                "is that port an SSH server?",
+                Exit::Protocol,
+            );
+            false
+        }
+    }
+}
+
+/// The `channel` hop of exec: a command runs, and prints nothing it should
+/// not (a shell startup file that prints would corrupt the protocol).
+async fn exec_allowed(report: &mut Report, target: &SshTarget, jumps: &[SshTarget], pool: &SshPool) -> bool {
+    match pool.run(target, jumps, "true").await {
+        Ok((out, Some(0))) if out.is_empty() => {
+            report.pass("channel", "exec allowed; the shell prints nothing");
+            true
+        }
+        Ok((out, _)) if !out.is_empty() => {
+            report.pass("channel", "exec allowed");
+            report.fail(
+                "greeting",
+                format!("the shell prints `{}` before any command's output", String::from_utf8_lossy(&out).trim()),
+                "make the shell's startup files (~/.bashrc, ~/.profile) print only when interactive \
+                 ([ -t 0 ] || return), or remove a command= on the key in authorized_keys",
+                Exit::Protocol,
+            );
+            false
+        }
+        Ok((_, status)) => {
+            report.fail(
+                "channel",
+                format!("`true` exited with {status:?} on {}", target.name()),
+                "a forced command (ForceCommand, command= in authorized_keys) or a restricted shell runs instead",
+                Exit::Connect,
+            );
+            false
+        }
+        Err(e) => {
+            report.error("channel", &e, "the SSH server refuses commands: ForceCommand, or a restricted shell?");
+            false
+        }
+    }
+}
+
+/// A configured imapd's program exists on the SSH host (when the command
+/// names one plainly).
+async fn program_found(
+    report: &mut Report,
+    target: &SshTarget,
+    jumps: &[SshTarget],
+    pool: &SshPool,
+    command: &Command,
+) -> bool {
+    let program = match command {
+        Command::Argv(words) => words.first().cloned(),
+        Command::Shell(text) if !text.contains(|c: char| ";&|$`<>(){}\n'\"\\".contains(c)) => {
+            text.split_whitespace().next().map(str::to_string)
+        }
+        Command::Shell(_) => None,
+    };
+    let Some(program) = program else { return true };
+    let probe = format!("command -v -- {}", crate::process::shell_quote(&program));
+    match pool.run(target, jumps, &probe).await {
+        Ok((_, Some(0))) => true,
+        Ok(_) => {
+            report.fail(
+                "imapd",
+                format!("{program} is not found on {}", target.name()),
+                "name the IMAP server's binary there (Dovecot: /usr/lib/dovecot/imap, GNU: imap4d), or leave imapd \
+                 out to have it detected",
+                Exit::Connect,
+            );
+            false
+        }
+        Err(e) => {
+            report.error("imapd", &e, "the SSH server refuses commands");
+            false
+        }
+    }
+}
+
+/// Greeting, capabilities and login on an open stream.
+async fn server(report: &mut Report, account: &Account, route: &Route, opened: Opened) {
+    let service = Service::of(account.protocol);
+    let Opened { mut stream, peer, preauth_ok, greeting_done, diagnostics, .. } = opened;
+    let timeout = account.reach.timeout;
+    let mut first_line = Vec::new();
+    if !greeting_done {
+        match crate::gateway::read_greeting(&mut stream, service, route, &peer).await {
+            Ok(bytes) => first_line = bytes,
+            Err(e) => {
+                let e = transport::explain(diagnostics.as_deref(), e).await;
+                report.error("greeting", &e, "see above: the first line must be the mail server's own");
+                return;
+            }
+        }
+        let line = String::from_utf8_lossy(&first_line);
+        let line: String = line.lines().next().unwrap_or("").trim().chars().take(160).collect();
+        report.pass("greeting", line);
+    }
+    let stream: Box<dyn Stream> = Box::new(Prefixed::new(first_line, stream));
+    let wire = Wire::new(stream, timeout, peer.clone());
+    match account.protocol {
+        Protocol::Imap => imap(report, account, wire, greeting_done, preauth_ok).await,
+        Protocol::Pop3 => pop3(report, account, wire).await,
+    }
+}
+
+async fn imap(
+    report: &mut Report,
+    account: &Account,
+    wire: Wire<Box<dyn Stream>>,
+    greeting_done: bool,
+    preauth_ok: bool,
+) {
+    let limits = sshmail_proto::imap::Limits::default();
+    let mut imap = match Imap::start(wire, limits, greeting_done, preauth_ok).await {
+        Ok(i) => i,
+        Err(e) => {
+            report.error("capabilities", &e, "the server is not the IMAP4rev1 server expected");
+            return;
+        }
+    };
+    let wanted = ["IDLE", "UIDPLUS", "LITERAL+", "MOVE", "CONDSTORE"];
+    let has: Vec<&str> = wanted.iter().copied().filter(|c| imap.has(c)).collect();
+    let missing: Vec<&str> = wanted.iter().copied().filter(|c| !imap.has(c)).collect();
+    let what = format!(
+        "has {}{}",
+        has.join(" "),
+        if missing.is_empty() { String::new() } else { format!("; lacks {}", missing.join(" ")) }
+    );
+    if imap.has("IDLE") {
+        report.pass("capabilities", what);
+    } else {
+        report.warn("capabilities", what, "no IDLE: the daemon finds new mail by polling every `interval` seconds");
+    }
+    if imap.preauth {
+        report.pass("login", "PREAUTH: the server runs as you; no password needed");
+    } else {
+        let password =
+            match crate::process::password(&account.login.password, "password_command", account.reach.timeout).await {
+                Ok(p) => p,
+                Err(e) => {
+                    report.error("login", &e, "fix password_command: it must print the password on its first line");
+                    return;
+                }
+            };
+        match imap.login(&account.login.user, password.as_ref(), account.login.auth).await {
+            Ok(()) => report.pass("login", format!("as {}", account.login.user)),
+            Err(e) => {
+                report.error("login", &e, "check `user` and what password_command prints; the server's log says why");
+                return;
+            }
+        }
+    }
+    imap.logout().await;
+}
+
+async fn pop3(report: &mut Report, account: &Account, wire: Wire<Box<dyn Stream>>) {
+    let mut pop = match Pop3::start(wire).await {
+        Ok(p) => p,
+        Err(e) => {
+            report.error("greeting", &e, "point the account at the POP3 server");
+            return;
+        }
+    };
+    if let Err(e) = pop.capa().await {
+        report.error("capabilities", &e, "the server did not answer CAPA as POP3 servers do");
+        return;
+    }
+    let caps = &pop.caps;
+    let what = format!(
+        "UIDL {}, PIPELINING {}, USER {}, SASL {}",
+        yes(caps.uidl),
+        yes(caps.pipelining),
+        yes(caps.user),
+        if caps.sasl.is_empty() { "none".to_string() } else { caps.sasl.join(" ") }
+    );
+    if caps.uidl {
+        report.pass("capabilities", what);
+    } else {
+        report.warn(
+            "capabilities",
+            what,
+            "without UIDL, keep mode cannot tell new mail from old: use policy = \"delete\"",
+        );
+    }
+    let password =
+        match crate::process::password(&account.login.password, "password_command", account.reach.timeout).await {
+            Ok(p) => p,
+            Err(e) => {
+                report.error("login", &e, "fix password_command: it must print the password on its first line");
+                return;
+            }
+        };
+    match pop.login(&account.login.user, password.as_ref(), account.login.auth).await {
+        Ok(()) => report.pass("login", format!("as {}", account.login.user)),
+        Err(e) => {
+            report.error("login", &e, "check `user` and what password_command prints; the server's log says why");
+            return;
+        }
+    }
+    let _ = pop.send(&[sshmail_proto::pop3::Command::Quit]).await;
+    let _ = pop.reply().await;
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// The `send` hop: the relay answers, through the account's SSH host.
+pub async fn relay(report: &mut Report, account: &Account, send: &Send, route: &Route, pool: &SshPool) {
+    let Some((target, jumps)) = &route.ssh else {
+        report.warn("send", "the account has no SSH host to relay through", "set the account's ssh");
+        return;
+    };
+    match &send.relay {
+        Relay::Exec(c) => {
+            let shown = transport::remote_command(c);
+            let program = match c {
+                Command::Argv(w) => w.first().cloned(),
+                Command::Shell(t) => t.split_whitespace().next().map(str::to_string),
+            };
+            let Some(program) = program else { return };
+            let probe = format!("command -v -- {}", crate::process::shell_quote(&program));
+            match pool.run(target, jumps, &probe).await {
+                Ok((_, Some(0))) => report.pass("send", format!("`{shown}` found on {}", target.name())),
+                Ok(_) => report.fail(
+                    "send",
+                    format!("{program} is not found on {}", target.name()),
+                    "set send.command to the SSH host's sendmail (e.g. /usr/sbin/sendmail)",
+                    Exit::Connect,
+                ),
+                Err(e) => report.error("send", &e, "the SSH host must run the relay command"),
+            }
+        }
+        Relay::Smtp(host, port) => {
+            let session = match pool.get(target, jumps).await {
+                Ok(s) => s,
+                Err(e) => return report.error("send", &e, "the SSH hops above say why"),
+            };
+            let channel = match session.forward(host, *port).await {
+                Ok(c) => c,
+                Err(e) => return report.error("send", &e, "check send.server (as seen from the SSH host)"),
+            };
+            let mut stream: Box<dyn Stream> = Box::new(channel);
+            let peer = format!("{host}:{port} (via {})", target.name());
+            let greeting = match crate::gateway::read_greeting(&mut stream, Service::Smtp, route, &peer).await {
+                Ok(g) => g,
+                Err(e) => return report.error("send", &e, "send.server must be an SMTP server"),
+            };
+            match ehlo(&mut stream, account.reach.timeout).await {
+                Ok(exts) => report.pass(
+                    "send",
+                    format!("{peer}: {}; EHLO: {}", String::from_utf8_lossy(&greeting).trim(), exts.join(" ")),
+                ),
+                Err(why) => report.fail("send", format!("{peer}: {why}"), "the relay must answer EHLO", Exit::Server),
+            }
+        }
+    }
+}
+
+/// EHLO, then QUIT: the extensions the relay announces.
+async fn ehlo(stream: &mut Box<dyn Stream>, timeout: Duration) -> std::result::Result<Vec<String>, String> {
+    let name = gethostname::gethostname().to_string_lossy().into_owned();
+    let talk = async {
+        stream.write_all(format!("EHLO {name}\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.take(64 * 1024));
+        let mut exts = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
+                return Err("closed the connection after EHLO".to_string());
+            }
+            if !line.starts_with("250") {
+                return Err(format!("answered EHLO with `{}`", line.trim()));
+            }
+            if let Some(ext) = line.get(4..).and_then(|e| e.split_whitespace().next()) {
+                exts.push(ext.to_string());
+            }
+            if line.as_bytes().get(3) == Some(&b' ') {
+                break;
+            }
+        }
+        let inner = reader.into_inner().into_inner();
+        let _ = inner.write_all(b"QUIT\r\n").await;
+        if !exts.is_empty() {
+            exts.remove(0);
+        }
+        Ok(exts)
+    };
+    tokio::time::timeout(timeout, talk)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs())))
+}
