@@ -179,7 +179,9 @@ fn every_failure_is_named_at_its_hop_and_nothing_fails_before_it() {
     assert_eq!(d.code, 2);
 
     let d = doctor(&env, &config, "wrongkey");
-    d.fails_at("ssh-auth");
+    let hop = d.fails_at("ssh-auth");
+    assert!(hop.what.contains(&other.display().to_string()), "names the key tried: {}", d.stdout);
+    assert!(hop.what.contains("the server accepts: publickey"), "names what the server offers: {}", d.stdout);
     assert!(d.stdout.contains("ssh-copy-id"), "{}", d.stdout);
     assert_eq!(d.code, 3);
 
@@ -265,4 +267,31 @@ fn an_ssh_l_forward_of_a_mail_port_is_a_warning_naming_its_pid_and_a_running_dae
     assert_eq!(d.code, 0, "{}", d.stdout);
     let pid = daemon.child.id();
     assert!(d.stdout.contains(&format!("PASS daemon        running, PID {pid}")), "{}", d.stdout);
+}
+
+#[test]
+fn a_send_account_checks_its_relay_through_ssh_and_a_dead_relay_fails_at_send() {
+    let env = Env::new();
+    let sink = common::SmtpServer::start(&env.home.path().join("smtp"), None);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let accounts = [
+        env.pop3_toml("isp", &format!("fetch = false\nsend.server = \"127.0.0.1:{}\"", sink.port)),
+        env.pop3_toml("dead", &format!("fetch = false\nsend.server = \"127.0.0.1:{closed_port}\"")),
+    ]
+    .join("\n");
+    let config = config(&env, "config.toml", &accounts);
+
+    let d = doctor(&env, &config, "isp");
+    assert_eq!(d.first_failure(), None, "{}", d.stdout);
+    let send = d.hops.iter().find(|h| h.hop == "send").unwrap_or_else(|| panic!("no send hop:\n{}", d.stdout));
+    assert!(send.what.contains(": 220 ") && send.what.contains("EHLO:"), "{}", d.stdout);
+    assert!(d.passed("ssh-auth"), "the SSH hops come first:\n{}", d.stdout);
+    assert_eq!(d.code, 0, "{}", d.stdout);
+
+    let d = doctor(&env, &config, "dead");
+    let hop = d.fails_at("send");
+    assert!(hop.what.contains(&format!("127.0.0.1:{closed_port}")), "{}", d.stdout);
+    assert_eq!(d.code, 2, "{}", d.stdout);
 }

@@ -141,14 +141,19 @@ pub async fn run(args: Args<'_>) -> Exit {
             }
         };
         let pool = crate::ssh::SshPool::new();
+        let before = report.fails;
         if account.fetch.enabled {
             remote::account(&mut report, &account, &route, &pool).await;
-        }
-        if account.fetch.enabled {
             local::delivery(&mut report, &account).await;
             local::ledger(&mut report, &account);
+        } else if account.send.is_some() {
+            remote::connect(&mut report, &route, &pool).await;
         }
-        if let Some(send) = &account.send {
+        // The relay goes through the same SSH connection: checked when it
+        // is up (a fetch account's failure may be past it, at its server).
+        if let Some(send) = &account.send
+            && (report.fails == before || pool.connections() > 0)
+        {
             remote::relay(&mut report, &account, send, &route, &pool).await;
         }
         pool.close_all().await;

@@ -15,6 +15,15 @@ use crate::ssh::target::SshTarget;
 use crate::transport::{self, Opened, Prefixed, Route, Stream};
 use crate::wire::Wire;
 
+/// The SSH hops alone (for an account that only sends): true when
+/// connected, or when the route has no SSH.
+pub async fn connect(report: &mut Report, route: &Route, pool: &SshPool) -> bool {
+    match &route.ssh {
+        Some((target, jumps)) => ssh(report, target, jumps, pool).await,
+        None => true,
+    }
+}
+
 /// Every remote hop of `account`, up to the first FAIL.
 pub async fn account(report: &mut Report, account: &Account, route: &Route, pool: &SshPool) {
     let Some((target, jumps)) = &route.ssh else {

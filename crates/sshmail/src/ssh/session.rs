@@ -402,6 +402,13 @@ pub enum Prompts {
 async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, prompts: Prompts) -> Result<String> {
     let where_ = t.name();
     let mut tried = Vec::new();
+    // The methods the server said may go on, from its last refusal.
+    let mut offered = None;
+    let mut note = |r: &client::AuthResult| {
+        if let client::AuthResult::Failure { remaining_methods, .. } = r {
+            offered = Some(remaining_methods.iter().map(<&str>::from).collect::<Vec<_>>().join(", "));
+        }
+    };
     let wanted: Vec<PublicKey> = t.identities.iter().filter_map(|p| read_public_key(p)).collect();
 
     // Every step waits at most the timeout: a hung agent (one waiting for
@@ -436,7 +443,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
                     .await
                     {
                         Ok(Ok(r)) if r.success() => return Ok(tried.pop().unwrap_or_default()),
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(r)) => note(&r),
                         Ok(Err(e)) => tracing::debug!("agent signing failed: {e}"),
                         Err(e) => {
                             tracing::warn!("{e}; going on without it");
@@ -504,6 +511,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
         if r.success() {
             return Ok(tried.pop().unwrap_or_default());
         }
+        note(&r);
     }
 
     // 3. A password, only when the account gives one.
@@ -515,6 +523,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
         if r.success() {
             return Ok(tried.pop().unwrap_or_default());
         }
+        note(&r);
         tried.push("keyboard-interactive".into());
         let mut r = within(
             t.timeout,
@@ -543,8 +552,9 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
         }
     }
     Err(Error::Auth(format!(
-        "SSH authentication to {where_} failed; tried: {}",
-        if tried.is_empty() { "nothing (no agent, no identity file)".to_string() } else { tried.join(", ") }
+        "SSH authentication to {where_} failed; tried: {}{}",
+        if tried.is_empty() { "nothing (no agent, no identity file)".to_string() } else { tried.join(", ") },
+        offered.map(|o| format!("; the server accepts: {o}")).unwrap_or_default()
     )))
 }
 
