@@ -84,16 +84,10 @@ fn every_failure_is_named_at_its_hop_and_nothing_fails_before_it() {
     let mut env = Env::new();
     let kh_unknown = env.home.path().join("empty_known_hosts");
     std::fs::write(&kh_unknown, "").unwrap();
+    let kh_changed = env.changed_known_hosts("changed_known_hosts");
+    // A key the server does not authorize.
     let other = env.home.path().join("other_key");
     sshmail_testbed::generate_key(&other).unwrap();
-    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
-    let mut fields = other_pub.split_whitespace();
-    let kh_changed = env.home.path().join("changed_known_hosts");
-    std::fs::write(
-        &kh_changed,
-        format!("[127.0.0.1]:{} {} {}\n", env.bed.ssh_port, fields.next().unwrap(), fields.next().unwrap()),
-    )
-    .unwrap();
     let wrong_password = env.home.path().join("wrong_password");
     std::fs::write(&wrong_password, "not the password").unwrap();
     let blocker = env.home.path().join("a_file");

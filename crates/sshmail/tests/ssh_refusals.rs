@@ -42,16 +42,7 @@ fn accept_new_records_a_hashed_line_and_then_trusts_it() {
 #[test]
 fn host_keys_are_verified_changed_key_is_refused_even_with_accept_new() {
     let env = env_with_mail();
-    let other = env.home.path().join("other_key");
-    sshmail_testbed::generate_key(&other).unwrap();
-    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
-    let mut fields = other_pub.split_whitespace();
-    let kh = env.home.path().join("changed_known_hosts");
-    std::fs::write(
-        &kh,
-        format!("# old key\n[127.0.0.1]:{} {} {}\n", env.bed.ssh_port, fields.next().unwrap(), fields.next().unwrap()),
-    )
-    .unwrap();
+    let kh = env.changed_known_hosts("changed_known_hosts");
     let out = env.run(&["--known-hosts", kh.to_str().unwrap(), "--accept-new-host-key"]);
     assert_exit(&out, 2);
     let err = stderr(&out);

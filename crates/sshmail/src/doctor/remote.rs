@@ -361,20 +361,10 @@ async fn imap(
     if imap.preauth {
         report.pass("login", "PREAUTH: the server runs as you; no password needed");
     } else {
-        let password =
-            match crate::process::password(&account.login.password, "password_command", account.reach.timeout).await {
-                Ok(p) => p,
-                Err(e) => {
-                    report.error("login", &e, "fix password_command: it must print the password on its first line");
-                    return;
-                }
-            };
-        match imap.login(&account.login.user, password.as_ref(), account.login.auth).await {
-            Ok(()) => report.pass("login", format!("as {}", account.login.user)),
-            Err(e) => {
-                report.error("login", &e, "check `user` and what password_command prints; the server's log says why");
-                return;
-            }
+        let Some(password) = mail_password(report, account).await else { return };
+        let done = imap.login(&account.login.user, password.as_ref(), account.login.auth).await;
+        if !logged_in(report, account, done) {
+            return;
         }
     }
     imap.logout().await;
@@ -409,23 +399,39 @@ async fn pop3(report: &mut Report, account: &Account, wire: Wire<Box<dyn Stream>
             "without UIDL, keep mode cannot tell new mail from old: use policy = \"delete\"",
         );
     }
-    let password =
-        match crate::process::password(&account.login.password, "password_command", account.reach.timeout).await {
-            Ok(p) => p,
-            Err(e) => {
-                report.error("login", &e, "fix password_command: it must print the password on its first line");
-                return;
-            }
-        };
-    match pop.login(&account.login.user, password.as_ref(), account.login.auth).await {
-        Ok(()) => report.pass("login", format!("as {}", account.login.user)),
-        Err(e) => {
-            report.error("login", &e, "check `user` and what password_command prints; the server's log says why");
-            return;
-        }
+    let Some(password) = mail_password(report, account).await else { return };
+    let done = pop.login(&account.login.user, password.as_ref(), account.login.auth).await;
+    if !logged_in(report, account, done) {
+        return;
     }
     let _ = pop.send(&[sshmail_proto::pop3::Command::Quit]).await;
     let _ = pop.reply().await;
+}
+
+/// The mail password (none when the account gives no source); `None`
+/// after a FAIL of the `login` hop.
+async fn mail_password(report: &mut Report, account: &Account) -> Option<Option<crate::secret::Secret>> {
+    match crate::process::password(&account.login.password, "password_command", account.reach.timeout).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            report.error("login", &e, "fix password_command: it must print the password on its first line");
+            None
+        }
+    }
+}
+
+/// The `login` hop for a login's result.
+fn logged_in(report: &mut Report, account: &Account, done: crate::error::Result<()>) -> bool {
+    match done {
+        Ok(()) => {
+            report.pass("login", format!("as {}", account.login.user));
+            true
+        }
+        Err(e) => {
+            report.error("login", &e, "check `user` and what password_command prints; the server's log says why");
+            false
+        }
+    }
 }
 
 fn yes(b: bool) -> &'static str {

@@ -568,6 +568,27 @@ impl Env {
         )
     }
 
+    /// A known_hosts file at `name` under HOME that names the testbed's
+    /// sshd with another key (a fresh one): a changed host key.
+    pub fn changed_known_hosts(&self, name: &str) -> PathBuf {
+        let other = self.home.path().join(format!("{name}_other_key"));
+        sshmail_testbed::generate_key(&other).unwrap();
+        let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+        let mut fields = other_pub.split_whitespace();
+        let kh = self.home.path().join(name);
+        std::fs::write(
+            &kh,
+            format!(
+                "# old key\n[127.0.0.1]:{} {} {}\n",
+                self.bed.ssh_port,
+                fields.next().unwrap(),
+                fields.next().unwrap()
+            ),
+        )
+        .unwrap();
+        kh
+    }
+
     /// A whole config file: the env's state directory, then `accounts`.
     pub fn config_toml(&self, accounts: &str) -> String {
         format!("state_dir = \"{}\"\n{accounts}", self.state_dir().display())
