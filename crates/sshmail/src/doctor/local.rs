@@ -59,12 +59,12 @@ pub async fn delivery(report: &mut Report, account: &Account) {
         Delivery::Mda(command) => {
             let words = crate::deliver::mda::split_words(command).unwrap_or_default();
             match words.first() {
-                Some(program) if found_in_path(program).is_some() => {
-                    Ok(format!("MDA {program} is {}", found_in_path(program).unwrap_or_default().display()))
-                }
-                Some(program) => {
-                    Err(format!("MDA {program} is not found (PATH={})", std::env::var("PATH").unwrap_or_default()))
-                }
+                Some(program) => match found_in_path(program) {
+                    Some(path) => Ok(format!("MDA {program} is {}", path.display())),
+                    None => {
+                        Err(format!("MDA {program} is not found (PATH={})", std::env::var("PATH").unwrap_or_default()))
+                    }
+                },
                 None => Err("the MDA command is empty".to_string()),
             }
         }

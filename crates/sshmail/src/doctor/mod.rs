@@ -114,7 +114,7 @@ pub struct Args<'a> {
 /// fetch would have for the first FAIL.
 pub async fn run(args: Args<'_>) -> Exit {
     let mut report = Report::new();
-    let path = args.config.map(Path::to_path_buf).unwrap_or_else(config::default_config_path);
+    let (path, default) = crate::daemon::config_path(args.config);
     report.heading(&format!("config {}", path.display()));
     let accounts = match load(&mut report, &path, args.accounts) {
         Some(a) => a,
@@ -161,7 +161,7 @@ pub async fn run(args: Args<'_>) -> Exit {
     report.heading("this machine");
     local::sendmail(&mut report);
     local::outbox(&mut report);
-    local::daemon(&mut report, &path, args.config.is_none()).await;
+    local::daemon(&mut report, &path, default).await;
     local::forwards(&mut report);
     finish(report)
 }

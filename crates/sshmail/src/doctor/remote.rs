@@ -283,10 +283,9 @@ async fn program_found(
         Command::Shell(_) => None,
     };
     let Some(program) = program else { return true };
-    let probe = format!("command -v -- {}", crate::process::shell_quote(&program));
-    match pool.run(target, jumps, &probe).await {
-        Ok((_, Some(0))) => true,
-        Ok(_) => {
+    match remote_has(pool, target, jumps, &program).await {
+        Ok(true) => true,
+        Ok(false) => {
             report.fail(
                 "imapd",
                 format!("{program} is not found on {}", target.name()),
@@ -301,6 +300,17 @@ async fn program_found(
             false
         }
     }
+}
+
+/// Whether `program` is there to run on the SSH host (`command -v`).
+async fn remote_has(
+    pool: &SshPool,
+    target: &SshTarget,
+    jumps: &[SshTarget],
+    program: &str,
+) -> crate::error::Result<bool> {
+    let probe = format!("command -v -- {}", crate::process::shell_quote(program));
+    Ok(pool.run(target, jumps, &probe).await?.1 == Some(0))
 }
 
 /// Greeting, capabilities and login on an open stream.
@@ -452,10 +462,9 @@ pub async fn relay(report: &mut Report, account: &Account, send: &Send, route: &
                 Command::Shell(t) => t.split_whitespace().next().map(str::to_string),
             };
             let Some(program) = program else { return };
-            let probe = format!("command -v -- {}", crate::process::shell_quote(&program));
-            match pool.run(target, jumps, &probe).await {
-                Ok((_, Some(0))) => report.pass("send", format!("`{shown}` found on {}", target.name())),
-                Ok(_) => report.fail(
+            match remote_has(pool, target, jumps, &program).await {
+                Ok(true) => report.pass("send", format!("`{shown}` found on {}", target.name())),
+                Ok(false) => report.fail(
                     "send",
                     format!("{program} is not found on {}", target.name()),
                     "set send.command to the SSH host's sendmail (e.g. /usr/sbin/sendmail)",

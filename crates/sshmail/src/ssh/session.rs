@@ -96,8 +96,9 @@ impl Drop for Lease {
 /// russh's callback object: verifies the host key.
 struct Handler {
     target: SshTarget,
-    refusal: Arc<Mutex<Option<HostKeyProblem>>>,
-    trusted: Arc<Mutex<Option<String>>>,
+    /// The host key check's outcome: what trusted the key (its
+    /// fingerprint and where), or why it was refused.
+    verdict: Arc<Mutex<Option<std::result::Result<String, HostKeyProblem>>>>,
 }
 
 /// What the handshake showed, for `sshmail doctor`.
@@ -121,19 +122,20 @@ impl client::Handler for Handler {
         };
         let t = &self.target;
         let verdict = known_hosts::check(&t.known_hosts, &t.host, t.port, key);
-        let line = format!("{} {}", known_hosts::lookup_name(&t.host, t.port), key.to_openssh().unwrap_or_default());
+        let line = || format!("{} {}", known_hosts::lookup_name(&t.host, t.port), key.to_openssh().unwrap_or_default());
         let refusal = match verdict {
             Ok(Verdict::Trusted(at)) => {
                 tracing::debug!("host key for {} matches {at}", known_hosts::lookup_name(&t.host, t.port));
-                *self.trusted.lock().expect("trusted lock") = Some(format!("{} ({at})", known_hosts::fingerprint(key)));
+                *self.verdict.lock().expect("verdict lock") =
+                    Some(Ok(format!("{} ({at})", known_hosts::fingerprint(key))));
                 return Ok(true);
             }
             Ok(Verdict::Unknown) if t.policy == HostKeyPolicy::AcceptNew => {
                 let file = &t.known_hosts[0];
                 match known_hosts::append_hashed(file, &t.host, t.port, key) {
                     Ok(()) => {
-                        *self.trusted.lock().expect("trusted lock") =
-                            Some(format!("{} (added to {})", known_hosts::fingerprint(key), file.display()));
+                        *self.verdict.lock().expect("verdict lock") =
+                            Some(Ok(format!("{} (added to {})", known_hosts::fingerprint(key), file.display())));
                         tracing::warn!(
                             "added host key {} for {} to {}",
                             known_hosts::fingerprint(key),
@@ -147,16 +149,19 @@ impl client::Handler for Handler {
                     }
                 }
             }
-            Ok(Verdict::Unknown) => HostKeyProblem::Unknown { offered: known_hosts::fingerprint(key), line },
-            Ok(Verdict::Changed { at, known }) => {
-                HostKeyProblem::Changed { at: at.to_string(), known, offered: known_hosts::fingerprint(key), line }
-            }
+            Ok(Verdict::Unknown) => HostKeyProblem::Unknown { offered: known_hosts::fingerprint(key), line: line() },
+            Ok(Verdict::Changed { at, known }) => HostKeyProblem::Changed {
+                at: at.to_string(),
+                known,
+                offered: known_hosts::fingerprint(key),
+                line: line(),
+            },
             Ok(Verdict::Revoked(at)) => {
                 HostKeyProblem::Revoked { at: at.to_string(), fingerprint: known_hosts::fingerprint(key) }
             }
             Err(e) => HostKeyProblem::Unusable(format!("cannot read known_hosts: {e}")),
         };
-        *self.refusal.lock().expect("refusal lock") = Some(refusal);
+        *self.verdict.lock().expect("verdict lock") = Some(Err(refusal));
         Ok(false)
     }
 }
@@ -185,9 +190,8 @@ impl SshSession {
     /// through which to reach the target (ProxyJump).
     pub async fn connect(target: &SshTarget, jump: Option<Arc<SshSession>>, prompts: Prompts) -> Result<SshSession> {
         let where_ = target.name();
-        let refusal = Arc::new(Mutex::new(None));
-        let trusted = Arc::new(Mutex::new(None));
-        let handler = Handler { target: target.clone(), refusal: refusal.clone(), trusted: trusted.clone() };
+        let verdict = Arc::new(Mutex::new(None));
+        let handler = Handler { target: target.clone(), verdict: verdict.clone() };
         let config = Arc::new(client_config(target));
         let timeout = target.timeout;
         let connecting = async {
@@ -211,15 +215,15 @@ impl SshSession {
         let mut handle = match res {
             Ok(h) => h,
             Err(e) => {
-                let refused = refusal.lock().expect("refusal lock").take();
+                let refused = verdict.lock().expect("verdict lock").take();
                 return Err(match refused {
-                    Some(r) => host_key_error(target, r),
-                    None => Error::Connect(format!("{where_}: SSH connection failed: {e}")),
+                    Some(Err(r)) => host_key_error(target, r),
+                    Some(Ok(_)) | None => Error::Connect(format!("{where_}: SSH connection failed: {e}")),
                 });
             }
         };
         let auth = authenticate(&mut handle, target, prompts).await?;
-        let host_key = trusted.lock().expect("trusted lock").take().unwrap_or_default();
+        let host_key = verdict.lock().expect("verdict lock").take().and_then(Result::ok).unwrap_or_default();
         let handshake = Handshake { host_key, auth };
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
         static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
