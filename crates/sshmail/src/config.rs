@@ -144,6 +144,8 @@ pub struct RawSend {
     pub command: Option<Command>,
     /// Envelope senders that choose this account.
     pub from: Option<Vec<String>>,
+    /// This account sends what no account's `from` chooses.
+    pub default: Option<bool>,
     /// SMTP AUTH login.
     pub user: Option<String>,
     /// SMTP AUTH password, printed by a command.
@@ -186,6 +188,8 @@ pub struct Send {
     pub relay: Relay,
     /// Envelope senders that choose this account (lower case).
     pub from: Vec<String>,
+    /// It sends what no account's `from` chooses.
+    pub default: bool,
     /// SMTP AUTH login.
     pub user: Option<String>,
     /// Its password.
@@ -294,6 +298,10 @@ pub struct Serve {
     pub endpoints: Vec<ServeEndpoint>,
     /// IMAP: answer the client's login here when the server is PREAUTH.
     pub accept_login: bool,
+    /// Endpoints that cannot be placed here (a `$XDG_RUNTIME_DIR` path
+    /// without one): an error for `daemon` and `serve`, which listen on
+    /// them, and nothing to the commands that do not (a cron `fetch`).
+    pub unresolved: Vec<String>,
 }
 
 /// Parses a `serve.*` value: `unix:PATH` (`$XDG_RUNTIME_DIR` and `~`
@@ -969,6 +977,7 @@ fn resolve_send(raw: &RawSend) -> Result<Send> {
         expire,
         relay,
         from: raw.from.iter().flatten().map(|f| f.to_ascii_lowercase()).collect(),
+        default: raw.default.unwrap_or(false),
         user: raw.user.clone(),
         password: match &raw.password_command {
             Some(c) => PasswordSource::Command(c.clone()),
@@ -982,9 +991,17 @@ fn resolve_serve(raw: Option<&RawServe>) -> Result<Serve> {
     let Some(raw) = raw else { return Ok(Serve::default()) };
     let open = raw.open_to_network.unwrap_or(false);
     let mut endpoints = Vec::new();
+    let mut unresolved = Vec::new();
     for (service, value) in [(Service::Imap, &raw.imap), (Service::Pop3, &raw.pop3), (Service::Smtp, &raw.smtp)] {
         if let Some(v) = value {
             let key = format!("serve.{}", service.name());
+            if v.contains("XDG_RUNTIME_DIR") && runtime_base().is_none() {
+                unresolved.push(format!(
+                    "{key} = {v:?}: XDG_RUNTIME_DIR is not set here (and no /run/user/UID exists); run the daemon \
+                     in your login session (the systemd user unit), or write the path out"
+                ));
+                continue;
+            }
             endpoints.push(ServeEndpoint { service, listen: parse_listen(v, &key, open)? });
         }
     }
@@ -998,7 +1015,7 @@ fn resolve_serve(raw: Option<&RawServe>) -> Result<Serve> {
             )));
         }
     }
-    Ok(Serve { endpoints, accept_login: raw.imap_accept_login.unwrap_or(false) })
+    Ok(Serve { endpoints, accept_login: raw.imap_accept_login.unwrap_or(false), unresolved })
 }
 
 /// Parses a `--deliver` / `deliver` value.

@@ -27,6 +27,7 @@ pub mod secret;
 pub mod send;
 pub mod ssh;
 pub mod stop;
+pub mod term;
 pub mod transport;
 pub mod tunnel;
 pub mod wire;

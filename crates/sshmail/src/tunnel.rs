@@ -52,7 +52,13 @@ pub async fn run(config_file: Option<&Path>, account: &str, service: Option<Serv
             }
             tracing::debug!("{account}: the daemon does not run it; connecting alone");
         }
-        Err(NoAnswer::NotRunning(_)) => {}
+        Err(NoAnswer::Unsafe(why)) => {
+            return refuse(stdio, service.unwrap_or(Service::Imap), account, &why, Exit::Permissions).await;
+        }
+        // Another config's daemon runs: worth a word, the user may have
+        // meant that one.
+        Err(NoAnswer::NotRunning(why, others)) if !others.is_empty() => tracing::warn!("{why}; connecting alone"),
+        Err(NoAnswer::NotRunning(..)) => {}
         Err(NoAnswer::Failed(why)) => tracing::info!("{why}; connecting alone"),
     }
     let (served, pool) = match alone(&path, default, account, service) {
@@ -144,7 +150,7 @@ async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
     why: &str,
     exit: Exit,
 ) -> Exit {
-    eprintln!("sshmail: {account}: {why}");
+    crate::errln!("sshmail: {account}: {why}");
     let _ = stdio.write_all(&gateway::refusal(service, why)).await;
     let _ = stdio.flush().await;
     match exit {

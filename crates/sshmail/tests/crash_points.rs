@@ -404,3 +404,21 @@ fn read_mbox(path: &std::path::Path) -> Vec<Vec<u8>> {
     msgs.sort();
     msgs
 }
+
+/// Regression: a run that finished the deliveries a killed run had staged,
+/// and found nothing new, exited 1 ("no new mail"): a cron script acting on
+/// exit 0 never heard of that mail.
+#[test]
+fn regression_a_run_that_finishes_interrupted_deliveries_exits_0() {
+    let mut env = Env::new();
+    env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
+    let mut cmd = env.command(&[]);
+    cmd.env("SSHMAIL_FAULT", "ledger-synced@1");
+    let out = run(cmd);
+    assert_eq!(out.status.code(), None, "the fault did not fire: {}", stderr(&out));
+    assert!(env.delivered().is_empty(), "nothing is published before the kill");
+    let out = run(env.command(&[]));
+    assert_eq!(code(&out), 0, "mail was delivered in this run: {}", stderr(&out));
+    assert_eq!(env.delivered().len(), 3);
+    assert_eq!(env.bed.server_message_count().unwrap(), 0);
+}

@@ -53,7 +53,7 @@ pub fn main() -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("sshmail: cannot start: {e}");
+            crate::errln!("sshmail: cannot start: {e}");
             return Exit::Connect.code();
         }
     };
@@ -119,7 +119,7 @@ fn print_generated(text: &str) -> i32 {
     use std::io::Write as _;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            eprintln!("sshmail: cannot write: {e}");
+            crate::errln!("sshmail: cannot write: {e}");
             Exit::Usage.code()
         }
         _ => 0,
@@ -131,7 +131,7 @@ fn run_sendmail(args: &[String], list: bool) -> i32 {
     let verbose = args.iter().any(|a| a == "-v");
     crate::logging::init(crate::logging::Target::Stderr, if verbose { "sshmail=info,warn" } else { "warn" }, false);
     let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
-        eprintln!("sendmail: cannot start");
+        crate::errln!("sendmail: cannot start");
         return crate::send::sysexits::TEMPFAIL;
     };
     let config = crate::send::args::parse(args).ok().and_then(|a| a.config);
@@ -159,6 +159,10 @@ impl crate::send::Relayer for DaemonRelay {
             let wait = std::time::Duration::from_secs(70);
             match crate::daemon::control::ask(&paths, command, wait).await {
                 Ok(r) if r.ok => r.sent,
+                Err(crate::daemon::control::NoAnswer::Unsafe(why)) => {
+                    crate::errln!("sendmail: {why}; relaying without the daemon");
+                    None
+                }
                 _ => None,
             }
         })
@@ -172,7 +176,7 @@ fn run_queue(cli: &Cli, q: &QueueArgs) -> i32 {
     let outbox = match Outbox::open(&Outbox::default_dir()) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
             return sysexits::TEMPFAIL;
         }
     };
@@ -181,11 +185,11 @@ fn run_queue(cli: &Cli, q: &QueueArgs) -> i32 {
         Some(QueueAction::Remove { id }) => match outbox.remove(id) {
             Ok(true) => sysexits::OK,
             Ok(false) => {
-                eprintln!("sshmail: no entry {id} in the outbox ({})", outbox.dir().display());
+                crate::errln!("sshmail: no entry {id} in the outbox ({})", outbox.dir().display());
                 sysexits::USAGE
             }
             Err(e) => {
-                eprintln!("sshmail: {e}");
+                crate::errln!("sshmail: {e}");
                 sysexits::TEMPFAIL
             }
         },
@@ -237,8 +241,12 @@ async fn ask(
     use crate::daemon::control::NoAnswer;
     match crate::daemon::control::ask(&control_paths(args), command, wait).await {
         Ok(r) => Ok(r),
-        Err(NoAnswer::NotRunning(why) | NoAnswer::Failed(why)) => {
-            eprintln!("sshmail: {why}");
+        Err(NoAnswer::Unsafe(why)) => {
+            crate::errln!("sshmail: {why}");
+            Err(Exit::Permissions)
+        }
+        Err(NoAnswer::NotRunning(why, _) | NoAnswer::Failed(why)) => {
+            crate::errln!("sshmail: {why}");
             Err(Exit::Connect)
         }
     }
@@ -252,13 +260,13 @@ async fn status(args: &StatusArgs) -> Exit {
         Err(e) => return e,
     };
     let Some(status) = response.status.filter(|_| response.ok) else {
-        eprintln!("sshmail: the daemon refused: {}", response.error.unwrap_or_default());
+        crate::errln!("sshmail: the daemon refused: {}", response.error.unwrap_or_default());
         return Exit::Connect;
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
-        print!("{}", status.render());
+        crate::term::out(status.render().trim_end_matches('\n'));
     }
     Exit::Delivered
 }
@@ -271,14 +279,14 @@ async fn poll(cli: &Cli, args: &PollArgs) -> Exit {
         Err(e) => return e,
     };
     if !response.ok {
-        eprintln!("sshmail: {}", response.error.unwrap_or_default());
+        crate::errln!("sshmail: {}", response.error.unwrap_or_default());
         return Exit::Usage;
     }
     let mut exit = Exit::NoMail;
     for p in &response.polled {
         match &p.error {
             Some(e) => {
-                eprintln!("sshmail: {}: {}: {e}", p.account, p.folder);
+                crate::errln!("sshmail: {}: {}: {e}", p.account, p.folder);
                 exit = Exit::Connect;
             }
             None => {
@@ -286,7 +294,7 @@ async fn poll(cli: &Cli, args: &PollArgs) -> Exit {
                     exit = Exit::Delivered;
                 }
                 if !cli.quiet {
-                    println!("{}: {}: {} new", p.account, p.folder, p.delivered);
+                    crate::outln!("{}: {}: {} new", p.account, p.folder, p.delivered);
                 }
             }
         }
@@ -298,7 +306,7 @@ async fn reload(args: &ControlArgs) -> Exit {
     match ask(args, crate::daemon::control::Command::Reload, std::time::Duration::from_secs(30)).await {
         Ok(r) if r.ok => Exit::Delivered,
         Ok(r) => {
-            eprintln!(
+            crate::errln!(
                 "sshmail: reload refused, the daemon runs on with the config it had: {}",
                 r.error.unwrap_or_default()
             );
@@ -313,7 +321,7 @@ async fn stop(args: &ControlArgs) -> Exit {
     match ask(args, crate::daemon::control::Command::Stop, std::time::Duration::from_secs(10)).await {
         Ok(r) if r.ok => {}
         Ok(r) => {
-            eprintln!("sshmail: the daemon refused to stop: {}", r.error.unwrap_or_default());
+            crate::errln!("sshmail: the daemon refused to stop: {}", r.error.unwrap_or_default());
             return Exit::Connect;
         }
         Err(e) => return e,
@@ -326,7 +334,7 @@ async fn stop(args: &ControlArgs) -> Exit {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    eprintln!("sshmail: the daemon did not stop within 15 s");
+    crate::errln!("sshmail: the daemon did not stop within 15 s");
     Exit::Connect
 }
 
@@ -334,14 +342,14 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
     let accounts = match accounts_for(args) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
             return e.exit();
         }
     };
     let ssh_config = match target::load_ssh_config(args.ssh_config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
             return e.exit();
         }
     };
@@ -360,13 +368,13 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
     let show = Cycle { idle: args.idle, check: args.check, ..Cycle::default() };
     if args.idle {
         if accounts.len() != 1 || accounts[0].protocol != config::Protocol::Imap {
-            eprintln!("sshmail: --idle takes exactly one IMAP account");
+            crate::errln!("sshmail: --idle takes exactly one IMAP account");
             return Exit::Usage;
         }
         let route = match routes.remove(0) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("sshmail: {}: {e}", accounts[0].name);
+                crate::errln!("sshmail: {}: {e}", accounts[0].name);
                 return e.exit();
             }
         };
@@ -408,7 +416,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
             Ok(o) if args.check => {
                 any_mail |= o.waiting > 0;
                 if !cli.quiet {
-                    println!(
+                    crate::outln!(
                         "{}: {} new of {} ({})",
                         account.name,
                         o.waiting,
@@ -417,14 +425,14 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                     );
                 }
                 for e in &o.folder_errors {
-                    eprintln!("sshmail: {}: {e}", account.name);
+                    crate::errln!("sshmail: {}: {e}", account.name);
                     worst = worst.max(Some(Exit::Server));
                 }
             }
             Ok(o) => {
-                any_mail |= o.delivered > 0;
+                any_mail |= o.delivered > 0 || o.recovered > 0;
                 if interactive || cli.verbose > 0 {
-                    eprintln!(
+                    crate::errln!(
                         "{}: {} new of {} ({}), {} deleted{}{}",
                         account.name,
                         o.delivered,
@@ -443,11 +451,11 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                     worst = worst.max(Some(Exit::Server));
                 }
                 for e in &o.policy_errors {
-                    eprintln!("sshmail: {}: {e}", account.name);
+                    crate::errln!("sshmail: {}: {e}", account.name);
                 }
                 if !o.undelivered.is_empty() {
                     worst = worst.max(Some(Exit::Delivery));
-                    eprintln!(
+                    crate::errln!(
                         "sshmail: {}: {} messages not delivered, left on the server: {}",
                         account.name,
                         o.undelivered.len(),
@@ -455,11 +463,11 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                     );
                 }
                 for e in &o.folder_errors {
-                    eprintln!("sshmail: {}: {e}", account.name);
+                    crate::errln!("sshmail: {}: {e}", account.name);
                 }
             }
             Err(e) => {
-                eprintln!("sshmail: {}: {e}", account.name);
+                crate::errln!("sshmail: {}: {e}", account.name);
                 worst = worst.max(Some(e.exit()));
             }
         }
@@ -497,11 +505,11 @@ async fn idle_forever(account: &config::Account, route: &Route, show: &Cycle, ct
             Ok(_) => break Exit::Delivered,
             Err(_) if stop.requested() => break Exit::Delivered,
             Err(e) if e.retry() == Retry::Now && !at_once => {
-                eprintln!("sshmail: {}: {e}; reconnecting", account.name);
+                crate::errln!("sshmail: {}: {e}; reconnecting", account.name);
                 at_once = true;
             }
             Err(e) if e.retry() != Retry::Never => {
-                eprintln!("sshmail: {}: {e}; retrying in {} s", account.name, pause.as_secs());
+                crate::errln!("sshmail: {}: {e}; retrying in {} s", account.name, pause.as_secs());
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.wait() => break Exit::Delivered,
@@ -510,7 +518,7 @@ async fn idle_forever(account: &config::Account, route: &Route, show: &Cycle, ct
                 at_once = false;
             }
             Err(e) => {
-                eprintln!("sshmail: {}: {e}", account.name);
+                crate::errln!("sshmail: {}: {e}", account.name);
                 break e.exit();
             }
         }

@@ -5,8 +5,13 @@
 //! The socket lives in `$XDG_RUNTIME_DIR/sshmail/` (a directory of mode
 //! 0700, the socket 0600), named `control` for the default config file and
 //! `control-HASH` for another; the daemon's lock file beside it holds its
-//! PID. Every connection's peer uid is checked (SO_PEERCRED): another
-//! user's is refused and logged, whatever the file modes say.
+//! PID and config file. Every connection's peer uid is checked
+//! (SO_PEERCRED): another user's is refused and logged, whatever the file
+//! modes say. A client checks the same before it says a word: the
+//! directory is not a symlink, is ours and closed to others, the socket is
+//! ours, and the process answering runs as our uid. Without a runtime
+//! directory the socket is under `$TMPDIR`, where another user could have
+//! made the directory first and be waiting there.
 //!
 //! The protocol is JSON lines: one [`Request`] per connection, one
 //! [`Response`] back. Each carries `version` ([`VERSION`]); a daemon
@@ -132,6 +137,8 @@ pub struct Polled {
 /// Where a daemon for a config file keeps its socket and lock.
 #[derive(Debug, Clone)]
 pub struct Paths {
+    /// The config file.
+    pub config: PathBuf,
     /// The directory (0700).
     pub dir: PathBuf,
     /// The socket.
@@ -151,7 +158,70 @@ impl Paths {
             let canonical = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
             format!("-{}", crate::ledger::short_hash(&canonical.display().to_string(), 8))
         };
-        Paths { socket: dir.join(format!("control{suffix}")), lock: dir.join(format!("daemon{suffix}.lock")), dir }
+        Paths {
+            config: config.to_path_buf(),
+            socket: dir.join(format!("control{suffix}")),
+            lock: dir.join(format!("daemon{suffix}.lock")),
+            dir,
+        }
+    }
+
+    /// A client's check before it connects: the directory is no symlink, a
+    /// directory owned by us and closed to others, and the socket is a
+    /// socket we own. Says what is wrong, naming the path.
+    pub fn check_for_client(&self) -> std::result::Result<(), String> {
+        use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+        let me = rustix::process::geteuid().as_raw();
+        let dir = std::fs::symlink_metadata(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let refuse = |path: &Path, what: String| {
+            format!(
+                "refusing the control socket: {} {what}; another user may have made it to pose as your daemon. \
+                 Remove it (or set XDG_RUNTIME_DIR to a private directory) and start the daemon again",
+                path.display()
+            )
+        };
+        if dir.file_type().is_symlink() {
+            return Err(refuse(&self.dir, "is a symbolic link".into()));
+        }
+        if !dir.is_dir() {
+            return Err(refuse(&self.dir, "is not a directory".into()));
+        }
+        if dir.uid() != me {
+            return Err(refuse(&self.dir, format!("is owned by uid {}, not by you (uid {me})", dir.uid())));
+        }
+        if dir.mode() & 0o077 != 0 {
+            return Err(refuse(&self.dir, format!("has mode {:o}: others may write there", dir.mode() & 0o777)));
+        }
+        let socket = std::fs::symlink_metadata(&self.socket).map_err(|e| format!("{}: {e}", self.socket.display()))?;
+        if !socket.file_type().is_socket() {
+            return Err(refuse(&self.socket, "is not a socket".into()));
+        }
+        if socket.uid() != me {
+            return Err(refuse(&self.socket, format!("is owned by uid {}, not by you (uid {me})", socket.uid())));
+        }
+        Ok(())
+    }
+
+    /// The config files of the other daemons running for this user (their
+    /// locks held), for a client that found none for its own.
+    pub fn others_running(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("daemon") && name.ends_with(".lock")) || entry.path() == self.lock {
+                continue;
+            }
+            let other = Paths { lock: entry.path(), ..self.clone() };
+            if held(&other) {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                if let Some(config) = text.lines().nth(1).filter(|c| !c.is_empty()) {
+                    found.push(PathBuf::from(config));
+                }
+            }
+        }
+        found.sort();
+        found
     }
 
     /// Makes the directory (0700) if needed and checks it is ours and
@@ -214,12 +284,13 @@ impl Lock {
             if e == rustix::io::Errno::WOULDBLOCK {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
-                return Err(Held::By(text.trim().parse().ok()));
+                return Err(Held::By(text.lines().next().and_then(|pid| pid.trim().parse().ok())));
             }
             return Err(Held::Error(Error::Config(format!("cannot lock {}: {e}", paths.lock.display()))));
         }
-        let pid = std::process::id().to_string();
-        let written = file.set_len(0).and_then(|()| file.write_all(pid.as_bytes())).and_then(|()| file.sync_data());
+        // The PID, and the config file (for a client of another config).
+        let text = format!("{}\n{}\n", std::process::id(), paths.config.display());
+        let written = file.set_len(0).and_then(|()| file.write_all(text.as_bytes())).and_then(|()| file.sync_data());
         if let Err(e) = written {
             return Err(Held::Error(Error::Config(format!("cannot write {}: {e}", paths.lock.display()))));
         }
@@ -310,10 +381,22 @@ pub async fn write_response(stream: &mut BufReader<UnixStream>, response: &Respo
 /// Why a client got no answer.
 #[derive(Debug)]
 pub enum NoAnswer {
-    /// No daemon listens there.
-    NotRunning(String),
+    /// No daemon listens there (the config files of those that run).
+    NotRunning(String, Vec<PathBuf>),
     /// One listens but the exchange failed.
     Failed(String),
+    /// The socket, its directory or the process answering is not ours: not
+    /// a word was sent.
+    Unsafe(String),
+}
+
+impl NoAnswer {
+    /// What to tell the user.
+    pub fn why(&self) -> &str {
+        match self {
+            NoAnswer::NotRunning(w, _) | NoAnswer::Failed(w) | NoAnswer::Unsafe(w) => w,
+        }
+    }
 }
 
 /// Sends `command` to the daemon at `paths` and returns its answer,
@@ -330,16 +413,47 @@ pub async fn exchange(
     wait: Duration,
 ) -> std::result::Result<(Response, BufReader<UnixStream>), NoAnswer> {
     let socket = &paths.socket;
+    let not_running = || {
+        let others = paths.others_running();
+        let hint = match others.as_slice() {
+            [] => String::new(),
+            [one] => format!("; one runs for {} (give --config {})", one.display(), one.display()),
+            many => format!(
+                "; daemons run for {} (give --config with one of them)",
+                many.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        NoAnswer::NotRunning(
+            format!("no sshmail daemon runs for {} (nothing at {}){hint}", paths.config.display(), socket.display()),
+            others,
+        )
+    };
+    match std::fs::symlink_metadata(socket) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_running()),
+        _ => paths.check_for_client().map_err(NoAnswer::Unsafe)?,
+    }
     let mut stream = match UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
-            return Err(NoAnswer::NotRunning(format!(
-                "no sshmail daemon runs for this config (nothing at {})",
-                socket.display()
-            )));
+            return Err(not_running());
         }
         Err(e) => return Err(NoAnswer::Failed(format!("cannot reach the daemon at {}: {e}", socket.display()))),
     };
+    // The file was ours a moment ago; the process behind it must be too.
+    let me = rustix::process::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(c) if c.uid() == me => {}
+        Ok(c) => {
+            return Err(NoAnswer::Unsafe(format!(
+                "refusing the control socket {}: the process answering runs as uid {}, not as you (uid {me})",
+                socket.display(),
+                c.uid()
+            )));
+        }
+        Err(e) => {
+            return Err(NoAnswer::Unsafe(format!("refusing the control socket {}: no peer credentials: {e}", socket.display())));
+        }
+    }
     let mut line = serde_json::to_vec(&Request { version: VERSION, command }).unwrap_or_default();
     line.push(b'\n');
     let exchange = async {

@@ -56,9 +56,17 @@ const CLOCK_CHECK: Duration = Duration::from_secs(5);
 
 /// The config file the daemon runs: the given one, or the default.
 pub fn config_path(given: Option<&Path>) -> (PathBuf, bool) {
+    let default = config::default_config_path();
     match given {
-        Some(p) => (p.to_path_buf(), false),
-        None => (config::default_config_path(), true),
+        None => (default, true),
+        // The default file, however it is named, has the default daemon.
+        Some(p) => {
+            let same = match (std::fs::canonicalize(p), std::fs::canonicalize(&default)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            (p.to_path_buf(), same)
+        }
     }
 }
 
@@ -84,21 +92,21 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
     let caught = match Signals::catch() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("sshmail: cannot catch signals: {e}");
+            crate::errln!("sshmail: cannot catch signals: {e}");
             return Exit::Connect;
         }
     };
     let (path, default) = config_path(config);
     let paths = Paths::for_config(&path, default);
     if let Err(e) = paths.prepare() {
-        eprintln!("sshmail: {e}");
+        crate::errln!("sshmail: {e}");
         return e.exit();
     }
     let _lock = match control::Lock::take(&paths) {
         Ok(l) => l,
         Err(control::Held::By(pid)) => {
             let who = pid.map(|p| format!("PID {p}")).unwrap_or_else(|| "another process".into());
-            eprintln!(
+            crate::errln!(
                 "sshmail: an sshmail daemon ({who}) already runs for {} (lock {}); `sshmail stop` ends it",
                 path.display(),
                 paths.lock.display()
@@ -106,21 +114,21 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
             return Exit::Usage;
         }
         Err(control::Held::Error(e)) => {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
             return e.exit();
         }
     };
     let plan = match Plan::load(&path, &mode) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
             return e.exit();
         }
     };
     let listener = match control::listen(&paths) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
             return e.exit();
         }
     };
@@ -152,7 +160,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
     let unbound = daemon.apply(plan);
     if !unbound.is_empty() {
         for e in &unbound {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
         }
         stop.request();
         daemon.shutdown().await;
@@ -227,6 +235,9 @@ impl Plan {
             }
             let mut account = config::resolve(name, &with_defaults, raw.state_dir.as_deref())?;
             let route = crate::transport::route_account(&mut account, ssh_config.as_ref());
+            if let Some(why) = account.serve.unresolved.first() {
+                return Err(Error::Config(format!("account {name}: {why}")));
+            }
             let mut endpoints = Vec::new();
             for e in &account.serve.endpoints {
                 let route = route.as_ref().map_err(|e| Error::Config(format!("account {name}: {e}")))?;

@@ -47,13 +47,13 @@ impl Sink {
     pub fn open(delivery: &Delivery, staging: &Path, recipient: &str, timeout: Duration) -> Result<Sink> {
         Ok(match delivery {
             Delivery::Maildir(p) => Sink::Maildir(Maildir::open(p)?),
-            Delivery::Mbox(p) => Sink::Mbox(mbox::Mbox::open(p)?, Spool::open(staging)?),
-            Delivery::Mda(cmd) => Sink::Mda(mda::Mda::new(cmd, recipient, timeout)?, Spool::open(staging)?),
+            Delivery::Mbox(p) => Sink::Mbox(mbox::Mbox::open(p)?, Spool::open_private(staging)?),
+            Delivery::Mda(cmd) => Sink::Mda(mda::Mda::new(cmd, recipient, timeout)?, Spool::open_private(staging)?),
             Delivery::Smtp(e) => {
-                Sink::Smtp(smtp::Smtp::new(e.clone(), false, recipient, timeout), Spool::open(staging)?)
+                Sink::Smtp(smtp::Smtp::new(e.clone(), false, recipient, timeout), Spool::open_private(staging)?)
             }
             Delivery::Lmtp(e) => {
-                Sink::Smtp(smtp::Smtp::new(e.clone(), true, recipient, timeout), Spool::open(staging)?)
+                Sink::Smtp(smtp::Smtp::new(e.clone(), true, recipient, timeout), Spool::open_private(staging)?)
             }
         })
     }

@@ -162,6 +162,13 @@ impl Spool {
         Ok(Spool::at(dir))
     }
 
+    /// Opens the staging directory in the state directory (beside the
+    /// ledger): it must be ours, private and no symbolic link.
+    pub fn open_private(dir: &Path) -> Result<Spool> {
+        crate::ledger::private_dir(dir, "staging directory")?;
+        Ok(Spool::at(dir))
+    }
+
     /// The spool at `dir`, not created (for `--check`, which stages nothing).
     pub fn at(dir: &Path) -> Spool {
         let run = NEXT_RUN.fetch_add(1, Ordering::Relaxed);

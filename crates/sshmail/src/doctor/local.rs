@@ -232,6 +232,14 @@ pub async fn daemon(report: &mut Report, config: &Path, default: bool) {
     let response = match ask(&paths, Command::Status { accounts: Vec::new() }, std::time::Duration::from_secs(5)).await
     {
         Ok(r) => r,
+        Err(crate::daemon::control::NoAnswer::Unsafe(why)) => {
+            report.fail("daemon", why, "remove what another user made there, then start the daemon", Exit::Permissions);
+            return;
+        }
+        Err(crate::daemon::control::NoAnswer::NotRunning(why, others)) if !others.is_empty() => {
+            report.warn("daemon", why, "give the same --config to every sshmail command");
+            return;
+        }
         Err(_) => {
             report.pass("daemon", "not running (fine with cron; `sshmail daemon` or the systemd unit for push)");
             return;

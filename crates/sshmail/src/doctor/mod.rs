@@ -90,14 +90,9 @@ impl Report {
     }
 }
 
-/// Control characters out, length bounded: what a server says is shown,
-/// never obeyed by the terminal.
+/// What a server says, shown and never obeyed by the terminal.
 fn printable(text: &str) -> String {
-    let mut s: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(600).collect();
-    if text.chars().count() > 600 {
-        s.push('…');
-    }
-    s
+    crate::term::one_line(text, 600)
 }
 
 /// Where `doctor` looks.

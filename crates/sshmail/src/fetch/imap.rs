@@ -200,6 +200,9 @@ pub struct Imap<S> {
     pub caps: Vec<String>,
     /// The server greeted with PREAUTH.
     pub preauth: bool,
+    /// The greeting as the server sent it (bounded, one printable line;
+    /// empty when it was read before, ahead of STARTTLS).
+    pub greeting: String,
     /// Untagged EXISTS/EXPUNGE seen since the last check (for IDLE).
     pub changed: bool,
     /// Messages in the selected folder, as the last EXISTS and the
@@ -225,6 +228,27 @@ pub enum Woke {
     Stopped,
 }
 
+/// A greeting as a line to quote: `* OK [CODE] text`, bounded and printable.
+fn greeting_line(response: &Response) -> String {
+    let Response::Untagged(Untagged::Status { status, code, text }) = response else {
+        return String::from("(not an untagged status)");
+    };
+    let word = match status {
+        Status::Ok => "OK",
+        Status::No => "NO",
+        Status::Bad => "BAD",
+        Status::PreAuth => "PREAUTH",
+        Status::Bye => "BYE",
+    };
+    let code = match code {
+        Some(Code::Capability(_)) => " [CAPABILITY …]".to_string(),
+        Some(Code::Other(c)) => format!(" [{c}]"),
+        Some(other) => format!(" [{other:?}]"),
+        None => String::new(),
+    };
+    crate::term::one_line(&format!("* {word}{code} {text}"), 200)
+}
+
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
     /// Reads the greeting (unless already consumed, after STARTTLS).
     pub async fn start(wire: Wire<S>, limits: Limits, greeting_done: bool, preauth_ok: bool) -> Result<Imap<S>> {
@@ -234,6 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             tags: Tagger::default(),
             caps: Vec::new(),
             preauth: false,
+            greeting: String::new(),
             changed: false,
             exists: 0,
             last_size: 0,
@@ -241,6 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
         };
         if !greeting_done {
             let greeting = imap.read(&mut Bodies::discard()).await?;
+            imap.greeting = greeting_line(&greeting);
             match Greeting::of(&greeting) {
                 Greeting::Ok => {}
                 Greeting::PreAuth if !preauth_ok => {

@@ -46,10 +46,11 @@ pub(super) async fn imap_flow<S: Stream>(
             && matches!(account.reach.via, crate::config::Via::Exec(_) | crate::config::Via::Command(_))
         {
             return Err(Error::Auth(format!(
-                "{} greeted `* OK`, not `* PREAUTH`: it wants a login, so it does not run preauthenticated. Run it \
+                "{} greeted `{}`, not `* PREAUTH`: it wants a login, so it does not run preauthenticated. Run it \
                  so that it does (Dovecot's imap binary does by itself, GNU imap4d needs `--inetd --preauth`, \
                  Courier's imapd the Maildir as argument), or give a password_command",
-                imap.peer()
+                imap.peer(),
+                if imap.greeting.is_empty() { "* OK" } else { &imap.greeting }
             )));
         }
         imap.login(&account.login.user, password.as_ref(), account.login.auth).await?;

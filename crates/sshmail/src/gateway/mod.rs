@@ -219,13 +219,13 @@ pub async fn read_greeting(
 
 /// At most 120 characters of what a peer sent, printable.
 fn shown(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim_end().chars().map(|c| if c.is_control() { '?' } else { c }).take(120).collect()
+    crate::term::one_line(String::from_utf8_lossy(bytes).trim_end(), 120)
 }
 
 /// What a client is sent when its server cannot be reached: an error in
 /// its own protocol, so that it shows why.
 pub fn refusal(service: Service, why: &str) -> Vec<u8> {
-    let text: String = why.chars().map(|c| if c.is_control() { ' ' } else { c }).take(400).collect();
+    let text = crate::term::one_line(why, 400);
     match service {
         Service::Imap => format!("* BYE [UNAVAILABLE] sshmail: {text}\r\n"),
         Service::Pop3 => format!("-ERR sshmail: {text}\r\n"),

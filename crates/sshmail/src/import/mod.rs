@@ -66,48 +66,48 @@ pub fn run(file: Option<&Path>) -> Exit {
     let text = match std::fs::read(&path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) => {
-            eprintln!("sshmail: cannot read {}: {e}", path.display());
+            crate::errln!("sshmail: cannot read {}: {e}", path.display());
             return Exit::Usage;
         }
     };
     let converted = match fetchmailrc(&text) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sshmail: {}: {e}", path.display());
+            crate::errln!("sshmail: {}: {e}", path.display());
             return Exit::Usage;
         }
     };
     let toml = render(&converted, &path.display().to_string());
     // What is written must load: a bug here is caught before the user's file is.
     if let Err(e) = check(&toml) {
-        eprintln!("sshmail: internal error: the imported config does not load: {e}");
+        crate::errln!("sshmail: internal error: the imported config does not load: {e}");
         return Exit::Usage;
     }
     for w in &converted.warnings {
-        eprintln!("sshmail: {}: {w}", path.display());
+        crate::errln!("sshmail: {}: {w}", path.display());
     }
     if converted.accounts.is_empty() {
-        eprintln!("sshmail: {}: no account could be imported", path.display());
+        crate::errln!("sshmail: {}: no account could be imported", path.display());
     }
     if converted.has_password() {
         match protect_stdout() {
-            Ok(true) => eprintln!(
+            Ok(true) => crate::errln!(
                 "sshmail: the config holds a password: the file on stdout is now readable by you alone (mode 600)"
             ),
-            Ok(false) => eprintln!(
+            Ok(false) => crate::errln!(
                 "sshmail: the config holds a password: save it where only you can read it, e.g. \
                  (umask 077; sshmail import fetchmailrc > ~/.config/sshmail/config.toml); sshmail refuses a \
                  config with a password that others can read"
             ),
             Err(e) => {
-                eprintln!("sshmail: the config holds a password, and stdout could not be made private: {e}");
+                crate::errln!("sshmail: the config holds a password, and stdout could not be made private: {e}");
                 return Exit::Usage;
             }
         }
     }
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(toml.as_bytes()).and_then(|()| out.flush()) {
-        eprintln!("sshmail: cannot write the config: {e}");
+        crate::errln!("sshmail: cannot write the config: {e}");
         return Exit::Usage;
     }
     if converted.accounts.is_empty() { Exit::Usage } else { Exit::Delivered }

@@ -1,7 +1,10 @@
 //! What `sendmail` does to a message on its way into the outbox, as other
 //! sendmails do:
 //!
-//! - without `-i`/`-oi`, a line holding only `.` ends the message;
+//! - without `-i`/`-oi`, a line holding only `.` ends the message when it
+//!   is typed at a terminal, or when nothing follows it; a `.` line with
+//!   more input after it is data (a mail client that passes no `-oi` never
+//!   loses the rest of a body that holds such a line);
 //! - with `-t`, the recipients are taken from `To:`, `Cc:` and `Bcc:` (and
 //!   added to those on the command line);
 //! - `Bcc:` is always removed from the header;
@@ -38,6 +41,20 @@ pub struct Header {
 pub struct Reading {
     /// `-i`/`-oi`: a lone `.` is data, not the end.
     pub ignore_dots: bool,
+    /// The input is a terminal: a lone `.` ends it (someone typing).
+    pub terminal: bool,
+}
+
+impl Reading {
+    /// Whether the lone `.` line just read from `input` ends the message:
+    /// never with `-i`; at a terminal always; otherwise only when no more
+    /// input follows it.
+    fn dot_ends(&self, input: &mut dyn BufRead) -> std::io::Result<bool> {
+        if self.ignore_dots {
+            return Ok(false);
+        }
+        Ok(self.terminal || input.fill_buf()?.is_empty())
+    }
 }
 
 impl Header {
@@ -65,8 +82,12 @@ impl Header {
             crlf.get_or_insert(line.ends_with(b"\r\n"));
             let bare = trim_eol(&line);
             let crlf = crlf.unwrap_or(false);
-            if !how.ignore_dots && bare == b"." {
-                return Ok(Header { fields, separator: Vec::new(), ended: true, crlf, lead: Vec::new() });
+            if bare == b"." {
+                if how.dot_ends(input)? {
+                    return Ok(Header { fields, separator: Vec::new(), ended: true, crlf, lead: Vec::new() });
+                }
+                // More follows: the dot is the body's first line.
+                return Ok(Header { fields, separator: Vec::new(), ended: false, crlf, lead: line });
             }
             if bare.is_empty() {
                 return Ok(Header { fields, separator: line, ended: false, crlf, lead: Vec::new() });
@@ -112,6 +133,11 @@ impl Header {
         for f in &self.fields {
             if !field_name(f).eq_ignore_ascii_case("bcc") {
                 out.extend_from_slice(f);
+                // The input's last field may lack its line end (the input
+                // ended there): a field added after it must not join it.
+                if !f.ends_with(b"\n") {
+                    out.extend_from_slice(eol);
+                }
             }
         }
         let mut add = |line: String| {
@@ -141,7 +167,7 @@ impl Header {
 }
 
 /// The body after the header: as it comes, or up to a lone `.` line
-/// without `-i`.
+/// that ends it (see [`Reading::dot_ends`]).
 pub struct Body<R> {
     input: R,
     how: Reading,
@@ -168,7 +194,9 @@ impl<R: BufRead> Read for Body<R> {
             }
             self.line.clear();
             self.at = 0;
-            if self.input.read_until(b'\n', &mut self.line)? == 0 || trim_eol(&self.line) == b"." {
+            if self.input.read_until(b'\n', &mut self.line)? == 0
+                || (trim_eol(&self.line) == b"." && self.how.dot_ends(&mut self.input)?)
+            {
                 self.done = true;
                 self.line.clear();
                 return Ok(0);
@@ -276,7 +304,7 @@ mod tests {
     fn bcc_is_always_removed_and_t_takes_to_cc_and_bcc() {
         let msg = b"From: me@example.net\nTo: A <a@example.org>, b@example.org\nCc: \"C, c\" <c@example.org>\n\
                     Bcc: hidden@example.org,\n  also@example.org\nSubject: s\n\nbody\n";
-        let (h, body) = run(msg, Reading { ignore_dots: true });
+        let (h, body) = run(msg, Reading { ignore_dots: true, terminal: false });
         let mut rcpts = h.addresses("to");
         rcpts.extend(h.addresses("cc"));
         rcpts.extend(h.addresses("bcc"));
@@ -295,16 +323,50 @@ mod tests {
     #[test]
     fn a_lone_dot_ends_the_message_unless_i() {
         let msg = b"Subject: s\n\none\n.\ntwo\n";
-        assert_eq!(run(msg, Reading::default()).1, b"one\n");
-        assert_eq!(run(msg, Reading { ignore_dots: true }).1, b"one\n.\ntwo\n");
+        let typed = Reading { ignore_dots: false, terminal: true };
+        assert_eq!(run(msg, typed).1, b"one\n");
+        assert_eq!(run(msg, Reading { ignore_dots: true, terminal: false }).1, b"one\n.\ntwo\n");
         // In the header too.
-        let (h, body) = run(b"Subject: s\n.\nlater\n", Reading::default());
+        let (h, body) = run(b"Subject: s\n.\nlater\n", typed);
         assert!(h.ended() && body.is_empty());
+    }
+
+    /// Regression: a mail client passing no `-oi` (mutt's `sendmail`)
+    /// lost every line after a body line holding only `.`.
+    #[test]
+    fn regression_a_lone_dot_with_more_input_after_it_is_data_unless_typed() {
+        let msg = b"Subject: s\n\none\n.\ntwo\n";
+        assert_eq!(run(msg, Reading::default()).1, b"one\n.\ntwo\n");
+        // A final dot line, with nothing after it, still ends the message.
+        assert_eq!(run(b"Subject: s\n\none\n.\n", Reading::default()).1, b"one\n");
+        assert_eq!(run(b"Subject: s\n\none\n.\r\n", Reading::default()).1, b"one\n");
+        // A dot in the header with more after it starts the body.
+        let (h, body) = run(b"Subject: s\n.\nlater\n", Reading::default());
+        assert!(!h.ended());
+        let out = h.rewrite("me@example.net", None, "i@h");
+        assert!(String::from_utf8_lossy(&out).ends_with("\n\n.\n"), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(body, b"later\n");
+        let (h, body) = run(b"Subject: s\n.\n", Reading::default());
+        assert!(h.ended() && body.is_empty());
+    }
+
+    /// Regression: a header whose last field had no line end got the added
+    /// `From:` glued onto it (`X-A: bFrom: ...`).
+    #[test]
+    fn regression_a_header_without_a_final_newline_gets_fields_on_their_own_lines() {
+        let (h, body) = run(b"Subject: s\nX-A: b", Reading::default());
+        assert!(h.ended() && body.is_empty());
+        let out = String::from_utf8(h.rewrite("me@example.net", None, "i@h")).unwrap();
+        assert!(out.starts_with("Subject: s\nX-A: b\nFrom: me@example.net\nDate: "), "{out}");
+        assert!(out.ends_with("Message-ID: <i@h>\n\n"), "{out}");
+        let (h, _) = run(b"Subject: s\r\nX-A: b", Reading::default());
+        let out = String::from_utf8(h.rewrite("me@example.net", None, "i@h")).unwrap();
+        assert!(out.starts_with("Subject: s\r\nX-A: b\r\nFrom: me@example.net\r\n"), "{out}");
     }
 
     #[test]
     fn missing_from_gets_the_full_name_and_crlf_input_stays_crlf() {
-        let (h, body) = run(b"Subject: x\r\n\r\n8-bit \xe9 body\r\n", Reading { ignore_dots: true });
+        let (h, body) = run(b"Subject: x\r\n\r\n8-bit \xe9 body\r\n", Reading { ignore_dots: true, terminal: false });
         let out = String::from_utf8_lossy(&h.rewrite("me@example.net", Some("Me, Myself"), "i@h")).to_string();
         assert!(out.starts_with("Subject: x\r\nFrom: \"Me, Myself\" <me@example.net>\r\nDate: "), "{out}");
         assert!(out.ends_with("Message-ID: <i@h>\r\n\r\n"), "{out}");
@@ -313,7 +375,7 @@ mod tests {
 
     #[test]
     fn a_message_without_a_header_gets_one_and_keeps_its_first_line() {
-        let (h, body) = run(b"just text\nmore\n", Reading { ignore_dots: true });
+        let (h, body) = run(b"just text\nmore\n", Reading { ignore_dots: true, terminal: false });
         let out = String::from_utf8(h.rewrite("me@x", None, "i@h")).unwrap();
         assert!(out.starts_with("From: me@x\nDate: ") && out.ends_with("Message-ID: <i@h>\n\njust text\n"), "{out}");
         assert_eq!(body, b"more\n");

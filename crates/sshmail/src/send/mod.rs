@@ -12,7 +12,9 @@
 //! drops one.
 //!
 //! Which account sends: `--account`, else the one whose `send.from` holds
-//! the envelope sender, else the only account with a `send` table.
+//! the envelope sender (`-f`), else the one holding the `From:` address,
+//! else the one marked `send.default = true`, else the only account with a
+//! `send` table.
 
 pub mod args;
 pub mod message;
@@ -58,7 +60,7 @@ pub async fn sendmail(raw_args: &[String], list: bool, daemon: &dyn Relayer) -> 
     let mut args = match args::parse(raw_args) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("sendmail: {e}");
+            crate::errln!("sendmail: {e}");
             return sysexits::USAGE;
         }
     };
@@ -68,7 +70,7 @@ pub async fn sendmail(raw_args: &[String], list: bool, daemon: &dyn Relayer) -> 
     let outbox = match Outbox::open(&Outbox::default_dir()) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("sendmail: {e}");
+            crate::errln!("sendmail: {e}");
             return sysexits::TEMPFAIL;
         }
     };
@@ -99,11 +101,14 @@ fn senders(config_file: Option<&Path>) -> Result<Vec<(Account, Result<Route>)>> 
     Ok(out)
 }
 
-/// The account that sends for `sender` (`--account` first).
+/// The account that sends a message: `--account`; else the one whose
+/// `send.from` lists the envelope sender (`-f`), else the one listing the
+/// `From:` address, else the one marked `send.default`, else the only one.
 fn choose<'a>(
     accounts: &'a [(Account, Result<Route>)],
     wanted: Option<&str>,
-    sender: Option<&str>,
+    envelope_sender: Option<&str>,
+    header_from: Option<&str>,
 ) -> std::result::Result<&'a (Account, Result<Route>), String> {
     if let Some(w) = wanted {
         return accounts
@@ -111,15 +116,37 @@ fn choose<'a>(
             .find(|(a, _)| a.name == w)
             .ok_or_else(|| format!("no account {w} with a `send` table in the config"));
     }
-    if let Some(s) = sender.map(str::to_ascii_lowercase)
-        && let Some(found) = accounts.iter().find(|(a, _)| a.send.as_ref().is_some_and(|t| t.from.contains(&s)))
-    {
+    let listing = |address: Option<&str>| {
+        let address = address?.to_ascii_lowercase();
+        accounts.iter().find(|(a, _)| a.send.as_ref().is_some_and(|t| t.from.contains(&address)))
+    };
+    if let Some(found) = listing(envelope_sender).or_else(|| listing(header_from)) {
         return Ok(found);
     }
-    match accounts {
-        [] => Err("no account has a `send` table; add one (see `man sshmail`)".into()),
-        [only] => Ok(only),
-        _ => Err("several accounts can send and none lists this sender in send.from; give --account".into()),
+    let defaults: Vec<_> = accounts.iter().filter(|(a, _)| a.send.as_ref().is_some_and(|t| t.default)).collect();
+    match (accounts, defaults.as_slice()) {
+        ([], _) => Err("no account has a `send` table; add one (see `man sshmail`)".into()),
+        (_, [one]) => Ok(one),
+        ([only], []) => Ok(only),
+        (_, []) => {
+            let mut tried = Vec::new();
+            if let Some(s) = envelope_sender {
+                tried.push(format!("the sender -f {s}"));
+            }
+            if let Some(f) = header_from {
+                tried.push(format!("the From: address {f}"));
+            }
+            let tried = if tried.is_empty() { "no sender was given".to_string() } else { tried.join(" and ") };
+            Err(format!(
+                "several accounts can send: {tried} in no account's send.from, and no account has send.default = \
+                 true; give --account NAME, list the address in one account's send.from, or mark one account \
+                 send.default = true"
+            ))
+        }
+        (_, many) => Err(format!(
+            "accounts {} all have send.default = true; keep it on one",
+            many.iter().map(|(a, _)| a.name.as_str()).collect::<Vec<_>>().join(", ")
+        )),
     }
 }
 
@@ -128,26 +155,27 @@ async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
     let accounts = match senders(args.config.as_deref()) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("sendmail: {e}");
+            crate::errln!("sendmail: {e}");
             return sysexits::CONFIG;
         }
     };
     // The header first: -t recipients, the From: for a sender.
-    let how = message::Reading { ignore_dots: args.ignore_dots };
+    use std::io::IsTerminal as _;
+    let how = message::Reading { ignore_dots: args.ignore_dots, terminal: std::io::stdin().is_terminal() };
     let mut input = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
     let header = match message::Header::read(&mut input, how) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("sendmail: cannot read the message: {e}");
+            crate::errln!("sendmail: cannot read the message: {e}");
             return sysexits::DATAERR;
         }
     };
     let header_from = header.addresses("from").into_iter().next();
-    let wanted_sender = args.sender.clone().or(header_from.clone());
-    let (account, route) = match choose(&accounts, args.account.as_deref(), wanted_sender.as_deref()) {
+    let chosen = choose(&accounts, args.account.as_deref(), args.sender.as_deref(), header_from.as_deref());
+    let (account, route) = match chosen {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("sendmail: {e}");
+            crate::errln!("sendmail: {e}");
             return sysexits::CONFIG;
         }
     };
@@ -170,12 +198,12 @@ async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
     let mut seen = std::collections::HashSet::new();
     recipients.retain(|r| seen.insert(r.to_ascii_lowercase()));
     if recipients.is_empty() {
-        eprintln!("sendmail: no recipients (give them as arguments, or -t to take them from the header)");
+        crate::errln!("sendmail: no recipients (give them as arguments, or -t to take them from the header)");
         return sysexits::USAGE;
     }
     let sender_shown = (!sender.is_empty()).then_some(&sender);
     if let Some(bad) = recipients.iter().chain(sender_shown).find(|a| !message::valid_address(a)) {
-        eprintln!("sendmail: {bad:?} is not an address that can be relayed (no spaces, control characters or <>)");
+        crate::errln!("sendmail: {bad:?} is not an address that can be relayed (no spaces, control characters or <>)");
         return sysexits::USAGE;
     }
     let envelope = Envelope {
@@ -193,7 +221,7 @@ async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
     let mut entry = match outbox.add(&envelope, &mut whole) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("sendmail: the message was not accepted: {e}");
+            crate::errln!("sendmail: the message was not accepted: {e}");
             return sysexits::TEMPFAIL;
         }
     };
@@ -203,7 +231,7 @@ async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
         return match done {
             Attempt::Done => sysexits::OK,
             Attempt::Failed(why) => {
-                eprintln!("sendmail: {why}");
+                crate::errln!("sendmail: {why}");
                 sysexits::UNAVAILABLE
             }
             Attempt::Later(why) => {
@@ -224,7 +252,7 @@ async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
     match tried {
         Ok(Ok(Attempt::Done)) => sysexits::OK,
         Ok(Ok(Attempt::Failed(why))) => {
-            eprintln!("sendmail: {why}");
+            crate::errln!("sendmail: {why}");
             sysexits::UNAVAILABLE
         }
         Ok(Ok(Attempt::Later(why))) | Ok(Err(Error::Delivery(why))) => later(outbox, &entry, args, &why),
@@ -237,10 +265,10 @@ async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
 fn later(outbox: &Outbox, entry: &Entry, args: &Args, why: &str) -> i32 {
     if args.no_queue && entry.state.accepted.is_empty() {
         let _ = outbox.remove(&entry.id);
-        eprintln!("sendmail: not sent, and not queued (--no-queue): {why}");
+        crate::errln!("sendmail: not sent, and not queued (--no-queue): {why}");
         return sysexits::TEMPFAIL;
     }
-    eprintln!("sendmail: queued as {} and tried again later (sshmail queue flush, or the daemon): {why}", entry.id);
+    crate::errln!("sendmail: queued as {} and tried again later (sshmail queue flush, or the daemon): {why}", entry.id);
     sysexits::OK
 }
 
@@ -304,10 +332,9 @@ pub async fn attempt(
     if link_error.is_none() {
         state.uncertain = verdict.uncertain;
     }
-    let mut refused: Vec<String> = verdict.permanent.iter().map(|(r, why)| format!("{r}: {why}")).collect();
-    let temporary: Vec<String> = verdict.temporary.iter().map(|(r, why)| format!("{r}: {why}")).collect();
+    let mut refused: Vec<String> = summarize(&verdict.permanent).into_iter().collect();
     let done = entry.envelope.recipients.iter().all(|r| state.accepted.contains(r));
-    let why_later = link_error.clone().unwrap_or_else(|| temporary.join("; "));
+    let why_later = link_error.clone().unwrap_or_else(|| summarize(&verdict.temporary).unwrap_or_default());
     let age = outbox::now().saturating_sub(entry.envelope.queued);
     if refused.is_empty() && !done && age >= send.expire.as_secs() {
         let days = send.expire.as_secs() / 86_400;
@@ -336,6 +363,30 @@ pub async fn attempt(
     state.link_down = link_error.is_some();
     outbox.record(entry, state)?;
     Ok(Attempt::Later(why_later))
+}
+
+/// Recipients and why, grouped by reason, each group naming at most three
+/// recipients and how many more: an error line stays short whatever the
+/// number of recipients (None when there are none).
+fn summarize(refusals: &[(String, String)]) -> Option<String> {
+    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (r, why) in refusals {
+        match reasons.iter_mut().find(|(w, _)| *w == why.as_str()) {
+            Some((_, rs)) => rs.push(r),
+            None => reasons.push((why, vec![r])),
+        }
+    }
+    let groups: Vec<String> = reasons
+        .into_iter()
+        .map(|(why, rs)| {
+            let named = rs.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+            match rs.len() {
+                n if n > 3 => format!("{named} and {} more: {why}", n - 3),
+                _ => format!("{named}: {why}"),
+            }
+        })
+        .collect();
+    (!groups.is_empty()).then(|| groups.join("; "))
 }
 
 /// Delivers the notices still due for failed entries (one that could not
@@ -391,18 +442,56 @@ async fn relay_once(
             let Some((target, jumps)) = &route.ssh else {
                 return Err(Error::Config(format!("account {} has no SSH destination", account.name)));
             };
-            let mut line = transport::remote_command(command);
-            line.push_str(" -f ");
-            line.push_str(&crate::process::shell_quote(&entry.envelope.sender));
-            line.push_str(" --");
-            for r in entry.pending() {
-                line.push(' ');
-                line.push_str(&crate::process::shell_quote(&r));
+            let mut prefix = transport::remote_command(command);
+            prefix.push_str(" -f ");
+            prefix.push_str(&crate::process::shell_quote(&entry.envelope.sender));
+            prefix.push_str(" --");
+            let mut verdict = relay::Verdict::default();
+            for batch in exec_batches(&prefix, entry.pending()) {
+                let line = batch.iter().fold(prefix.clone(), |mut line, r| {
+                    line.push(' ');
+                    line.push_str(&crate::process::shell_quote(r));
+                    line
+                });
+                let tried = match pool.exec(target, jumps, &line).await {
+                    Ok((stream, status, _)) => {
+                        relay::exec(Box::new(stream), &status, entry, batch.clone(), route.timeout).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match tried {
+                    Ok(v) => verdict.merge(v),
+                    // Nothing taken yet: the link is down, as for SMTP.
+                    Err(e) if verdict == relay::Verdict::default() => return Err(e),
+                    // Some batches went: keep what they got, try the rest later.
+                    Err(e) => verdict.merge(relay::Verdict::all(&batch, &e.to_string(), false)),
+                }
             }
-            let (stream, status, _) = pool.exec(target, jumps, &line).await?;
-            relay::exec(Box::new(stream), &status, entry, route.timeout).await
+            Ok(verdict)
         }
     }
+}
+
+/// The longest remote command line sent: a shell takes its `-c` text as one
+/// argument, which Linux caps at 128 KiB, and other systems lower; recipients
+/// go in batches (each a run of the command) below this.
+const MAX_REMOTE_LINE: usize = 32 * 1024;
+
+/// Splits `rcpts` into batches whose command line, after `prefix`, stays
+/// within [`MAX_REMOTE_LINE`] (one recipient always makes a batch).
+fn exec_batches(prefix: &str, rcpts: Vec<String>) -> Vec<Vec<String>> {
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut length = usize::MAX;
+    for r in rcpts {
+        let more = 1 + crate::process::shell_quote(&r).len();
+        if length.saturating_add(more) > MAX_REMOTE_LINE {
+            batches.push(Vec::new());
+            length = prefix.len();
+        }
+        length += more;
+        batches.last_mut().expect("pushed").push(r);
+    }
+    batches
 }
 
 /// The daemon's side: relays the queued entry `id` with `account`'s route on
@@ -476,46 +565,46 @@ pub async fn flush(outbox: &Outbox, config_file: Option<&Path>) -> i32 {
     let accounts = match senders(config_file) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
             return sysexits::CONFIG;
         }
     };
     let (entries, unreadable) = match outbox.queued() {
         Ok(q) => q,
         Err(e) => {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
             return sysexits::TEMPFAIL;
         }
     };
     for u in &unreadable {
-        eprintln!("sshmail: outbox entry {} skipped: {}", u.id, u.why);
+        crate::errln!("sshmail: outbox entry {} skipped: {}", u.id, u.why);
     }
     let pool = SshPool::new();
     let mut code = sysexits::OK;
     for mut entry in entries {
         let Some(claim) = outbox.claim(&entry) else { continue };
         let Some((account, route)) = accounts.iter().find(|(a, _)| a.name == entry.envelope.account) else {
-            eprintln!("sshmail: {}: its account {} can no longer send; left queued", entry.id, entry.envelope.account);
+            crate::errln!("sshmail: {}: its account {} can no longer send; left queued", entry.id, entry.envelope.account);
             code = sysexits::CONFIG;
             continue;
         };
         match tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool, Waiting::Nobody)).await
         {
-            Ok(Ok(Attempt::Done)) => println!("{}: sent", entry.id),
+            Ok(Ok(Attempt::Done)) => crate::outln!("{}: sent", entry.id),
             Ok(Ok(Attempt::Failed(why))) => {
-                println!("{}: refused, moved to failed: {why}", entry.id);
+                crate::outln!("{}: refused, moved to failed: {why}", entry.id);
                 code = code.max(sysexits::UNAVAILABLE);
             }
             Ok(Ok(Attempt::Later(why))) => {
-                println!("{}: still queued: {why}", entry.id);
+                crate::outln!("{}: still queued: {why}", entry.id);
                 code = code.max(sysexits::TEMPFAIL);
             }
             Ok(Err(e)) => {
-                println!("{}: still queued: {e}", entry.id);
+                crate::outln!("{}: still queued: {e}", entry.id);
                 code = code.max(sysexits::TEMPFAIL);
             }
             Err(_) => {
-                println!("{}: still queued: the relay did not finish within 60 s", entry.id);
+                crate::outln!("{}: still queued: the relay did not finish within 60 s", entry.id);
                 code = code.max(sysexits::TEMPFAIL);
             }
         }
@@ -535,20 +624,20 @@ pub fn list_queue(outbox: &Outbox) -> i32 {
     let (queued, bad) = match outbox.queued() {
         Ok(q) => q,
         Err(e) => {
-            eprintln!("sshmail: {e}");
+            crate::errln!("sshmail: {e}");
             return sysexits::TEMPFAIL;
         }
     };
     let (failed, bad_failed) = outbox.failed().unwrap_or_default();
     if queued.is_empty() && failed.is_empty() && bad.is_empty() {
-        println!("the outbox is empty ({})", outbox.dir().display());
+        crate::outln!("the outbox is empty ({})", outbox.dir().display());
         return sysexits::OK;
     }
     let show = |e: &Entry, what: &str| {
         let when = chrono::DateTime::from_timestamp(e.envelope.queued as i64, 0)
             .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M").to_string())
             .unwrap_or_default();
-        println!(
+        crate::outln!(
             "{}  {what}  {when}  {} bytes  via {}  <{}> -> {}",
             e.id,
             e.size,
@@ -568,7 +657,7 @@ pub fn list_queue(outbox: &Outbox) -> i32 {
                 outbox::Notice::Due => ", notice due",
                 outbox::Notice::Delivered => ", notice delivered",
             };
-            println!(
+            crate::outln!(
                 "    {} tries{next}{}{notice}: {}",
                 e.state.attempts,
                 if e.state.uncertain { ", uncertain (the relay may have it already)" } else { "" },
@@ -583,7 +672,7 @@ pub fn list_queue(outbox: &Outbox) -> i32 {
         show(e, "FAILED");
     }
     for u in bad.iter().chain(&bad_failed) {
-        println!("{}  unreadable: {}", u.id, u.why);
+        crate::outln!("{}  unreadable: {}", u.id, u.why);
     }
     sysexits::OK
 }
@@ -591,6 +680,26 @@ pub fn list_queue(outbox: &Outbox) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: 10 000 recipients went on one remote command line, which
+    /// the remote side could not run ("Argument list too long"), and that
+    /// was taken as a refusal of all of them, with a 700 KB error.
+    #[test]
+    fn regression_exec_recipients_go_in_batches_below_the_remote_limit_and_errors_stay_short() {
+        let rcpts: Vec<String> = (0..10_000).map(|i| format!("someone.{i}@example.org")).collect();
+        let prefix = "/usr/sbin/sendmail -oi -f me@example.org --";
+        let batches = exec_batches(prefix, rcpts.clone());
+        assert!(batches.len() > 1);
+        for b in &batches {
+            let line: usize = prefix.len() + b.iter().map(|r| 1 + crate::process::shell_quote(r).len()).sum::<usize>();
+            assert!(line <= MAX_REMOTE_LINE, "{line}");
+        }
+        assert_eq!(batches.concat(), rcpts, "every recipient once, in order");
+        let refused: Vec<(String, String)> = rcpts.iter().map(|r| (r.clone(), "exit 1".to_string())).collect();
+        let text = summarize(&refused).unwrap();
+        assert!(text.len() < 200 && text.contains("and 9997 more: exit 1"), "{text}");
+        assert_eq!(summarize(&[]), None);
+    }
 
     #[test]
     fn retries_back_off_from_a_minute_doubling_to_an_hour() {

@@ -108,5 +108,5 @@ fn compose(entry: &Entry, to: &str, host: &str, kept: &std::path::Path, out: &mu
 
 /// `s` on one line: a hostile reply cannot add header fields or lines.
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    crate::term::one_line(s, usize::MAX)
 }

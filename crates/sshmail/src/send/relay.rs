@@ -29,7 +29,7 @@ use crate::secret::Secret;
 use crate::wire::{Stream, Wire};
 
 /// What the relay said of each recipient.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdict {
     /// Took it.
     pub accepted: Vec<String>,
@@ -41,8 +41,25 @@ pub struct Verdict {
     pub uncertain: bool,
 }
 
+/// Exit codes of a remote sendmail that mean "not now", not "never":
+/// sysexits' EX_OSERR, EX_OSFILE, EX_CANTCREAT, EX_IOERR, EX_TEMPFAIL, and
+/// the shell's "cannot run it" (126) and "not found" (127).
+const TEMPORARY_EXITS: [i64; 7] = [71, 72, 73, 74, 75, 126, 127];
+
+/// The most of a remote sendmail's stderr kept in an error.
+const MAX_SAID: usize = 1000;
+
 impl Verdict {
-    fn all(rcpts: &[String], why: &str, permanent: bool) -> Verdict {
+    /// Adds what another part of the same message got.
+    pub fn merge(&mut self, other: Verdict) {
+        self.accepted.extend(other.accepted);
+        self.temporary.extend(other.temporary);
+        self.permanent.extend(other.permanent);
+        self.uncertain |= other.uncertain;
+    }
+
+    /// Every one of `rcpts` refused for `why`.
+    pub fn all(rcpts: &[String], why: &str, permanent: bool) -> Verdict {
         let list = rcpts.iter().map(|r| (r.clone(), why.to_string())).collect();
         if permanent {
             Verdict { permanent: list, ..Verdict::default() }
@@ -271,9 +288,9 @@ pub async fn exec(
     mut stream: Box<dyn Stream>,
     status: &crate::process::Collected,
     entry: &Entry,
+    rcpts: Vec<String>,
     timeout: Duration,
 ) -> Result<Verdict> {
-    let rcpts = entry.pending();
     let mut m = entry.message()?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -293,10 +310,15 @@ pub async fn exec(
     let _ = tokio::time::timeout(timeout, (&mut stream).take(1 << 20).read_to_end(&mut sink)).await;
     let exit = status.wait_exit(timeout).await;
     let said = status.stderr();
-    let said = if said.trim().is_empty() { String::new() } else { format!(": {}", said.trim()) };
+    let said = crate::term::one_line(said.trim(), MAX_SAID);
+    let said = if said.is_empty() { String::new() } else { format!(": {said}") };
     Ok(match exit {
         Some(0) => Verdict { accepted: rcpts, ..Verdict::default() },
-        Some(75) => Verdict::all(&rcpts, &format!("the remote sendmail said try later (exit 75){said}"), false),
+        Some(code) if TEMPORARY_EXITS.contains(&code) => Verdict::all(
+            &rcpts,
+            &format!("the remote sendmail did not run or said try later (exit {code}){said}"),
+            false,
+        ),
         Some(code) => Verdict::all(&rcpts, &format!("the remote sendmail refused it (exit {code}){said}"), true),
         None => Verdict {
             uncertain: true,
