@@ -160,3 +160,70 @@ impl<'a> MakeWriter<'a> for Syslog {
         Line { socket: self.socket.clone(), severity: severity(meta.level()), buf: Vec::new() }
     }
 }
+
+/// Lets one line of a kind through per [`Throttle::EVERY`], counting the
+/// rest: a flood of refused connections makes a line every few seconds
+/// with a count, not a line per connection.
+pub struct Throttle {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    held_back: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    /// How often a line gets through.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// A throttle that lets the first line through.
+    pub const fn new() -> Throttle {
+        Throttle { last: std::sync::Mutex::new(None), held_back: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Some(lines held back since the last one) when this line may be
+    /// logged; None when it is only counted.
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *last {
+            Some(at) if now.duration_since(at) < Self::EVERY => {
+                self.held_back.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(self.held_back.swap(0, std::sync::atomic::Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// `" (and N more like it)"` for a count held back, or nothing.
+    pub fn more(held_back: u64) -> String {
+        match held_back {
+            0 => String::new(),
+            n => format!(" ({n} more like it in the last {} s, not logged)", Self::EVERY.as_secs()),
+        }
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+
+    #[test]
+    fn a_flood_of_refusals_logs_one_line_with_a_count() {
+        let t = Throttle::new();
+        assert_eq!(t.allow(), Some(0));
+        for _ in 0..100 {
+            assert_eq!(t.allow(), None);
+        }
+        *t.last.lock().unwrap() = Some(std::time::Instant::now() - Throttle::EVERY);
+        assert_eq!(t.allow(), Some(100));
+        assert!(Throttle::more(100).contains("100 more"));
+        assert_eq!(Throttle::more(0), "");
+    }
+}

@@ -47,6 +47,33 @@ pub fn command(c: &Command, what: &str) -> Result<(tokio::process::Command, Stri
     Ok((cmd, format!("{what} (`{first_word}` …)")))
 }
 
+/// How long a tunnel command whose stream was closed (its stdin at EOF) may
+/// take to end by itself before its group is killed.
+pub const CHILD_GRACE: Duration = Duration::from_secs(1);
+
+/// The tasks that watch the tunnel commands still running: each ends once
+/// its child has exited (and its group been killed).
+static WATCHERS: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps the task watching a child, for [`wait_children`].
+pub fn watch_child(task: tokio::task::JoinHandle<()>) {
+    let mut watchers = WATCHERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    watchers.retain(|t| !t.is_finished());
+    watchers.push(task);
+}
+
+/// Waits, at most `limit`, until every child started for a stream has
+/// ended: a command exits only after the children it started are gone.
+pub async fn wait_children(limit: Duration) {
+    let watchers = std::mem::take(&mut *WATCHERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let _ = tokio::time::timeout(limit, async {
+        for w in watchers {
+            let _ = w.await;
+        }
+    })
+    .await;
+}
+
 /// The process (group) of a child we started, to end it and all it started.
 #[derive(Debug, Clone, Copy)]
 pub struct Group {

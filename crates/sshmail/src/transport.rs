@@ -646,7 +646,10 @@ mod pin {
 
 /// A local command as the connection. It runs in a process group of its
 /// own (without a terminal), and the whole group ends with the stream or
-/// with us: a `/bin/sh -c 'ssh …'` leaves no `ssh` behind.
+/// with us: a `/bin/sh -c 'ssh …'` leaves no `ssh` behind. When the stream
+/// is closed the child gets [`crate::process::CHILD_GRACE`] to end by
+/// itself (its stdin at EOF) before its group is killed; a command waits
+/// for that ([`crate::process::wait_children`]) before it exits.
 fn open_command(c: &Command) -> Result<Opened> {
     let (mut cmd, shown) = crate::process::command(c, "tunnel command")?;
     let mut child = cmd
@@ -677,13 +680,26 @@ fn open_command(c: &Command) -> Result<Opened> {
     });
     let d = diag.clone();
     let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
+    let watcher = tokio::spawn(async move {
+        // Whatever it started goes with it, also when this task is dropped
+        // (the runtime going away).
+        let _group = KillOnDrop(group);
         let status = tokio::select! {
             s = child.wait() => s.ok(),
-            _ = kill_rx => { group.kill(); let _ = child.kill().await; child.wait().await.ok() }
+            _ = kill_rx => {
+                // The stream is gone, its stdin with it: the child sees EOF
+                // and may end its session cleanly, for a moment.
+                match tokio::time::timeout(crate::process::CHILD_GRACE, child.wait()).await {
+                    Ok(s) => s.ok(),
+                    Err(_) => {
+                        _group.0.kill();
+                        let _ = child.kill().await;
+                        child.wait().await.ok()
+                    }
+                }
+            }
         };
-        // Whatever it started goes with it.
-        group.kill();
+        drop(_group);
         // The status is published only once its stderr is read to the end
         // (bounded: a grandchild that escaped the group may hold it open),
         // so whoever waits for the status also gets its last words.
@@ -692,8 +708,9 @@ fn open_command(c: &Command) -> Result<Opened> {
             d.set_exit(s.code().map(i64::from).unwrap_or(-1));
         }
     });
+    crate::process::watch_child(watcher);
     Ok(Opened {
-        stream: Box::new(ChildStream { stdout, stdin, _kill: kill_tx, group }),
+        stream: Box::new(ChildStream { stdout, stdin, _kill: kill_tx }),
         peer: shown,
         preauth_ok: true,
         greeting_done: false,
@@ -707,14 +724,17 @@ fn open_command(c: &Command) -> Result<Opened> {
 struct ChildStream {
     stdout: tokio::process::ChildStdout,
     stdin: tokio::process::ChildStdin,
+    /// Dropped with the stream: the watcher gives the child its grace, then
+    /// ends its group.
     _kill: tokio::sync::oneshot::Sender<()>,
-    group: crate::process::Group,
 }
 
-impl Drop for ChildStream {
+/// A child's group, killed when this is dropped.
+struct KillOnDrop(crate::process::Group);
+
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        // Also when the runtime is going away and the waiting task with it.
-        self.group.kill();
+        self.0.kill();
     }
 }
 

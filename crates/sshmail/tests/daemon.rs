@@ -141,17 +141,36 @@ fn the_control_socket_is_private_status_names_every_account_and_a_second_daemon_
         c.output().expect("setpriv (util-linux)")
     };
     let out = as_nobody(&["status"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
     use std::os::unix::fs::PermissionsExt as _;
     let home_mode = mode(env.home.path());
     std::fs::set_permissions(env.home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(env.home.path().join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // Another user's client will not talk to a socket that is not its own …
     let out = as_nobody(&["stop"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is owned by uid"), "{}", String::from_utf8_lossy(&out.stderr));
+    // … and one that does anyway is refused by the daemon's peer check.
+    let raw = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg(
+            "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ntry:\n    \
+             s.sendall(b'{\"version\":1,\"command\":\"stop\"}\\n')\n    print(repr(s.recv(100)))\n\
+             except OSError:\n    print(repr(b''))",
+        )
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&raw.stdout).trim(), "b''", "{}", String::from_utf8_lossy(&raw.stderr));
     daemon.log.wait_until("the refusal is logged", |l| l.contains("refused a control connection from uid 65534"));
     std::fs::set_permissions(env.home.path(), std::fs::Permissions::from_mode(home_mode)).unwrap();
+    // Our own client refuses a control directory open to others, too.
+    let out = daemon.ctl(&["status"]);
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has mode 755"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
     assert!(daemon.ctl(&["status"]).status.success(), "the daemon still runs after another user's stop");
 
     let stopped = daemon.ctl(&["stop"]);
@@ -515,4 +534,133 @@ fn with_syslog_its_lines_go_to_the_syslog_socket_with_facility_mail() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.is_empty(), "nothing on stderr with --syslog: {stderr}");
+}
+
+/// A directory another user can write to, for a runtime directory made
+/// before ours (as `$TMPDIR/sshmail-UID` is, without a login session).
+fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::Builder::new().prefix("sshmail-shared.").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
+}
+
+/// Regression: without a runtime directory of our own, another user who
+/// made the control directory first could pose as the daemon: get the mail
+/// client's `tunnel` session, and make `sendmail --no-queue` exit 0 for a
+/// message never relayed. Every client now checks the directory, the socket
+/// and the peer before it says a word.
+#[test]
+fn regression_a_control_socket_another_user_made_is_refused_by_every_client_naming_the_path() {
+    let env = Env::new();
+    let shared = shared_dir();
+    let control = shared.path().join("sshmail");
+    // Another user's fake daemon: it answers every request "done".
+    let fake = r#"
+import os, socket, sys
+d = sys.argv[1]
+os.mkdir(d)
+os.chmod(d, 0o777)
+s = socket.socket(socket.AF_UNIX)
+s.bind(os.path.join(d, 'control'))
+os.chmod(os.path.join(d, 'control'), 0o777)
+s.listen(16)
+open(os.path.join(d, 'spoken'), 'w').close()
+os.chmod(os.path.join(d, 'spoken'), 0o666)
+print('ready', flush=True)
+while True:
+    c, _ = s.accept()
+    c.recv(65536)
+    open(os.path.join(d, 'spoken'), 'a').write('x')
+    c.sendall(b'{"version":1,"ok":true,"sent":{"outcome":"done"}}\n')
+    c.close()
+"#;
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut impostor = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c", fake])
+        .arg(&control)
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    use std::io::BufRead as _;
+    let output = impostor.stdout.take().unwrap();
+    let _impostor = Killed(impostor);
+    std::io::BufReader::new(output).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let config = env.home.path().join("config.toml");
+    Daemon::write_config(
+        &config,
+        &env.config_toml(&format!(
+            "{}send.server = \"127.0.0.1:1\"\n",
+            env.pop3_toml("isp", "fetch = false\n")
+        )),
+    );
+    let run = |args: &[&str], stdin: &[u8]| {
+        let mut c = Daemon::base_command(env.home.path());
+        c.env("XDG_RUNTIME_DIR", shared.path()).args(args).arg("--config").arg(&config);
+        c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write as _;
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        common::wait_bounded(child, Duration::from_secs(60))
+    };
+    for command in [&["status"][..], &["poll"], &["reload"], &["stop"]] {
+        let out = run(command, b"");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(6), "{command:?}: {err}");
+        assert!(err.contains(&control.display().to_string()) && err.contains("is owned by uid 65534"), "{err}");
+    }
+    let out = run(&["tunnel", "isp"], b"");
+    assert_eq!(out.status.code(), Some(6), "tunnel: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["sendmail", "--no-queue", "-i", "you@example.org"], b"Subject: s\n\nbody\n");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(75), "not relayed, so not exit 0: {err}");
+    assert!(err.contains("refusing the control socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(control.join("spoken")).unwrap(), "", "a client spoke to the impostor");
+}
+
+/// Regression: `--config` naming the default config file made a socket of
+/// its own (`control-HASH`), so clients without `--config` never found that
+/// daemon; and a client that finds no daemon for its config names the one
+/// that runs.
+#[test]
+fn regression_the_default_config_named_with_config_is_the_default_daemon_and_a_client_names_another_running() {
+    let env = Env::new();
+    let accounts = env.pop3_toml("pop", "");
+    let config_dir = env.home.path().join(".config/sshmail");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let default = config_dir.join("config.toml");
+    Daemon::write_config(&default, &env.config_toml(&accounts));
+    // Named through a symbolic link: the same file.
+    std::os::unix::fs::symlink(&config_dir, env.home.path().join("cfg")).unwrap();
+    let named = env.home.path().join("cfg/./config.toml");
+    let daemon = Daemon::spawn(env.home.path(), &named, &[("XDG_CONFIG_HOME", "")]);
+    daemon.log.wait_until("the daemon is up", |l| l.contains("started:"));
+    let mut status = Daemon::base_command(env.home.path());
+    status.arg("status").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let out = common::wait_bounded(status.spawn().unwrap(), Duration::from_secs(30));
+    assert_exit(&out, 0);
+    // Another config's client is told which daemon runs.
+    let other = env.home.path().join("other.toml");
+    Daemon::write_config(&other, &env.config_toml(&accounts));
+    let mut status = Daemon::base_command(env.home.path());
+    status.arg("status").arg("--config").arg(&other);
+    status.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let out = common::wait_bounded(status.spawn().unwrap(), Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("one runs for") && err.contains("config.toml"), "{err}");
+    let mut stop = Daemon::base_command(env.home.path());
+    stop.arg("stop").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    assert_exit(&common::wait_bounded(stop.spawn().unwrap(), Duration::from_secs(30)), 0);
+    let (code, _) = daemon_exit(daemon);
+    assert_eq!(code, Some(0));
 }

@@ -731,3 +731,110 @@ fn serve_smtp_forwards_to_port_25_on_the_server_host_and_a_real_smtp_server_gets
     assert_eq!(got[0].1, content.replace("\r\n", "\n").into_bytes(), "the message was altered");
     daemon.stop();
 }
+
+/// Regression: serve.smtp forwarded to port 25 of the SSH host whatever the
+/// account's send.server said, so a relay on 587 that wants STARTTLS and
+/// AUTH (what most providers require) could not be served to a client.
+#[test]
+fn regression_serve_smtp_forwards_to_the_accounts_relay_and_the_clients_starttls_and_auth_pass_through() {
+    let env = Env::with(sshmail_testbed::Options { tls: true, ..sshmail_testbed::Options::default() });
+    let pki = env.bed.ca_cert.parent().unwrap().to_path_buf();
+    let (cert, key) = (pki.join("server.pem").display().to_string(), pki.join("server.key").display().to_string());
+    let settings = [("SMTP_TLS_CERT", cert.as_str()), ("SMTP_TLS_KEY", key.as_str()), ("SMTP_AUTH", "me:s3cret")];
+    let sink = common::SmtpServer::start_with(&env.home.path().join("smtp"), None, &settings);
+    assert_ne!(sink.port, 25);
+    let port = free_port();
+    let accounts = env.pop3_toml(
+        "isp",
+        &format!(
+            "fetch = false\nserve.smtp = \"tcp:127.0.0.1:{port}\"\nsend.server = \"127.0.0.1:{}\"\n",
+            sink.port
+        ),
+    );
+    let daemon = Daemon::start(&env, &accounts);
+    let message = env.home.path().join("message.eml");
+    let content = "From: me@example.net\r\nTo: you@example.org\r\nSubject: through the relay\r\n\r\nbody\r\n";
+    std::fs::write(&message, content).unwrap();
+    let out = client(&[
+        "smtp-send-tls",
+        &format!("tcp:127.0.0.1:{port}"),
+        "me@example.net",
+        "you@example.org",
+        message.to_str().unwrap(),
+        env.bed.ca_cert.to_str().unwrap(),
+        "me",
+        "s3cret",
+    ]);
+    assert!(out.status.success(), "STARTTLS and AUTH through serve.smtp: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    let got = sink.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1, content.replace("\r\n", "\n").into_bytes());
+    let meta = std::fs::read_to_string(sink.dir.join("000001.meta")).unwrap();
+    assert_eq!(meta, "tls=yes auth=me\n");
+    daemon.stop();
+}
+
+/// The remote imapd processes running now (one per open exec channel), by
+/// their command name, as the test account.
+fn remote_imapds(env: &Env) -> usize {
+    let uid = env.bed.account.uid;
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let owner = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
+        let name = status.lines().find_map(|l| l.strip_prefix("Name:")).map(str::trim);
+        if owner == Some(uid.to_string().as_str()) && name == Some("imap") {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Regression: a client killed with server output unread (mid-FETCH) left
+/// its session, its channel and the remote imapd open for good ("clients
+/// now" only grew).
+#[test]
+fn regression_twenty_clients_killed_mid_fetch_leave_no_session_channel_or_remote_imapd_behind() {
+    let mut env = Env::new();
+    env.add_messages([corpus::small_message(0, 30 << 20)]);
+    let accounts = env.imap_toml("uni", SERVED_ON_A_SOCKET);
+    let daemon = Daemon::start(&env, &accounts);
+    let socket = socket_of(&env);
+    let before = remote_imapds(&env);
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let out = env.home.path().join(format!("stalled-{i}"));
+        let child = Command::new("/usr/bin/python3")
+            .arg(client_script())
+            .args(["imap-stall", &socket, "600", out.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        clients.push((child, PathBuf::from(format!("{}.stalled", out.display()))));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (_, marker) in &clients {
+        while !marker.exists() {
+            assert!(Instant::now() < deadline, "a client never began its FETCH");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    daemon.wait_status("20 clients in session", Duration::from_secs(30), |s| {
+        s.endpoints.iter().map(|e| e.clients.now).sum::<u64>() == 20
+    });
+    assert!(remote_imapds(&env) >= before + 20, "each client has its imapd");
+    for (mut child, _) in clients {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    daemon.wait_status("no client in session after the kills", Duration::from_secs(30), |s| {
+        s.endpoints.iter().map(|e| e.clients.now).sum::<u64>() == 0
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remote_imapds(&env) > before {
+        assert!(Instant::now() < deadline, "{} remote imapds left behind", remote_imapds(&env) - before);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.stop();
+}

@@ -544,3 +544,44 @@ fn a_dropped_connection_is_retried_at_once_then_with_a_back_off() {
     assert!(idles >= 2, "the retry at once never reached the server again:\n{}", h.log());
     assert_eq!(h.delivered().len(), 3, "the messages, once");
 }
+
+/// Regression: a server's `-ERR` or `BYE` text reached the terminal raw in
+/// fetch's final error line: escape sequences could retitle the window,
+/// clear the screen and print a fake message.
+#[test]
+fn regression_server_bytes_never_reach_a_terminal_raw_in_fetchs_error_line() {
+    for scenario in ["pop3-escape-err", "imap-escape-bye"] {
+        let h = Hostile::new(scenario);
+        let out = h.run(&[]);
+        assert_ne!(out.status.code(), Some(0), "{scenario}");
+        assert!(!out.stderr.iter().any(|&b| b == 0x1b || b == 0x07), "{scenario}: raw control bytes: {:?}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("\\x1b]0;owned\\x07"), "{scenario}: the text is shown, escaped: {err}");
+        assert!(h.delivered().is_empty());
+    }
+}
+
+/// Regression: "greeted `* OK`, not `* PREAUTH`" hid what the server said;
+/// the greeting is quoted (bounded, printable), so a login prompt, an alert
+/// and a banner can be told apart.
+#[test]
+fn regression_a_greeting_that_is_not_preauth_is_quoted_in_the_error() {
+    let h = Hostile::new("imap-login-no-sasl-ir");
+    // No password: the command must greet PREAUTH.
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sshmail"));
+    c.env("HOME", h.maildir().parent().unwrap())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .args(["fetch", "--imap", "--via", "command", "--tunnel"])
+        .arg(h.tunnel())
+        .arg("--deliver")
+        .arg(format!("maildir:{}", h.maildir().display()))
+        .arg("--state-dir")
+        .arg(h.maildir().parent().unwrap().join("state"));
+    let out = common::wait_bounded(c.spawn().unwrap(), Duration::from_secs(60));
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("greeted `* OK [CAPABILITY …] scripted IMAP server, log in`, not `* PREAUTH`"), "{err}");
+}

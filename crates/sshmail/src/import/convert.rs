@@ -101,6 +101,9 @@ const SAME: &[&str] = &[
 /// Converts what the rc says.
 pub fn convert(rc: &Rc) -> Converted {
     let mut out = Converted { daemon_interval: rc.daemon, ..Converted::default() };
+    for (line, note) in &rc.lenient {
+        out.warnings.push(format!("line {line}: {note}"));
+    }
     if let Some(f) = &rc.logfile {
         out.warn(
             f.line,

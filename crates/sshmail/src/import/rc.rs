@@ -18,6 +18,9 @@ pub struct Rc {
     pub other: Vec<Opt>,
     /// `poll` and `skip` entries, in order, `defaults` applied.
     pub polls: Vec<Poll>,
+    /// What was read in an order fetchmail refuses, and how it was taken:
+    /// `line N: …`.
+    pub lenient: Vec<(usize, String)>,
 }
 
 /// An option as written, for the warnings: `no keep`, `fetchlimit 10`.
@@ -300,28 +303,58 @@ impl Parser {
 }
 
 /// Parses a `.fetchmailrc`. An error names the line, never a value.
+///
+/// Two orders fetchmail refuses are read as their writers meant them, with
+/// a note in [`Rc::lenient`], since they are what people paste (the 1998
+/// "Secure POP via SSH" HOWTO prints the first): user options on lines
+/// before a `poll` are that poll's user's, and user options before a
+/// `user` in an entry are that user's.
 pub fn parse(text: &str) -> Result<Rc, String> {
     let mut p = Parser { toks: tokens(text)?, pos: 0 };
     let mut rc = Rc::default();
     let mut defaults: Option<Poll> = None;
-    while let Some(t) = p.next() {
+    // Options written before the `poll` they belong to.
+    let mut lead: Option<Poll> = None;
+    while let Some(t) = p.peek().cloned() {
         match t.keyword() {
-            Some("set") => set(&mut p, &mut rc, t.line)?,
+            Some("set") => {
+                p.next();
+                set(&mut p, &mut rc, t.line)?
+            }
             Some(k @ ("poll" | "skip")) => {
+                p.next();
                 let name = p.string(k, t.line)?;
-                let mut poll = defaults.clone().unwrap_or_default();
+                let base = lead.take().map(|l| (true, l)).or_else(|| defaults.clone().map(|d| (false, d)));
+                let template = base.as_ref().and_then(|(_, b)| b.users.last().cloned()).unwrap_or_default();
+                let mut poll = base.map(|(_, b)| b).unwrap_or_default();
                 poll.line = t.line;
                 poll.name = name;
                 poll.skip = k == "skip";
                 poll.users.clear();
-                let template = defaults.as_ref().and_then(|d| d.users.first().cloned()).unwrap_or_default();
-                entry(&mut p, &mut poll, &template)?;
+                entry(&mut p, &mut poll, &template, &mut rc.lenient)?;
                 rc.polls.push(poll);
             }
             Some("defaults") => {
+                p.next();
                 let mut d = Poll { line: t.line, ..Poll::default() };
-                entry(&mut p, &mut d, &User::default())?;
+                entry(&mut p, &mut d, &User::default(), &mut rc.lenient)?;
                 defaults = Some(d);
+            }
+            Some(k) if lead.is_none() && starts_user_options(k) => {
+                let mut l = defaults.clone().unwrap_or_default();
+                l.users.clear();
+                let template = defaults.as_ref().and_then(|d| d.users.first().cloned()).unwrap_or_default();
+                entry(&mut p, &mut l, &template, &mut rc.lenient)?;
+                if !matches!(p.peek().and_then(Token::keyword), Some("poll" | "skip")) {
+                    return Err(format!("line {}: options before `poll`, but no `poll` follows them", t.line));
+                }
+                rc.lenient.push((
+                    t.line,
+                    "options before `poll` are taken as that poll's user's (fetchmail itself refuses this file: \
+                     put them after the `poll` line)"
+                        .into(),
+                ));
+                lead = Some(l);
             }
             _ => {
                 return Err(format!(
@@ -333,6 +366,12 @@ pub fn parse(text: &str) -> Result<Rc, String> {
         }
     }
     Ok(rc)
+}
+
+/// Whether a statement starting with `k` is a user's options (written
+/// before the `poll` they belong to).
+fn starts_user_options(k: &str) -> bool {
+    matches!(k, "user" | "username" | "no" | "is" | "to") || arg_of(USER, k).is_some()
 }
 
 fn set(p: &mut Parser, rc: &mut Rc, line: usize) -> Result<(), String> {
@@ -359,9 +398,14 @@ fn set(p: &mut Parser, rc: &mut Rc, line: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Server options, then users, up to the next statement.
-fn entry(p: &mut Parser, poll: &mut Poll, template: &User) -> Result<(), String> {
+/// Server options, then users, up to the next statement. User options
+/// before the first `user` belong to that user when one follows (noted in
+/// `lenient`); else to the implicit user (the local login), as fetchmail
+/// has it.
+fn entry(p: &mut Parser, poll: &mut Poll, template: &User, lenient: &mut Vec<(usize, String)>) -> Result<(), String> {
     let mut user: Option<User> = None;
+    // The current user was started by options, not by `user`.
+    let mut implicit = false;
     while let Some(t) = p.peek().cloned() {
         let k = t.keyword().unwrap_or("");
         if matches!(k, "poll" | "skip" | "defaults" | "set") {
@@ -369,10 +413,26 @@ fn entry(p: &mut Parser, poll: &mut Poll, template: &User) -> Result<(), String>
         }
         p.next();
         if matches!(k, "user" | "username") {
-            if let Some(u) = user.take() {
-                poll.users.push(u);
-            }
-            let mut u = User { line: t.line, ..template.clone() };
+            let base = match user.take() {
+                Some(options) if implicit && poll.users.is_empty() => {
+                    lenient.push((
+                        options.line,
+                        format!(
+                            "options before `user` (line {}) are taken as that user's (fetchmail itself refuses \
+                             this order: put them after the `user` name)",
+                            t.line
+                        ),
+                    ));
+                    options
+                }
+                Some(u) => {
+                    poll.users.push(u);
+                    template.clone()
+                }
+                None => template.clone(),
+            };
+            implicit = false;
+            let mut u = User { line: t.line, ..base };
             u.remote = Some(p.string(k, t.line)?);
             match p.peek().and_then(|t| t.keyword()) {
                 Some("here") => {
@@ -396,7 +456,10 @@ fn entry(p: &mut Parser, poll: &mut Poll, template: &User) -> Result<(), String>
         if let Some(arg) = arg_of(SERVER, &k).filter(|_| !matches!(k.as_str(), "via" | "auth") || !no) {
             server_option(p, poll, &k, arg, no, line)?;
         } else if matches!(k.as_str(), "is" | "to") || arg_of(USER, &k).is_some() {
-            let u = user.get_or_insert_with(|| User { line, ..template.clone() });
+            let u = user.get_or_insert_with(|| {
+                implicit = true;
+                User { line, ..template.clone() }
+            });
             user_option(p, u, &k, no, line)?;
         } else if no {
             return Err(format!("line {line}: `no {k}` is not an option"));

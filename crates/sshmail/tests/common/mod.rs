@@ -656,6 +656,7 @@ impl Daemon {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sshmail"));
         c.env("HOME", home)
             .env("XDG_RUNTIME_DIR", home.join("run"))
+            .env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_DATA_HOME")
             .env_remove("XDG_CACHE_HOME")
             .env_remove("SSH_AUTH_SOCK")
