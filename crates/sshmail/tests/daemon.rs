@@ -151,7 +151,11 @@ fn the_control_socket_is_private_status_names_every_account_and_a_second_daemon_
     // Another user's client will not talk to a socket that is not its own …
     let out = as_nobody(&["stop"]);
     assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is owned by uid"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is owned by uid"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // … and one that does anyway is refused by the daemon's peer check.
     let raw = std::process::Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c"])
@@ -598,10 +602,7 @@ while True:
     let config = env.home.path().join("config.toml");
     Daemon::write_config(
         &config,
-        &env.config_toml(&format!(
-            "{}send.server = \"127.0.0.1:1\"\n",
-            env.pop3_toml("isp", "fetch = false\n")
-        )),
+        &env.config_toml(&format!("{}send.server = \"127.0.0.1:1\"\n", env.pop3_toml("isp", "fetch = false\n"))),
     );
     let run = |args: &[&str], stdin: &[u8]| {
         let mut c = Daemon::base_command(env.home.path());

@@ -746,10 +746,7 @@ fn regression_serve_smtp_forwards_to_the_accounts_relay_and_the_clients_starttls
     let port = free_port();
     let accounts = env.pop3_toml(
         "isp",
-        &format!(
-            "fetch = false\nserve.smtp = \"tcp:127.0.0.1:{port}\"\nsend.server = \"127.0.0.1:{}\"\n",
-            sink.port
-        ),
+        &format!("fetch = false\nserve.smtp = \"tcp:127.0.0.1:{port}\"\nsend.server = \"127.0.0.1:{}\"\n", sink.port),
     );
     let daemon = Daemon::start(&env, &accounts);
     let message = env.home.path().join("message.eml");
@@ -765,7 +762,12 @@ fn regression_serve_smtp_forwards_to_the_accounts_relay_and_the_clients_starttls
         "me",
         "s3cret",
     ]);
-    assert!(out.status.success(), "STARTTLS and AUTH through serve.smtp: {}\nlog:\n{}", stderr(&out), daemon.log.text());
+    assert!(
+        out.status.success(),
+        "STARTTLS and AUTH through serve.smtp: {}\nlog:\n{}",
+        stderr(&out),
+        daemon.log.text()
+    );
     let got = sink.received();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].1, content.replace("\r\n", "\n").into_bytes());

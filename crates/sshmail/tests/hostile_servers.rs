@@ -554,7 +554,11 @@ fn regression_server_bytes_never_reach_a_terminal_raw_in_fetchs_error_line() {
         let h = Hostile::new(scenario);
         let out = h.run(&[]);
         assert_ne!(out.status.code(), Some(0), "{scenario}");
-        assert!(!out.stderr.iter().any(|&b| b == 0x1b || b == 0x07), "{scenario}: raw control bytes: {:?}", stderr(&out));
+        assert!(
+            !out.stderr.iter().any(|&b| b == 0x1b || b == 0x07),
+            "{scenario}: raw control bytes: {:?}",
+            stderr(&out)
+        );
         let err = stderr(&out);
         assert!(err.contains("\\x1b]0;owned\\x07"), "{scenario}: the text is shown, escaped: {err}");
         assert!(h.delivered().is_empty());

@@ -469,7 +469,10 @@ pub async fn exchange(
             )));
         }
         Err(e) => {
-            return Err(NoAnswer::Unsafe(format!("refusing the control socket {}: no peer credentials: {e}", socket.display())));
+            return Err(NoAnswer::Unsafe(format!(
+                "refusing the control socket {}: no peer credentials: {e}",
+                socket.display()
+            )));
         }
     }
     let mut line = serde_json::to_vec(&Request { version: VERSION, command }).unwrap_or_default();

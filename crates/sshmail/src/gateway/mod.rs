@@ -273,20 +273,23 @@ where
     SR: tokio::io::AsyncRead + Unpin,
     SW: tokio::io::AsyncWrite + Unpin,
 {
+    // What went up so far, also when the server ends the session first.
+    let sent_up = std::sync::atomic::AtomicU64::new(0);
     let up = async {
-        let n = copy(client_read, &mut server_write).await;
+        let n = copy(client_read, &mut server_write, &sent_up).await;
         let _ = server_write.shutdown().await;
         n
     };
+    let sent_down = std::sync::atomic::AtomicU64::new(0);
     let down = async {
-        let n = copy(&mut server_read, &mut client_write).await;
+        let n = copy(&mut server_read, &mut client_write, &sent_down).await;
         let _ = client_write.shutdown().await;
         n
     };
     tokio::pin!(up, down);
     tokio::select! {
         // The server ended the session: nothing more can be said to it.
-        d = &mut down => Ok((0, already_down + d?)),
+        d = &mut down => Ok((sent_up.load(std::sync::atomic::Ordering::Relaxed), already_down + d?)),
         u = &mut up => {
             let u = u?;
             let d = tokio::time::timeout(AFTER_CLIENT_EOF, down).await.unwrap_or(Ok(0))?;
@@ -296,8 +299,9 @@ where
 }
 
 /// Copies until the end of `from`, each piece written out (and flushed)
-/// as soon as it is read: no piece waits for the next.
-async fn copy<R, W>(from: &mut R, to: &mut W) -> std::io::Result<u64>
+/// as soon as it is read: no piece waits for the next. `counted` holds the
+/// bytes copied so far, for a caller that stops waiting early.
+pub(crate) async fn copy<R, W>(from: &mut R, to: &mut W, counted: &std::sync::atomic::AtomicU64) -> std::io::Result<u64>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
@@ -312,6 +316,7 @@ where
         to.write_all(&buf[..n]).await?;
         to.flush().await?;
         total += n as u64;
+        counted.store(total, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -25,6 +25,9 @@ use crate::wire::Stream;
 const MAX_LINE: u64 = 64 * 1024;
 /// The largest literal in a command before the login.
 const MAX_LITERAL: u64 = 1 << 20;
+/// How long a client may take to log in (a person typing a password the
+/// client asks for included): a client that never does holds no channel.
+const BEFORE_LOGIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Runs a session through the shim; returns the bytes sent each way.
 pub async fn run<C: Stream>(client: C, server: Connected) -> std::io::Result<(u64, u64)> {
@@ -32,6 +35,9 @@ pub async fn run<C: Stream>(client: C, server: Connected) -> std::io::Result<(u6
     let client_write = Arc::new(Mutex::new(client_write));
     let (server_read, mut server_write) = tokio::io::split(server.stream);
     let logged_in = Arc::new(AtomicBool::new(false));
+    // What went up so far, also when the server ends the session first.
+    let sent_up = std::sync::atomic::AtomicU64::new(0);
+    let sent_up = &sent_up;
 
     let greeting = as_ok(&server.greeting);
     client_write.lock().await.write_all(&greeting).await?;
@@ -65,76 +71,109 @@ pub async fn run<C: Stream>(client: C, server: Connected) -> std::io::Result<(u6
         async move {
             let mut from = BufReader::new(client_read);
             let mut total = 0u64;
-            loop {
-                let line = read_line(&mut from).await?;
-                if line.is_empty() {
+            // Until the login: Some(total) when the session ended first.
+            let before = tokio::time::timeout(BEFORE_LOGIN, async {
+                loop {
+                    let line = read_line(&mut from).await?;
+                    if line.is_empty() {
+                        let _ = server_write.shutdown().await;
+                        return Ok(Some(total));
+                    }
+                    let (tag, command, rest) = words(&line);
+                    match command.to_ascii_uppercase().as_str() {
+                        "LOGIN" => {
+                            skip_literals(&line, &mut from, &writer).await?;
+                            answer(&writer, &format!("{tag} OK LOGIN completed (sshmail: SSH authenticated you)"))
+                                .await?;
+                            break;
+                        }
+                        "AUTHENTICATE" => {
+                            let mut args = rest.split_whitespace();
+                            let mechanism = args.next().unwrap_or("").to_ascii_uppercase();
+                            let initial = args.next().is_some();
+                            let steps: &[&str] = match mechanism.as_str() {
+                                "PLAIN" if initial => &[],
+                                "PLAIN" => &[""],
+                                "LOGIN" => &["VXNlcm5hbWU6", "UGFzc3dvcmQ6"],
+                                _ => {
+                                    answer(
+                                        &writer,
+                                        &format!("{tag} NO [CANNOT] only PLAIN and LOGIN are answered here"),
+                                    )
+                                    .await?;
+                                    continue;
+                                }
+                            };
+                            let mut cancelled = false;
+                            for step in steps {
+                                answer(&writer, &format!("+ {step}")).await?;
+                                let reply = read_line(&mut from).await?;
+                                if reply.is_empty() {
+                                    return Ok(Some(total));
+                                }
+                                if reply.trim_ascii() == b"*" {
+                                    cancelled = true;
+                                    break;
+                                }
+                            }
+                            if cancelled {
+                                answer(&writer, &format!("{tag} BAD AUTHENTICATE cancelled")).await?;
+                                continue;
+                            }
+                            answer(
+                                &writer,
+                                &format!("{tag} OK AUTHENTICATE completed (sshmail: SSH authenticated you)"),
+                            )
+                            .await?;
+                            break;
+                        }
+                        _ => {
+                            // Anything else is the server's, literals and all.
+                            server_write.write_all(&line).await?;
+                            total += line.len() as u64;
+                            let mut line = line;
+                            while let Some((n, _)) = literal_at_end(&line) {
+                                let mut literal = (&mut from).take(n);
+                                total += tokio::io::copy(&mut literal, &mut server_write).await?;
+                                line = read_line(&mut from).await?;
+                                server_write.write_all(&line).await?;
+                                total += line.len() as u64;
+                            }
+                        }
+                    }
+                }
+                Ok::<Option<u64>, std::io::Error>(None)
+            })
+            .await;
+            match before {
+                Err(_) => {
+                    let _ = answer(&writer, "* BYE sshmail: no login within 300 s").await;
                     let _ = server_write.shutdown().await;
                     return Ok(total);
                 }
-                let (tag, command, rest) = words(&line);
-                match command.to_ascii_uppercase().as_str() {
-                    "LOGIN" => {
-                        skip_literals(&line, &mut from, &writer).await?;
-                        answer(&writer, &format!("{tag} OK LOGIN completed (sshmail: SSH authenticated you)")).await?;
-                        break;
-                    }
-                    "AUTHENTICATE" => {
-                        let mut args = rest.split_whitespace();
-                        let mechanism = args.next().unwrap_or("").to_ascii_uppercase();
-                        let initial = args.next().is_some();
-                        let steps: &[&str] = match mechanism.as_str() {
-                            "PLAIN" if initial => &[],
-                            "PLAIN" => &[""],
-                            "LOGIN" => &["VXNlcm5hbWU6", "UGFzc3dvcmQ6"],
-                            _ => {
-                                answer(&writer, &format!("{tag} NO [CANNOT] only PLAIN and LOGIN are answered here"))
-                                    .await?;
-                                continue;
-                            }
-                        };
-                        let mut cancelled = false;
-                        for step in steps {
-                            answer(&writer, &format!("+ {step}")).await?;
-                            let reply = read_line(&mut from).await?;
-                            if reply.is_empty() {
-                                return Ok(total);
-                            }
-                            if reply.trim_ascii() == b"*" {
-                                cancelled = true;
-                                break;
-                            }
-                        }
-                        if cancelled {
-                            answer(&writer, &format!("{tag} BAD AUTHENTICATE cancelled")).await?;
-                            continue;
-                        }
-                        answer(&writer, &format!("{tag} OK AUTHENTICATE completed (sshmail: SSH authenticated you)"))
-                            .await?;
-                        break;
-                    }
-                    _ => {
-                        // Anything else is the server's, literals and all.
-                        server_write.write_all(&line).await?;
-                        total += line.len() as u64;
-                        let mut line = line;
-                        while let Some((n, _)) = literal_at_end(&line) {
-                            let mut literal = (&mut from).take(n);
-                            total += tokio::io::copy(&mut literal, &mut server_write).await?;
-                            line = read_line(&mut from).await?;
-                            server_write.write_all(&line).await?;
-                            total += line.len() as u64;
-                        }
-                    }
-                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(Some(total))) => return Ok(total),
+                Ok(Ok(None)) => {}
             }
             logged_in.store(true, Ordering::SeqCst);
-            total += tokio::io::copy(&mut from, &mut server_write).await?;
+            // (What the login took before, a few bytes, is not in the
+            // count when the server ends the session first.)
+            total += super::copy(&mut from, &mut server_write, sent_up).await?;
             let _ = server_write.shutdown().await;
             Ok::<u64, std::io::Error>(total)
         }
     };
-    let (up, down) = tokio::join!(up, down);
-    Ok((up?, down?))
+    // As for any session: the server's end ends it; after the client's,
+    // the server has a while to finish.
+    tokio::pin!(up, down);
+    tokio::select! {
+        d = &mut down => Ok((sent_up.load(Ordering::Relaxed), d?)),
+        u = &mut up => {
+            let u = u?;
+            let d = tokio::time::timeout(super::AFTER_CLIENT_EOF, down).await.unwrap_or(Ok(0))?;
+            Ok((u, d))
+        }
+    }
 }
 
 /// The greeting with `* PREAUTH` made `* OK`, its response code kept

@@ -584,7 +584,11 @@ pub async fn flush(outbox: &Outbox, config_file: Option<&Path>) -> i32 {
     for mut entry in entries {
         let Some(claim) = outbox.claim(&entry) else { continue };
         let Some((account, route)) = accounts.iter().find(|(a, _)| a.name == entry.envelope.account) else {
-            crate::errln!("sshmail: {}: its account {} can no longer send; left queued", entry.id, entry.envelope.account);
+            crate::errln!(
+                "sshmail: {}: its account {} can no longer send; left queued",
+                entry.id,
+                entry.envelope.account
+            );
             code = sysexits::CONFIG;
             continue;
         };
