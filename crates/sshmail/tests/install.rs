@@ -111,7 +111,7 @@ _sshmail sshmail z completions; echo "shells: ${{COMPREPLY[*]}}""#,
 
     // The unit starts the installed binary.
     let unit_text = std::fs::read_to_string(&unit).unwrap();
-    assert!(unit_text.contains(&format!("\nExecStart={} daemon\n", bin.display())), "{unit_text}");
+    assert!(unit_text.contains(&format!("\nExecStart=\"{}\" daemon\n", bin.display())), "{unit_text}");
 
     // The sendmail and mailq links run sshmail as sendmail.
     for name in ["sendmail", "mailq"] {
@@ -155,4 +155,31 @@ fn a_sendmail_that_is_not_ours_is_left_alone() {
         "uninstall removed another sendmail"
     );
     assert!(prefix.join("sbin/mailq").symlink_metadata().is_err());
+}
+
+/// Regression: a prefix with a space made an `ExecStart=` systemd cannot
+/// run (and the install exited 0), and one with `&` or `|` broke the
+/// script's sed. The unit is checked with `systemd-analyze verify`, and the
+/// installed binary is stripped.
+#[test]
+fn regression_a_prefix_with_spaces_and_shell_characters_gets_a_unit_systemd_runs_and_a_stripped_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let prefix = dir.path().join("my prefix & co|x%y$z");
+    ok(&install(&home, &prefix, &[]));
+    let unit = prefix.join("share/systemd/user/sshmail.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let bin = prefix.join("bin/sshmail").display().to_string().replace('%', "%%");
+    assert!(text.contains(&format!("\nExecStart=\"{bin}\" daemon\n")), "{text}");
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (systemd) must be installed");
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let installed = std::fs::metadata(prefix.join("bin/sshmail")).unwrap().len();
+    let built = std::fs::metadata(env!("CARGO_BIN_EXE_sshmail")).unwrap().len();
+    assert!(installed < built / 2, "the installed binary is not stripped: {installed} of {built} bytes");
+    let out = Command::new(prefix.join("bin/sshmail")).arg("--version").output().unwrap();
+    assert!(out.status.success());
 }

@@ -667,7 +667,7 @@ mod tests {
         let e = parse("poll h\n limit many").unwrap_err();
         assert!(e.starts_with("line 2: `limit` needs a number"), "{e}");
         assert!(parse("set daemon").unwrap_err().contains("line 1"));
-        assert!(parse("user a").unwrap_err().contains("expected `poll`"));
+        assert!(parse("user a").unwrap_err().contains("no `poll` follows"));
         let e = parse("poll h user a password my secret").unwrap_err();
         assert!(!e.contains("secret`") && e.contains("after a password"), "{e}");
         let e = parse("poll h password \"s3cret\" \"stray\"").unwrap_err();
