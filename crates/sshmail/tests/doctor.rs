@@ -111,6 +111,12 @@ fn every_failure_is_named_at_its_hop_and_nothing_fails_before_it() {
         replace(&imap, "noimapd", "protocol = \"imap\"", "protocol = \"imap\"\nimapd = \"/usr/lib/nothing/imapd\""),
         replace(
             &imap,
+            "servedonly",
+            "protocol = \"imap\"",
+            "protocol = \"imap\"\nfetch = false\nserve.imap = \"tcp:127.0.0.1:1\"\nimapd = \"/usr/lib/nothing/imapd\"",
+        ),
+        replace(
+            &imap,
             "noisy",
             "protocol = \"imap\"",
             "protocol = \"imap\"\nimapd = \"echo Welcome to the shell host; exec /usr/lib/dovecot/imap\"",
@@ -182,6 +188,13 @@ fn every_failure_is_named_at_its_hop_and_nothing_fails_before_it() {
     let d = doctor(&env, &config, "noimapd");
     let hop = d.fails_at("imapd");
     assert!(hop.what.contains("/usr/lib/nothing/imapd"), "{}", d.stdout);
+
+    // Regression: a serve-only account (fetch = false, no send) was not
+    // checked at all, and passed with its imapd missing.
+    let d = doctor(&env, &config, "servedonly");
+    let hop = d.fails_at("imapd");
+    assert!(hop.what.contains("/usr/lib/nothing/imapd"), "{}", d.stdout);
+    assert_ne!(d.code, 0);
 
     let d = doctor(&env, &config, "noisy");
     let hop = d.fails_at("greeting");

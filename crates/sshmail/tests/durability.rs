@@ -23,7 +23,7 @@ use std::time::Duration;
 use common::{Env, assert_exit, wait_bounded};
 use sshmail_testbed::corpus;
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Call {
     /// fsync/fdatasync of a path.
     Sync(String),
@@ -31,6 +31,12 @@ enum Call {
     Rename(String, String),
     /// A write that tells the server to delete.
     Delete,
+    /// A connection to a network address (the relay, through SSH).
+    Connect,
+    /// The `send` request handing an outbox entry to the daemon.
+    Handoff,
+    /// The process exits (its status is what the caller sees).
+    Exit,
 }
 
 /// The quoted strings of an strace line, in order.
@@ -78,6 +84,12 @@ fn parse(trace: &str) -> Vec<Call> {
             if q.len() >= 2 {
                 calls.push(Call::Rename(q[0].clone(), q[1].clone()));
             }
+        } else if body.starts_with("connect(") && (body.contains("AF_INET") || body.contains("AF_INET6")) {
+            calls.push(Call::Connect);
+        } else if body.starts_with("write(") && body.contains(r#"\"command\":\"send\""#) {
+            calls.push(Call::Handoff);
+        } else if body.starts_with("exit_group(") {
+            calls.push(Call::Exit);
         } else if body.starts_with("write(")
             && body.contains("<pipe:")
             && (body.contains("DELE ") || (body.contains("STORE") && body.contains("Deleted")))
@@ -128,9 +140,16 @@ fn check_order(calls: &[Call], maildir: &str) -> usize {
 
 /// Runs `inner` (an sshmail command line) under strace; returns the calls.
 fn strace_fetch(env: &Env, inner: std::process::Command) -> Vec<Call> {
+    strace_with_input(env, inner, b"")
+}
+
+/// Runs `inner` under strace with `input` on its stdin; returns the calls.
+fn strace_with_input(env: &Env, inner: std::process::Command, input: &[u8]) -> Vec<Call> {
     let trace = env.home.path().join("trace");
     let mut cmd = std::process::Command::new("strace");
-    cmd.args(["-f", "-qq", "-y", "-s", "200", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,write", "-o"])
+    cmd.args(["-f", "-qq", "-y", "-s", "200", "-e"])
+        .arg("trace=fsync,fdatasync,rename,renameat,renameat2,write,connect,exit_group")
+        .arg("-o")
         .arg(&trace)
         .arg("--")
         .arg(inner.get_program())
@@ -141,12 +160,107 @@ fn strace_fetch(env: &Env, inner: std::process::Command) -> Vec<Call> {
             None => cmd.env_remove(k),
         };
     }
-    let out = wait_bounded(
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
-        Duration::from_secs(120),
-    );
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write as _;
+        let _ = child.stdin.take().unwrap().write_all(input);
+    }
+    let out = wait_bounded(child, Duration::from_secs(120));
     assert_exit(&out, 0);
     parse(&std::fs::read_to_string(&trace).unwrap())
+}
+
+/// Checks that the outbox entry was made durable before any network work
+/// and before the exit: its file synced in `tmp/`, renamed into `new/`,
+/// `new/` synced; then the relay's connection or the hand-off to the
+/// daemon, and the exit. Returns the entry's name.
+fn check_outbox_order(calls: &[Call], outbox: &str) -> String {
+    let tmp = format!("{outbox}/tmp/");
+    let new_dir = format!("{outbox}/new");
+    let r = calls
+        .iter()
+        .position(|c| matches!(c, Call::Rename(from, to) if from.starts_with(&tmp) && to.starts_with(&new_dir)))
+        .unwrap_or_else(|| panic!("no entry was renamed into {new_dir}: {calls:?}"));
+    let Call::Rename(from, to) = &calls[r] else { unreachable!() };
+    assert!(calls[..r].contains(&Call::Sync(from.clone())), "{from} was renamed into new/ without a sync first");
+    let synced = calls[r..]
+        .iter()
+        .position(|c| *c == Call::Sync(new_dir.clone()))
+        .map(|p| p + r)
+        .unwrap_or_else(|| panic!("{to}: new/ was not fsync'd"));
+    let network = calls.iter().position(|c| matches!(c, Call::Connect | Call::Handoff));
+    let network = network.unwrap_or_else(|| panic!("neither a relay connection nor a hand-off: {calls:?}"));
+    assert!(network > synced, "{to}: network work before new/ was fsync'd");
+    let exit = calls.iter().rposition(|c| *c == Call::Exit).expect("an exit");
+    assert!(exit > synced, "{to}: exit before new/ was fsync'd");
+    to.rsplit('/').next().unwrap().to_string()
+}
+
+/// `sshmail sendmail` relaying to `sink` through the testbed's sshd.
+fn sendmail_setup(env: &Env, sink: &common::SmtpServer) -> std::path::PathBuf {
+    let config = env.home.path().join("config.toml");
+    let account = env.pop3_toml(
+        "isp",
+        &format!("fetch = false\nsend.server = \"127.0.0.1:{}\"\nsend.from = [\"me@example.net\"]\n", sink.port),
+    );
+    common::Daemon::write_config(&config, &env.config_toml(&account));
+    config
+}
+
+fn sendmail_command(env: &Env, config: &std::path::Path) -> std::process::Command {
+    let mut c = common::Daemon::base_command(env.home.path());
+    c.args(["sendmail", "--config"]).arg(config).args(["-i", "you@example.org"]);
+    c
+}
+
+#[test]
+fn accepted_means_durable_sendmail_syncs_the_outbox_entry_before_any_network_work_alone_and_through_the_daemon() {
+    let env = Env::new();
+    let sink = common::SmtpServer::start(&env.home.path().join("smtp"), None);
+    let config = sendmail_setup(&env, &sink);
+    let outbox = env.home.path().join(".local/share/sshmail/outbox").display().to_string();
+    // Alone: queued, then relayed on a connection of its own.
+    let calls = strace_with_input(&env, sendmail_command(&env, &config), b"Subject: alone\n\nbody\n");
+    check_outbox_order(&calls, &outbox);
+    assert!(calls.contains(&Call::Connect) && !calls.contains(&Call::Handoff), "relayed alone: {calls:?}");
+    assert_eq!(sink.received().len(), 1);
+    // With a daemon: queued, then handed to it over the control socket.
+    let daemon = common::Daemon::spawn(env.home.path(), &config, &[]);
+    daemon.log.wait_until("the daemon is up", |l| l.contains("started:"));
+    let calls = strace_with_input(&env, sendmail_command(&env, &config), b"Subject: handed\n\nbody\n");
+    check_outbox_order(&calls, &outbox);
+    assert!(calls.contains(&Call::Handoff) && !calls.contains(&Call::Connect), "handed over: {calls:?}");
+    assert_eq!(sink.received().len(), 2);
+    daemon.stop();
+}
+
+#[test]
+fn the_outbox_order_check_catches_a_missing_fsync() {
+    let o = "/o";
+    let good = [
+        Call::Sync("/o/tmp/e".into()),
+        Call::Rename("/o/tmp/e".into(), "/o/new/e".into()),
+        Call::Sync("/o/new".into()),
+        Call::Connect,
+        Call::Exit,
+    ];
+    assert_eq!(check_outbox_order(&good, o), "e");
+    for drop in [0, 2] {
+        let bad: Vec<Call> = good.iter().enumerate().filter(|(i, _)| *i != drop).map(|(_, c)| c.clone()).collect();
+        assert!(
+            std::panic::catch_unwind(|| check_outbox_order(&bad, o)).is_err(),
+            "dropping step {drop} went unnoticed"
+        );
+    }
+    // The fsync of new/ after the relay began is too late.
+    let late = [
+        Call::Sync("/o/tmp/e".into()),
+        Call::Rename("/o/tmp/e".into(), "/o/new/e".into()),
+        Call::Connect,
+        Call::Sync("/o/new".into()),
+        Call::Exit,
+    ];
+    assert!(std::panic::catch_unwind(|| check_outbox_order(&late, o)).is_err());
 }
 
 #[test]
@@ -194,11 +308,7 @@ fn the_order_check_catches_a_missing_directory_fsync() {
         let mut bad: Vec<Call> = Vec::new();
         for (i, c) in good.iter().enumerate() {
             if i != drop {
-                bad.push(match c {
-                    Call::Sync(p) => Call::Sync(p.clone()),
-                    Call::Rename(a, b) => Call::Rename(a.clone(), b.clone()),
-                    Call::Delete => Call::Delete,
-                });
+                bad.push(c.clone());
             }
         }
         let r = std::panic::catch_unwind(|| check_order(&bad, m));

@@ -141,8 +141,15 @@ pub async fn run(args: Args<'_>) -> Exit {
             remote::account(&mut report, &account, &route, &pool).await;
             local::delivery(&mut report, &account).await;
             local::ledger(&mut report, &account);
-        } else if account.send.is_some() {
+        } else if account.serve.endpoints.iter().any(|e| e.service == config::Service::of(account.protocol)) {
+            // Served only: its own protocol's route, as a client of the
+            // endpoint meets it (nothing is delivered).
+            remote::account(&mut report, &account, &route, &pool).await;
+        } else if account.send.is_some() || !account.serve.endpoints.is_empty() {
             remote::connect(&mut report, &route, &pool).await;
+        }
+        for why in &account.serve.unresolved {
+            report.warn("serve", why, "sshmail daemon, in your login session, places it");
         }
         // The relay goes through the same SSH connection: checked when it
         // is up (a fetch account's failure may be past it, at its server).
