@@ -86,7 +86,9 @@ fn parse(trace: &str) -> Vec<Call> {
             }
         } else if body.starts_with("connect(") && (body.contains("AF_INET") || body.contains("AF_INET6")) {
             calls.push(Call::Connect);
-        } else if body.starts_with("write(") && body.contains(r#"\"command\":\"send\""#) {
+        } else if (body.starts_with("write(") || body.starts_with("sendto(") || body.starts_with("writev("))
+            && body.contains(r#"\"command\":\"send\""#)
+        {
             calls.push(Call::Handoff);
         } else if body.starts_with("exit_group(") {
             calls.push(Call::Exit);
@@ -148,7 +150,7 @@ fn strace_with_input(env: &Env, inner: std::process::Command, input: &[u8]) -> V
     let trace = env.home.path().join("trace");
     let mut cmd = std::process::Command::new("strace");
     cmd.args(["-f", "-qq", "-y", "-s", "200", "-e"])
-        .arg("trace=fsync,fdatasync,rename,renameat,renameat2,write,connect,exit_group")
+        .arg("trace=fsync,fdatasync,rename,renameat,renameat2,write,writev,sendto,connect,exit_group")
         .arg("-o")
         .arg(&trace)
         .arg("--")
