@@ -126,12 +126,17 @@ fn git_send_email_style_recipients_on_the_command_line_with_i_keep_a_lone_dot() 
     let got = s.sink.received();
     assert_eq!(got[0].0, "dev@example.net\nlist@example.org\ncc@example.org\n");
     assert!(text(&got[0].1).ends_with("\n\na\n.\nb\n"), "{}", text(&got[0].1));
-    // Without -i, a lone dot ends the message (sendmail's default).
-    let out = s.sendmail(&["x@example.org"], b"Subject: s\n\nkept\n.\ndropped\n");
+    // Without -i, and not at a terminal, a lone dot with more input after it
+    // is data (nothing is lost); a final one still ends the message.
+    let out = s.sendmail(&["x@example.org"], b"Subject: s\n\nkept\n.\nalso kept\n");
+    assert_exit(&out, 0);
+    let out = s.sendmail(&["y@example.org"], b"Subject: s\n\nkept\n.\n");
     assert_exit(&out, 0);
     let got = s.sink.received();
     let second = got.iter().find(|(e, _)| e.contains("x@example.org")).unwrap();
-    assert!(text(&second.1).ends_with("\n\nkept\n"), "{}", text(&second.1));
+    assert!(text(&second.1).ends_with("\n\nkept\n.\nalso kept\n"), "{}", text(&second.1));
+    let third = got.iter().find(|(e, _)| e.contains("y@example.org")).unwrap();
+    assert!(text(&third.1).ends_with("\n\nkept\n"), "{}", text(&third.1));
 }
 
 #[test]
