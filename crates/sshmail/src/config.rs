@@ -338,13 +338,17 @@ pub fn parse_listen(s: &str, key: &str, open_to_network: bool) -> Result<Listen>
     Ok(Listen::Tcp(std::net::SocketAddr::new(ip, port)))
 }
 
+/// The rest of `path` after a leading `$XDG_RUNTIME_DIR` (or
+/// `${XDG_RUNTIME_DIR}`), if it starts so.
+fn under_runtime_dir(path: &str) -> Option<&str> {
+    ["$XDG_RUNTIME_DIR", "${XDG_RUNTIME_DIR}"].iter().find_map(|var| path.strip_prefix(var))
+}
+
 /// Expands a leading `$XDG_RUNTIME_DIR` (or `${XDG_RUNTIME_DIR}`) and `~`.
 fn expand_runtime_dir(path: &str) -> std::result::Result<PathBuf, String> {
-    for var in ["$XDG_RUNTIME_DIR", "${XDG_RUNTIME_DIR}"] {
-        if let Some(rest) = path.strip_prefix(var) {
-            let base = runtime_base().ok_or("XDG_RUNTIME_DIR is not set here (and no /run/user/UID exists)")?;
-            return Ok(base.join(rest.trim_start_matches('/')));
-        }
+    if let Some(rest) = under_runtime_dir(path) {
+        let base = runtime_base().ok_or("XDG_RUNTIME_DIR is not set here (and no /run/user/UID exists)")?;
+        return Ok(base.join(rest.trim_start_matches('/')));
     }
     if path.contains('$') {
         return Err("only $XDG_RUNTIME_DIR is expanded in a socket path".into());
@@ -995,7 +999,8 @@ fn resolve_serve(raw: Option<&RawServe>) -> Result<Serve> {
     for (service, value) in [(Service::Imap, &raw.imap), (Service::Pop3, &raw.pop3), (Service::Smtp, &raw.smtp)] {
         if let Some(v) = value {
             let key = format!("serve.{}", service.name());
-            if v.contains("XDG_RUNTIME_DIR") && runtime_base().is_none() {
+            let socket = v.strip_prefix("unix:").unwrap_or_default();
+            if under_runtime_dir(socket).is_some() && runtime_base().is_none() {
                 unresolved.push(format!(
                     "{key} = {v:?}: XDG_RUNTIME_DIR is not set here (and no /run/user/UID exists); run the daemon \
                      in your login session (the systemd user unit), or write the path out"

@@ -114,7 +114,7 @@ impl Ledger {
     /// Opens (creating if needed) and replays the ledger of `account` in
     /// `dir`, taking the account's lock.
     pub fn open(dir: &Path, account: &str) -> Result<Ledger> {
-        private_dir(dir, "state directory")?;
+        crate::owned::private_dir(dir, "state directory")?;
         let safe = file_stem(account);
         let lock_path = dir.join(format!("{safe}.lock"));
         let lock = OpenOptions::new()
@@ -122,7 +122,7 @@ impl Ledger {
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .custom_flags(NO_FOLLOW)
+            .custom_flags(crate::owned::NO_FOLLOW)
             .open(&lock_path)
             .map_err(|e| delivery(format!("cannot open {}", lock_path.display()), e))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
@@ -307,18 +307,7 @@ impl Ledger {
         }
         let tmp = self.path.with_extension("ledger.new");
         let ctx = |e| delivery(format!("cannot rewrite ledger {}", self.path.display()), e);
-        {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(NO_FOLLOW)
-                .open(&tmp)
-                .map_err(ctx)?;
-            f.write_all(text.as_bytes()).map_err(ctx)?;
-            f.sync_all().map_err(ctx)?;
-        }
+        write_file(&tmp, &text).map_err(ctx)?;
         fault::point("compaction-written");
         fs::rename(&tmp, &self.path).map_err(ctx)?;
         fault::point("compaction-renamed");
@@ -435,57 +424,24 @@ fn safe_chars(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' }).collect()
 }
 
-/// Writes a small file and makes it durable.
-fn write_synced(path: &Path, text: &str) -> Result<()> {
-    let ctx = |e| delivery(format!("cannot write {}", path.display()), e);
+/// Writes a small file (0600, never through a symbolic link) and syncs it.
+fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
-        .custom_flags(NO_FOLLOW)
-        .open(path)
-        .map_err(ctx)?;
-    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(ctx)?;
-    sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(ctx)
+        .custom_flags(crate::owned::NO_FOLLOW)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
 }
 
-/// `O_NOFOLLOW`: a state file that is a symbolic link is refused (ELOOP),
-/// never written through.
-pub const NO_FOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
-
-/// Makes `dir` (mode 0700, whatever the umask) if it is missing, and
-/// checks it is a directory of ours that nobody else can write to: another
-/// user who made it first could plant links or swap our files there.
-pub fn private_dir(dir: &Path, what: &str) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
-    if fs::symlink_metadata(dir).is_err() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| delivery(format!("cannot create {what} {}", dir.display()), e))?;
-    }
-    let meta = fs::symlink_metadata(dir).map_err(|e| delivery(format!("cannot read {what} {}", dir.display()), e))?;
-    let me = rustix::process::geteuid().as_raw();
-    let wrong = if meta.file_type().is_symlink() {
-        Some("is a symbolic link".to_string())
-    } else if !meta.is_dir() {
-        Some("is not a directory".to_string())
-    } else if meta.uid() != me {
-        Some(format!("is owned by uid {}, not by you (uid {me})", meta.uid()))
-    } else if meta.mode() & 0o022 != 0 {
-        Some(format!("has mode {:o}: others can write there", meta.mode() & 0o777))
-    } else {
-        None
-    };
-    match wrong {
-        Some(why) => Err(Error::Permissions(format!(
-            "refusing the {what} {}: it {why}; make it yours and private (chmod 700), or set state_dir elsewhere",
-            dir.display()
-        ))),
-        None => Ok(()),
-    }
+/// Writes a small file and makes it durable (its directory synced too).
+fn write_synced(path: &Path, text: &str) -> Result<()> {
+    let ctx = |e| delivery(format!("cannot write {}", path.display()), e);
+    write_file(path, text).map_err(ctx)?;
+    sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(ctx)
 }
 
 fn check_field(s: &str) -> Result<()> {
@@ -501,7 +457,7 @@ fn open_append(path: &Path) -> Result<File> {
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(NO_FOLLOW)
+        .custom_flags(crate::owned::NO_FOLLOW)
         .open(path)
         .map_err(|e| delivery(format!("cannot open ledger {}", path.display()), e))?;
     if new {

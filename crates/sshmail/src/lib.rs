@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod import;
 pub mod ledger;
 pub mod logging;
+pub mod owned;
 pub mod process;
 pub mod secret;
 pub mod send;

@@ -683,7 +683,7 @@ fn open_command(c: &Command) -> Result<Opened> {
     let watcher = tokio::spawn(async move {
         // Whatever it started goes with it, also when this task is dropped
         // (the runtime going away).
-        let _group = KillOnDrop(group);
+        let group = KillOnDrop(group);
         let status = tokio::select! {
             s = child.wait() => s.ok(),
             _ = kill_rx => {
@@ -692,14 +692,14 @@ fn open_command(c: &Command) -> Result<Opened> {
                 match tokio::time::timeout(crate::process::CHILD_GRACE, child.wait()).await {
                     Ok(s) => s.ok(),
                     Err(_) => {
-                        _group.0.kill();
+                        group.0.kill();
                         let _ = child.kill().await;
                         child.wait().await.ok()
                     }
                 }
             }
         };
-        drop(_group);
+        drop(group);
         // The status is published only once its stderr is read to the end
         // (bounded: a grandchild that escaped the group may hold it open),
         // so whoever waits for the status also gets its last words.

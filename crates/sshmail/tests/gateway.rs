@@ -738,10 +738,7 @@ fn serve_smtp_forwards_to_port_25_on_the_server_host_and_a_real_smtp_server_gets
 #[test]
 fn regression_serve_smtp_forwards_to_the_accounts_relay_and_the_clients_starttls_and_auth_pass_through() {
     let env = Env::with(sshmail_testbed::Options { tls: true, ..sshmail_testbed::Options::default() });
-    let pki = env.bed.ca_cert.parent().unwrap().to_path_buf();
-    let (cert, key) = (pki.join("server.pem").display().to_string(), pki.join("server.key").display().to_string());
-    let settings = [("SMTP_TLS_CERT", cert.as_str()), ("SMTP_TLS_KEY", key.as_str()), ("SMTP_AUTH", "me:s3cret")];
-    let sink = common::SmtpServer::start_with(&env.home.path().join("smtp"), None, &settings);
+    let sink = common::SmtpServer::start_tls_auth(&env, "me:s3cret");
     assert_ne!(sink.port, 25);
     let port = free_port();
     let accounts = env.pop3_toml(
@@ -753,7 +750,7 @@ fn regression_serve_smtp_forwards_to_the_accounts_relay_and_the_clients_starttls
     let content = "From: me@example.net\r\nTo: you@example.org\r\nSubject: through the relay\r\n\r\nbody\r\n";
     std::fs::write(&message, content).unwrap();
     let out = client(&[
-        "smtp-send-tls",
+        "smtp-send",
         &format!("tcp:127.0.0.1:{port}"),
         "me@example.net",
         "you@example.org",

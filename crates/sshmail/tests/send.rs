@@ -168,10 +168,7 @@ fn accepted_means_durable_with_sshd_down_it_is_queued_exit_0_and_a_flush_sends_i
 #[test]
 fn starttls_then_auth_to_a_relay_that_requires_both_and_its_certificate_checked() {
     let env = Env::with(sshmail_testbed::Options { tls: true, ..sshmail_testbed::Options::default() });
-    let pki = env.bed.ca_cert.parent().unwrap().to_path_buf();
-    let (cert, key) = (pki.join("server.pem").display().to_string(), pki.join("server.key").display().to_string());
-    let settings = [("SMTP_TLS_CERT", cert.as_str()), ("SMTP_TLS_KEY", key.as_str()), ("SMTP_AUTH", "me:s3cret word")];
-    let sink = SmtpServer::start_with(&env.home.path().join("smtp"), None, &settings);
+    let sink = SmtpServer::start_tls_auth(&env, "me:s3cret word");
     let login = "send.user = \"me\"\nsend.password_command = [\"printf\", \"%s\", \"s3cret word\"]\n";
     // The relay's certificate is from a CA nobody told us of: not sent.
     let s = Sending::on(env, sink, login);

@@ -33,6 +33,19 @@ pub enum Status {
     Bye,
 }
 
+impl Status {
+    /// The word as IMAP writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::No => "NO",
+            Status::Bad => "BAD",
+            Status::PreAuth => "PREAUTH",
+            Status::Bye => "BYE",
+        }
+    }
+}
+
 /// A response code (`[...]` after the status).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Code {

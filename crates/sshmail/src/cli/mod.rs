@@ -332,7 +332,7 @@ async fn stop(args: &ControlArgs) -> Exit {
     // Stopped once its lock is free.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while std::time::Instant::now() < deadline {
-        if !crate::daemon::control::held(&paths) {
+        if !crate::daemon::control::held(&paths.lock) {
             return Exit::Delivered;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -170,22 +170,11 @@ impl Paths {
     /// symlink, a directory owned by us and closed to others. Says what is
     /// wrong, naming the path.
     pub fn check_dir(&self) -> std::result::Result<(), String> {
-        use std::os::unix::fs::MetadataExt as _;
-        let me = rustix::process::geteuid().as_raw();
         let dir = std::fs::symlink_metadata(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        if dir.file_type().is_symlink() {
-            return Err(refuse(&self.dir, "is a symbolic link".into()));
+        match crate::owned::problem(&dir, 0o077) {
+            Some(why) => Err(refuse(&self.dir, &format!("{why} (700 expected)"))),
+            None => Ok(()),
         }
-        if !dir.is_dir() {
-            return Err(refuse(&self.dir, "is not a directory".into()));
-        }
-        if dir.uid() != me {
-            return Err(refuse(&self.dir, format!("is owned by uid {}, not by you (uid {me})", dir.uid())));
-        }
-        if dir.mode() & 0o077 != 0 {
-            return Err(refuse(&self.dir, format!("has mode {:o}, open to others (700 expected)", dir.mode() & 0o777)));
-        }
-        Ok(())
     }
 
     /// A client's check of the socket file: a socket we own.
@@ -194,10 +183,10 @@ impl Paths {
         let me = rustix::process::geteuid().as_raw();
         let socket = std::fs::symlink_metadata(&self.socket).map_err(|e| format!("{}: {e}", self.socket.display()))?;
         if !socket.file_type().is_socket() {
-            return Err(refuse(&self.socket, "is not a socket".into()));
+            return Err(refuse(&self.socket, "is not a socket"));
         }
         if socket.uid() != me {
-            return Err(refuse(&self.socket, format!("is owned by uid {}, not by you (uid {me})", socket.uid())));
+            return Err(refuse(&self.socket, &format!("is owned by uid {}, not by you (uid {me})", socket.uid())));
         }
         Ok(())
     }
@@ -212,8 +201,7 @@ impl Paths {
             if !(name.starts_with("daemon") && name.ends_with(".lock")) || entry.path() == self.lock {
                 continue;
             }
-            let other = Paths { lock: entry.path(), ..self.clone() };
-            if held(&other) {
+            if held(&entry.path()) {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 if let Some(config) = text.lines().nth(1).filter(|c| !c.is_empty()) {
                     found.push(PathBuf::from(config));
@@ -236,11 +224,11 @@ impl Paths {
                 .map_err(|e| bad(format!("cannot create it: {e}")))?;
         }
         let meta = std::fs::symlink_metadata(&self.dir).map_err(|e| bad(e.to_string()))?;
-        let me = rustix::process::geteuid().as_raw();
-        use std::os::unix::fs::MetadataExt as _;
-        if !meta.is_dir() || meta.uid() != me {
-            return Err(bad(format!("it is not a directory owned by uid {me}; remove it")));
+        // Ours and a directory; too open, it is closed here (clients refuse it).
+        if let Some(why) = crate::owned::problem(&meta, 0) {
+            return Err(bad(format!("it {why}; remove it")));
         }
+        use std::os::unix::fs::MetadataExt as _;
         if meta.mode() & 0o077 != 0 {
             std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| bad(format!("cannot make it private (chmod 700): {e}")))?;
@@ -250,7 +238,7 @@ impl Paths {
 }
 
 /// A client's refusal of `path`, for `what` is wrong with it.
-fn refuse(path: &Path, what: String) -> String {
+fn refuse(path: &Path, what: &str) -> String {
     format!(
         "refusing the control socket: {} {what}; another user may have made it to pose as your daemon. Remove \
          it (or set XDG_RUNTIME_DIR to a private directory) and start the daemon again",
@@ -307,10 +295,11 @@ impl Lock {
     }
 }
 
-/// True while a daemon holds the lock; looked at without writing the file.
-pub fn held(paths: &Paths) -> bool {
+/// True while a daemon holds the lock file `lock`; looked at without
+/// writing it.
+pub fn held(lock: &Path) -> bool {
     use rustix::fs::{FlockOperation, flock};
-    let Ok(file) = std::fs::File::open(&paths.lock) else { return false };
+    let Ok(file) = std::fs::File::open(lock) else { return false };
     // A shared lock is refused while the daemon holds its exclusive one;
     // taken, it goes with the file.
     flock(&file, FlockOperation::NonBlockingLockShared) == Err(rustix::io::Errno::WOULDBLOCK)
@@ -405,15 +394,6 @@ pub enum NoAnswer {
     Unsafe(String),
 }
 
-impl NoAnswer {
-    /// What to tell the user.
-    pub fn why(&self) -> &str {
-        match self {
-            NoAnswer::NotRunning(w, _) | NoAnswer::Failed(w) | NoAnswer::Unsafe(w) => w,
-        }
-    }
-}
-
 /// Sends `command` to the daemon at `paths` and returns its answer,
 /// waiting at most `wait` for it.
 pub async fn ask(paths: &Paths, command: Command, wait: Duration) -> std::result::Result<Response, NoAnswer> {
@@ -444,12 +424,16 @@ pub async fn exchange(
         )
     };
     // The directory first: whoever owns it decides what is inside.
-    for (path, check) in [(&paths.dir, Paths::check_dir as fn(&Paths) -> _), (socket, Paths::check_socket)] {
-        match std::fs::symlink_metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_running()),
-            _ => check(paths).map_err(NoAnswer::Unsafe)?,
-        }
+    let missing =
+        |path: &Path| std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    if missing(&paths.dir) {
+        return Err(not_running());
     }
+    paths.check_dir().map_err(NoAnswer::Unsafe)?;
+    if missing(socket) {
+        return Err(not_running());
+    }
+    paths.check_socket().map_err(NoAnswer::Unsafe)?;
     let mut stream = match UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {

@@ -165,7 +165,7 @@ impl Spool {
     /// Opens the staging directory in the state directory (beside the
     /// ledger): it must be ours, private and no symbolic link.
     pub fn open_private(dir: &Path) -> Result<Spool> {
-        crate::ledger::private_dir(dir, "staging directory")?;
+        crate::owned::private_dir(dir, "staging directory")?;
         Ok(Spool::at(dir))
     }
 

@@ -233,20 +233,13 @@ fn greeting_line(response: &Response) -> String {
     let Response::Untagged(Untagged::Status { status, code, text }) = response else {
         return String::from("(not an untagged status)");
     };
-    let word = match status {
-        Status::Ok => "OK",
-        Status::No => "NO",
-        Status::Bad => "BAD",
-        Status::PreAuth => "PREAUTH",
-        Status::Bye => "BYE",
-    };
     let code = match code {
         Some(Code::Capability(_)) => " [CAPABILITY …]".to_string(),
         Some(Code::Other(c)) => format!(" [{c}]"),
         Some(other) => format!(" [{other:?}]"),
         None => String::new(),
     };
-    crate::term::one_line(&format!("* {word}{code} {text}"), 200)
+    crate::term::one_line(&format!("* {}{code} {text}", status.name()), 200)
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {

@@ -25,6 +25,7 @@ mod peer;
 mod shim;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sshmail_proto::imap;
@@ -273,50 +274,50 @@ where
     SR: tokio::io::AsyncRead + Unpin,
     SW: tokio::io::AsyncWrite + Unpin,
 {
-    // What went up so far, also when the server ends the session first.
-    let sent_up = std::sync::atomic::AtomicU64::new(0);
+    // What went each way, also when one side stops being waited for.
+    let sent_up = AtomicU64::new(0);
+    let sent_down = AtomicU64::new(already_down);
     let up = async {
-        let n = copy(client_read, &mut server_write, &sent_up).await;
+        let r = copy(client_read, &mut server_write, &sent_up).await;
         let _ = server_write.shutdown().await;
-        n
+        r
     };
-    let sent_down = std::sync::atomic::AtomicU64::new(0);
     let down = async {
-        let n = copy(&mut server_read, &mut client_write, &sent_down).await;
+        let r = copy(&mut server_read, &mut client_write, &sent_down).await;
         let _ = client_write.shutdown().await;
-        n
+        r
     };
     tokio::pin!(up, down);
     tokio::select! {
         // The server ended the session: nothing more can be said to it.
-        d = &mut down => Ok((sent_up.load(std::sync::atomic::Ordering::Relaxed), already_down + d?)),
+        d = &mut down => d?,
         u = &mut up => {
-            let u = u?;
-            let d = tokio::time::timeout(AFTER_CLIENT_EOF, down).await.unwrap_or(Ok(0))?;
-            Ok((u, already_down + d))
+            u?;
+            if let Ok(d) = tokio::time::timeout(AFTER_CLIENT_EOF, down).await {
+                d?;
+            }
         }
     }
+    Ok((sent_up.load(Ordering::Relaxed), sent_down.load(Ordering::Relaxed)))
 }
 
 /// Copies until the end of `from`, each piece written out (and flushed)
-/// as soon as it is read: no piece waits for the next. `counted` holds the
-/// bytes copied so far, for a caller that stops waiting early.
-pub(crate) async fn copy<R, W>(from: &mut R, to: &mut W, counted: &std::sync::atomic::AtomicU64) -> std::io::Result<u64>
+/// as soon as it is read: no piece waits for the next. Each piece is added
+/// to `counted`, which a caller that stops waiting early still reads.
+pub(crate) async fn copy<R, W>(from: &mut R, to: &mut W, counted: &AtomicU64) -> std::io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
     let mut buf = vec![0u8; COPY_CHUNK];
-    let mut total = 0u64;
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
-            return Ok(total);
+            return Ok(());
         }
         to.write_all(&buf[..n]).await?;
         to.flush().await?;
-        total += n as u64;
-        counted.store(total, std::sync::atomic::Ordering::Relaxed);
+        counted.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

@@ -13,7 +13,7 @@
 //! (literals included), so that an answer from here never lands inside one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::sync::Mutex;
@@ -35,8 +35,8 @@ pub async fn run<C: Stream>(client: C, server: Connected) -> std::io::Result<(u6
     let client_write = Arc::new(Mutex::new(client_write));
     let (server_read, mut server_write) = tokio::io::split(server.stream);
     let logged_in = Arc::new(AtomicBool::new(false));
-    // What went up so far, also when the server ends the session first.
-    let sent_up = std::sync::atomic::AtomicU64::new(0);
+    // What went up, also when the server ends the session first.
+    let sent_up = AtomicU64::new(0);
     let sent_up = &sent_up;
 
     let greeting = as_ok(&server.greeting);
@@ -65,113 +65,115 @@ pub async fn run<C: Stream>(client: C, server: Connected) -> std::io::Result<(u6
         }
     };
 
-    // Client to server: commands read one by one until the login.
+    // Client to server: commands read one by one until the login (for at
+    // most BEFORE_LOGIN), then a copy.
     let up = {
         let (writer, logged_in) = (client_write.clone(), logged_in.clone());
         async move {
             let mut from = BufReader::new(client_read);
-            let mut total = 0u64;
-            // Until the login: Some(total) when the session ended first.
-            let before = tokio::time::timeout(BEFORE_LOGIN, async {
-                loop {
-                    let line = read_line(&mut from).await?;
-                    if line.is_empty() {
-                        let _ = server_write.shutdown().await;
-                        return Ok(Some(total));
-                    }
-                    let (tag, command, rest) = words(&line);
-                    match command.to_ascii_uppercase().as_str() {
-                        "LOGIN" => {
-                            skip_literals(&line, &mut from, &writer).await?;
-                            answer(&writer, &format!("{tag} OK LOGIN completed (sshmail: SSH authenticated you)"))
-                                .await?;
-                            break;
-                        }
-                        "AUTHENTICATE" => {
-                            let mut args = rest.split_whitespace();
-                            let mechanism = args.next().unwrap_or("").to_ascii_uppercase();
-                            let initial = args.next().is_some();
-                            let steps: &[&str] = match mechanism.as_str() {
-                                "PLAIN" if initial => &[],
-                                "PLAIN" => &[""],
-                                "LOGIN" => &["VXNlcm5hbWU6", "UGFzc3dvcmQ6"],
-                                _ => {
-                                    answer(
-                                        &writer,
-                                        &format!("{tag} NO [CANNOT] only PLAIN and LOGIN are answered here"),
-                                    )
-                                    .await?;
-                                    continue;
-                                }
-                            };
-                            let mut cancelled = false;
-                            for step in steps {
-                                answer(&writer, &format!("+ {step}")).await?;
-                                let reply = read_line(&mut from).await?;
-                                if reply.is_empty() {
-                                    return Ok(Some(total));
-                                }
-                                if reply.trim_ascii() == b"*" {
-                                    cancelled = true;
-                                    break;
-                                }
-                            }
-                            if cancelled {
-                                answer(&writer, &format!("{tag} BAD AUTHENTICATE cancelled")).await?;
-                                continue;
-                            }
-                            answer(
-                                &writer,
-                                &format!("{tag} OK AUTHENTICATE completed (sshmail: SSH authenticated you)"),
-                            )
-                            .await?;
-                            break;
-                        }
-                        _ => {
-                            // Anything else is the server's, literals and all.
-                            server_write.write_all(&line).await?;
-                            total += line.len() as u64;
-                            let mut line = line;
-                            while let Some((n, _)) = literal_at_end(&line) {
-                                let mut literal = (&mut from).take(n);
-                                total += tokio::io::copy(&mut literal, &mut server_write).await?;
-                                line = read_line(&mut from).await?;
-                                server_write.write_all(&line).await?;
-                                total += line.len() as u64;
-                            }
-                        }
-                    }
-                }
-                Ok::<Option<u64>, std::io::Error>(None)
-            })
-            .await;
-            match before {
+            match tokio::time::timeout(BEFORE_LOGIN, until_login(&mut from, &mut server_write, &*writer, sent_up)).await
+            {
                 Err(_) => {
-                    let _ = answer(&writer, "* BYE sshmail: no login within 300 s").await;
-                    let _ = server_write.shutdown().await;
-                    return Ok(total);
+                    let _ = answer(&*writer, "* BYE sshmail: no login within 300 s").await;
                 }
                 Ok(Err(e)) => return Err(e),
-                Ok(Ok(Some(total))) => return Ok(total),
-                Ok(Ok(None)) => {}
+                // The client ended before it logged in.
+                Ok(Ok(false)) => {}
+                Ok(Ok(true)) => {
+                    logged_in.store(true, Ordering::SeqCst);
+                    super::copy(&mut from, &mut server_write, sent_up).await?;
+                }
             }
-            logged_in.store(true, Ordering::SeqCst);
-            // (What the login took before, a few bytes, is not in the
-            // count when the server ends the session first.)
-            total += super::copy(&mut from, &mut server_write, sent_up).await?;
             let _ = server_write.shutdown().await;
-            Ok::<u64, std::io::Error>(total)
+            Ok::<(), std::io::Error>(())
         }
     };
     // As for any session: the server's end ends it; after the client's,
     // the server has a while to finish.
     tokio::pin!(up, down);
-    tokio::select! {
-        d = &mut down => Ok((sent_up.load(Ordering::Relaxed), d?)),
+    let down = tokio::select! {
+        d = &mut down => d?,
         u = &mut up => {
-            let u = u?;
-            let d = tokio::time::timeout(super::AFTER_CLIENT_EOF, down).await.unwrap_or(Ok(0))?;
-            Ok((u, d))
+            u?;
+            tokio::time::timeout(super::AFTER_CLIENT_EOF, down).await.unwrap_or(Ok(0))?
+        }
+    };
+    Ok((sent_up.load(Ordering::Relaxed), down))
+}
+
+/// The client's commands up to its login: LOGIN and AUTHENTICATE are
+/// answered here, anything else goes to the server (literals and all),
+/// counted in `sent`. True once the login is answered; false when the
+/// client ended first.
+async fn until_login<R, S, W>(
+    from: &mut R,
+    server: &mut S,
+    writer: &Mutex<W>,
+    sent: &AtomicU64,
+) -> std::io::Result<bool>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+    S: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let line = read_line(from).await?;
+        if line.is_empty() {
+            return Ok(false);
+        }
+        let (tag, command, rest) = words(&line);
+        match command.to_ascii_uppercase().as_str() {
+            "LOGIN" => {
+                skip_literals(&line, from, writer).await?;
+                answer(writer, &format!("{tag} OK LOGIN completed (sshmail: SSH authenticated you)")).await?;
+                return Ok(true);
+            }
+            "AUTHENTICATE" => {
+                let mut args = rest.split_whitespace();
+                let mechanism = args.next().unwrap_or("").to_ascii_uppercase();
+                let initial = args.next().is_some();
+                let steps: &[&str] = match mechanism.as_str() {
+                    "PLAIN" if initial => &[],
+                    "PLAIN" => &[""],
+                    "LOGIN" => &["VXNlcm5hbWU6", "UGFzc3dvcmQ6"],
+                    _ => {
+                        answer(writer, &format!("{tag} NO [CANNOT] only PLAIN and LOGIN are answered here")).await?;
+                        continue;
+                    }
+                };
+                let mut cancelled = false;
+                for step in steps {
+                    answer(writer, &format!("+ {step}")).await?;
+                    let reply = read_line(from).await?;
+                    if reply.is_empty() {
+                        return Ok(false);
+                    }
+                    if reply.trim_ascii() == b"*" {
+                        cancelled = true;
+                        break;
+                    }
+                }
+                if cancelled {
+                    answer(writer, &format!("{tag} BAD AUTHENTICATE cancelled")).await?;
+                    continue;
+                }
+                answer(writer, &format!("{tag} OK AUTHENTICATE completed (sshmail: SSH authenticated you)")).await?;
+                return Ok(true);
+            }
+            _ => {
+                // Anything else is the server's, literals and all.
+                server.write_all(&line).await?;
+                sent.fetch_add(line.len() as u64, Ordering::Relaxed);
+                let mut line = line;
+                while let Some((n, _)) = literal_at_end(&line) {
+                    let mut literal = (&mut *from).take(n);
+                    let copied = tokio::io::copy(&mut literal, server).await?;
+                    sent.fetch_add(copied, Ordering::Relaxed);
+                    line = read_line(from).await?;
+                    server.write_all(&line).await?;
+                    sent.fetch_add(line.len() as u64, Ordering::Relaxed);
+                }
+            }
         }
     }
 }

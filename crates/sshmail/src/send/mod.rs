@@ -447,7 +447,7 @@ async fn relay_once(
             prefix.push_str(&crate::process::shell_quote(&entry.envelope.sender));
             prefix.push_str(" --");
             let mut verdict = relay::Verdict::default();
-            for batch in exec_batches(&prefix, entry.pending()) {
+            for (i, batch) in exec_batches(&prefix, entry.pending()).into_iter().enumerate() {
                 let line = batch.iter().fold(prefix.clone(), |mut line, r| {
                     line.push(' ');
                     line.push_str(&crate::process::shell_quote(r));
@@ -461,8 +461,8 @@ async fn relay_once(
                 };
                 match tried {
                     Ok(v) => verdict.merge(v),
-                    // Nothing taken yet: the link is down, as for SMTP.
-                    Err(e) if verdict == relay::Verdict::default() => return Err(e),
+                    // The first batch: nothing taken yet, the link is down, as for SMTP.
+                    Err(e) if i == 0 => return Err(e),
                     // Some batches went: keep what they got, try the rest later.
                     Err(e) => verdict.merge(relay::Verdict::all(&batch, &e.to_string(), false)),
                 }
@@ -481,15 +481,17 @@ const MAX_REMOTE_LINE: usize = 32 * 1024;
 /// within [`MAX_REMOTE_LINE`] (one recipient always makes a batch).
 fn exec_batches(prefix: &str, rcpts: Vec<String>) -> Vec<Vec<String>> {
     let mut batches: Vec<Vec<String>> = Vec::new();
-    let mut length = usize::MAX;
+    let mut length = prefix.len();
     for r in rcpts {
         let more = 1 + crate::process::shell_quote(&r).len();
-        if length.saturating_add(more) > MAX_REMOTE_LINE {
-            batches.push(Vec::new());
-            length = prefix.len();
+        match batches.last_mut() {
+            Some(batch) if length + more <= MAX_REMOTE_LINE => batch.push(r),
+            _ => {
+                length = prefix.len();
+                batches.push(vec![r]);
+            }
         }
         length += more;
-        batches.last_mut().expect("pushed").push(r);
     }
     batches
 }

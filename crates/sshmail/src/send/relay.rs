@@ -29,7 +29,7 @@ use crate::secret::Secret;
 use crate::wire::{Stream, Wire};
 
 /// What the relay said of each recipient.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Verdict {
     /// Took it.
     pub accepted: Vec<String>,

@@ -473,6 +473,16 @@ impl SmtpServer {
         panic!("the SMTP server exited at every start; is python3-aiosmtpd installed?");
     }
 
+    /// The server requiring STARTTLS with the testbed's certificate (an
+    /// `Env` made with `Options { tls: true, .. }`) and AUTH as `login`
+    /// (`USER:PASSWORD`).
+    pub fn start_tls_auth(env: &Env, login: &str) -> SmtpServer {
+        let pki = env.bed.ca_cert.parent().expect("the testbed made a CA (Options::tls)").to_path_buf();
+        let (cert, key) = (pki.join("server.pem").display().to_string(), pki.join("server.key").display().to_string());
+        let settings = [("SMTP_TLS_CERT", cert.as_str()), ("SMTP_TLS_KEY", key.as_str()), ("SMTP_AUTH", login)];
+        SmtpServer::start_with(&env.home.path().join("smtp"), None, &settings)
+    }
+
     /// The server on a given port (25, for what is reached as "the SMTP
     /// server" of a host).
     pub fn start_on(dir: &Path, refuse: Option<&str>, port: u16) -> SmtpServer {
