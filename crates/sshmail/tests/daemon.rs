@@ -345,6 +345,13 @@ fn a_killed_and_restarted_sshd_is_reconnected_and_what_arrived_meanwhile_deliver
     let mut env = Env::new();
     let daemon = Daemon::start(&env, &env.imap_toml("mail", ""));
     daemon.wait_status("IDLE", Duration::from_secs(30), |s| s.accounts[0].folders[0].mode == Mode::Idle);
+    // Status shows the SSH connection (regression: it had no word on it).
+    let up = |s: &sshmail::daemon::board::Status| {
+        s.connections.len() == 1 && s.connections[0].state == "up" && s.connections[0].channels >= 1
+    };
+    daemon.wait_status("the connection up", Duration::from_secs(10), up);
+    let shown = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
+    assert!(shown.contains(&format!("ssh {}: up since ", env.bed.ssh_destination())), "{shown}");
     env.bed.kill_sshd();
     for i in 0..3 {
         let m = corpus::mixed_message(i, 1);
@@ -352,6 +359,10 @@ fn a_killed_and_restarted_sshd_is_reconnected_and_what_arrived_meanwhile_deliver
         env.originals.push(m);
     }
     daemon.wait_status("the loss noticed", Duration::from_secs(30), |s| s.accounts[0].folders[0].failures > 0);
+    daemon.wait_status("the connection down, with why", Duration::from_secs(30), |s| {
+        s.connections.len() == 1 && s.connections[0].state == "down" && s.connections[0].last_error.is_some()
+    });
+    daemon.log.wait_until("the loss is logged", |l| l.contains("the connection was lost"));
     std::thread::sleep(Duration::from_secs(3));
     env.bed.restart_sshd().unwrap();
     let took = wait_delivered(&env, 3, Duration::from_secs(30), &daemon);
@@ -360,6 +371,8 @@ fn a_killed_and_restarted_sshd_is_reconnected_and_what_arrived_meanwhile_deliver
         let f = &s.accounts[0].folders[0];
         f.mode == Mode::Idle && f.connected && f.connects >= 2
     });
+    daemon.wait_status("the connection up again", Duration::from_secs(10), up);
+    daemon.log.wait_until("the return is logged", |l| l.contains("connected again"));
     daemon.stop();
     assert_same(env.delivered(), env.expected());
     assert_eq!(env.bed.server_message_count().unwrap(), 0);

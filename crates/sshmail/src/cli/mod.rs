@@ -219,7 +219,7 @@ fn init_logging(cli: &Cli) {
         match cli.verbose {
             // The daemon says what it delivered and what failed; what each
             // cycle does shows from -v on.
-            0 if daemon => "sshmail::daemon=info,sshmail::gateway=info,sshmail::send=info,warn",
+            0 if daemon => "sshmail::daemon=info,sshmail::gateway=info,sshmail::send=info,sshmail::ssh::link=info,warn",
             0 => "warn",
             1 => "sshmail=info,warn",
             2 => "sshmail=debug,info",

@@ -45,7 +45,8 @@ impl Stamp {
         Stamp::of(SystemTime::now() + d)
     }
 
-    fn of(t: SystemTime) -> Stamp {
+    /// The moment `t`.
+    pub fn of(t: SystemTime) -> Stamp {
         let local: chrono::DateTime<chrono::Local> = t.into();
         Stamp {
             at: local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
@@ -153,6 +154,27 @@ pub struct Status {
     /// the start.
     #[serde(default)]
     pub tunnels: Clients,
+    /// The SSH connections the daemon holds, one entry per host (and
+    /// trust: known_hosts, identities).
+    #[serde(default)]
+    pub connections: Vec<ConnectionStatus>,
+}
+
+/// The SSH connections to one host, as `status` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// `user@host:port` (` via …` for ProxyJump).
+    pub name: String,
+    /// `up`, `connecting`, `down` or `closed` (when idle).
+    pub state: String,
+    /// Since when (the last change).
+    pub since: Option<Stamp>,
+    /// Connections open.
+    pub connections: usize,
+    /// Channels open on them (fetches, IDLEs, gateway clients, relays).
+    pub channels: usize,
+    /// Why it is down.
+    pub last_error: Option<String>,
 }
 
 /// A local endpoint.
@@ -288,6 +310,7 @@ impl Board {
                 .collect(),
             endpoints: Vec::new(),
             tunnels: Clients::default(),
+            connections: Vec::new(),
         }
     }
 
@@ -507,6 +530,18 @@ impl Status {
         }
         if self.tunnels.total > 0 {
             let _ = writeln!(out, "tunnels: {} open now, {} since start", self.tunnels.now, self.tunnels.total);
+        }
+        for c in &self.connections {
+            let since = c.since.as_ref().map(|s| format!(" since {}", s.at)).unwrap_or_default();
+            let carries = match c.connections {
+                0 => String::new(),
+                1 => format!(", {} channels", c.channels),
+                n => format!(", {n} connections, {} channels", c.channels),
+            };
+            let _ = writeln!(out, "ssh {}: {}{since}{carries}", c.name, c.state);
+            if let Some(e) = &c.last_error {
+                let _ = writeln!(out, "    last error: {e}");
+            }
         }
         out
     }

@@ -32,6 +32,7 @@ use crate::error::{Error, Exit, Result};
 use crate::fetch::{self, Context, Cycle};
 use crate::gateway::{self, Served};
 use crate::ledger::Ledgers;
+use crate::ssh::pool::LinkState;
 use crate::ssh::{SshPool, target};
 use crate::stop::Stop;
 use crate::transport::Route;
@@ -423,6 +424,25 @@ impl Daemon {
             .filter(|e| accounts.is_empty() || accounts.contains(&e.account))
             .collect();
         status.endpoints.sort_by(|a, b| (&a.account, &a.listen).cmp(&(&b.account, &b.listen)));
+        status.connections = self
+            .pool
+            .links()
+            .into_iter()
+            .map(|l| board::ConnectionStatus {
+                state: match l.state {
+                    LinkState::Up => "up",
+                    LinkState::Connecting => "connecting",
+                    LinkState::Down => "down",
+                    LinkState::Closed => "closed",
+                }
+                .to_string(),
+                since: l.since.map(board::Stamp::of),
+                name: l.name,
+                connections: l.connections,
+                channels: l.channels,
+                last_error: l.last_error,
+            })
+            .collect();
         status.tunnels = clients(&self.tunnels);
         status
     }

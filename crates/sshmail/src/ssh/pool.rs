@@ -22,10 +22,14 @@
 //! - **Idle close.** With [`SshPool::with_idle_close`], a connection nobody
 //!   leases is closed after that long ([`SshPool::reap`], also run on every
 //!   lease); a dead one is dropped and replaced on the next lease.
+//! - **Said.** A connection lost (not closed by us) is logged once, and so
+//!   is the next connection of its route; [`SshPool::links`] tells each
+//!   route's state, since when, its channels and its last error (`sshmail
+//!   status`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::session::{ExecError, ExecStatus, Prompts, SshSession};
 use super::target::SshTarget;
@@ -49,6 +53,48 @@ struct Route {
     failure: Mutex<Option<Failure>>,
     /// Held while connecting, by this route's callers only.
     connecting: tokio::sync::Mutex<()>,
+    /// What is said of the route: its name, since when it is in its state,
+    /// and a loss not yet made good.
+    said: Mutex<Said>,
+}
+
+#[derive(Default)]
+struct Said {
+    /// `user@host:port`, with ` via …` for jumps.
+    name: String,
+    since: Option<SystemTime>,
+    /// Why the last connection went away, until another is made.
+    lost: Option<String>,
+}
+
+/// The state of a route's connections, for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// At least one connection is up.
+    Up,
+    /// Connecting (or authenticating) now.
+    Connecting,
+    /// The last try failed, or the connection was lost.
+    Down,
+    /// None open: closed when idle, or not needed since.
+    Closed,
+}
+
+/// One route's connections, as `status` shows them.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// `user@host:port` (` via …`).
+    pub name: String,
+    /// Its state.
+    pub state: LinkState,
+    /// Since when (the last change).
+    pub since: Option<SystemTime>,
+    /// Connections open, and the channels on them.
+    pub connections: usize,
+    /// Channels open on them.
+    pub channels: usize,
+    /// Why it is down (the failure, or the loss).
+    pub last_error: Option<String>,
 }
 
 impl Route {
@@ -62,16 +108,31 @@ impl Route {
     }
 
     fn record(&self, e: &Error) {
+        self.said.lock().expect("route lock").since = Some(SystemTime::now());
         let mut f = self.failure.lock().expect("route lock");
         let backoff = f.as_ref().map(|f| (f.backoff * 2).min(MAX_BACKOFF)).unwrap_or(FIRST_BACKOFF);
         let permanent = e.retry() == crate::error::Retry::Never;
         *f = Some(Failure { error: e.clone(), until: (!permanent).then(|| Instant::now() + backoff), backoff });
     }
 
+    /// Drops the connections that went away (none of ours closes one
+    /// while it is listed): a loss, said once.
+    fn drop_dead(&self, conns: &mut Vec<Arc<SshSession>>) {
+        let before = conns.len();
+        conns.retain(|c| !c.is_closed());
+        if conns.len() < before {
+            let mut said = self.said.lock().expect("route lock");
+            let why = "the connection was lost (the server or the network ended it)".to_string();
+            tracing::warn!(target: LINK_LOG, "SSH to {}: {why}", said.name);
+            said.since = Some(SystemTime::now());
+            said.lost = Some(why);
+        }
+    }
+
     /// A live connection, with a session slot reserved if `session`.
     fn pick(&self, session: bool) -> Option<(Arc<SshSession>, Option<super::session::Lease>)> {
         let mut conns = self.conns.lock().expect("route lock");
-        conns.retain(|c| !c.is_closed());
+        self.drop_dead(&mut conns);
         for c in conns.iter() {
             if !session {
                 return Some((c.clone(), None));
@@ -188,6 +249,15 @@ impl SshPool {
         session: bool,
     ) -> Result<(Arc<SshSession>, Option<super::session::Lease>)> {
         let route = self.routes.lock().expect("pool lock").entry(key.to_string()).or_default().clone();
+        {
+            let mut said = route.said.lock().expect("route lock");
+            if said.name.is_empty() {
+                said.name = match &via {
+                    Some(v) => format!("{} via {}", target.name(), v.route()),
+                    None => target.name(),
+                };
+            }
+        }
         if let Some(found) = route.pick(session) {
             return Ok(found);
         }
@@ -209,9 +279,16 @@ impl SshPool {
                 return Err(e);
             }
         };
-        if route.failure.lock().expect("route lock").take().is_some() {
-            tracing::debug!("{}: connected again", target.name());
+        let failed = route.failure.lock().expect("route lock").take().is_some();
+        if failed {
             self.recovered.send_modify(|n| *n += 1);
+        }
+        {
+            let mut said = route.said.lock().expect("route lock");
+            if failed || said.lost.take().is_some() {
+                tracing::info!(target: LINK_LOG, "SSH to {}: connected again", said.name);
+            }
+            said.since = Some(SystemTime::now());
         }
         let lease = if session { conn.usage().reserve_session() } else { None };
         route.conns.lock().expect("route lock").push(conn.clone());
@@ -224,11 +301,9 @@ impl SshPool {
         let routes: Vec<Arc<Route>> = self.routes.lock().expect("pool lock").values().cloned().collect();
         for route in routes {
             let mut conns = route.conns.lock().expect("route lock");
+            route.drop_dead(&mut conns);
             let mut idle = Vec::new();
             conns.retain(|c| {
-                if c.is_closed() {
-                    return false;
-                }
                 let unused =
                     self.idle_close.zip(c.usage().idle_since()).is_some_and(|(max, since)| since.elapsed() >= max);
                 if unused {
@@ -236,6 +311,9 @@ impl SshPool {
                 }
                 !unused
             });
+            if !idle.is_empty() && conns.is_empty() {
+                route.said.lock().expect("route lock").since = Some(SystemTime::now());
+            }
             for c in idle {
                 tracing::debug!("closing the idle SSH connection to {}", c.name());
                 tokio::spawn(async move { c.close().await });
@@ -256,6 +334,40 @@ impl SshPool {
         }
     }
 
+    /// Every route's connections, by name: up, connecting, down or closed,
+    /// since when, what they carry and why they are down.
+    pub fn links(&self) -> Vec<Link> {
+        let routes: Vec<Arc<Route>> = self.routes.lock().expect("pool lock").values().cloned().collect();
+        let mut links: Vec<Link> = routes
+            .iter()
+            .map(|route| {
+                let mut conns = route.conns.lock().expect("route lock");
+                route.drop_dead(&mut conns);
+                let failure = route.failed();
+                let said = route.said.lock().expect("route lock");
+                let state = if !conns.is_empty() {
+                    LinkState::Up
+                } else if route.connecting.try_lock().is_err() {
+                    LinkState::Connecting
+                } else if failure.is_some() || said.lost.is_some() {
+                    LinkState::Down
+                } else {
+                    LinkState::Closed
+                };
+                Link {
+                    name: said.name.clone(),
+                    state,
+                    since: said.since,
+                    connections: conns.len(),
+                    channels: conns.iter().map(|c| c.usage().channels()).sum(),
+                    last_error: failure.map(|e| e.to_string()).or_else(|| said.lost.clone()),
+                }
+            })
+            .collect();
+        links.sort_by(|a, b| a.name.cmp(&b.name));
+        links
+    }
+
     /// Open connections (live or not yet noticed dead), for tests and status.
     pub fn connections(&self) -> usize {
         self.routes.lock().expect("pool lock").values().map(|r| r.conns.lock().expect("route lock").len()).sum()
@@ -272,6 +384,9 @@ impl SshPool {
         }
     }
 }
+
+/// The log target of connections lost and made again (shown by the daemon).
+pub const LINK_LOG: &str = "sshmail::ssh::link";
 
 /// A route's key: the target's trust key after those of its jump hops.
 fn route_key(target: &SshTarget, via: &str) -> String {

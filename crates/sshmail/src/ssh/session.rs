@@ -49,6 +49,11 @@ impl Default for Usage {
 }
 
 impl Usage {
+    /// Open channels of every kind.
+    pub fn channels(&self) -> usize {
+        self.channels.load(Ordering::SeqCst)
+    }
+
     /// Open session channels.
     pub fn sessions(&self) -> usize {
         self.sessions.load(Ordering::SeqCst)
