@@ -375,6 +375,16 @@ pub enum Command {
     Argv(Vec<String>),
 }
 
+impl Command {
+    /// Its program: the first word (of the shell text, or of the vector).
+    pub fn program(&self) -> &str {
+        match self {
+            Command::Shell(s) => s.split_whitespace().next().unwrap_or("sh"),
+            Command::Argv(v) => v.first().map_or("", String::as_str),
+        }
+    }
+}
+
 /// The mail protocol of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -636,6 +646,27 @@ impl Account {
     /// `user@server:port`: the mail login, for messages and names.
     pub fn address(&self) -> String {
         user_at(&self.login.user, &self.reach.server_host, self.reach.server_port)
+    }
+
+    /// The way to the mail server as it is, for `status`: an exec of which
+    /// imapd on which SSH host, a forward through which host, a tunnel
+    /// command, or the server itself (TLS). Commands by their program only
+    /// (the rest may hold a secret).
+    pub fn route_shown(&self) -> String {
+        let ssh = &self.reach.ssh;
+        let ssh = match (&ssh.user, ssh.port) {
+            (Some(u), Some(p)) => format!("{u}@{}:{p}", ssh.host),
+            (Some(u), None) => format!("{u}@{}", ssh.host),
+            (None, Some(p)) => format!("{}:{p}", ssh.host),
+            (None, None) => ssh.host.clone(),
+        };
+        match &self.reach.via {
+            Via::Exec(Some(c)) => format!("exec of {} on {ssh}", c.program()),
+            Via::Exec(None) => format!("exec of the imapd found on {ssh}"),
+            Via::Forward => format!("{} via {ssh}", self.address()),
+            Via::Command(c) => format!("tunnel command {}", c.program()),
+            Via::Tls | Via::StartTls => self.address(),
+        }
     }
 }
 

@@ -35,10 +35,7 @@ pub fn command(c: &Command, what: &str) -> Result<(tokio::process::Command, Stri
         Command::Argv(v) if !v.is_empty() => (v[0].as_str(), v[1..].iter().map(String::as_str).collect()),
         Command::Argv(_) => return Err(Error::Config(format!("{what}: empty command"))),
     };
-    let first_word = match c {
-        Command::Shell(s) => s.split_whitespace().next().unwrap_or("sh").to_string(),
-        Command::Argv(v) => v[0].clone(),
-    };
+    let first_word = c.program();
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).kill_on_drop(true);
     if !interactive() {

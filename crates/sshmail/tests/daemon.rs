@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, Env, assert_exit, read_dir_contents};
 use sshmail::daemon::board::Mode;
-use sshmail_testbed::corpus;
+use sshmail_testbed::{MAIL_USER, corpus};
 
 /// Waits (bounded) until the local Maildir holds `n` messages; how long it took.
 fn wait_delivered(env: &Env, n: usize, limit: Duration, daemon: &Daemon) -> Duration {
@@ -108,6 +108,10 @@ fn the_control_socket_is_private_status_names_every_account_and_a_second_daemon_
     let text = daemon.ctl(&["status"]);
     let shown = String::from_utf8_lossy(&text.stdout);
     assert!(shown.contains("mail (imap") && shown.contains("INBOX: IDLE") && shown.contains("pop (pop3"), "{shown}");
+    // The route as it is (regression: an exec account showed as user@localhost:143).
+    let ssh = env.bed.ssh_destination();
+    assert!(shown.contains(&format!("mail (imap, exec of the imapd found on {ssh})")), "{shown}");
+    assert!(shown.contains(&format!("pop (pop3, {}@127.0.0.1:{} via {ssh})", MAIL_USER, env.bed.pop3_port)), "{shown}");
     let only = daemon.ctl(&["status", "--json", "pop"]);
     let only: sshmail::daemon::board::Status = serde_json::from_slice(&only.stdout).unwrap();
     assert_eq!(only.accounts.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["pop"]);

@@ -127,7 +127,8 @@ pub struct AccountStatus {
     pub name: String,
     /// `pop3` or `imap`.
     pub protocol: String,
-    /// `user@host:port` of the mail server.
+    /// The way to the mail server: `exec of IMAPD on SSH-HOST`,
+    /// `user@server:port via SSH-HOST`, a tunnel command, or the server.
     pub server: String,
     /// Its folders.
     pub folders: Vec<FolderStatus>,
@@ -239,7 +240,7 @@ impl Board {
         inner.slots += 1;
         let id = inner.slots;
         let entry = inner.accounts.entry(account.name.clone()).or_default();
-        (entry.0, entry.1) = (protocol, account.address());
+        (entry.0, entry.1) = (protocol, account.route_shown());
         entry.2.insert(
             folder.to_string(),
             (
