@@ -774,19 +774,23 @@ fn regression_serve_smtp_forwards_to_the_accounts_relay_and_the_clients_starttls
 }
 
 /// The remote imapd processes running now (one per open exec channel), by
-/// their command name, as the test account.
-fn remote_imapds(env: &Env) -> usize {
-    let uid = env.bed.account.uid;
-    let mut n = 0;
+/// their command name, as the test account: their PIDs.
+fn remote_imapd_pids(env: &Env) -> Vec<u32> {
+    let uid = env.bed.account.uid.to_string();
+    let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
         let owner = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
         let name = status.lines().find_map(|l| l.strip_prefix("Name:")).map(str::trim);
-        if owner == Some(uid.to_string().as_str()) && name == Some("imap") {
-            n += 1;
+        if owner == Some(uid.as_str()) && name == Some("imap") {
+            pids.extend(entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()));
         }
     }
-    n
+    pids
+}
+
+fn remote_imapds(env: &Env) -> usize {
+    remote_imapd_pids(env).len()
 }
 
 /// Regression: a client killed with server output unread (mid-FETCH) left
@@ -835,5 +839,56 @@ fn regression_twenty_clients_killed_mid_fetch_leave_no_session_channel_or_remote
         assert!(Instant::now() < deadline, "{} remote imapds left behind", remote_imapds(&env) - before);
         std::thread::sleep(Duration::from_millis(50));
     }
+    daemon.stop();
+}
+
+/// Regression: a login-shim session stayed "in session" for good once the
+/// server side was gone while the client stayed connected, and its log
+/// said 0 bytes to the server whenever the server closed first.
+#[test]
+fn regression_a_shim_session_ends_with_its_server_and_counts_what_went_up() {
+    let env = Env::new();
+    let accounts = env.imap_toml("uni", &format!("{SERVED_ON_A_SOCKET}serve.imap_accept_login = true\n"));
+    let daemon = Daemon::start(&env, &accounts);
+    let socket = env.home.path().join("run/sshmail/uni.imap");
+    let before = remote_imapd_pids(&env);
+    // A client that logs in through the shim, says a few commands, then
+    // stays connected and silent.
+    let script = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rb")
+f.readline()
+for line in [b"a CAPABILITY\r\n", b"b LOGIN me pw\r\n", b"c NOOP\r\n"]:
+    s.sendall(line)
+    while not f.readline().startswith(line[:2]):
+        pass
+print("in", flush=True)
+time.sleep(600)
+"#;
+    let mut client = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    std::io::BufReader::new(client.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "in");
+    daemon.wait_status("one client in session", Duration::from_secs(10), |s| s.endpoints[0].clients.now == 1);
+    // The server side goes away (its imapd ends); the client stays.
+    let imapds: Vec<u32> = remote_imapd_pids(&env).into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(imapds.len(), 1, "the session's imapd");
+    assert!(Command::new("kill").arg(imapds[0].to_string()).status().unwrap().success());
+    daemon
+        .wait_status("the session ended with its server", Duration::from_secs(10), |s| s.endpoints[0].clients.now == 0);
+    daemon.log.wait_until("the bytes sent up are counted", |l| {
+        l.lines().any(|l| l.contains("is done:") && !l.contains(" 0 bytes to the server"))
+    });
+    let _ = client.kill();
+    let _ = client.wait();
     daemon.stop();
 }
