@@ -133,7 +133,7 @@ impl Ledger {
             ))
         })?;
         let path = dir.join(format!("{safe}.ledger"));
-        let Replayed { delivered, pending, marks } = match fs::read(&path) {
+        let Replayed { delivered, pending, marks } = match crate::owned::read_file(&path) {
             Ok(bytes) => replay(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(e) => {
@@ -168,7 +168,7 @@ impl Ledger {
         }
         let mailbox = dir.join(format!("{stem}.mailbox"));
         let mut ledger = Ledger::open(dir, name)?;
-        match fs::read_to_string(&mailbox) {
+        match crate::owned::read_file(&mailbox).map(|b| String::from_utf8_lossy(&b).into_owned()) {
             Ok(recorded) if recorded.trim() == hash => {}
             Ok(recorded) => {
                 let aside = dir.join(format!("{stem}.ledger.{}", recorded.trim()));

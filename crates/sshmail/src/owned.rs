@@ -14,6 +14,15 @@ use crate::error::{Error, Result, delivery};
 /// written through.
 pub const NO_FOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 
+/// Reads a file that must not be a symbolic link (ELOOP if it is).
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bytes = Vec::new();
+    std::fs::OpenOptions::new().read(true).custom_flags(NO_FOLLOW).open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// What is wrong with `meta` (read without following a link) for a
 /// directory of ours: a symbolic link, not a directory, another owner, or
 /// any of the mode bits `closed` set (0o077: private; 0o022: nobody else

@@ -96,6 +96,44 @@ impl Group {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
     }
+
+    /// Ends what the child started, called while the child still runs (not
+    /// yet waited for, so its PID is still its own): its group, or on a
+    /// terminal, where it shares our group, its descendants.
+    pub fn kill_tree(&self) {
+        if self.own_group {
+            return self.kill();
+        }
+        let Some(pid) = self.pid else { return };
+        for d in descendants(pid as i32) {
+            if let Some(d) = rustix::process::Pid::from_raw(d) {
+                let _ = rustix::process::kill_process(d, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// The processes below `pid` (children, their children, …), from /proc.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut parent_of: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// Reads at most `max` bytes; returns them and whether more was there.

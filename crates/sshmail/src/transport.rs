@@ -692,7 +692,7 @@ fn open_command(c: &Command) -> Result<Opened> {
                 match tokio::time::timeout(crate::process::CHILD_GRACE, child.wait()).await {
                     Ok(s) => s.ok(),
                     Err(_) => {
-                        group.0.kill();
+                        group.0.kill_tree();
                         let _ = child.kill().await;
                         child.wait().await.ok()
                     }

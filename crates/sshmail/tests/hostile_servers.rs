@@ -589,3 +589,31 @@ fn regression_a_greeting_that_is_not_preauth_is_quoted_in_the_error() {
     let err = stderr(&out);
     assert!(err.contains("greeted `* OK [CAPABILITY …] scripted IMAP server, log in`, not `* PREAUTH`"), "{err}");
 }
+
+/// Regression: on a terminal (where the tunnel command shares our process
+/// group so that it may prompt), what the command started outlived sshmail:
+/// the command itself was killed when the stream closed, its children ran
+/// on. Now the command gets a grace to end by itself, then its descendants
+/// and it are ended, before sshmail exits. The terminal is a pty (script).
+#[test]
+fn regression_no_child_of_a_tunnel_command_outlives_sshmail_on_a_terminal() {
+    let h = Hostile::new("pop3");
+    let pidfile = h.dir.path().join("lingering.pid");
+    // A shell that leaves a child running past the session, as `ssh` lingers
+    // to close its connection.
+    let tunnel = format!("sleep 5 & echo $! > '{}'; {}; wait", pidfile.display(), h.tunnel());
+    let inner = h.command(&["--tunnel", &tunnel]);
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let line = std::iter::once(inner.get_program()).chain(inner.get_args()).map(quote).collect::<Vec<_>>().join(" ");
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    cmd.envs(inner.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    let child = cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let out = common::wait_bounded(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(h.delivered().len(), 3, "the session itself went through");
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // At once: no deadline to wait out (a zombie waiting for its new parent counts as ended).
+    let state = process_state(pid);
+    assert!(!matches!(state, Some(s) if s != 'Z'), "the tunnel's child {pid} outlived sshmail ({state:?})");
+}

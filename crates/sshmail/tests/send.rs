@@ -627,3 +627,44 @@ fn accepted_means_durable_a_full_disk_exits_75_and_claims_nothing() {
     }
     assert!(s.sink.received().is_empty());
 }
+
+/// Regression: with several sending accounts, `-f ADDR` that no account
+/// lists was refused (exit 78) although the `From:` address was listed.
+/// The choice is `-f`, then `From:`, then `send.default = true`; with none
+/// of them the refusal names what was tried.
+#[test]
+fn regression_the_sending_account_is_chosen_by_f_then_from_then_send_default() {
+    let s = Sending::new(None);
+    // Two accounts; only `work` reaches the relay, so the one chosen shows.
+    let accounts = |default: &str| {
+        s.env.pop3_toml(
+            "work",
+            &format!(
+                "fetch = false\nsend.server = \"127.0.0.1:{}\"\nsend.from = [\"me@work.example\"]\n{default}",
+                s.sink.port
+            ),
+        ) + &s
+            .env
+            .pop3_toml("home", "fetch = false\nsend.server = \"127.0.0.1:1\"\nsend.from = [\"me@home.example\"]\n")
+    };
+    Daemon::write_config(&s.config, &s.env.config_toml(&accounts("")));
+    // -f lists no account; From: does.
+    let out = s.sendmail(&["-f", "alias@elsewhere.example", "-i", "a@example.org"], b"From: me@work.example\n\nx\n");
+    assert_exit(&out, 0);
+    assert_eq!(s.sink.received().len(), 1, "sent by work: {}", stderr(&out));
+    // -f wins over From:.
+    let out = s.sendmail(&["-f", "me@home.example", "-i", "b@example.org"], b"From: me@work.example\n\nx\n");
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("queued as"), "home was chosen, its relay is down: {}", stderr(&out));
+    assert_eq!(s.sink.received().len(), 1);
+    // Neither listed: refused, naming both, until one account is the default.
+    let out = s.sendmail(&["-f", "x@elsewhere.example", "-i", "c@example.org"], b"From: y@elsewhere.example\n\nx\n");
+    assert_exit(&out, 78);
+    let err = stderr(&out);
+    assert!(err.contains("x@elsewhere.example") && err.contains("y@elsewhere.example"), "{err}");
+    assert!(err.contains("send.default = true"), "{err}");
+    Daemon::write_config(&s.config, &s.env.config_toml(&accounts("send.default = true\n")));
+    let out = s.sendmail(&["-f", "x@elsewhere.example", "-i", "c@example.org"], b"From: y@elsewhere.example\n\nx\n");
+    assert_exit(&out, 0);
+    assert_eq!(s.sink.received().len(), 2, "sent by the default, work: {}", stderr(&out));
+}
