@@ -584,8 +584,46 @@ fn alpine_with_ssh_path_running_sshmail_tunnel_opens_the_remote_inbox_and_lists_
         ),
     )
     .unwrap();
+    let tmux = alpine_lists_five_messages(home, &pinerc, &daemon);
+    let args = std::fs::read_to_string(home.join("wrapper.args")).unwrap();
+    assert!(args.contains("imaphost -l me exec /etc/rimapd"), "Alpine ran: {args}");
+    alpine_quits(&tmux, daemon);
+}
+
+/// The README's recipe, no wrapper: `ssh-path` is sshmail itself and
+/// `ssh-command=%s tunnel ACCOUNT` (Alpine fills the first `%s` with
+/// ssh-path and has no use for the rest).
+#[test]
+fn alpine_with_ssh_command_running_sshmail_tunnel_needs_no_wrapper() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::small_message(i, 500)));
+    let daemon = Daemon::start(&env, &env.imap_toml("uni", "fetch = false\n"));
+    let home = env.home.path();
+    let pinerc = home.join("pinerc");
+    std::fs::write(
+        &pinerc,
+        format!(
+            "personal-name=Test\nuser-domain=example.net\ninbox-path={{imaphost/user=me}}INBOX\n\
+             ssh-path={}\nssh-command=%s tunnel uni --config {}\nssh-open-timeout=15\nrsh-open-timeout=0\n",
+            env!("CARGO_BIN_EXE_sshmail"),
+            daemon.config.display()
+        ),
+    )
+    .unwrap();
+    let tmux = alpine_lists_five_messages(home, &pinerc, &daemon);
+    alpine_quits(&tmux, daemon);
+}
+
+/// Starts Alpine (HOME and the runtime directory of `home`) on `pinerc` in
+/// tmux and waits until its index lists the five messages.
+fn alpine_lists_five_messages(home: &Path, pinerc: &Path, daemon: &Daemon) -> Tmux {
     let tmux = Tmux { socket: home.join("tmux.sock") };
-    let alpine = format!("env HOME={} alpine -p {} -i", home.display(), pinerc.display());
+    let alpine = format!(
+        "env HOME={} XDG_RUNTIME_DIR={} alpine -p {} -i",
+        home.display(),
+        home.join("run").display(),
+        pinerc.display()
+    );
     let out = tmux.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", &alpine]);
     assert!(out.status.success(), "tmux: {}", stderr(&out));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -605,8 +643,11 @@ fn alpine_with_ssh_path_running_sshmail_tunnel_opens_the_remote_inbox_and_lists_
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(listed.contains("Message 1 of 5"), "{listed}");
-    let args = std::fs::read_to_string(home.join("wrapper.args")).unwrap();
-    assert!(args.contains("imaphost -l me exec /etc/rimapd"), "Alpine ran: {args}");
+    tmux
+}
+
+/// Quits Alpine; its session went through the daemon.
+fn alpine_quits(tmux: &Tmux, daemon: Daemon) {
     tmux.run(&["send-keys", "-t", "mail", "q"]);
     tmux.run(&["send-keys", "-t", "mail", "y"]);
     let log = daemon.stop();
