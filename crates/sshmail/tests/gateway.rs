@@ -933,3 +933,54 @@ time.sleep(600)
     let _ = client.wait();
     daemon.stop();
 }
+
+/// aerc always logs in: through a TCP endpoint with
+/// `serve.imap_accept_login = true` it lists the remote INBOX (the README's
+/// recipe).
+#[test]
+fn aerc_logs_in_through_the_accept_login_endpoint_and_lists_the_inbox() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::small_message(i, 500)));
+    let port = free_port();
+    let daemon = Daemon::start(
+        &env,
+        &env.imap_toml(
+            "uni",
+            &format!("fetch = false\nserve.imap = \"tcp:127.0.0.1:{port}\"\nserve.imap_accept_login = true\n"),
+        ),
+    );
+    let home = env.home.path();
+    let conf = home.join(".config/aerc");
+    std::fs::create_dir_all(&conf).unwrap();
+    let accounts = conf.join("accounts.conf");
+    std::fs::write(
+        &accounts,
+        format!(
+            "[uni]\nsource = imap+insecure://me:anything@127.0.0.1:{port}\noutgoing = /bin/true\n\
+             default = INBOX\nfrom = Me <me@example.net>\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&accounts, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let tmux = Tmux { socket: home.join("tmux.sock") };
+    let aerc = format!("env HOME={} TERM=xterm-256color aerc", home.display());
+    let out = tmux.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", &aerc]);
+    assert!(out.status.success(), "tmux: {}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let screen = tmux.screen();
+        if (0..5).all(|i| screen.contains(&format!("message {i}"))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "aerc never listed the INBOX; screen:\n{screen}\nlog:\n{}",
+            daemon.log.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tmux.run(&["send-keys", "-t", "mail", ":q", "Enter"]);
+    let log = daemon.stop();
+    assert!(log.contains("uni imap: a client"), "aerc did not come through the endpoint:\n{log}");
+}
