@@ -605,15 +605,20 @@ fn regression_no_child_of_a_tunnel_command_outlives_sshmail_on_a_terminal() {
     let inner = h.command(&["--tunnel", &tunnel]);
     let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
     let line = std::iter::once(inner.get_program()).chain(inner.get_args()).map(quote).collect::<Vec<_>>().join(" ");
+    // The check runs on the terminal, right after sshmail exits (when the
+    // terminal itself closes, its hangup would end the child anyway).
+    let check = format!(
+        "{line}; code=$?; p=$(cat '{}'); s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null); \
+         [ -n \"$s\" ] && [ \"$s\" != Z ] && echo \"LINGERING $p $s\"; echo \"EXIT $code\"",
+        pidfile.display()
+    );
     let mut cmd = std::process::Command::new("script");
-    cmd.args(["-qec", &line, "/dev/null"]);
+    cmd.args(["-qec", &check, "/dev/null"]);
     cmd.envs(inner.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
     let child = cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let out = common::wait_bounded(child, Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("EXIT 0"), "{said}");
     assert_eq!(h.delivered().len(), 3, "the session itself went through");
-    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    // At once: no deadline to wait out (a zombie waiting for its new parent counts as ended).
-    let state = process_state(pid);
-    assert!(!matches!(state, Some(s) if s != 'Z'), "the tunnel's child {pid} outlived sshmail ({state:?})");
+    assert!(!said.contains("LINGERING"), "the tunnel's child outlived sshmail: {said}");
 }
