@@ -112,6 +112,12 @@ fn the_control_socket_is_private_status_names_every_account_and_a_second_daemon_
     let ssh = env.bed.ssh_destination();
     assert!(shown.contains(&format!("mail (imap, exec of the imapd found on {ssh})")), "{shown}");
     assert!(shown.contains(&format!("pop (pop3, {}@127.0.0.1:{} via {ssh})", MAIL_USER, env.bed.pop3_port)), "{shown}");
+    // Regression: `status --json | head` panicked on the closed pipe (exit 101).
+    for args in [&["status", "--json"][..], &["status"]] {
+        let mut child = daemon.command(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        assert_eq!(common::wait_bounded_status(&mut child, Duration::from_secs(30)), Some(0), "{args:?}");
+    }
     let only = daemon.ctl(&["status", "--json", "pop"]);
     let only: sshmail::daemon::board::Status = serde_json::from_slice(&only.stdout).unwrap();
     assert_eq!(only.accounts.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["pop"]);
@@ -616,14 +622,17 @@ while True:
     let _impostor = Killed(impostor);
     std::io::BufReader::new(output).read_line(&mut ready).unwrap();
     assert_eq!(ready.trim(), "ready");
-    let config = env.home.path().join("config.toml");
+    // The default config file: its socket is plainly `control`, the name
+    // the impostor took.
+    let config = env.home.path().join(".config/sshmail/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     Daemon::write_config(
         &config,
         &env.config_toml(&format!("{}send.server = \"127.0.0.1:1\"\n", env.pop3_toml("isp", "fetch = false\n"))),
     );
     let run = |args: &[&str], stdin: &[u8]| {
         let mut c = Daemon::base_command(env.home.path());
-        c.env("XDG_RUNTIME_DIR", shared.path()).args(args).arg("--config").arg(&config);
+        c.env("XDG_RUNTIME_DIR", shared.path()).args(args);
         c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         let mut child = c.spawn().unwrap();
         use std::io::Write as _;
