@@ -668,3 +668,51 @@ fn regression_the_sending_account_is_chosen_by_f_then_from_then_send_default() {
     assert_exit(&out, 0);
     assert_eq!(s.sink.received().len(), 2, "sent by the default, work: {}", stderr(&out));
 }
+
+/// Regression: 10 000 recipients in exec mode went on one remote command
+/// line, which the far side could not run ("Argument list too long"), and
+/// that was taken as a refusal of all of them (exit 69, a 700 KB error).
+/// They go in batches, each a run of the far side's sendmail (msmtp).
+#[test]
+fn regression_ten_thousand_recipients_in_exec_mode_go_in_batches_and_each_gets_it_once() {
+    let env = Env::new();
+    let sink = SmtpServer::start(&env.home.path().join("smtp"), None);
+    let config = env.home.path().join("config.toml");
+    let account = env.pop3_toml(
+        "isp",
+        &format!(
+            "fetch = false\nsend.via = \"exec\"\n\
+             send.command = [\"/usr/bin/msmtp\", \"--host=127.0.0.1\", \"--port={}\", \"--auth=off\", \"--tls=off\"]\n",
+            sink.port
+        ),
+    );
+    Daemon::write_config(&config, &env.config_toml(&account));
+    let s = Sending { env, sink, config };
+    let rcpts: Vec<String> = (0..10_000).map(|i| format!("reader.{i}@example.org")).collect();
+    let mut args = vec!["-f", "me@example.net", "-i"];
+    args.extend(rcpts.iter().map(String::as_str));
+    let out = s.sendmail(&args, b"Subject: to many\n\nbody\n");
+    assert_exit(&out, 0);
+    assert!(stderr(&out).len() < 2000, "a short error, if any: {} bytes", stderr(&out).len());
+    let got = s.sink.received();
+    assert!(got.len() > 1, "one run per batch: {}", got.len());
+    let mut reached: Vec<String> = got.iter().flat_map(|(e, _)| e.lines().skip(1).map(str::to_string)).collect();
+    reached.sort();
+    let mut want = rcpts.clone();
+    want.sort();
+    assert_eq!(reached, want, "every recipient exactly once");
+    assert!(got.iter().all(|(_, m)| text(m).ends_with("\n\nbody\n")));
+    assert_eq!(s.outbox("new"), 0);
+}
+
+/// Regression: a message whose header had no final newline got the added
+/// `From:` glued onto its last field (`X-A: bFrom: …`).
+#[test]
+fn regression_a_header_without_a_final_newline_keeps_its_fields_apart() {
+    let s = Sending::new(None);
+    let out = s.sendmail(&["-i", "a@example.org"], b"Subject: s\nX-A: b");
+    assert_exit(&out, 0);
+    let got = s.sink.received();
+    assert_eq!(got.len(), 1, "{}", stderr(&out));
+    assert!(text(&got[0].1).starts_with("Subject: s\nX-A: b\nFrom: me@example.net\n"), "{}", text(&got[0].1));
+}
