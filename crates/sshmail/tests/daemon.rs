@@ -179,6 +179,23 @@ fn the_control_socket_is_private_status_names_every_account_and_a_second_daemon_
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&raw.stdout).trim(), "b''", "{}", String::from_utf8_lossy(&raw.stderr));
     daemon.log.wait_until("the refusal is logged", |l| l.contains("refused a control connection from uid 65534"));
+    // Regression: a flood of refused connections made a log line each; one
+    // line now stands for those of the next 10 s.
+    let flood = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg(
+            "import socket, sys\nfor _ in range(100):\n    s = socket.socket(socket.AF_UNIX)\n    \
+             s.connect(sys.argv[1])\n    s.recv(1)\n    s.close()\nprint('done')",
+        )
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&flood.stdout).trim(), "done", "{}", String::from_utf8_lossy(&flood.stderr));
+    // A line logged after the flood: every refusal line is read by then.
+    daemon.signal("HUP");
+    daemon.log.wait_until("the reload after the flood", |l| l.contains("reloading"));
+    let refusals = daemon.log.text().matches("refused a control connection").count();
+    assert_eq!(refusals, 1, "101 refusals within 10 s make one line:\n{}", daemon.log.text());
     std::fs::set_permissions(env.home.path(), std::fs::Permissions::from_mode(home_mode)).unwrap();
     // Our own client refuses a control directory open to others, too.
     let out = daemon.ctl(&["status"]);
