@@ -839,11 +839,28 @@ fn remote_imapds(env: &Env) -> usize {
 /// now" only grew).
 #[test]
 fn regression_twenty_clients_killed_mid_fetch_leave_no_session_channel_or_remote_imapd_behind() {
-    let mut env = Env::new();
-    env.add_messages([corpus::small_message(0, 30 << 20)]);
-    let accounts = env.imap_toml("uni", SERVED_ON_A_SOCKET);
-    let daemon = Daemon::start(&env, &accounts);
+    let env = Env::new();
     let socket = socket_of(&env);
+    kill_clients_mid_fetch(env, SERVED_ON_A_SOCKET, &socket);
+}
+
+/// The same over a loopback TCP endpoint (a killed client's socket sends
+/// RST or FIN, not a Unix socket's hang-up).
+#[test]
+fn twenty_clients_killed_mid_fetch_on_a_tcp_endpoint_leave_nothing_behind() {
+    let port = free_port();
+    let serve = format!("fetch = false\nserve.imap = \"tcp:127.0.0.1:{port}\"\n");
+    kill_clients_mid_fetch(Env::new(), &serve, &format!("tcp:127.0.0.1:{port}"));
+}
+
+/// Twenty clients of the endpoint `serve` (reached at `at`) begin a FETCH
+/// of 30 MB, stop reading, and are killed: no session, channel or remote
+/// imapd is left.
+fn kill_clients_mid_fetch(mut env: Env, serve: &str, at: &str) {
+    env.add_messages([corpus::small_message(0, 30 << 20)]);
+    let accounts = env.imap_toml("uni", serve);
+    let daemon = Daemon::start(&env, &accounts);
+    let socket = at.to_string();
     let before = remote_imapds(&env);
     let mut clients = Vec::new();
     for i in 0..20 {
