@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -1000,4 +1001,101 @@ fn aerc_logs_in_through_the_accept_login_endpoint_and_lists_the_inbox() {
     tmux.run(&["send-keys", "-t", "mail", ":q", "Enter"]);
     let log = daemon.stop();
     assert!(log.contains("uni imap: a client"), "aerc did not come through the endpoint:\n{log}");
+}
+
+/// Thunderbird (headless, a fresh profile set up as the README's recipe
+/// says) takes the endpoint's PREAUTH greeting, asks for no password, and
+/// downloads the INBOX's messages into its own store.
+#[test]
+fn thunderbird_takes_the_preauth_tcp_endpoint_and_downloads_the_inbox() {
+    let mut env = Env::new();
+    env.add_messages((0..5).map(|i| corpus::small_message(i, 500)));
+    let port = free_port();
+    let daemon =
+        Daemon::start(&env, &env.imap_toml("uni", &format!("fetch = false\nserve.imap = \"tcp:127.0.0.1:{port}\"\n")));
+    let home = env.home.path();
+    let profile = home.join("thunderbird");
+    std::fs::create_dir_all(&profile).unwrap();
+    std::fs::write(profile.join("prefs.js"), thunderbird_prefs(port)).unwrap();
+    let tb = ProcessGroup(
+        Command::new("thunderbird")
+            .args(["--headless", "--no-remote", "--profile"])
+            .arg(&profile)
+            .env("HOME", home)
+            .env_remove("DISPLAY")
+            .env("MOZ_LOG", "IMAP:5,sync")
+            .env("MOZ_LOG_FILE", home.join("tb.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("thunderbird must be installed (scripts/install-deps)"),
+    );
+    let store = profile.join("ImapMail/127.0.0.1/INBOX");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = std::fs::read(&store).unwrap_or_default();
+        let text = String::from_utf8_lossy(&got).replace("\r\n", "\n");
+        if (0..5).all(|i| text.contains(&format!("Subject: message {i}\n"))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Thunderbird never downloaded the INBOX:\n{}\nThunderbird's IMAP log:\n{}",
+            daemon.log.text(),
+            std::fs::read_to_string(home.join("tb.log.moz_log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(tb);
+    let log = daemon.stop();
+    assert!(log.contains("uni imap: a client"), "Thunderbird did not come through the endpoint:\n{log}");
+}
+
+/// A child started in a process group of its own, the whole group killed
+/// on drop (Thunderbird leaves content processes, and ignores a TERM
+/// while it syncs).
+struct ProcessGroup(std::process::Child);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Thunderbird profile's prefs.js: one IMAP account at 127.0.0.1:PORT,
+/// plain text, checked at start-up and offline copies of every message.
+fn thunderbird_prefs(port: u16) -> String {
+    let prefs: &[(&str, String)] = &[
+        ("mail.accountmanager.accounts", "\"account1,account2\"".into()),
+        ("mail.accountmanager.defaultaccount", "\"account1\"".into()),
+        ("mail.accountmanager.localfoldersserver", "\"server2\"".into()),
+        ("mail.account.account1.server", "\"server1\"".into()),
+        ("mail.account.account1.identities", "\"id1\"".into()),
+        ("mail.account.account2.server", "\"server2\"".into()),
+        ("mail.identity.id1.fullName", "\"Me\"".into()),
+        ("mail.identity.id1.useremail", "\"me@example.net\"".into()),
+        ("mail.server.server1.type", "\"imap\"".into()),
+        ("mail.server.server1.hostname", "\"127.0.0.1\"".into()),
+        ("mail.server.server1.port", port.to_string()),
+        ("mail.server.server1.userName", "\"me\"".into()),
+        ("mail.server.server1.socketType", "0".into()),
+        ("mail.server.server1.authMethod", "3".into()),
+        ("mail.server.server1.login_at_startup", "true".into()),
+        ("mail.server.server1.check_new_mail", "true".into()),
+        ("mail.server.server1.check_time", "1".into()),
+        ("mail.server.server1.offline_download", "true".into()),
+        ("mail.server.server2.type", "\"none\"".into()),
+        ("mail.server.server2.hostname", "\"Local Folders\"".into()),
+        ("mail.server.server2.userName", "\"nobody\"".into()),
+        ("mail.shell.checkDefaultClient", "false".into()),
+        ("mail.provider.suppress_dialog_on_startup", "true".into()),
+        ("mailnews.start_page.enabled", "false".into()),
+        ("app.update.auto", "false".into()),
+        ("datareporting.policy.dataSubmissionEnabled", "false".into()),
+        ("toolkit.telemetry.enabled", "false".into()),
+    ];
+    prefs.iter().map(|(k, v)| format!("user_pref(\"{k}\", {v});\n")).collect()
 }
