@@ -225,7 +225,8 @@ pub struct RawServe {
 }
 
 /// What a local endpoint serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Service {
     /// IMAP.
     Imap,
@@ -673,6 +674,23 @@ impl Account {
 /// The default config file: `$XDG_CONFIG_HOME/sshmail/config.toml`.
 pub fn default_config_path() -> PathBuf {
     xdg_dir("XDG_CONFIG_HOME", ".config").join("sshmail/config.toml")
+}
+
+/// The config file a command runs: the given one, or the default; and
+/// whether it is the default file (however it is named), whose daemon
+/// has the plain `control` socket.
+pub fn config_path(given: Option<&Path>) -> (PathBuf, bool) {
+    let default = default_config_path();
+    match given {
+        None => (default, true),
+        Some(p) => {
+            let same = match (std::fs::canonicalize(p), std::fs::canonicalize(&default)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            (p.to_path_buf(), same)
+        }
+    }
 }
 
 /// The default state directory: `$XDG_STATE_HOME/sshmail`.

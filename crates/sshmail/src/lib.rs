@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod deliver;
 pub mod doctor;
@@ -30,5 +31,5 @@ pub mod ssh;
 pub mod stop;
 pub mod term;
 pub mod transport;
-pub mod tunnel;
+
 pub mod wire;

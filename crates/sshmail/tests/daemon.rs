@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Env, assert_exit, read_dir_contents};
-use sshmail::daemon::board::Mode;
+use sshmail::control::status::Mode;
 use sshmail_testbed::{MAIL_USER, corpus};
 
 /// Waits (bounded) until the local Maildir holds `n` messages; how long it took.
@@ -119,7 +119,7 @@ fn the_control_socket_is_private_status_names_every_account_and_a_second_daemon_
         assert_eq!(common::wait_bounded_status(&mut child, Duration::from_secs(30)), Some(0), "{args:?}");
     }
     let only = daemon.ctl(&["status", "--json", "pop"]);
-    let only: sshmail::daemon::board::Status = serde_json::from_slice(&only.stdout).unwrap();
+    let only: sshmail::control::status::Status = serde_json::from_slice(&only.stdout).unwrap();
     assert_eq!(only.accounts.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["pop"]);
 
     let run = env.home.path().join("run/sshmail");
@@ -373,7 +373,7 @@ fn a_killed_and_restarted_sshd_is_reconnected_and_what_arrived_meanwhile_deliver
     let daemon = Daemon::start(&env, &env.imap_toml("mail", ""));
     daemon.wait_status("IDLE", Duration::from_secs(30), |s| s.accounts[0].folders[0].mode == Mode::Idle);
     // Status shows the SSH connection (regression: it had no word on it).
-    let up = |s: &sshmail::daemon::board::Status| {
+    let up = |s: &sshmail::control::status::Status| {
         s.connections.len() == 1 && s.connections[0].state == "up" && s.connections[0].channels >= 1
     };
     daemon.wait_status("the connection up", Duration::from_secs(10), up);

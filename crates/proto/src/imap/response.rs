@@ -59,6 +59,11 @@ pub enum Code {
     ReadOnly,
     /// READ-WRITE.
     ReadWrite,
+    /// AUTHENTICATIONFAILED (RFC 5530): the credentials were refused.
+    AuthenticationFailed,
+    /// AUTHORIZATIONFAILED (RFC 5530): right credentials, no access as
+    /// the user asked for.
+    AuthorizationFailed,
     /// Anything else, as text.
     Other(String),
 }
@@ -368,6 +373,8 @@ fn parse_resp_text(b: &[u8]) -> (Option<Code>, String) {
             b"CAPABILITY" => Some(Code::Capability(words(args))),
             b"READ-ONLY" => Some(Code::ReadOnly),
             b"READ-WRITE" => Some(Code::ReadWrite),
+            b"AUTHENTICATIONFAILED" => Some(Code::AuthenticationFailed),
+            b"AUTHORIZATIONFAILED" => Some(Code::AuthorizationFailed),
             _ => None,
         };
         let code = parsed.unwrap_or_else(|| Code::Other(String::from_utf8_lossy(code).into_owned()));

@@ -227,3 +227,13 @@ fn greetings_are_classified_one_way() {
     assert!(matches!(Greeting::parse(b"SSH-2.0-OpenSSH\r\n"), Greeting::NotImap(_)));
     assert!(matches!(Greeting::parse(b"* PREAUTH {5}\r\nhello\r\n"), Greeting::NotImap(_)), "no literals");
 }
+
+#[test]
+fn rfc_5530_login_refusal_codes_are_typed() {
+    let (responses, _) =
+        run(b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\na2 NO [authorizationfailed] no\r\n", 7).unwrap();
+    assert!(
+        matches!(&responses[0], Response::Tagged { code: Some(Code::AuthenticationFailed), text, .. } if text == "Authentication failed.")
+    );
+    assert!(matches!(&responses[1], Response::Tagged { code: Some(Code::AuthorizationFailed), .. }));
+}

@@ -1,7 +1,7 @@
 //! Command line: argument parsing, logging set-up, exit codes.
 
 use std::io::IsTerminal as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use clap::Parser as _;
@@ -67,7 +67,7 @@ pub fn main() -> i32 {
             }
             Cmd::Tunnel(ref args) => {
                 let service = args.protocol.as_deref().and_then(config::Service::parse);
-                crate::tunnel::run(args.daemon.config.as_deref(), &args.account, service).await
+                crate::gateway::tunnel::run(args.daemon.config.as_deref(), &args.account, service).await
             }
             Cmd::Sendmail(_) | Cmd::Queue(_) | Cmd::Import(_) | Cmd::Completions { .. } | Cmd::Man => {
                 unreachable!("run before the runtime")
@@ -137,39 +137,9 @@ fn run_sendmail(args: &[String], list: bool) -> i32 {
         crate::errln!("sendmail: cannot start");
         return crate::send::sysexits::TEMPFAIL;
     };
-    let config = crate::send::args::parse(args).ok().and_then(|a| a.config);
-    let daemon = DaemonRelay { config };
-    let code = runtime.block_on(crate::send::sendmail(args, list, &daemon));
+    let code = runtime.block_on(crate::send::sendmail(args, list));
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
-}
-
-/// The daemon of the config, asked over its control socket to relay an
-/// outbox entry.
-struct DaemonRelay {
-    config: Option<PathBuf>,
-}
-
-impl crate::send::Relayer for DaemonRelay {
-    fn relay(
-        &self,
-        id: &str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<crate::send::Attempt>> + Send + '_>> {
-        let id = id.to_string();
-        Box::pin(async move {
-            let paths = control_paths(&ControlArgs { config: self.config.clone() });
-            let command = crate::daemon::control::Command::Send { id };
-            let wait = std::time::Duration::from_secs(70);
-            match crate::daemon::control::ask(&paths, command, wait).await {
-                Ok(r) if r.ok => r.sent,
-                Err(crate::daemon::control::NoAnswer::Unsafe(why)) => {
-                    crate::errln!("sendmail: {why}; relaying without the daemon");
-                    None
-                }
-                _ => None,
-            }
-        })
-    }
 }
 
 /// `sshmail queue [flush | remove ID]`.
@@ -229,20 +199,30 @@ fn init_logging(cli: &Cli) {
     crate::logging::init(target, default, cli.verbose >= 2);
 }
 
-/// The control socket of the daemon for `args`' config.
-fn control_paths(args: &ControlArgs) -> crate::daemon::control::Paths {
-    let (path, default) = crate::daemon::config_path(args.config.as_deref());
-    crate::daemon::control::Paths::for_config(&path, default)
-}
-
-/// Sends a request; prints why when there is no answer.
+/// Sends a request to the daemon of `args`' config; prints why when there
+/// is no answer, or when it refused (and exits as the refusal says).
 async fn ask(
     args: &ControlArgs,
-    command: crate::daemon::control::Command,
+    command: crate::control::Command,
     wait: std::time::Duration,
-) -> Result<crate::daemon::control::Response, Exit> {
-    use crate::daemon::control::NoAnswer;
-    match crate::daemon::control::ask(&control_paths(args), command, wait).await {
+) -> Result<crate::control::Response, Exit> {
+    match answer(args, command, wait).await? {
+        crate::control::Response::Refused(r) => {
+            crate::errln!("sshmail: the daemon refused: {}", r.text);
+            Err(r.exit())
+        }
+        r => Ok(r),
+    }
+}
+
+/// The daemon's answer, a refusal too; prints why when there is none.
+async fn answer(
+    args: &ControlArgs,
+    command: crate::control::Command,
+    wait: std::time::Duration,
+) -> Result<crate::control::Response, Exit> {
+    use crate::control::NoAnswer;
+    match crate::control::ask(&crate::control::Paths::of(args.config.as_deref()), command, wait).await {
         Ok(r) => Ok(r),
         Err(NoAnswer::Unsafe(why)) => {
             crate::errln!("sshmail: {why}");
@@ -255,16 +235,19 @@ async fn ask(
     }
 }
 
+/// A response the command did not ask for (a daemon of another build).
+fn unexpected(response: &crate::control::Response) -> Exit {
+    crate::errln!("sshmail: the daemon answered what was not asked: {response:?}");
+    Exit::Connect
+}
+
 async fn status(args: &StatusArgs) -> Exit {
-    use crate::daemon::control::Command;
+    use crate::control::{Command, Response};
     let command = Command::Status { accounts: args.accounts.clone() };
-    let response = match ask(&args.daemon, command, std::time::Duration::from_secs(10)).await {
-        Ok(r) => r,
+    let status = match ask(&args.daemon, command, std::time::Duration::from_secs(10)).await {
+        Ok(Response::Status { status }) => status,
+        Ok(other) => return unexpected(&other),
         Err(e) => return e,
-    };
-    let Some(status) = response.status.filter(|_| response.ok) else {
-        crate::errln!("sshmail: the daemon refused: {}", response.error.unwrap_or_default());
-        return Exit::Connect;
     };
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
@@ -275,18 +258,15 @@ async fn status(args: &StatusArgs) -> Exit {
 }
 
 async fn poll(cli: &Cli, args: &PollArgs) -> Exit {
-    use crate::daemon::control::Command;
+    use crate::control::{Command, Response};
     let command = Command::Poll { accounts: args.accounts.clone() };
-    let response = match ask(&args.daemon, command, std::time::Duration::from_secs(660)).await {
-        Ok(r) => r,
+    let folders = match ask(&args.daemon, command, std::time::Duration::from_secs(660)).await {
+        Ok(Response::Polled { folders }) => folders,
+        Ok(other) => return unexpected(&other),
         Err(e) => return e,
     };
-    if !response.ok {
-        crate::errln!("sshmail: {}", response.error.unwrap_or_default());
-        return Exit::Usage;
-    }
     let mut exit = Exit::NoMail;
-    for p in &response.polled {
+    for p in &folders {
         match &p.error {
             Some(e) => {
                 crate::errln!("sshmail: {}: {}: {e}", p.account, p.folder);
@@ -306,33 +286,30 @@ async fn poll(cli: &Cli, args: &PollArgs) -> Exit {
 }
 
 async fn reload(args: &ControlArgs) -> Exit {
-    match ask(args, crate::daemon::control::Command::Reload, std::time::Duration::from_secs(30)).await {
-        Ok(r) if r.ok => Exit::Delivered,
-        Ok(r) => {
-            crate::errln!(
-                "sshmail: reload refused, the daemon runs on with the config it had: {}",
-                r.error.unwrap_or_default()
-            );
-            Exit::Usage
+    use crate::control::{Command, Response};
+    match answer(args, Command::Reload, std::time::Duration::from_secs(30)).await {
+        Ok(Response::Done) => Exit::Delivered,
+        Ok(Response::Refused(r)) => {
+            crate::errln!("sshmail: reload refused, the daemon runs on with the config it had: {}", r.text);
+            r.exit()
         }
+        Ok(other) => unexpected(&other),
         Err(e) => e,
     }
 }
 
 async fn stop(args: &ControlArgs) -> Exit {
-    let paths = control_paths(args);
-    match ask(args, crate::daemon::control::Command::Stop, std::time::Duration::from_secs(10)).await {
-        Ok(r) if r.ok => {}
-        Ok(r) => {
-            crate::errln!("sshmail: the daemon refused to stop: {}", r.error.unwrap_or_default());
-            return Exit::Connect;
-        }
+    use crate::control::{Command, Response};
+    let paths = crate::control::Paths::of(args.config.as_deref());
+    match ask(args, Command::Stop, std::time::Duration::from_secs(10)).await {
+        Ok(Response::Done) => {}
+        Ok(other) => return unexpected(&other),
         Err(e) => return e,
     }
     // Stopped once its lock is free.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while std::time::Instant::now() < deadline {
-        if !crate::daemon::control::held(&paths.lock) {
+        if !crate::control::held(&paths.lock) {
             return Exit::Delivered;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -15,7 +15,7 @@
 //! its [`board`].
 
 pub mod board;
-pub mod control;
+mod socket;
 mod systemd;
 mod task;
 
@@ -28,6 +28,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{self, Account, DaemonSettings, Listen, Protocol, RawAccount};
+use crate::control::status::{Clients, ConnectionStatus, EndpointStatus, Stamp, Status};
+use crate::control::{self, Command, Paths, Polled, Refusal, Response, Why};
 use crate::error::{Error, Exit, Result};
 use crate::fetch::{self, Context, Cycle};
 use crate::gateway::{self, Served};
@@ -37,7 +39,6 @@ use crate::ssh::{SshPool, target};
 use crate::stop::Stop;
 use crate::transport::Route;
 use board::{Board, Slot};
-use control::{Command, Paths, Polled, Response};
 
 /// Poll cycles (POP3, an IMAP account's folder discovery) at once.
 const POLLS_AT_ONCE: usize = 16;
@@ -54,22 +55,6 @@ const POLL_WAIT: Duration = Duration::from_secs(600);
 const OUTBOX_CHECK: Duration = Duration::from_secs(30);
 /// How often the clocks are compared to notice a suspend.
 const CLOCK_CHECK: Duration = Duration::from_secs(5);
-
-/// The config file the daemon runs: the given one, or the default.
-pub fn config_path(given: Option<&Path>) -> (PathBuf, bool) {
-    let default = config::default_config_path();
-    match given {
-        None => (default, true),
-        // The default file, however it is named, has the default daemon.
-        Some(p) => {
-            let same = match (std::fs::canonicalize(p), std::fs::canonicalize(&default)) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => false,
-            };
-            (p.to_path_buf(), same)
-        }
-    }
-}
 
 /// What a daemon runs: everything (`sshmail daemon`), or only the
 /// endpoints of some accounts (`sshmail serve`).
@@ -97,7 +82,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
             return Exit::Connect;
         }
     };
-    let (path, default) = config_path(config);
+    let (path, default) = config::config_path(config);
     let paths = Paths::for_config(&path, default);
     if let Err(e) = paths.prepare() {
         crate::errln!("sshmail: {e}");
@@ -126,7 +111,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
             return e.exit();
         }
     };
-    let listener = match control::listen(&paths) {
+    let listener = match socket::listen(&paths) {
         Ok(l) => l,
         Err(e) => {
             crate::errln!("sshmail: {e}");
@@ -403,10 +388,10 @@ impl Daemon {
 
     /// The board's status of `accounts` (all when empty), with their
     /// endpoints and the tunnels.
-    fn status(&self, accounts: &[String]) -> board::Status {
+    fn status(&self, accounts: &[String]) -> Status {
         let clients = |c: &gateway::Count| {
             let (now, total) = c.get();
-            board::Clients { now, total }
+            Clients { now, total }
         };
         let mut status = self.board.status(accounts);
         let endpoints = self.endpoints.lock().expect("daemon lock");
@@ -414,7 +399,7 @@ impl Daemon {
             .iter()
             .map(|(listen, e)| {
                 let served = e.served.lock().expect("endpoint lock").clone();
-                board::EndpointStatus {
+                EndpointStatus {
                     account: served.account.clone(),
                     service: served.service.name().to_string(),
                     listen: listen.to_string(),
@@ -428,7 +413,7 @@ impl Daemon {
             .pool
             .links()
             .into_iter()
-            .map(|l| board::ConnectionStatus {
+            .map(|l| ConnectionStatus {
                 state: match l.state {
                     LinkState::Up => "up",
                     LinkState::Connecting => "connecting",
@@ -436,7 +421,7 @@ impl Daemon {
                     LinkState::Closed => "closed",
                 }
                 .to_string(),
-                since: l.since.map(board::Stamp::of),
+                since: l.since.map(Stamp::of),
                 name: l.name,
                 connections: l.connections,
                 channels: l.channels,
@@ -455,22 +440,27 @@ impl Daemon {
     }
 
     /// A stream to `account`'s `service` for `sshmail tunnel`.
-    async fn tunnel(&self, account: &str, service: Option<&str>) -> Result<gateway::Connected> {
+    async fn tunnel(
+        &self,
+        account: &str,
+        service: Option<config::Service>,
+    ) -> std::result::Result<gateway::Connected, Refusal> {
         let (account, route) = {
             let running = self.running.lock().expect("daemon lock");
-            let r = running
-                .get(account)
-                .ok_or_else(|| Error::Config(format!("no account {account} in the daemon's config")))?;
+            let Some(r) = running.get(account) else {
+                return Err(Refusal::new(
+                    Why::NoAccount,
+                    format!("no account {account} in the daemon's config"),
+                    Exit::Usage,
+                ));
+            };
             (r.account.clone(), r.route.clone())
         };
-        let service = match service {
-            None => config::Service::of(account.protocol),
-            Some(s) => config::Service::parse(s)
-                .ok_or_else(|| Error::Config(format!("unknown protocol {s:?} (imap, pop3, smtp)")))?,
-        };
-        let route = route.as_ref().as_ref().map_err(Clone::clone)?;
-        let served = Served::new(&account, route, service)?;
-        gateway::connect(&served, &self.pool).await
+        let failed = |e: Error| Refusal::new(Why::Failed, e.to_string(), e.exit());
+        let service = service.unwrap_or(config::Service::of(account.protocol));
+        let route = route.as_ref().as_ref().map_err(|e| failed(e.clone()))?;
+        let served = Served::new(&account, route, service).map_err(failed)?;
+        gateway::connect(&served, &self.pool).await.map_err(failed)
     }
 
     /// Re-reads the config file; a file that does not load leaves the
@@ -724,82 +714,106 @@ async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        if !control::peer_is_us(&stream) {
+        if !socket::peer_is_us(&stream) {
             continue;
         }
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let mut stream = tokio::io::BufReader::new(stream);
-            let response = match control::read_request(&mut stream).await {
-                Err(why) => Response::refused(why),
-                Ok(request) => match request.command {
-                    Command::Status { accounts } => {
-                        Response { status: Some(daemon.status(&accounts)), ..Response::ok() }
-                    }
-                    Command::Poll { accounts } => match unknown(&daemon, &accounts) {
-                        Some(why) => Response::refused(why),
-                        None => Response { polled: daemon.poll(&accounts, true).await, ..Response::ok() },
-                    },
-                    Command::Reload => match daemon.reload() {
-                        Ok(()) => Response::ok(),
-                        Err(why) => Response::refused(why),
-                    },
-                    Command::Stop => {
-                        tracing::info!(target: "sshmail::daemon", "asked to stop");
-                        daemon.stop.request();
-                        Response::ok()
-                    }
-                    Command::Send { id } => {
-                        let outbox = match crate::send::outbox::Outbox::open(&crate::send::outbox::Outbox::default_dir())
-                        {
-                            Ok(o) => o,
-                            Err(e) => {
-                                control::write_response(&mut stream, &Response::refused(e.to_string())).await;
-                                return;
-                            }
-                        };
-                        match crate::send::relay_queued(
-                            &outbox,
-                            &id,
-                            |a| daemon.sender(a),
-                            &daemon.pool,
-                            crate::send::Waiting::Sender,
-                        )
-                        .await
-                        {
-                            Some(sent) => {
-                                tracing::info!(target: "sshmail::send", "{id}: relayed for sendmail: {sent:?}");
-                                Response { sent: Some(sent), ..Response::ok() }
-                            }
-                            None => Response::refused(format!("no queued entry {id} this daemon can relay")),
-                        }
-                    }
-                    Command::Tunnel { account, service } => match daemon.tunnel(&account, service.as_deref()).await {
-                        Err(e) => {
-                            tracing::warn!(target: "sshmail::gateway", "{account}: a tunnel was asked for: {e}");
-                            Response { exit: Some(e.exit().code()), ..Response::refused(e.to_string()) }
-                        }
-                        Ok(server) => {
-                            control::write_response(&mut stream, &Response::ok()).await;
-                            let on = server.connection.clone().unwrap_or_default();
-                            tracing::info!(target: "sshmail::gateway", "{account}: a tunnel opened on {on}");
-                            let _inside = daemon.tunnels.enter();
-                            let _ = gateway::splice(stream, server, false).await;
-                            return;
-                        }
-                    },
-                },
+            let command = match socket::read_request(&mut stream).await {
+                Ok(request) => request.command,
+                Err(refusal) => return socket::write_response(&mut stream, refusal.into()).await,
             };
-            control::write_response(&mut stream, &response).await;
+            match command {
+                Command::Tunnel { account, service } => daemon.tunnel_for_client(stream, &account, service).await,
+                command => {
+                    let response = daemon.answer(command).await;
+                    socket::write_response(&mut stream, response).await;
+                }
+            }
         });
     }
 }
 
-/// Names in `accounts` the daemon does not run.
-fn unknown(daemon: &Daemon, accounts: &[String]) -> Option<String> {
-    let running = daemon.running.lock().expect("daemon lock");
-    let missing: Vec<&str> = accounts.iter().filter(|a| !running.contains_key(*a)).map(String::as_str).collect();
-    (!missing.is_empty()).then(|| format!("no account {} in the daemon's config", missing.join(", ")))
+impl Daemon {
+    /// The answer to a control request (all but `tunnel`, whose answer is a
+    /// stream).
+    async fn answer(&self, command: Command) -> Response {
+        match command {
+            Command::Status { accounts } => Response::Status { status: Box::new(self.status(&accounts)) },
+            Command::Poll { accounts } => match self.unknown(&accounts) {
+                Some(refusal) => refusal.into(),
+                None => Response::Polled { folders: self.poll(&accounts, true).await },
+            },
+            Command::Reload => match self.reload() {
+                Ok(()) => Response::Done,
+                Err(why) => Refusal::new(Why::Failed, why, Exit::Usage).into(),
+            },
+            Command::Stop => {
+                tracing::info!(target: "sshmail::daemon", "asked to stop");
+                self.stop.request();
+                Response::Done
+            }
+            Command::Send { id } => self.relay_for_sendmail(&id).await,
+            Command::Tunnel { .. } => {
+                Refusal::new(Why::BadRequest, "a tunnel is asked for on its own", Exit::Usage).into()
+            }
+        }
+    }
+
+    /// Relays the outbox entry `id` that `sendmail` queued.
+    async fn relay_for_sendmail(&self, id: &str) -> Response {
+        let outbox = match crate::send::outbox::Outbox::open(&crate::send::outbox::Outbox::default_dir()) {
+            Ok(o) => o,
+            Err(e) => return Refusal::new(Why::Failed, e.to_string(), e.exit()).into(),
+        };
+        match crate::send::relay_queued(&outbox, id, |a| self.sender(a), &self.pool, crate::send::Waiting::Sender).await
+        {
+            Some(attempt) => {
+                tracing::info!(target: "sshmail::send", "{id}: relayed for sendmail: {attempt:?}");
+                Response::Sent { attempt }
+            }
+            None => {
+                Refusal::new(Why::Failed, format!("no queued entry {id} this daemon can relay"), Exit::Usage).into()
+            }
+        }
+    }
+
+    /// Answers a `tunnel` request: a refusal, or Done and then the
+    /// server's stream spliced to the client until either ends.
+    async fn tunnel_for_client(
+        &self,
+        mut stream: tokio::io::BufReader<tokio::net::UnixStream>,
+        account: &str,
+        service: Option<config::Service>,
+    ) {
+        let refusal = match self.tunnel(account, service).await {
+            Ok(server) => {
+                socket::write_response(&mut stream, Response::Done).await;
+                let on = server.connection.clone().unwrap_or_default();
+                tracing::info!(target: "sshmail::gateway", "{account}: a tunnel opened on {on}");
+                let _inside = self.tunnels.enter();
+                let _ = gateway::splice(stream, server, false).await;
+                return;
+            }
+            Err(refusal) => refusal,
+        };
+        tracing::warn!(target: "sshmail::gateway", "{account}: a tunnel was asked for: {}", refusal.text);
+        socket::write_response(&mut stream, refusal.into()).await;
+    }
+
+    /// A refusal naming the accounts in `accounts` the daemon does not run.
+    fn unknown(&self, accounts: &[String]) -> Option<Refusal> {
+        let running = self.running.lock().expect("daemon lock");
+        let missing: Vec<&str> = accounts.iter().filter(|a| !running.contains_key(*a)).map(String::as_str).collect();
+        (!missing.is_empty()).then(|| {
+            Refusal::new(
+                Why::NoAccount,
+                format!("no account {} in the daemon's config", missing.join(", ")),
+                Exit::Usage,
+            )
+        })
+    }
 }
 
 /// Notices a suspend: the boot-time clock, which counts the time asleep,

@@ -227,16 +227,16 @@ pub fn outbox(report: &mut Report) {
 
 /// The daemon: running or not, and each folder's last error.
 pub async fn daemon(report: &mut Report, config: &Path, default: bool) {
-    use crate::daemon::control::{Command, Paths, ask};
+    use crate::control::{Command, NoAnswer, Paths, Response, ask};
     let paths = Paths::for_config(config, default);
     let response = match ask(&paths, Command::Status { accounts: Vec::new() }, std::time::Duration::from_secs(5)).await
     {
         Ok(r) => r,
-        Err(crate::daemon::control::NoAnswer::Unsafe(why)) => {
+        Err(NoAnswer::Unsafe(why)) => {
             report.fail("daemon", why, "remove what another user made there, then start the daemon", Exit::Permissions);
             return;
         }
-        Err(crate::daemon::control::NoAnswer::NotRunning(why, others)) if !others.is_empty() => {
+        Err(NoAnswer::NotRunning(why, others)) if !others.is_empty() => {
             report.warn("daemon", why, "give the same --config to every sshmail command");
             return;
         }
@@ -245,9 +245,16 @@ pub async fn daemon(report: &mut Report, config: &Path, default: bool) {
             return;
         }
     };
-    let Some(status) = response.status else {
-        report.warn("daemon", format!("answered: {}", response.error.unwrap_or_default()), "sshmail status");
-        return;
+    let status = match response {
+        Response::Status { status } => status,
+        Response::Refused(r) => {
+            report.warn("daemon", format!("answered: {}", r.text), "sshmail status");
+            return;
+        }
+        other => {
+            report.warn("daemon", format!("answered: {other:?}"), "run the same sshmail for the daemon and the doctor");
+            return;
+        }
     };
     report.pass("daemon", format!("running, PID {}", status.pid));
     if let Some(e) = &status.config_error {

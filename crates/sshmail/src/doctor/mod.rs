@@ -109,7 +109,7 @@ pub struct Args<'a> {
 /// fetch would have for the first FAIL.
 pub async fn run(args: Args<'_>) -> Exit {
     let mut report = Report::new();
-    let (path, default) = crate::daemon::config_path(args.config);
+    let (path, default) = crate::config::config_path(args.config);
     report.heading(&format!("config {}", path.display()));
     let accounts = match load(&mut report, &path, args.accounts) {
         Some(a) => a,

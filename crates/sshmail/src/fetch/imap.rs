@@ -445,13 +445,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
     pub fn failure(&self, what: &str, done: &Done) -> Error {
         let code = match &done.code {
             Some(Code::Other(c)) => format!("[{c}] "),
+            Some(Code::AuthenticationFailed) => "[AUTHENTICATIONFAILED] ".into(),
+            Some(Code::AuthorizationFailed) => "[AUTHORIZATIONFAILED] ".into(),
             _ => String::new(),
         };
         let msg = format!("{}: {what} failed: {:?} {code}{}", self.peer(), done.status, done.text);
         match &done.code {
-            Some(Code::Other(c)) if c.starts_with("AUTHENTICATIONFAILED") || c.starts_with("AUTHORIZATIONFAILED") => {
-                Error::Auth(msg)
-            }
+            Some(Code::AuthenticationFailed | Code::AuthorizationFailed) => Error::Auth(msg),
             _ => Error::Server(msg),
         }
     }

@@ -16,13 +16,14 @@
 //!   `serve.imap_accept_login`, where [`shim`] greets OK instead of PREAUTH
 //!   and answers the client's login itself.
 //!
-//! `sshmail tunnel` (the `tunnel` module, above this one) gets the same stream on
+//! `sshmail tunnel` ([`tunnel`]) gets the same stream on
 //! stdin/stdout, from the daemon's control socket when a daemon runs, else
 //! by connecting itself.
 
 pub mod listen;
 mod peer;
 mod shim;
+pub mod tunnel;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -51,12 +51,15 @@ pub mod sysexits {
 
 /// How long `sendmail` tries to relay before it leaves the message queued.
 const RELAY_NOW: Duration = Duration::from_secs(60);
+/// How much longer than [`RELAY_NOW`] a daemon relaying for `sendmail`
+/// may take to answer.
+const DAEMON_MARGIN: Duration = Duration::from_secs(10);
 /// The first pause after a failed try; it doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: u64 = 60;
 const MAX_PAUSE: u64 = 3600;
 
 /// Runs `sendmail ARGS` (or `mailq` when `list`); returns the exit code.
-pub async fn sendmail(raw_args: &[String], list: bool, daemon: &dyn Relayer) -> i32 {
+pub async fn sendmail(raw_args: &[String], list: bool) -> i32 {
     let mut args = match args::parse(raw_args) {
         Ok(a) => a,
         Err(e) => {
@@ -77,7 +80,7 @@ pub async fn sendmail(raw_args: &[String], list: bool, daemon: &dyn Relayer) -> 
     match args.mode {
         Mode::List => list_queue(&outbox),
         Mode::Flush => flush(&outbox, args.config.as_deref()).await,
-        Mode::Send => submit(&outbox, &args, daemon).await,
+        Mode::Send => submit(&outbox, &args).await,
     }
 }
 
@@ -151,7 +154,7 @@ fn choose<'a>(
 }
 
 /// Queues the message on stdin, then tries to relay it now.
-async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
+async fn submit(outbox: &Outbox, args: &Args) -> i32 {
     let accounts = match senders(args.config.as_deref()) {
         Ok(a) => a,
         Err(e) => {
@@ -227,7 +230,7 @@ async fn submit(outbox: &Outbox, args: &Args, daemon: &dyn Relayer) -> i32 {
     };
     // Queued: from here on, exit 0 unless refused for good now. A running
     // daemon relays it on its connection (no new SSH handshake).
-    if let Ok(Some(done)) = tokio::time::timeout(RELAY_NOW, daemon.relay(&entry.id)).await {
+    if let Some(done) = relay_by_daemon(args.config.as_deref(), &entry.id).await {
         return match done {
             Attempt::Done => sysexits::OK,
             Attempt::Failed(why) => {
@@ -272,31 +275,21 @@ fn later(outbox: &Outbox, entry: &Entry, args: &Args, why: &str) -> i32 {
     sysexits::OK
 }
 
-/// How a try went (also the daemon's answer to a `send` request).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "outcome", content = "why", rename_all = "lowercase")]
-pub enum Attempt {
-    /// Every recipient has it.
-    Done,
-    /// Some refused it for good (the entry is in `failed/`).
-    Failed(String),
-    /// It stays queued, for this reason.
-    Later(String),
-}
+pub use crate::control::Attempt;
 
-/// A running daemon that can relay an entry on its own SSH connections.
-pub trait Relayer {
-    /// Asks it to relay the queued entry `id` now; None when no daemon
-    /// answers (or it cannot take the entry), so the caller relays it.
-    fn relay(&self, id: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Attempt>> + Send + '_>>;
-}
-
-/// No daemon: the caller relays by itself.
-pub struct Alone;
-
-impl Relayer for Alone {
-    fn relay(&self, _: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Attempt>> + Send + '_>> {
-        Box::pin(async { None })
+/// Asks the daemon of the config file `config` to relay the queued entry
+/// `id` now on its own SSH connections; None when no daemon answers or it
+/// cannot take the entry, so the caller relays it.
+async fn relay_by_daemon(config: Option<&Path>, id: &str) -> Option<Attempt> {
+    use crate::control::{Command, NoAnswer, Response};
+    let paths = crate::control::Paths::of(config);
+    match crate::control::ask(&paths, Command::Send { id: id.to_string() }, RELAY_NOW + DAEMON_MARGIN).await {
+        Ok(Response::Sent { attempt }) => Some(attempt),
+        Err(NoAnswer::Unsafe(why)) => {
+            crate::errln!("sendmail: {why}; relaying without the daemon");
+            None
+        }
+        _ => None,
     }
 }
 

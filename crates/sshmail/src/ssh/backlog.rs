@@ -220,7 +220,7 @@ fn spill_file(dir: Option<PathBuf>) -> std::io::Result<std::fs::File> {
 /// until both directions are done.
 pub fn attach(
     channel: russh::Channel<russh::client::Msg>,
-    lease: super::session::Lease,
+    lease: super::lease::Lease,
     mut other: impl FnMut(russh::ChannelMsg) + Send + 'static,
 ) -> tokio::io::DuplexStream {
     use tokio::io::AsyncWriteExt as _;

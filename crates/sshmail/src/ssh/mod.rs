@@ -3,6 +3,7 @@
 
 pub mod backlog;
 pub mod known_hosts;
+pub mod lease;
 pub mod pool;
 pub mod session;
 pub mod target;

@@ -130,7 +130,7 @@ impl Route {
     }
 
     /// A live connection, with a session slot reserved if `session`.
-    fn pick(&self, session: bool) -> Option<(Arc<SshSession>, Option<super::session::Lease>)> {
+    fn pick(&self, session: bool) -> Option<(Arc<SshSession>, Option<super::lease::Lease>)> {
         let mut conns = self.conns.lock().expect("route lock");
         self.drop_dead(&mut conns);
         for c in conns.iter() {
@@ -229,7 +229,7 @@ impl SshPool {
         target: &SshTarget,
         jumps: &[SshTarget],
         session: bool,
-    ) -> Result<(Arc<SshSession>, Option<super::session::Lease>)> {
+    ) -> Result<(Arc<SshSession>, Option<super::lease::Lease>)> {
         self.reap();
         let mut via: Option<Arc<SshSession>> = None;
         let mut key = String::new();
@@ -247,7 +247,7 @@ impl SshPool {
         target: &SshTarget,
         via: Option<Arc<SshSession>>,
         session: bool,
-    ) -> Result<(Arc<SshSession>, Option<super::session::Lease>)> {
+    ) -> Result<(Arc<SshSession>, Option<super::lease::Lease>)> {
         let route = self.routes.lock().expect("pool lock").entry(key.to_string()).or_default().clone();
         {
             let mut said = route.said.lock().expect("route lock");

@@ -5,15 +5,15 @@
 //! chain: agent keys, then identity files, then a password only if the
 //! account gives one. Channels come out as byte streams.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use russh::client;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 
 use super::known_hosts::{self, Verdict};
+use super::lease::{Lease, Usage};
 use super::target::SshTarget;
 use crate::config::HostKeyPolicy;
 use crate::error::{Error, HostKeyProblem, HostKeyRefused, Result};
@@ -22,81 +22,6 @@ use crate::error::{Error, HostKeyProblem, HostKeyRefused, Result};
 /// while it is open; what the peer sends waits in a bounded
 /// [`super::backlog::Backlog`], never on the connection.
 pub type Channel = tokio::io::DuplexStream;
-
-/// Session channels (exec) OpenSSH allows per connection by default
-/// (`MaxSessions`); a server that allows fewer is learned from its refusal.
-pub const DEFAULT_SESSION_LIMIT: usize = 10;
-
-/// What a connection carries: its open channels, and how many of them are
-/// session channels, which the server limits (`MaxSessions`).
-#[derive(Debug)]
-pub struct Usage {
-    channels: AtomicUsize,
-    sessions: AtomicUsize,
-    session_limit: AtomicUsize,
-    idle_since: Mutex<Option<Instant>>,
-}
-
-impl Default for Usage {
-    fn default() -> Self {
-        Usage {
-            channels: AtomicUsize::new(0),
-            sessions: AtomicUsize::new(0),
-            session_limit: AtomicUsize::new(DEFAULT_SESSION_LIMIT),
-            idle_since: Mutex::new(Some(Instant::now())),
-        }
-    }
-}
-
-impl Usage {
-    /// Open channels of every kind.
-    pub fn channels(&self) -> usize {
-        self.channels.load(Ordering::SeqCst)
-    }
-
-    /// Open session channels.
-    pub fn sessions(&self) -> usize {
-        self.sessions.load(Ordering::SeqCst)
-    }
-
-    /// Since when nothing has been open on the connection, if so.
-    pub fn idle_since(&self) -> Option<Instant> {
-        *self.idle_since.lock().expect("usage lock")
-    }
-
-    fn open(self: &Arc<Self>) -> Lease {
-        self.channels.fetch_add(1, Ordering::SeqCst);
-        *self.idle_since.lock().expect("usage lock") = None;
-        Lease { usage: self.clone(), session: false }
-    }
-
-    /// Takes one of the session channels the server allows, if one is free.
-    pub fn reserve_session(self: &Arc<Self>) -> Option<Lease> {
-        let limit = self.session_limit.load(Ordering::SeqCst);
-        self.sessions.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < limit).then_some(n + 1)).ok()?;
-        let mut lease = self.open();
-        lease.session = true;
-        Some(lease)
-    }
-}
-
-/// One open channel's claim on its connection; released when dropped.
-#[derive(Debug)]
-pub struct Lease {
-    usage: Arc<Usage>,
-    session: bool,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.session {
-            self.usage.sessions.fetch_sub(1, Ordering::SeqCst);
-        }
-        if self.usage.channels.fetch_sub(1, Ordering::SeqCst) == 1 {
-            *self.usage.idle_since.lock().expect("usage lock") = Some(Instant::now());
-        }
-    }
-}
 
 /// russh's callback object: verifies the host key.
 struct Handler {
@@ -289,7 +214,7 @@ impl SshSession {
             }
             Ok(Err(russh::Error::ChannelOpenFailure(reason))) if self.usage.sessions() > 1 => {
                 let others = self.usage.sessions() - 1;
-                self.usage.session_limit.store(others, Ordering::SeqCst);
+                self.usage.learn_session_limit(others);
                 tracing::info!(
                     "{where_} refused session channel number {} ({reason:?}): taking {others} as its MaxSessions",
                     others + 1

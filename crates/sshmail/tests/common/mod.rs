@@ -692,7 +692,7 @@ impl Daemon {
     }
 
     /// The daemon's status.
-    pub fn status(&self) -> sshmail::daemon::board::Status {
+    pub fn status(&self) -> sshmail::control::status::Status {
         let out = self.ctl(&["status", "--json"]);
         assert_exit(&out, 0);
         serde_json::from_slice(&out.stdout).expect("status --json is the Status")
@@ -711,7 +711,7 @@ impl Daemon {
     }
 
     /// Waits (bounded by `limit`) until `ok` holds for the status.
-    pub fn wait_status(&self, what: &str, limit: Duration, ok: impl Fn(&sshmail::daemon::board::Status) -> bool) {
+    pub fn wait_status(&self, what: &str, limit: Duration, ok: impl Fn(&sshmail::control::status::Status) -> bool) {
         let deadline = Instant::now() + limit;
         loop {
             let s = self.status();

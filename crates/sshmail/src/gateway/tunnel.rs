@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::config::{self, Service};
-use crate::daemon::control::{self, Command, NoAnswer};
+use crate::control::{self, Command, NoAnswer, Response, Why};
 use crate::error::{Error, Exit};
 use crate::gateway::{self, Connected, Served};
 use crate::ssh::{SshPool, target};
@@ -28,11 +28,11 @@ const DAEMON_WAIT: Duration = Duration::from_secs(120);
 /// Runs the tunnel until the session ends; returns the exit code.
 pub async fn run(config_file: Option<&Path>, account: &str, service: Option<Service>) -> Exit {
     let stdio = stdio();
-    let (path, default) = crate::daemon::config_path(config_file);
+    let (path, default) = config::config_path(config_file);
     let paths = control::Paths::for_config(&path, default);
-    let ask = Command::Tunnel { account: account.to_string(), service: service.map(|s| s.name().to_string()) };
+    let ask = Command::Tunnel { account: account.to_string(), service };
     match control::exchange(&paths, ask, DAEMON_WAIT).await {
-        Ok((response, daemon)) if response.ok => {
+        Ok((Response::Done, daemon)) => {
             let through = Connected {
                 stream: Box::new(daemon),
                 greeting: Vec::new(),
@@ -44,13 +44,15 @@ pub async fn run(config_file: Option<&Path>, account: &str, service: Option<Serv
             }
             return Exit::Delivered;
         }
-        Ok((response, _)) => {
-            let why = response.error.unwrap_or_default();
-            if !why.starts_with("no account") {
-                let exit = response.exit.map_or(Exit::Connect, Exit::from_code);
-                return refuse(stdio, service.unwrap_or(Service::Imap), account, &why, exit).await;
-            }
+        Ok((Response::Refused(r), _)) if r.why == Why::NoAccount => {
             tracing::debug!("{account}: the daemon does not run it; connecting alone");
+        }
+        Ok((Response::Refused(r), _)) => {
+            return refuse(stdio, service.unwrap_or(Service::Imap), account, &r.text, r.exit()).await;
+        }
+        Ok((other, _)) => {
+            let why = format!("the daemon answered what was not asked: {other:?}");
+            return refuse(stdio, service.unwrap_or(Service::Imap), account, &why, Exit::Connect).await;
         }
         Err(NoAnswer::Unsafe(why)) => {
             return refuse(stdio, service.unwrap_or(Service::Imap), account, &why, Exit::Permissions).await;

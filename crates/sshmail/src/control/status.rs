@@ -1,0 +1,263 @@
+//! What `sshmail status` shows: the daemon's board as data (JSON on the
+//! control socket, `status --json`) and as text for people.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// How a folder is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Not yet known: the first connection is under way.
+    Starting,
+    /// IMAP IDLE: the server pushes news.
+    Idle,
+    /// Polled every interval (POP3, or an IMAP server without IDLE).
+    Polling,
+}
+
+/// A moment, for people and scripts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stamp {
+    /// RFC 3339, local time.
+    pub at: String,
+    /// Seconds since the Unix epoch.
+    pub unix: u64,
+}
+
+impl Stamp {
+    /// Now.
+    pub fn now() -> Stamp {
+        Stamp::of(SystemTime::now())
+    }
+
+    /// `d` from now.
+    pub fn after(d: Duration) -> Stamp {
+        Stamp::of(SystemTime::now() + d)
+    }
+
+    /// The moment `t`.
+    pub fn of(t: SystemTime) -> Stamp {
+        let local: chrono::DateTime<chrono::Local> = t.into();
+        Stamp {
+            at: local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            unix: t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        }
+    }
+}
+
+/// Something that happened, and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Happened {
+    /// When.
+    pub at: Stamp,
+    /// What.
+    pub what: String,
+}
+
+/// What comes next, and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Next {
+    /// When.
+    pub at: Stamp,
+    /// `poll`, `idle renewal` or `retry`.
+    pub what: String,
+}
+
+/// The last error of a task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastError {
+    /// When it happened.
+    pub at: Stamp,
+    /// The message (never a secret).
+    pub text: String,
+    /// `now`, `later` or `never` (not until the config changes).
+    pub retry: String,
+    /// When the next try is; none while it waits for a config change or
+    /// `sshmail poll`.
+    pub next_try: Option<Stamp>,
+}
+
+/// One folder (POP3: the maildrop, `INBOX`) of one account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FolderStatus {
+    /// The folder, as the server names it (or as configured).
+    pub folder: String,
+    /// How it is watched.
+    pub mode: Mode,
+    /// Connected to the server now.
+    pub connected: bool,
+    /// The SSH connection it runs on (`user@host:port #N`).
+    pub connection: Option<String>,
+    /// The server, as named in messages.
+    pub peer: Option<String>,
+    /// The last thing that happened.
+    pub last_event: Option<Happened>,
+    /// The last pass over the folder and what it delivered.
+    pub last_poll: Option<Happened>,
+    /// The next poll, IDLE renewal or retry.
+    pub next: Option<Next>,
+    /// Messages delivered since the daemon started.
+    pub delivered: u64,
+    /// The last error, if the last try failed.
+    pub last_error: Option<LastError>,
+    /// Passes over the folder since the start (a poll waits for the next).
+    pub passes: u64,
+    /// Tries that failed since the start.
+    pub failures: u64,
+    /// Connections to the server made since the start.
+    pub connects: u64,
+    /// A pass or a connection is under way.
+    pub busy: bool,
+}
+
+/// One account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountStatus {
+    /// Its name in the config.
+    pub name: String,
+    /// `pop3` or `imap`.
+    pub protocol: String,
+    /// The way to the mail server: `exec of IMAPD on SSH-HOST`,
+    /// `user@server:port via SSH-HOST`, a tunnel command, or the server.
+    pub server: String,
+    /// Its folders.
+    pub folders: Vec<FolderStatus>,
+}
+
+/// The whole daemon, as `status --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The daemon's PID.
+    pub pid: u32,
+    /// When it started.
+    pub started: Stamp,
+    /// The config file it runs.
+    pub config: String,
+    /// Why the config file as it is now was not taken (the one before
+    /// runs), after a reload.
+    pub config_error: Option<String>,
+    /// Every account.
+    pub accounts: Vec<AccountStatus>,
+    /// The local endpoints served for mail clients.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointStatus>,
+    /// `sshmail tunnel` sessions through the daemon: open now, and since
+    /// the start.
+    #[serde(default)]
+    pub tunnels: Clients,
+    /// The SSH connections the daemon holds, one entry per host (and
+    /// trust: known_hosts, identities).
+    #[serde(default)]
+    pub connections: Vec<ConnectionStatus>,
+}
+
+/// The SSH connections to one host, as `status` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// `user@host:port` (` via …` for ProxyJump).
+    pub name: String,
+    /// `up`, `connecting`, `down` or `closed` (when idle).
+    pub state: String,
+    /// Since when (the last change).
+    pub since: Option<Stamp>,
+    /// Connections open.
+    pub connections: usize,
+    /// Channels open on them (fetches, IDLEs, gateway clients, relays).
+    pub channels: usize,
+    /// Why it is down.
+    pub last_error: Option<String>,
+}
+
+/// A local endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// The account it serves.
+    pub account: String,
+    /// `imap`, `pop3` or `smtp`.
+    pub service: String,
+    /// `unix:PATH` or `tcp:HOST:PORT`.
+    pub listen: String,
+    /// Its clients.
+    pub clients: Clients,
+}
+
+/// How many clients: in session now, and since the start.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Clients {
+    /// In session now.
+    pub now: u64,
+    /// Since the start.
+    pub total: u64,
+}
+
+impl Status {
+    /// The status as text for people.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "sshmail daemon, PID {}, since {}, config {}", self.pid, self.started.at, self.config);
+        if let Some(e) = &self.config_error {
+            let _ = writeln!(out, "  the config file was not taken (the one before runs): {e}");
+        }
+        if self.accounts.is_empty() {
+            let _ = writeln!(out, "  no accounts");
+        }
+        for a in &self.accounts {
+            let _ = writeln!(out, "{} ({}, {})", a.name, a.protocol, a.server);
+            for f in &a.folders {
+                let mode = match f.mode {
+                    Mode::Starting => "starting",
+                    Mode::Idle => "IDLE",
+                    Mode::Polling => "polling",
+                };
+                let link = match (&f.connected, &f.connection) {
+                    (true, Some(c)) => format!("connected via {c}"),
+                    (true, None) => "connected".to_string(),
+                    (false, _) => "not connected".to_string(),
+                };
+                let _ = writeln!(out, "  {}: {mode}, {link}, {} delivered since start", f.folder, f.delivered);
+                if let Some(p) = &f.last_poll {
+                    let _ = writeln!(out, "    last poll {}: {}", p.at.at, p.what);
+                }
+                if let Some(n) = &f.next {
+                    let _ = writeln!(out, "    next {} {}", n.what, n.at.at);
+                }
+                if let Some(e) = &f.last_error {
+                    let when = match (&e.next_try, e.retry.as_str()) {
+                        (Some(t), _) => format!("next try {}", t.at),
+                        (None, "never") => {
+                            "not retried until the config changes (sshmail reload) or sshmail poll".to_string()
+                        }
+                        (None, _) => "retrying".to_string(),
+                    };
+                    let _ = writeln!(out, "    error {} ({}): {}", e.at.at, when, e.text);
+                }
+            }
+        }
+        for e in &self.endpoints {
+            let _ = writeln!(
+                out,
+                "serving {} {} on {}: {} clients now, {} since start",
+                e.account, e.service, e.listen, e.clients.now, e.clients.total
+            );
+        }
+        if self.tunnels.total > 0 {
+            let _ = writeln!(out, "tunnels: {} open now, {} since start", self.tunnels.now, self.tunnels.total);
+        }
+        for c in &self.connections {
+            let since = c.since.as_ref().map(|s| format!(" since {}", s.at)).unwrap_or_default();
+            let carries = match c.connections {
+                0 => String::new(),
+                1 => format!(", {} channels", c.channels),
+                n => format!(", {n} connections, {} channels", c.channels),
+            };
+            let _ = writeln!(out, "ssh {}: {}{since}{carries}", c.name, c.state);
+            if let Some(e) = &c.last_error {
+                let _ = writeln!(out, "    last error: {e}");
+            }
+        }
+        out
+    }
+}
