@@ -3,6 +3,10 @@
 //! of being killed. The process has one, which SIGTERM and SIGINT trigger
 //! ([`on_signals`]); a task gets a [`Stop::child`] of it, which its owner
 //! (a daemon reloading, or polling now) can trigger alone.
+//!
+//! [`Tracked`] is where a long-lived process puts the tasks it must wait
+//! for at its end (a daemon's control connections and gateway sessions):
+//! bounded in number, and awaited with a deadline, then aborted.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -84,6 +88,66 @@ impl Stop {
     }
 }
 
+/// Tasks awaited at a stop, at most so many at once. Each gets the
+/// tracker's own [`Stop`], which [`Tracked::end`] triggers: a task ends
+/// its waits on it (a request that never comes, a session) and finishes
+/// what it was writing.
+pub struct Tracked {
+    set: Mutex<tokio::task::JoinSet<()>>,
+    places: Arc<tokio::sync::Semaphore>,
+    ending: Stop,
+}
+
+impl Tracked {
+    /// Room for `limit` tasks at once.
+    pub fn new(limit: usize) -> Tracked {
+        Tracked {
+            set: Mutex::new(tokio::task::JoinSet::new()),
+            places: Arc::new(tokio::sync::Semaphore::new(limit)),
+            ending: Stop::new(),
+        }
+    }
+
+    /// Waits for a free place (so an accept loop holds back while full),
+    /// then runs the task `start` makes of the tracker's stop; it is
+    /// counted until it ends.
+    pub async fn spawn<F>(&self, start: impl FnOnce(Stop) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Ok(place) = self.places.clone().acquire_owned().await else { return };
+        let task = start(self.ending.clone());
+        let mut set = self.set.lock().expect("tracked lock");
+        // Forget the ones that ended.
+        while set.try_join_next().is_some() {}
+        set.spawn(async move {
+            task.await;
+            drop(place);
+        });
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> usize {
+        let mut set = self.set.lock().expect("tracked lock");
+        while set.try_join_next().is_some() {}
+        set.len()
+    }
+
+    /// Asks the tasks running now to end and waits up to `grace` for them,
+    /// then aborts the rest; returns how many there were, and how many
+    /// were aborted.
+    pub async fn end(&self, grace: std::time::Duration) -> (usize, usize) {
+        let mut set = std::mem::take(&mut *self.set.lock().expect("tracked lock"));
+        while set.try_join_next().is_some() {}
+        let running = set.len();
+        self.ending.request();
+        let _ = tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;
+        let left = set.len();
+        set.shutdown().await;
+        (running, left)
+    }
+}
+
 /// Turns the first SIGTERM or SIGINT into a stop request of the process's
 /// token; a second one ends the process at once (exit 130), as a user
 /// pressing Ctrl-C twice expects.
@@ -128,5 +192,27 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
         assert!(with.requested());
         assert!(parent.child().requested(), "a child of a stopped token starts stopped");
+    }
+
+    #[tokio::test]
+    async fn tracked_tasks_wait_for_a_place_and_the_end_aborts_what_outlives_the_grace() {
+        let tracked = Arc::new(Tracked::new(2));
+        let forever = |_: Stop| async { std::future::pending::<()>().await };
+        let polite = |stop: Stop| async move { stop.wait().await };
+        tracked.spawn(forever).await;
+        tracked.spawn(|_| async {}).await;
+        tokio::task::yield_now().await;
+        tracked.spawn(polite).await;
+        assert_eq!(tracked.running(), 2);
+        // Full: a third waits for a place.
+        let third = tokio::spawn({
+            let tracked = tracked.clone();
+            async move { tracked.spawn(|_| async {}).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!third.is_finished());
+        // The polite one ends when asked; the other is aborted.
+        assert_eq!(tracked.end(std::time::Duration::from_millis(50)).await, (2, 1));
+        tokio::time::timeout(std::time::Duration::from_secs(5), third).await.unwrap().unwrap();
     }
 }

@@ -815,20 +815,18 @@ fn regression_serve_smtp_forwards_to_the_accounts_relay_and_the_clients_starttls
     daemon.stop();
 }
 
-/// The remote imapd processes running now (one per open exec channel), by
-/// their command name, as the test account: their PIDs.
+/// The remote imapd processes running now under this test's sshd (one per
+/// open exec channel), by their command name: their PIDs. Other tests'
+/// sshds, with imapds of the same user, do not count.
 fn remote_imapd_pids(env: &Env) -> Vec<u32> {
-    let uid = env.bed.account.uid.to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let owner = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
-        let name = status.lines().find_map(|l| l.strip_prefix("Name:")).map(str::trim);
-        if owner == Some(uid.as_str()) && name == Some("imap") {
-            pids.extend(entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()));
-        }
-    }
-    pids
+    let Some(sshd) = env.bed.sshd_pid() else { return Vec::new() };
+    sshmail_testbed::descendants(sshd)
+        .into_iter()
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status.lines().find_map(|l| l.strip_prefix("Name:")).map(str::trim) == Some("imap")
+        })
+        .collect()
 }
 
 fn remote_imapds(env: &Env) -> usize {
@@ -1098,4 +1096,70 @@ fn thunderbird_prefs(port: u16) -> String {
         ("toolkit.telemetry.enabled", "false".into()),
     ];
     prefs.iter().map(|(k, v)| format!("user_pref(\"{k}\", {v});\n")).collect()
+}
+
+/// A stop with fifty gateway clients in session and twenty control
+/// connections open (ten that never send a request, ten `sshmail tunnel`
+/// sessions) ends within the stop's deadline, having ended every one of
+/// them itself: each client sees its end, and no remote imapd is left.
+#[test]
+fn a_stop_with_fifty_clients_and_twenty_control_connections_ends_them_all_in_time_leaving_nothing_behind() {
+    use std::io::{BufRead, Read as _};
+    use std::os::unix::net::UnixStream;
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::small_message(i, 100)));
+    let daemon = Daemon::start(&env, &env.imap_toml("uni", SERVED_ON_A_SOCKET));
+    let endpoint = env.home.path().join("run/sshmail/uni.imap");
+    let greeted = |r: &mut dyn BufRead, who: &str| {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("* PREAUTH"), "{who}: {line:?}\nlog:\n{}", daemon.log.text());
+    };
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        let s = UnixStream::connect(&endpoint).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        greeted(&mut std::io::BufReader::new(&s), &format!("client {i}"));
+        clients.push(s);
+    }
+    let control = std::fs::read_dir(env.home.path().join("run/sshmail"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("control"))
+        .expect("the control socket");
+    let idle: Vec<UnixStream> = (0..10).map(|_| UnixStream::connect(&control).unwrap()).collect();
+    let mut tunnels = Vec::new();
+    for i in 0..10 {
+        let mut t = daemon.command(&["tunnel", "uni"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = std::io::BufReader::new(t.stdout.take().unwrap());
+        greeted(&mut out, &format!("tunnel {i}"));
+        tunnels.push((t, out));
+    }
+    daemon.wait_status("fifty clients and ten tunnels in session", Duration::from_secs(30), |s| {
+        s.endpoints[0].clients.now == 50 && s.tunnels.now == 10
+    });
+    assert_eq!(remote_imapds(&env), 60, "an imapd per session");
+
+    // SIGTERM; the daemon must exit 0 within 5 s.
+    let log = daemon.stop();
+    assert!(
+        log.contains("ended 50 client sessions and 20 control connections\n"),
+        "the stop did not end every session itself:\n{log}"
+    );
+    for (i, mut c) in clients.into_iter().chain(idle).enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        assert!(c.read_to_end(&mut rest).is_ok(), "connection {i} was not closed");
+    }
+    for (mut t, mut out) in tunnels {
+        let mut rest = Vec::new();
+        let _ = out.read_to_end(&mut rest);
+        assert_eq!(common::wait_bounded_status(&mut t, Duration::from_secs(10)), Some(0), "a tunnel's exit");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while remote_imapds(&env) > 0 {
+        assert!(Instant::now() < deadline, "{} remote imapds left behind", remote_imapds(&env));
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

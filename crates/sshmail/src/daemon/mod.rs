@@ -36,7 +36,7 @@ use crate::gateway::{self, Served};
 use crate::ledger::Ledgers;
 use crate::ssh::pool::LinkState;
 use crate::ssh::{SshPool, target};
-use crate::stop::Stop;
+use crate::stop::{Stop, Tracked};
 use crate::transport::Route;
 use board::{Board, Slot};
 
@@ -53,6 +53,11 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 const POLL_WAIT: Duration = Duration::from_secs(600);
 /// How often the outbox is looked at for entries due again.
 const OUTBOX_CHECK: Duration = Duration::from_secs(30);
+/// Control connections served at once; more wait to be accepted.
+const CONTROL_AT_ONCE: usize = 64;
+/// Gateway and tunnel sessions at once, over every endpoint; more wait to
+/// be accepted.
+const SESSIONS_AT_ONCE: usize = 512;
 /// How often the clocks are compared to notice a suspend.
 const CLOCK_CHECK: Duration = Duration::from_secs(5);
 
@@ -127,10 +132,13 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
         path: path.clone(),
         running: Mutex::new(BTreeMap::new()),
         supervisors: Mutex::new(JoinSet::new()),
+        servers: Mutex::new(JoinSet::new()),
         polls: Arc::new(Semaphore::new(POLLS_AT_ONCE)),
         tunnels: Arc::default(),
         flush_outbox: Notify::new(),
         endpoints: Mutex::new(HashMap::new()),
+        control: Tracked::new(CONTROL_AT_ONCE),
+        sessions: Arc::new(Tracked::new(SESSIONS_AT_ONCE)),
         mode,
     });
     tracing::info!(
@@ -256,6 +264,8 @@ struct Daemon {
     path: PathBuf,
     running: Mutex<BTreeMap<String, Running>>,
     supervisors: Mutex<JoinSet<()>>,
+    /// The endpoints' accept loops.
+    servers: Mutex<JoinSet<()>>,
     polls: Arc<Semaphore>,
     /// `sshmail tunnel` sessions.
     tunnels: Arc<gateway::Count>,
@@ -264,6 +274,11 @@ struct Daemon {
     /// The local endpoints, by address: an endpoint whose account changes
     /// keeps its socket and serves new clients the new way.
     endpoints: Mutex<HashMap<Listen, Endpoint>>,
+    /// Control connections being answered (tunnels among them).
+    control: Tracked,
+    /// Gateway sessions, of every endpoint: an endpoint that goes away on
+    /// a reload leaves its clients in session; a stop ends them.
+    sessions: Arc<Tracked>,
     mode: Mode,
 }
 
@@ -363,7 +378,10 @@ impl Daemon {
                     let shared = Arc::new(Mutex::new(served.clone()));
                     let stop = self.stop.child();
                     let count = Arc::new(gateway::Count::default());
-                    tokio::spawn(gateway::serve(bound, shared.clone(), self.pool.clone(), stop.clone(), count.clone()));
+                    let sessions = self.sessions.clone();
+                    let server =
+                        gateway::serve(bound, shared.clone(), self.pool.clone(), stop.clone(), count.clone(), sessions);
+                    self.servers.lock().expect("daemon lock").spawn(server);
                     endpoints.insert(listen.clone(), Endpoint { served: shared, stop, count });
                 }
                 Err(e) => {
@@ -375,15 +393,36 @@ impl Daemon {
         unbound
     }
 
-    /// Ends the accounts' tasks: a moment for a clean end, then abandoned.
+    /// Ends everything the daemon runs: the accounts' tasks, the endpoints,
+    /// their sessions and the control connections get a moment for a clean
+    /// end (DONE, LOGOUT, a reply written), then are abandoned.
     async fn shutdown(&self) {
         let mut supervisors = std::mem::take(&mut *self.supervisors.lock().expect("daemon lock"));
-        let ended = tokio::time::timeout(STOP_GRACE, async { while supervisors.join_next().await.is_some() {} }).await;
-        if ended.is_err() {
+        let mut servers = std::mem::take(&mut *self.servers.lock().expect("daemon lock"));
+        let tasks = async {
+            let ended =
+                tokio::time::timeout(STOP_GRACE, async { while supervisors.join_next().await.is_some() {} }).await;
+            // Aborted tasks drop what they staged; nothing was recorded for it.
+            supervisors.shutdown().await;
+            ended.is_ok()
+        };
+        let endpoints = async {
+            let _ = tokio::time::timeout(STOP_GRACE, async { while servers.join_next().await.is_some() {} }).await;
+            servers.shutdown().await;
+        };
+        let (clean, (), (sessions, sessions_cut), (control, control_cut)) =
+            tokio::join!(tasks, endpoints, self.sessions.end(STOP_GRACE), self.control.end(STOP_GRACE));
+        if !clean {
             tracing::warn!(target: "sshmail::daemon", "some tasks did not end in time; their work in flight is abandoned");
         }
-        // Aborted tasks drop what they staged; nothing was recorded for it.
-        supervisors.shutdown().await;
+        tracing::info!(
+            target: "sshmail::daemon",
+            "ended {sessions} client sessions and {control} control connections{}",
+            match sessions_cut + control_cut {
+                0 => String::new(),
+                n => format!(" ({n} did not end in time and were closed)"),
+            }
+        );
     }
 
     /// The board's status of `accounts` (all when empty), with their
@@ -707,31 +746,44 @@ async fn signals(daemon: Arc<Daemon>, signals: Signals) {
     }
 }
 
-/// Answers the control socket.
+/// Answers the control socket until the daemon stops; each connection is
+/// a tracked task (at most [`CONTROL_AT_ONCE`]).
 async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = daemon.stop.wait() => return,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         if !socket::peer_is_us(&stream) {
             continue;
         }
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let mut stream = tokio::io::BufReader::new(stream);
-            let command = match socket::read_request(&mut stream).await {
-                Ok(request) => request.command,
-                Err(refusal) => return socket::write_response(&mut stream, refusal.into()).await,
-            };
-            match command {
-                Command::Tunnel { account, service } => daemon.tunnel_for_client(stream, &account, service).await,
-                command => {
-                    let response = daemon.answer(command).await;
-                    socket::write_response(&mut stream, response).await;
-                }
-            }
-        });
+        let handler = |end: Stop| answer_connection(daemon.clone(), stream, end);
+        tokio::select! {
+            () = daemon.control.spawn(handler) => {}
+            _ = daemon.stop.wait() => return,
+        }
+    }
+}
+
+/// One control connection: a request, its answer (for a tunnel, the
+/// stream after it). `end` ends the wait for a request and a tunnel.
+async fn answer_connection(daemon: Arc<Daemon>, stream: tokio::net::UnixStream, end: Stop) {
+    let mut stream = tokio::io::BufReader::new(stream);
+    let read = tokio::select! {
+        r = socket::read_request(&mut stream) => r,
+        _ = end.wait() => return,
+    };
+    match read.map(|r| r.command) {
+        Err(refusal) => socket::write_response(&mut stream, refusal.into()).await,
+        Ok(Command::Tunnel { account, service }) => daemon.tunnel_for_client(stream, &account, service, end).await,
+        Ok(command) => {
+            let response = daemon.answer(command).await;
+            socket::write_response(&mut stream, response).await;
+        }
     }
 }
 
@@ -786,6 +838,7 @@ impl Daemon {
         mut stream: tokio::io::BufReader<tokio::net::UnixStream>,
         account: &str,
         service: Option<config::Service>,
+        end: Stop,
     ) {
         let refusal = match self.tunnel(account, service).await {
             Ok(server) => {
@@ -793,7 +846,10 @@ impl Daemon {
                 let on = server.connection.clone().unwrap_or_default();
                 tracing::info!(target: "sshmail::gateway", "{account}: a tunnel opened on {on}");
                 let _inside = self.tunnels.enter();
-                let _ = gateway::splice(stream, server, false).await;
+                tokio::select! {
+                    _ = gateway::splice(stream, server, false) => {}
+                    _ = end.wait() => {}
+                }
                 return;
             }
             Err(refusal) => refusal,

@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use sshmail_proto::imap;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::task::JoinSet;
 
 use crate::config::{Account, Relay, Service, Via};
 use crate::error::{Error, Result};
@@ -323,8 +322,9 @@ where
 }
 
 /// Serves `bound` until `stop`: each client that passes the peer check
-/// gets its own stream to the server. Clients in session when the
-/// endpoint stops (a reload) go on until they end. What it serves is read
+/// gets its own stream to the server, a session in `sessions` (which the
+/// daemon ends at its stop): clients in session when the endpoint stops (a
+/// reload) go on until they end. What it serves is read
 /// for each client (a reload may change it).
 pub async fn serve(
     bound: listen::Bound,
@@ -332,8 +332,8 @@ pub async fn serve(
     pool: Arc<SshPool>,
     stop: Stop,
     count: Arc<Count>,
+    sessions: Arc<crate::stop::Tracked>,
 ) {
-    let mut clients = JoinSet::new();
     let at = bound.listen();
     let current = || served.lock().expect("endpoint lock").clone();
     tracing::info!(target: "sshmail::gateway", "{}: serving on {at}", current().name());
@@ -343,10 +343,18 @@ pub async fn serve(
                 Ok(a) => {
                     let inside = count.enter();
                     let (served, pool) = (current(), pool.clone());
-                    clients.spawn(async move {
-                        client(a, served, pool).await;
+                    let session = |end: Stop| async move {
+                        tokio::select! {
+                            () = client(a, served, pool) => {}
+                            () = end.wait() => {}
+                        }
                         drop(inside);
-                    });
+                    };
+                    // Full: the next accept waits (the listen backlog holds them).
+                    tokio::select! {
+                        () = sessions.spawn(session) => {}
+                        () = stop.wait() => break,
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: a moment, then again.
@@ -354,13 +362,11 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
-            Some(_) = clients.join_next(), if !clients.is_empty() => {}
             _ = stop.wait() => break,
         }
     }
     drop(bound);
     tracing::info!(target: "sshmail::gateway", "{}: no longer serving on {at}", current().name());
-    clients.detach_all();
 }
 
 /// One client of an endpoint, to its end.
