@@ -18,11 +18,11 @@ use std::task::{Context, Poll};
 use sshmail_proto::imap;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
-use crate::config::{Command, Reach, TlsSettings, Via};
+use crate::config::{Command, Route, TlsSettings, Via};
 use crate::error::{Error, Result};
 use crate::process::{Collected, shell_quote};
+use crate::ssh::SshPool;
 use crate::ssh::session::ExecStatus;
-use crate::ssh::{SshPool, SshTarget, target};
 
 /// The preauthenticated IMAP servers sshmail tries, in order, when none is
 /// given: the program, and the arguments that make it run preauthenticated.
@@ -88,75 +88,6 @@ const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a local command's stderr is read after the command exited.
 const STDERR_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How to reach an account's server: what the config says, with
-/// `~/.ssh/config` applied once, when the route is made. Everything that
-/// opens a stream to a server (a fetch now; the gateway and the relay
-/// later) goes through [`open`] with one of these; nothing below reads the
-/// account or the ssh_config again.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// The SSH target and its ProxyJump hops (outermost first), for
-    /// `forward` and `exec`.
-    pub ssh: Option<(SshTarget, Vec<SshTarget>)>,
-    /// How the stream is made.
-    pub via: Via,
-    /// The mail server as seen from the SSH host (forward) or from here.
-    pub server_host: String,
-    /// Its port.
-    pub server_port: u16,
-    /// TLS settings (tls, starttls).
-    pub tls: TlsSettings,
-    /// PREAUTH accepted on a network connection.
-    pub allow_preauth: bool,
-    /// The per-wait timeout.
-    pub timeout: std::time::Duration,
-}
-
-impl Route {
-    /// The route of `account`, with `ssh_config` applied to its SSH
-    /// destination and to each jump hop.
-    pub fn of(reach: &Reach, ssh_config: Option<&ssh2_config::SshConfig>) -> Result<Route> {
-        let ssh = match reach.via {
-            Via::Forward | Via::Exec(_) => {
-                let t = target::resolve(reach, ssh_config)?;
-                let jumps =
-                    t.jumps.iter().map(|j| target::resolve_jump(j, ssh_config, reach)).collect::<Result<Vec<_>>>()?;
-                Some((t, jumps))
-            }
-            _ => None,
-        };
-        Ok(Route {
-            ssh,
-            via: reach.via.clone(),
-            server_host: reach.server_host.clone(),
-            server_port: reach.server_port,
-            tls: reach.tls.clone(),
-            allow_preauth: reach.allow_preauth,
-            timeout: reach.timeout,
-        })
-    }
-
-    /// `host:port` of the mail server.
-    pub fn server(&self) -> String {
-        format!("{}:{}", self.server_host, self.server_port)
-    }
-}
-
-/// The route of `account`, `~/.ssh/config` applied; the mail login
-/// defaults to the SSH user it names, as documented.
-pub fn route_account(
-    account: &mut crate::config::Account,
-    ssh_config: Option<&ssh2_config::SshConfig>,
-) -> Result<Route> {
-    let route = Route::of(&account.reach, ssh_config)?;
-    if !account.login.user_given
-        && let Some((t, _)) = &route.ssh
-    {
-        account.login.user = t.user.clone();
-    }
-    Ok(route)
-}
 
 /// Opens a stream along `route`.
 pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
@@ -245,8 +176,8 @@ pub fn remote_command(c: &Command) -> String {
 /// remembered imapd that no longer greets PREAUTH is detected afresh.
 async fn detect_imapd(
     pool: &SshPool,
-    target: &target::SshTarget,
-    jumps: &[target::SshTarget],
+    target: &crate::config::SshTarget,
+    jumps: &[crate::config::SshTarget],
 ) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String)> {
     type Found = Arc<tokio::sync::Mutex<Option<String>>>;
     static FOUND: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Found>>> =
@@ -275,8 +206,8 @@ async fn detect_imapd(
 /// PREAUTH, else what it said (or, with its stderr, why it said nothing).
 async fn start_preauth(
     pool: &SshPool,
-    target: &target::SshTarget,
-    jumps: &[target::SshTarget],
+    target: &crate::config::SshTarget,
+    jumps: &[crate::config::SshTarget],
     command: &str,
 ) -> Result<std::result::Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String), String>> {
     let (mut stream, status, connection) = pool.exec(target, jumps, command).await?;
@@ -310,8 +241,8 @@ async fn start_preauth(
 /// PREAUTH.
 async fn probe_imapd(
     pool: &SshPool,
-    target: &target::SshTarget,
-    jumps: &[target::SshTarget],
+    target: &crate::config::SshTarget,
+    jumps: &[crate::config::SshTarget],
 ) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String)> {
     let probe = format!(
         "for p in {}; do if [ -x \"$p\" ]; then echo \"$p\"; fi; done; true",

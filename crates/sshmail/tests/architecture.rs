@@ -130,9 +130,9 @@ fn no_decision_depends_on_the_wording_of_an_error() {
     let receivers = ["why", "error", "err", "msg", "reason", "refusal", "e.to_string()", "to_string()"];
     let looks = ["starts_with(", "contains(", "ends_with(", "find(", "strip_prefix("];
     let mut found = Vec::new();
-    for f in files {
+    // The code, without its unit tests (a module's, or a tests.rs file).
+    for f in files.into_iter().filter(|f| !f.ends_with("tests.rs")) {
         let text = std::fs::read_to_string(&f).unwrap();
-        // The code, without its unit tests.
         let code = text.split("#[cfg(test)]").next().unwrap();
         for (n, line) in code.lines().enumerate() {
             for r in receivers {

@@ -7,9 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Env;
-use sshmail::config::resolve;
+use sshmail::config::{Resolving, resolve};
 use sshmail::fetch::{Context, Cycle, fetch_account};
-use sshmail::transport::Route;
 use sshmail_testbed::corpus;
 
 #[test]
@@ -18,14 +17,13 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
     env.add_messages((0..30).map(|i| corpus::mixed_message(i, 1)));
     let raw = env.imap_account();
     let state = env.state_dir().display().to_string();
-    let account = resolve("cancelled", &raw, Some(&state)).unwrap();
-    let route = Route::of(&account.reach, None).unwrap();
+    let account = resolve("cancelled", &raw, &Resolving { state_dir: Some(&state), ..Resolving::default() }).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let ctx = Context::quiet();
     runtime.block_on(async {
         let task = {
-            let (account, route, ctx) = (account.clone(), route.clone(), ctx.clone());
-            tokio::spawn(async move { fetch_account(&account, &route, &Cycle::default(), &ctx).await })
+            let (account, ctx) = (account.clone(), ctx.clone());
+            tokio::spawn(async move { fetch_account(&account, &Cycle::default(), &ctx).await })
         };
         // Cancel while a message is being written into tmp/.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -41,7 +39,7 @@ fn durable_before_destructive_a_fetch_cancelled_mid_message_leaves_no_staging_fi
         assert!(partial < 30, "everything was delivered before the cancel");
 
         // The next cycle, in the same process and pool, finishes the job.
-        let outcome = fetch_account(&account, &route, &Cycle::default(), &ctx).await.unwrap();
+        let outcome = fetch_account(&account, &Cycle::default(), &ctx).await.unwrap();
         assert_eq!(outcome.delivered + partial, 30);
         ctx.pool.close_all().await;
     });

@@ -6,9 +6,8 @@
 mod common;
 
 use common::Env;
-use sshmail::config::{RawAccount, resolve};
+use sshmail::config::{RawAccount, Resolving, resolve};
 use sshmail::fetch::{Context, Cycle, fetch_account, mailbox_identity};
-use sshmail::transport::Route;
 use sshmail_testbed::corpus;
 
 #[test]
@@ -22,18 +21,19 @@ fn one_ledger_per_account_is_shared_by_its_concurrent_folder_tasks() {
     }
     let raw = RawAccount { folders: Some(vec!["INBOX".into(), "lists.*".into()]), ..env.imap_account() };
     let state = env.state_dir();
-    let account = resolve("tasks", &raw, Some(&state.display().to_string())).unwrap();
-    let route = Route::of(&account.reach, None).unwrap();
+    let account =
+        resolve("tasks", &raw, &Resolving { state_dir: Some(&state.display().to_string()), ..Resolving::default() })
+            .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let ctx = Context::quiet();
     runtime.block_on(async {
         // Held open here for the whole test: a task that opened the ledger
         // file on its own would find it locked.
-        let held = ctx.ledgers.open_for_mailbox(&state, "tasks", &mailbox_identity(&account, &route), None).unwrap();
+        let held = ctx.ledgers.open_for_mailbox(&state, "tasks", &mailbox_identity(&account), None).unwrap();
         let task = |folder: &str| {
-            let (account, route, ctx) = (account.clone(), route.clone(), ctx.clone());
+            let (account, ctx) = (account.clone(), ctx.clone());
             let cycle = Cycle { folders: Some(vec![folder.to_string()]), ..Cycle::default() };
-            tokio::spawn(async move { fetch_account(&account, &route, &cycle, &ctx).await })
+            tokio::spawn(async move { fetch_account(&account, &cycle, &ctx).await })
         };
         let (inbox, lists) = (task("INBOX"), task("lists.rust"));
         let inbox = inbox.await.unwrap().expect("the INBOX task");
@@ -42,7 +42,7 @@ fn one_ledger_per_account_is_shared_by_its_concurrent_folder_tasks() {
         drop(held);
 
         // The whole account afterwards: nothing new, nothing twice.
-        let again = fetch_account(&account, &route, &Cycle::default(), &ctx).await.unwrap();
+        let again = fetch_account(&account, &Cycle::default(), &ctx).await.unwrap();
         assert_eq!(again.delivered, 0, "a later cycle fetched again what the tasks delivered");
         ctx.pool.close_all().await;
     });

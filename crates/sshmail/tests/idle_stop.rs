@@ -7,10 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Hostile;
-use sshmail::config::{Command, RawAccount, resolve};
+use sshmail::config::{Command, RawAccount, Resolving, resolve};
 use sshmail::fetch::{Context, Cycle, fetch_account};
 use sshmail::stop::Stop;
-use sshmail::transport::Route;
 
 #[test]
 fn idle_stops_cleanly_on_request_with_done_and_logout() {
@@ -24,19 +23,18 @@ fn idle_stops_cleanly_on_request_with_done_and_logout() {
         ..Default::default()
     };
     let state = h.dir.path().join("state").display().to_string();
-    let account = resolve("watched", &raw, Some(&state)).unwrap();
-    let route = Route::of(&account.reach, None).unwrap();
+    let account = resolve("watched", &raw, &Resolving { state_dir: Some(&state), ..Resolving::default() }).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let stop = Stop::new();
         let task = {
-            let (account, route) = (account.clone(), route.clone());
+            let account = account.clone();
             // The task's token is a child: the owner stops it by stopping
             // the parent.
             let ctx = Context { stop: stop.child(), ..Context::quiet() };
             tokio::spawn(async move {
                 let show = Cycle { idle: true, ..Cycle::default() };
-                fetch_account(&account, &route, &show, &ctx).await
+                fetch_account(&account, &show, &ctx).await
             })
         };
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Env;
-use sshmail::config::resolve;
+use sshmail::config::{Resolving, resolve};
 use sshmail::fetch::{Context, Cycle, fetch_account};
-use sshmail::transport::Route;
 use sshmail_testbed::corpus;
 
 const NAME: &str = "a_batchs_record_and_fsyncs_never_stall_the_runtime";
@@ -39,8 +38,7 @@ fn a_batchs_record_and_fsyncs_never_stall_the_runtime() {
     env.add_messages((0..10).map(|i| corpus::mixed_message(i, 1)));
     let raw = env.imap_account();
     let state = env.state_dir().display().to_string();
-    let account = resolve("ticking", &raw, Some(&state)).unwrap();
-    let route = Route::of(&account.reach, None).unwrap();
+    let account = resolve("ticking", &raw, &Resolving { state_dir: Some(&state), ..Resolving::default() }).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let longest_gap = Arc::new(Mutex::new(Duration::ZERO));
     let started = Instant::now();
@@ -59,7 +57,7 @@ fn a_batchs_record_and_fsyncs_never_stall_the_runtime() {
             })
         };
         let ctx = Context::quiet();
-        let outcome = fetch_account(&account, &route, &Cycle::default(), &ctx).await.unwrap();
+        let outcome = fetch_account(&account, &Cycle::default(), &ctx).await.unwrap();
         assert_eq!(outcome.delivered, 10);
         ticker.abort();
         ctx.pool.close_all().await;

@@ -8,19 +8,19 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Env, assert_exit, stderr, wait_bounded};
-use sshmail::config::{RawAccount, resolve};
-use sshmail::ssh::{SshPool, target};
+use sshmail::config::{RawAccount, Resolving, resolve};
+use sshmail::ssh::{SshPool, SshTarget};
 use sshmail_testbed::{MAIL_USER, Options, corpus};
 
 /// The testbed's SSH login as a resolved target.
-fn ssh_target(env: &Env) -> target::SshTarget {
+fn ssh_target(env: &Env) -> SshTarget {
     let raw = RawAccount {
         ssh: Some(env.bed.ssh_destination()),
         identity: Some(vec![env.bed.client_key.display().to_string()]),
         known_hosts: Some(env.bed.known_hosts.display().to_string()),
         ..Default::default()
     };
-    target::resolve(&resolve("pool", &raw, None).unwrap().reach, None).unwrap()
+    resolve("pool", &raw, &Resolving::default()).unwrap().route.ssh.unwrap().0
 }
 
 /// The security defect: account A (`accept-new`, its own empty

@@ -12,9 +12,8 @@ pub use args::*;
 use crate::config::{self, Command as ConfigCommand, RawAccount};
 use crate::error::{Error, Exit};
 use crate::fetch::{self, Cycle, human_bytes};
-use crate::ssh::{SshPool, target};
+use crate::ssh::SshPool;
 use crate::stop::Stop;
-use crate::transport::Route;
 
 /// How many accounts are fetched at the same time.
 const ACCOUNTS_AT_ONCE: usize = 4;
@@ -326,35 +325,17 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
             return e.exit();
         }
     };
-    let ssh_config = match target::load_ssh_config(args.ssh_config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            crate::errln!("sshmail: {e}");
-            return e.exit();
-        }
-    };
-    let mut accounts = accounts;
-    // Each account's route, `~/.ssh/config` applied once; an account whose
-    // route cannot be made fails alone, like any other account error.
-    let mut routes = Vec::with_capacity(accounts.len());
-    for a in &mut accounts {
-        let route = crate::transport::route_account(a, ssh_config.as_ref());
-        if a.adhoc && !a.login.user_given && route.as_ref().is_ok_and(|r| r.ssh.is_some()) {
-            a.name = adhoc_name(a, args.ssh.as_deref().unwrap_or_default());
-        }
-        routes.push(route);
-    }
     let interactive = std::io::stderr().is_terminal() && !cli.quiet;
     let show = Cycle { idle: args.idle, check: args.check, ..Cycle::default() };
     if args.idle {
-        if accounts.len() != 1 || accounts[0].protocol != config::Protocol::Imap {
+        if accounts.len() != 1 || accounts[0].1.as_ref().is_ok_and(|a| a.protocol != config::Protocol::Imap) {
             crate::errln!("sshmail: --idle takes exactly one IMAP account");
             return Exit::Usage;
         }
-        let route = match routes.remove(0) {
-            Ok(r) => r,
+        let account = match &accounts[0].1 {
+            Ok(a) => a,
             Err(e) => {
-                crate::errln!("sshmail: {}: {e}", accounts[0].name);
+                crate::errln!("sshmail: {}: {e}", accounts[0].0);
                 return e.exit();
             }
         };
@@ -362,7 +343,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         // One pool for the whole watch: a dead connection is replaced on
         // the next lease, a live one reused.
         let ctx = fetch::Context::new(SshPool::new().prompting(), Stop::process(), Arc::new(fetch::report::Quiet));
-        return idle_forever(&accounts[0], &route, &show, &ctx).await;
+        return idle_forever(account, &show, &ctx).await;
     }
     // Accounts run concurrently (a few at a time), sharing SSH connections;
     // results are reported in the order the accounts were given.
@@ -377,35 +358,27 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
     let ctx = fetch::Context::new(SshPool::new().prompting(), Stop::process(), report);
     let handles: Vec<_> = accounts
         .iter()
-        .cloned()
-        .zip(routes)
-        .map(|(account, route)| {
-            let (ctx, limit, show) = (ctx.clone(), limit.clone(), show.clone());
+        .map(|(_, account)| {
+            let (ctx, limit, show, account) = (ctx.clone(), limit.clone(), show.clone(), account.clone());
             tokio::spawn(async move {
-                let route = route?;
+                let account = account?;
                 let _permit = limit.acquire_owned().await;
-                fetch::fetch_account(&account, &route, &show, &ctx).await
+                fetch::fetch_account(&account, &show, &ctx).await
             })
         })
         .collect();
     let mut worst: Option<Exit> = None;
     let mut any_mail = false;
-    for (account, handle) in accounts.iter().zip(handles) {
+    for ((name, _), handle) in accounts.iter().zip(handles) {
         let result = handle.await.unwrap_or_else(|e| Err(Error::Delivery(format!("the fetch task failed: {e}"))));
         match result {
             Ok(o) if args.check => {
                 any_mail |= o.waiting > 0;
                 if !cli.quiet {
-                    crate::outln!(
-                        "{}: {} new of {} ({})",
-                        account.name,
-                        o.waiting,
-                        o.on_server,
-                        human_bytes(o.waiting_bytes)
-                    );
+                    crate::outln!("{}: {} new of {} ({})", name, o.waiting, o.on_server, human_bytes(o.waiting_bytes));
                 }
                 for e in &o.folder_errors {
-                    crate::errln!("sshmail: {}: {e}", account.name);
+                    crate::errln!("sshmail: {}: {e}", name);
                     worst = worst.max(Some(Exit::Server));
                 }
             }
@@ -414,7 +387,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                 if interactive || cli.verbose > 0 {
                     crate::errln!(
                         "{}: {} new of {} ({}), {} deleted{}{}",
-                        account.name,
+                        name,
                         o.delivered,
                         o.on_server,
                         human_bytes(o.bytes),
@@ -431,23 +404,23 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
                     worst = worst.max(Some(Exit::Server));
                 }
                 for e in &o.policy_errors {
-                    crate::errln!("sshmail: {}: {e}", account.name);
+                    crate::errln!("sshmail: {}: {e}", name);
                 }
                 if !o.undelivered.is_empty() {
                     worst = worst.max(Some(Exit::Delivery));
                     crate::errln!(
                         "sshmail: {}: {} messages not delivered, left on the server: {}",
-                        account.name,
+                        name,
                         o.undelivered.len(),
                         o.undelivered.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
                     );
                 }
                 for e in &o.folder_errors {
-                    crate::errln!("sshmail: {}: {e}", account.name);
+                    crate::errln!("sshmail: {}: {e}", name);
                 }
             }
             Err(e) => {
-                crate::errln!("sshmail: {}: {e}", account.name);
+                crate::errln!("sshmail: {}: {e}", name);
                 worst = worst.max(Some(e.exit()));
             }
         }
@@ -465,7 +438,7 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
 /// else with growing pauses (5 s doubling to 5 min). Ends on errors a retry cannot fix, and on
 /// SIGTERM/SIGINT, after ending the IDLE (DONE) and the session (LOGOUT):
 /// exit 0 then.
-async fn idle_forever(account: &config::Account, route: &Route, show: &Cycle, ctx: &fetch::Context) -> Exit {
+async fn idle_forever(account: &config::Account, show: &Cycle, ctx: &fetch::Context) -> Exit {
     use crate::error::Retry;
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
     let mut pause = FIRST_PAUSE;
@@ -475,7 +448,7 @@ async fn idle_forever(account: &config::Account, route: &Route, show: &Cycle, ct
     let mut at_once = false;
     let exit = loop {
         let started = std::time::Instant::now();
-        let result = fetch::fetch_account(account, route, show, ctx).await;
+        let result = fetch::fetch_account(account, show, ctx).await;
         // A session that lasted is a fresh start for the back-off.
         if started.elapsed() > std::time::Duration::from_secs(600) {
             pause = FIRST_PAUSE;
@@ -507,21 +480,14 @@ async fn idle_forever(account: &config::Account, route: &Route, show: &Cycle, ct
     exit
 }
 
-/// How an ad-hoc account is named in messages (its ledger is named after
-/// the mailbox itself: fetch::mailbox_identity).
-fn adhoc_name(account: &config::Account, dest: &str) -> String {
-    match &account.reach.via {
-        config::Via::Forward => format!("{} via {dest}", account.address()),
-        config::Via::Exec(_) => format!("imap on {dest}"),
-        config::Via::Command(c) => {
-            crate::process::command(c, "tunnel").map(|(_, shown)| shown).unwrap_or_else(|_| "tunnel".to_string())
-        }
-        config::Via::Tls | config::Via::StartTls => account.address(),
-    }
-}
+/// An account's name, and the account resolved or why it is not.
+type Named = (String, Result<config::Account, Error>);
 
-fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
-    let overrides = RawAccount {
+/// The accounts a fetch takes, each resolved or why not (an account that
+/// does not resolve fails alone, like any other account error), in the
+/// order given.
+fn accounts_for(args: &FetchArgs) -> Result<Vec<Named>, Error> {
+    let account = RawAccount {
         ssh: args.ssh.clone(),
         protocol: if args.imap { Some("imap".to_string()) } else { args.pop3.then(|| "pop3".to_string()) },
         via: args.via.clone(),
@@ -552,18 +518,15 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
         timeout: args.timeout,
         ..Default::default()
     };
+    let overrides =
+        config::Overrides { account, state_dir: args.state_dir.clone(), ssh_config: args.ssh_config.clone() };
     let adhoc = args.ssh.is_some() || args.tunnel.is_some() || matches!(args.via.as_deref(), Some("tls" | "starttls"));
     if adhoc {
         if !args.accounts.is_empty() {
             return Err(Error::Config("give either account names or --ssh/--tunnel/--via, not both".into()));
         }
-        // The name shows in messages; the ledger is named after the mailbox
-        // itself (fetch::mailbox_identity), so two mailboxes on one host
-        // never share one.
-        let mut account = config::resolve("adhoc", &overrides, args.state_dir.as_deref())?;
-        account.adhoc = true;
-        account.name = adhoc_name(&account, args.ssh.as_deref().unwrap_or_default());
-        return Ok(vec![account]);
+        let account = config::Config::adhoc(&overrides)?;
+        return Ok(vec![(account.name.clone(), Ok(account))]);
     }
     let path = args.config.clone().unwrap_or_else(config::default_config_path);
     if args.config.is_none() && !path.exists() {
@@ -572,80 +535,33 @@ fn accounts_for(args: &FetchArgs) -> Result<Vec<config::Account>, Error> {
             path.display()
         )));
     }
-    let raw = config::load(&path)?;
-    let state_dir = args.state_dir.clone().or(raw.state_dir.clone());
+    let config = config::Config::load(Some(&path), &overrides)?;
     let names: Vec<String> =
-        if args.accounts.is_empty() { raw.account.keys().cloned().collect() } else { args.accounts.clone() };
+        if args.accounts.is_empty() { config.accounts.keys().cloned().collect() } else { args.accounts.clone() };
     if names.is_empty() {
         return Err(Error::Config(format!("{} defines no [account.NAME]", path.display())));
     }
     let named = !args.accounts.is_empty();
     let mut accounts = Vec::with_capacity(names.len());
     for n in &names {
-        let base =
-            raw.account.get(n).ok_or_else(|| Error::Config(format!("no account {n:?} in {}", path.display())))?;
-        let account = config::resolve(n, &merge(base, &overrides), state_dir.as_deref())?;
-        match account.fetch.enabled {
-            true => accounts.push(account),
-            false if named => {
+        if !config.accounts.contains_key(n) {
+            return Err(Error::Config(format!("no account {n:?} in {}", path.display())));
+        }
+        // One that does not resolve is taken: it fails alone, saying why.
+        match config.account(n) {
+            Ok(a) if !a.fetch.enabled && named => {
                 return Err(Error::Config(format!(
                     "account {n} has fetch = false: it is only served (or used to send), not fetched"
                 )));
             }
-            false => {}
+            Ok(a) if !a.fetch.enabled => {}
+            resolved => accounts.push((n.clone(), resolved.cloned())),
         }
     }
     if accounts.is_empty() {
         return Err(Error::Config(format!("every account in {} has fetch = false", path.display())));
     }
     Ok(accounts)
-}
-
-/// Command-line values win over the file's.
-fn merge(base: &RawAccount, over: &RawAccount) -> RawAccount {
-    let mut m = base.clone();
-    macro_rules! take {
-        ($($f:ident),*) => { $( if over.$f.is_some() { m.$f = over.$f.clone(); } )* };
-    }
-    take!(
-        protocol,
-        server,
-        user,
-        auth,
-        keep,
-        fetch_all,
-        compress,
-        deliver,
-        identity,
-        known_hosts,
-        host_key_policy,
-        timeout,
-        via,
-        imapd,
-        tunnel,
-        folders,
-        policy,
-        only_unseen,
-        tls_ca_file,
-        tls_fingerprint,
-        accept_uidvalidity_change,
-        max_message_size,
-        interval,
-        received,
-        recipient,
-        maildir_subfolders
-    );
-    if over.policy.is_some() {
-        m.keep = None;
-    }
-    if over.keep.is_some() {
-        m.policy = None;
-    }
-    if over.password_command.is_some() {
-        m.password = None;
-        m.password_command = over.password_command.clone();
-    }
-    m
 }
 
 #[cfg(test)]
@@ -715,7 +631,7 @@ mod tests {
             password_command: Some(ConfigCommand::Shell("p".into())),
             ..Default::default()
         };
-        let m = merge(&base, &over);
+        let m = base.over(&over);
         assert_eq!(m.keep, Some(true));
         assert!(m.password.is_none() && m.password_command.is_some());
         assert_eq!(m.ssh.as_deref(), Some("h"));

@@ -281,9 +281,9 @@ pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
 }
 
 /// A fully resolved account, in its concerns: how to reach the server
-/// (`reach`, which `transport::Route::of` resolves against `~/.ssh/config`),
-/// who logs in (`login`), what to fetch and what to do with it on the server
-/// (`fetch`), and where mail goes (`delivery`).
+/// (`route`, `~/.ssh/config` applied), who logs in (`login`), what to fetch
+/// and what to do with it on the server (`fetch`), and where mail goes
+/// (`delivery`).
 #[derive(Debug, Clone)]
 pub struct Account {
     /// The account's name (config table key, or a description of an ad-hoc
@@ -295,7 +295,7 @@ pub struct Account {
     /// The mail protocol.
     pub protocol: Protocol,
     /// How to reach the mail server.
-    pub reach: Reach,
+    pub route: Route,
     /// The mail login.
     pub login: Login,
     /// What to fetch, and what to do with it on the server.
@@ -310,43 +310,13 @@ pub struct Account {
     pub send: Option<Send>,
 }
 
-/// How to reach an account's mail server, as configured (the SSH parts are
-/// completed from `~/.ssh/config` when `transport::Route::of` makes a route).
-#[derive(Debug, Clone)]
-pub struct Reach {
-    /// The SSH host to go through.
-    pub ssh: SshDestination,
-    /// Identity files given for this account (before ~/.ssh/config's).
-    pub identities: Vec<PathBuf>,
-    /// A known_hosts file given for this account.
-    pub known_hosts: Option<PathBuf>,
-    /// Unknown host key policy, if the account sets one.
-    pub host_key_policy: Option<HostKeyPolicy>,
-    /// Password for SSH password / keyboard-interactive login, if asked for.
-    pub ssh_password: PasswordSource,
-    /// Ask for SSH compression.
-    pub compress: bool,
-    /// How the stream to the mail server is made.
-    pub via: Via,
-    /// The mail server as seen from the SSH host.
-    pub server_host: String,
-    /// Its port.
-    pub server_port: u16,
-    /// TLS settings.
-    pub tls: TlsSettings,
-    /// IMAP: accept a PREAUTH greeting on a network port (forward, tls).
-    pub allow_preauth: bool,
-    /// How long any single wait may take.
-    pub timeout: Duration,
-}
-
 /// Who logs in to the mail server, and how.
 #[derive(Debug, Clone)]
 pub struct Login {
     /// Mail login name.
     pub user: String,
     /// `user` was given (in the account or in `ssh = "user@host"`); if not,
-    /// it becomes the SSH user once `~/.ssh/config` is read.
+    /// it is the SSH user `~/.ssh/config` names.
     pub user_given: bool,
     /// Mail password.
     pub password: PasswordSource,
@@ -399,7 +369,7 @@ pub fn user_at(user: &str, host: &str, port: u16) -> String {
 impl Account {
     /// `user@server:port`: the mail login, for messages and names.
     pub fn address(&self) -> String {
-        user_at(&self.login.user, &self.reach.server_host, self.reach.server_port)
+        user_at(&self.login.user, &self.route.server_host, self.route.server_port)
     }
 
     /// The way to the mail server as it is, for `status`: an exec of which
@@ -407,14 +377,8 @@ impl Account {
     /// command, or the server itself (TLS). Commands by their program only
     /// (the rest may hold a secret).
     pub fn route_shown(&self) -> String {
-        let ssh = &self.reach.ssh;
-        let ssh = match (&ssh.user, ssh.port) {
-            (Some(u), Some(p)) => format!("{u}@{}:{p}", ssh.host),
-            (Some(u), None) => format!("{u}@{}", ssh.host),
-            (None, Some(p)) => format!("{}:{p}", ssh.host),
-            (None, None) => ssh.host.clone(),
-        };
-        match &self.reach.via {
+        let ssh = &self.route.shown_ssh;
+        match &self.route.via {
             Via::Exec(Some(c)) => format!("exec of {} on {ssh}", c.program()),
             Via::Exec(None) => format!("exec of the imapd found on {ssh}"),
             Via::Forward => format!("{} via {ssh}", self.address()),

@@ -110,6 +110,57 @@ pub struct RawAccount {
     pub send: Option<RawSend>,
 }
 
+impl RawAccount {
+    /// This account with the values `over` gives (a command's flags) in
+    /// place of its own.
+    pub fn over(&self, over: &RawAccount) -> RawAccount {
+        let mut m = self.clone();
+        macro_rules! take {
+        ($($f:ident),*) => { $( if over.$f.is_some() { m.$f = over.$f.clone(); } )* };
+    }
+        take!(
+            protocol,
+            server,
+            user,
+            auth,
+            keep,
+            fetch_all,
+            compress,
+            deliver,
+            identity,
+            known_hosts,
+            host_key_policy,
+            timeout,
+            via,
+            imapd,
+            tunnel,
+            folders,
+            policy,
+            only_unseen,
+            tls_ca_file,
+            tls_fingerprint,
+            accept_uidvalidity_change,
+            max_message_size,
+            interval,
+            received,
+            recipient,
+            maildir_subfolders,
+            fetch
+        );
+        if over.policy.is_some() {
+            m.keep = None;
+        }
+        if over.keep.is_some() {
+            m.policy = None;
+        }
+        if over.password_command.is_some() {
+            m.password = None;
+            m.password_command = over.password_command.clone();
+        }
+        m
+    }
+}
+
 /// An account's `send` table as written.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,8 +7,50 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
-/// Resolves one raw account.
-pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<Account> {
+/// How to reach an account's mail server, as configured; [`Route::of`]
+/// completes the SSH parts from `~/.ssh/config`.
+#[derive(Debug, Clone)]
+pub(super) struct Reach {
+    /// The SSH host to go through.
+    pub(super) ssh: SshDestination,
+    /// Identity files given for this account (before ~/.ssh/config's).
+    pub(super) identities: Vec<PathBuf>,
+    /// A known_hosts file given for this account.
+    pub(super) known_hosts: Option<PathBuf>,
+    /// Unknown host key policy, if the account sets one.
+    pub(super) host_key_policy: Option<HostKeyPolicy>,
+    /// Password for SSH password / keyboard-interactive login, if asked for.
+    pub(super) ssh_password: PasswordSource,
+    /// Ask for SSH compression.
+    pub(super) compress: bool,
+    /// How the stream to the mail server is made.
+    pub(super) via: Via,
+    /// The mail server as seen from the SSH host.
+    pub(super) server_host: String,
+    /// Its port.
+    pub(super) server_port: u16,
+    /// TLS settings.
+    pub(super) tls: TlsSettings,
+    /// IMAP: accept a PREAUTH greeting on a network port (forward, tls).
+    pub(super) allow_preauth: bool,
+    /// How long any single wait may take.
+    pub(super) timeout: Duration,
+}
+
+/// What an account is resolved with besides itself.
+#[derive(Default, Clone, Copy)]
+pub struct Resolving<'a> {
+    /// The state directory the file (or the command line) gives.
+    pub state_dir: Option<&'a str>,
+    /// `~/.ssh/config`, read.
+    pub ssh_config: Option<&'a ssh2_config::SshConfig>,
+    /// The `[daemon] interval`, for accounts that set none.
+    pub interval: Option<Duration>,
+}
+
+/// Resolves one raw account: typed values, defaults, its route with
+/// `~/.ssh/config` applied, and the mail login defaulted to the SSH user.
+pub fn resolve(name: &str, raw: &RawAccount, given: &Resolving<'_>) -> Result<Account> {
     let ctx = |msg: String| Error::Config(format!("account {name}: {msg}"));
     let protocol = match raw.protocol.as_deref().unwrap_or("pop3") {
         "pop3" | "pop" => Protocol::Pop3,
@@ -104,27 +146,38 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
     if send.is_some() && raw.ssh.is_none() {
         return Err(ctx("`send` relays through SSH and needs `ssh`".into()));
     }
+    let reach = Reach {
+        ssh,
+        identities: raw.identity.iter().flatten().map(|s| expand_tilde(s)).collect(),
+        known_hosts: raw.known_hosts.as_deref().map(expand_tilde),
+        host_key_policy,
+        ssh_password,
+        compress: raw.compress.unwrap_or(false),
+        via,
+        server_host,
+        server_port,
+        tls: TlsSettings {
+            ca_file: raw.tls_ca_file.as_deref().map(expand_tilde),
+            fingerprint: raw.tls_fingerprint.clone(),
+        },
+        allow_preauth: raw.allow_preauth.unwrap_or(false),
+        timeout: Duration::from_secs(timeout),
+    };
+    let route = Route::of(&reach, given.ssh_config).map_err(|e| ctx(e.to_string()))?;
+    // The mail login defaults to the SSH user, as documented.
+    let user = match &route.ssh {
+        Some((t, _)) if !user_given => t.user.clone(),
+        _ => user,
+    };
+    let interval = match raw.interval {
+        Some(secs) => Duration::from_secs(secs.max(1)),
+        None => given.interval.unwrap_or(Duration::from_secs(300)),
+    };
     Ok(Account {
         name: name.to_string(),
         adhoc: false,
         protocol,
-        reach: Reach {
-            ssh,
-            identities: raw.identity.iter().flatten().map(|s| expand_tilde(s)).collect(),
-            known_hosts: raw.known_hosts.as_deref().map(expand_tilde),
-            host_key_policy,
-            ssh_password,
-            compress: raw.compress.unwrap_or(false),
-            via,
-            server_host,
-            server_port,
-            tls: TlsSettings {
-                ca_file: raw.tls_ca_file.as_deref().map(expand_tilde),
-                fingerprint: raw.tls_fingerprint.clone(),
-            },
-            allow_preauth: raw.allow_preauth.unwrap_or(false),
-            timeout: Duration::from_secs(timeout),
-        },
+        route,
         login: Login { user, user_given, password, auth },
         fetch: FetchPolicy {
             policy,
@@ -134,7 +187,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
             max_message_size: raw.max_message_size.unwrap_or(1 << 30),
             allow_expunge_all: raw.allow_expunge_all.unwrap_or(false),
             accept_uidvalidity_change: raw.accept_uidvalidity_change.unwrap_or(false),
-            interval: std::time::Duration::from_secs(raw.interval.unwrap_or(300).max(1)),
+            interval,
             enabled: raw.fetch.unwrap_or(true),
         },
         delivery: Deliver {
@@ -143,7 +196,7 @@ pub fn resolve(name: &str, raw: &RawAccount, state_dir: Option<&str>) -> Result<
             recipient: raw.recipient.clone().unwrap_or_else(local_user),
             maildir_subfolders: raw.maildir_subfolders.unwrap_or(false),
         },
-        state_dir: state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
+        state_dir: given.state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
         serve,
         send,
     })

@@ -21,19 +21,20 @@ fn resolves_with_defaults() {
     let raw: RawConfig =
         toml::from_str("[account.work]\nssh = \"me@shell\"\npassword_command = [\"pass\", \"show\", \"mail\"]\n")
             .unwrap();
-    let a = resolve("work", &raw.account["work"], Some("/tmp/st")).unwrap();
-    assert_eq!((a.reach.server_host.as_str(), a.reach.server_port, a.login.user.as_str()), ("localhost", 110, "me"));
-    assert!(a.fetch.policy == Policy::Delete && !a.reach.compress);
-    assert_eq!(a.reach.timeout, Duration::from_secs(30));
+    let a = resolve("work", &raw.account["work"], &Resolving { state_dir: Some("/tmp/st"), ..Resolving::default() })
+        .unwrap();
+    assert_eq!((a.route.server_host.as_str(), a.route.server_port, a.login.user.as_str()), ("localhost", 110, "me"));
+    assert!(a.fetch.policy == Policy::Delete && !a.route.ssh.as_ref().unwrap().0.compress);
+    assert_eq!(a.route.timeout, Duration::from_secs(30));
     assert!(matches!(a.login.password, PasswordSource::Command(Command::Argv(_))));
 }
 
 #[test]
 fn imap_defaults_to_exec_and_transports_pick_ports() {
     let raw = RawAccount { ssh: Some("h".into()), protocol: Some("imap".into()), ..Default::default() };
-    let a = resolve("a", &raw, None).unwrap();
+    let a = resolve("a", &raw, &Resolving::default()).unwrap();
     assert_eq!(
-        (a.reach.via.clone(), a.fetch.folders.clone(), a.fetch.policy),
+        (a.route.via.clone(), a.fetch.folders.clone(), a.fetch.policy),
         (Via::Exec(None), vec!["INBOX".to_string()], Policy::Delete)
     );
     let raw = RawAccount {
@@ -43,14 +44,14 @@ fn imap_defaults_to_exec_and_transports_pick_ports() {
         keep: Some(true),
         ..Default::default()
     };
-    let a = resolve("a", &raw, None).unwrap();
-    assert_eq!((a.reach.server_port, a.fetch.policy), (993, Policy::Keep));
+    let a = resolve("a", &raw, &Resolving::default()).unwrap();
+    assert_eq!((a.route.server_port, a.fetch.policy), (993, Policy::Keep));
     let raw = RawAccount {
         protocol: Some("imap".into()),
         tunnel: Some(Command::Argv(vec!["ssh".into(), "h".into(), "imapd".into()])),
         ..Default::default()
     };
-    assert!(matches!(resolve("a", &raw, None).unwrap().reach.via, Via::Command(_)));
+    assert!(matches!(resolve("a", &raw, &Resolving::default()).unwrap().route.via, Via::Command(_)));
 }
 
 #[test]
@@ -61,11 +62,11 @@ fn the_readme_config_example_is_valid() {
     let raw: RawConfig = toml::from_str(&readme[start..end]).expect("README example parses");
     assert!(raw.account.len() >= 3);
     for (name, account) in &raw.account {
-        resolve(name, account, None).unwrap_or_else(|e| panic!("README account {name}: {e}"));
+        resolve(name, account, &Resolving::default()).unwrap_or_else(|e| panic!("README account {name}: {e}"));
     }
-    let uni = resolve("uni", &raw.account["uni"], None).unwrap();
+    let uni = resolve("uni", &raw.account["uni"], &Resolving::default()).unwrap();
     assert_eq!((uni.protocol, uni.fetch.policy), (Protocol::Imap, Policy::Seen));
-    assert!(matches!(uni.reach.via, Via::Exec(Some(_))));
+    assert!(matches!(uni.route.via, Via::Exec(Some(_))));
 }
 
 /// Every TOML example in the README (the gateway's and the sender's too).
@@ -82,7 +83,7 @@ fn every_readme_toml_example_is_valid() {
         };
         let raw: RawConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("README example: {e}\n{text}"));
         for (name, account) in &raw.account {
-            if let Err(e) = resolve(name, account, None) {
+            if let Err(e) = resolve(name, account, &Resolving::default()) {
                 panic!("README account {name}: {e}");
             }
         }
@@ -111,14 +112,14 @@ fn delivery_specs() {
 fn rejects_unknown_keys_and_values() {
     assert!(toml::from_str::<RawConfig>("[account.a]\nssh = \"h\"\npasword = \"x\"\n").is_err());
     let raw = RawAccount { ssh: Some("h".into()), protocol: Some("smtp".into()), ..Default::default() };
-    let e = resolve("a", &raw, None).unwrap_err().to_string();
+    let e = resolve("a", &raw, &Resolving::default()).unwrap_err().to_string();
     assert!(e.contains("unknown protocol"), "{e}");
     let raw = RawAccount { ssh: Some("h".into()), policy: Some("seen".into()), ..Default::default() };
-    assert!(resolve("a", &raw, None).is_err(), "seen is IMAP only");
+    assert!(resolve("a", &raw, &Resolving::default()).is_err(), "seen is IMAP only");
     let raw = RawAccount { via: Some("tls".into()), protocol: Some("imap".into()), ..Default::default() };
-    assert!(resolve("a", &raw, None).is_err(), "TLS needs a server");
+    assert!(resolve("a", &raw, &Resolving::default()).is_err(), "TLS needs a server");
     let raw = RawAccount { ssh: Some("h".into()), deliver: Some("mbox".into()), ..Default::default() };
-    assert!(resolve("a", &raw, None).is_err());
+    assert!(resolve("a", &raw, &Resolving::default()).is_err());
 }
 
 #[test]
@@ -147,7 +148,7 @@ fn owner_only_endpoints_listen_addresses_beyond_loopback_need_the_opt_in() {
         }),
         ..Default::default()
     };
-    assert!(resolve("a", &raw, None).unwrap_err().to_string().contains("both listen on"));
+    assert!(resolve("a", &raw, &Resolving::default()).unwrap_err().to_string().contains("both listen on"));
 }
 
 /// Regression: a TOML error showed the offending source line, so a typo
@@ -199,6 +200,6 @@ fn secrets_stay_secret_config_password_readable_by_others_is_refused() {
     assert_eq!(e.exit().code(), 6);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let raw = load(&path).unwrap();
-    let a = resolve("a", &raw.account["a"], None).unwrap();
+    let a = resolve("a", &raw.account["a"], &Resolving::default()).unwrap();
     assert!(!format!("{a:?}").contains("hunter2"));
 }

@@ -34,10 +34,9 @@ use crate::error::{Error, Exit, Result};
 use crate::fetch::{self, Context, Cycle};
 use crate::gateway::{self, Served};
 use crate::ledger::Ledgers;
+use crate::ssh::SshPool;
 use crate::ssh::pool::LinkState;
-use crate::ssh::{SshPool, target};
 use crate::stop::{Stop, Tracked};
-use crate::transport::Route;
 use board::{Board, Slot};
 
 /// Poll cycles (POP3, an IMAP account's folder discovery) at once.
@@ -189,7 +188,6 @@ struct Plan {
 /// One account of a plan.
 struct Planned {
     account: Arc<Account>,
-    route: Arc<Result<Route>>,
     /// Its endpoints, and what each serves.
     endpoints: Vec<(Listen, Arc<Served>)>,
     /// What, when it changes, restarts the account: the account as written,
@@ -207,51 +205,43 @@ impl Plan {
                 path.display()
             )));
         }
-        let raw = config::load(path)?;
-        let settings = raw.daemon.resolve()?;
-        let ssh_config = target::load_ssh_config(None)?;
-        if raw.account.is_empty() {
+        // `sshmail serve`: every account served only.
+        let overrides = config::Overrides {
+            account: RawAccount { fetch: (!mode.fetch).then_some(false), ..RawAccount::default() },
+            ..config::Overrides::default()
+        };
+        let config = config::Config::load(Some(path), &overrides)?;
+        if config.accounts.is_empty() {
             tracing::warn!(target: "sshmail::daemon", "{} defines no [account.NAME]", path.display());
         }
-        if let Some(missing) = mode.accounts.iter().find(|a| !raw.account.contains_key(*a)) {
+        if let Some(missing) = mode.accounts.iter().find(|a| !config.accounts.contains_key(*a)) {
             return Err(Error::Config(format!("no account {missing:?} in {}", path.display())));
         }
         let mut accounts = BTreeMap::new();
         let mut listening: HashMap<Listen, String> = HashMap::new();
-        for (name, written) in &raw.account {
+        for (name, written) in &config.written {
             if !mode.accounts.is_empty() && !mode.accounts.contains(name) {
                 continue;
             }
-            let mut with_defaults = written.clone();
-            with_defaults.interval = written.interval.or(Some(settings.interval.as_secs()));
-            if !mode.fetch {
-                with_defaults.fetch = Some(false);
-            }
-            let mut account = config::resolve(name, &with_defaults, raw.state_dir.as_deref())?;
-            let route = crate::transport::route_account(&mut account, ssh_config.as_ref());
+            let account = config.account(name)?.clone();
             if let Some(why) = account.serve.unresolved.first() {
                 return Err(Error::Config(format!("account {name}: {why}")));
             }
             let mut endpoints = Vec::new();
             for e in &account.serve.endpoints {
-                let route = route.as_ref().map_err(|e| Error::Config(format!("account {name}: {e}")))?;
                 if let Some(other) = listening.insert(e.listen.clone(), name.clone()) {
                     return Err(Error::Config(format!(
                         "accounts {other} and {name} both serve on {}; give each its own",
                         e.listen
                     )));
                 }
-                endpoints.push((e.listen.clone(), Arc::new(Served::new(&account, route, e.service)?)));
+                endpoints.push((e.listen.clone(), Arc::new(Served::new(&account, e.service)?)));
             }
-            let identity = match &route {
-                Ok(r) => fetch::mailbox_identity(&account, r),
-                Err(e) => e.to_string(),
-            };
-            let key = (written.clone(), settings.clone(), account.state_dir.clone(), identity);
-            accounts
-                .insert(name.clone(), Planned { account: Arc::new(account), route: Arc::new(route), endpoints, key });
+            let identity = fetch::mailbox_identity(&account);
+            let key = (written.clone(), config.settings.clone(), account.state_dir.clone(), identity);
+            accounts.insert(name.clone(), Planned { account: Arc::new(account), endpoints, key });
         }
-        Ok(Plan { settings, accounts })
+        Ok(Plan { settings: config.settings, accounts })
     }
 }
 
@@ -288,7 +278,6 @@ struct Running {
     stop: Stop,
     tasks: Arc<Mutex<Vec<Handle>>>,
     account: Arc<Account>,
-    route: Arc<Result<Route>>,
 }
 
 /// A local endpoint being served.
@@ -347,9 +336,9 @@ impl Daemon {
                 first: order,
             };
             order += planned.account.fetch.folders.len();
-            let (account, route) = (planned.account.clone(), planned.route.clone());
-            self.supervisors.lock().expect("daemon lock").spawn(supervisor.run(planned.account, planned.route));
-            running.insert(name, Running { key: planned.key, stop, tasks, account, route });
+            let account = planned.account.clone();
+            self.supervisors.lock().expect("daemon lock").spawn(supervisor.run(planned.account));
+            running.insert(name, Running { key: planned.key, stop, tasks, account });
         }
         unbound
     }
@@ -472,10 +461,10 @@ impl Daemon {
     }
 
     /// `account`, when the daemon runs it and it can send.
-    fn sender(&self, account: &str) -> Option<(Arc<Account>, Arc<Result<Route>>)> {
+    fn sender(&self, account: &str) -> Option<Arc<Account>> {
         let running = self.running.lock().expect("daemon lock");
         let r = running.get(account).filter(|r| r.account.send.is_some())?;
-        Some((r.account.clone(), r.route.clone()))
+        Some(r.account.clone())
     }
 
     /// A stream to `account`'s `service` for `sshmail tunnel`.
@@ -484,7 +473,7 @@ impl Daemon {
         account: &str,
         service: Option<config::Service>,
     ) -> std::result::Result<gateway::Connected, Refusal> {
-        let (account, route) = {
+        let account = {
             let running = self.running.lock().expect("daemon lock");
             let Some(r) = running.get(account) else {
                 return Err(Refusal::new(
@@ -493,12 +482,11 @@ impl Daemon {
                     Exit::Usage,
                 ));
             };
-            (r.account.clone(), r.route.clone())
+            r.account.clone()
         };
         let failed = |e: Error| Refusal::new(Why::Failed, e.to_string(), e.exit());
         let service = service.unwrap_or(config::Service::of(account.protocol));
-        let route = route.as_ref().as_ref().map_err(|e| failed(e.clone()))?;
-        let served = Served::new(&account, route, service).map_err(failed)?;
+        let served = Served::new(&account, service).map_err(failed)?;
         gateway::connect(&served, &self.pool).await.map_err(failed)
     }
 
@@ -623,7 +611,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(self, account: Arc<Account>, route: Arc<Result<Route>>) {
+    async fn run(self, account: Arc<Account>) {
         if !account.fetch.enabled {
             return;
         }
@@ -632,8 +620,7 @@ impl Supervisor {
             Protocol::Pop3 => vec![None],
             Protocol::Imap => {
                 let patterns = account.fetch.folders.iter().any(|f| f.contains(['*', '%']));
-                let names =
-                    if patterns { self.discover(&account, &route).await } else { Some(account.fetch.folders.clone()) };
+                let names = if patterns { self.discover(&account).await } else { Some(account.fetch.folders.clone()) };
                 let Some(names) = names else { return };
                 names.into_iter().map(Some).collect()
             }
@@ -645,7 +632,6 @@ impl Supervisor {
             let start_after = STAGGER.saturating_mul((self.first + i) as u32).min(STAGGER_MAX);
             set.spawn(task::run(task::Task {
                 account: account.clone(),
-                route: route.clone(),
                 folder,
                 slot,
                 ctx,
@@ -672,7 +658,7 @@ impl Supervisor {
 
     /// Lists the account's folders (its patterns resolved) by a cycle over
     /// all of them, retried like a task's; None when stopped first.
-    async fn discover(&self, account: &Arc<Account>, route: &Result<Route>) -> Option<Vec<String>> {
+    async fn discover(&self, account: &Arc<Account>) -> Option<Vec<String>> {
         let shown = account.fetch.folders.join(" ");
         let (slot, ctx) = self.context(account, &shown);
         self.tasks.lock().expect("tasks lock").push(Handle { wake: ctx.wake.clone(), slot: slot.clone() });
@@ -682,12 +668,9 @@ impl Supervisor {
                 break None;
             }
             slot.trying();
-            let result = match route {
-                Err(e) => Err(e.clone()),
-                Ok(route) => {
-                    let _permit = self.polls.acquire().await;
-                    fetch::fetch_account(account, route, &Cycle::default(), &ctx).await
-                }
+            let result = {
+                let _permit = self.polls.acquire().await;
+                fetch::fetch_account(account, &Cycle::default(), &ctx).await
             };
             match result {
                 Ok(o) => break Some(o.folders),

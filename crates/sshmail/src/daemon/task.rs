@@ -11,7 +11,6 @@ use super::board::Slot;
 use crate::config::Account;
 use crate::error::{Error, Retry};
 use crate::fetch::{self, Context, Cycle, Outcome, Renewal};
-use crate::transport::Route;
 
 /// The first pause after a failure.
 const FIRST_PAUSE: Duration = Duration::from_secs(2);
@@ -25,8 +24,6 @@ const LASTED: Duration = Duration::from_secs(60);
 pub struct Task {
     /// The account.
     pub account: Arc<Account>,
-    /// Its route, or why it has none (a config error: never retried).
-    pub route: Arc<crate::error::Result<Route>>,
     /// IMAP: the folder to watch; None for a POP3 poll.
     pub folder: Option<String>,
     /// Where it reports.
@@ -83,7 +80,7 @@ pub fn jitter(d: Duration, spread: f64) -> Duration {
 
 /// Runs a task until its stop is requested.
 pub async fn run(task: Task) {
-    let Task { account, route, folder, slot, ctx, idle_renew, start_after, polls } = task;
+    let Task { account, folder, slot, ctx, idle_renew, start_after, polls } = task;
     let stop = ctx.stop.clone();
     tokio::select! {
         _ = tokio::time::sleep(start_after) => {}
@@ -97,23 +94,16 @@ pub async fn run(task: Task) {
     while !stop.requested() {
         slot.trying();
         let started = Instant::now();
-        let result = match route.as_ref() {
-            Err(e) => Err(e.clone()),
-            Ok(route) => match &folder {
-                Some(f) => {
-                    let cycle = Cycle {
-                        idle: true,
-                        folders: Some(vec![f.clone()]),
-                        renewal: renewal.clone(),
-                        ..Cycle::default()
-                    };
-                    fetch::fetch_account(&account, route, &cycle, &ctx).await.map(|_| None)
-                }
-                None => {
-                    let Ok(_permit) = polls.acquire().await else { break };
-                    fetch::fetch_account(&account, route, &Cycle::default(), &ctx).await.map(Some)
-                }
-            },
+        let result = match &folder {
+            Some(f) => {
+                let cycle =
+                    Cycle { idle: true, folders: Some(vec![f.clone()]), renewal: renewal.clone(), ..Cycle::default() };
+                fetch::fetch_account(&account, &cycle, &ctx).await.map(|_| None)
+            }
+            None => {
+                let Ok(_permit) = polls.acquire().await else { break };
+                fetch::fetch_account(&account, &Cycle::default(), &ctx).await.map(Some)
+            }
         };
         if stop.requested() {
             break;

@@ -68,7 +68,7 @@ pub async fn delivery(report: &mut Report, account: &Account) {
                 None => Err("the MDA command is empty".to_string()),
             }
         }
-        Delivery::Smtp(endpoint) | Delivery::Lmtp(endpoint) => listener(endpoint, account.reach.timeout).await,
+        Delivery::Smtp(endpoint) | Delivery::Lmtp(endpoint) => listener(endpoint, account.route.timeout).await,
     };
     match checked {
         Ok(what) => report.pass("delivery", what),

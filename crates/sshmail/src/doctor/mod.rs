@@ -111,42 +111,46 @@ pub async fn run(args: Args<'_>) -> Exit {
     let mut report = Report::new();
     let (path, default) = crate::config::config_path(args.config);
     report.heading(&format!("config {}", path.display()));
-    let accounts = match load(&mut report, &path, args.accounts) {
-        Some(a) => a,
-        None => return finish(report),
+    let overrides = config::Overrides { ssh_config: args.ssh_config.map(Path::to_path_buf), ..Default::default() };
+    let Some(config) = load(&mut report, &path, &overrides) else {
+        return finish(report);
     };
-    let ssh_config = match crate::ssh::target::load_ssh_config(args.ssh_config) {
-        Ok(c) => {
-            report
-                .pass("ssh_config", args.ssh_config.map(|p| p.display().to_string()).unwrap_or("~/.ssh/config".into()));
-            c
-        }
-        Err(e) => {
-            report.error("ssh_config", &e, "fix the line it names (sshmail reads it as OpenSSH does)");
+    match &config.ssh_config_error {
+        None => report
+            .pass("ssh_config", args.ssh_config.map(|p| p.display().to_string()).unwrap_or("~/.ssh/config".into())),
+        Some(e) => {
+            report.error("ssh_config", e, "fix the line it names (sshmail reads it as OpenSSH does)");
             return finish(report);
         }
-    };
-    for mut account in accounts {
-        report.heading(&format!("account {}", account.name));
-        let route = match crate::transport::route_account(&mut account, ssh_config.as_ref()) {
-            Ok(r) => r,
+    }
+    let names: Vec<String> =
+        if args.accounts.is_empty() { config.accounts.keys().cloned().collect() } else { args.accounts.to_vec() };
+    if let Some(name) = names.iter().find(|n| !config.accounts.contains_key(*n)) {
+        report.fail("config", format!("no account {name:?} in {}", path.display()), "check the name", Exit::Usage);
+        return finish(report);
+    }
+    for name in &names {
+        report.heading(&format!("account {name}"));
+        let account = match config.account(name) {
+            Ok(a) => a,
             Err(e) => {
-                report.error("route", &e, "fix the account's ssh, via or server keys");
+                report.error("config", &e, "fix the account's table (or its host's lines in ~/.ssh/config)");
                 continue;
             }
         };
+        let route = &account.route;
         let pool = crate::ssh::SshPool::new();
         let before = report.fails;
         if account.fetch.enabled {
-            remote::account(&mut report, &account, &route, &pool).await;
-            local::delivery(&mut report, &account).await;
-            local::ledger(&mut report, &account);
+            remote::account(&mut report, account, &pool).await;
+            local::delivery(&mut report, account).await;
+            local::ledger(&mut report, account);
         } else if account.serve.endpoints.iter().any(|e| e.service == config::Service::of(account.protocol)) {
             // Served only: its own protocol's route, as a client of the
             // endpoint meets it (nothing is delivered).
-            remote::account(&mut report, &account, &route, &pool).await;
+            remote::account(&mut report, account, &pool).await;
         } else if account.send.is_some() || !account.serve.endpoints.is_empty() {
-            remote::connect(&mut report, &route, &pool).await;
+            remote::connect(&mut report, route, &pool).await;
         }
         for why in &account.serve.unresolved {
             report.warn("serve", why, "sshmail daemon, in your login session, places it");
@@ -156,7 +160,7 @@ pub async fn run(args: Args<'_>) -> Exit {
         if let Some(send) = &account.send
             && (report.fails == before || pool.connections() > 0)
         {
-            remote::relay(&mut report, &account, send, &route, &pool).await;
+            remote::relay(&mut report, account, send, &pool).await;
         }
         pool.close_all().await;
     }
@@ -169,7 +173,7 @@ pub async fn run(args: Args<'_>) -> Exit {
 }
 
 /// Loads and resolves the config: the `config` hop.
-fn load(report: &mut Report, path: &Path, names: &[String]) -> Option<Vec<config::Account>> {
+fn load(report: &mut Report, path: &Path, overrides: &config::Overrides) -> Option<config::Config> {
     if !path.exists() {
         report.fail(
             "config",
@@ -179,8 +183,8 @@ fn load(report: &mut Report, path: &Path, names: &[String]) -> Option<Vec<config
         );
         return None;
     }
-    let raw = match config::load(path) {
-        Ok(r) => r,
+    let config = match config::Config::load(Some(path), overrides) {
+        Ok(c) => c,
         Err(e) => {
             let fix = match e {
                 Error::Permissions(_) => "chmod 600 the file (it holds a password)",
@@ -190,27 +194,15 @@ fn load(report: &mut Report, path: &Path, names: &[String]) -> Option<Vec<config
             return None;
         }
     };
-    let names: Vec<String> = if names.is_empty() { raw.account.keys().cloned().collect() } else { names.to_vec() };
-    let mut accounts = Vec::new();
-    for name in &names {
-        let Some(base) = raw.account.get(name) else {
-            report.fail("config", format!("no account {name:?} in {}", path.display()), "check the name", Exit::Usage);
-            return None;
-        };
-        match config::resolve(name, base, raw.state_dir.as_deref()) {
-            Ok(a) => accounts.push(a),
-            Err(e) => {
-                report.error("config", &e, "fix the account's table");
-                return None;
-            }
-        }
-    }
-    if accounts.is_empty() {
+    if config.accounts.is_empty() {
         report.fail("config", format!("{} defines no [account.NAME]", path.display()), "add one", Exit::Usage);
         return None;
     }
-    report.pass("config", format!("{} parses: {} account(s), mode {}", path.display(), accounts.len(), mode(path)));
-    Some(accounts)
+    report.pass(
+        "config",
+        format!("{} parses: {} account(s), mode {}", path.display(), config.accounts.len(), mode(path)),
+    );
+    Some(config)
 }
 
 fn mode(path: &Path) -> String {

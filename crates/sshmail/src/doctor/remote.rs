@@ -6,13 +6,14 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
 use super::Report;
+use crate::config::Route;
+use crate::config::SshTarget;
 use crate::config::{Account, Command, Protocol, Relay, Send, Service, Via};
 use crate::error::{Error, Exit, HostKeyProblem};
 use crate::fetch::imap::Imap;
 use crate::fetch::pop3::Pop3;
 use crate::ssh::SshPool;
-use crate::ssh::target::SshTarget;
-use crate::transport::{self, Opened, Prefixed, Route, Stream};
+use crate::transport::{self, Opened, Prefixed, Stream};
 use crate::wire::Wire;
 
 /// The SSH hops alone (for an account that only sends): true when
@@ -25,13 +26,14 @@ pub async fn connect(report: &mut Report, route: &Route, pool: &SshPool) -> bool
 }
 
 /// Every remote hop of `account`, up to the first FAIL.
-pub async fn account(report: &mut Report, account: &Account, route: &Route, pool: &SshPool) {
+pub async fn account(report: &mut Report, account: &Account, pool: &SshPool) {
+    let route = &account.route;
     let Some((target, jumps)) = &route.ssh else {
         // No SSH: the command or the TLS connection is the channel.
         match transport::open(route, pool).await {
             Ok(opened) => {
                 report.pass("channel", &opened.peer);
-                server(report, account, route, opened).await;
+                server(report, account, opened).await;
             }
             Err(e) => report.error("channel", &e, "check the account's tunnel command, or server and TLS keys"),
         }
@@ -81,7 +83,7 @@ pub async fn account(report: &mut Report, account: &Account, route: &Route, pool
             }
         },
     };
-    server(report, account, route, opened).await;
+    server(report, account, opened).await;
 }
 
 /// Name, TCP, banner of the first SSH hop, then the SSH connection (host
@@ -314,10 +316,11 @@ async fn remote_has(
 }
 
 /// Greeting, capabilities and login on an open stream.
-async fn server(report: &mut Report, account: &Account, route: &Route, opened: Opened) {
+async fn server(report: &mut Report, account: &Account, opened: Opened) {
+    let route = &account.route;
     let service = Service::of(account.protocol);
     let Opened { mut stream, peer, preauth_ok, greeting_done, diagnostics, .. } = opened;
-    let timeout = account.reach.timeout;
+    let timeout = account.route.timeout;
     let mut first_line = Vec::new();
     if !greeting_done {
         match crate::gateway::read_greeting(&mut stream, service, route, &peer).await {
@@ -421,7 +424,7 @@ async fn pop3(report: &mut Report, account: &Account, wire: Wire<Box<dyn Stream>
 /// The mail password (none when the account gives no source); `None`
 /// after a FAIL of the `login` hop.
 async fn mail_password(report: &mut Report, account: &Account) -> Option<Option<crate::secret::Secret>> {
-    match crate::process::password(&account.login.password, "password_command", account.reach.timeout).await {
+    match crate::process::password(&account.login.password, "password_command", account.route.timeout).await {
         Ok(p) => Some(p),
         Err(e) => {
             report.error("login", &e, "fix password_command: it must print the password on its first line");
@@ -449,7 +452,8 @@ fn yes(b: bool) -> &'static str {
 }
 
 /// The `send` hop: the relay answers, through the account's SSH host.
-pub async fn relay(report: &mut Report, account: &Account, send: &Send, route: &Route, pool: &SshPool) {
+pub async fn relay(report: &mut Report, account: &Account, send: &Send, pool: &SshPool) {
+    let route = &account.route;
     let Some((target, jumps)) = &route.ssh else {
         report.warn("send", "the account has no SSH host to relay through", "set the account's ssh");
         return;
@@ -488,7 +492,7 @@ pub async fn relay(report: &mut Report, account: &Account, send: &Send, route: &
                 Ok(g) => g,
                 Err(e) => return report.error("send", &e, "send.server must be an SMTP server"),
             };
-            match ehlo(&mut stream, account.reach.timeout).await {
+            match ehlo(&mut stream, account.route.timeout).await {
                 Ok(exts) => report.pass(
                     "send",
                     format!("{peer}: {}; EHLO: {}", String::from_utf8_lossy(&greeting).trim(), exts.join(" ")),

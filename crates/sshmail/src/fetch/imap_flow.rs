@@ -39,11 +39,11 @@ pub(super) async fn imap_flow<S: Stream>(
         let password = match password {
             Some(p) => Some(p),
             None => {
-                crate::process::password(&account.login.password, "password_command", account.reach.timeout).await?
+                crate::process::password(&account.login.password, "password_command", account.route.timeout).await?
             }
         };
         if password.is_none()
-            && matches!(account.reach.via, crate::config::Via::Exec(_) | crate::config::Via::Command(_))
+            && matches!(account.route.via, crate::config::Via::Exec(_) | crate::config::Via::Command(_))
         {
             return Err(Error::Auth(format!(
                 "{} greeted `{}`, not `* PREAUTH`: it wants a login, so it does not run preauthenticated. Run it \

@@ -34,7 +34,7 @@ use crate::fault;
 use crate::ledger::{Key, Ledgers, Shared};
 use crate::ssh::SshPool;
 use crate::stop::Stop;
-use crate::transport::{self, Route};
+use crate::transport;
 use crate::wire::Wire;
 use report::Report;
 
@@ -244,20 +244,21 @@ impl Context {
     }
 }
 
-/// One fetch cycle for an account, through `route` and the context's pool.
+/// One fetch cycle for an account, along its route and the context's pool.
 /// With `show.idle` it stays until the context's stop is requested (then
 /// ends the IDLE with DONE and logs out) or the connection fails.
-pub async fn fetch_account(account: &Account, route: &Route, show: &Cycle, ctx: &Context) -> Result<Outcome> {
+pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Result<Outcome> {
     let pool = ctx.pool.as_ref();
+    let route = &account.route;
     let started = Instant::now();
     // Local state first: a broken state directory or Maildir should stop us
     // before we touch the server.
-    let (identity, stem, legacy) = ledger_names(account, route);
+    let (identity, stem, legacy) = ledger_names(account);
     let ledger = ctx.ledgers.open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref())?;
     let open_sink = if show.check { Sink::for_check } else { Sink::open };
     let spool_dir = ledger.lock().spool_dir();
     let sink =
-        Arc::new(open_sink(&account.delivery.to, &spool_dir, &account.delivery.recipient, account.reach.timeout)?);
+        Arc::new(open_sink(&account.delivery.to, &spool_dir, &account.delivery.recipient, account.route.timeout)?);
     let mut outcome = Outcome::default();
     // A check changes nothing locally either: no recovery, no cleaning.
     if !show.check {
@@ -280,14 +281,14 @@ pub async fn fetch_account(account: &Account, route: &Route, show: &Cycle, ctx: 
     // fails must not hold a server connection open. Through exec or a
     // tunnel command the server normally greets PREAUTH and needs none, so
     // there it is asked for only when the server wants one.
-    let password = match &account.reach.via {
+    let password = match &account.route.via {
         crate::config::Via::Exec(_) | crate::config::Via::Command(_) if account.protocol == Protocol::Imap => None,
-        _ => crate::process::password(&account.login.password, "password_command", account.reach.timeout).await?,
+        _ => crate::process::password(&account.login.password, "password_command", account.route.timeout).await?,
     };
     let opened = transport::open(route, pool).await?;
     ctx.report.event(report::Event::Connected { peer: &opened.peer, connection: opened.connection.as_deref() });
     let diagnostics = opened.diagnostics.clone();
-    let wire = Wire::new(opened.stream, account.reach.timeout, opened.peer.clone());
+    let wire = Wire::new(opened.stream, account.route.timeout, opened.peer.clone());
     let trace = account.delivery.received.then(|| Trace {
         from: opened.peer.clone(),
         with: match account.protocol {
@@ -367,9 +368,9 @@ fn recover(account: &str, sink: &Sink, ledger: &Shared) -> Result<usize> {
 /// for network servers the server and login, or the remote imapd / local
 /// tunnel command. Two mailboxes that differ in any of these never share a
 /// ledger.
-pub fn mailbox_identity(account: &Account, route: &Route) -> String {
+pub fn mailbox_identity(account: &Account) -> String {
     use crate::config::Via;
-    let ssh = match &route.ssh {
+    let ssh = match &account.route.ssh {
         Some((t, _)) => {
             let jumps: Vec<String> = t
                 .jumps
@@ -381,7 +382,7 @@ pub fn mailbox_identity(account: &Account, route: &Route) -> String {
         None => String::new(),
     };
     let login = account.address();
-    let how = match &account.reach.via {
+    let how = match &account.route.via {
         Via::Forward => format!("forward {login}"),
         Via::Tls => format!("tls {login}"),
         Via::StartTls => format!("starttls {login}"),
@@ -396,8 +397,8 @@ pub fn mailbox_identity(account: &Account, route: &Route) -> String {
 /// same mailbox to adopt). A config account's ledger is named after the
 /// account; an ad-hoc one after its mailbox: a readable part and a hash of
 /// the identity, bounded in length and stable for the same command line.
-fn ledger_names(account: &Account, route: &Route) -> (String, String, Option<String>) {
-    let identity = mailbox_identity(account, route);
+fn ledger_names(account: &Account) -> (String, String, Option<String>) {
+    let identity = mailbox_identity(account);
     if !account.adhoc {
         return (identity, account.name.clone(), None);
     }
@@ -407,7 +408,7 @@ fn ledger_names(account: &Account, route: &Route) -> (String, String, Option<Str
     // exec, already held the whole identity: that file is taken over. An
     // exec one ("imap on HOST") was shared by every imapd on the host, so
     // it is not.
-    let legacy = match &account.reach.via {
+    let legacy = match &account.route.via {
         crate::config::Via::Exec(_) => None,
         crate::config::Via::Command(c) => Some(format!("tunnel {}", transport::remote_command(c))),
         _ => Some(account.name.clone()),

@@ -32,11 +32,12 @@ use std::time::Duration;
 use sshmail_proto::imap;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::config::Route;
 use crate::config::{Account, Relay, Service, Via};
 use crate::error::{Error, Result};
 use crate::ssh::SshPool;
 use crate::stop::Stop;
-use crate::transport::{self, Route};
+use crate::transport;
 use crate::wire::Stream;
 
 /// The longest greeting line read before it is judged.
@@ -61,13 +62,14 @@ pub struct Served {
 }
 
 impl Served {
-    /// `service` of `account`, whose route is `route`: the account's own
-    /// route for its own protocol; for another service, a forward through
+    /// `service` of `account`: the account's own route for its own
+    /// protocol; for another service, a forward through
     /// the same SSH host: SMTP to the account's relay (`send.server`) when
     /// it has one, else to port 25 of the server's host; IMAP and POP3 to
     /// their port on the server's host. What the client says (STARTTLS,
     /// AUTH) passes through untouched.
-    pub fn new(account: &Account, route: &Route, service: Service) -> Result<Served> {
+    pub fn new(account: &Account, service: Service) -> Result<Served> {
+        let route = &account.route;
         let route = if Service::of(account.protocol) == service {
             route.clone()
         } else {
@@ -88,7 +90,7 @@ impl Served {
                 (Service::Imap, _) => (route.server_host.clone(), 143),
                 (Service::Pop3, _) => (route.server_host.clone(), 110),
             };
-            Route { via: Via::Forward, server_host: host, server_port: port, allow_preauth: false, ..route.clone() }
+            route.forward_to(&host, port)
         };
         Ok(Served { account: account.name.clone(), service, route, accept_login: account.serve.accept_login })
     }
@@ -400,34 +402,32 @@ async fn client(accepted: listen::Accepted, served: Arc<Served>, pool: Arc<SshPo
 mod tests {
     use super::*;
 
-    fn account(raw: crate::config::RawAccount) -> (Account, Route) {
-        let account = crate::config::resolve("a", &raw, None).unwrap();
-        let route = Route::of(&account.reach, None).unwrap();
-        (account, route)
+    fn account(raw: crate::config::RawAccount) -> Account {
+        crate::config::resolve("a", &raw, &crate::config::Resolving::default()).unwrap()
     }
 
     #[test]
     fn another_service_is_a_forward_to_its_port_on_the_server_host_its_own_is_the_account_route() {
-        let (a, route) = account(crate::config::RawAccount {
+        let a = account(crate::config::RawAccount {
             ssh: Some("me@shell".into()),
             protocol: Some("imap".into()),
             ..Default::default()
         });
-        let own = Served::new(&a, &route, Service::Imap).unwrap();
+        let own = Served::new(&a, Service::Imap).unwrap();
         assert_eq!(own.route.via, Via::Exec(None));
         for (service, port) in [(Service::Pop3, 110), (Service::Smtp, 25)] {
-            let other = Served::new(&a, &route, service).unwrap();
+            let other = Served::new(&a, service).unwrap();
             assert_eq!((other.route.via.clone(), other.route.server_port), (Via::Forward, port));
             assert_eq!(other.route.server_host, "localhost");
             assert!(!other.route.allow_preauth);
         }
-        let (a, route) = account(crate::config::RawAccount {
+        let a = account(crate::config::RawAccount {
             protocol: Some("imap".into()),
             via: Some("tls".into()),
             server: Some("imap.example.org".into()),
             ..Default::default()
         });
-        assert!(Served::new(&a, &route, Service::Smtp).is_err(), "no SSH route to forward through");
+        assert!(Served::new(&a, Service::Smtp).is_err(), "no SSH route to forward through");
     }
 
     #[test]

@@ -17,9 +17,9 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::config::{self, Service};
 use crate::control::{self, Command, NoAnswer, Response, Why};
-use crate::error::{Error, Exit};
+use crate::error::Exit;
 use crate::gateway::{self, Connected, Served};
-use crate::ssh::{SshPool, target};
+use crate::ssh::SshPool;
 
 /// How long the daemon may take to open the stream (its connect timeout
 /// is the account's; this bounds a daemon that hangs).
@@ -63,7 +63,7 @@ pub async fn run(config_file: Option<&Path>, account: &str, service: Option<Serv
         Err(NoAnswer::NotRunning(..)) => {}
         Err(NoAnswer::Failed(why)) => tracing::info!("{why}; connecting alone"),
     }
-    let (served, pool) = match alone(&path, default, account, service) {
+    let (served, pool) = match alone(&path, account, service) {
         Ok(s) => s,
         Err(e) => return refuse(stdio, service.unwrap_or(Service::Imap), account, &e.to_string(), e.exit()).await,
     };
@@ -123,25 +123,11 @@ fn stdio() -> impl crate::wire::Stream {
 }
 
 /// What to serve, read from the config file, and a pool of our own.
-fn alone(
-    path: &Path,
-    default: bool,
-    account: &str,
-    service: Option<Service>,
-) -> crate::error::Result<(Served, SshPool)> {
-    if default && !path.exists() {
-        return Err(Error::Config(format!("no config file at {}; write one (see `man sshmail`)", path.display())));
-    }
-    let raw = config::load(path)?;
-    let written = raw
-        .account
-        .get(account)
-        .ok_or_else(|| Error::Config(format!("no account {account:?} in {}", path.display())))?;
-    let mut resolved = config::resolve(account, written, raw.state_dir.as_deref())?;
-    let ssh_config = target::load_ssh_config(None)?;
-    let route = crate::transport::route_account(&mut resolved, ssh_config.as_ref())?;
-    let service = service.unwrap_or(Service::of(resolved.protocol));
-    Ok((Served::new(&resolved, &route, service)?, SshPool::new()))
+fn alone(path: &Path, account: &str, service: Option<Service>) -> crate::error::Result<(Served, SshPool)> {
+    let config = config::Config::load(Some(path), &config::Overrides::default())?;
+    let account = config.account(account)?;
+    let service = service.unwrap_or(Service::of(account.protocol));
+    Ok((Served::new(account, service)?, SshPool::new()))
 }
 
 /// Says why on stderr and to the client; returns `exit`.

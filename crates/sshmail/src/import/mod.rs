@@ -115,10 +115,9 @@ pub fn run(file: Option<&Path>) -> Exit {
 
 /// Loads the TOML as sshmail would and resolves every account.
 pub fn check(toml: &str) -> Result<(), Error> {
-    let raw = crate::config::parse(toml, Path::new("<import>"))?;
-    raw.daemon.resolve()?;
-    for (name, a) in &raw.account {
-        crate::config::resolve(name, a, raw.state_dir.as_deref())?;
+    let config = crate::config::Config::parse(toml, Path::new("<import>"), &crate::config::Overrides::default())?;
+    for account in config.accounts.into_values() {
+        account?;
     }
     Ok(())
 }

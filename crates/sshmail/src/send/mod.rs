@@ -29,7 +29,7 @@ use std::time::Duration;
 use crate::config::{self, Account, Relay};
 use crate::error::{Error, Result};
 use crate::ssh::SshPool;
-use crate::transport::{self, Route};
+use crate::transport;
 use args::{Args, Mode};
 use outbox::{Entry, Envelope, Outbox};
 
@@ -84,49 +84,35 @@ pub async fn sendmail(raw_args: &[String], list: bool) -> i32 {
     }
 }
 
-/// The accounts that can send, from the config file.
-fn senders(config_file: Option<&Path>) -> Result<Vec<(Account, Result<Route>)>> {
-    let path = config_file.map(Path::to_path_buf).unwrap_or_else(config::default_config_path);
-    if !path.exists() {
-        return Err(Error::Config(format!("no config file at {}; write one (see `man sshmail`)", path.display())));
-    }
-    let raw = config::load(&path)?;
-    let ssh_config = crate::ssh::target::load_ssh_config(None)?;
-    let mut out = Vec::new();
-    for (name, written) in &raw.account {
-        if written.send.is_none() {
-            continue;
-        }
-        let mut account = config::resolve(name, written, raw.state_dir.as_deref())?;
-        let route = transport::route_account(&mut account, ssh_config.as_ref());
-        out.push((account, route));
-    }
-    Ok(out)
+/// The accounts that can send, from the config file; one that does not
+/// resolve is a config error.
+fn senders(config_file: Option<&Path>) -> Result<Vec<Account>> {
+    config::Config::load(config_file, &config::Overrides::default())?.senders()
 }
 
 /// The account that sends a message: `--account`; else the one whose
 /// `send.from` lists the envelope sender (`-f`), else the one listing the
 /// `From:` address, else the one marked `send.default`, else the only one.
 fn choose<'a>(
-    accounts: &'a [(Account, Result<Route>)],
+    accounts: &'a [Account],
     wanted: Option<&str>,
     envelope_sender: Option<&str>,
     header_from: Option<&str>,
-) -> std::result::Result<&'a (Account, Result<Route>), String> {
+) -> std::result::Result<&'a Account, String> {
     if let Some(w) = wanted {
         return accounts
             .iter()
-            .find(|(a, _)| a.name == w)
+            .find(|a| a.name == w)
             .ok_or_else(|| format!("no account {w} with a `send` table in the config"));
     }
     let listing = |address: Option<&str>| {
         let address = address?.to_ascii_lowercase();
-        accounts.iter().find(|(a, _)| a.send.as_ref().is_some_and(|t| t.from.contains(&address)))
+        accounts.iter().find(|a| a.send.as_ref().is_some_and(|t| t.from.contains(&address)))
     };
     if let Some(found) = listing(envelope_sender).or_else(|| listing(header_from)) {
         return Ok(found);
     }
-    let defaults: Vec<_> = accounts.iter().filter(|(a, _)| a.send.as_ref().is_some_and(|t| t.default)).collect();
+    let defaults: Vec<_> = accounts.iter().filter(|a| a.send.as_ref().is_some_and(|t| t.default)).collect();
     match (accounts, defaults.as_slice()) {
         ([], _) => Err("no account has a `send` table; add one (see `man sshmail`)".into()),
         (_, [one]) => Ok(one),
@@ -148,7 +134,7 @@ fn choose<'a>(
         }
         (_, many) => Err(format!(
             "accounts {} all have send.default = true; keep it on one",
-            many.iter().map(|(a, _)| a.name.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
         )),
     }
 }
@@ -175,7 +161,7 @@ async fn submit(outbox: &Outbox, args: &Args) -> i32 {
     };
     let header_from = header.addresses("from").into_iter().next();
     let chosen = choose(&accounts, args.account.as_deref(), args.sender.as_deref(), header_from.as_deref());
-    let (account, route) = match chosen {
+    let account = match chosen {
         Ok(a) => a,
         Err(e) => {
             crate::errln!("sendmail: {e}");
@@ -248,8 +234,7 @@ async fn submit(outbox: &Outbox, args: &Args) -> i32 {
     }
     let Some(claim) = outbox.claim(&entry) else { return sysexits::OK };
     let pool = SshPool::new();
-    let tried =
-        tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool, Waiting::Sender)).await;
+    let tried = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, &pool, Waiting::Sender)).await;
     drop(claim);
     let _ = tokio::time::timeout(Duration::from_secs(1), pool.close_all()).await;
     match tried {
@@ -309,15 +294,13 @@ pub async fn attempt(
     outbox: &Outbox,
     entry: &mut Entry,
     account: &Account,
-    route: &Result<Route>,
     pool: &SshPool,
     waiting: Waiting,
 ) -> Result<Attempt> {
-    let route = route.as_ref().map_err(Clone::clone)?;
     let send = account.send.as_ref().ok_or_else(|| Error::Config(format!("account {} cannot send", account.name)))?;
     let mut state = entry.state.clone();
     state.attempts += 1;
-    let (verdict, link_error) = match relay_once(entry, account, route, send, pool).await {
+    let (verdict, link_error) = match relay_once(entry, account, send, pool).await {
         Ok(v) => (v, None),
         Err(e) => (relay::Verdict::default(), Some(e.to_string())),
     };
@@ -385,13 +368,10 @@ fn summarize(refusals: &[(String, String)]) -> Option<String> {
 /// Delivers the notices still due for failed entries (one that could not
 /// be delivered when its message was given up on), with the accounts `find`
 /// knows.
-pub async fn deliver_notices(
-    outbox: &Outbox,
-    find: impl Fn(&str) -> Option<(std::sync::Arc<Account>, std::sync::Arc<Result<Route>>)>,
-) {
+pub async fn deliver_notices(outbox: &Outbox, find: impl Fn(&str) -> Option<std::sync::Arc<Account>>) {
     let Ok((failed, _)) = outbox.failed() else { return };
     for mut e in failed.into_iter().filter(|e| e.state.notice == outbox::Notice::Due) {
-        let Some((account, _)) = find(&e.envelope.account) else { continue };
+        let Some(account) = find(&e.envelope.account) else { continue };
         notice::deliver(outbox, &mut e, &account).await;
     }
 }
@@ -402,22 +382,11 @@ fn pause_after(attempts: u32) -> u64 {
 }
 
 /// Opens the way to the relay and hands the message over once.
-async fn relay_once(
-    entry: &Entry,
-    account: &Account,
-    route: &Route,
-    send: &config::Send,
-    pool: &SshPool,
-) -> Result<relay::Verdict> {
+async fn relay_once(entry: &Entry, account: &Account, send: &config::Send, pool: &SshPool) -> Result<relay::Verdict> {
+    let route = &account.route;
     match &send.relay {
         Relay::Smtp(host, port) => {
-            let to = Route {
-                via: config::Via::Forward,
-                server_host: host.clone(),
-                server_port: *port,
-                allow_preauth: false,
-                ..route.clone()
-            };
+            let to = route.forward_to(host, *port);
             let opened = transport::open(&to, pool).await?;
             let auth = match &send.user {
                 Some(user) => {
@@ -494,14 +463,14 @@ fn exec_batches(prefix: &str, rcpts: Vec<String>) -> Vec<Vec<String>> {
 pub async fn relay_queued(
     outbox: &Outbox,
     id: &str,
-    find: impl Fn(&str) -> Option<(std::sync::Arc<Account>, std::sync::Arc<Result<Route>>)>,
+    find: impl Fn(&str) -> Option<std::sync::Arc<Account>>,
     pool: &SshPool,
     waiting: Waiting,
 ) -> Option<Attempt> {
     let mut entry = outbox.get(id)?;
-    let (account, route) = find(&entry.envelope.account)?;
+    let account = find(&entry.envelope.account)?;
     let claim = outbox.claim(&entry)?;
-    let result = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, &account, &route, pool, waiting)).await;
+    let result = tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, &account, pool, waiting)).await;
     drop(claim);
     Some(match result {
         Ok(Ok(a)) => a,
@@ -526,7 +495,7 @@ pub enum Which {
 /// another. Returns how many were tried.
 pub async fn relay_due(
     outbox: &Outbox,
-    find: impl Fn(&str) -> Option<(std::sync::Arc<Account>, std::sync::Arc<Result<Route>>)>,
+    find: impl Fn(&str) -> Option<std::sync::Arc<Account>>,
     pool: &SshPool,
     which: Which,
 ) -> usize {
@@ -578,7 +547,7 @@ pub async fn flush(outbox: &Outbox, config_file: Option<&Path>) -> i32 {
     let mut code = sysexits::OK;
     for mut entry in entries {
         let Some(claim) = outbox.claim(&entry) else { continue };
-        let Some((account, route)) = accounts.iter().find(|(a, _)| a.name == entry.envelope.account) else {
+        let Some(account) = accounts.iter().find(|a| a.name == entry.envelope.account) else {
             crate::errln!(
                 "sshmail: {}: its account {} can no longer send; left queued",
                 entry.id,
@@ -587,8 +556,7 @@ pub async fn flush(outbox: &Outbox, config_file: Option<&Path>) -> i32 {
             code = sysexits::CONFIG;
             continue;
         };
-        match tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, route, &pool, Waiting::Nobody)).await
-        {
+        match tokio::time::timeout(RELAY_NOW, attempt(outbox, &mut entry, account, &pool, Waiting::Nobody)).await {
             Ok(Ok(Attempt::Done)) => crate::outln!("{}: sent", entry.id),
             Ok(Ok(Attempt::Failed(why))) => {
                 crate::outln!("{}: refused, moved to failed: {why}", entry.id);
@@ -611,8 +579,8 @@ pub async fn flush(outbox: &Outbox, config_file: Option<&Path>) -> i32 {
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), pool.close_all()).await;
     let find = |name: &str| {
-        let (a, r) = accounts.iter().find(|(a, _)| a.name == name)?;
-        Some((std::sync::Arc::new(a.clone()), std::sync::Arc::new(r.clone())))
+        let a = accounts.iter().find(|a| a.name == name)?;
+        Some(std::sync::Arc::new(a.clone()))
     };
     deliver_notices(outbox, find).await;
     code

@@ -29,7 +29,7 @@ pub async fn deliver(outbox: &Outbox, entry: &mut Entry, account: &Account) {
 
 async fn try_deliver(outbox: &Outbox, entry: &mut Entry, account: &Account) -> Result<()> {
     let staging = outbox.dir().join("notices");
-    let sink = Sink::open(&account.delivery.to, &staging, &account.delivery.recipient, account.reach.timeout)?;
+    let sink = Sink::open(&account.delivery.to, &staging, &account.delivery.recipient, account.route.timeout)?;
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let kept = outbox.dir().join("failed").join(&entry.id);
     sink.deliver_one(|staged| compose(entry, &account.delivery.recipient, &host, &kept, staged)).await?;

@@ -6,8 +6,7 @@ pub mod known_hosts;
 pub mod lease;
 pub mod pool;
 pub mod session;
-pub mod target;
 
+pub use crate::config::SshTarget;
 pub use pool::SshPool;
 pub use session::{Channel, SshSession};
-pub use target::SshTarget;

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::session::{ExecError, ExecStatus, Prompts, SshSession};
-use super::target::SshTarget;
+use crate::config::SshTarget;
 use crate::error::{Error, Result};
 
 /// The first back-off after a failed connect; it doubles up to [`MAX_BACKOFF`].
@@ -390,5 +390,62 @@ pub const LINK_LOG: &str = "sshmail::ssh::link";
 
 /// A route's key: the target's trust key after those of its jump hops.
 fn route_key(target: &SshTarget, via: &str) -> String {
-    if via.is_empty() { target.trust_key() } else { format!("{} via {via}", target.trust_key()) }
+    if via.is_empty() { trust_key(target) } else { format!("{} via {via}", trust_key(target)) }
+}
+
+/// What decides whether two accounts may share one connection: where it
+/// goes and everything that decides trust and identity (known_hosts
+/// files, host key policy, identities and agent use, the password's
+/// source, compression). A connection verified under one account's
+/// policy never serves an account that would have refused it. A
+/// password given in the config is represented by a hash, never itself.
+pub fn trust_key(target: &SshTarget) -> String {
+    use crate::config::PasswordSource;
+    let password = match &target.password {
+        PasswordSource::None => "none".to_string(),
+        PasswordSource::Literal(s) => format!("literal:{}", crate::ledger::short_hash(s.expose(), 8)),
+        PasswordSource::Command(c) => format!("command:{c:?}"),
+    };
+    format!(
+        "{} known_hosts={:?} policy={:?} identities={:?} only={} password={password} compress={}",
+        target.name(),
+        target.known_hosts,
+        target.policy,
+        target.identities,
+        target.identities_only,
+        target.compress
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The security defect: a connection verified under one account's
+    /// known_hosts and policy served another account to the same host.
+    #[test]
+    fn host_keys_are_verified_per_trust_a_different_policy_or_known_hosts_is_another_connection() {
+        let raw = |policy: &str, kh: &str| crate::config::RawAccount {
+            ssh: Some("bob@mail:22".into()),
+            host_key_policy: Some(policy.into()),
+            known_hosts: Some(kh.into()),
+            ..Default::default()
+        };
+        let target = |r: &crate::config::RawAccount| {
+            crate::config::resolve("a", r, &crate::config::Resolving::default()).unwrap().route.ssh.unwrap().0
+        };
+        let key = |r: crate::config::RawAccount| trust_key(&target(&r));
+        assert_eq!(key(raw("strict", "/kh/a")), key(raw("strict", "/kh/a")));
+        assert_ne!(key(raw("strict", "/kh/a")), key(raw("accept-new", "/kh/a")));
+        assert_ne!(key(raw("strict", "/kh/a")), key(raw("strict", "/kh/b")));
+        let with_password = crate::config::RawAccount {
+            ssh_password_command: Some(crate::config::Command::Argv(vec!["pass".into(), "mail".into()])),
+            ..raw("strict", "/kh/a")
+        };
+        assert_ne!(key(with_password), key(raw("strict", "/kh/a")));
+        // A password written in the config is never part of the key.
+        let mut t = target(&raw("strict", "/kh/a"));
+        t.password = crate::config::PasswordSource::Literal(crate::secret::Secret::new("hunter2"));
+        assert!(!trust_key(&t).contains("hunter2"), "{}", trust_key(&t));
+    }
 }

@@ -14,8 +14,8 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 
 use super::known_hosts::{self, Verdict};
 use super::lease::{Lease, Usage};
-use super::target::SshTarget;
 use crate::config::HostKeyPolicy;
+use crate::config::SshTarget;
 use crate::error::{Error, HostKeyProblem, HostKeyRefused, Result};
 
 /// An open channel as a byte stream, counted as a use of its connection

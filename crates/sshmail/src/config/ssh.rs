@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use ssh2_config::{ParseRule, SshConfig};
 
-use crate::config::{HostKeyPolicy, PasswordSource, Reach, SshDestination, expand_tilde, home};
+use super::resolve::Reach;
+use super::{HostKeyPolicy, PasswordSource, SshDestination, expand_tilde, home};
 use crate::error::{Error, Result};
 
 /// A resolved SSH connection target.
@@ -57,30 +58,7 @@ pub const DEFAULT_ALIVE_MAX: usize = 2;
 impl SshTarget {
     /// `user@host:port`, for messages.
     pub fn name(&self) -> String {
-        crate::config::user_at(&self.user, &self.host, self.port)
-    }
-
-    /// What decides whether two accounts may share one connection: where it
-    /// goes and everything that decides trust and identity (known_hosts
-    /// files, host key policy, identities and agent use, the password's
-    /// source, compression). A connection verified under one account's
-    /// policy never serves an account that would have refused it. A
-    /// password given in the config is represented by a hash, never itself.
-    pub fn trust_key(&self) -> String {
-        let password = match &self.password {
-            PasswordSource::None => "none".to_string(),
-            PasswordSource::Literal(s) => format!("literal:{}", crate::ledger::short_hash(s.expose(), 8)),
-            PasswordSource::Command(c) => format!("command:{c:?}"),
-        };
-        format!(
-            "{} known_hosts={:?} policy={:?} identities={:?} only={} password={password} compress={}",
-            self.name(),
-            self.known_hosts,
-            self.policy,
-            self.identities,
-            self.identities_only,
-            self.compress
-        )
+        super::user_at(&self.user, &self.host, self.port)
     }
 }
 
@@ -103,7 +81,7 @@ pub fn load_ssh_config(path: Option<&Path>) -> Result<Option<SshConfig>> {
 }
 
 /// Resolves the SSH destination of `reach` against an ssh config.
-pub fn resolve(reach: &Reach, ssh_config: Option<&SshConfig>) -> Result<SshTarget> {
+pub(super) fn resolve(reach: &Reach, ssh_config: Option<&SshConfig>) -> Result<SshTarget> {
     resolve_destination(&reach.ssh, ssh_config, reach)
 }
 
@@ -188,7 +166,7 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
 /// Resolves a ProxyJump hop: its own `~/.ssh/config` entry, the account's
 /// known_hosts and policy, no jumps of its own (one level, like `-J a,b`
 /// flattened by the caller).
-pub fn resolve_jump(dest: &SshDestination, ssh_config: Option<&SshConfig>, reach: &Reach) -> Result<SshTarget> {
+pub(super) fn resolve_jump(dest: &SshDestination, ssh_config: Option<&SshConfig>, reach: &Reach) -> Result<SshTarget> {
     let mut t = resolve_destination(dest, ssh_config, reach)?;
     t.jumps.clear();
     Ok(t)
@@ -197,7 +175,13 @@ pub fn resolve_jump(dest: &SshDestination, ssh_config: Option<&SshConfig>, reach
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RawAccount, resolve as resolve_account};
+    use crate::config::{RawAccount, Resolving, resolve as resolve_account};
+
+    /// The SSH target of `raw`, `cfg` applied.
+    fn target(raw: &RawAccount, cfg: Option<&SshConfig>) -> Result<SshTarget> {
+        let given = Resolving { ssh_config: cfg, ..Resolving::default() };
+        Ok(resolve_account("a", raw, &given)?.route.ssh.expect("an SSH route").0)
+    }
 
     fn parse(text: &str) -> SshConfig {
         SshConfig::default()
@@ -211,8 +195,7 @@ mod tests {
             "Host mail\n  HostName shell.example.org\n  User alice\n  Port 2222\n  IdentityFile /keys/id_mail\n  IdentitiesOnly yes\n  UserKnownHostsFile /kh/one /kh/two\n  StrictHostKeyChecking accept-new\n  Compression yes\n",
         );
         let raw = RawAccount { ssh: Some("mail".into()), ..Default::default() };
-        let account = resolve_account("a", &raw, None).unwrap();
-        let t = resolve(&account.reach, Some(&cfg)).unwrap();
+        let t = target(&raw, Some(&cfg)).unwrap();
         assert_eq!((t.host.as_str(), t.port, t.user.as_str()), ("shell.example.org", 2222, "alice"));
         assert_eq!(t.identities, vec![PathBuf::from("/keys/id_mail")]);
         assert!(t.identities_only && t.compress);
@@ -225,36 +208,10 @@ mod tests {
     fn keepalives_come_from_ssh_config() {
         let cfg = parse("Host mail\n  ServerAliveInterval 7\n  ServerAliveCountMax 4\n");
         let raw = RawAccount { ssh: Some("mail".into()), ..Default::default() };
-        let account = resolve_account("a", &raw, None).unwrap();
-        let t = resolve(&account.reach, Some(&cfg)).unwrap();
+        let t = target(&raw, Some(&cfg)).unwrap();
         assert_eq!((t.alive_interval, t.alive_max), (Duration::from_secs(7), 4));
         let cfg = parse("Host mail\n  ServerAliveCountMax many\n");
-        assert!(resolve(&account.reach, Some(&cfg)).unwrap_err().to_string().contains("ServerAliveCountMax"));
-    }
-
-    /// The security defect: a connection verified under one account's
-    /// known_hosts and policy served another account to the same host.
-    #[test]
-    fn host_keys_are_verified_per_trust_a_different_policy_or_known_hosts_is_another_connection() {
-        let raw = |policy: &str, kh: &str| RawAccount {
-            ssh: Some("bob@mail:22".into()),
-            host_key_policy: Some(policy.into()),
-            known_hosts: Some(kh.into()),
-            ..Default::default()
-        };
-        let key = |r: RawAccount| resolve(&resolve_account("a", &r, None).unwrap().reach, None).unwrap().trust_key();
-        assert_eq!(key(raw("strict", "/kh/a")), key(raw("strict", "/kh/a")));
-        assert_ne!(key(raw("strict", "/kh/a")), key(raw("accept-new", "/kh/a")));
-        assert_ne!(key(raw("strict", "/kh/a")), key(raw("strict", "/kh/b")));
-        let with_password = RawAccount {
-            ssh_password_command: Some(crate::config::Command::Argv(vec!["pass".into(), "mail".into()])),
-            ..raw("strict", "/kh/a")
-        };
-        assert_ne!(key(with_password), key(raw("strict", "/kh/a")));
-        // A password written in the config is never part of the key.
-        let mut t = resolve(&resolve_account("a", &raw("strict", "/kh/a"), None).unwrap().reach, None).unwrap();
-        t.password = PasswordSource::Literal(crate::secret::Secret::new("hunter2"));
-        assert!(!t.trust_key().contains("hunter2"), "{}", t.trust_key());
+        assert!(target(&raw, Some(&cfg)).unwrap_err().to_string().contains("ServerAliveCountMax"));
     }
 
     #[test]
@@ -266,8 +223,7 @@ mod tests {
             known_hosts: Some("/my/kh".into()),
             ..Default::default()
         };
-        let account = resolve_account("a", &raw, None).unwrap();
-        let t = resolve(&account.reach, Some(&cfg)).unwrap();
+        let t = target(&raw, Some(&cfg)).unwrap();
         assert_eq!((t.user.as_str(), t.port, t.policy), ("bob", 22, HostKeyPolicy::Strict));
         assert_eq!(t.known_hosts, vec![PathBuf::from("/my/kh")]);
     }
