@@ -435,44 +435,37 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
 
 /// IDLE on one account; after a failure, reconnect: at once when a
 /// connection that worked dropped (once; [`crate::error::Retry::Now`]),
-/// else with growing pauses (5 s doubling to 5 min). Ends on errors a retry cannot fix, and on
+/// else with growing pauses (5 s doubling to 5 min; a session that lasted
+/// ten minutes starts them again). Ends on errors a retry cannot fix, and on
 /// SIGTERM/SIGINT, after ending the IDLE (DONE) and the session (LOGOUT):
 /// exit 0 then.
 async fn idle_forever(account: &config::Account, show: &Cycle, ctx: &fetch::Context) -> Exit {
-    use crate::error::Retry;
-    const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
-    let mut pause = FIRST_PAUSE;
+    use std::time::Duration;
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(5), Duration::from_secs(300), 0.0);
     let stop = &ctx.stop;
-    // A connection that worked and dropped is tried again at once, but
-    // not twice in a row: one that drops again at once backs off.
-    let mut at_once = false;
     let exit = loop {
         let started = std::time::Instant::now();
         let result = fetch::fetch_account(account, show, ctx).await;
-        // A session that lasted is a fresh start for the back-off.
-        if started.elapsed() > std::time::Duration::from_secs(600) {
-            pause = FIRST_PAUSE;
-            at_once = false;
+        if started.elapsed() > Duration::from_secs(600) {
+            backoff.reset();
         }
-        match result {
+        let e = match result {
             Ok(_) => break Exit::Delivered,
             Err(_) if stop.requested() => break Exit::Delivered,
-            Err(e) if e.retry() == Retry::Now && !at_once => {
-                crate::errln!("sshmail: {}: {e}; reconnecting", account.name);
-                at_once = true;
+            Err(e) => e,
+        };
+        match backoff.next(e.retry()) {
+            None => {
+                crate::errln!("sshmail: {}: {e}", account.name);
+                break e.exit();
             }
-            Err(e) if e.retry() != Retry::Never => {
+            Some(Duration::ZERO) => crate::errln!("sshmail: {}: {e}; reconnecting", account.name),
+            Some(pause) => {
                 crate::errln!("sshmail: {}: {e}; retrying in {} s", account.name, pause.as_secs());
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.wait() => break Exit::Delivered,
                 }
-                pause = (pause * 2).min(std::time::Duration::from_secs(300));
-                at_once = false;
-            }
-            Err(e) => {
-                crate::errln!("sshmail: {}: {e}", account.name);
-                break e.exit();
             }
         }
     };

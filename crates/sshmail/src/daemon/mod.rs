@@ -662,7 +662,7 @@ impl Supervisor {
         let shown = account.fetch.folders.join(" ");
         let (slot, ctx) = self.context(account, &shown);
         self.tasks.lock().expect("tasks lock").push(Handle { wake: ctx.wake.clone(), slot: slot.clone() });
-        let mut backoff = task::Backoff::default();
+        let mut backoff = task::backoff();
         let found = loop {
             if self.stop.requested() {
                 break None;

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
 use super::board::Slot;
+use crate::backoff::{Backoff, jitter};
 use crate::config::Account;
-use crate::error::{Error, Retry};
+use crate::error::Error;
 use crate::fetch::{self, Context, Cycle, Outcome, Renewal};
 
 /// The first pause after a failure.
@@ -38,44 +39,9 @@ pub struct Task {
     pub polls: Arc<Semaphore>,
 }
 
-/// The pauses between failed tries.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    failures: u32,
-    retried_at_once: bool,
-}
-
-impl Backoff {
-    /// The pause before the next try after an error of class `retry`
-    /// (None: not until the config changes or a poll is asked for).
-    pub fn next(&mut self, retry: Retry) -> Option<Duration> {
-        match retry {
-            Retry::Never => None,
-            Retry::Now if !self.retried_at_once => {
-                self.retried_at_once = true;
-                Some(Duration::ZERO)
-            }
-            _ => {
-                let base = FIRST_PAUSE.saturating_mul(1 << self.failures.min(16)).min(LONGEST_PAUSE);
-                self.failures += 1;
-                Some(jitter(base, 0.25))
-            }
-        }
-    }
-
-    /// A success (or a session that lasted): the next failure is a first.
-    pub fn reset(&mut self) {
-        *self = Backoff::default();
-    }
-}
-
-/// `d` give or take `spread` of it (a quarter: 0.25), so that tasks that
-/// failed or polled together do not try again together.
-pub fn jitter(d: Duration, spread: f64) -> Duration {
-    let mut b = [0u8; 2];
-    let r = if getrandom::fill(&mut b).is_ok() { u16::from_le_bytes(b) } else { 0x8000 };
-    let frac = f64::from(r) / f64::from(u16::MAX); // 0..=1
-    d.mul_f64(1.0 - spread + 2.0 * spread * frac)
+/// The daemon's tasks' back-off: 2 s doubling to 2 min, ±25 %.
+pub fn backoff() -> Backoff {
+    Backoff::new(FIRST_PAUSE, LONGEST_PAUSE, 0.25)
 }
 
 /// Runs a task until its stop is requested.
@@ -90,7 +56,7 @@ pub async fn run(task: Task) {
         }
     }
     let renewal = Arc::new(Renewal::new(idle_renew));
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     while !stop.requested() {
         slot.trying();
         let started = Instant::now();
@@ -178,25 +144,4 @@ fn problems(account: &str, o: &Outcome) -> Option<String> {
         tracing::error!(target: "sshmail::daemon", "{account}: {l}");
     }
     (!lines.is_empty()).then(|| lines.join("; "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_retries_a_lost_link_at_once_once_then_grows_with_jitter_and_never_retries_a_refusal() {
-        let mut b = Backoff::default();
-        assert_eq!(b.next(Retry::Now), Some(Duration::ZERO));
-        let first = b.next(Retry::Now).unwrap();
-        assert!(first >= FIRST_PAUSE.mul_f64(0.75) && first <= FIRST_PAUSE.mul_f64(1.25), "{first:?}");
-        let mut last = first;
-        for _ in 0..10 {
-            last = b.next(Retry::Later).unwrap();
-        }
-        assert!(last <= LONGEST_PAUSE.mul_f64(1.25) && last >= LONGEST_PAUSE.mul_f64(0.75), "{last:?}");
-        assert_eq!(b.next(Retry::Never), None);
-        b.reset();
-        assert_eq!(b.next(Retry::Now), Some(Duration::ZERO));
-    }
 }

@@ -55,8 +55,8 @@ const RELAY_NOW: Duration = Duration::from_secs(60);
 /// may take to answer.
 const DAEMON_MARGIN: Duration = Duration::from_secs(10);
 /// The first pause after a failed try; it doubles up to [`MAX_PAUSE`].
-const FIRST_PAUSE: u64 = 60;
-const MAX_PAUSE: u64 = 3600;
+const FIRST_PAUSE: Duration = Duration::from_secs(60);
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 /// Runs `sendmail ARGS` (or `mailq` when `list`); returns the exit code.
 pub async fn sendmail(raw_args: &[String], list: bool) -> i32 {
@@ -378,7 +378,7 @@ pub async fn deliver_notices(outbox: &Outbox, find: impl Fn(&str) -> Option<std:
 
 /// Seconds to wait after the `attempts`th failed try: 1 min doubling to 1 h.
 fn pause_after(attempts: u32) -> u64 {
-    (FIRST_PAUSE << attempts.saturating_sub(1).min(6)).min(MAX_PAUSE)
+    crate::backoff::Backoff::new(FIRST_PAUSE, MAX_PAUSE, 0.0).nth(attempts).as_secs()
 }
 
 /// Opens the way to the relay and hands the message over once.

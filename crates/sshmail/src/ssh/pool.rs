@@ -32,19 +32,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::session::{ExecError, ExecStatus, Prompts, SshSession};
+use crate::backoff::Backoff;
 use crate::config::SshTarget;
 use crate::error::{Error, Result};
 
-/// The first back-off after a failed connect; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The back-off after failed connects: 1 s doubling to 60 s.
+fn connect_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 0.0)
+}
 
 /// A recorded connect failure.
 struct Failure {
     error: Error,
     /// None: until the failures are forgotten (host key, login).
     until: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 #[derive(Default)]
@@ -110,9 +112,11 @@ impl Route {
     fn record(&self, e: &Error) {
         self.said.lock().expect("route lock").since = Some(SystemTime::now());
         let mut f = self.failure.lock().expect("route lock");
-        let backoff = f.as_ref().map(|f| (f.backoff * 2).min(MAX_BACKOFF)).unwrap_or(FIRST_BACKOFF);
+        let mut backoff = f.take().map_or_else(connect_backoff, |f| f.backoff);
+        // A refused host key or login waits for `forget_failures`.
         let permanent = e.retry() == crate::error::Retry::Never;
-        *f = Some(Failure { error: e.clone(), until: (!permanent).then(|| Instant::now() + backoff), backoff });
+        let until = (!permanent).then(|| Instant::now() + backoff.pause());
+        *f = Some(Failure { error: e.clone(), until, backoff });
     }
 
     /// Drops the connections that went away (none of ours closes one
