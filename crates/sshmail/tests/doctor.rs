@@ -302,3 +302,40 @@ fn a_send_account_checks_its_relay_through_ssh_and_a_dead_relay_fails_at_send() 
     assert!(hop.what.contains(&format!("127.0.0.1:{closed_port}")), "{}", d.stdout);
     assert_eq!(d.code, 2, "{}", d.stdout);
 }
+
+/// Regression: the doctor checked a relay with an EHLO of its own, so a
+/// relay whose STARTTLS certificate is not trusted, or that refuses the
+/// login, passed — and every message then stayed queued. It now opens the
+/// session the relay opens: STARTTLS checked, AUTH tried.
+#[test]
+fn regression_the_relay_check_is_the_relays_own_session_starttls_and_auth_included() {
+    let env = Env::with(sshmail_testbed::Options { tls: true, ..sshmail_testbed::Options::default() });
+    let sink = common::SmtpServer::start_tls_auth(&env, "me:s3cret");
+    let send = |password: &str, ca: bool| {
+        let ca = if ca { format!("send.tls_ca_file = \"{}\"\n", env.bed.ca_cert.display()) } else { String::new() };
+        env.pop3_toml(
+            "isp",
+            &format!(
+                "fetch = false\nsend.server = \"127.0.0.1:{}\"\nsend.user = \"me\"\n\
+                 send.password_command = [\"printf\", \"%s\", \"{password}\"]\n{ca}",
+                sink.port
+            ),
+        )
+    };
+    let config = config(&env, "config.toml", &send("s3cret", true));
+    let d = doctor(&env, &config, "isp");
+    assert_eq!(d.first_failure(), None, "{}", d.stdout);
+    let hop = d.hops.iter().find(|h| h.hop == "send").unwrap_or_else(|| panic!("no send hop:\n{}", d.stdout));
+    assert!(hop.what.contains("STARTTLS done") && hop.what.contains("AUTH accepted"), "{}", d.stdout);
+
+    let config = self::config(&env, "config.toml", &send("wrong", true));
+    let d = doctor(&env, &config, "isp");
+    let hop = d.fails_at("send");
+    assert!(hop.what.contains("refused the login of me"), "{}", d.stdout);
+    assert!(!d.stdout.contains("wrong"), "no secret in the report:\n{}", d.stdout);
+
+    let config = self::config(&env, "config.toml", &send("s3cret", false));
+    let d = doctor(&env, &config, "isp");
+    let hop = d.fails_at("send");
+    assert!(hop.what.contains("not trusted"), "{}", d.stdout);
+}

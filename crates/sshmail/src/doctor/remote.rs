@@ -1,9 +1,7 @@
 //! The hops to the server: name, TCP, SSH, host key, SSH login, channel,
 //! imapd, greeting, capabilities, mail login; and the relay for sending.
 
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 
 use super::Report;
 use crate::config::Route;
@@ -478,61 +476,35 @@ pub async fn relay(report: &mut Report, account: &Account, send: &Send, pool: &S
             }
         }
         Relay::Smtp(host, port) => {
-            let session = match pool.get(target, jumps).await {
-                Ok(s) => s,
-                Err(e) => return report.error("send", &e, "the SSH hops above say why"),
-            };
-            let channel = match session.forward(host, *port).await {
-                Ok(c) => c,
-                Err(e) => return report.error("send", &e, "check send.server (as seen from the SSH host)"),
-            };
-            let mut stream: Box<dyn Stream> = Box::new(channel);
             let peer = format!("{host}:{port} (via {})", target.name());
-            let greeting = match crate::gateway::read_greeting(&mut stream, Service::Smtp, route, &peer).await {
-                Ok(g) => g,
-                Err(e) => return report.error("send", &e, "send.server must be an SMTP server"),
-            };
-            match ehlo(&mut stream, account.route.timeout).await {
-                Ok(exts) => report.pass(
-                    "send",
-                    format!("{peer}: {}; EHLO: {}", String::from_utf8_lossy(&greeting).trim(), exts.join(" ")),
-                ),
-                Err(why) => report.fail("send", format!("{peer}: {why}"), "the relay must answer EHLO", Exit::Server),
+            match crate::send::relay_session(account, send, host, *port, pool).await {
+                Ok(session) => {
+                    let ext = &session.ext;
+                    let mut offered: Vec<String> = [
+                        (ext.pipelining, "PIPELINING"),
+                        (ext.eight_bit_mime, "8BITMIME"),
+                        (ext.smtputf8, "SMTPUTF8"),
+                        (ext.size.is_some(), "SIZE"),
+                        (ext.starttls, "STARTTLS"),
+                    ]
+                    .into_iter()
+                    .filter_map(|(on, name)| on.then(|| name.to_string()))
+                    .collect();
+                    if !ext.auth.is_empty() {
+                        offered.push(format!("AUTH {}", ext.auth.join(" ")));
+                    }
+                    let mut said = vec![format!("{peer}: {}; EHLO: {}", session.greeting, offered.join(" "))];
+                    said.push(if session.secured { "STARTTLS done".into() } else { "no STARTTLS".to_string() });
+                    if send.user.is_some() {
+                        said.push("AUTH accepted".into());
+                    } else if !ext.auth.is_empty() {
+                        said.push(format!("AUTH offered ({}), not used", ext.auth.join(" ")));
+                    }
+                    report.pass("send", said.join("; "));
+                    session.quit().await;
+                }
+                Err(e) => report.error("send", &e, "check send.server, send.starttls and the login (send.user)"),
             }
         }
     }
-}
-
-/// EHLO, then QUIT: the extensions the relay announces.
-async fn ehlo(stream: &mut Box<dyn Stream>, timeout: Duration) -> std::result::Result<Vec<String>, String> {
-    let name = gethostname::gethostname().to_string_lossy().into_owned();
-    let talk = async {
-        stream.write_all(format!("EHLO {name}\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut reader = BufReader::new(stream.take(64 * 1024));
-        let mut exts = Vec::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
-                return Err("closed the connection after EHLO".to_string());
-            }
-            if !line.starts_with("250") {
-                return Err(format!("answered EHLO with `{}`", line.trim()));
-            }
-            if let Some(ext) = line.get(4..).and_then(|e| e.split_whitespace().next()) {
-                exts.push(ext.to_string());
-            }
-            if line.as_bytes().get(3) == Some(&b' ') {
-                break;
-            }
-        }
-        let inner = reader.into_inner().into_inner();
-        let _ = inner.write_all(b"QUIT\r\n").await;
-        if !exts.is_empty() {
-            exts.remove(0);
-        }
-        Ok(exts)
-    };
-    tokio::time::timeout(timeout, talk)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs())))
 }

@@ -381,24 +381,38 @@ fn pause_after(attempts: u32) -> u64 {
     crate::backoff::Backoff::new(FIRST_PAUSE, MAX_PAUSE, 0.0).nth(attempts).as_secs()
 }
 
+/// An SMTP session with `account`'s relay at `host:port` through its SSH
+/// host, set up as `send` says (STARTTLS, AUTH): the relay's and the
+/// doctor's one way in.
+pub async fn relay_session(
+    account: &Account,
+    send: &config::Send,
+    host: &str,
+    port: u16,
+    pool: &SshPool,
+) -> Result<relay::Session> {
+    let route = &account.route;
+    let opened = transport::open(&route.forward_to(host, port), pool).await?;
+    let auth = match &send.user {
+        Some(user) => {
+            let pw = crate::process::password(&send.password, "send.password_command", route.timeout)
+                .await?
+                .ok_or_else(|| Error::Config("send.user is set but no send.password_command".into()))?;
+            Some((user.clone(), pw))
+        }
+        None => None,
+    };
+    let tls = relay::Tls { host, when: send.starttls, settings: &send.tls };
+    relay::Session::open(opened.stream, &opened.peer, auth, tls, route.timeout).await
+}
+
 /// Opens the way to the relay and hands the message over once.
 async fn relay_once(entry: &Entry, account: &Account, send: &config::Send, pool: &SshPool) -> Result<relay::Verdict> {
     let route = &account.route;
     match &send.relay {
         Relay::Smtp(host, port) => {
-            let to = route.forward_to(host, *port);
-            let opened = transport::open(&to, pool).await?;
-            let auth = match &send.user {
-                Some(user) => {
-                    let pw = crate::process::password(&send.password, "send.password_command", route.timeout)
-                        .await?
-                        .ok_or_else(|| Error::Config("send.user is set but no send.password_command".into()))?;
-                    Some((user.clone(), pw))
-                }
-                None => None,
-            };
-            let tls = relay::Tls { host, when: send.starttls, settings: &send.tls };
-            relay::smtp(opened.stream, &opened.peer, entry, auth, tls, route.timeout).await
+            let session = relay_session(account, send, host, *port, pool).await?;
+            relay::smtp(session, entry).await
         }
         Relay::Exec(command) => {
             let Some((target, jumps)) = &route.ssh else {

@@ -79,42 +79,73 @@ pub struct Tls<'a> {
     pub settings: &'a TlsSettings,
 }
 
-/// Sends `entry` to its pending recipients over an SMTP session on `stream`.
-pub async fn smtp(
-    stream: Box<dyn Stream>,
-    peer: &str,
-    entry: &Entry,
-    auth: Option<(String, Secret)>,
-    tls: Tls<'_>,
-    timeout: Duration,
-) -> Result<Verdict> {
-    let mut wire = Wire::new(stream, timeout, peer.to_string());
-    let rcpts = entry.pending();
-    let greeting = read_reply(&mut wire).await?;
-    if !greeting.is_positive() {
-        return Err(Error::Server(format!("the relay {peer} refused the connection: {}", greeting.text())));
-    }
-    let mut ext = hello(&mut wire, peer).await?;
-    if ext.starttls && tls.when != StartTls::Never {
-        wire.send(b"STARTTLS\r\n").await?;
-        let r = read_reply(&mut wire).await?;
-        if r.code != 220 {
-            return Err(Error::Server(format!("the relay {peer} offered STARTTLS and then refused it: {}", r.text())));
+/// An SMTP session with a relay, greeted, EHLO'd, switched to TLS and
+/// logged in as the account says: what a relay try and `sshmail doctor`
+/// both run.
+pub struct Session {
+    wire: Wire<Box<dyn Stream>>,
+    /// The relay's greeting, as it said it.
+    pub greeting: String,
+    /// Its extensions (after STARTTLS, those it announced then).
+    pub ext: Extensions,
+    /// STARTTLS was done.
+    pub secured: bool,
+}
+
+impl Session {
+    /// Opens the session on `stream`: the greeting, EHLO (else HELO),
+    /// STARTTLS as `tls` says, then AUTH when `auth` is given.
+    pub async fn open(
+        stream: Box<dyn Stream>,
+        peer: &str,
+        auth: Option<(String, Secret)>,
+        tls: Tls<'_>,
+        timeout: Duration,
+    ) -> Result<Session> {
+        let mut wire = Wire::new(stream, timeout, peer.to_string());
+        let greeting = read_reply(&mut wire).await?;
+        if !greeting.is_positive() {
+            return Err(Error::Server(format!("the relay {peer} refused the connection: {}", greeting.text())));
         }
-        let plain = wire.into_inner().await?;
-        let keys = ["send.tls_ca_file", "send.tls_fingerprint", ""];
-        let secured = crate::transport::tls_handshake(plain, tls.host, tls.settings, keys, timeout).await?;
-        wire = Wire::new(Box::new(secured) as Box<dyn Stream>, timeout, format!("{peer} (STARTTLS)"));
-        // What was said before TLS is forgotten (RFC 3207 4.2).
-        ext = hello(&mut wire, peer).await?;
-    } else if tls.when == StartTls::Require {
-        return Err(Error::Server(format!(
-            "the relay {peer} does not offer STARTTLS, and send.starttls = \"require\": nothing was sent"
-        )));
+        let mut ext = hello(&mut wire, peer).await?;
+        let mut secured = false;
+        if ext.starttls && tls.when != StartTls::Never {
+            wire.send(b"STARTTLS\r\n").await?;
+            let r = read_reply(&mut wire).await?;
+            if r.code != 220 {
+                return Err(Error::Server(format!(
+                    "the relay {peer} offered STARTTLS and then refused it: {}",
+                    r.text()
+                )));
+            }
+            let plain = wire.into_inner().await?;
+            let keys = ["send.tls_ca_file", "send.tls_fingerprint", ""];
+            let secure = crate::transport::tls_handshake(plain, tls.host, tls.settings, keys, timeout).await?;
+            wire = Wire::new(Box::new(secure) as Box<dyn Stream>, timeout, format!("{peer} (STARTTLS)"));
+            // What was said before TLS is forgotten (RFC 3207 4.2).
+            ext = hello(&mut wire, peer).await?;
+            secured = true;
+        } else if tls.when == StartTls::Require {
+            return Err(Error::Server(format!(
+                "the relay {peer} does not offer STARTTLS, and send.starttls = \"require\": nothing was sent"
+            )));
+        }
+        if let Some((user, password)) = auth {
+            authenticate(&mut wire, peer, &ext, &user, &password).await?;
+        }
+        Ok(Session { wire, greeting: greeting.text(), ext, secured })
     }
-    if let Some((user, password)) = auth {
-        authenticate(&mut wire, peer, &ext, &user, &password).await?;
+
+    /// QUIT, and the connection closed.
+    pub async fn quit(self) {
+        let _ = quit(self.wire, Verdict::default()).await;
     }
+}
+
+/// Sends `entry` to its pending recipients over an open session.
+pub async fn smtp(session: Session, entry: &Entry) -> Result<Verdict> {
+    let Session { mut wire, ext, .. } = session;
+    let rcpts = entry.pending();
     let eight_bit = has_eight_bit(entry)?;
     let utf8 = eight_bit && ext.smtputf8 && !ext.eight_bit_mime;
     let mail = smtp::mail_from(&entry.envelope.sender, &ext, eight_bit, utf8, entry.size);
