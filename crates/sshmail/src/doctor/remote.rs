@@ -488,7 +488,8 @@ pub async fn relay(report: &mut Report, account: &Account, send: &Send, pool: &S
                         (ext.starttls, "STARTTLS"),
                     ]
                     .into_iter()
-                    .filter_map(|(on, name)| on.then(|| name.to_string()))
+                    .filter(|(on, _)| *on)
+                    .map(|(_, name)| name.to_string())
                     .collect();
                     if !ext.auth.is_empty() {
                         offered.push(format!("AUTH {}", ext.auth.join(" ")));
