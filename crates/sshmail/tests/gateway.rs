@@ -1163,3 +1163,37 @@ fn a_stop_with_fifty_clients_and_twenty_control_connections_ends_them_all_in_tim
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Regression: through a STARTTLS account's endpoint a client was greeted
+/// by a line sshmail made up (`* OK [sshmail] … ready`); the server's own
+/// greeting, read before STARTTLS, was thrown away. It is kept now, without
+/// the capabilities said before TLS (they do not hold after it), and the
+/// session goes on with the server's own answers.
+#[test]
+fn regression_a_starttls_accounts_endpoint_greets_with_the_servers_own_greeting() {
+    use std::io::{BufRead as _, Write as _};
+    let env = Env::with(sshmail_testbed::Options { tls: true, ..sshmail_testbed::Options::default() });
+    let port = free_port();
+    let account = format!(
+        "[account.tls]\nprotocol = \"imap\"\nvia = \"starttls\"\nserver = \"localhost:{}\"\ntls_ca_file = \"{}\"\n\
+         user = \"{MAIL_USER}\"\nfetch = false\nserve.imap = \"tcp:127.0.0.1:{port}\"\n",
+        env.bed.imap_port,
+        env.bed.ca_cert.display()
+    );
+    let daemon = Daemon::start(&env, &account);
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = std::io::BufReader::new(&stream);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    assert!(greeting.starts_with("* OK ") && !greeting.contains("[sshmail]"), "{greeting:?}\n{}", daemon.log.text());
+    assert!(greeting.contains("ready"), "the server's own text: {greeting:?}");
+    assert!(!greeting.contains("CAPABILITY"), "capabilities said before TLS: {greeting:?}");
+    (&stream).write_all(b"a1 CAPABILITY\r\n").unwrap();
+    let mut caps = String::new();
+    reader.read_line(&mut caps).unwrap();
+    assert!(caps.starts_with("* CAPABILITY") && !caps.contains("LOGINDISABLED"), "after TLS: {caps:?}");
+    drop(reader);
+    drop(stream);
+    daemon.stop();
+}

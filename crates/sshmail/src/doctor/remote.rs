@@ -317,39 +317,34 @@ async fn remote_has(
 async fn server(report: &mut Report, account: &Account, opened: Opened) {
     let route = &account.route;
     let service = Service::of(account.protocol);
-    let Opened { mut stream, peer, preauth_ok, greeting_done, diagnostics, .. } = opened;
+    let Opened { mut stream, peer, preauth_ok, greeting, diagnostics, .. } = opened;
     let timeout = account.route.timeout;
-    let mut first_line = Vec::new();
-    if !greeting_done {
-        match crate::gateway::read_greeting(&mut stream, service, route, &peer).await {
-            Ok(bytes) => first_line = bytes,
+    let first_line = match greeting {
+        // Read already, by the imapd probe or before STARTTLS.
+        Some(g) => g,
+        None => match transport::greeting::read(&mut stream, service, route, &peer).await {
+            Ok(bytes) => bytes,
             Err(e) => {
                 let e = transport::explain(diagnostics.as_deref(), e).await;
                 report.error("greeting", &e, "see above: the first line must be the mail server's own");
                 return;
             }
-        }
-        let line = String::from_utf8_lossy(&first_line);
-        let line: String = line.lines().next().unwrap_or("").trim().chars().take(160).collect();
-        report.pass("greeting", line);
-    }
+        },
+    };
+    let line = String::from_utf8_lossy(&first_line);
+    let line: String = line.lines().next().unwrap_or("").trim().chars().take(160).collect();
+    report.pass("greeting", line);
     let stream: Box<dyn Stream> = Box::new(Prefixed::new(first_line, stream));
     let wire = Wire::new(stream, timeout, peer.clone());
     match account.protocol {
-        Protocol::Imap => imap(report, account, wire, greeting_done, preauth_ok).await,
+        Protocol::Imap => imap(report, account, wire, preauth_ok).await,
         Protocol::Pop3 => pop3(report, account, wire).await,
     }
 }
 
-async fn imap(
-    report: &mut Report,
-    account: &Account,
-    wire: Wire<Box<dyn Stream>>,
-    greeting_done: bool,
-    preauth_ok: bool,
-) {
+async fn imap(report: &mut Report, account: &Account, wire: Wire<Box<dyn Stream>>, preauth_ok: bool) {
     let limits = sshmail_proto::imap::Limits::default();
-    let mut imap = match Imap::start(wire, limits, greeting_done, preauth_ok).await {
+    let mut imap = match Imap::start(wire, limits, preauth_ok).await {
         Ok(i) => i,
         Err(e) => {
             report.error("capabilities", &e, "the server is not the IMAP4rev1 server expected");

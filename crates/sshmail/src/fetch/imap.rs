@@ -243,8 +243,9 @@ fn greeting_line(response: &Response) -> String {
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
-    /// Reads the greeting (unless already consumed, after STARTTLS).
-    pub async fn start(wire: Wire<S>, limits: Limits, greeting_done: bool, preauth_ok: bool) -> Result<Imap<S>> {
+    /// Reads the greeting (one read before, by the imapd probe or before
+    /// STARTTLS, comes first on the wire), then the capabilities.
+    pub async fn start(wire: Wire<S>, limits: Limits, preauth_ok: bool) -> Result<Imap<S>> {
         let mut imap = Imap {
             wire,
             reader: ResponseReader::new(limits),
@@ -257,7 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Imap<S> {
             last_size: 0,
             idle_ended_after: None,
         };
-        if !greeting_done {
+        {
             let greeting = imap.read(&mut Bodies::discard()).await?;
             imap.greeting = greeting_line(&greeting);
             match Greeting::of(&greeting) {
@@ -834,7 +835,7 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(4096);
         server.write_all(greeting).await.unwrap();
         let wire = Wire::new(client, Duration::from_secs(5), "test server");
-        let r = Imap::start(wire, Limits::default(), false, preauth_ok).await;
+        let r = Imap::start(wire, Limits::default(), preauth_ok).await;
         drop(server);
         r
     }

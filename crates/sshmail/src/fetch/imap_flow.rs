@@ -27,12 +27,11 @@ pub(super) async fn imap_flow<S: Stream>(
     account: &Account,
     wire: Wire<S>,
     password: Option<crate::secret::Secret>,
-    greeting_done: bool,
     preauth_ok: bool,
     store: &mut Store<'_>,
 ) -> Result<u64> {
     let limits = Limits { max_body: account.fetch.max_message_size, ..Limits::default() };
-    let mut imap = Imap::start(wire, limits, greeting_done, preauth_ok).await?;
+    let mut imap = Imap::start(wire, limits, preauth_ok).await?;
     if imap.preauth {
         tracing::info!("{}: preauthenticated by {}", account.name, imap.peer());
     } else {

@@ -288,7 +288,12 @@ pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Re
     let opened = transport::open(route, pool).await?;
     ctx.report.event(report::Event::Connected { peer: &opened.peer, connection: opened.connection.as_deref() });
     let diagnostics = opened.diagnostics.clone();
-    let wire = Wire::new(opened.stream, account.route.timeout, opened.peer.clone());
+    // A greeting read already (the imapd probe, STARTTLS) comes first.
+    let stream = match opened.greeting {
+        Some(greeting) => Box::new(transport::Prefixed::new(greeting, opened.stream)),
+        None => opened.stream,
+    };
+    let wire = Wire::new(stream, account.route.timeout, opened.peer.clone());
     let trace = account.delivery.received.then(|| Trace {
         from: opened.peer.clone(),
         with: match account.protocol {
@@ -316,9 +321,7 @@ pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Re
             }
             r
         }
-        Protocol::Imap => {
-            imap_flow::imap_flow(account, wire, password, opened.greeting_done, opened.preauth_ok, &mut store).await
-        }
+        Protocol::Imap => imap_flow::imap_flow(account, wire, password, opened.preauth_ok, &mut store).await,
     };
     let received = match flow {
         Ok(r) => r,

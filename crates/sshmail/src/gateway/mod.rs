@@ -41,7 +41,6 @@ use crate::transport;
 use crate::wire::Stream;
 
 /// The longest greeting line read before it is judged.
-const MAX_GREETING: usize = 8 * 1024;
 /// How long the server may go on after the client has closed its side.
 const AFTER_CLIENT_EOF: Duration = Duration::from_secs(60);
 /// The most one direction of a session moves per read.
@@ -154,83 +153,15 @@ impl Connected {
 pub async fn connect(served: &Served, pool: &SshPool) -> Result<Connected> {
     let opened = transport::open(&served.route, pool).await?;
     let mut stream = opened.stream;
-    let greeting = if opened.greeting_done {
-        // STARTTLS consumed the server's greeting; the session goes on as
-        // after it.
-        format!("* OK [sshmail] {} ready\r\n", opened.peer).into_bytes()
-    } else {
-        match read_greeting(&mut stream, served.service, &served.route, &opened.peer).await {
+    let greeting = match opened.greeting {
+        // Read already, by the imapd probe or before STARTTLS.
+        Some(greeting) => greeting,
+        None => match transport::greeting::read(&mut stream, served.service, &served.route, &opened.peer).await {
             Ok(g) => g,
             Err(e) => return Err(transport::explain(opened.diagnostics.as_deref(), e).await),
-        }
+        },
     };
     Ok(Connected { stream, greeting, connection: opened.connection, service: served.service })
-}
-
-/// Reads up to the first line end and checks that the line is the
-/// service's greeting (also `sshmail doctor`'s check).
-pub async fn read_greeting(
-    stream: &mut Box<dyn Stream>,
-    service: Service,
-    route: &Route,
-    peer: &str,
-) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(512);
-    let deadline = tokio::time::Instant::now() + route.timeout;
-    while !buf.contains(&b'\n') {
-        if buf.len() >= MAX_GREETING {
-            break;
-        }
-        let mut chunk = [0u8; 2048];
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .map_err(|_| {
-                Error::Protocol(format!(
-                    "{peer} sent no {} greeting within {} s",
-                    service.name().to_uppercase(),
-                    route.timeout.as_secs()
-                ))
-            })?
-            .map_err(|e| Error::Lost(format!("{peer}: {e}")))?;
-        if n == 0 {
-            return Err(Error::Lost(format!(
-                "{peer} closed the connection before greeting{}",
-                if buf.is_empty() { String::new() } else { format!(" (after `{}`)", shown(&buf)) }
-            )));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = &buf[..buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len())];
-    let (ok, expected) = match service {
-        Service::Imap => match imap::Greeting::parse(&buf) {
-            imap::Greeting::Ok | imap::Greeting::PreAuth => (true, ""),
-            imap::Greeting::Bye(text) => return Err(Error::Server(format!("{peer} refused the session: {text}"))),
-            imap::Greeting::NotImap(_) => (false, "`* OK` or `* PREAUTH`"),
-        },
-        Service::Pop3 => (line.to_ascii_uppercase().starts_with(b"+OK"), "`+OK`"),
-        Service::Smtp => (line.starts_with(b"220"), "`220`"),
-    };
-    if ok {
-        return Ok(buf);
-    }
-    let cause = match route.via {
-        Via::Exec(_) | Via::Command(_) => {
-            "something prints text before the server starts: a shell startup file on the SSH host \
-             (~/.bashrc, ~/.profile: print only when interactive), or a forced command= on the key in \
-             authorized_keys"
-        }
-        _ => "is that the right server and port?",
-    };
-    Err(Error::Protocol(format!(
-        "{peer} sent `{}` where the {} greeting ({expected}) should be: {cause}",
-        shown(line),
-        service.name().to_uppercase()
-    )))
-}
-
-/// At most 120 characters of what a peer sent, printable.
-fn shown(bytes: &[u8]) -> String {
-    crate::term::one_line(String::from_utf8_lossy(bytes).trim_end(), 120)
 }
 
 /// What a client is sent when its server cannot be reached: an error in

@@ -18,6 +18,8 @@ use std::task::{Context, Poll};
 use sshmail_proto::imap;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
+pub mod greeting;
+
 use crate::config::{Command, Route, TlsSettings, Via};
 use crate::error::{Error, Result};
 use crate::process::{Collected, shell_quote};
@@ -53,8 +55,10 @@ pub struct Opened {
     /// (exec, command) runs as the user already; on a network port it is
     /// accepted only when the account says `allow_preauth`.
     pub preauth_ok: bool,
-    /// The server's greeting was already read (STARTTLS).
-    pub greeting_done: bool,
+    /// The server's greeting when it was read here already (the imapd
+    /// probe; STARTTLS, where it is kept without the capabilities said
+    /// before TLS): the session's first bytes, read before `stream`'s.
+    pub greeting: Option<Vec<u8>>,
     /// Diagnostics of a process on the other end (exec, command).
     pub diagnostics: Option<Arc<Collected>>,
     /// The SSH connection it runs on (`user@host:port #N`), if any.
@@ -104,26 +108,26 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
                     stream: Box::new(ch),
                     peer: format!("{server} (via {})", session.name()),
                     preauth_ok: route.allow_preauth,
-                    greeting_done: false,
+                    greeting: None,
                     diagnostics: None,
                     connection: Some(session.label()),
                 });
             }
-            let (command, stream, status, connection) = match &route.via {
+            let started = match &route.via {
                 Via::Exec(Some(c)) => {
                     let command = remote_command(c);
                     let (stream, status, connection) = pool.exec(target, jumps, &command).await?;
-                    (command, Box::new(stream) as Box<dyn Stream>, status, connection)
+                    Started { command, stream: Box::new(stream), status, connection, greeting: None }
                 }
                 _ => detect_imapd(pool, target, jumps).await?,
             };
             Ok(Opened {
-                stream,
-                peer: format!("`{command}` on {}", target.name()),
+                stream: started.stream,
+                peer: format!("`{}` on {}", started.command, target.name()),
                 preauth_ok: true,
-                greeting_done: false,
-                diagnostics: Some(status),
-                connection: Some(connection),
+                greeting: started.greeting,
+                diagnostics: Some(started.status),
+                connection: Some(started.connection),
             })
         }
         Via::Command(c) => open_command(c),
@@ -134,20 +138,20 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
                 stream: Box::new(tls),
                 peer: format!("{server} (TLS)"),
                 preauth_ok: route.allow_preauth,
-                greeting_done: false,
+                greeting: None,
                 diagnostics: None,
                 connection: None,
             })
         }
         Via::StartTls => {
             let tcp = connect_tcp(route).await?;
-            let tcp = imap_starttls(tcp, &server, route.timeout).await?;
+            let (tcp, said) = imap_starttls(tcp, &server, route.timeout).await?;
             let tls = tls_handshake(tcp, &route.server_host, &route.tls, ACCOUNT_TLS_KEYS, route.timeout).await?;
             Ok(Opened {
                 stream: Box::new(tls),
                 peer: format!("{server} (STARTTLS)"),
                 preauth_ok: false,
-                greeting_done: true,
+                greeting: Some(greeting::after_starttls(&said)),
                 diagnostics: None,
                 connection: None,
             })
@@ -164,6 +168,17 @@ pub fn remote_command(c: &Command) -> String {
     }
 }
 
+/// A remote imapd started: its command, its stream, what it says on
+/// stderr and its exit, the connection it runs on, and its greeting when
+/// it was read to find it.
+struct Started {
+    command: String,
+    stream: Box<dyn Stream>,
+    status: Arc<ExecStatus>,
+    connection: String,
+    greeting: Option<Vec<u8>>,
+}
+
 /// Finds the remote imapd: lists which candidates exist, then starts each
 /// in turn and reads its greeting. The first that greets `* PREAUTH` is the
 /// one, and its session goes on (the greeting is handed on to the IMAP
@@ -178,7 +193,7 @@ async fn detect_imapd(
     pool: &SshPool,
     target: &crate::config::SshTarget,
     jumps: &[crate::config::SshTarget],
-) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String)> {
+) -> Result<Started> {
     type Found = Arc<tokio::sync::Mutex<Option<String>>>;
     static FOUND: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Found>>> =
         std::sync::OnceLock::new();
@@ -198,7 +213,7 @@ async fn detect_imapd(
         return Ok(opened);
     }
     let opened = probe_imapd(pool, target, jumps).await?;
-    *found = Some(opened.0.clone());
+    *found = Some(opened.command.clone());
     Ok(opened)
 }
 
@@ -209,19 +224,23 @@ async fn start_preauth(
     target: &crate::config::SshTarget,
     jumps: &[crate::config::SshTarget],
     command: &str,
-) -> Result<std::result::Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String), String>> {
+) -> Result<std::result::Result<Started, String>> {
     let (mut stream, status, connection) = pool.exec(target, jumps, command).await?;
-    match read_greeting(&mut stream, target.timeout.min(std::time::Duration::from_secs(10))).await {
-        Greeting::Line(bytes) if imap::Greeting::parse(&bytes) == imap::Greeting::PreAuth => {
-            let stream = Box::new(Prefixed { prefix: bytes, pos: 0, inner: stream });
-            Ok(Ok((command.to_string(), stream, status, connection)))
-        }
-        Greeting::Line(bytes) => {
+    let first = greeting::first(&mut stream, target.timeout.min(std::time::Duration::from_secs(10))).await;
+    match first.bytes {
+        bytes if !bytes.is_empty() && imap::Greeting::parse(&bytes) == imap::Greeting::PreAuth => Ok(Ok(Started {
+            command: command.to_string(),
+            stream: Box::new(stream),
+            status,
+            connection,
+            greeting: Some(bytes),
+        })),
+        bytes if !bytes.is_empty() => {
             let line = String::from_utf8_lossy(&bytes);
             let line = line.lines().next().unwrap_or("").chars().take(100).collect::<String>();
             Ok(Err(format!("{command}: greeted `{line}`, not PREAUTH")))
         }
-        Greeting::Nothing => {
+        _ => {
             let exit = status
                 .wait_exit(EXIT_WAIT)
                 .await
@@ -243,7 +262,7 @@ async fn probe_imapd(
     pool: &SshPool,
     target: &crate::config::SshTarget,
     jumps: &[crate::config::SshTarget],
-) -> Result<(String, Box<dyn Stream>, Arc<ExecStatus>, String)> {
+) -> Result<Started> {
     let probe = format!(
         "for p in {}; do if [ -x \"$p\" ]; then echo \"$p\"; fi; done; true",
         IMAPD_CANDIDATES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(" ")
@@ -271,29 +290,6 @@ async fn probe_imapd(
          config, or use via = \"forward\" with a server address",
         target.name()
     )))
-}
-
-/// The first line a server sent (with whatever came with it), or nothing.
-enum Greeting {
-    Line(Vec<u8>),
-    Nothing,
-}
-
-/// Reads until a line end, at most 8 KiB, within `timeout`.
-async fn read_greeting(stream: &mut (impl AsyncRead + Unpin), timeout: std::time::Duration) -> Greeting {
-    use tokio::io::AsyncReadExt as _;
-    let mut got = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 4096];
-        while !got.contains(&b'\n') && got.len() < 8192 {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(timeout, read).await;
-    if got.is_empty() { Greeting::Nothing } else { Greeting::Line(got) }
 }
 
 /// A stream that first yields bytes already read from it.
@@ -344,10 +340,15 @@ async fn connect_tcp(route: &Route) -> Result<tokio::net::TcpStream> {
 /// Reads the greeting, sends STARTTLS, and waits for its OK, on the bare
 /// TCP stream. Reads byte-wise so that nothing meant for TLS is swallowed.
 async fn imap_starttls(
-    tcp: tokio::net::TcpStream,
+    mut tcp: tokio::net::TcpStream,
     server: &str,
     timeout: std::time::Duration,
-) -> Result<tokio::net::TcpStream> {
+) -> Result<(tokio::net::TcpStream, Vec<u8>)> {
+    // Nothing follows the greeting until STARTTLS is asked for.
+    let said = greeting::first(&mut tcp, timeout).await;
+    if !matches!(said.end, greeting::End::Line) {
+        return Err(Error::Protocol(format!("{server}: no greeting before STARTTLS ({:?})", said.end)));
+    }
     let mut reader = tokio::io::BufReader::with_capacity(1, tcp);
     let read_line = async |reader: &mut tokio::io::BufReader<tokio::net::TcpStream>| -> Result<String> {
         let mut line = Vec::new();
@@ -361,8 +362,8 @@ async fn imap_starttls(
         }
         Ok(String::from_utf8_lossy(&line).trim_end().to_string())
     };
-    let greeting = read_line(&mut reader).await?;
-    match imap::Greeting::parse(format!("{greeting}\r\n").as_bytes()) {
+    let greeting = String::from_utf8_lossy(&said.bytes).trim_end().to_string();
+    match imap::Greeting::parse(&said.bytes) {
         imap::Greeting::Ok => {}
         imap::Greeting::PreAuth => {
             return Err(Error::Protocol(format!(
@@ -385,7 +386,7 @@ async fn imap_starttls(
             return Err(Error::Server(format!("{server} refused STARTTLS: {line}")));
         }
     }
-    Ok(reader.into_inner())
+    Ok((reader.into_inner(), said.bytes))
 }
 
 /// How an account's TLS settings are named, for advice in errors.
@@ -644,7 +645,7 @@ fn open_command(c: &Command) -> Result<Opened> {
         stream: Box::new(ChildStream { stdout, stdin, _kill: kill_tx }),
         peer: shown,
         preauth_ok: true,
-        greeting_done: false,
+        greeting: None,
         diagnostics: Some(diag),
         connection: None,
     })
