@@ -67,7 +67,10 @@ pub enum Error {
     /// The host key was unknown, changed or revoked.
     #[error("{0}")]
     HostKey(Box<HostKeyRefused>),
-    /// SSH or mail login refused.
+    /// The SSH server refused every way in that was tried.
+    #[error("{0}")]
+    SshAuth(Box<SshAuthRefused>),
+    /// A mail or relay login refused, or one that cannot be made.
     #[error("{0}")]
     Auth(String),
     /// Malformed or unexpected server data, or a timeout waiting for it.
@@ -85,6 +88,66 @@ pub enum Error {
     /// Local delivery or the local state failed.
     #[error("{0}")]
     Delivery(String),
+    /// An error, with what the process at the other end of the stream (a
+    /// remote imapd, a tunnel command) said: it is graded as the error is.
+    #[error("{0}; the command at the other end said{exit}: {text}", exit = .1.exit_shown(), text = .1.text())]
+    Said(Box<Error>, Said),
+}
+
+/// What a process at the other end of a stream said when it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Said {
+    /// Its exit status, if it exited.
+    pub exit: Option<i64>,
+    /// The end of its stderr (bounded, printable).
+    pub stderr: String,
+}
+
+impl Said {
+    /// Nothing said, no exit status: nothing to add.
+    pub fn is_empty(&self) -> bool {
+        self.exit.is_none() && self.stderr.is_empty()
+    }
+
+    fn exit_shown(&self) -> String {
+        self.exit.map(|c| format!(" (exit status {c})")).unwrap_or_default()
+    }
+
+    fn text(&self) -> &str {
+        if self.stderr.is_empty() { "nothing" } else { &self.stderr }
+    }
+}
+
+/// Why an SSH login failed: what was tried, what the server accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshAuthRefused {
+    /// `user@host:port`.
+    pub target: String,
+    /// Each way tried (agent keys, key files and why one was skipped, a
+    /// password, keyboard-interactive), in order.
+    pub tried: Vec<String>,
+    /// The methods the server said may go on, from its last refusal.
+    pub accepts: Vec<String>,
+    /// The server took a step but wants more (a second factor).
+    pub partial: bool,
+}
+
+impl std::fmt::Display for SshAuthRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tried = if self.tried.is_empty() {
+            "nothing (no agent, no identity file)".to_string()
+        } else {
+            self.tried.join(", ")
+        };
+        write!(f, "SSH authentication to {} failed; tried: {tried}", self.target)?;
+        if self.partial {
+            write!(f, "; the server took a step and wants another (a second factor)")?;
+        }
+        if !self.accepts.is_empty() {
+            write!(f, "; the server accepts: {}", self.accepts.join(", "))?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a host key was refused: what the user, and a daemon's status, need
@@ -158,7 +221,10 @@ impl Error {
         match self {
             Error::Lost(_) => Retry::Now,
             Error::Connect(_) | Error::Protocol(_) | Error::Server(_) | Error::Delivery(_) => Retry::Later,
-            Error::HostKey(_) | Error::Auth(_) | Error::Config(_) | Error::Permissions(_) => Retry::Never,
+            Error::HostKey(_) | Error::SshAuth(_) | Error::Auth(_) | Error::Config(_) | Error::Permissions(_) => {
+                Retry::Never
+            }
+            Error::Said(e, _) => e.retry(),
         }
     }
 
@@ -166,7 +232,8 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Connect(_) | Error::Lost(_) | Error::HostKey(_) => Exit::Connect,
-            Error::Auth(_) => Exit::Auth,
+            Error::SshAuth(_) | Error::Auth(_) => Exit::Auth,
+            Error::Said(e, _) => e.exit(),
             Error::Protocol(_) => Exit::Protocol,
             Error::Server(_) => Exit::Server,
             Error::Config(_) => Exit::Usage,
@@ -206,5 +273,38 @@ mod tests {
         }
         assert_eq!(Error::Lost("l".into()).retry(), Retry::Now);
         assert_eq!(Error::Lost("l".into()).exit(), Exit::Connect, "exit codes stay as documented");
+    }
+
+    /// What the other end said is a field, not text spliced into the
+    /// message; the error keeps its grade.
+    #[test]
+    fn what_the_other_end_said_is_kept_beside_the_error_which_keeps_its_grade() {
+        let said = Said { exit: Some(127), stderr: "imapd: not found".into() };
+        let e = Error::Said(Box::new(Error::Lost("the stream ended".into())), said);
+        assert_eq!(
+            e.to_string(),
+            "the stream ended; the command at the other end said (exit status 127): imapd: not found"
+        );
+        assert_eq!((e.retry(), e.exit()), (Retry::Now, Exit::Connect));
+        let quiet =
+            Error::Said(Box::new(Error::Protocol("no greeting".into())), Said { exit: None, stderr: String::new() });
+        assert_eq!(quiet.to_string(), "no greeting; the command at the other end said: nothing");
+    }
+
+    /// An SSH refusal says what was tried, what the server accepts, and
+    /// when it took one factor and wants another.
+    #[test]
+    fn an_ssh_refusal_names_what_was_tried_what_the_server_accepts_and_a_partial_success() {
+        let refused = SshAuthRefused {
+            target: "me@h:22".into(),
+            tried: vec!["agent key SHA256:x".into()],
+            accepts: vec!["keyboard-interactive".into()],
+            partial: true,
+        };
+        let e = Error::SshAuth(Box::new(refused));
+        let text = e.to_string();
+        assert!(text.starts_with("SSH authentication to me@h:22 failed; tried: agent key SHA256:x"), "{text}");
+        assert!(text.contains("second factor") && text.ends_with("the server accepts: keyboard-interactive"), "{text}");
+        assert_eq!((e.retry(), e.exit()), (Retry::Never, Exit::Auth));
     }
 }

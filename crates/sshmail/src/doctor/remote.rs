@@ -116,7 +116,7 @@ async fn ssh(report: &mut Report, target: &SshTarget, jumps: &[SshTarget], pool:
             report.fail("host-key", refused.to_string(), &fix, Exit::Connect);
             false
         }
-        Err(e @ Error::Auth(_)) => {
+        Err(e @ Error::SshAuth(_)) => {
             report.pass("host-key", format!("{} known", target.name()));
             let fix = format!(
                 "authorize one of your keys there (ssh-copy-id -p {} {}@{}), or load the right key into the agent \

@@ -336,11 +336,14 @@ pub enum Prompts {
 async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, prompts: Prompts) -> Result<String> {
     let where_ = t.name();
     let mut tried = Vec::new();
-    // The methods the server said may go on, from its last refusal.
-    let mut offered = None;
+    // The methods the server said may go on, from its last refusal, and
+    // whether it took a step (one factor of two).
+    let mut accepts = Vec::new();
+    let mut partial = false;
     let mut note = |r: &client::AuthResult| {
-        if let client::AuthResult::Failure { remaining_methods, .. } = r {
-            offered = Some(remaining_methods.iter().map(<&str>::from).collect::<Vec<_>>().join(", "));
+        if let client::AuthResult::Failure { remaining_methods, partial_success } = r {
+            accepts = remaining_methods.iter().map(|m| <&str>::from(m).to_string()).collect();
+            partial |= *partial_success;
         }
     };
     let wanted: Vec<PublicKey> = t.identities.iter().filter_map(|p| read_public_key(p)).collect();
@@ -485,11 +488,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
             }
         }
     }
-    Err(Error::Auth(format!(
-        "SSH authentication to {where_} failed; tried: {}{}",
-        if tried.is_empty() { "nothing (no agent, no identity file)".to_string() } else { tried.join(", ") },
-        offered.map(|o| format!("; the server accepts: {o}")).unwrap_or_default()
-    )))
+    Err(Error::SshAuth(Box::new(crate::error::SshAuthRefused { target: where_, tried, accepts, partial })))
 }
 
 /// `fut`, or an error naming `what` once `timeout` passes.

@@ -65,24 +65,17 @@ pub struct Opened {
     pub connection: Option<String>,
 }
 
-/// Adds what the process behind a stream said to an error message.
-/// The exit status is waited for a moment.
+/// The error, with what the process behind the stream said (its stderr
+/// and exit status, waited for a moment) when that explains it: a stream
+/// that could not be made, was lost, or carried no sense.
 pub async fn explain(diagnostics: Option<&Collected>, e: Error) -> Error {
     let Some(d) = diagnostics else { return e };
-    d.wait_exit(EXIT_WAIT).await;
-    let err = d.stderr();
-    let exit = d.exit().map(|c| format!(" (exit status {c})")).unwrap_or_default();
-    if err.is_empty() && exit.is_empty() {
+    if !matches!(e, Error::Connect(_) | Error::Lost(_) | Error::Protocol(_) | Error::Server(_)) {
         return e;
     }
-    let add = format!("; the command at the other end said{exit}: {}", if err.is_empty() { "nothing" } else { &err });
-    match e {
-        Error::Connect(m) => Error::Connect(m + &add),
-        Error::Lost(m) => Error::Lost(m + &add),
-        Error::Protocol(m) => Error::Protocol(m + &add),
-        Error::Server(m) => Error::Server(m + &add),
-        other => other,
-    }
+    d.wait_exit(EXIT_WAIT).await;
+    let said = crate::error::Said { exit: d.exit(), stderr: d.stderr() };
+    if said.is_empty() { e } else { Error::Said(Box::new(e), said) }
 }
 
 /// How long to wait for a process's exit status after its output ended
