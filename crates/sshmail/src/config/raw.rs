@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -66,11 +66,14 @@ impl RawDaemon {
 }
 
 /// One account as written. Every field is optional here; [`resolve`] checks.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccount {
     pub ssh: Option<String>,
     pub protocol: Option<String>,
+    pub via: Option<String>,
+    pub imapd: Option<Command>,
+    pub tunnel: Option<Command>,
     pub server: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -85,9 +88,6 @@ pub struct RawAccount {
     pub host_key_policy: Option<String>,
     pub timeout: Option<u64>,
     pub ssh_password_command: Option<Command>,
-    pub via: Option<String>,
-    pub imapd: Option<Command>,
-    pub tunnel: Option<Command>,
     pub folders: Option<Vec<String>>,
     pub policy: Option<String>,
     pub only_unseen: Option<bool>,
@@ -162,7 +162,7 @@ impl RawAccount {
 }
 
 /// An account's `send` table as written.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSend {
     /// `smtp` (a forward to `server`) or `exec` (the remote `command`).
@@ -191,7 +191,7 @@ pub struct RawSend {
 
 /// An account's `serve` table as written: local endpoints for mail
 /// clients, each `unix:PATH` or `tcp:HOST:PORT`.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServe {
     /// The account's IMAP server (its own route when the account is IMAP).
@@ -211,7 +211,7 @@ pub struct RawServe {
 }
 
 /// A command: a string run by `/bin/sh -c`, or an argument vector run as is.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum Command {
     /// Run through the shell, because the user wrote shell.

@@ -7,44 +7,21 @@
 use std::collections::BTreeSet;
 
 use super::rc::{At, Opt, Poll, Rc, User};
+use crate::config::{Command, RawAccount};
 use crate::deliver::mda::split_words;
 
-/// One account's keys, in the order they are written.
+/// One account: the config's own raw type, so that a renamed key breaks
+/// the build here, not only the output's check.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Account {
     /// `[account.NAME]`.
     pub name: String,
     /// Where it came from, for the comment above it.
     pub origin: String,
-    /// Keys and values.
-    pub keys: Vec<(String, Value)>,
+    /// The account as it is written.
+    pub raw: RawAccount,
     /// Comments written below the table's keys.
     pub notes: Vec<String>,
-}
-
-impl Account {
-    fn set(&mut self, key: &str, value: Value) {
-        self.keys.retain(|(k, _)| k != key);
-        self.keys.push((key.to_string(), value));
-    }
-
-    /// The value of a key, if set.
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.keys.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-}
-
-/// A TOML value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value {
-    /// A string.
-    Str(String),
-    /// An integer.
-    Int(u64),
-    /// A boolean.
-    Bool(bool),
-    /// An array of strings.
-    List(Vec<String>),
 }
 
 /// The import: accounts, daemon interval, warnings.
@@ -65,7 +42,7 @@ impl Converted {
 
     /// True if some account holds a password.
     pub fn has_password(&self) -> bool {
-        self.accounts.iter().any(|a| a.get("password").is_some())
+        self.accounts.iter().any(|a| a.raw.password.is_some())
     }
 }
 
@@ -269,12 +246,12 @@ impl SshCall {
     }
 
     fn apply(&self, a: &mut Account, out: &mut Converted, line: usize, what: &str) {
-        a.set("ssh", Value::Str(self.destination()));
+        a.raw.ssh = Some(self.destination());
         if self.compress {
-            a.set("compress", Value::Bool(true));
+            a.raw.compress = Some(true);
         }
         if !self.identities.is_empty() {
-            a.set("identity", Value::List(self.identities.clone()));
+            a.raw.identity = Some(self.identities.clone());
         }
         for d in &self.dropped {
             out.warn(
@@ -313,7 +290,7 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
     };
     if poll.skip {
         a.origin = format!("line {}: skip {}", poll.line, poll.name);
-        a.set("fetch", Value::Bool(false));
+        a.raw.fetch = Some(false);
         a.notes.push("`skip` in fetchmail: kept, but not fetched until `fetch = false` is removed".into());
     }
 
@@ -323,7 +300,7 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
     let protocol = match poll.protocol.as_ref().map(|p| (p.value.as_str(), p.line)) {
         Some(("pop3", _)) => "pop3",
         Some(("apop", _)) => {
-            a.set("auth", Value::Str("apop".into()));
+            a.raw.auth = Some("apop".into());
             "pop3"
         }
         Some(("imap", _)) => "imap",
@@ -354,7 +331,7 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
             return None;
         }
     };
-    a.set("protocol", Value::Str(protocol.into()));
+    a.raw.protocol = Some(protocol.into());
     let default_port = if protocol == "imap" { 143 } else { 110 };
     let port = match &poll.service {
         Some(s) => match port_of(&s.value) {
@@ -380,18 +357,18 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
             Some(call) if !call.command.is_empty() && protocol == "imap" && !is_netcat(&call.command) => {
                 call.apply(&mut a, out, p.line, "plugin");
                 a.name = call.dest.clone();
-                a.set("via", Value::Str("exec".into()));
-                a.set("imapd", Value::Str(call.command.join(" ")));
+                a.raw.via = Some("exec".into());
+                a.raw.imapd = Some(Command::Shell(call.command.join(" ")));
             }
             Some(call) if is_netcat(&call.command) && call.command.len() >= 3 => {
                 call.apply(&mut a, out, p.line, "plugin");
-                a.set("via", Value::Str("forward".into()));
+                a.raw.via = Some("forward".into());
                 let n = call.command.len();
-                a.set("server", Value::Str(format!("{}:{}", call.command[n - 2], call.command[n - 1])));
+                a.raw.server = Some(format!("{}:{}", call.command[n - 2], call.command[n - 1]));
             }
             _ => {
-                a.set("via", Value::Str("command".into()));
-                a.set("tunnel", Value::Str(p.value.replace("%h", host).replace("%p", &port.to_string())));
+                a.raw.via = Some("command".into());
+                a.raw.tunnel = Some(Command::Shell(p.value.replace("%h", host).replace("%p", &port.to_string())));
                 a.notes.push(
                     "the plugin is run as a local command (`via = \"command\"`); sshmail's own SSH connection \
                      (`via = \"forward\"` or `\"exec\"`) would not fork one per poll"
@@ -409,8 +386,8 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
                 reached = true;
                 call.apply(&mut a, out, pre.line, "preconnect");
                 a.name = call.dest.clone();
-                a.set("via", Value::Str("forward".into()));
-                a.set("server", Value::Str(format!("{rhost}:{rport}")));
+                a.raw.via = Some("forward".into());
+                a.raw.server = Some(format!("{rhost}:{rport}"));
                 if !call.command.is_empty() && call.command.first().map(String::as_str) != Some("sleep") {
                     out.warn(
                         pre.line,
@@ -429,15 +406,15 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
     let ssl = user.ssl.as_ref().is_some_and(|s| s.value);
     if !reached {
         if ssl {
-            a.set("via", Value::Str("tls".into()));
-            a.set("server", Value::Str(format!("{host}:{port}")));
+            a.raw.via = Some("tls".into());
+            a.raw.server = Some(format!("{host}:{port}"));
         } else if protocol == "imap" && user.sslproto.as_ref().is_some_and(|p| !p.value.is_empty()) {
-            a.set("via", Value::Str("starttls".into()));
-            a.set("server", Value::Str(format!("{host}:{port}")));
+            a.raw.via = Some("starttls".into());
+            a.raw.server = Some(format!("{host}:{port}"));
         } else {
-            a.set("ssh", Value::Str(host.to_string()));
-            a.set("via", Value::Str("forward".into()));
-            a.set("server", Value::Str(format!("localhost:{port}")));
+            a.raw.ssh = Some(host.to_string());
+            a.raw.via = Some("forward".into());
+            a.raw.server = Some(format!("localhost:{port}"));
             out.warn(
                 poll.line,
                 &format!("poll {}", poll.name),
@@ -453,15 +430,15 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
 
     // Who logs in.
     if let Some(r) = &user.remote {
-        a.set("user", Value::Str(r.clone()));
+        a.raw.user = Some(r.clone());
     }
     if let Some(p) = &user.password {
-        a.set("password", Value::Str(p.value.clone()));
+        a.raw.password = Some(p.value.clone());
     }
     if let Some(auth) = &poll.auth {
         match auth.value.as_str() {
             "any" | "ssh" => {}
-            "password" => a.set("auth", Value::Str("user".into())),
+            "password" => a.raw.auth = Some("user".into()),
             other => out.warn(
                 auth.line,
                 &format!("auth {other}"),
@@ -471,7 +448,7 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
     }
     let locals: Vec<&String> = user.localnames.iter().filter(|n| *n != "*").collect();
     if let Some(first) = locals.first() {
-        a.set("recipient", Value::Str((*first).clone()));
+        a.raw.recipient = Some((*first).clone());
     }
     if locals.len() > 1 || user.localnames.iter().any(|n| n == "*") {
         out.warn(user.line, "is/to", "multidrop is not supported: mail goes to the first local name");
@@ -479,7 +456,7 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
 
     // What is fetched and what stays.
     if let Some(k) = &user.keep {
-        a.set("keep", Value::Bool(k.value));
+        a.raw.keep = Some(k.value);
         if k.value {
             a.notes.push(
                 "keep: sshmail's ledger starts empty, so its first fetch delivers again what fetchmail left on the \
@@ -489,7 +466,7 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
         }
     }
     if user.fetchall.as_ref().is_some_and(|f| f.value) {
-        a.set("fetch_all", Value::Bool(true));
+        a.raw.fetch_all = Some(true);
     }
     if let Some(f) = user.flush.as_ref().filter(|f| f.value) {
         out.warn(
@@ -499,11 +476,11 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
         );
     }
     if let Some(l) = user.limit.as_ref().filter(|l| l.value > 0) {
-        a.set("max_message_size", Value::Int(l.value));
+        a.raw.max_message_size = Some(l.value);
     }
     if let Some(f) = &user.folders {
         if protocol == "imap" {
-            a.set("folders", Value::List(f.value.clone()));
+            a.raw.folders = Some(f.value.clone());
         } else {
             out.warn(f.line, "folder", "POP3 has no folders");
         }
@@ -512,11 +489,11 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
         a.notes.push("idle: `sshmail daemon` watches IMAP folders with IDLE".into());
     }
     if let Some(t) = &poll.timeout {
-        a.set("timeout", Value::Int(t.value));
+        a.raw.timeout = Some(t.value);
     }
     if let Some(i) = &poll.interval {
         match daemon {
-            Some(d) => a.set("interval", Value::Int(i.value.saturating_mul(d))),
+            Some(d) => a.raw.interval = Some(i.value.saturating_mul(d)),
             None => out.warn(i.line, "interval", "counts daemon cycles, and no `set daemon` says how long one is"),
         }
     }
@@ -528,7 +505,7 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
     if let Some(f) = &user.sslfingerprint {
         let hex: String = f.value.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
         if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            a.set("tls_fingerprint", Value::Str(hex));
+            a.raw.tls_fingerprint = Some(hex);
         } else {
             out.warn(
                 f.line,
@@ -539,7 +516,7 @@ fn account(poll: &Poll, user: &User, daemon: Option<u64>, out: &mut Converted) -
         }
     }
     if let Some(c) = &user.sslcertfile {
-        a.set("tls_ca_file", Value::Str(c.value.clone()));
+        a.raw.tls_ca_file = Some(c.value.clone());
     }
     if let Some(p) = user.sslproto.as_ref().filter(|p| !p.value.is_empty() && reached) {
         out.warn(p.line, "sslproto", "dropped: the SSH channel already encrypts");
@@ -577,14 +554,14 @@ fn describe(o: &Opt) -> String {
 fn deliver(a: &mut Account, user: &User, out: &mut Converted) {
     let lmtp = user.lmtp.as_ref().is_some_and(|l| l.value);
     if let Some(m) = &user.mda {
-        a.set("deliver", Value::Str(format!("mda:{}", mda_command(&m.value))));
+        a.raw.deliver = Some(format!("mda:{}", mda_command(&m.value)));
         if user.smtphost.is_some() {
             out.warn(m.line, "smtphost", "ignored, as fetchmail does, when an mda is given");
         }
         return;
     }
     let Some(At { value: hosts, line }) = &user.smtphost else {
-        a.set("deliver", Value::Str(if lmtp { "lmtp:localhost:24".into() } else { "smtp:localhost".into() }));
+        a.raw.deliver = Some(if lmtp { "lmtp:localhost:24".into() } else { "smtp:localhost".into() });
         a.notes.push(
             "deliver: fetchmail's default, SMTP to localhost:25; `deliver = \"maildir:~/Maildir\"` needs no local MTA"
                 .into(),
@@ -602,7 +579,7 @@ fn deliver(a: &mut Account, user: &User, out: &mut Converted) {
             format!("smtp:{hp}")
         }
     };
-    a.set("deliver", Value::Str(spec));
+    a.raw.deliver = Some(spec);
     if hosts.len() > 1 {
         out.warn(*line, "smtphost", format!("only the first host is used; {} not carried over", hosts[1..].join(" ")));
     }
@@ -630,8 +607,12 @@ mod tests {
         (c.accounts[0].clone(), c.warnings)
     }
 
-    fn s(v: &str) -> Option<Value> {
-        Some(Value::Str(v.into()))
+    fn s(v: &str) -> Option<String> {
+        Some(v.into())
+    }
+
+    fn shell(v: &str) -> Option<Command> {
+        Some(Command::Shell(v.into()))
     }
 
     #[test]
@@ -639,61 +620,61 @@ mod tests {
         let (a, w) =
             one("poll localhost with protocol pop3 and port 11110:\n    user msingh is manish\n    no rewrite\n    \
              preconnect \"ssh -C -f msingh@popserver -L 11110:popserver:110 sleep 5\"\n    password foobar;\n");
-        assert_eq!(a.get("ssh").cloned(), s("msingh@popserver"));
-        assert_eq!(a.get("via").cloned(), s("forward"));
-        assert_eq!(a.get("server").cloned(), s("popserver:110"));
-        assert_eq!(a.get("compress"), Some(&Value::Bool(true)));
-        assert_eq!(a.get("user").cloned(), s("msingh"));
-        assert_eq!(a.get("password").cloned(), s("foobar"));
-        assert_eq!(a.get("recipient").cloned(), s("manish"));
-        assert_eq!(a.get("deliver").cloned(), s("smtp:localhost"));
+        assert_eq!(a.raw.ssh.clone(), s("msingh@popserver"));
+        assert_eq!(a.raw.via.clone(), s("forward"));
+        assert_eq!(a.raw.server.clone(), s("popserver:110"));
+        assert_eq!(a.raw.compress, Some(true));
+        assert_eq!(a.raw.user.clone(), s("msingh"));
+        assert_eq!(a.raw.password.clone(), s("foobar"));
+        assert_eq!(a.raw.recipient.clone(), s("manish"));
+        assert_eq!(a.raw.deliver.clone(), s("smtp:localhost"));
         assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
     fn a_plugin_running_imapd_becomes_an_exec_account() {
         let (a, w) = one("poll mail.example.org proto imap plugin \"ssh -l me %h /usr/sbin/imapd\" auth ssh user me");
-        assert_eq!(a.get("ssh").cloned(), s("me@mail.example.org"));
-        assert_eq!(a.get("via").cloned(), s("exec"));
-        assert_eq!(a.get("imapd").cloned(), s("/usr/sbin/imapd"));
+        assert_eq!(a.raw.ssh.clone(), s("me@mail.example.org"));
+        assert_eq!(a.raw.via.clone(), s("exec"));
+        assert_eq!(a.raw.imapd.clone(), shell("/usr/sbin/imapd"));
         assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
     fn a_plugin_through_netcat_is_a_forward() {
         let (a, _) = one("poll h proto imap plugin \"ssh -q gw nc mail 143\" user me");
-        assert_eq!((a.get("ssh").cloned(), a.get("server").cloned()), (s("gw"), s("mail:143")));
+        assert_eq!((a.raw.ssh.clone(), a.raw.server.clone()), (s("gw"), s("mail:143")));
     }
 
     #[test]
     fn other_plugins_stay_local_commands() {
         let (a, _) = one("poll h proto imap plugin \"openssl s_client -connect %h:%p -quiet\" user me");
-        assert_eq!(a.get("via").cloned(), s("command"));
-        assert_eq!(a.get("tunnel").cloned(), s("openssl s_client -connect h:143 -quiet"));
+        assert_eq!(a.raw.via.clone(), s("command"));
+        assert_eq!(a.raw.tunnel.clone(), shell("openssl s_client -connect h:143 -quiet"));
     }
 
     #[test]
     fn an_mda_is_kept_and_shell_only_when_needed() {
         let (a, _) = one("poll h proto pop3 user u mda \"/usr/bin/procmail -d %T\"");
-        assert_eq!(a.get("deliver").cloned(), s("mda:/usr/bin/procmail -d %T"));
+        assert_eq!(a.raw.deliver.clone(), s("mda:/usr/bin/procmail -d %T"));
         let (a, _) = one("poll h proto pop3 user u mda \"formail -s procmail | tee x\"");
-        assert_eq!(a.get("deliver").cloned(), s("mda:sh -c 'formail -s procmail | tee x'"));
+        assert_eq!(a.raw.deliver.clone(), s("mda:sh -c 'formail -s procmail | tee x'"));
     }
 
     #[test]
     fn smtphost_and_lmtp() {
         let (a, w) = one("poll h proto pop3 user u smtphost mx/2525 backup");
-        assert_eq!(a.get("deliver").cloned(), s("smtp:mx:2525"));
+        assert_eq!(a.raw.deliver.clone(), s("smtp:mx:2525"));
         assert!(w.iter().any(|w| w.contains("backup")), "{w:?}");
         let (a, _) = one("poll h proto pop3 user u smtphost /run/dovecot/lmtp lmtp");
-        assert_eq!(a.get("deliver").cloned(), s("lmtp:/run/dovecot/lmtp"));
+        assert_eq!(a.raw.deliver.clone(), s("lmtp:/run/dovecot/lmtp"));
     }
 
     #[test]
     fn daemon_interval_and_poll_interval() {
         let c = convert(&parse("set daemon 120\npoll h proto pop3 interval 3 user u").unwrap());
         assert_eq!(c.daemon_interval, Some(120));
-        assert_eq!(c.accounts[0].get("interval"), Some(&Value::Int(360)));
+        assert_eq!(c.accounts[0].raw.interval, Some(360));
     }
 
     #[test]
@@ -729,9 +710,9 @@ mod tests {
     #[test]
     fn tls_without_ssh() {
         let (a, _) = one("poll imap.example.org proto imap port 993 user u ssl sslfingerprint \"AB:CD\"");
-        assert_eq!(a.get("via").cloned(), s("tls"));
-        assert_eq!(a.get("server").cloned(), s("imap.example.org:993"));
+        assert_eq!(a.raw.via.clone(), s("tls"));
+        assert_eq!(a.raw.server.clone(), s("imap.example.org:993"));
         let (a, _) = one("poll imap.example.org proto imap user u sslproto tls1.2+");
-        assert_eq!(a.get("via").cloned(), s("starttls"));
+        assert_eq!(a.raw.via.clone(), s("starttls"));
     }
 }

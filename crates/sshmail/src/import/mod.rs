@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use crate::error::{Error, Exit};
-use convert::{Converted, Value};
+use convert::Converted;
 
 /// Reads and converts an rc file. Errors name the file and line.
 pub fn fetchmailrc(text: &str) -> Result<Converted, String> {
@@ -30,9 +30,8 @@ pub fn render(c: &Converted, source: &str) -> String {
     }
     for a in &c.accounts {
         t.push_str(&format!("\n# {}\n[account.{}]\n", a.origin, key(&a.name)));
-        for (k, v) in &a.keys {
-            t.push_str(&format!("{k} = {}\n", value(v)));
-        }
+        // The keys in the raw type's order; an import sets no sub-table.
+        t.push_str(&toml::to_string(&a.raw).expect("a raw account is TOML"));
         for n in &a.notes {
             t.push_str(&format!("# {n}\n"));
         }
@@ -45,18 +44,6 @@ fn key(k: &str) -> String {
         k.to_string()
     } else {
         toml::Value::String(k.to_string()).to_string()
-    }
-}
-
-fn value(v: &Value) -> String {
-    match v {
-        Value::Str(s) => toml::Value::String(s.clone()).to_string(),
-        Value::Int(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::List(l) => {
-            let items: Vec<String> = l.iter().map(|s| toml::Value::String(s.clone()).to_string()).collect();
-            format!("[{}]", items.join(", "))
-        }
     }
 }
 
