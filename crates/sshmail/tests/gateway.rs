@@ -1197,3 +1197,32 @@ fn regression_a_starttls_accounts_endpoint_greets_with_the_servers_own_greeting(
     drop(stream);
     daemon.stop();
 }
+
+/// `[daemon] max_clients` bounds the sessions: past it a client waits to
+/// be accepted (its greeting comes when another leaves), and is not lost.
+#[test]
+fn max_clients_holds_the_next_client_until_one_leaves() {
+    use std::io::BufRead as _;
+    use std::os::unix::net::UnixStream;
+    let env = Env::new();
+    let config = format!("[daemon]\nmax_clients = 2\n\n{}", env.imap_toml("uni", SERVED_ON_A_SOCKET));
+    let daemon = Daemon::start(&env, &config);
+    let endpoint = env.home.path().join("run/sshmail/uni.imap");
+    let greet = |s: &UnixStream, within: Duration| {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).map(|_| line)
+    };
+    let first = UnixStream::connect(&endpoint).unwrap();
+    let second = UnixStream::connect(&endpoint).unwrap();
+    for s in [&first, &second] {
+        assert!(greet(s, Duration::from_secs(20)).unwrap().starts_with("* PREAUTH"));
+    }
+    let third = UnixStream::connect(&endpoint).unwrap();
+    assert!(greet(&third, Duration::from_secs(2)).is_err(), "a third client was served past max_clients = 2");
+    drop(first);
+    let line = greet(&third, Duration::from_secs(20)).expect("the third client is served once one leaves");
+    assert!(line.starts_with("* PREAUTH"), "{line:?}");
+    drop((second, third));
+    daemon.stop();
+}

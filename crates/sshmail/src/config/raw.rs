@@ -36,6 +36,9 @@ pub struct RawDaemon {
     pub idle_renew: Option<u64>,
     /// Seconds an SSH connection without channels stays open; default 600.
     pub ssh_idle_close: Option<u64>,
+    /// Mail clients in session at once, over every endpoint and tunnel;
+    /// default 512.
+    pub max_clients: Option<u64>,
 }
 
 /// `sshmail daemon` settings, defaults filled.
@@ -48,6 +51,8 @@ pub struct DaemonSettings {
     pub idle_renew: Duration,
     /// How long an SSH connection nobody uses stays open.
     pub ssh_idle_close: Duration,
+    /// Gateway sessions at once; more clients wait to be accepted.
+    pub max_clients: usize,
 }
 
 impl RawDaemon {
@@ -61,6 +66,10 @@ impl RawDaemon {
             interval: secs(self.interval, 300, "interval")?,
             idle_renew: secs(self.idle_renew, 480, "idle_renew")?,
             ssh_idle_close: secs(self.ssh_idle_close, 600, "ssh_idle_close")?,
+            max_clients: match self.max_clients.unwrap_or(512) {
+                0 => return Err(Error::Config("[daemon] max_clients must be at least 1".into())),
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
         })
     }
 }

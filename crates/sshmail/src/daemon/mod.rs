@@ -54,9 +54,6 @@ const POLL_WAIT: Duration = Duration::from_secs(600);
 const OUTBOX_CHECK: Duration = Duration::from_secs(30);
 /// Control connections served at once; more wait to be accepted.
 const CONTROL_AT_ONCE: usize = 64;
-/// Gateway and tunnel sessions at once, over every endpoint; more wait to
-/// be accepted.
-const SESSIONS_AT_ONCE: usize = 512;
 /// How often the clocks are compared to notice a suspend.
 const CLOCK_CHECK: Duration = Duration::from_secs(5);
 
@@ -137,7 +134,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
         flush_outbox: Notify::new(),
         endpoints: Mutex::new(HashMap::new()),
         control: Tracked::new(CONTROL_AT_ONCE),
-        sessions: Arc::new(Tracked::new(SESSIONS_AT_ONCE)),
+        sessions: Arc::new(Tracked::new(plan.settings.max_clients)),
         mode,
     });
     tracing::info!(
