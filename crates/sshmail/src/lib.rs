@@ -1,12 +1,17 @@
 //! sshmail: mail through SSH.
 //!
-//! The tool fetches mail by POP3 from a server reached through an in-process
-//! SSH connection and delivers it locally, durably, exactly once. The module
-//! layout follows the data flow:
+//! The tool fetches mail by POP3 and IMAP from servers reached through
+//! in-process SSH connections and delivers it locally, durably, exactly
+//! once; its daemon watches every account and folder, serves local
+//! endpoints to mail clients, and relays outgoing mail from a durable
+//! outbox. The fetch follows the data flow:
 //!
-//! config → ssh (pool, channels) → wire + protocol core → deliver → ledger
+//! config (resolved once) → transport (ssh pool, channels) → wire +
+//! protocol core → deliver → ledger
 //!
-//! and only then back to the server to delete.
+//! and only then back to the server to delete. The daemon, the gateway and
+//! the relay sit on the same core; `control` is how the commands reach the
+//! daemon.
 
 #![forbid(unsafe_code)]
 
