@@ -39,19 +39,20 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
     g
 }
 
+/// Depth-first search in `g` for a path from `from` to `to`.
+fn reaches(g: &BTreeMap<String, BTreeSet<String>>, from: &str, to: &str, seen: &mut BTreeSet<String>) -> bool {
+    for next in g.get(from).into_iter().flatten() {
+        if next == to || (seen.insert(next.clone()) && reaches(g, next, to, seen)) {
+            return true;
+        }
+    }
+    false
+}
+
 #[test]
 fn module_imports_have_no_circles() {
     let g = graph();
     assert!(g.contains_key("fetch") && g.contains_key("config"), "{g:?}");
-    // Depth-first search for a path back to the start.
-    fn reaches(g: &BTreeMap<String, BTreeSet<String>>, from: &str, to: &str, seen: &mut BTreeSet<String>) -> bool {
-        for next in g.get(from).into_iter().flatten() {
-            if next == to || (seen.insert(next.clone()) && reaches(g, next, to, seen)) {
-                return true;
-            }
-        }
-        false
-    }
     for m in g.keys() {
         assert!(!reaches(&g, m, m, &mut BTreeSet::new()), "`{m}` imports reach back to it: {g:#?}");
     }
@@ -66,30 +67,28 @@ fn sibling_files_have_no_import_circles() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     sources(&root, &mut files);
-    // folder → file → the sibling files it names.
-    let mut folders: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    // Each file in a folder (not a folder's mod.rs): its folder and name.
+    let placed: Vec<(&std::path::PathBuf, String, String)> = files
+        .iter()
+        .filter_map(|f| {
+            let rel = f.strip_prefix(&root).unwrap();
+            let parts: Vec<String> =
+                rel.iter().map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
+            let (name, folder) = parts.split_last()?;
+            (!folder.is_empty() && name != "mod").then(|| (f, folder.join("::"), name.clone()))
+        })
+        .collect();
     let mut siblings: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for f in &files {
-        let rel = f.strip_prefix(&root).unwrap();
-        let parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
-        if parts.len() < 2 || parts.last().unwrap() == "mod" {
-            continue;
-        }
-        let folder = parts[..parts.len() - 1].join("::");
-        siblings.entry(folder).or_default().insert(parts.last().unwrap().clone());
+    for (_, folder, name) in &placed {
+        siblings.entry(folder.clone()).or_default().insert(name.clone());
     }
     let word = |text: &str, at: usize| -> String {
         text[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect()
     };
-    for f in &files {
-        let rel = f.strip_prefix(&root).unwrap();
-        let parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
-        if parts.len() < 2 || parts.last().unwrap() == "mod" {
-            continue;
-        }
-        let folder = parts[..parts.len() - 1].join("::");
-        let me = parts.last().unwrap().clone();
-        let known = &siblings[&folder];
+    // folder → file → the sibling files it names.
+    let mut folders: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for (f, folder, me) in &placed {
+        let known = &siblings[folder];
         let text = std::fs::read_to_string(f).unwrap();
         let mut names = BTreeSet::new();
         for (i, _) in text.match_indices("super::") {
@@ -99,16 +98,8 @@ fn sibling_files_have_no_import_circles() {
         for (i, _) in text.match_indices(&long) {
             names.insert(word(&text, i + long.len()));
         }
-        let deps: BTreeSet<String> = names.into_iter().filter(|n| known.contains(n) && *n != me).collect();
-        folders.entry(folder).or_default().insert(me, deps);
-    }
-    fn reaches(g: &BTreeMap<String, BTreeSet<String>>, from: &str, to: &str, seen: &mut BTreeSet<String>) -> bool {
-        for next in g.get(from).into_iter().flatten() {
-            if next == to || (seen.insert(next.clone()) && reaches(g, next, to, seen)) {
-                return true;
-            }
-        }
-        false
+        let deps: BTreeSet<String> = names.into_iter().filter(|n| known.contains(n) && n != me).collect();
+        folders.entry(folder.clone()).or_default().insert(me.clone(), deps);
     }
     assert!(folders.contains_key("ssh") && folders["ssh"].contains_key("backlog"), "{folders:?}");
     for (folder, g) in &folders {
