@@ -980,7 +980,7 @@ fn aerc_logs_in_through_the_accept_login_endpoint_and_lists_the_inbox() {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&accounts, std::fs::Permissions::from_mode(0o600)).unwrap();
     let tmux = Tmux { socket: home.join("tmux.sock") };
-    let aerc = format!("env HOME={} TERM=xterm-256color aerc", home.display());
+    let aerc = format!("env HOME={} TMPDIR={} TERM=xterm-256color aerc", home.display(), home.display());
     let out = tmux.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", &aerc]);
     assert!(out.status.success(), "tmux: {}", stderr(&out));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1020,6 +1020,7 @@ fn thunderbird_takes_the_preauth_tcp_endpoint_and_downloads_the_inbox() {
             .args(["--headless", "--no-remote", "--profile"])
             .arg(&profile)
             .env("HOME", home)
+            .env("TMPDIR", home)
             .env_remove("DISPLAY")
             .env("MOZ_LOG", "IMAP:5,sync")
             .env("MOZ_LOG_FILE", home.join("tb.log"))
