@@ -56,12 +56,3 @@ fn expand_runtime_dir(path: &str) -> std::result::Result<PathBuf, String> {
     }
     Ok(expand_tilde(path))
 }
-
-/// `$XDG_RUNTIME_DIR`, else `/run/user/UID` where that exists.
-pub fn runtime_base() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    let run = PathBuf::from(format!("/run/user/{}", rustix::process::geteuid().as_raw()));
-    run.is_dir().then_some(run)
-}

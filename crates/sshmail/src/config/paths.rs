@@ -1,4 +1,5 @@
-//! Where files are by default: the XDG directories and the home.
+//! Where files are: every directory sshmail uses is decided here, from the
+//! XDG variables and the home (config, state, outbox, cache, runtime).
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,37 @@ pub fn config_path(given: Option<&Path>) -> (PathBuf, bool) {
 /// The default state directory: `$XDG_STATE_HOME/sshmail`.
 pub fn default_state_dir() -> PathBuf {
     xdg_dir("XDG_STATE_HOME", ".local/state").join("sshmail")
+}
+
+/// The outbox: `$XDG_DATA_HOME/sshmail/outbox`.
+pub fn default_outbox_dir() -> PathBuf {
+    xdg_dir("XDG_DATA_HOME", ".local/share").join("sshmail/outbox")
+}
+
+/// Where what a channel's peer sends is spilled when its reader lags:
+/// `$XDG_CACHE_HOME/sshmail`.
+pub fn cache_dir() -> PathBuf {
+    xdg_dir("XDG_CACHE_HOME", ".cache").join("sshmail")
+}
+
+/// The user's runtime directory: `$XDG_RUNTIME_DIR`, else `/run/user/UID`
+/// where that exists.
+pub fn runtime_base() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    let run = PathBuf::from(format!("/run/user/{}", rustix::process::geteuid().as_raw()));
+    run.is_dir().then_some(run)
+}
+
+/// The daemon's control directory: `sshmail` in the runtime directory,
+/// else `$TMPDIR/sshmail-UID` (which another user could have made first:
+/// its clients check it).
+pub fn control_dir() -> PathBuf {
+    match runtime_base() {
+        Some(base) => base.join("sshmail"),
+        None => std::env::temp_dir().join(format!("sshmail-{}", rustix::process::geteuid().as_raw())),
+    }
 }
 
 fn xdg_dir(var: &str, fallback: &str) -> PathBuf {

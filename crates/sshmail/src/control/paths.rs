@@ -39,7 +39,7 @@ impl Paths {
     /// The paths for the daemon of `config` (`default`: the default config
     /// file, whose socket is plainly `control`).
     pub fn for_config(config: &Path, default: bool) -> Paths {
-        let dir = runtime_dir();
+        let dir = crate::config::control_dir();
         let suffix = if default {
             String::new()
         } else {
@@ -132,20 +132,6 @@ fn refuse(path: &Path, what: &str) -> String {
          it (or set XDG_RUNTIME_DIR to a private directory) and start the daemon again",
         path.display()
     )
-}
-
-/// `$XDG_RUNTIME_DIR/sshmail`; without it `/run/user/UID/sshmail` where
-/// that exists, else `$TMPDIR/sshmail-UID`.
-fn runtime_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("sshmail");
-    }
-    let uid = rustix::process::geteuid().as_raw();
-    let run = PathBuf::from(format!("/run/user/{uid}"));
-    if run.is_dir() {
-        return run.join("sshmail");
-    }
-    std::env::temp_dir().join(format!("sshmail-{uid}"))
 }
 
 /// The daemon's lock: held as long as this lives.

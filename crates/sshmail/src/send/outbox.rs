@@ -147,11 +147,7 @@ pub struct Claim {
 impl Outbox {
     /// The default outbox: `$XDG_DATA_HOME/sshmail/outbox`.
     pub fn default_dir() -> PathBuf {
-        let data = match std::env::var_os("XDG_DATA_HOME") {
-            Some(v) if !v.is_empty() => PathBuf::from(v),
-            _ => crate::config::home().join(".local/share"),
-        };
-        data.join("sshmail/outbox")
+        crate::config::default_outbox_dir()
     }
 
     /// Opens (and makes, mode 0700) the outbox at `dir`.

@@ -201,13 +201,7 @@ impl Backlog {
 /// A new unlinked file, readable by the user only, in `dir` or the cache
 /// directory.
 fn spill_file(dir: Option<PathBuf>) -> std::io::Result<std::fs::File> {
-    let dir = dir.unwrap_or_else(|| {
-        let cache = match std::env::var_os("XDG_CACHE_HOME") {
-            Some(v) if !v.is_empty() => PathBuf::from(v),
-            _ => crate::config::home().join(".cache"),
-        };
-        cache.join("sshmail")
-    });
+    let dir = dir.unwrap_or_else(crate::config::cache_dir);
     std::fs::create_dir_all(&dir)?;
     tempfile::tempfile_in(&dir)
 }
