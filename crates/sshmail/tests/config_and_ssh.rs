@@ -260,3 +260,35 @@ fn regression_the_mail_user_defaults_to_the_ssh_user_from_ssh_config() {
     let log = std::fs::read_to_string(state.join("log")).unwrap();
     assert!(log.lines().any(|l| l == format!("USER {}", env.bed.account.name)), "{log}");
 }
+
+/// Regression: a server offers ed25519, ecdsa and rsa host keys (as a stock
+/// sshd does); known_hosts, written by an older client, holds only its
+/// ECDSA line, or only its RSA line (hashed). `ssh` asks for the type it
+/// knows and connects; sshmail asked for ed25519 first and called the host
+/// "not known". It now orders the host key algorithms by what known_hosts
+/// holds for the host.
+#[test]
+fn regression_a_host_known_only_by_its_ecdsa_or_rsa_key_is_known() {
+    let mut env = Env::with(sshmail_testbed::Options { more_host_keys: vec!["ecdsa", "rsa"], ..Default::default() });
+    env.add_messages((0..3).map(|i| corpus::mixed_message(i, 0)));
+    let line_of = |prefix: &str| {
+        let line = env.bed.host_key_lines.iter().find(|l| l.starts_with(prefix)).cloned();
+        line.unwrap_or_else(|| panic!("no {prefix} host key: {:?}", env.bed.host_key_lines))
+    };
+    let (ecdsa, rsa) = (line_of("ecdsa-sha2-nistp256 "), line_of("ssh-rsa "));
+    let port = env.bed.ssh_port;
+    std::fs::write(&env.bed.known_hosts, format!("# an older client's file\n[127.0.0.1]:{port} {ecdsa}\n")).unwrap();
+    let out = env.run(&["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered(), env.expected());
+
+    // Only the RSA line, hashed as `ssh-keygen -H` writes it.
+    std::fs::write(&env.bed.known_hosts, format!("[127.0.0.1]:{port} {rsa}\n")).unwrap();
+    let hashed = Command::new("ssh-keygen").arg("-H").arg("-f").arg(&env.bed.known_hosts).output().unwrap();
+    assert!(hashed.status.success(), "ssh-keygen -H: {}", String::from_utf8_lossy(&hashed.stderr));
+    let text = std::fs::read_to_string(&env.bed.known_hosts).unwrap();
+    assert!(text.starts_with("|1|") && text.contains(" ssh-rsa "), "{text}");
+    let out = env.run(&["--keep", "--all"]);
+    assert_exit(&out, 0);
+    assert!(!stderr(&out).contains("not known"), "{}", stderr(&out));
+}

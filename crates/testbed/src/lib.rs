@@ -65,6 +65,10 @@ pub struct Options {
     /// Unix account sshd needs is created when missing (no home, no
     /// password); otherwise starting fails.
     pub extra_logins: Vec<(String, String)>,
+    /// sshd's host keys besides ed25519 (`ecdsa`, `rsa`), offered after
+    /// it, as a stock sshd offers them; their lines are in
+    /// [`Testbed::host_key_lines`].
+    pub more_host_keys: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -77,6 +81,7 @@ impl Default for Options {
             mailutils: false,
             max_sessions: None,
             extra_logins: Vec::new(),
+            more_host_keys: Vec::new(),
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct Testbed {
     pub known_hosts: PathBuf,
     /// The host key line (`ssh-ed25519 AAAA...`).
     pub host_key_line: String,
+    /// Every host key's line (`TYPE AAAA...`), ed25519 first.
+    pub host_key_lines: Vec<String>,
     /// The Dovecot config file (for `imap -c`).
     pub dovecot_config: PathBuf,
     /// GNU mailutils' pop3d port (0 unless started with `mailutils`).
@@ -169,6 +176,7 @@ impl Testbed {
             client_key: PathBuf::new(),
             known_hosts: PathBuf::new(),
             host_key_line: String::new(),
+            host_key_lines: Vec::new(),
             dovecot_config: PathBuf::new(),
             mailutils_pop3_port: 0,
             mailutils_imap_port: 0,
@@ -684,6 +692,12 @@ impl Testbed {
         let root = self.path().to_path_buf();
         let host_key = root.join("ssh_host_ed25519_key");
         keygen(&host_key)?;
+        let mut host_keys = vec![host_key.clone()];
+        for kind in &opts.more_host_keys {
+            let path = root.join(format!("ssh_host_{kind}_key"));
+            keygen_of(kind, &path)?;
+            host_keys.push(path);
+        }
         let client_key = root.join("client_ed25519");
         keygen(&client_key)?;
         let authorized = root.join("authorized_keys");
@@ -697,7 +711,7 @@ impl Testbed {
         let config = format!(
             "Port {port}\n\
              ListenAddress 127.0.0.1\n\
-             HostKey {hk}\n\
+             {hk}\
              PidFile {root}/sshd.pid\n\
              UsePAM no\n\
              StrictModes no\n\
@@ -716,7 +730,7 @@ impl Testbed {
              Subsystem sftp internal-sftp\n",
             dovecot_conf = self.dovecot_config.display(),
             max_sessions = opts.max_sessions.map(|n| format!("MaxSessions {n}\n")).unwrap_or_default(),
-            hk = host_key.display(),
+            hk = host_keys.iter().map(|k| format!("HostKey {}\n", k.display())).collect::<String>(),
             root = root.display(),
             authorized = authorized.display(),
             user = std::iter::once(self.account.name.as_str())
@@ -737,6 +751,14 @@ impl Testbed {
         self.client_key = client_key;
         self.known_hosts = known_hosts;
         self.host_key_line = line;
+        self.host_key_lines = host_keys
+            .iter()
+            .map(|k| {
+                let text = fs::read_to_string(k.with_extension("pub"))?;
+                let mut f = text.split_whitespace();
+                Ok(format!("{} {}", f.next().unwrap_or(""), f.next().unwrap_or("")))
+            })
+            .collect::<Result<_>>()?;
         Ok(())
     }
 }
@@ -900,8 +922,13 @@ fn chown_tree(path: &Path, account: &Account) -> Result<()> {
 }
 
 fn keygen(path: &Path) -> Result<()> {
+    keygen_of("ed25519", path)
+}
+
+/// A key pair of `kind` (`ed25519`, `ecdsa`, `rsa`) at `path`.
+fn keygen_of(kind: &str, path: &Path) -> Result<()> {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "sshmail-testbed", "-f"])
+        .args(["-q", "-t", kind, "-N", "", "-C", "sshmail-testbed", "-f"])
         .arg(path)
         .stdin(Stdio::null())
         .status()

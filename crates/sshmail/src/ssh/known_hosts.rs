@@ -119,6 +119,23 @@ pub fn check_texts(texts: &[(PathBuf, String)], host: &str, port: u16, key: &Pub
     }
 }
 
+/// The key types the trusted lines of `files` hold for `host`/`port`
+/// (`@revoked` and `@cert-authority` lines aside), in the order they stand;
+/// unreadable files count as empty.
+pub fn known_types(files: &[PathBuf], host: &str, port: u16) -> Vec<String> {
+    let name = lookup_name(host, port).to_ascii_lowercase();
+    let mut types: Vec<String> = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for entry in text.lines().filter_map(Entry::parse) {
+            if entry.marker == Marker::None && entry.matches(&name) && !types.iter().any(|t| t == entry.key_type) {
+                types.push(entry.key_type.to_string());
+            }
+        }
+    }
+    types
+}
+
 /// Appends a hashed line for `host`/`port` with `key` to `file`, creating it
 /// (and its directory) with private permissions.
 pub fn append_hashed(file: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {

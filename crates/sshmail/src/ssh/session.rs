@@ -122,7 +122,8 @@ impl SshSession {
         let where_ = target.name();
         let verdict = Arc::new(Mutex::new(None));
         let handler = Handler { target: target.clone(), verdict: verdict.clone() };
-        let config = Arc::new(client_config(target));
+        let known = known_hosts::known_types(&target.known_hosts, &target.host, target.port);
+        let config = Arc::new(client_config(target, &known));
         let timeout = target.timeout;
         let connecting = async {
             match &jump {
@@ -283,8 +284,32 @@ pub enum ExecError {
 /// What a remote command said on stderr and how it ended.
 pub type ExecStatus = crate::process::Collected;
 
-fn client_config(target: &SshTarget) -> client::Config {
+/// The host key algorithms to ask for: those of the key types known_hosts
+/// holds for the host first, then the rest in russh's order (as OpenSSH
+/// does): a host known by an older key type (an ECDSA or RSA line written
+/// years ago) is met with that key, not with a newer one that nothing here
+/// can verify.
+fn host_key_order(known: &[String]) -> Vec<russh::keys::Algorithm> {
+    use russh::keys::Algorithm;
+    let family = |a: &Algorithm, k: &Algorithm| match (a, k) {
+        (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
+        _ => a == k,
+    };
+    let known: Vec<Algorithm> = known.iter().filter_map(|t| Algorithm::new(t).ok()).collect();
+    let all = russh::Preferred::default().key.into_owned();
+    let (mut first, rest): (Vec<Algorithm>, Vec<Algorithm>) =
+        all.into_iter().partition(|a| known.iter().any(|k| family(a, k)));
+    // In the order known_hosts has them.
+    first.sort_by_key(|a| known.iter().position(|k| family(a, k)));
+    first.extend(rest);
+    first
+}
+
+fn client_config(target: &SshTarget, known: &[String]) -> client::Config {
     let mut preferred = russh::Preferred::default();
+    if !known.is_empty() {
+        preferred.key = std::borrow::Cow::Owned(host_key_order(known));
+    }
     if target.compress {
         preferred.compression = std::borrow::Cow::Borrowed(&[
             russh::compression::ZLIB_LEGACY,
@@ -528,4 +553,27 @@ async fn prompt_passphrase(path: &std::path::Path) -> Result<Option<String>> {
         .map_err(|e| Error::Auth(format!("cannot read passphrase: {e}")))?
         .map(Some)
         .map_err(|e| Error::Auth(format!("cannot read passphrase: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_key_algorithms_put_the_types_known_hosts_holds_first_in_its_order() {
+        use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
+        let order = host_key_order(&["ecdsa-sha2-nistp256".into()]);
+        assert_eq!(order[..2], [Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 }, Algorithm::Ed25519]);
+        let order = host_key_order(&["ssh-rsa".into(), "ssh-ed25519".into()]);
+        assert_eq!(
+            order[..4],
+            [
+                Algorithm::Rsa { hash: Some(HashAlg::Sha512) },
+                Algorithm::Rsa { hash: Some(HashAlg::Sha256) },
+                Algorithm::Rsa { hash: None },
+                Algorithm::Ed25519
+            ]
+        );
+        assert_eq!(order.len(), russh::Preferred::default().key.len(), "nothing dropped");
+    }
 }
