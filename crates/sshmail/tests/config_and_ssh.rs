@@ -292,3 +292,39 @@ fn regression_a_host_known_only_by_its_ecdsa_or_rsa_key_is_known() {
     assert_exit(&out, 0);
     assert!(!stderr(&out).contains("not known"), "{}", stderr(&out));
 }
+
+/// `HostKeyAlias` in ssh_config: the host key is looked up (and, with
+/// accept-new, recorded) under the alias, not under `[host]:port`.
+#[test]
+fn host_key_alias_is_the_name_known_hosts_is_searched_and_written_under() {
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    let ssh_config = env.home.path().join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!("Host mailbox\n  HostName 127.0.0.1\n  Port {}\n  HostKeyAlias mailbox-alias\n", env.bed.ssh_port),
+    )
+    .unwrap();
+    let known = env.home.path().join("alias_known_hosts");
+    std::fs::write(&known, format!("mailbox-alias {}\n", env.bed.host_key_line)).unwrap();
+    let dest = format!("{}@mailbox", sshmail_testbed::TEST_USER);
+    let fetch = |known: &std::path::Path, extra: &[&str]| {
+        let mut c = sshmail(&env, &["fetch", "--pop3", "--ssh", &dest, "--ssh-config", ssh_config.to_str().unwrap()]);
+        c.arg("--server").arg(format!("127.0.0.1:{}", env.bed.pop3_port));
+        c.arg("--identity").arg(&env.bed.client_key).arg("--known-hosts").arg(known);
+        c.args(env.login_args()).arg("--deliver").arg(format!("maildir:{}", env.maildir().display()));
+        c.arg("--state-dir").arg(env.home.path().join("state")).args(extra);
+        run(c)
+    };
+    let out = fetch(&known, &["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 2, "{}", stderr(&out));
+
+    // accept-new records the key under the alias: a lookup by the alias
+    // (`ssh-keygen -F`) finds it.
+    let fresh = env.home.path().join("fresh_known_hosts");
+    let out = fetch(&fresh, &["--keep", "--all", "--accept-new-host-key"]);
+    assert_exit(&out, 0);
+    let found = Command::new("ssh-keygen").arg("-F").arg("mailbox-alias").arg("-f").arg(&fresh).output().unwrap();
+    assert!(found.status.success(), "not under the alias:\n{}", std::fs::read_to_string(&fresh).unwrap());
+}

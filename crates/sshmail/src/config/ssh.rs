@@ -45,6 +45,9 @@ pub struct SshTarget {
     pub password: PasswordSource,
     /// Hosts to jump through first (ProxyJump), outermost first.
     pub jumps: Vec<SshDestination>,
+    /// `HostKeyAlias`: the name the host key is looked up and recorded
+    /// under in known_hosts, instead of `[host]:port`.
+    pub host_key_alias: Option<String>,
 }
 
 /// `ServerAliveInterval` when ssh_config does not set it. A link silent for
@@ -59,6 +62,16 @@ impl SshTarget {
     /// `user@host:port`, for messages.
     pub fn name(&self) -> String {
         super::user_at(&self.user, &self.host, self.port)
+    }
+
+    /// The host and port known_hosts knows this host by: the
+    /// `HostKeyAlias` alone (without a port, as OpenSSH looks it up), else
+    /// the host and port connected to.
+    pub fn known_as(&self) -> (&str, u16) {
+        match &self.host_key_alias {
+            Some(alias) => (alias, 22),
+            None => (&self.host, self.port),
+        }
     }
 }
 
@@ -160,6 +173,7 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         alive_max,
         password: reach.ssh_password.clone(),
         jumps,
+        host_key_alias: first("hostkeyalias"),
     })
 }
 

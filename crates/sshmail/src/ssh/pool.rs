@@ -399,7 +399,8 @@ fn route_key(target: &SshTarget, via: &str) -> String {
 
 /// What decides whether two accounts may share one connection: where it
 /// goes and everything that decides trust and identity (known_hosts
-/// files, host key policy, identities and agent use, the password's
+/// files and the name looked up in them, host key policy, identities and
+/// agent use, the password's
 /// source, compression). A connection verified under one account's
 /// policy never serves an account that would have refused it. A
 /// password given in the config is represented by a hash, never itself.
@@ -411,9 +412,10 @@ pub fn trust_key(target: &SshTarget) -> String {
         PasswordSource::Command(c) => format!("command:{c:?}"),
     };
     format!(
-        "{} known_hosts={:?} policy={:?} identities={:?} only={} password={password} compress={}",
+        "{} known_hosts={:?} alias={:?} policy={:?} identities={:?} only={} password={password} compress={}",
         target.name(),
         target.known_hosts,
+        target.host_key_alias,
         target.policy,
         target.identities,
         target.identities_only,

@@ -51,25 +51,26 @@ impl client::Handler for Handler {
             russh::keys::PublicKeyOrCertificate::Certificate(_) => return Ok(false),
         };
         let t = &self.target;
-        let verdict = known_hosts::check(&t.known_hosts, &t.host, t.port, key);
-        let line = || format!("{} {}", known_hosts::lookup_name(&t.host, t.port), key.to_openssh().unwrap_or_default());
+        let (host, port) = t.known_as();
+        let verdict = known_hosts::check(&t.known_hosts, host, port, key);
+        let line = || format!("{} {}", known_hosts::lookup_name(host, port), key.to_openssh().unwrap_or_default());
         let refusal = match verdict {
             Ok(Verdict::Trusted(at)) => {
-                tracing::debug!("host key for {} matches {at}", known_hosts::lookup_name(&t.host, t.port));
+                tracing::debug!("host key for {} matches {at}", known_hosts::lookup_name(host, port));
                 *self.verdict.lock().expect("verdict lock") =
                     Some(Ok(format!("{} ({at})", known_hosts::fingerprint(key))));
                 return Ok(true);
             }
             Ok(Verdict::Unknown) if t.policy == HostKeyPolicy::AcceptNew => {
                 let file = &t.known_hosts[0];
-                match known_hosts::append_hashed(file, &t.host, t.port, key) {
+                match known_hosts::append_hashed(file, host, port, key) {
                     Ok(()) => {
                         *self.verdict.lock().expect("verdict lock") =
                             Some(Ok(format!("{} (added to {})", known_hosts::fingerprint(key), file.display())));
                         tracing::warn!(
                             "added host key {} for {} to {}",
                             known_hosts::fingerprint(key),
-                            known_hosts::lookup_name(&t.host, t.port),
+                            known_hosts::lookup_name(host, port),
                             file.display()
                         );
                         return Ok(true);
@@ -122,7 +123,8 @@ impl SshSession {
         let where_ = target.name();
         let verdict = Arc::new(Mutex::new(None));
         let handler = Handler { target: target.clone(), verdict: verdict.clone() };
-        let known = known_hosts::known_types(&target.known_hosts, &target.host, target.port);
+        let (known_host, known_port) = target.known_as();
+        let known = known_hosts::known_types(&target.known_hosts, known_host, known_port);
         let config = Arc::new(client_config(target, &known));
         let timeout = target.timeout;
         let connecting = async {
@@ -341,7 +343,10 @@ fn client_config(target: &SshTarget, known: &[String]) -> client::Config {
 
 fn host_key_error(t: &SshTarget, problem: HostKeyProblem) -> Error {
     Error::HostKey(Box::new(HostKeyRefused {
-        host: known_hosts::lookup_name(&t.host, t.port),
+        host: {
+            let (host, port) = t.known_as();
+            known_hosts::lookup_name(host, port)
+        },
         files: t.known_hosts.iter().map(|p| p.display().to_string()).collect(),
         problem,
     }))
