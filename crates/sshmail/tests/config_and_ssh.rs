@@ -328,3 +328,52 @@ fn host_key_alias_is_the_name_known_hosts_is_searched_and_written_under() {
     let found = Command::new("ssh-keygen").arg("-F").arg("mailbox-alias").arg("-f").arg(&fresh).output().unwrap();
     assert!(found.status.success(), "not under the alias:\n{}", std::fs::read_to_string(&fresh).unwrap());
 }
+
+/// Regression: `IdentityAgent` in `~/.ssh/config` was ignored (only
+/// `$SSH_AUTH_SOCK` was asked). An agent on a socket of its own (as
+/// 1Password, KeePassXC or a per-host agent give) holds the only key: the
+/// fetch logs in with it; `IdentityAgent none` asks no agent at all.
+#[test]
+fn regression_identity_agent_names_the_agent_socket_and_none_asks_no_agent() {
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    let socket = env.home.path().join("agent.sock");
+    let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(Stdio::null()).spawn().unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Killed(agent);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "ssh-agent did not make its socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add").arg(&env.bed.client_key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    assert!(added.status.success(), "ssh-add: {}", String::from_utf8_lossy(&added.stderr));
+    let ssh_config = env.home.path().join("ssh_config");
+    let fetch = |agent_line: &str| {
+        std::fs::write(
+            &ssh_config,
+            format!("Host agenthost\n  HostName 127.0.0.1\n  Port {}\n  {agent_line}\n", env.bed.ssh_port),
+        )
+        .unwrap();
+        let dest = format!("{}@agenthost", sshmail_testbed::TEST_USER);
+        let mut c = sshmail(&env, &["fetch", "--pop3", "--keep", "--ssh", &dest, "--ssh-config"]);
+        c.arg(&ssh_config).arg("--server").arg(format!("127.0.0.1:{}", env.bed.pop3_port));
+        c.arg("--known-hosts").arg(&env.bed.known_hosts).args(env.login_args());
+        c.arg("--deliver").arg(format!("maildir:{}", env.maildir().display()));
+        c.arg("--state-dir").arg(env.home.path().join("state"));
+        run(c)
+    };
+    let out = fetch(&format!("IdentityAgent {}", socket.display()));
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 2, "{}", stderr(&out));
+
+    let out = fetch("IdentityAgent none");
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("tried: nothing"), "{}", stderr(&out));
+}

@@ -48,6 +48,9 @@ pub struct SshTarget {
     /// `HostKeyAlias`: the name the host key is looked up and recorded
     /// under in known_hosts, instead of `[host]:port`.
     pub host_key_alias: Option<String>,
+    /// The ssh-agent's socket: `IdentityAgent` (a path, `SSH_AUTH_SOCK`,
+    /// or `none`), else `$SSH_AUTH_SOCK`; None: no agent.
+    pub agent: Option<PathBuf>,
 }
 
 /// `ServerAliveInterval` when ssh_config does not set it. A link silent for
@@ -174,7 +177,29 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         password: reach.ssh_password.clone(),
         jumps,
         host_key_alias: first("hostkeyalias"),
+        agent: agent_socket(first("identityagent").as_deref()),
     })
+}
+
+/// The agent socket `IdentityAgent` names (`none`: no agent;
+/// `SSH_AUTH_SOCK`, `$VAR` or `${VAR}`: that variable's value; a path, `~`
+/// expanded), or without it `$SSH_AUTH_SOCK`, as OpenSSH reads them.
+fn agent_socket(identity_agent: Option<&str>) -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let value = match identity_agent {
+        None => return var("SSH_AUTH_SOCK"),
+        Some(v) => v.trim_matches('"'),
+    };
+    if value.eq_ignore_ascii_case("none") {
+        return None;
+    }
+    if value == "SSH_AUTH_SOCK" {
+        return var("SSH_AUTH_SOCK");
+    }
+    if let Some(name) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')).or_else(|| value.strip_prefix('$')) {
+        return var(name);
+    }
+    Some(expand_tilde(value))
 }
 
 /// Resolves a ProxyJump hop: its own `~/.ssh/config` entry, the account's
@@ -226,6 +251,17 @@ mod tests {
         assert_eq!((t.alive_interval, t.alive_max), (Duration::from_secs(7), 4));
         let cfg = parse("Host mail\n  ServerAliveCountMax many\n");
         assert!(target(&raw, Some(&cfg)).unwrap_err().to_string().contains("ServerAliveCountMax"));
+    }
+
+    #[test]
+    fn identity_agent_is_a_path_a_variable_or_none() {
+        assert_eq!(agent_socket(Some("none")), None);
+        assert_eq!(agent_socket(Some("/run/agent.sock")), Some(PathBuf::from("/run/agent.sock")));
+        assert_eq!(agent_socket(Some("\"~/.1password/agent.sock\"")), Some(home().join(".1password/agent.sock")));
+        assert_eq!(agent_socket(Some("$SSHMAIL_NO_SUCH_VARIABLE")), None);
+        let cfg = parse("Host mail\n  IdentityAgent none\n");
+        let raw = RawAccount { ssh: Some("mail".into()), ..Default::default() };
+        assert_eq!(target(&raw, Some(&cfg)).unwrap().agent, None);
     }
 
     #[test]

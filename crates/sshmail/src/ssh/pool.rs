@@ -412,12 +412,13 @@ pub fn trust_key(target: &SshTarget) -> String {
         PasswordSource::Command(c) => format!("command:{c:?}"),
     };
     format!(
-        "{} known_hosts={:?} alias={:?} policy={:?} identities={:?} only={} password={password} compress={}",
+        "{} known_hosts={:?} alias={:?} policy={:?} identities={:?} agent={:?} only={} password={password} compress={}",
         target.name(),
         target.known_hosts,
         target.host_key_alias,
         target.policy,
         target.identities,
+        target.agent,
         target.identities_only,
         target.compress
     )

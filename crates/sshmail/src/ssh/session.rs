@@ -382,9 +382,9 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
     // a confirmation nobody gives) is given up and the key files tried; a
     // server that does not answer is an error, not a hang.
 
-    // 1. The agent.
-    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        match within(t.timeout, &where_, "the ssh-agent", AgentClient::connect_env()).await {
+    // 1. The agent (IdentityAgent, else SSH_AUTH_SOCK).
+    if let Some(socket) = &t.agent {
+        match within(t.timeout, &where_, "the ssh-agent", AgentClient::connect_uds(socket)).await {
             Ok(Ok(mut agent)) => {
                 let keys = match within(t.timeout, &where_, "the ssh-agent", agent.request_identities()).await {
                     Ok(k) => k.unwrap_or_default(),
@@ -419,7 +419,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, promp
                     }
                 }
             }
-            Ok(Err(e)) => tracing::debug!("no usable ssh-agent: {e}"),
+            Ok(Err(e)) => tried.push(format!("the ssh-agent at {} (unusable: {e})", socket.display())),
             Err(e) => {
                 tracing::warn!("{e}; going on without it");
                 tried.push("the ssh-agent (no answer)".into());
