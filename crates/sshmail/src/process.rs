@@ -8,10 +8,13 @@
 //! and Ctrl-C reaches all of us.
 
 use std::io::IsTerminal as _;
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 
 use crate::config::Command;
 use crate::error::{Error, Result};
@@ -277,6 +280,134 @@ pub fn shell_quote(w: &str) -> String {
         w.to_string()
     } else {
         format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+/// How long to wait for a process's exit status after its output ended
+/// (for an error message; a local command's status comes after its stderr
+/// is drained, which takes at most a second).
+pub const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The error, with what the process behind the stream said (its stderr
+/// and exit status, waited for a moment) when that explains it: a stream
+/// that could not be made, was lost, or carried no sense.
+pub async fn explain(diagnostics: Option<&Collected>, e: Error) -> Error {
+    let Some(d) = diagnostics else { return e };
+    if !matches!(e, Error::Connect(_) | Error::Lost(_) | Error::Protocol(_) | Error::Server(_)) {
+        return e;
+    }
+    d.wait_exit(EXIT_WAIT).await;
+    let said = crate::error::Said { exit: d.exit(), stderr: d.stderr() };
+    if said.is_empty() { e } else { Error::Said(Box::new(e), said) }
+}
+
+/// How long a local command's stderr is read after the command exited.
+const STDERR_DRAIN: Duration = Duration::from_secs(1);
+
+/// A local command as the connection. It runs in a process group of its
+/// own (without a terminal), and the whole group ends with the stream or
+/// with us: a `/bin/sh -c 'ssh …'` leaves no `ssh` behind. When the stream
+/// is closed the child gets [`CHILD_GRACE`] to end by
+/// itself (its stdin at EOF) before its group is killed; a command waits
+/// for that ([`crate::process::wait_children`]) before it exits.
+/// Returns the stream, what the command says on stderr and its exit
+/// status, and how it is shown in messages.
+pub fn spawn_stream(c: &Command, what: &str) -> Result<(ChildStream, Arc<Collected>, String)> {
+    let (mut cmd, shown) = command(c, what)?;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Connect(format!("cannot run {shown}: {e}")))?;
+    let group = Group::of(&child);
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let diag = Arc::new(Collected::default());
+    let d = diag.clone();
+    let echo = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Its stderr in bounded chunks: a line without an end is still only
+    // ever a chunk in memory, and only the first 64 KiB are kept.
+    let stderr_read = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n @ 1..) = stderr.read(&mut buf).await {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if echo {
+                tracing::debug!("{}", text.trim_end());
+            }
+            d.add_stderr(&buf[..n]);
+        }
+    });
+    let d = diag.clone();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(async move {
+        // Whatever it started goes with it, also when this task is dropped
+        // (the runtime going away).
+        let group = KillOnDrop(group);
+        let status = tokio::select! {
+            s = child.wait() => s.ok(),
+            _ = kill_rx => {
+                // The stream is gone, its stdin with it: the child sees EOF
+                // and may end its session cleanly, for a moment.
+                match tokio::time::timeout(CHILD_GRACE, child.wait()).await {
+                    Ok(s) => s.ok(),
+                    Err(_) => {
+                        group.0.kill_tree();
+                        let _ = child.kill().await;
+                        child.wait().await.ok()
+                    }
+                }
+            }
+        };
+        drop(group);
+        // The status is published only once its stderr is read to the end
+        // (bounded: a grandchild that escaped the group may hold it open),
+        // so whoever waits for the status also gets its last words.
+        let _ = tokio::time::timeout(STDERR_DRAIN, stderr_read).await;
+        if let Some(s) = status {
+            d.set_exit(s.code().map(i64::from).unwrap_or(-1));
+        }
+    });
+    watch_child(watcher);
+    Ok((ChildStream { stdout, stdin, _kill: kill_tx }, diag, shown))
+}
+
+/// A child's stdout and stdin as one stream; dropping it ends the child
+/// and its group.
+pub struct ChildStream {
+    stdout: tokio::process::ChildStdout,
+    stdin: tokio::process::ChildStdin,
+    /// Dropped with the stream: the watcher gives the child its grace, then
+    /// ends its group.
+    _kill: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A child's group, killed when this is dropped.
+struct KillOnDrop(crate::process::Group);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill();
+    }
+}
+
+impl AsyncRead for ChildStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdout).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ChildStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stdin).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdin).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdin).poll_shutdown(cx)
     }
 }
 

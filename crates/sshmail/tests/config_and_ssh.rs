@@ -377,3 +377,61 @@ fn regression_identity_agent_names_the_agent_socket_and_none_asks_no_agent() {
     assert_exit(&out, 3);
     assert!(stderr(&out).contains("tried: nothing"), "{}", stderr(&out));
 }
+
+/// Regression: `ProxyCommand` in `~/.ssh/config` was ignored and sshmail
+/// went straight to `HostName:Port` — which only the proxy can reach here
+/// (`HostName` is a name that resolves nowhere). The command runs with
+/// `%h %p` expanded, its stdin and stdout the connection.
+#[test]
+fn regression_proxy_command_is_the_way_to_the_ssh_server() {
+    let mut env = Env::new();
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    let proxy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proxy.py");
+    let mark = env.home.path().join("proxy-runs");
+    let ssh_config = env.home.path().join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host behind\n  HostName mail.invalid\n  Port {port}\n  HostKeyAlias [127.0.0.1]:{port}\n  \
+             ProxyCommand /usr/bin/python3 {} 127.0.0.1 %p {}\n",
+            proxy.display(),
+            mark.display(),
+            port = env.bed.ssh_port
+        ),
+    )
+    .unwrap();
+    let dest = format!("{}@behind", sshmail_testbed::TEST_USER);
+    let mut c = sshmail(&env, &["fetch", "--pop3", "--keep", "--ssh", &dest, "--ssh-config"]);
+    c.arg(&ssh_config).arg("--server").arg(format!("127.0.0.1:{}", env.bed.pop3_port));
+    c.arg("--identity").arg(&env.bed.client_key).arg("--known-hosts").arg(&env.bed.known_hosts);
+    c.args(env.login_args()).arg("--deliver").arg(format!("maildir:{}", env.maildir().display()));
+    c.arg("--state-dir").arg(env.home.path().join("state"));
+    let out = run(c);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 2, "{}", stderr(&out));
+    let runs = std::fs::read_to_string(&mark).unwrap();
+    assert_eq!(runs, format!("127.0.0.1 {}\n", env.bed.ssh_port), "the proxy ran once, %p expanded");
+}
+
+/// A ProxyCommand that cannot reach the server: the error says so, with
+/// what the command said, and no proxy process is left behind.
+#[test]
+fn a_failing_proxy_command_is_named_with_what_it_said() {
+    let env = Env::new();
+    let ssh_config = env.home.path().join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        "Host behind\n  HostName mail.invalid\n  ProxyCommand sh -c 'echo no route to %h >&2; exit 7'\n",
+    )
+    .unwrap();
+    let dest = format!("{}@behind", sshmail_testbed::TEST_USER);
+    let mut c = sshmail(&env, &["fetch", "--pop3", "--ssh", &dest, "--ssh-config"]);
+    c.arg(&ssh_config).arg("--identity").arg(&env.bed.client_key).arg("--known-hosts").arg(&env.bed.known_hosts);
+    c.args(env.login_args()).arg("--deliver").arg(format!("maildir:{}", env.maildir().display()));
+    c.arg("--state-dir").arg(env.home.path().join("state"));
+    let out = run(c);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("ProxyCommand") && err.contains("no route to mail.invalid"), "{err}");
+    assert!(err.contains("exit status 7"), "{err}");
+}

@@ -51,6 +51,9 @@ pub struct SshTarget {
     /// The ssh-agent's socket: `IdentityAgent` (a path, `SSH_AUTH_SOCK`,
     /// or `none`), else `$SSH_AUTH_SOCK`; None: no agent.
     pub agent: Option<PathBuf>,
+    /// `ProxyCommand`, its `%h %p %r %n %%` expanded: run by `/bin/sh -c`,
+    /// its stdin and stdout are the connection to the SSH server.
+    pub proxy_command: Option<String>,
 }
 
 /// `ServerAliveInterval` when ssh_config does not set it. A link silent for
@@ -156,12 +159,24 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
             ))
         })?,
     };
+    let proxy_command = params
+        .as_ref()
+        .and_then(|p| p.unsupported_fields.get("proxycommand"))
+        .map(|words| shell_words(words))
+        .filter(|c| !c.eq_ignore_ascii_case("none"))
+        .map(|c| expand_tokens(&c, &host, port, &user, &dest.host));
     let jumps = match params.as_ref().and_then(|p| p.proxy_jump.clone()) {
         Some(list) if !list.iter().any(|j| j == "none") => {
             list.iter().map(|j| SshDestination::parse(j)).collect::<Result<Vec<_>>>()?
         }
         _ => Vec::new(),
     };
+    if proxy_command.is_some() && !jumps.is_empty() {
+        return Err(Error::Config(format!(
+            "~/.ssh/config gives {} both ProxyJump and ProxyCommand; OpenSSH uses the one it reads first — keep one",
+            dest.host
+        )));
+    }
     Ok(SshTarget {
         host,
         port,
@@ -177,8 +192,52 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         password: reach.ssh_password.clone(),
         jumps,
         host_key_alias: first("hostkeyalias"),
+        proxy_command,
         agent: agent_socket(first("identityagent").as_deref()),
     })
+}
+
+/// A command ssh_config split into words, as one shell line again: a word
+/// that held spaces (it was quoted) is quoted again; the rest, shell syntax
+/// included, goes as written.
+fn shell_words(words: &[String]) -> String {
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| {
+            if w.is_empty() || w.contains(char::is_whitespace) {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            } else {
+                w.clone()
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
+
+/// OpenSSH's tokens in a ProxyCommand: `%h` the host name connected to,
+/// `%p` the port, `%r` the user, `%n` the host as given, `%%` a `%`.
+fn expand_tokens(command: &str, host: &str, port: u16, user: &str, given: &str) -> String {
+    let mut out = String::with_capacity(command.len());
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(host),
+            Some('p') => out.push_str(&port.to_string()),
+            Some('r') => out.push_str(user),
+            Some('n') => out.push_str(given),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
 }
 
 /// The agent socket `IdentityAgent` names (`none`: no agent;
@@ -251,6 +310,21 @@ mod tests {
         assert_eq!((t.alive_interval, t.alive_max), (Duration::from_secs(7), 4));
         let cfg = parse("Host mail\n  ServerAliveCountMax many\n");
         assert!(target(&raw, Some(&cfg)).unwrap_err().to_string().contains("ServerAliveCountMax"));
+    }
+
+    #[test]
+    fn proxy_command_tokens_are_expanded_and_quoted_words_stay_whole() {
+        assert_eq!(
+            expand_tokens("ssh -W %h:%p %r@gw # %n %% %x", "mail.example.org", 2222, "me", "mail"),
+            "ssh -W mail.example.org:2222 me@gw # mail % %x"
+        );
+        let words = ["sh".to_string(), "-c".into(), "nc %h %p".into(), "|".into(), "cat".into()];
+        assert_eq!(shell_words(&words), "sh -c 'nc %h %p' | cat");
+        let cfg = parse("Host mail\n  HostName m.example.org\n  ProxyCommand ssh -W %h:%p gw\n");
+        let raw = RawAccount { ssh: Some("me@mail".into()), ..Default::default() };
+        assert_eq!(target(&raw, Some(&cfg)).unwrap().proxy_command.as_deref(), Some("ssh -W m.example.org:22 gw"));
+        let both = parse("Host mail\n  ProxyCommand nc %h %p\n  ProxyJump gw\n");
+        assert!(target(&raw, Some(&both)).unwrap_err().to_string().contains("keep one"));
     }
 
     #[test]

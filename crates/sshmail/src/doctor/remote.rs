@@ -325,7 +325,7 @@ async fn server(report: &mut Report, account: &Account, opened: Opened) {
         None => match transport::greeting::read(&mut stream, service, route, &peer).await {
             Ok(bytes) => bytes,
             Err(e) => {
-                let e = transport::explain(diagnostics.as_deref(), e).await;
+                let e = crate::process::explain(diagnostics.as_deref(), e).await;
                 report.error("greeting", &e, "see above: the first line must be the mail server's own");
                 return;
             }

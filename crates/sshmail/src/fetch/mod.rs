@@ -325,7 +325,7 @@ pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Re
     };
     let received = match flow {
         Ok(r) => r,
-        Err(e) => return Err(transport::explain(diagnostics.as_deref(), e).await),
+        Err(e) => return Err(crate::process::explain(diagnostics.as_deref(), e).await),
     };
     tracing::info!(
         "{}: {} delivered ({}), {} deleted, {} received in {:.2} s",

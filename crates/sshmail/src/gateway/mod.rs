@@ -158,7 +158,7 @@ pub async fn connect(served: &Served, pool: &SshPool) -> Result<Connected> {
         Some(greeting) => greeting,
         None => match transport::greeting::read(&mut stream, served.service, &served.route, &opened.peer).await {
             Ok(g) => g,
-            Err(e) => return Err(transport::explain(opened.diagnostics.as_deref(), e).await),
+            Err(e) => return Err(crate::process::explain(opened.diagnostics.as_deref(), e).await),
         },
     };
     Ok(Connected { stream, greeting, connection: opened.connection, service: served.service })

@@ -127,31 +127,55 @@ impl SshSession {
         let known = known_hosts::known_types(&target.known_hosts, known_host, known_port);
         let config = Arc::new(client_config(target, &known));
         let timeout = target.timeout;
+        // What a ProxyCommand says, for the error when the connection fails.
+        let mut proxy_said = None;
         let connecting = async {
-            match &jump {
-                None => {
+            match (&jump, &target.proxy_command) {
+                (Some(j), _) => {
+                    let ch = j.forward(&target.host, target.port).await?;
+                    Ok(client::connect_stream(config, ch, handler).await)
+                }
+                (None, Some(command)) => {
+                    let shell = crate::config::Command::Shell(command.clone());
+                    let (stream, said, _) = crate::process::spawn_stream(&shell, "ProxyCommand")?;
+                    proxy_said = Some(said);
+                    Ok(client::connect_stream(config, stream, handler).await)
+                }
+                (None, None) => {
                     let tcp = crate::wire::connect_tcp(&target.host, target.port, timeout)
                         .await
                         .map_err(|e| Error::Connect(format!("{where_}: cannot connect: {e}")))?;
                     let tcp = crate::wire::QuickAck(tcp);
                     Ok(client::connect_stream(config, tcp, handler).await)
                 }
-                Some(j) => {
-                    let ch = j.forward(&target.host, target.port).await?;
-                    Ok(client::connect_stream(config, ch, handler).await)
-                }
             }
         };
         let res = tokio::time::timeout(timeout * 2, connecting)
             .await
-            .map_err(|_| Error::Connect(format!("{where_}: SSH handshake timed out")))??;
+            .map_err(|_| Error::Connect(format!("{where_}: SSH handshake timed out")));
+        // A failure through a ProxyCommand comes with what the command said.
+        let with_proxy = |e: Error| async {
+            match &proxy_said {
+                Some(said) => {
+                    let e = Error::Connect(format!("{where_} through its ProxyCommand: {e}"));
+                    crate::process::explain(Some(said.as_ref()), e).await
+                }
+                None => e,
+            }
+        };
+        let res = match res.and_then(|r| r) {
+            Ok(r) => r,
+            Err(e) => return Err(with_proxy(e).await),
+        };
         let mut handle = match res {
             Ok(h) => h,
             Err(e) => {
                 let refused = verdict.lock().expect("verdict lock").take();
                 return Err(match refused {
                     Some(Err(r)) => host_key_error(target, r),
-                    Some(Ok(_)) | None => Error::Connect(format!("{where_}: SSH connection failed: {e}")),
+                    Some(Ok(_)) | None => {
+                        with_proxy(Error::Connect(format!("{where_}: SSH connection failed: {e}"))).await
+                    }
                 });
             }
         };
