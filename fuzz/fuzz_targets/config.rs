@@ -21,8 +21,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(!msg.contains(SECRET), "a parse error showed the password: {msg}");
         }
         Ok(raw) => {
+            let given = sshmail::config::Resolving { state_dir: raw.state_dir.as_deref(), ..Default::default() };
             for (name, account) in &raw.account {
-                if let Err(e) = sshmail::config::resolve(name, account, raw.state_dir.as_deref()) {
+                if let Err(e) = sshmail::config::resolve(name, account, &given) {
                     assert!(!e.to_string().contains(SECRET), "a config error showed the password: {e}");
                 }
             }

@@ -16,6 +16,6 @@ fuzz_target!(|data: &[u8]| {
             Ok(r) => r,
             Err(e) => panic!("the fixed account does not parse: {e}"),
         };
-    let Ok(account) = sshmail::config::resolve("a", &raw.account["a"], None) else { return };
-    let _ = sshmail::ssh::target::resolve(&account.reach, Some(&config));
+    let given = sshmail::config::Resolving { ssh_config: Some(&config), ..Default::default() };
+    let _ = sshmail::config::resolve("a", &raw.account["a"], &given);
 });
