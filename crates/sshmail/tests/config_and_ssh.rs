@@ -23,6 +23,29 @@ fn run(mut c: Command) -> std::process::Output {
     wait_bounded(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), std::time::Duration::from_secs(120))
 }
 
+/// `sshmail fetch --pop3` of the testbed's mailbox through `host` as
+/// `~/.ssh/config` (`ssh_config`) describes it, with the test's login,
+/// Maildir and state directory; `identity` and `known_hosts` when given.
+fn fetch_through(
+    env: &Env,
+    host: &str,
+    ssh_config: &std::path::Path,
+    identity: Option<&std::path::Path>,
+    known_hosts: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let dest = format!("{}@{host}", sshmail_testbed::TEST_USER);
+    let mut c = sshmail(env, &["fetch", "--pop3", "--ssh", &dest, "--ssh-config"]);
+    c.arg(ssh_config).arg("--server").arg(format!("127.0.0.1:{}", env.bed.pop3_port));
+    if let Some(identity) = identity {
+        c.arg("--identity").arg(identity);
+    }
+    c.arg("--known-hosts").arg(known_hosts).args(env.login_args());
+    c.arg("--deliver").arg(format!("maildir:{}", env.maildir().display()));
+    c.arg("--state-dir").arg(env.home.path().join("state")).args(extra);
+    run(c)
+}
+
 fn accepted_logins(env: &Env) -> usize {
     std::fs::read_to_string(env.bed.sshd_log()).unwrap().matches("Accepted publickey").count()
 }
@@ -307,14 +330,8 @@ fn host_key_alias_is_the_name_known_hosts_is_searched_and_written_under() {
     .unwrap();
     let known = env.home.path().join("alias_known_hosts");
     std::fs::write(&known, format!("mailbox-alias {}\n", env.bed.host_key_line)).unwrap();
-    let dest = format!("{}@mailbox", sshmail_testbed::TEST_USER);
     let fetch = |known: &std::path::Path, extra: &[&str]| {
-        let mut c = sshmail(&env, &["fetch", "--pop3", "--ssh", &dest, "--ssh-config", ssh_config.to_str().unwrap()]);
-        c.arg("--server").arg(format!("127.0.0.1:{}", env.bed.pop3_port));
-        c.arg("--identity").arg(&env.bed.client_key).arg("--known-hosts").arg(known);
-        c.args(env.login_args()).arg("--deliver").arg(format!("maildir:{}", env.maildir().display()));
-        c.arg("--state-dir").arg(env.home.path().join("state")).args(extra);
-        run(c)
+        fetch_through(&env, "mailbox", &ssh_config, Some(&env.bed.client_key), known, extra)
     };
     let out = fetch(&known, &["--keep"]);
     assert_exit(&out, 0);
@@ -361,13 +378,7 @@ fn regression_identity_agent_names_the_agent_socket_and_none_asks_no_agent() {
             format!("Host agenthost\n  HostName 127.0.0.1\n  Port {}\n  {agent_line}\n", env.bed.ssh_port),
         )
         .unwrap();
-        let dest = format!("{}@agenthost", sshmail_testbed::TEST_USER);
-        let mut c = sshmail(&env, &["fetch", "--pop3", "--keep", "--ssh", &dest, "--ssh-config"]);
-        c.arg(&ssh_config).arg("--server").arg(format!("127.0.0.1:{}", env.bed.pop3_port));
-        c.arg("--known-hosts").arg(&env.bed.known_hosts).args(env.login_args());
-        c.arg("--deliver").arg(format!("maildir:{}", env.maildir().display()));
-        c.arg("--state-dir").arg(env.home.path().join("state"));
-        run(c)
+        fetch_through(&env, "agenthost", &ssh_config, None, &env.bed.known_hosts, &["--keep"])
     };
     let out = fetch(&format!("IdentityAgent {}", socket.display()));
     assert_exit(&out, 0);
@@ -400,13 +411,7 @@ fn regression_proxy_command_is_the_way_to_the_ssh_server() {
         ),
     )
     .unwrap();
-    let dest = format!("{}@behind", sshmail_testbed::TEST_USER);
-    let mut c = sshmail(&env, &["fetch", "--pop3", "--keep", "--ssh", &dest, "--ssh-config"]);
-    c.arg(&ssh_config).arg("--server").arg(format!("127.0.0.1:{}", env.bed.pop3_port));
-    c.arg("--identity").arg(&env.bed.client_key).arg("--known-hosts").arg(&env.bed.known_hosts);
-    c.args(env.login_args()).arg("--deliver").arg(format!("maildir:{}", env.maildir().display()));
-    c.arg("--state-dir").arg(env.home.path().join("state"));
-    let out = run(c);
+    let out = fetch_through(&env, "behind", &ssh_config, Some(&env.bed.client_key), &env.bed.known_hosts, &["--keep"]);
     assert_exit(&out, 0);
     assert_eq!(env.delivered().len(), 2, "{}", stderr(&out));
     let runs = std::fs::read_to_string(&mark).unwrap();
@@ -424,12 +429,7 @@ fn a_failing_proxy_command_is_named_with_what_it_said() {
         "Host behind\n  HostName mail.invalid\n  ProxyCommand sh -c 'echo no route to %h >&2; exit 7'\n",
     )
     .unwrap();
-    let dest = format!("{}@behind", sshmail_testbed::TEST_USER);
-    let mut c = sshmail(&env, &["fetch", "--pop3", "--ssh", &dest, "--ssh-config"]);
-    c.arg(&ssh_config).arg("--identity").arg(&env.bed.client_key).arg("--known-hosts").arg(&env.bed.known_hosts);
-    c.args(env.login_args()).arg("--deliver").arg(format!("maildir:{}", env.maildir().display()));
-    c.arg("--state-dir").arg(env.home.path().join("state"));
-    let out = run(c);
+    let out = fetch_through(&env, "behind", &ssh_config, Some(&env.bed.client_key), &env.bed.known_hosts, &[]);
     assert_exit(&out, 2);
     let err = stderr(&out);
     assert!(err.contains("ProxyCommand") && err.contains("no route to mail.invalid"), "{err}");
