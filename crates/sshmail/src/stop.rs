@@ -127,7 +127,8 @@ impl Tracked {
     }
 
     /// Tasks running now.
-    pub fn running(&self) -> usize {
+    #[cfg(test)]
+    fn running(&self) -> usize {
         let mut set = self.set.lock().expect("tracked lock");
         while set.try_join_next().is_some() {}
         set.len()

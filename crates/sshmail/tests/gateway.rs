@@ -547,6 +547,30 @@ impl Tmux {
     fn screen(&self) -> String {
         String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "mail"]).stdout).to_string()
     }
+
+    /// Starts `command` in a 150×40 session named `mail`.
+    fn start(&self, command: &str) {
+        let out = self.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", command]);
+        assert!(out.status.success(), "tmux: {}", stderr(&out));
+    }
+
+    /// Waits (bounded) until the screen lists "message 0" to "message N-1";
+    /// `who` and the daemon's log explain a failure.
+    fn wait_listing(&self, who: &str, n: usize, daemon: &Daemon) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let screen = self.screen();
+            if (0..n).all(|i| screen.contains(&format!("message {i}"))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{who} never listed the INBOX; screen:\n{screen}\nlog:\n{}",
+                daemon.log.text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
 
 impl Drop for Tmux {
@@ -625,8 +649,7 @@ fn alpine_lists_five_messages(home: &Path, pinerc: &Path, daemon: &Daemon) -> Tm
         home.join("run").display(),
         pinerc.display()
     );
-    let out = tmux.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", &alpine]);
-    assert!(out.status.success(), "tmux: {}", stderr(&out));
+    tmux.start(&alpine);
     let deadline = Instant::now() + Duration::from_secs(60);
     let listed = loop {
         let screen = tmux.screen();
@@ -680,21 +703,8 @@ fn mutt_lists_the_inbox_through_a_tcp_endpoint_and_through_its_tunnel_setting() 
         std::fs::write(&muttrc, rc).unwrap();
         let tmux = Tmux { socket: home.join(format!("tmux-{name}.sock")) };
         let mutt = format!("env HOME={} TERM=xterm mutt -n -F {}", home.display(), muttrc.display());
-        let out = tmux.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", &mutt]);
-        assert!(out.status.success(), "tmux: {}", stderr(&out));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let screen = tmux.screen();
-            if (0..4).all(|i| screen.contains(&format!("message {i}"))) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mutt ({name}) never listed the INBOX; screen:\n{screen}\nlog:\n{}",
-                daemon.log.text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        tmux.start(&mutt);
+        tmux.wait_listing(&format!("mutt ({name})"), 4, &daemon);
         tmux.run(&["send-keys", "-t", "mail", "q"]);
     }
     let log = daemon.stop();
@@ -981,21 +991,8 @@ fn aerc_logs_in_through_the_accept_login_endpoint_and_lists_the_inbox() {
     std::fs::set_permissions(&accounts, std::fs::Permissions::from_mode(0o600)).unwrap();
     let tmux = Tmux { socket: home.join("tmux.sock") };
     let aerc = format!("env HOME={} TMPDIR={} TERM=xterm-256color aerc", home.display(), home.display());
-    let out = tmux.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", &aerc]);
-    assert!(out.status.success(), "tmux: {}", stderr(&out));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let screen = tmux.screen();
-        if (0..5).all(|i| screen.contains(&format!("message {i}"))) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "aerc never listed the INBOX; screen:\n{screen}\nlog:\n{}",
-            daemon.log.text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    tmux.start(&aerc);
+    tmux.wait_listing("aerc", 5, &daemon);
     tmux.run(&["send-keys", "-t", "mail", ":q", "Enter"]);
     let log = daemon.stop();
     assert!(log.contains("uni imap: a client"), "aerc did not come through the endpoint:\n{log}");

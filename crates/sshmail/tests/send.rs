@@ -34,6 +34,24 @@ impl Sending {
         s
     }
 
+    /// An account whose relay is the far side's sendmail (`send.via =
+    /// "exec"`): msmtp there, handing to the SMTP sink.
+    fn through_msmtp() -> Sending {
+        let env = Env::new();
+        let sink = SmtpServer::start(&env.home.path().join("smtp"), None);
+        let config = env.home.path().join("config.toml");
+        let account = env.pop3_toml(
+            "isp",
+            &format!(
+                "fetch = false\nsend.via = \"exec\"\n\
+                 send.command = [\"/usr/bin/msmtp\", \"--host=127.0.0.1\", \"--port={}\", \"--auth=off\", \"--tls=off\"]\n",
+                sink.port
+            ),
+        );
+        Daemon::write_config(&config, &env.config_toml(&account));
+        Sending { env, sink, config }
+    }
+
     /// Rewrites the config, with `extra` lines in the account.
     fn configure(&self, extra: &str) {
         let account = self.env.pop3_toml(
@@ -339,19 +357,7 @@ fn installed_as_sendmail_and_mailq_by_a_symlink() {
 
 #[test]
 fn exec_mode_runs_the_far_sides_sendmail_msmtp_with_the_envelope_and_the_message_intact() {
-    let env = Env::new();
-    let sink = SmtpServer::start(&env.home.path().join("smtp"), None);
-    let config = env.home.path().join("config.toml");
-    let account = env.pop3_toml(
-        "isp",
-        &format!(
-            "fetch = false\nsend.via = \"exec\"\n\
-             send.command = [\"/usr/bin/msmtp\", \"--host=127.0.0.1\", \"--port={}\", \"--auth=off\", \"--tls=off\"]\n",
-            sink.port
-        ),
-    );
-    Daemon::write_config(&config, &env.config_toml(&account));
-    let s = Sending { env, sink, config };
+    let s = Sending::through_msmtp();
     let out = s.sendmail(
         &["-f", "me@example.net", "-i", "a@example.org", "b@example.org"],
         b"Subject: exec\n\nvia msmtp\n.\n",
@@ -675,19 +681,7 @@ fn regression_the_sending_account_is_chosen_by_f_then_from_then_send_default() {
 /// They go in batches, each a run of the far side's sendmail (msmtp).
 #[test]
 fn regression_ten_thousand_recipients_in_exec_mode_go_in_batches_and_each_gets_it_once() {
-    let env = Env::new();
-    let sink = SmtpServer::start(&env.home.path().join("smtp"), None);
-    let config = env.home.path().join("config.toml");
-    let account = env.pop3_toml(
-        "isp",
-        &format!(
-            "fetch = false\nsend.via = \"exec\"\n\
-             send.command = [\"/usr/bin/msmtp\", \"--host=127.0.0.1\", \"--port={}\", \"--auth=off\", \"--tls=off\"]\n",
-            sink.port
-        ),
-    );
-    Daemon::write_config(&config, &env.config_toml(&account));
-    let s = Sending { env, sink, config };
+    let s = Sending::through_msmtp();
     let rcpts: Vec<String> = (0..10_000).map(|i| format!("reader.{i}@example.org")).collect();
     let mut args = vec!["-f", "me@example.net", "-i"];
     args.extend(rcpts.iter().map(String::as_str));

@@ -69,7 +69,14 @@ pub fn fingerprint(key: &PublicKey) -> String {
 /// Checks `key` for `host`/`port` against every file in `files` (missing
 /// files count as empty). A revocation anywhere wins; then a match; then a
 /// change; else unknown.
-pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> std::io::Result<Verdict> {
+#[cfg(test)]
+fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> std::io::Result<Verdict> {
+    Ok(check_texts(&read(files)?, host, port, key))
+}
+
+/// The contents of `files`, `(file, text)` in order; a missing file
+/// counts as empty.
+pub fn read(files: &[PathBuf]) -> std::io::Result<Vec<(PathBuf, String)>> {
     let mut texts = Vec::new();
     for file in files {
         match std::fs::read_to_string(file) {
@@ -78,7 +85,7 @@ pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> std::
             Err(e) => return Err(e),
         }
     }
-    Ok(check_texts(&texts, host, port, key))
+    Ok(texts)
 }
 
 /// [`check`] on known_hosts contents already read: `(file, text)`, in order.
@@ -119,14 +126,13 @@ pub fn check_texts(texts: &[(PathBuf, String)], host: &str, port: u16, key: &Pub
     }
 }
 
-/// The key types the trusted lines of `files` hold for `host`/`port`
-/// (`@revoked` and `@cert-authority` lines aside), in the order they stand;
-/// unreadable files count as empty.
-pub fn known_types(files: &[PathBuf], host: &str, port: u16) -> Vec<String> {
+/// The key types the trusted lines of known_hosts contents ([`read`])
+/// hold for `host`/`port` (`@revoked` and `@cert-authority` lines aside),
+/// in the order they stand.
+pub fn known_types(texts: &[(PathBuf, String)], host: &str, port: u16) -> Vec<String> {
     let name = lookup_name(host, port).to_ascii_lowercase();
     let mut types: Vec<String> = Vec::new();
-    for file in files {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+    for (_, text) in texts {
         for entry in text.lines().filter_map(Entry::parse) {
             if entry.marker == Marker::None && entry.matches(&name) && !types.iter().any(|t| t == entry.key_type) {
                 types.push(entry.key_type.to_string());

@@ -26,6 +26,8 @@ pub type Channel = tokio::io::DuplexStream;
 /// russh's callback object: verifies the host key.
 struct Handler {
     target: SshTarget,
+    /// The known_hosts files' contents, or why they could not be read.
+    known: std::result::Result<Vec<(std::path::PathBuf, String)>, String>,
     /// The host key check's outcome: what trusted the key (its
     /// fingerprint and where), or why it was refused.
     verdict: Arc<Mutex<Option<std::result::Result<String, HostKeyProblem>>>>,
@@ -52,7 +54,7 @@ impl client::Handler for Handler {
         };
         let t = &self.target;
         let (host, port) = t.known_as();
-        let verdict = known_hosts::check(&t.known_hosts, host, port, key);
+        let verdict = self.known.as_ref().map(|texts| known_hosts::check_texts(texts, host, port, key));
         let line = || format!("{} {}", known_hosts::lookup_name(host, port), key.to_openssh().unwrap_or_default());
         let refusal = match verdict {
             Ok(Verdict::Trusted(at)) => {
@@ -122,10 +124,13 @@ impl SshSession {
     pub async fn connect(target: &SshTarget, jump: Option<Arc<SshSession>>, prompts: Prompts) -> Result<SshSession> {
         let where_ = target.name();
         let verdict = Arc::new(Mutex::new(None));
-        let handler = Handler { target: target.clone(), verdict: verdict.clone() };
+        // known_hosts is read once: it orders the host key algorithms asked
+        // for, then checks the key the server shows.
+        let known = known_hosts::read(&target.known_hosts).map_err(|e| e.to_string());
         let (known_host, known_port) = target.known_as();
-        let known = known_hosts::known_types(&target.known_hosts, known_host, known_port);
-        let config = Arc::new(client_config(target, &known));
+        let types = known.as_deref().map(|t| known_hosts::known_types(t, known_host, known_port)).unwrap_or_default();
+        let config = Arc::new(client_config(target, &types));
+        let handler = Handler { target: target.clone(), known, verdict: verdict.clone() };
         let timeout = target.timeout;
         // What a ProxyCommand says, for the error when the connection fails.
         let mut proxy_said = None;
