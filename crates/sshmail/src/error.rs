@@ -118,35 +118,100 @@ impl Said {
     }
 }
 
-/// Why an SSH login failed: what was tried, what the server accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why an SSH login failed: what was tried, what the server took and still
+/// wants, and what would help ([`SshAuthRefused::fix`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SshAuthRefused {
     /// `user@host:port`.
     pub target: String,
+    /// `ssh-copy-id -p PORT USER@HOST`, for the advice to authorize a key.
+    pub copy_id: String,
     /// Each way tried (agent keys, key files and why one was skipped, a
     /// password, keyboard-interactive), in order.
     pub tried: Vec<String>,
     /// The methods the server said may go on, from its last refusal.
     pub accepts: Vec<String>,
-    /// The server took a step but wants more (a second factor).
-    pub partial: bool,
+    /// What the server took as one step of several (a key, when it wants
+    /// a second factor too).
+    pub accepted: Option<String>,
+    /// The server's prompts nothing could answer (no terminal), as shown.
+    pub unanswered: Vec<String>,
+    /// The account has an `ssh_password_command`.
+    pub password_command: bool,
+    /// A terminal was there to ask on.
+    pub terminal: bool,
+    /// A password given (by the command or on the terminal) was refused.
+    pub password_refused: bool,
 }
 
-impl std::fmt::Display for SshAuthRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl SshAuthRefused {
+    /// What the failure was, without the advice.
+    pub fn facts(&self) -> String {
         let tried = if self.tried.is_empty() {
             "nothing (no agent, no identity file)".to_string()
         } else {
             self.tried.join(", ")
         };
-        write!(f, "SSH authentication to {} failed; tried: {tried}", self.target)?;
-        if self.partial {
-            write!(f, "; the server took a step and wants another (a second factor)")?;
+        let mut s = format!("SSH authentication to {} failed; tried: {tried}", self.target);
+        if let Some(step) = &self.accepted {
+            s.push_str(&format!("; the server accepted {step} but wants a second factor"));
+        }
+        for prompt in &self.unanswered {
+            s.push_str(&format!("; it asked \"{prompt}\" and there is no terminal to answer on"));
+        }
+        if self.password_refused {
+            s.push_str("; the password was refused");
         }
         if !self.accepts.is_empty() {
-            write!(f, "; the server accepts: {}", self.accepts.join(", "))?;
+            s.push_str(&format!("; the server accepts: {}", self.accepts.join(", ")));
         }
-        Ok(())
+        s
+    }
+
+    /// What would help, from what the server asked for.
+    pub fn fix(&self) -> String {
+        let wants = |m: &str| self.accepts.iter().any(|a| a == m);
+        let asks = wants("password") || wants("keyboard-interactive");
+        if !self.accepts.is_empty() && self.accepts.iter().all(|m| m.starts_with("gssapi")) {
+            return "sshmail has no Kerberos/GSSAPI: reach this host through ssh, which has it \
+                    (via = \"command\" with tunnel = [\"ssh\", HOST, …]), or through an OpenSSH master"
+                .into();
+        }
+        let daemon_way = "a daemon or cron job cannot be asked: set ssh_password_command if a command can give \
+                          the answer (a TOTP: oathtool --totp), or sign in once through an OpenSSH master and \
+                          use via = \"command\" (README: passwords and two-factor hosts)";
+        if self.password_refused {
+            return if self.password_command {
+                "check what ssh_password_command prints: the server refused it".into()
+            } else {
+                "the password typed was refused; try again".into()
+            };
+        }
+        if !self.unanswered.is_empty() || (self.accepted.is_some() && asks) {
+            return format!("run sshmail on a terminal to answer the server's questions as ssh does; {daemon_way}");
+        }
+        if asks && !self.terminal && !self.password_command {
+            let key = if wants("publickey") {
+                format!(", or authorize one of your keys there ({})", self.copy_id)
+            } else {
+                String::new()
+            };
+            return format!(
+                "this server wants a password: set ssh_password_command for the account, or run sshmail on a \
+                 terminal to be asked{key}"
+            );
+        }
+        format!(
+            "authorize one of your keys there ({}), or load the right key into the agent (ssh-add), \
+             or name it: identity = [\"~/.ssh/KEY\"]",
+            self.copy_id
+        )
+    }
+}
+
+impl std::fmt::Display for SshAuthRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}. Fix: {}", self.facts(), self.fix())
     }
 }
 
@@ -292,19 +357,29 @@ mod tests {
     }
 
     /// An SSH refusal says what was tried, what the server accepts, and
-    /// when it took one factor and wants another.
+    /// when it took one factor and wants another; the advice follows what
+    /// the server asked for.
     #[test]
     fn an_ssh_refusal_names_what_was_tried_what_the_server_accepts_and_a_partial_success() {
         let refused = SshAuthRefused {
             target: "me@h:22".into(),
+            copy_id: "ssh-copy-id -p 22 me@h".into(),
             tried: vec!["agent key SHA256:x".into()],
             accepts: vec!["keyboard-interactive".into()],
-            partial: true,
+            accepted: Some("agent key SHA256:x".into()),
+            ..Default::default()
         };
-        let e = Error::SshAuth(Box::new(refused));
+        let e = Error::SshAuth(Box::new(refused.clone()));
         let text = e.to_string();
         assert!(text.starts_with("SSH authentication to me@h:22 failed; tried: agent key SHA256:x"), "{text}");
-        assert!(text.contains("second factor") && text.ends_with("the server accepts: keyboard-interactive"), "{text}");
+        assert!(text.contains("accepted agent key SHA256:x but wants a second factor"), "{text}");
+        assert!(refused.facts().ends_with("the server accepts: keyboard-interactive"), "{text}");
+        assert!(refused.fix().contains("on a terminal") && !refused.fix().contains("authorize"), "{text}");
         assert_eq!((e.retry(), e.exit()), (Retry::Never, Exit::Auth));
+
+        let password_only = SshAuthRefused { accepts: vec!["password".into()], accepted: None, ..refused.clone() };
+        assert!(password_only.fix().contains("set ssh_password_command"), "{}", password_only.fix());
+        let gssapi = SshAuthRefused { accepts: vec!["gssapi-with-mic".into()], accepted: None, ..refused };
+        assert!(gssapi.fix().contains("no Kerberos/GSSAPI") && gssapi.fix().contains("via = \"command\""));
     }
 }

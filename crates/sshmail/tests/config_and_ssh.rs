@@ -435,3 +435,105 @@ fn a_failing_proxy_command_is_named_with_what_it_said() {
     assert!(err.contains("ProxyCommand") && err.contains("no route to mail.invalid"), "{err}");
     assert!(err.contains("exit status 7"), "{err}");
 }
+
+/// A testbed whose sshd takes `lines` first, with mail in it.
+fn env_with_sshd(lines: &[&str], more_host_keys: Vec<&'static str>) -> Env {
+    let sshd_lines = lines.iter().map(|l| l.to_string()).collect();
+    let mut env = Env::with(sshmail_testbed::Options { sshd_lines, more_host_keys, ..Default::default() });
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    env
+}
+
+/// `Host srv` at the testbed's sshd, with `lines` under it.
+fn host_srv(env: &Env, lines: &str) -> std::path::PathBuf {
+    let ssh_config = env.home.path().join("ssh_config");
+    std::fs::write(&ssh_config, format!("Host srv\n  HostName 127.0.0.1\n  Port {}\n{lines}", env.bed.ssh_port))
+        .unwrap();
+    ssh_config
+}
+
+/// Regression: servers limited to `aes128-ctr` (embedded devices, some
+/// hardened lists) or to ECDH over NIST curves (FIPS setups) were refused
+/// with "No common … algorithm": on CPUs with AES instructions sshmail
+/// offered only three ciphers, and never the NIST key exchange. `ssh`
+/// reaches both; so does sshmail.
+#[test]
+fn regression_servers_limited_to_aes128_ctr_or_ecdh_nistp_are_reached() {
+    for line in ["Ciphers aes128-ctr", "KexAlgorithms ecdh-sha2-nistp256"] {
+        let env = env_with_sshd(&[line], Vec::new());
+        let out = env.run(&["--keep"]);
+        assert_exit(&out, 0);
+        assert_eq!(env.delivered().len(), 2, "{line}: {}", stderr(&out));
+    }
+}
+
+/// An `ssh-rsa` host key signs with SHA-1: refused by default as OpenSSH
+/// 8.8 and later refuse it, with the words that would change that;
+/// `HostKeyAlgorithms +ssh-rsa` for the host accepts it.
+#[test]
+fn a_sha1_ssh_rsa_host_key_is_refused_unless_ssh_config_adds_it() {
+    let env = env_with_sshd(&["HostKeyAlgorithms ssh-rsa"], vec!["rsa"]);
+    let rsa = env.bed.host_key_lines.iter().find(|l| l.starts_with("ssh-rsa ")).unwrap();
+    let known = env.home.path().join("rsa_known_hosts");
+    std::fs::write(&known, format!("[127.0.0.1]:{} {rsa}\n", env.bed.ssh_port)).unwrap();
+    let ssh_config = host_srv(&env, "");
+    let out = fetch_through(&env, "srv", &ssh_config, Some(&env.bed.client_key), &known, &["--keep"]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("ssh-rsa host key signed with SHA-1") && err.contains("HostKeyAlgorithms +ssh-rsa"), "{err}");
+    assert!(env.delivered().is_empty());
+
+    let ssh_config = host_srv(&env, "  HostKeyAlgorithms +ssh-rsa\n");
+    let out = fetch_through(&env, "srv", &ssh_config, Some(&env.bed.client_key), &known, &["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 2, "{}", stderr(&out));
+}
+
+/// A key exchange with nothing in common says in words which side lacks
+/// what: an algorithm the user's ssh_config leaves out is named with the
+/// line that adds it; one sshmail does not implement, with what to ask the
+/// server's administrator for.
+#[test]
+fn no_common_algorithm_says_which_side_lacks_what() {
+    let env = env_with_sshd(&["Ciphers aes128-ctr"], Vec::new());
+    let ssh_config = host_srv(&env, "  Ciphers aes256-ctr\n");
+    let out = fetch_through(&env, "srv", &ssh_config, Some(&env.bed.client_key), &env.bed.known_hosts, &[]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("cipher (aes128-ctr)") && err.contains("`Ciphers +aes128-ctr`"), "{err}");
+
+    let env = env_with_sshd(&["KexAlgorithms sntrup761x25519-sha512@openssh.com"], Vec::new());
+    let out = env.run(&[]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("allows only the key exchange sntrup761x25519-sha512@openssh.com"), "{err}");
+    assert!(err.contains("does not implement") && err.contains("curve25519-sha256"), "{err}");
+    assert!(!err.contains("ext-info") && !err.contains("kex-strict"), "{err}");
+}
+
+/// Regression: `PubkeyAcceptedAlgorithms ssh-rsa` in ssh_config was
+/// ignored: against a server that takes only SHA-1 RSA signatures (while
+/// announcing rsa-sha2-512), sshmail signed with rsa-sha2-512 and was
+/// refused. Asked for, it signs with ssh-rsa.
+#[test]
+fn regression_pubkey_accepted_algorithms_ssh_rsa_signs_with_sha1() {
+    let env = env_with_sshd(&["PubkeyAcceptedAlgorithms ssh-rsa"], Vec::new());
+    let key = env.home.path().join("id_rsa");
+    let made =
+        Command::new("ssh-keygen").args(["-q", "-t", "rsa", "-b", "3072", "-N", "", "-f"]).arg(&key).output().unwrap();
+    assert!(made.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&made.stderr));
+    let authorized = env.bed.path().join("authorized_keys");
+    let mut keys = std::fs::read_to_string(&authorized).unwrap();
+    keys.push_str(&std::fs::read_to_string(key.with_extension("pub")).unwrap());
+    std::fs::write(&authorized, keys).unwrap();
+
+    let ssh_config = host_srv(&env, "  PubkeyAcceptedAlgorithms ssh-rsa\n  IdentitiesOnly yes\n");
+    let out = fetch_through(&env, "srv", &ssh_config, Some(&key), &env.bed.known_hosts, &["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 2, "{}", stderr(&out));
+
+    // Without it, the server refuses the SHA-2 signature.
+    let ssh_config = host_srv(&env, "  IdentitiesOnly yes\n");
+    let out = fetch_through(&env, "srv", &ssh_config, Some(&key), &env.bed.known_hosts, &["--keep", "--all"]);
+    assert_exit(&out, 3);
+}

@@ -69,6 +69,10 @@ pub struct Options {
     /// it, as a stock sshd offers them; their lines are in
     /// [`Testbed::host_key_lines`].
     pub more_host_keys: Vec<&'static str>,
+    /// Lines put first in sshd_config: sshd keeps the first value it
+    /// reads, so these win over the testbed's own (`UsePAM yes`,
+    /// `Ciphers aes128-ctr`, `AuthenticationMethods …`).
+    pub sshd_lines: Vec<String>,
 }
 
 impl Default for Options {
@@ -82,6 +86,7 @@ impl Default for Options {
             max_sessions: None,
             extra_logins: Vec::new(),
             more_host_keys: Vec::new(),
+            sshd_lines: Vec::new(),
         }
     }
 }
@@ -709,7 +714,8 @@ impl Testbed {
         let port = free_port()?;
         fs::create_dir_all("/run/sshd").ok();
         let config = format!(
-            "Port {port}\n\
+            "{first}\
+             Port {port}\n\
              ListenAddress 127.0.0.1\n\
              {hk}\
              PidFile {root}/sshd.pid\n\
@@ -728,6 +734,7 @@ impl Testbed {
              LogLevel VERBOSE\n\
              SetEnv CONFIG_FILE={dovecot_conf}\n\
              Subsystem sftp internal-sftp\n",
+            first = opts.sshd_lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
             dovecot_conf = self.dovecot_config.display(),
             max_sessions = opts.max_sessions.map(|n| format!("MaxSessions {n}\n")).unwrap_or_default(),
             hk = host_keys.iter().map(|k| format!("HostKey {}\n", k.display())).collect::<String>(),

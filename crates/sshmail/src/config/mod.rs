@@ -19,6 +19,7 @@
 //! ```
 
 mod account;
+pub mod algorithms;
 mod listen;
 mod paths;
 mod raw;

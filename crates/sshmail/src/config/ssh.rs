@@ -54,6 +54,9 @@ pub struct SshTarget {
     /// `ProxyCommand`, its `%h %p %r %n %%` expanded: run by `/bin/sh -c`,
     /// its stdin and stdout are the connection to the SSH server.
     pub proxy_command: Option<String>,
+    /// The algorithms offered: sshmail's defaults as ssh_config changes
+    /// them.
+    pub algorithms: super::algorithms::Algorithms,
 }
 
 /// `ServerAliveInterval` when ssh_config does not set it. A link silent for
@@ -94,6 +97,7 @@ pub fn load_ssh_config(path: Option<&Path>) -> Result<Option<SshConfig>> {
     };
     let mut reader = std::io::BufReader::new(file);
     SshConfig::default()
+        .default_algorithms(super::algorithms::defaults())
         .parse(&mut reader, ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS)
         .map(Some)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
@@ -194,6 +198,10 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         host_key_alias: first("hostkeyalias"),
         proxy_command,
         agent: agent_socket(first("identityagent").as_deref()),
+        algorithms: match &params {
+            Some(p) => super::algorithms::Algorithms::of(p, &dest.host)?,
+            None => super::algorithms::Algorithms::default(),
+        },
     })
 }
 
@@ -283,6 +291,7 @@ mod tests {
 
     fn parse(text: &str) -> SshConfig {
         SshConfig::default()
+            .default_algorithms(crate::config::algorithms::defaults())
             .parse(&mut text.as_bytes(), ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS)
             .unwrap()
     }

@@ -116,14 +116,9 @@ async fn ssh(report: &mut Report, target: &SshTarget, jumps: &[SshTarget], pool:
             report.fail("host-key", refused.to_string(), &fix, Exit::Connect);
             false
         }
-        Err(e @ Error::SshAuth(_)) => {
+        Err(Error::SshAuth(refused)) => {
             report.pass("host-key", format!("{} known", target.name()));
-            let fix = format!(
-                "authorize one of your keys there (ssh-copy-id -p {} {}@{}), or load the right key into the agent \
-                 (ssh-add), or name it: identity = [\"~/.ssh/KEY\"]",
-                target.port, target.user, target.host
-            );
-            report.error("ssh-auth", &e, &fix);
+            report.fail("ssh-auth", refused.facts(), &refused.fix(), Exit::Auth);
             false
         }
         Err(e) => {

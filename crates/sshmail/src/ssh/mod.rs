@@ -1,6 +1,7 @@
 //! In-process SSH: targets from `~/.ssh/config`, host key checks, sessions,
 //! and the pool that owns every connection.
 
+pub mod auth;
 pub mod backlog;
 pub mod known_hosts;
 pub mod lease;

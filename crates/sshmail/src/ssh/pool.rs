@@ -31,7 +31,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::session::{ExecError, ExecStatus, Prompts, SshSession};
+use super::auth::Prompts;
+use super::session::{ExecError, ExecStatus, SshSession};
 use crate::backoff::Backoff;
 use crate::config::SshTarget;
 use crate::error::{Error, Result};

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client;
-use russh::keys::agent::client::AgentClient;
-use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
+use russh::keys::PublicKey;
 
+use super::auth::Prompts;
 use super::known_hosts::{self, Verdict};
 use super::lease::{Lease, Usage};
 use crate::config::HostKeyPolicy;
@@ -24,7 +24,7 @@ use crate::error::{Error, HostKeyProblem, HostKeyRefused, Result};
 pub type Channel = tokio::io::DuplexStream;
 
 /// russh's callback object: verifies the host key.
-struct Handler {
+pub(super) struct Handler {
     target: SshTarget,
     /// The known_hosts files' contents, or why they could not be read.
     known: std::result::Result<Vec<(std::path::PathBuf, String)>, String>,
@@ -179,12 +179,16 @@ impl SshSession {
                 return Err(match refused {
                     Some(Err(r)) => host_key_error(target, r),
                     Some(Ok(_)) | None => {
-                        with_proxy(Error::Connect(format!("{where_}: SSH connection failed: {e}"))).await
+                        let text = match &e {
+                            russh::Error::NoCommonAlgo { kind, ours, theirs } => no_common(&where_, kind, ours, theirs),
+                            e => format!("{where_}: SSH connection failed: {e}"),
+                        };
+                        with_proxy(Error::Connect(text)).await
                     }
                 });
             }
         };
-        let auth = authenticate(&mut handle, target, prompts).await?;
+        let auth = super::auth::authenticate(&mut handle, target, prompts).await?;
         let host_key = verdict.lock().expect("verdict lock").take().and_then(Result::ok).unwrap_or_default();
         let handshake = Handshake { host_key, auth };
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
@@ -315,21 +319,61 @@ pub enum ExecError {
 /// What a remote command said on stderr and how it ended.
 pub type ExecStatus = crate::process::Collected;
 
-/// The host key algorithms to ask for: those of the key types known_hosts
-/// holds for the host first, then the rest in russh's order (as OpenSSH
-/// does): a host known by an older key type (an ECDSA or RSA line written
-/// years ago) is met with that key, not with a newer one that nothing here
-/// can verify.
-fn host_key_order(known: &[String]) -> Vec<russh::keys::Algorithm> {
+/// A key exchange with nothing in common, in words: which side lacks what,
+/// and what would help (ssh_config, or the server's administrator).
+fn no_common(where_: &str, kind: &russh::AlgorithmKind, ours: &[String], theirs: &[String]) -> String {
+    use russh::AlgorithmKind as K;
+    let (what, directive) = match kind {
+        K::Kex => ("key exchange", "KexAlgorithms"),
+        K::Key => ("host key type", "HostKeyAlgorithms"),
+        K::Cipher => ("cipher", "Ciphers"),
+        K::Mac => ("MAC", "MACs"),
+        K::Compression => ("compression", "Compression"),
+    };
+    // ext-info-c and kex-strict-* announce extensions; they are not choices.
+    let real = |n: &&String| !(n.starts_with("ext-info-") || n.starts_with("kex-strict-"));
+    let theirs: Vec<&String> = theirs.iter().filter(real).collect();
+    let ours: Vec<&String> = ours.iter().filter(real).collect();
+    let list = |l: &[&String]| l.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    let implemented = crate::config::algorithms::implemented(directive);
+    let usable: Vec<&String> = theirs.iter().copied().filter(|n| implemented.contains(n)).collect();
+    if matches!(kind, K::Key) && !usable.is_empty() && usable.iter().all(|n| *n == "ssh-rsa") {
+        return format!(
+            "{where_}: the server offers only an ssh-rsa host key signed with SHA-1, which sshmail refuses \
+             (as OpenSSH 8.8 and later do); ask its administrator for an ed25519 host key, or, if you trust \
+             this server, add `HostKeyAlgorithms +ssh-rsa` to its Host entry in ~/.ssh/config"
+        );
+    }
+    if let Some(first) = usable.first() {
+        return format!(
+            "{where_}: the server's {what} ({}) is not among those sshmail offers here ({}); if you accept it, \
+             add `{directive} +{first}` to its Host entry in ~/.ssh/config",
+            list(&theirs),
+            list(&ours)
+        );
+    }
+    format!(
+        "{where_}: the server allows only the {what} {}, which sshmail does not implement; \
+         ask its administrator to also allow one of: {}",
+        list(&theirs),
+        list(&ours)
+    )
+}
+
+/// The host key algorithms to ask for, from `all`: those of the key types
+/// known_hosts holds for the host first, then the rest in their order (as
+/// OpenSSH does): a host known by an older key type (an ECDSA or RSA line
+/// written years ago) is met with that key, not with a newer one that
+/// nothing here can verify.
+fn host_key_order(all: &[russh::keys::Algorithm], known: &[String]) -> Vec<russh::keys::Algorithm> {
     use russh::keys::Algorithm;
     let family = |a: &Algorithm, k: &Algorithm| match (a, k) {
         (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
         _ => a == k,
     };
     let known: Vec<Algorithm> = known.iter().filter_map(|t| Algorithm::new(t).ok()).collect();
-    let all = russh::Preferred::default().key.into_owned();
     let (mut first, rest): (Vec<Algorithm>, Vec<Algorithm>) =
-        all.into_iter().partition(|a| known.iter().any(|k| family(a, k)));
+        all.iter().cloned().partition(|a| known.iter().any(|k| family(a, k)));
     // In the order known_hosts has them.
     first.sort_by_key(|a| known.iter().position(|k| family(a, k)));
     first.extend(rest);
@@ -337,25 +381,21 @@ fn host_key_order(known: &[String]) -> Vec<russh::keys::Algorithm> {
 }
 
 fn client_config(target: &SshTarget, known: &[String]) -> client::Config {
-    let mut preferred = russh::Preferred::default();
-    if !known.is_empty() {
-        preferred.key = std::borrow::Cow::Owned(host_key_order(known));
-    }
+    use std::borrow::Cow;
+    let a = &target.algorithms;
+    // As OpenSSH: the host key types known_hosts holds for the host come
+    // first, unless HostKeyAlgorithms says otherwise.
+    let key = if a.host_key_default { host_key_order(&a.host_key, known) } else { a.host_key.clone() };
+    let mut preferred = russh::Preferred {
+        kex: Cow::Owned(a.kex.clone()),
+        key: Cow::Owned(key),
+        cipher: Cow::Owned(a.cipher.clone()),
+        mac: Cow::Owned(a.mac.clone()),
+        ..Default::default()
+    };
     if target.compress {
-        preferred.compression = std::borrow::Cow::Borrowed(&[
-            russh::compression::ZLIB_LEGACY,
-            russh::compression::ZLIB,
-            russh::compression::NONE,
-        ]);
-    }
-    // AES-GCM first where the CPU has AES instructions: measurably faster than
-    // chacha20-poly1305 for bulk transfer.
-    if std::arch::is_x86_feature_detected!("aes") {
-        preferred.cipher = std::borrow::Cow::Borrowed(&[
-            russh::cipher::AES_256_GCM,
-            russh::cipher::CHACHA20_POLY1305,
-            russh::cipher::AES_256_CTR,
-        ]);
+        preferred.compression =
+            Cow::Borrowed(&[russh::compression::ZLIB_LEGACY, russh::compression::ZLIB, russh::compression::NONE]);
     }
     // A frozen link is noticed by keepalives (ServerAliveInterval and
     // ServerAliveCountMax, 4 s and 2 by default: within 12 s), however long
@@ -381,214 +421,6 @@ fn host_key_error(t: &SshTarget, problem: HostKeyProblem) -> Error {
     }))
 }
 
-/// Whether authentication may ask the user anything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Prompts {
-    /// Never (a daemon, cron, scripts): the agent and unencrypted keys only.
-    #[default]
-    Never,
-    /// On the terminal, if stdin is one: a key's passphrase.
-    OnTerminal,
-}
-
-/// Authenticates; returns what succeeded.
-async fn authenticate(handle: &mut client::Handle<Handler>, t: &SshTarget, prompts: Prompts) -> Result<String> {
-    let where_ = t.name();
-    let mut tried = Vec::new();
-    // The methods the server said may go on, from its last refusal, and
-    // whether it took a step (one factor of two).
-    let mut accepts = Vec::new();
-    let mut partial = false;
-    let mut note = |r: &client::AuthResult| {
-        if let client::AuthResult::Failure { remaining_methods, partial_success } = r {
-            accepts = remaining_methods.iter().map(|m| <&str>::from(m).to_string()).collect();
-            partial |= *partial_success;
-        }
-    };
-    let wanted: Vec<PublicKey> = t.identities.iter().filter_map(|p| read_public_key(p)).collect();
-
-    // Every step waits at most the timeout: a hung agent (one waiting for
-    // a confirmation nobody gives) is given up and the key files tried; a
-    // server that does not answer is an error, not a hang.
-
-    // 1. The agent (IdentityAgent, else SSH_AUTH_SOCK).
-    if let Some(socket) = &t.agent {
-        match within(t.timeout, &where_, "the ssh-agent", AgentClient::connect_uds(socket)).await {
-            Ok(Ok(mut agent)) => {
-                let keys = match within(t.timeout, &where_, "the ssh-agent", agent.request_identities()).await {
-                    Ok(k) => k.unwrap_or_default(),
-                    Err(e) => {
-                        tracing::warn!("{e}; going on without it");
-                        tried.push("the ssh-agent (no answer)".into());
-                        Vec::new()
-                    }
-                };
-                for key in keys {
-                    let public = key.public_key().into_owned();
-                    if t.identities_only && !wanted.iter().any(|w| w.key_data() == public.key_data()) {
-                        continue;
-                    }
-                    let hash = rsa_hash(handle, &public).await;
-                    tried.push(format!("agent key {}", known_hosts::fingerprint(&public)));
-                    match within(
-                        t.timeout,
-                        &where_,
-                        "signing with the ssh-agent",
-                        handle.authenticate_publickey_with(&t.user, public, hash, &mut agent),
-                    )
-                    .await
-                    {
-                        Ok(Ok(r)) if r.success() => return Ok(tried.pop().unwrap_or_default()),
-                        Ok(Ok(r)) => note(&r),
-                        Ok(Err(e)) => tracing::debug!("agent signing failed: {e}"),
-                        Err(e) => {
-                            tracing::warn!("{e}; going on without it");
-                            break;
-                        }
-                    }
-                }
-            }
-            Ok(Err(e)) => tried.push(format!("the ssh-agent at {} (unusable: {e})", socket.display())),
-            Err(e) => {
-                tracing::warn!("{e}; going on without it");
-                tried.push("the ssh-agent (no answer)".into());
-            }
-        }
-    }
-
-    // 2. Identity files: the listed ones, else OpenSSH's defaults.
-    let files = if t.identities.is_empty() {
-        ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|n| crate::config::home().join(".ssh").join(n)).collect()
-    } else {
-        t.identities.clone()
-    };
-    for path in files {
-        if !path.exists() {
-            continue;
-        }
-        let key = match russh::keys::load_secret_key(&path, None) {
-            Ok(k) => k,
-            Err(russh::keys::Error::KeyIsEncrypted) => {
-                let asked = match prompts {
-                    Prompts::OnTerminal => prompt_passphrase(&path).await?,
-                    Prompts::Never => None,
-                };
-                let Some(pass) = asked else {
-                    let why = match prompts {
-                        Prompts::OnTerminal => "no terminal to ask for its passphrase",
-                        Prompts::Never => "this run asks for no passphrase",
-                    };
-                    tried.push(format!(
-                        "{} (encrypted; {why} — add it to the agent: ssh-add {})",
-                        path.display(),
-                        path.display()
-                    ));
-                    continue;
-                };
-                russh::keys::load_secret_key(&path, Some(&pass))
-                    .map_err(|e| Error::Auth(format!("cannot decrypt {}: {e}", path.display())))?
-            }
-            Err(e) => {
-                tried.push(format!("{} (unreadable: {e})", path.display()));
-                continue;
-            }
-        };
-        let public = key.public_key().clone();
-        let hash = rsa_hash(handle, &public).await;
-        tried.push(path.display().to_string());
-        let r = within(
-            t.timeout,
-            &where_,
-            "the server",
-            handle.authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)),
-        )
-        .await?
-        .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
-        if r.success() {
-            return Ok(tried.pop().unwrap_or_default());
-        }
-        note(&r);
-    }
-
-    // 3. A password, only when the account gives one.
-    if let Some(pw) = crate::process::password(&t.password, "ssh_password_command", t.timeout).await? {
-        tried.push("password".into());
-        let r = within(t.timeout, &where_, "the server", handle.authenticate_password(&t.user, pw.expose()))
-            .await?
-            .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
-        if r.success() {
-            return Ok(tried.pop().unwrap_or_default());
-        }
-        note(&r);
-        tried.push("keyboard-interactive".into());
-        let mut r = within(
-            t.timeout,
-            &where_,
-            "the server",
-            handle.authenticate_keyboard_interactive_start(&t.user, None::<String>),
-        )
-        .await?
-        .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
-        for _ in 0..4 {
-            match r {
-                client::KeyboardInteractiveAuthResponse::Success => return Ok("keyboard-interactive".into()),
-                client::KeyboardInteractiveAuthResponse::Failure { .. } => break,
-                client::KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
-                    let answers = prompts.iter().map(|_| pw.expose().to_string()).collect();
-                    r = within(
-                        t.timeout,
-                        &where_,
-                        "the server",
-                        handle.authenticate_keyboard_interactive_respond(answers),
-                    )
-                    .await?
-                    .map_err(|e| Error::Connect(format!("{where_}: {e}")))?;
-                }
-            }
-        }
-    }
-    Err(Error::SshAuth(Box::new(crate::error::SshAuthRefused { target: where_, tried, accepts, partial })))
-}
-
-/// `fut`, or an error naming `what` once `timeout` passes.
-async fn within<T>(
-    timeout: Duration,
-    where_: &str,
-    what: &str,
-    fut: impl std::future::Future<Output = T>,
-) -> Result<T> {
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| Error::Connect(format!("{where_}: {what} did not answer within {} s", timeout.as_secs())))
-}
-
-async fn rsa_hash(handle: &client::Handle<Handler>, key: &PublicKey) -> Option<russh::keys::HashAlg> {
-    if key.algorithm().is_rsa() { handle.best_supported_rsa_hash().await.ok().flatten().flatten() } else { None }
-}
-
-fn read_public_key(private: &std::path::Path) -> Option<PublicKey> {
-    let text = std::fs::read_to_string(private.with_extension("pub")).ok()?;
-    PublicKey::from_openssh(text.trim()).ok()
-}
-
-/// Asks for a key's passphrase on the terminal, if there is one: one
-/// prompt at a time (accounts connect concurrently), read on a blocking
-/// thread so that the other connections' keepalives and transfers go on.
-async fn prompt_passphrase(path: &std::path::Path) -> Result<Option<String>> {
-    use std::io::IsTerminal as _;
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    if !std::io::stdin().is_terminal() {
-        return Ok(None);
-    }
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let prompt = format!("Enter passphrase for key '{}': ", path.display());
-    tokio::task::spawn_blocking(move || rpassword::prompt_password(prompt))
-        .await
-        .map_err(|e| Error::Auth(format!("cannot read passphrase: {e}")))?
-        .map(Some)
-        .map_err(|e| Error::Auth(format!("cannot read passphrase: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,9 +428,11 @@ mod tests {
     #[test]
     fn host_key_algorithms_put_the_types_known_hosts_holds_first_in_its_order() {
         use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
-        let order = host_key_order(&["ecdsa-sha2-nistp256".into()]);
+        let mut all = crate::config::algorithms::Algorithms::default().host_key;
+        all.push(Algorithm::Rsa { hash: None });
+        let order = host_key_order(&all, &["ecdsa-sha2-nistp256".into()]);
         assert_eq!(order[..2], [Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 }, Algorithm::Ed25519]);
-        let order = host_key_order(&["ssh-rsa".into(), "ssh-ed25519".into()]);
+        let order = host_key_order(&all, &["ssh-rsa".into(), "ssh-ed25519".into()]);
         assert_eq!(
             order[..4],
             [
@@ -608,6 +442,6 @@ mod tests {
                 Algorithm::Ed25519
             ]
         );
-        assert_eq!(order.len(), russh::Preferred::default().key.len(), "nothing dropped");
+        assert_eq!(order.len(), all.len(), "nothing dropped");
     }
 }

@@ -1,0 +1,455 @@
+//! The SSH login: agent keys, then identity files, then what the server
+//! still asks for — a password, keyboard-interactive prompts (a second
+//! factor) — answered by `ssh_password_command` where it is meant to
+//! answer, or on the terminal, as `ssh` asks.
+//!
+//! A refusal says what was tried, what the server took (one factor of
+//! two), which prompts went unanswered and what would help
+//! ([`SshAuthRefused`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::agent::client::AgentClient;
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
+
+use super::known_hosts;
+use super::session::Handler;
+use crate::config::SshTarget;
+use crate::error::{Error, Result, SshAuthRefused};
+use crate::secret::Secret;
+
+/// Whether authentication may ask the user anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Prompts {
+    /// Never (a daemon, cron, scripts): the agent, unencrypted keys and
+    /// `ssh_password_command` only.
+    #[default]
+    Never,
+    /// On the terminal, if stdin is one: a key's passphrase, an SSH
+    /// password, the server's keyboard-interactive prompts.
+    OnTerminal,
+}
+
+/// How many passwords typed on the terminal are tried, as `ssh` does.
+const PASSWORD_TRIES: usize = 3;
+/// Keyboard-interactive rounds taken before giving up on a server that
+/// keeps asking.
+const PROMPT_ROUNDS: usize = 8;
+
+/// What the login has seen so far, for the next step and the refusal.
+struct Attempt {
+    where_: String,
+    tried: Vec<String>,
+    /// The methods the server said may go on, from its last refusal.
+    accepts: Vec<String>,
+    /// What the server took as one step of several.
+    accepted: Option<String>,
+    /// Prompts nothing here could answer.
+    unanswered: Vec<String>,
+    /// A password (from the command or the terminal) was refused.
+    password_refused: bool,
+}
+
+impl Attempt {
+    /// Notes a refusal of `what`: what may go on, and whether it was a
+    /// step taken.
+    fn refused(&mut self, what: &str, remaining: &russh::MethodSet, partial: bool) {
+        self.accepts = remaining.iter().map(|m| <&str>::from(m).to_string()).collect();
+        if partial {
+            self.accepted = Some(what.to_string());
+        }
+    }
+
+    fn wants(&self, method: &str) -> bool {
+        self.accepts.iter().any(|m| m == method)
+    }
+}
+
+/// Authenticates; returns what succeeded.
+pub(super) async fn authenticate(
+    handle: &mut client::Handle<Handler>,
+    t: &SshTarget,
+    prompts: Prompts,
+) -> Result<String> {
+    use std::io::IsTerminal as _;
+    let mut a = Attempt {
+        where_: t.name(),
+        tried: Vec::new(),
+        accepts: Vec::new(),
+        accepted: None,
+        unanswered: Vec::new(),
+        password_refused: false,
+    };
+    if let Some(done) = keys(handle, t, prompts, &mut a).await? {
+        return Ok(done);
+    }
+    if a.tried.is_empty() && a.accepts.is_empty() {
+        // No key to offer: the "none" method tells what the server takes.
+        let r = server(t, &a.where_, handle.authenticate_none(&t.user)).await?;
+        if let client::AuthResult::Failure { remaining_methods, partial_success } = &r {
+            a.refused("nothing", remaining_methods, *partial_success);
+        } else {
+            return Ok("no authentication".into());
+        }
+    }
+    let terminal = prompts == Prompts::OnTerminal && std::io::stdin().is_terminal();
+    let password = crate::process::password(&t.password, "ssh_password_command", t.timeout).await?;
+    // OpenSSH's order: keyboard-interactive, then password.
+    if a.wants("keyboard-interactive")
+        && (password.is_some() || terminal)
+        && let Some(done) = keyboard_interactive(handle, t, password.as_ref(), terminal, &mut a).await?
+    {
+        return Ok(done);
+    }
+    if a.wants("password") && a.unanswered.is_empty() && (password.is_some() || terminal) {
+        let tries = if password.is_some() { 1 } else { PASSWORD_TRIES };
+        for _ in 0..tries {
+            let typed;
+            let pw = match &password {
+                Some(pw) => pw.expose(),
+                None => match ask(format!("{}@{}'s password: ", t.user, t.host)).await? {
+                    Some(p) => {
+                        typed = p;
+                        typed.expose()
+                    }
+                    None => break,
+                },
+            };
+            a.tried.push("password".into());
+            let r = server(t, &a.where_, handle.authenticate_password(&t.user, pw)).await?;
+            match &r {
+                client::AuthResult::Success => return Ok("password".into()),
+                client::AuthResult::Failure { remaining_methods, partial_success } => {
+                    a.password_refused |= !partial_success;
+                    a.refused("the password", remaining_methods, *partial_success);
+                    if *partial_success || !a.wants("password") {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Err(Error::SshAuth(Box::new(SshAuthRefused {
+        target: a.where_,
+        copy_id: format!("ssh-copy-id -p {} {}@{}", t.port, t.user, t.host),
+        tried: a.tried,
+        accepts: a.accepts,
+        accepted: a.accepted,
+        unanswered: a.unanswered,
+        password_command: password.is_some(),
+        terminal,
+        password_refused: a.password_refused,
+    })))
+}
+
+/// The agent's keys, then the identity files: Some(what) once one is
+/// accepted; None when none is, or when one was taken as a first factor
+/// (`a.accepted`).
+async fn keys(
+    handle: &mut client::Handle<Handler>,
+    t: &SshTarget,
+    prompts: Prompts,
+    a: &mut Attempt,
+) -> Result<Option<String>> {
+    let where_ = a.where_.clone();
+    let wanted: Vec<PublicKey> = t.identities.iter().filter_map(|p| read_public_key(p)).collect();
+
+    // Every step waits at most the timeout: a hung agent (one waiting for
+    // a confirmation nobody gives) is given up and the key files tried; a
+    // server that does not answer is an error, not a hang.
+
+    // 1. The agent (IdentityAgent, else SSH_AUTH_SOCK).
+    if let Some(socket) = &t.agent {
+        match within(t.timeout, &where_, "the ssh-agent", AgentClient::connect_uds(socket)).await {
+            Ok(Ok(mut agent)) => {
+                let keys = match within(t.timeout, &where_, "the ssh-agent", agent.request_identities()).await {
+                    Ok(k) => k.unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!("{e}; going on without it");
+                        a.tried.push("the ssh-agent (no answer)".into());
+                        Vec::new()
+                    }
+                };
+                for key in keys {
+                    let public = key.public_key().into_owned();
+                    if t.identities_only && !wanted.iter().any(|w| w.key_data() == public.key_data()) {
+                        continue;
+                    }
+                    let label = format!("agent key {}", known_hosts::fingerprint(&public));
+                    let hash = match signature(handle, &public, &t.algorithms).await {
+                        Ok(hash) => hash,
+                        Err(why) => {
+                            a.tried.push(format!("{label} (not offered: {why})"));
+                            continue;
+                        }
+                    };
+                    a.tried.push(label.clone());
+                    match within(
+                        t.timeout,
+                        &where_,
+                        "signing with the ssh-agent",
+                        handle.authenticate_publickey_with(&t.user, public, hash, &mut agent),
+                    )
+                    .await
+                    {
+                        Ok(Ok(client::AuthResult::Success)) => return Ok(Some(label)),
+                        Ok(Ok(client::AuthResult::Failure { remaining_methods, partial_success })) => {
+                            a.refused(&label, &remaining_methods, partial_success);
+                            if partial_success {
+                                return Ok(None);
+                            }
+                        }
+                        Ok(Err(e)) => tracing::debug!("agent signing failed: {e}"),
+                        Err(e) => {
+                            tracing::warn!("{e}; going on without it");
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => a.tried.push(format!("the ssh-agent at {} (unusable: {e})", socket.display())),
+            Err(e) => {
+                tracing::warn!("{e}; going on without it");
+                a.tried.push("the ssh-agent (no answer)".into());
+            }
+        }
+    }
+
+    // 2. Identity files: the listed ones, else OpenSSH's defaults.
+    let files = if t.identities.is_empty() {
+        ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|n| crate::config::home().join(".ssh").join(n)).collect()
+    } else {
+        t.identities.clone()
+    };
+    for path in files {
+        if !path.exists() {
+            continue;
+        }
+        let key = match russh::keys::load_secret_key(&path, None) {
+            Ok(k) => k,
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                let asked = match prompts {
+                    Prompts::OnTerminal => ask(format!("Enter passphrase for key '{}': ", path.display())).await?,
+                    Prompts::Never => None,
+                };
+                let Some(pass) = asked else {
+                    let why = match prompts {
+                        Prompts::OnTerminal => "no terminal to ask for its passphrase",
+                        Prompts::Never => "this run asks for no passphrase",
+                    };
+                    a.tried.push(format!(
+                        "{} (encrypted; {why} — add it to the agent: ssh-add {})",
+                        path.display(),
+                        path.display()
+                    ));
+                    continue;
+                };
+                russh::keys::load_secret_key(&path, Some(pass.expose()))
+                    .map_err(|e| Error::Auth(format!("cannot decrypt {}: {e}", path.display())))?
+            }
+            Err(e) => {
+                a.tried.push(format!("{} (unreadable: {e})", path.display()));
+                continue;
+            }
+        };
+        let public = key.public_key().clone();
+        let label = path.display().to_string();
+        let hash = match signature(handle, &public, &t.algorithms).await {
+            Ok(hash) => hash,
+            Err(why) => {
+                a.tried.push(format!("{label} (not offered: {why})"));
+                continue;
+            }
+        };
+        a.tried.push(label.clone());
+        let r =
+            server(t, &where_, handle.authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)))
+                .await?;
+        match r {
+            client::AuthResult::Success => return Ok(Some(label)),
+            client::AuthResult::Failure { remaining_methods, partial_success } => {
+                a.refused(&label, &remaining_methods, partial_success);
+                if partial_success {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The server's keyboard-interactive prompts: a password prompt is
+/// answered by `ssh_password_command` when there is one; every other prompt
+/// (a one-time code, a PIN) on the terminal, showing the server's words, or
+/// not at all (noted in `a.unanswered`).
+async fn keyboard_interactive(
+    handle: &mut client::Handle<Handler>,
+    t: &SshTarget,
+    password: Option<&Secret>,
+    terminal: bool,
+    a: &mut Attempt,
+) -> Result<Option<String>> {
+    let where_ = a.where_.clone();
+    a.tried.push("keyboard-interactive".into());
+    let mut r = server(t, &where_, handle.authenticate_keyboard_interactive_start(&t.user, None::<String>)).await?;
+    let mut answered_password = false;
+    for _ in 0..PROMPT_ROUNDS {
+        match r {
+            client::KeyboardInteractiveAuthResponse::Success => return Ok(Some("keyboard-interactive".into())),
+            client::KeyboardInteractiveAuthResponse::Failure { remaining_methods, partial_success } => {
+                a.password_refused |= answered_password && !partial_success;
+                a.refused("keyboard-interactive", &remaining_methods, partial_success);
+                return Ok(None);
+            }
+            client::KeyboardInteractiveAuthResponse::InfoRequest { name, instructions, prompts } => {
+                let mut answers = Vec::with_capacity(prompts.len());
+                for p in &prompts {
+                    let shown = crate::term::one_line(&p.prompt, 200);
+                    match password {
+                        Some(pw) if is_password_prompt(&p.prompt) => {
+                            answered_password = true;
+                            answers.push(pw.expose().to_string());
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    if !terminal {
+                        a.unanswered.push(shown.trim().to_string());
+                        return Ok(None);
+                    }
+                    if answers.is_empty() {
+                        for text in [&name, &instructions] {
+                            let text = crate::term::printable(text.trim());
+                            if !text.is_empty() {
+                                crate::errln!("{text}");
+                            }
+                        }
+                    }
+                    match ask(shown).await? {
+                        Some(answer) => answers.push(answer.expose().to_string()),
+                        None => {
+                            a.unanswered.push(crate::term::one_line(&p.prompt, 200).trim().to_string());
+                            return Ok(None);
+                        }
+                    }
+                }
+                r = server(t, &where_, handle.authenticate_keyboard_interactive_respond(answers)).await?;
+            }
+        }
+    }
+    a.tried.push(format!("(the server asked more than {PROMPT_ROUNDS} rounds of questions)"));
+    Ok(None)
+}
+
+/// Whether a keyboard-interactive prompt asks for the account's password
+/// (PAM's "Password: "), not for a one-time code or a PIN
+/// ("One-time password (OATH)", "Verification code", "Passcode").
+fn is_password_prompt(prompt: &str) -> bool {
+    let p = prompt.to_ascii_lowercase();
+    let second_factor = ["one-time", "one time", "otp", "oath", "token", "verification", "passcode", "code", "pin"];
+    p.contains("password") && !second_factor.iter().any(|w| p.contains(w))
+}
+
+/// A request to the server, with the connection's deadline.
+async fn server<T>(
+    t: &SshTarget,
+    where_: &str,
+    fut: impl std::future::Future<Output = std::result::Result<T, russh::Error>>,
+) -> Result<T> {
+    within(t.timeout, where_, "the server", fut).await?.map_err(|e| Error::Connect(format!("{where_}: {e}")))
+}
+
+/// `fut`, or an error naming `what` once `timeout` passes.
+async fn within<T>(
+    timeout: Duration,
+    where_: &str,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| Error::Connect(format!("{where_}: {what} did not answer within {} s", timeout.as_secs())))
+}
+
+/// The signature algorithm to use with `key` here: PubkeyAcceptedAlgorithms'
+/// first that the server takes (RFC 8308's server-sig-algs). SHA-1
+/// `ssh-rsa` only when asked for, or, with the default list, for a server
+/// that knows nothing better. Err: why the key is not offered.
+async fn signature(
+    handle: &client::Handle<Handler>,
+    key: &PublicKey,
+    a: &crate::config::algorithms::Algorithms,
+) -> std::result::Result<Option<russh::keys::HashAlg>, String> {
+    use russh::keys::{Algorithm, HashAlg};
+    if !key.algorithm().is_rsa() {
+        return if a.pubkey.contains(&key.algorithm()) {
+            Ok(None)
+        } else {
+            Err(format!("PubkeyAcceptedAlgorithms leaves out {}", key.algorithm().as_str()))
+        };
+    }
+    let accepted: Vec<Option<HashAlg>> =
+        a.pubkey.iter().filter_map(|alg| if let Algorithm::Rsa { hash } = alg { Some(*hash) } else { None }).collect();
+    // The server's best RSA signature; None: it did not say.
+    let best = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+    let takes = |e: &Option<HashAlg>| match (e, best) {
+        // Asked for by name (the default list has no ssh-rsa).
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(b)) => *e == b || (b == HashAlg::Sha512 && *e == HashAlg::Sha256),
+    };
+    match accepted.iter().find(|e| takes(e)) {
+        Some(e) => Ok(*e),
+        None if best.is_none() && a.pubkey_default => Ok(None),
+        None => Err(match best {
+            None => "the server takes only SHA-1 ssh-rsa signatures, which PubkeyAcceptedAlgorithms leaves out".into(),
+            Some(_) => "PubkeyAcceptedAlgorithms allows no RSA signature the server takes".into(),
+        }),
+    }
+}
+
+fn read_public_key(private: &std::path::Path) -> Option<PublicKey> {
+    let text = std::fs::read_to_string(private.with_extension("pub")).ok()?;
+    PublicKey::from_openssh(text.trim()).ok()
+}
+
+/// Asks on the terminal, if stdin is one, never echoing: one question at a
+/// time (accounts connect concurrently), read on a blocking thread so
+/// that the other connections' keepalives and transfers go on. None: no
+/// terminal.
+async fn ask(prompt: String) -> Result<Option<Secret>> {
+    use std::io::IsTerminal as _;
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(move || rpassword::prompt_password(prompt))
+        .await
+        .map_err(|e| Error::Auth(format!("cannot read from the terminal: {e}")))?
+        .map(|s| Some(Secret::new(s)))
+        .map_err(|e| Error::Auth(format!("cannot read from the terminal: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_prompt_is_told_from_a_second_factor_prompt() {
+        for p in ["Password: ", "sshmail-test@host's password: ", "Enter PASSWORD for alice:"] {
+            assert!(is_password_prompt(p), "{p}");
+        }
+        for p in [
+            "One-time password (OATH) for `alice': ",
+            "Verification code: ",
+            "Passcode or option (1-3): ",
+            "OTP: ",
+            "Enter your PIN: ",
+        ] {
+            assert!(!is_password_prompt(p), "{p}");
+        }
+    }
+}
