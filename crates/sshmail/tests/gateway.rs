@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Env, assert_exit, read_dir_contents, stderr, wait_bounded};
+use common::{Daemon, Env, Tmux, assert_exit, read_dir_contents, stderr, wait_bounded};
 use sshmail_testbed::{MAIL_USER, corpus};
 
 /// Python's imaplib/poplib client script.
@@ -525,58 +525,11 @@ fn a_privileged_port_without_the_right_to_bind_it_fails_with_advice_not_a_bare_e
     assert!(err.contains("ip_unprivileged_port_start"), "{err}");
 }
 
-/// tmux on a private socket: Alpine driven like a person would.
-struct Tmux {
-    socket: PathBuf,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> Output {
-        let child = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tmux must be installed (scripts/install-deps)");
-        wait_bounded(child, Duration::from_secs(20))
-    }
-
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "mail"]).stdout).to_string()
-    }
-
-    /// Starts `command` in a 150×40 session named `mail`.
-    fn start(&self, command: &str) {
-        let out = self.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", command]);
-        assert!(out.status.success(), "tmux: {}", stderr(&out));
-    }
-
-    /// Waits (bounded) until the screen lists "message 0" to "message N-1";
-    /// `who` and the daemon's log explain a failure.
-    fn wait_listing(&self, who: &str, n: usize, daemon: &Daemon) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let screen = self.screen();
-            if (0..n).all(|i| screen.contains(&format!("message {i}"))) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{who} never listed the INBOX; screen:\n{screen}\nlog:\n{}",
-                daemon.log.text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
+/// Waits (bounded) until `tmux`'s screen lists "message 0" to "message
+/// N-1"; `who` and the daemon's log explain a failure.
+fn wait_listing(tmux: &Tmux, who: &str, n: usize, daemon: &Daemon) {
+    let what = format!("{who} listing the INBOX; log:\n{}", daemon.log.text());
+    tmux.wait_until(&what, Duration::from_secs(60), |screen| (0..n).all(|i| screen.contains(&format!("message {i}"))));
 }
 
 #[test]
@@ -704,7 +657,7 @@ fn mutt_lists_the_inbox_through_a_tcp_endpoint_and_through_its_tunnel_setting() 
         let tmux = Tmux { socket: home.join(format!("tmux-{name}.sock")) };
         let mutt = format!("env HOME={} TERM=xterm mutt -n -F {}", home.display(), muttrc.display());
         tmux.start(&mutt);
-        tmux.wait_listing(&format!("mutt ({name})"), 4, &daemon);
+        wait_listing(&tmux, &format!("mutt ({name})"), 4, &daemon);
         tmux.run(&["send-keys", "-t", "mail", "q"]);
     }
     let log = daemon.stop();
@@ -992,7 +945,7 @@ fn aerc_logs_in_through_the_accept_login_endpoint_and_lists_the_inbox() {
     let tmux = Tmux { socket: home.join("tmux.sock") };
     let aerc = format!("env HOME={} TMPDIR={} TERM=xterm-256color aerc", home.display(), home.display());
     tmux.start(&aerc);
-    tmux.wait_listing("aerc", 5, &daemon);
+    wait_listing(&tmux, "aerc", 5, &daemon);
     tmux.run(&["send-keys", "-t", "mail", ":q", "Enter"]);
     let log = daemon.stop();
     assert!(log.contains("uni imap: a client"), "aerc did not come through the endpoint:\n{log}");

@@ -1,9 +1,11 @@
-//! SSH failures end the run with a clear message, the right exit code, and
-//! nothing fetched. Against real sshd and Dovecot.
+//! SSH logins beyond keys (passwords, the server's prompts, second
+//! factors, answered on a terminal in tmux or by `ssh_password_command`),
+//! and SSH failures: a clear message naming the fix, the right exit code,
+//! nothing fetched. Against real sshd (with PAM where it asks) and Dovecot.
 
 mod common;
 
-use common::{Env, assert_exit, stderr};
+use common::{Env, Tmux, assert_exit, stderr};
 use sshmail_testbed::{Options, corpus};
 
 fn env_with_mail() -> Env {
@@ -160,4 +162,190 @@ fn encrypted_key_without_a_terminal_says_to_use_the_agent() {
     assert_exit(&out, 3);
     assert!(stderr(&out).contains("encrypted; no terminal"), "{}", stderr(&out));
     assert!(env.delivered().is_empty());
+}
+
+/// The password PAM takes in these tests (checked by pam_exec).
+const SSH_PASSWORD: &str = "correct horse";
+/// The TOTP secret pam_oath knows (hex).
+const TOTP_SECRET: &str = "3132333435363738393031323334353637383930";
+
+/// A testbed with mail whose sshd logs in through a PAM service of its own,
+/// as `methods` (AuthenticationMethods) says. `stack` names the PAM auth
+/// modules in order: `password` (pam_exec taking [`SSH_PASSWORD`]) and
+/// `otp` (pam_oath, TOTP from [`TOTP_SECRET`]). The PAM files live in the
+/// returned directory.
+fn env_with_pam(methods: &str, stack: &[&str]) -> (Env, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let check = dir.path().join("check-password");
+    std::fs::write(&check, format!("#!/bin/bash\nIFS= read -r -d '' pw\n[ \"$pw\" = '{SSH_PASSWORD}' ]\n")).unwrap();
+    std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let users = dir.path().join("users.oath");
+    std::fs::write(&users, format!("HOTP/T30 {} - {TOTP_SECRET}\n", sshmail_testbed::TEST_USER)).unwrap();
+    let pam = stack
+        .iter()
+        .map(|m| match *m {
+            "password" => format!("auth required pam_exec.so expose_authtok quiet {}", check.display()),
+            "otp" => format!("auth required pam_oath.so usersfile={} window=3 digits=6", users.display()),
+            other => panic!("no PAM module {other}"),
+        })
+        .collect();
+    let sshd_lines = [
+        "UsePAM yes",
+        "KbdInteractiveAuthentication yes",
+        "PasswordAuthentication yes",
+        &format!("AuthenticationMethods {methods}"),
+    ];
+    let mut env = Env::with(Options { sshd_lines: sshd_lines.map(String::from).to_vec(), pam, ..Default::default() });
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    (env, dir)
+}
+
+/// The current TOTP for [`TOTP_SECRET`], from oathtool.
+fn totp() -> String {
+    let out = std::process::Command::new("oathtool")
+        .args(["--totp", TOTP_SECRET])
+        .output()
+        .expect("oathtool (scripts/install-deps)");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Writes a config with the testbed's POP3 account (`extra` lines added)
+/// and returns its path.
+fn pop3_config(env: &Env, extra: &str) -> std::path::PathBuf {
+    let path = env.home.path().join("config.toml");
+    std::fs::write(&path, env.config_toml(&env.pop3_toml("mail", extra))).unwrap();
+    path
+}
+
+/// `sshmail fetch` with `config`, without a terminal.
+fn fetch_with(env: &Env, config: &std::path::Path) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sshmail"));
+    c.env("HOME", env.home.path()).env_remove("SSH_AUTH_SOCK").env_remove("SSHMAIL_LOG");
+    c.arg("fetch").arg("--config").arg(config).stdin(std::process::Stdio::null());
+    let child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    common::wait_bounded(child, std::time::Duration::from_secs(120))
+}
+
+/// `sshmail fetch` with `config` on a terminal (tmux); its exit status is
+/// written to the returned file when it ends.
+fn fetch_on_terminal(env: &Env, config: &std::path::Path) -> (Tmux, std::path::PathBuf) {
+    let tmux = Tmux { socket: env.home.path().join("tmux.sock") };
+    let done = env.home.path().join("fetch-exit");
+    tmux.start(&format!(
+        "env -u SSH_AUTH_SOCK -u SSHMAIL_LOG HOME={home} {bin} fetch --config {config}; echo $? > {done}; read x",
+        home = env.home.path().display(),
+        bin = env!("CARGO_BIN_EXE_sshmail"),
+        config = config.display(),
+        done = done.display()
+    ));
+    (tmux, done)
+}
+
+/// Waits (bounded) for the terminal fetch to end; its exit status.
+fn exit_of(tmux: &Tmux, done: &std::path::Path) -> String {
+    tmux.wait_until("sshmail to end", std::time::Duration::from_secs(60), |_| done.exists());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(done).unwrap_or_default();
+        if text.ends_with('\n') || std::time::Instant::now() > deadline {
+            return text.trim().to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Regression: a host that takes only a password (a university shell
+/// host) got no prompt on a terminal, and an error whose advice was to
+/// authorize a key. Now: on a terminal the password is asked as `ssh`
+/// asks it, never echoed; without one, the error names
+/// `ssh_password_command`, which works.
+#[test]
+fn regression_a_password_only_host_asks_on_the_terminal_or_names_ssh_password_command() {
+    let (env, _pam) = env_with_pam("password", &["password"]);
+    let config = pop3_config(&env, "keep = true");
+    let out = fetch_with(&env, &config);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("the server accepts: password") && err.contains("set ssh_password_command"), "{err}");
+    assert!(!err.contains("authorize one of your keys"), "{err}");
+    assert!(env.delivered().is_empty());
+
+    let (tmux, done) = fetch_on_terminal(&env, &config);
+    tmux.wait_until("the password prompt", std::time::Duration::from_secs(30), |s| {
+        s.contains(&format!("{}@127.0.0.1's password:", sshmail_testbed::TEST_USER))
+    });
+    tmux.type_line(SSH_PASSWORD);
+    assert_eq!(exit_of(&tmux, &done), "0", "{}", tmux.screen());
+    assert_eq!(env.delivered().len(), 2);
+    assert!(!tmux.screen().contains(SSH_PASSWORD), "the password was echoed:\n{}", tmux.screen());
+
+    // The command's password logs in too (nothing new to fetch: exit 1).
+    let config = pop3_config(&env, &format!("keep = true\nssh_password_command = \"echo '{SSH_PASSWORD}'\""));
+    let out = fetch_with(&env, &config);
+    assert_exit(&out, 1);
+    let log = std::fs::read_to_string(env.bed.sshd_log()).unwrap();
+    assert_eq!(log.matches("Accepted password").count(), 2, "{log}");
+}
+
+/// Regression: with `publickey,keyboard-interactive` (a key and a one-time
+/// code from pam_oath), the key was accepted but the error said only
+/// "the server accepts: keyboard-interactive", with advice to authorize the
+/// key. Now the partial success is said as such, with the server's
+/// question and the fix; on a terminal the question is shown and answered.
+#[test]
+fn regression_a_second_factor_is_named_as_such_and_asked_on_the_terminal() {
+    let (env, _pam) = env_with_pam("publickey,keyboard-interactive", &["otp"]);
+    let config = pop3_config(&env, "keep = true");
+    let out = fetch_with(&env, &config);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains(&format!("accepted {} but wants a second factor", env.bed.client_key.display())), "{err}");
+    assert!(err.contains("One-time password (OATH)") && err.contains("on a terminal"), "{err}");
+    assert!(!err.contains("authorize one of your keys"), "{err}");
+
+    let (tmux, done) = fetch_on_terminal(&env, &config);
+    tmux.wait_until("the one-time password prompt", std::time::Duration::from_secs(30), |s| {
+        s.contains("One-time password (OATH)")
+    });
+    tmux.type_line(&totp());
+    assert_eq!(exit_of(&tmux, &done), "0", "{}", tmux.screen());
+    assert_eq!(env.delivered().len(), 2);
+}
+
+/// Regression: keyboard-interactive asking a password and then a
+/// one-time code got `ssh_password_command`'s answer for both. Now the
+/// command answers the password prompt only; the code is asked on the
+/// terminal.
+#[test]
+fn regression_ssh_password_command_answers_the_password_prompt_not_the_one_time_code() {
+    let (env, _pam) = env_with_pam("keyboard-interactive", &["password", "otp"]);
+    let config = pop3_config(&env, &format!("keep = true\nssh_password_command = \"echo '{SSH_PASSWORD}'\""));
+    let out = fetch_with(&env, &config);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("One-time password (OATH)") && err.contains("no terminal"), "{err}");
+    assert!(!err.contains("the password was refused"), "{err}");
+
+    let (tmux, done) = fetch_on_terminal(&env, &config);
+    let screen = tmux.wait_until("the one-time password prompt", std::time::Duration::from_secs(30), |s| {
+        s.contains("One-time password (OATH)")
+    });
+    assert!(!screen.contains("Password:"), "the password prompt reached the terminal:\n{screen}");
+    tmux.type_line(&totp());
+    assert_eq!(exit_of(&tmux, &done), "0", "{}", tmux.screen());
+    assert_eq!(env.delivered().len(), 2);
+}
+
+/// A host that takes only GSSAPI (Kerberos) is told that sshmail has none
+/// and how to go through ssh instead, not to authorize a key.
+#[test]
+fn a_gssapi_only_host_is_told_to_go_through_ssh() {
+    let sshd_lines = ["GSSAPIAuthentication yes", "AuthenticationMethods gssapi-with-mic"].map(String::from).to_vec();
+    let env = Env::with(Options { sshd_lines, ..Default::default() });
+    let out = env.run(&[]);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("no Kerberos/GSSAPI") && err.contains("via = \"command\""), "{err}");
 }

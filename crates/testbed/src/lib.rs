@@ -73,6 +73,12 @@ pub struct Options {
     /// reads, so these win over the testbed's own (`UsePAM yes`,
     /// `Ciphers aes128-ctr`, `AuthenticationMethods …`).
     pub sshd_lines: Vec<String>,
+    /// The `auth` lines of a PAM service of the testbed's own
+    /// (`/etc/pam.d/sshmail-test-PORT`, removed when the testbed ends; needs
+    /// root): sshd runs under that name, so PAM reads that file and the
+    /// system's `sshd` service is untouched. `account` and `session` are
+    /// `pam_permit`. Empty: no PAM service.
+    pub pam: Vec<String>,
 }
 
 impl Default for Options {
@@ -87,6 +93,7 @@ impl Default for Options {
             extra_logins: Vec::new(),
             more_host_keys: Vec::new(),
             sshd_lines: Vec::new(),
+            pam: Vec::new(),
         }
     }
 }
@@ -136,6 +143,11 @@ pub struct Testbed {
     /// GNU mailutils' imap4d port (0 unless started with `mailutils`).
     pub mailutils_imap_port: u16,
     sshd: Option<Child>,
+    /// How sshd is run: `/usr/sbin/sshd`, or a link to it named as the
+    /// PAM service.
+    sshd_program: PathBuf,
+    /// The PAM service file written for this testbed.
+    pam_service: Option<PathBuf>,
     dovecot: Option<Child>,
     pop3d: Option<Child>,
     imap4d: Option<Child>,
@@ -186,6 +198,8 @@ impl Testbed {
             mailutils_pop3_port: 0,
             mailutils_imap_port: 0,
             sshd: None,
+            sshd_program: PathBuf::new(),
+            pam_service: None,
             dovecot: None,
             pop3d: None,
             imap4d: None,
@@ -678,7 +692,7 @@ impl Testbed {
 
     fn spawn_sshd(&mut self) -> Result<()> {
         let root = self.path().to_path_buf();
-        let child = Command::new(find_program("sshd", &["/usr/sbin/sshd"])?)
+        let child = Command::new(&self.sshd_program)
             .arg("-D")
             .arg("-f")
             .arg(root.join("sshd_config"))
@@ -749,6 +763,19 @@ impl Testbed {
         let conf_path = root.join("sshd_config");
         fs::write(&conf_path, config)?;
         self.ssh_port = port;
+        self.sshd_program = find_program("sshd", &["/usr/sbin/sshd"])?;
+        if !opts.pam.is_empty() {
+            // OpenSSH names its PAM service after the program it runs as.
+            let name = format!("sshmail-test-{port}");
+            let service = PathBuf::from("/etc/pam.d").join(&name);
+            let lines: String = opts.pam.iter().map(|l| format!("{l}\n")).collect();
+            fs::write(&service, format!("{lines}account required pam_permit.so\nsession required pam_permit.so\n"))
+                .with_context(|| format!("writing {} (PAM services need root)", service.display()))?;
+            self.pam_service = Some(service);
+            let link = root.join(&name);
+            std::os::unix::fs::symlink(&self.sshd_program, &link)?;
+            self.sshd_program = link;
+        }
         self.spawn_sshd()?;
         let pubkey = fs::read_to_string(host_key.with_extension("pub"))?;
         let mut fields = pubkey.split_whitespace();
@@ -783,6 +810,9 @@ impl Drop for Testbed {
             for pid in descendants(master.id()) {
                 signal(pid, "KILL");
             }
+        }
+        if let Some(service) = self.pam_service.take() {
+            let _ = fs::remove_file(service);
         }
         let children = [self.sshd.take(), self.dovecot.take(), self.pop3d.take(), self.imap4d.take()];
         for child in children.into_iter().flatten() {

@@ -97,8 +97,9 @@ pub(super) async fn authenticate(
     let terminal = prompts == Prompts::OnTerminal && std::io::stdin().is_terminal();
     let password = crate::process::password(&t.password, "ssh_password_command", t.timeout).await?;
     // OpenSSH's order: keyboard-interactive, then password.
+    // Asked even without a terminal or a command: the error then shows
+    // the server's question.
     if a.wants("keyboard-interactive")
-        && (password.is_some() || terminal)
         && let Some(done) = keyboard_interactive(handle, t, password.as_ref(), terminal, &mut a).await?
     {
         return Ok(done);

@@ -797,3 +797,61 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// tmux on a private socket: a terminal program driven as a person would,
+/// its screen read back.
+pub struct Tmux {
+    pub socket: PathBuf,
+}
+
+impl Tmux {
+    pub fn run(&self, args: &[&str]) -> Output {
+        let child = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tmux must be installed (scripts/install-deps)");
+        wait_bounded(child, Duration::from_secs(20))
+    }
+
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "mail"]).stdout).to_string()
+    }
+
+    /// Starts `command` in a 150×40 session named `mail`.
+    pub fn start(&self, command: &str) {
+        let out = self.run(&["new-session", "-d", "-s", "mail", "-x", "150", "-y", "40", command]);
+        assert!(out.status.success(), "tmux: {}", stderr(&out));
+    }
+
+    /// Types `text` and Enter.
+    pub fn type_line(&self, text: &str) {
+        let out = self.run(&["send-keys", "-t", "mail", "-l", text]);
+        assert!(out.status.success(), "tmux: {}", stderr(&out));
+        self.run(&["send-keys", "-t", "mail", "Enter"]);
+    }
+
+    /// Waits (bounded by `limit`) until the screen satisfies `ok`; the
+    /// panic names `what` and shows the screen.
+    pub fn wait_until(&self, what: &str, limit: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let screen = self.screen();
+            if ok(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "gave up waiting for {what}; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
