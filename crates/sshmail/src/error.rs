@@ -239,6 +239,9 @@ pub enum HostKeyProblem {
     Revoked { at: String, fingerprint: String },
     /// known_hosts could not be read, or a new key not recorded.
     Unusable(String),
+    /// A host certificate its `@cert-authority` line does not vouch for
+    /// (why, and the CA line's place if one matched).
+    Certificate(String),
 }
 
 impl std::fmt::Display for HostKeyRefused {
@@ -261,6 +264,7 @@ impl std::fmt::Display for HostKeyRefused {
                 write!(f, "host key {fingerprint} for {name} is revoked ({at}) — refusing")
             }
             HostKeyProblem::Unusable(msg) => write!(f, "{name}: {msg}"),
+            HostKeyProblem::Certificate(why) => write!(f, "host certificate for {name} refused: {why}"),
         }
     }
 }

@@ -356,13 +356,6 @@ fn regression_identity_agent_names_the_agent_socket_and_none_asks_no_agent() {
     env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
     let socket = env.home.path().join("agent.sock");
     let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(Stdio::null()).spawn().unwrap();
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _agent = Killed(agent);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !socket.exists() {
@@ -536,4 +529,138 @@ fn regression_pubkey_accepted_algorithms_ssh_rsa_signs_with_sha1() {
     let ssh_config = host_srv(&env, "  IdentitiesOnly yes\n");
     let out = fetch_through(&env, "srv", &ssh_config, Some(&key), &env.bed.known_hosts, &["--keep", "--all"]);
     assert_exit(&out, 3);
+}
+
+/// A fresh ed25519 key pair at `dir/name` (a CA); returns the private key's
+/// path and the public key's line.
+fn new_ca(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(name);
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&made.stderr));
+    let line = std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string();
+    (path, line)
+}
+
+/// `ssh-keygen -s CA -I sshmail-test ARGS KEY.pub`: a user certificate,
+/// written as KEY-cert.pub.
+fn sign_user_key(ca: &std::path::Path, key: &std::path::Path, args: &[&str]) -> std::path::PathBuf {
+    let out = Command::new("ssh-keygen")
+        .arg("-q")
+        .arg("-s")
+        .arg(ca)
+        .args(["-I", "sshmail-test"])
+        .args(args)
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen -s: {}", String::from_utf8_lossy(&out.stderr));
+    let mut cert = key.as_os_str().to_owned();
+    cert.push("-cert.pub");
+    std::path::PathBuf::from(cert)
+}
+
+/// Regression: OpenSSH user certificates were never offered, so a server
+/// that trusts a user CA and no authorized_keys (`TrustedUserCAKeys`,
+/// `AuthorizedKeysFile none`) refused every login with advice to authorize
+/// a key. Now the certificate beside the key (`KEY-cert.pub`), the one
+/// `CertificateFile` names, and one the agent holds are offered; a
+/// certificate for another principal or an expired one is refused.
+#[test]
+fn regression_a_user_certificate_logs_in_from_beside_the_key_from_certificate_file_and_from_the_agent() {
+    let cas = tempfile::tempdir().unwrap();
+    let (ca, _) = new_ca(cas.path(), "user_ca");
+    let lines = [format!("TrustedUserCAKeys {}", ca.with_extension("pub").display()), "AuthorizedKeysFile none".into()];
+    let mut env = Env::with(sshmail_testbed::Options { sshd_lines: lines.to_vec(), ..Default::default() });
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    let key = env.bed.client_key.clone();
+    let user = sshmail_testbed::TEST_USER;
+
+    let beside = sign_user_key(&ca, &key, &["-n", user]);
+    let out = env.run(&["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 2, "{}", stderr(&out));
+    let log = std::fs::read_to_string(env.bed.sshd_log()).unwrap();
+    assert!(log.contains("Accepted publickey") && log.contains("ED25519-CERT"), "{log}");
+
+    // Named by CertificateFile, elsewhere.
+    let elsewhere = env.home.path().join("my-cert.pub");
+    std::fs::rename(&beside, &elsewhere).unwrap();
+    let ssh_config = host_srv(&env, &format!("  CertificateFile {}\n", elsewhere.display()));
+    let out = fetch_through(&env, "srv", &ssh_config, Some(&key), &env.bed.known_hosts, &["--keep", "--all"]);
+    assert_exit(&out, 0);
+
+    // Refused: for another principal; expired.
+    for args in [&["-n", "someone-else"][..], &["-n", user, "-V", "20200101:20200102"]] {
+        sign_user_key(&ca, &key, args);
+        let out = env.run(&["--keep", "--all"]);
+        assert_exit(&out, 3);
+        assert!(stderr(&out).contains("with certificate"), "{args:?}: {}", stderr(&out));
+    }
+
+    // Held by an agent (ssh-add loads KEY-cert.pub with the key).
+    sign_user_key(&ca, &key, &["-n", user]);
+    let socket = env.home.path().join("agent.sock");
+    let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(Stdio::null()).spawn().unwrap();
+    let _agent = Killed(agent);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "ssh-agent did not make its socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add").arg(&key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    assert!(String::from_utf8_lossy(&added.stderr).contains("Certificate added"), "{added:?}");
+    let ssh_config = host_srv(&env, &format!("  IdentityAgent {}\n", socket.display()));
+    let out = fetch_through(&env, "srv", &ssh_config, None, &env.bed.known_hosts, &["--keep", "--all", "-v"]);
+    assert_exit(&out, 0);
+}
+
+/// Ends a child process when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Regression: a host known only by an `@cert-authority` line was "not
+/// known". Now its host certificate is asked for and checked: signed by
+/// that CA, for that host name, valid now, neither it nor the CA revoked;
+/// each failure is refused with its reason.
+#[test]
+fn regression_a_host_known_by_its_cert_authority_is_known_and_bad_certificates_are_refused() {
+    let cas = tempfile::tempdir().unwrap();
+    let (ca, ca_line) = new_ca(cas.path(), "host_ca");
+    let (_, other_ca_line) = new_ca(cas.path(), "other_ca");
+    let mut env = Env::with(sshmail_testbed::Options { host_ca: Some(ca.clone()), ..Default::default() });
+    env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
+    let port = env.bed.ssh_port;
+    let known = env.bed.known_hosts.clone();
+    std::fs::write(&known, format!("@cert-authority [127.0.0.1]:{port} {ca_line}\n")).unwrap();
+    let out = env.run(&["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 2, "{}", stderr(&out));
+
+    let refused = |env: &Env, known_hosts: &str, why: &str| {
+        std::fs::write(&known, known_hosts).unwrap();
+        let out = env.run(&["--keep", "--all"]);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(why), "want {why:?}: {}", stderr(&out));
+    };
+    refused(&env, &format!("@cert-authority [127.0.0.1]:{port} {other_ca_line}\n"), "which no @cert-authority line");
+    refused(&env, &format!("@cert-authority [127.0.0.1]:{port} {ca_line}\n@revoked * {ca_line}\n"), "is revoked");
+    // Another name (HostKeyAlias) than the certificate's principal.
+    std::fs::write(&known, format!("@cert-authority mail.example {ca_line}\n")).unwrap();
+    let ssh_config = host_srv(&env, "  HostKeyAlias mail.example\n");
+    let out = fetch_through(&env, "srv", &ssh_config, Some(&env.bed.client_key), &known, &["--all"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("is for 127.0.0.1, not for mail.example"), "{}", stderr(&out));
+
+    env.bed.sign_host_key(&ca, &["-V", "20200101:20200102"]).unwrap();
+    refused(&env, &format!("@cert-authority [127.0.0.1]:{port} {ca_line}\n"), "expired at 2020-01-02");
 }

@@ -79,6 +79,10 @@ pub struct Options {
     /// system's `sshd` service is untouched. `account` and `session` are
     /// `pam_permit`. Empty: no PAM service.
     pub pam: Vec<String>,
+    /// A host CA's private key: the ed25519 host key is signed by it
+    /// (`ssh-keygen -s CA -h -n 127.0.0.1`) and sshd shows the certificate
+    /// ([`Testbed::sign_host_key`] signs it again).
+    pub host_ca: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -94,6 +98,7 @@ impl Default for Options {
             more_host_keys: Vec::new(),
             sshd_lines: Vec::new(),
             pam: Vec::new(),
+            host_ca: None,
         }
     }
 }
@@ -685,6 +690,15 @@ impl Testbed {
         }
     }
 
+    /// Signs the ed25519 host key again with the host CA `ca` (principal
+    /// `127.0.0.1` unless `args` gives `-n`; `args` such as `-V
+    /// 20200101:20200102` go to ssh-keygen) and restarts sshd to show it.
+    pub fn sign_host_key(&mut self, ca: &Path, args: &[&str]) -> Result<()> {
+        sign_host_key(ca, &self.path().join("ssh_host_ed25519_key"), args)?;
+        self.kill_sshd();
+        self.restart_sshd()
+    }
+
     /// Starts sshd again after [`Testbed::kill_sshd`], same port and keys.
     pub fn restart_sshd(&mut self) -> Result<()> {
         self.spawn_sshd()
@@ -727,11 +741,19 @@ impl Testbed {
         }
         let port = free_port()?;
         fs::create_dir_all("/run/sshd").ok();
+        let host_cert = match &opts.host_ca {
+            Some(ca) => {
+                sign_host_key(ca, &host_key, &[])?;
+                format!("HostCertificate {}\n", host_cert_path(&host_key).display())
+            }
+            None => String::new(),
+        };
         let config = format!(
             "{first}\
              Port {port}\n\
              ListenAddress 127.0.0.1\n\
              {hk}\
+             {host_cert}\
              PidFile {root}/sshd.pid\n\
              UsePAM no\n\
              StrictModes no\n\
@@ -748,6 +770,7 @@ impl Testbed {
              LogLevel VERBOSE\n\
              SetEnv CONFIG_FILE={dovecot_conf}\n\
              Subsystem sftp internal-sftp\n",
+            host_cert = host_cert,
             first = opts.sshd_lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
             dovecot_conf = self.dovecot_config.display(),
             max_sessions = opts.max_sessions.map(|n| format!("MaxSessions {n}\n")).unwrap_or_default(),
@@ -829,6 +852,28 @@ impl Drop for Testbed {
             let _ = child.wait();
         }
     }
+}
+
+/// Where `ssh-keygen -s` writes the certificate of `key`.
+fn host_cert_path(key: &Path) -> PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push("-cert.pub");
+    PathBuf::from(name)
+}
+
+/// `ssh-keygen -s CA -h -I testbed-host [-n 127.0.0.1] ARGS KEY.pub`.
+fn sign_host_key(ca: &Path, key: &Path, args: &[&str]) -> Result<()> {
+    let mut c = Command::new("ssh-keygen");
+    c.arg("-q").arg("-s").arg(ca).args(["-h", "-I", "testbed-host"]);
+    if !args.contains(&"-n") {
+        c.args(["-n", "127.0.0.1"]);
+    }
+    let out = c.args(args).arg(key.with_extension("pub")).output().context("running ssh-keygen")?;
+    if !out.status.success() {
+        bail!("ssh-keygen -s: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    anyhow::ensure!(host_cert_path(key).exists(), "ssh-keygen wrote no {}", host_cert_path(key).display());
+    Ok(())
 }
 
 /// Sends a signal (by name, as `kill -NAME`: TERM, KILL, STOP, CONT) to one

@@ -54,6 +54,9 @@ pub struct SshTarget {
     /// `ProxyCommand`, its `%h %p %r %n %%` expanded: run by `/bin/sh -c`,
     /// its stdin and stdout are the connection to the SSH server.
     pub proxy_command: Option<String>,
+    /// `CertificateFile`: an OpenSSH user certificate for one of the
+    /// identities (besides each identity's own `KEY-cert.pub`).
+    pub certificate: Option<PathBuf>,
     /// The algorithms offered: sshmail's defaults as ssh_config changes
     /// them.
     pub algorithms: super::algorithms::Algorithms,
@@ -198,6 +201,10 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         host_key_alias: first("hostkeyalias"),
         proxy_command,
         agent: agent_socket(first("identityagent").as_deref()),
+        certificate: params
+            .as_ref()
+            .and_then(|p| p.certificate_file.as_ref())
+            .map(|p| expand_tilde(&p.to_string_lossy())),
         algorithms: match &params {
             Some(p) => super::algorithms::Algorithms::of(p, &dest.host)?,
             None => super::algorithms::Algorithms::default(),

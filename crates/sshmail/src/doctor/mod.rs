@@ -139,7 +139,9 @@ pub async fn run(args: Args<'_>) -> Exit {
             }
         };
         let route = &account.route;
-        let pool = crate::ssh::SshPool::new();
+        // On a terminal, doctor asks what fetch would ask (a passphrase,
+        // a password, the server's questions).
+        let pool = crate::ssh::SshPool::new().prompting();
         let before = report.fails;
         if account.fetch.enabled {
             remote::account(&mut report, account, &pool).await;

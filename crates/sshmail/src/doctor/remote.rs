@@ -112,6 +112,9 @@ async fn ssh(report: &mut Report, target: &SshTarget, jumps: &[SshTarget], pool:
                 ),
                 HostKeyProblem::Revoked { .. } => "ask the server's administrator: that key is revoked".into(),
                 HostKeyProblem::Unusable(_) => "make the known_hosts file readable and writable by you".into(),
+                HostKeyProblem::Certificate(_) => "ask the server's administrator for a host certificate from the CA \
+                     your @cert-authority line names, for this host name and valid now"
+                    .into(),
             };
             report.fail("host-key", refused.to_string(), &fix, Exit::Connect);
             false

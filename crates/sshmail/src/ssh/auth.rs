@@ -178,7 +178,18 @@ async fn keys(
                     if t.identities_only && !wanted.iter().any(|w| w.key_data() == public.key_data()) {
                         continue;
                     }
-                    let label = format!("agent key {}", known_hosts::fingerprint(&public));
+                    let cert = match key {
+                        russh::keys::agent::AgentIdentity::Certificate { certificate, .. } => Some(certificate),
+                        russh::keys::agent::AgentIdentity::PublicKey { .. } => None,
+                    };
+                    let label = match &cert {
+                        Some(c) => format!(
+                            "agent certificate \"{}\" of key {}",
+                            crate::term::one_line(c.key_id(), 80),
+                            known_hosts::fingerprint(&public)
+                        ),
+                        None => format!("agent key {}", known_hosts::fingerprint(&public)),
+                    };
                     let hash = match signature(handle, &public, &t.algorithms).await {
                         Ok(hash) => hash,
                         Err(why) => {
@@ -187,14 +198,27 @@ async fn keys(
                         }
                     };
                     a.tried.push(label.clone());
-                    match within(
-                        t.timeout,
-                        &where_,
-                        "signing with the ssh-agent",
-                        handle.authenticate_publickey_with(&t.user, public, hash, &mut agent),
-                    )
-                    .await
-                    {
+                    let signed = match cert {
+                        Some(cert) => {
+                            within(
+                                t.timeout,
+                                &where_,
+                                "signing with the ssh-agent",
+                                handle.authenticate_certificate_with(&t.user, cert, hash, &mut agent),
+                            )
+                            .await
+                        }
+                        None => {
+                            within(
+                                t.timeout,
+                                &where_,
+                                "signing with the ssh-agent",
+                                handle.authenticate_publickey_with(&t.user, public, hash, &mut agent),
+                            )
+                            .await
+                        }
+                    };
+                    match signed {
                         Ok(Ok(client::AuthResult::Success)) => return Ok(Some(label)),
                         Ok(Ok(client::AuthResult::Failure { remaining_methods, partial_success })) => {
                             a.refused(&label, &remaining_methods, partial_success);
@@ -256,6 +280,22 @@ async fn keys(
             }
         };
         let public = key.public_key().clone();
+        let key = Arc::new(key);
+        // Its certificate first, as ssh offers it: CertificateFile when it
+        // certifies this key, else KEY-cert.pub beside it.
+        if let Some((cert_path, cert)) = certificate_for(&path, &public, t.certificate.as_deref()) {
+            let label = format!("{} with certificate {}", path.display(), cert_path.display());
+            a.tried.push(label.clone());
+            match server(t, &where_, handle.authenticate_openssh_cert(&t.user, key.clone(), cert)).await? {
+                client::AuthResult::Success => return Ok(Some(label)),
+                client::AuthResult::Failure { remaining_methods, partial_success } => {
+                    a.refused(&label, &remaining_methods, partial_success);
+                    if partial_success {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
         let label = path.display().to_string();
         let hash = match signature(handle, &public, &t.algorithms).await {
             Ok(hash) => hash,
@@ -266,8 +306,7 @@ async fn keys(
         };
         a.tried.push(label.clone());
         let r =
-            server(t, &where_, handle.authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)))
-                .await?;
+            server(t, &where_, handle.authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(key, hash))).await?;
         match r {
             client::AuthResult::Success => return Ok(Some(label)),
             client::AuthResult::Failure { remaining_methods, partial_success } => {
@@ -409,6 +448,30 @@ async fn signature(
             Some(_) => "PubkeyAcceptedAlgorithms allows no RSA signature the server takes".into(),
         }),
     }
+}
+
+/// The user certificate for the key at `path` (`public`): `configured`
+/// (CertificateFile) if it certifies this key, else `KEY-cert.pub`. A
+/// file that does not parse or certifies another key is passed over.
+fn certificate_for(
+    path: &std::path::Path,
+    public: &PublicKey,
+    configured: Option<&std::path::Path>,
+) -> Option<(std::path::PathBuf, russh::keys::Certificate)> {
+    let mut beside = path.as_os_str().to_owned();
+    beside.push("-cert.pub");
+    let candidates = configured.map(std::path::Path::to_path_buf).into_iter().chain([std::path::PathBuf::from(beside)]);
+    for file in candidates {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        match russh::keys::Certificate::from_openssh(text.trim()) {
+            Ok(cert) if cert.public_key() == public.key_data() => return Some((file, cert)),
+            Ok(_) => tracing::debug!("{} certifies another key than {}", file.display(), path.display()),
+            Err(e) => tracing::warn!("{}: not an OpenSSH certificate ({e}); passed over", file.display()),
+        }
+    }
+    None
 }
 
 fn read_public_key(private: &std::path::Path) -> Option<PublicKey> {

@@ -9,8 +9,11 @@
 //!   of a `!`-negated pattern excludes the line; a hashed entry
 //!   `|1|salt|hash` matches if HMAC-SHA1(salt, name) equals hash;
 //! - `@revoked` keys are refused whatever else the files say;
-//! - `@cert-authority` lines vouch for certificates only, never for a plain
-//!   host key, so they are skipped here;
+//! - `@cert-authority` lines vouch for host certificates only, never for a
+//!   plain host key ([`check_certificate`]): the certificate must be signed
+//!   by such a CA, be a host certificate, name the host among its
+//!   principals (or name none), be within its validity and carry no
+//!   critical option; a revoked certificate key or CA is refused;
 //! - a key that differs from a listed key of the same type is a *change*.
 
 use std::fmt;
@@ -123,6 +126,105 @@ pub fn check_texts(texts: &[(PathBuf, String)], host: &str, port: u16, key: &Pub
         (Some(at), _) => Verdict::Trusted(at),
         (None, Some(c)) => c,
         (None, None) => Verdict::Unknown,
+    }
+}
+
+/// The outcome of checking a host certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertVerdict {
+    /// Signed by the CA at this line, and valid for this host now.
+    Trusted(Location),
+    /// No `@cert-authority` line names this host.
+    NoAuthority,
+    /// Its key or its CA is marked `@revoked`.
+    Revoked(Location),
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// Whether an `@cert-authority` line names `host`/`port`: then host
+/// certificates are asked for.
+pub fn has_authority(texts: &[(PathBuf, String)], host: &str, port: u16) -> bool {
+    let name = lookup_name(host, port).to_ascii_lowercase();
+    texts.iter().any(|(_, text)| {
+        text.lines().filter_map(Entry::parse).any(|e| e.marker == Marker::CertAuthority && e.matches(&name))
+    })
+}
+
+/// Checks a host certificate for `host`/`port` at `now` (Unix seconds)
+/// against known_hosts contents ([`read`]). The principal looked for is
+/// `host` (a HostKeyAlias, or the host name without the port), as OpenSSH
+/// checks it.
+pub fn check_certificate(
+    texts: &[(PathBuf, String)],
+    host: &str,
+    port: u16,
+    cert: &russh::keys::Certificate,
+    now: u64,
+) -> CertVerdict {
+    let name = lookup_name(host, port).to_ascii_lowercase();
+    let mut authorities = Vec::new();
+    for (file, text) in texts {
+        for (i, raw) in text.lines().enumerate() {
+            let Some(entry) = Entry::parse(raw) else {
+                continue;
+            };
+            if entry.marker == Marker::None || !entry.matches(&name) {
+                continue;
+            }
+            let Ok(listed) = PublicKey::from_openssh(&format!("{} {}", entry.key_type, entry.key_b64)) else {
+                continue;
+            };
+            let at = Location { file: file.clone(), line: i + 1 };
+            match entry.marker {
+                Marker::Revoked
+                    if listed.key_data() == cert.public_key() || listed.key_data() == cert.signature_key() =>
+                {
+                    return CertVerdict::Revoked(at);
+                }
+                Marker::CertAuthority => authorities.push((listed, at)),
+                _ => {}
+            }
+        }
+    }
+    if authorities.is_empty() {
+        return CertVerdict::NoAuthority;
+    }
+    let ca = PublicKey::new(cert.signature_key().clone(), "");
+    let Some((_, at)) = authorities.iter().find(|(k, _)| k.key_data() == cert.signature_key()) else {
+        return CertVerdict::Refused(format!(
+            "its certificate is signed by CA {}, which no @cert-authority line for {name} lists",
+            fingerprint(&ca)
+        ));
+    };
+    let refused = |why: String| CertVerdict::Refused(format!("its certificate (\"{}\") {why}", cert.key_id()));
+    if cert.verify_signature().is_err() {
+        return refused(format!("does not verify against CA {}", fingerprint(&ca)));
+    }
+    if cert.cert_type() != russh::keys::ssh_key::certificate::CertType::Host {
+        return refused("is a user certificate, not a host certificate".into());
+    }
+    let principals = cert.valid_principals();
+    if !principals.is_empty() && !principals.iter().any(|p| p.eq_ignore_ascii_case(host)) {
+        return refused(format!("is for {}, not for {host}", principals.join(", ")));
+    }
+    if now < cert.valid_after() {
+        return refused(format!("is not valid before {}", unix_time(cert.valid_after())));
+    }
+    if now >= cert.valid_before() {
+        return refused(format!("expired at {}", unix_time(cert.valid_before())));
+    }
+    if let Some((option, _)) = cert.critical_options().iter().next() {
+        return refused(format!("carries the critical option {option:?}, which sshmail does not know"));
+    }
+    CertVerdict::Trusted(at.clone())
+}
+
+/// Unix seconds as UTC `YYYY-MM-DD HH:MM:SS`, for messages.
+fn unix_time(secs: u64) -> String {
+    match chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX), 0) {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        None => "the end of time".into(),
     }
 }
 

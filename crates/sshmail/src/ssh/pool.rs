@@ -170,7 +170,8 @@ impl SshPool {
     }
 
     /// The same pool, asking on the terminal (when there is one) for the
-    /// passphrase of an encrypted key the agent does not hold.
+    /// passphrase of an encrypted key the agent does not hold, an SSH
+    /// password and the server's keyboard-interactive questions.
     pub fn prompting(mut self) -> SshPool {
         self.prompts = Prompts::OnTerminal;
         self

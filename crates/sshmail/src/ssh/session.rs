@@ -46,14 +46,13 @@ impl client::Handler for Handler {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let key: &PublicKey = match key {
-            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => key,
-            // We do not ask for certificates (no host_key_certificates in
-            // Preferred), so a certificate here is unexpected: refuse.
-            russh::keys::PublicKeyOrCertificate::Certificate(_) => return Ok(false),
-        };
         let t = &self.target;
         let (host, port) = t.known_as();
+        let key: &PublicKey = match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            // Asked for only when an @cert-authority line names the host.
+            russh::keys::PublicKeyOrCertificate::Certificate(cert) => return Ok(self.check_certificate(cert)),
+        };
         let verdict = self.known.as_ref().map(|texts| known_hosts::check_texts(texts, host, port, key));
         let line = || format!("{} {}", known_hosts::lookup_name(host, port), key.to_openssh().unwrap_or_default());
         let refusal = match verdict {
@@ -99,6 +98,33 @@ impl client::Handler for Handler {
     }
 }
 
+impl Handler {
+    /// A host certificate against known_hosts' `@cert-authority` lines.
+    fn check_certificate(&self, cert: &russh::keys::Certificate) -> bool {
+        let (host, port) = self.target.known_as();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let verdict = self.known.as_ref().map(|texts| known_hosts::check_certificate(texts, host, port, cert, now));
+        let outcome = match verdict {
+            Ok(known_hosts::CertVerdict::Trusted(at)) => {
+                let ca = known_hosts::fingerprint(&PublicKey::new(cert.signature_key().clone(), ""));
+                Ok(format!("certificate \"{}\" signed by CA {ca} ({at})", crate::term::one_line(cert.key_id(), 80)))
+            }
+            Ok(known_hosts::CertVerdict::Revoked(at)) => Err(HostKeyProblem::Revoked {
+                at: at.to_string(),
+                fingerprint: known_hosts::fingerprint(&PublicKey::new(cert.public_key().clone(), "")),
+            }),
+            Ok(known_hosts::CertVerdict::NoAuthority) => Err(HostKeyProblem::Certificate(
+                "the server showed a host certificate, and no @cert-authority line names this host".into(),
+            )),
+            Ok(known_hosts::CertVerdict::Refused(why)) => Err(HostKeyProblem::Certificate(why)),
+            Err(e) => Err(HostKeyProblem::Unusable(format!("cannot read known_hosts: {e}"))),
+        };
+        let trusted = outcome.is_ok();
+        *self.verdict.lock().expect("verdict lock") = Some(outcome);
+        trusted
+    }
+}
+
 /// An authenticated SSH connection.
 pub struct SshSession {
     handle: client::Handle<Handler>,
@@ -129,7 +155,8 @@ impl SshSession {
         let known = known_hosts::read(&target.known_hosts).map_err(|e| e.to_string());
         let (known_host, known_port) = target.known_as();
         let types = known.as_deref().map(|t| known_hosts::known_types(t, known_host, known_port)).unwrap_or_default();
-        let config = Arc::new(client_config(target, &types));
+        let authority = known.as_deref().is_ok_and(|t| known_hosts::has_authority(t, known_host, known_port));
+        let config = Arc::new(client_config(target, &types, authority));
         let handler = Handler { target: target.clone(), known, verdict: verdict.clone() };
         let timeout = target.timeout;
         // What a ProxyCommand says, for the error when the connection fails.
@@ -380,7 +407,11 @@ fn host_key_order(all: &[russh::keys::Algorithm], known: &[String]) -> Vec<russh
     first
 }
 
-fn client_config(target: &SshTarget, known: &[String]) -> client::Config {
+/// The connection's settings: the algorithms `target` allows, host key
+/// types ordered by what known_hosts holds (`known`), host certificates
+/// asked for first when an `@cert-authority` line names the host
+/// (`authority`).
+fn client_config(target: &SshTarget, known: &[String], authority: bool) -> client::Config {
     use std::borrow::Cow;
     let a = &target.algorithms;
     // As OpenSSH: the host key types known_hosts holds for the host come
@@ -391,6 +422,7 @@ fn client_config(target: &SshTarget, known: &[String]) -> client::Config {
         key: Cow::Owned(key),
         cipher: Cow::Owned(a.cipher.clone()),
         mac: Cow::Owned(a.mac.clone()),
+        host_key_certificates: if authority { Cow::Owned(a.host_key.clone()) } else { Cow::Borrowed(&[]) },
         ..Default::default()
     };
     if target.compress {
