@@ -153,6 +153,13 @@ fn every_failure_is_named_at_its_hop_and_nothing_fails_before_it() {
             assert!(d.passed(hop), "{name}: {hop} did not pass:\n{}", d.stdout);
         }
         assert!(d.hops.iter().any(|h| h.hop == "ssh" && h.what.starts_with("SSH-2.0-OpenSSH")), "{}", d.stdout);
+        assert!(
+            d.hops
+                .iter()
+                .any(|h| h.hop == "algorithms" && h.what.starts_with("key exchange ") && h.what.contains("cipher")),
+            "{}",
+            d.stdout
+        );
         assert_eq!(d.code, 0, "{}", d.stdout);
     }
     let d = doctor(&env, &config, "imap");
@@ -338,4 +345,31 @@ fn regression_the_relay_check_is_the_relays_own_session_starttls_and_auth_includ
     let d = doctor(&env, &config, "isp");
     let hop = d.fails_at("send");
     assert!(hop.what.contains("not trusted"), "{}", d.stdout);
+}
+
+/// doctor tells the truth about ~/.ssh/config: each directive set for the
+/// host that sshmail reads but does not honour is a WARN naming its line
+/// and what sshmail does instead, and so is an algorithm it does not
+/// implement; the connection still passes.
+#[test]
+fn ssh_config_directives_sshmail_does_not_honour_are_warnings_naming_the_line() {
+    let env = Env::new();
+    let ssh_dir = env.home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    std::fs::write(
+        ssh_dir.join("config"),
+        "# mail host\nHost 127.0.0.1\n  ControlMaster auto\n  UpdateHostKeys yes\n  ForwardX11 yes\n  \
+         KexAlgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256\n",
+    )
+    .unwrap();
+    let config = config(&env, "config.toml", &env.pop3_toml("pop3", ""));
+    let d = doctor(&env, &config, "pop3");
+    assert_eq!(d.code, 0, "{}", d.stdout);
+    let warned: Vec<&Hop> = d.hops.iter().filter(|h| h.status == "WARN" && h.hop == "ssh_config").collect();
+    assert_eq!(warned.len(), 3, "{}", d.stdout);
+    assert!(warned[0].what.contains(".ssh/config:3: ControlMaster"), "{}", d.stdout);
+    assert!(warned[1].what.contains(".ssh/config:4: UpdateHostKeys"), "{}", d.stdout);
+    assert!(warned[2].what.contains(".ssh/config:6: KexAlgorithms sntrup761x25519-sha512@openssh.com"), "{}", d.stdout);
+    assert!(d.stdout.contains("fix: sshmail makes its own connection"), "{}", d.stdout);
+    assert!(d.hops.iter().any(|h| h.hop == "algorithms" && h.what.contains("curve25519-sha256")), "{}", d.stdout);
 }

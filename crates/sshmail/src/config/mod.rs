@@ -26,6 +26,7 @@ mod raw;
 mod resolve;
 mod route;
 pub mod ssh;
+pub mod ssh_directives;
 #[cfg(test)]
 mod tests;
 

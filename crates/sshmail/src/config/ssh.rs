@@ -34,6 +34,9 @@ pub struct SshTarget {
     pub compress: bool,
     /// Per-wait timeout (connecting, a channel opening, a mail server's reply).
     pub timeout: Duration,
+    /// How long the TCP connection may take (`ConnectTimeout`, else
+    /// `timeout`).
+    pub connect_timeout: Duration,
     /// SSH keepalive interval (`ServerAliveInterval`, default 4 s): a frozen
     /// link is given up after `alive_max` unanswered ones, whatever `timeout`
     /// allows a slow but alive mail server.
@@ -54,6 +57,9 @@ pub struct SshTarget {
     /// `ProxyCommand`, its `%h %p %r %n %%` expanded: run by `/bin/sh -c`,
     /// its stdin and stdout are the connection to the SSH server.
     pub proxy_command: Option<String>,
+    /// Directives set for this host that sshmail reads but does not
+    /// honour, with what it does instead (for doctor's warnings).
+    pub unhonoured: Vec<(&'static str, &'static str)>,
     /// `CertificateFile`: an OpenSSH user certificate for one of the
     /// identities (besides each identity's own `KEY-cert.pub`).
     pub certificate: Option<PathBuf>,
@@ -194,6 +200,11 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         policy,
         compress,
         timeout: reach.timeout,
+        connect_timeout: params
+            .as_ref()
+            .and_then(|p| p.connect_timeout)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(reach.timeout),
         alive_interval,
         alive_max,
         password: reach.ssh_password.clone(),
@@ -201,6 +212,7 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         host_key_alias: first("hostkeyalias"),
         proxy_command,
         agent: agent_socket(first("identityagent").as_deref()),
+        unhonoured: params.as_ref().map(super::ssh_directives::unhonoured).unwrap_or_default(),
         certificate: params
             .as_ref()
             .and_then(|p| p.certificate_file.as_ref())

@@ -44,11 +44,33 @@ pub struct Report {
     first_failure: Option<Exit>,
     fails: usize,
     warns: usize,
+    /// The ssh_config file read, to name the line of a directive.
+    ssh_config: std::path::PathBuf,
 }
 
 impl Report {
     fn new() -> Report {
-        Report { out: Box::new(std::io::stdout()), first_failure: None, fails: 0, warns: 0 }
+        Report {
+            out: Box::new(std::io::stdout()),
+            first_failure: None,
+            fails: 0,
+            warns: 0,
+            ssh_config: crate::config::home().join(".ssh/config"),
+        }
+    }
+
+    /// `FILE:LINE` of the first line setting `directive` in the ssh_config
+    /// file, or the file alone (the line may be in an included file).
+    fn ssh_config_line(&self, directive: &str) -> String {
+        let text = std::fs::read_to_string(&self.ssh_config).unwrap_or_default();
+        let line = text.lines().position(|l| {
+            let word = l.trim_start().split(|c: char| c.is_whitespace() || c == '=').next().unwrap_or("");
+            word.eq_ignore_ascii_case(directive)
+        });
+        match line {
+            Some(n) => format!("{}:{}", self.ssh_config.display(), n + 1),
+            None => format!("{} (or a file it includes)", self.ssh_config.display()),
+        }
     }
 
     fn heading(&mut self, text: &str) {
@@ -109,6 +131,9 @@ pub struct Args<'a> {
 /// fetch would have for the first FAIL.
 pub async fn run(args: Args<'_>) -> Exit {
     let mut report = Report::new();
+    if let Some(p) = args.ssh_config {
+        report.ssh_config = p.to_path_buf();
+    }
     let (path, default) = crate::config::config_path(args.config);
     report.heading(&format!("config {}", path.display()));
     let overrides = config::Overrides { ssh_config: args.ssh_config.map(Path::to_path_buf), ..Default::default() };

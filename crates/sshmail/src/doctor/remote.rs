@@ -87,6 +87,9 @@ pub async fn account(report: &mut Report, account: &Account, pool: &SshPool) {
 /// Name, TCP, banner of the first SSH hop, then the SSH connection (host
 /// key, login) through the pool. True when connected.
 async fn ssh(report: &mut Report, target: &SshTarget, jumps: &[SshTarget], pool: &SshPool) -> bool {
+    for t in jumps.iter().chain([target]) {
+        unhonoured(report, t);
+    }
     let first = jumps.first().unwrap_or(target);
     if !reach_sshd(report, first).await {
         return false;
@@ -95,6 +98,7 @@ async fn ssh(report: &mut Report, target: &SshTarget, jumps: &[SshTarget], pool:
         Ok(session) => {
             let hs = session.handshake();
             report.pass("host-key", format!("{} {}", target.name(), hs.host_key));
+            report.pass("algorithms", &hs.algorithms);
             report.pass("ssh-auth", format!("as {} with {}", target.user, hs.auth));
             true
         }
@@ -128,6 +132,29 @@ async fn ssh(report: &mut Report, target: &SshTarget, jumps: &[SshTarget], pool:
             report.error("ssh", &e, "the SSH handshake failed: `ssh -v` to the same host shows where");
             false
         }
+    }
+}
+
+/// A WARN for each ssh_config directive set for `t`'s host that sshmail
+/// reads but does not honour, and for each algorithm it names that sshmail
+/// does not implement.
+fn unhonoured(report: &mut Report, t: &SshTarget) {
+    for (directive, instead) in &t.unhonoured {
+        let at = report.ssh_config_line(directive);
+        report.warn(
+            "ssh_config",
+            format!("{at}: {directive} (for {}) is not honoured", t.name()),
+            &format!("sshmail {instead}"),
+        );
+    }
+    for named in &t.algorithms.unimplemented {
+        let directive = named.split_whitespace().next().unwrap_or_default();
+        let at = report.ssh_config_line(directive);
+        report.warn(
+            "ssh_config",
+            format!("{at}: {named} (for {}) is not implemented by sshmail", t.name()),
+            "sshmail leaves it out and offers the rest of the list",
+        );
     }
 }
 

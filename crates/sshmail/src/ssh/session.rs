@@ -31,6 +31,8 @@ pub(super) struct Handler {
     /// The host key check's outcome: what trusted the key (its
     /// fingerprint and where), or why it was refused.
     verdict: Arc<Mutex<Option<std::result::Result<String, HostKeyProblem>>>>,
+    /// The algorithms the key exchange settled on, for doctor.
+    negotiated: Arc<Mutex<String>>,
 }
 
 /// What the handshake showed, for `sshmail doctor`.
@@ -40,10 +42,30 @@ pub struct Handshake {
     pub host_key: String,
     /// What authenticated us: `agent key SHA256:…`, a key file, `password`.
     pub auth: String,
+    /// The key exchange, host key, cipher and MAC negotiated.
+    pub algorithms: String,
 }
 
 impl client::Handler for Handler {
     type Error = russh::Error;
+
+    async fn kex_done(
+        &mut self,
+        _secret: Option<&[u8]>,
+        names: &russh::Names,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let cipher = names.cipher.as_ref();
+        // AES-GCM and chacha20-poly1305 authenticate by themselves.
+        let mac = if cipher.contains("gcm") || cipher.contains("poly1305") {
+            String::new()
+        } else {
+            format!(", MAC {}", names.client_mac.as_ref())
+        };
+        *self.negotiated.lock().expect("negotiated lock") =
+            format!("key exchange {}, host key {}, cipher {cipher}{mac}", names.kex.as_ref(), names.key.as_str());
+        Ok(())
+    }
 
     async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let t = &self.target;
@@ -157,7 +179,9 @@ impl SshSession {
         let types = known.as_deref().map(|t| known_hosts::known_types(t, known_host, known_port)).unwrap_or_default();
         let authority = known.as_deref().is_ok_and(|t| known_hosts::has_authority(t, known_host, known_port));
         let config = Arc::new(client_config(target, &types, authority));
-        let handler = Handler { target: target.clone(), known, verdict: verdict.clone() };
+        let negotiated = Arc::new(Mutex::new(String::new()));
+        let handler =
+            Handler { target: target.clone(), known, verdict: verdict.clone(), negotiated: negotiated.clone() };
         let timeout = target.timeout;
         // What a ProxyCommand says, for the error when the connection fails.
         let mut proxy_said = None;
@@ -174,7 +198,7 @@ impl SshSession {
                     Ok(client::connect_stream(config, stream, handler).await)
                 }
                 (None, None) => {
-                    let tcp = crate::wire::connect_tcp(&target.host, target.port, timeout)
+                    let tcp = crate::wire::connect_tcp(&target.host, target.port, target.connect_timeout)
                         .await
                         .map_err(|e| Error::Connect(format!("{where_}: cannot connect: {e}")))?;
                     let tcp = crate::wire::QuickAck(tcp);
@@ -217,7 +241,8 @@ impl SshSession {
         };
         let auth = super::auth::authenticate(&mut handle, target, prompts).await?;
         let host_key = verdict.lock().expect("verdict lock").take().and_then(Result::ok).unwrap_or_default();
-        let handshake = Handshake { host_key, auth };
+        let algorithms = std::mem::take(&mut *negotiated.lock().expect("negotiated lock"));
+        let handshake = Handshake { host_key, auth, algorithms };
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
         static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
