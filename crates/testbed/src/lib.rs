@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod hostile;
+pub mod other_sshd;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};

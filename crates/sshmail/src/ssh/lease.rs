@@ -17,6 +17,8 @@ pub const DEFAULT_SESSION_LIMIT: usize = 10;
 pub struct Usage {
     channels: AtomicUsize,
     sessions: AtomicUsize,
+    /// Session channels the server has opened on this connection, ever.
+    sessions_opened: AtomicUsize,
     session_limit: AtomicUsize,
     idle_since: Mutex<Option<Instant>>,
 }
@@ -26,6 +28,7 @@ impl Default for Usage {
         Usage {
             channels: AtomicUsize::new(0),
             sessions: AtomicUsize::new(0),
+            sessions_opened: AtomicUsize::new(0),
             session_limit: AtomicUsize::new(DEFAULT_SESSION_LIMIT),
             idle_since: Mutex::new(Some(Instant::now())),
         }
@@ -41,6 +44,16 @@ impl Usage {
     /// Open session channels.
     pub fn sessions(&self) -> usize {
         self.sessions.load(Ordering::SeqCst)
+    }
+
+    /// Session channels the server has opened on this connection, ever.
+    pub fn sessions_opened(&self) -> usize {
+        self.sessions_opened.load(Ordering::SeqCst)
+    }
+
+    /// Counts a session channel the server opened.
+    pub(super) fn session_opened(&self) {
+        self.sessions_opened.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Since when nothing has been open on the connection, if so.

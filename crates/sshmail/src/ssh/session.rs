@@ -309,10 +309,27 @@ impl SshSession {
                 );
                 return Err(ExecError::Full);
             }
+            // A server that gives one session channel per connection
+            // (tinysshd) refuses the next, or hangs up once the first has
+            // closed: this connection takes no more; another is opened.
+            Ok(Err(e @ (russh::Error::ChannelOpenFailure(_) | russh::Error::Disconnect)))
+                if self.usage.sessions_opened() > 0 =>
+            {
+                self.usage.learn_session_limit(0);
+                tracing::info!(
+                    "{where_} gave no session channel after {} ({e}): taking it as a server that gives one per \
+                     connection",
+                    self.usage.sessions_opened()
+                );
+                return Err(ExecError::Full);
+            }
             Ok(Err(e)) => {
                 return Err(ExecError::Other(Error::Connect(format!("{where_}: cannot run `{command}`: {e}"))));
             }
-            Ok(Ok(ch)) => ch,
+            Ok(Ok(ch)) => {
+                self.usage.session_opened();
+                ch
+            }
         };
         let status = Arc::new(ExecStatus::default());
         let st = status.clone();
