@@ -168,6 +168,27 @@ mod tests {
         }
     }
 
+    /// The README's table lists every directive as this table treats it,
+    /// and nothing else.
+    #[test]
+    fn the_readme_lists_every_ssh_config_directive_as_sshmail_treats_it() {
+        let readme = include_str!("../../../../README.md");
+        let treated = |l: &str| {
+            ["| honoured |", "| **not honoured**: ", "| not applicable to mail |"].iter().any(|t| l.contains(t))
+        };
+        let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `") && treated(l)).collect();
+        for (name, t) in DIRECTIVES {
+            let shown = match t {
+                Honoured => "honoured".to_string(),
+                NotApplicable => "not applicable to mail".to_string(),
+                Instead(what) => format!("**not honoured**: sshmail {what}"),
+            };
+            let row = format!("| `{name}` | {shown} |");
+            assert!(rows.contains(&row.as_str()), "README lacks: {row}");
+        }
+        assert_eq!(rows.len(), DIRECTIVES.len(), "README rows not in the table: {rows:?}");
+    }
+
     #[test]
     fn a_directive_read_but_not_honoured_is_named_with_what_sshmail_does_instead() {
         let cfg = ssh2_config::SshConfig::default()

@@ -15,7 +15,6 @@ use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 
 use super::known_hosts;
-use super::session::Handler;
 use crate::config::SshTarget;
 use crate::error::{Error, Result, SshAuthRefused};
 use crate::secret::Secret;
@@ -68,8 +67,8 @@ impl Attempt {
 }
 
 /// Authenticates; returns what succeeded.
-pub(super) async fn authenticate(
-    handle: &mut client::Handle<Handler>,
+pub(super) async fn authenticate<H: client::Handler>(
+    handle: &mut client::Handle<H>,
     t: &SshTarget,
     prompts: Prompts,
 ) -> Result<String> {
@@ -148,8 +147,8 @@ pub(super) async fn authenticate(
 /// The agent's keys, then the identity files: Some(what) once one is
 /// accepted; None when none is, or when one was taken as a first factor
 /// (`a.accepted`).
-async fn keys(
-    handle: &mut client::Handle<Handler>,
+async fn keys<H: client::Handler>(
+    handle: &mut client::Handle<H>,
     t: &SshTarget,
     prompts: Prompts,
     a: &mut Attempt,
@@ -324,8 +323,8 @@ async fn keys(
 /// answered by `ssh_password_command` when there is one; every other prompt
 /// (a one-time code, a PIN) on the terminal, showing the server's words, or
 /// not at all (noted in `a.unanswered`).
-async fn keyboard_interactive(
-    handle: &mut client::Handle<Handler>,
+async fn keyboard_interactive<H: client::Handler>(
+    handle: &mut client::Handle<H>,
     t: &SshTarget,
     password: Option<&Secret>,
     terminal: bool,
@@ -417,8 +416,8 @@ async fn within<T>(
 /// first that the server takes (RFC 8308's server-sig-algs). SHA-1
 /// `ssh-rsa` only when asked for, or, with the default list, for a server
 /// that knows nothing better. Err: why the key is not offered.
-async fn signature(
-    handle: &client::Handle<Handler>,
+async fn signature<H: client::Handler>(
+    handle: &client::Handle<H>,
     key: &PublicKey,
     a: &crate::config::algorithms::Algorithms,
 ) -> std::result::Result<Option<russh::keys::HashAlg>, String> {

@@ -413,16 +413,26 @@ pub fn trust_key(target: &SshTarget) -> String {
         PasswordSource::Literal(s) => format!("literal:{}", crate::ledger::short_hash(s.expose(), 8)),
         PasswordSource::Command(c) => format!("command:{c:?}"),
     };
+    // The algorithms too: a host key type one account allows
+    // (`HostKeyAlgorithms +ssh-rsa`) must not verify another's connection.
+    let a = &target.algorithms;
     format!(
-        "{} known_hosts={:?} alias={:?} policy={:?} identities={:?} agent={:?} only={} password={password} compress={}",
+        "{} known_hosts={:?} alias={:?} policy={:?} identities={:?} certificate={:?} agent={:?} only={} \
+         password={password} compress={} kex={:?} cipher={:?} mac={:?} host_key={:?} pubkey={:?}",
         target.name(),
         target.known_hosts,
         target.host_key_alias,
         target.policy,
         target.identities,
+        target.certificate,
         target.agent,
         target.identities_only,
-        target.compress
+        target.compress,
+        a.kex,
+        a.cipher,
+        a.mac,
+        a.host_key,
+        a.pubkey
     )
 }
 
@@ -456,5 +466,10 @@ mod tests {
         let mut t = target(&raw("strict", "/kh/a"));
         t.password = crate::config::PasswordSource::Literal(crate::secret::Secret::new("hunter2"));
         assert!(!trust_key(&t).contains("hunter2"), "{}", trust_key(&t));
+        // An account that allows SHA-1 host keys does not share with one
+        // that does not.
+        let mut old_rsa = target(&raw("strict", "/kh/a"));
+        old_rsa.algorithms.host_key.push(russh::keys::Algorithm::Rsa { hash: None });
+        assert_ne!(trust_key(&old_rsa), key(raw("strict", "/kh/a")));
     }
 }

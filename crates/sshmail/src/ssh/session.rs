@@ -24,7 +24,7 @@ use crate::error::{Error, HostKeyProblem, HostKeyRefused, Result};
 pub type Channel = tokio::io::DuplexStream;
 
 /// russh's callback object: verifies the host key.
-pub(super) struct Handler {
+struct Handler {
     target: SshTarget,
     /// The known_hosts files' contents, or why they could not be read.
     known: std::result::Result<Vec<(std::path::PathBuf, String)>, String>,
