@@ -371,7 +371,7 @@ fn regression_identity_agent_names_the_agent_socket_and_none_asks_no_agent() {
             format!("Host agenthost\n  HostName 127.0.0.1\n  Port {}\n  {agent_line}\n", env.bed.ssh_port),
         )
         .unwrap();
-        fetch_through(&env, "agenthost", &ssh_config, None, &env.bed.known_hosts, &["--keep"])
+        fetch_through(&env, "agenthost", &ssh_config, None, &env.bed.known_hosts, &["--keep", "--all"])
     };
     let out = fetch(&format!("IdentityAgent {}", socket.display()));
     assert_exit(&out, 0);
@@ -380,6 +380,18 @@ fn regression_identity_agent_names_the_agent_socket_and_none_asks_no_agent() {
     let out = fetch("IdentityAgent none");
     assert_exit(&out, 3);
     assert!(stderr(&out).contains("tried: nothing"), "{}", stderr(&out));
+
+    // `IdentityFile key.pub` (the private key only in the agent) with
+    // IdentitiesOnly: the agent's key is chosen by it, as in ssh.
+    let public = env.home.path().join("only.pub");
+    std::fs::copy(env.bed.client_key.with_extension("pub"), &public).unwrap();
+    let out = fetch(&format!(
+        "IdentityAgent {}\n  IdentitiesOnly yes\n  IdentityFile {}",
+        socket.display(),
+        public.display()
+    ));
+    assert_exit(&out, 0);
+    assert!(!stderr(&out).contains("unreadable"), "{}", stderr(&out));
 }
 
 /// Regression: `ProxyCommand` in `~/.ssh/config` was ignored and sshmail
@@ -663,4 +675,37 @@ fn regression_a_host_known_by_its_cert_authority_is_known_and_bad_certificates_a
 
     env.bed.sign_host_key(&ca, &["-V", "20200101:20200102"]).unwrap();
     refused(&env, &format!("@cert-authority [127.0.0.1]:{port} {ca_line}\n"), "expired at 2020-01-02");
+}
+
+/// UpdateHostKeys: after a login verified by the one key known_hosts
+/// holds, the server's other host keys (announced by OpenSSH, then proved
+/// by it) are added, hashed, and `ssh-keygen -F` finds all three; a second
+/// login adds nothing. Without it (and a known_hosts of the account's
+/// own, where OpenSSH does not learn by default) the file stays as it was.
+#[test]
+fn update_host_keys_learns_the_servers_other_host_keys() {
+    let env = env_with_sshd(&[], vec!["ecdsa", "rsa"]);
+    let port = env.bed.ssh_port;
+    let known = env.home.path().join("learning_known_hosts");
+    std::fs::write(&known, format!("[127.0.0.1]:{port} {}\n", env.bed.host_key_line)).unwrap();
+
+    let ssh_config = host_srv(&env, "");
+    let out = fetch_through(&env, "srv", &ssh_config, Some(&env.bed.client_key), &known, &["--keep"]);
+    assert_exit(&out, 0);
+    assert_eq!(std::fs::read_to_string(&known).unwrap().lines().count(), 1);
+
+    let ssh_config = host_srv(&env, "  UpdateHostKeys yes\n");
+    for _ in 0..2 {
+        let out = fetch_through(&env, "srv", &ssh_config, Some(&env.bed.client_key), &known, &["--keep", "--all"]);
+        assert_exit(&out, 0);
+        let text = std::fs::read_to_string(&known).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}\n{}", stderr(&out));
+    }
+    let found =
+        Command::new("ssh-keygen").arg("-F").arg(format!("[127.0.0.1]:{port}")).arg("-f").arg(&known).output().unwrap();
+    let found = String::from_utf8_lossy(&found.stdout);
+    for line in &env.bed.host_key_lines {
+        let key = line.split_whitespace().nth(1).unwrap();
+        assert!(found.contains(key), "{line} not learned:\n{found}");
+    }
 }

@@ -358,7 +358,7 @@ fn ssh_config_directives_sshmail_does_not_honour_are_warnings_naming_the_line() 
     std::fs::create_dir_all(&ssh_dir).unwrap();
     std::fs::write(
         ssh_dir.join("config"),
-        "# mail host\nHost 127.0.0.1\n  ControlMaster auto\n  UpdateHostKeys yes\n  ForwardX11 yes\n  \
+        "# mail host\nHost 127.0.0.1\n  ControlMaster auto\n  VerifyHostKeyDNS yes\n  ForwardX11 yes\n  \
          KexAlgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256\n",
     )
     .unwrap();
@@ -368,7 +368,7 @@ fn ssh_config_directives_sshmail_does_not_honour_are_warnings_naming_the_line() 
     let warned: Vec<&Hop> = d.hops.iter().filter(|h| h.status == "WARN" && h.hop == "ssh_config").collect();
     assert_eq!(warned.len(), 3, "{}", d.stdout);
     assert!(warned[0].what.contains(".ssh/config:3: ControlMaster"), "{}", d.stdout);
-    assert!(warned[1].what.contains(".ssh/config:4: UpdateHostKeys"), "{}", d.stdout);
+    assert!(warned[1].what.contains(".ssh/config:4: VerifyHostKeyDNS"), "{}", d.stdout);
     assert!(warned[2].what.contains(".ssh/config:6: KexAlgorithms sntrup761x25519-sha512@openssh.com"), "{}", d.stdout);
     assert!(d.stdout.contains("fix: sshmail makes its own connection"), "{}", d.stdout);
     assert!(d.hops.iter().any(|h| h.hop == "algorithms" && h.what.contains("curve25519-sha256")), "{}", d.stdout);

@@ -60,6 +60,10 @@ pub struct SshTarget {
     /// Directives set for this host that sshmail reads but does not
     /// honour, with what it does instead (for doctor's warnings).
     pub unhonoured: Vec<(&'static str, &'static str)>,
+    /// `UpdateHostKeys`: learn the server's other host keys into
+    /// known_hosts (`yes`; by default only with the default known_hosts
+    /// files, as OpenSSH; `ask` and `no` do not).
+    pub update_host_keys: bool,
     /// `CertificateFile`: an OpenSSH user certificate for one of the
     /// identities (besides each identity's own `KEY-cert.pub`).
     pub certificate: Option<PathBuf>,
@@ -139,6 +143,7 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
     } else if let Some(list) = params.as_ref().and_then(|p| p.unsupported_fields.get("userknownhostsfile")) {
         known_hosts.extend(list.iter().filter(|s| *s != "none").map(|s| expand_tilde(s)));
     }
+    let default_known_hosts = known_hosts.is_empty();
     if known_hosts.is_empty() {
         known_hosts.push(home().join(".ssh/known_hosts"));
         known_hosts.push(home().join(".ssh/known_hosts2"));
@@ -213,6 +218,11 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         proxy_command,
         agent: agent_socket(first("identityagent").as_deref()),
         unhonoured: params.as_ref().map(super::ssh_directives::unhonoured).unwrap_or_default(),
+        update_host_keys: match first("updatehostkeys").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("yes") => true,
+            Some(_) => false,
+            None => default_known_hosts,
+        },
         certificate: params
             .as_ref()
             .and_then(|p| p.certificate_file.as_ref())

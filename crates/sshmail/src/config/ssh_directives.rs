@@ -120,7 +120,7 @@ pub const DIRECTIVES: &[(&str, Treatment)] = &[
     ("TCPKeepAlive", NotApplicable),
     ("Tunnel", NotApplicable),
     ("TunnelDevice", NotApplicable),
-    ("UpdateHostKeys", Instead("does not learn the server's other host keys")),
+    ("UpdateHostKeys", Honoured),
     ("User", Honoured),
     ("UserKnownHostsFile", Honoured),
     ("VerifyHostKeyDNS", Instead("does not look up SSHFP records")),
@@ -193,13 +193,13 @@ mod tests {
     fn a_directive_read_but_not_honoured_is_named_with_what_sshmail_does_instead() {
         let cfg = ssh2_config::SshConfig::default()
             .parse(
-                &mut "Host mail\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n  BindAddress 10.0.0.1\n  ForwardX11 yes\n  UpdateHostKeys yes\n  HostKeyAlias m\n"
+                &mut "Host mail\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n  BindAddress 10.0.0.1\n  ForwardX11 yes\n  VerifyHostKeyDNS yes\n  HostKeyAlias m\n"
                     .as_bytes(),
                 ssh2_config::ParseRule::ALLOW_UNKNOWN_FIELDS | ssh2_config::ParseRule::ALLOW_UNSUPPORTED_FIELDS,
             )
             .unwrap();
         let names: Vec<&str> = unhonoured(&cfg.query("mail")).iter().map(|(d, _)| *d).collect();
-        assert_eq!(names, ["BindAddress", "ControlMaster", "ControlPath", "UpdateHostKeys"]);
+        assert_eq!(names, ["BindAddress", "ControlMaster", "ControlPath", "VerifyHostKeyDNS"]);
         assert_eq!(treatment("hostkeyalias"), Some(("HostKeyAlias", Honoured)));
     }
 }

@@ -251,6 +251,12 @@ async fn keys<H: client::Handler>(
         if !path.exists() {
             continue;
         }
+        // `IdentityFile key.pub`: a public key names an agent's key (tried
+        // above); there is no private key here to sign with.
+        if read_public_key_file(&path).is_some() {
+            a.tried.push(format!("{} (a public key, and the agent has no key for it)", path.display()));
+            continue;
+        }
         let key = match russh::keys::load_secret_key(&path, None) {
             Ok(k) => k,
             Err(russh::keys::Error::KeyIsEncrypted) => {
@@ -473,8 +479,20 @@ fn certificate_for(
     None
 }
 
-fn read_public_key(private: &std::path::Path) -> Option<PublicKey> {
-    let text = std::fs::read_to_string(private.with_extension("pub")).ok()?;
+/// The public key of an identity: `KEY.pub` beside it, or the file itself
+/// when it is a public key (`IdentityFile key.pub`).
+fn read_public_key(identity: &std::path::Path) -> Option<PublicKey> {
+    let mut beside = identity.as_os_str().to_owned();
+    beside.push(".pub");
+    read_public_key_file(identity).or_else(|| read_public_key_file(std::path::Path::new(&beside)))
+}
+
+/// `file` as an OpenSSH public key, if it is one (a small file of one line).
+fn read_public_key_file(file: &std::path::Path) -> Option<PublicKey> {
+    if std::fs::metadata(file).ok()?.len() > 16 * 1024 {
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
     PublicKey::from_openssh(text.trim()).ok()
 }
 

@@ -279,7 +279,11 @@ impl SshPool {
             return Err(e);
         }
         let conn = match SshSession::connect(target, via, self.prompts).await {
-            Ok(c) => Arc::new(c),
+            Ok(c) => {
+                let c = Arc::new(c);
+                c.learn_host_keys();
+                c
+            }
             Err(e) => {
                 route.record(&e);
                 return Err(e);

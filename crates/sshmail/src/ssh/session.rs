@@ -30,9 +30,36 @@ struct Handler {
     known: std::result::Result<Vec<(std::path::PathBuf, String)>, String>,
     /// The host key check's outcome: what trusted the key (its
     /// fingerprint and where), or why it was refused.
-    verdict: Arc<Mutex<Option<std::result::Result<String, HostKeyProblem>>>>,
+    verdict: Arc<Mutex<Option<std::result::Result<Trust, HostKeyProblem>>>>,
     /// The algorithms the key exchange settled on, for doctor.
     negotiated: Arc<Mutex<String>>,
+    /// The host keys the server announced after the login
+    /// (`hostkeys-00@openssh.com`), for UpdateHostKeys to learn.
+    announced: Arc<Announced>,
+}
+
+/// What trusted a host key: shown as its fingerprint and known_hosts line,
+/// or as its certificate and CA.
+#[derive(Debug, Default)]
+struct Trust {
+    shown: String,
+    certificate: bool,
+}
+
+impl Trust {
+    fn key(shown: String) -> Trust {
+        Trust { shown, certificate: false }
+    }
+}
+
+/// Host keys a server announced, and a wake for whoever learns them.
+#[derive(Default)]
+struct Announced {
+    keys: Mutex<Option<Vec<PublicKey>>>,
+    ready: tokio::sync::Notify,
+    /// Set once the announcement came (a closing connection then waits
+    /// for the proof; without one, nothing is waited for).
+    arrived: std::sync::atomic::AtomicBool,
 }
 
 /// What the handshake showed, for `sshmail doctor`.
@@ -40,6 +67,8 @@ struct Handler {
 pub struct Handshake {
     /// The host key's fingerprint and the known_hosts line that trusts it.
     pub host_key: String,
+    /// The host key was a certificate (checked against a CA).
+    pub certified: bool,
     /// What authenticated us: `agent key SHA256:…`, a key file, `password`.
     pub auth: String,
     /// The key exchange, host key, cipher and MAC negotiated.
@@ -48,6 +77,19 @@ pub struct Handshake {
 
 impl client::Handler for Handler {
     type Error = russh::Error;
+
+    async fn openssh_ext_host_keys_announced(
+        &mut self,
+        keys: Vec<PublicKey>,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        // Proved and learned by `SshSession::learn_host_keys`, outside
+        // this callback (the proof needs the connection's loop).
+        *self.announced.keys.lock().expect("announced lock") = Some(keys);
+        self.announced.arrived.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.announced.ready.notify_one();
+        Ok(())
+    }
 
     async fn kex_done(
         &mut self,
@@ -81,15 +123,18 @@ impl client::Handler for Handler {
             Ok(Verdict::Trusted(at)) => {
                 tracing::debug!("host key for {} matches {at}", known_hosts::lookup_name(host, port));
                 *self.verdict.lock().expect("verdict lock") =
-                    Some(Ok(format!("{} ({at})", known_hosts::fingerprint(key))));
+                    Some(Ok(Trust::key(format!("{} ({at})", known_hosts::fingerprint(key)))));
                 return Ok(true);
             }
             Ok(Verdict::Unknown) if t.policy == HostKeyPolicy::AcceptNew => {
                 let file = &t.known_hosts[0];
                 match known_hosts::append_hashed(file, host, port, key) {
                     Ok(()) => {
-                        *self.verdict.lock().expect("verdict lock") =
-                            Some(Ok(format!("{} (added to {})", known_hosts::fingerprint(key), file.display())));
+                        *self.verdict.lock().expect("verdict lock") = Some(Ok(Trust::key(format!(
+                            "{} (added to {})",
+                            known_hosts::fingerprint(key),
+                            file.display()
+                        ))));
                         tracing::warn!(
                             "added host key {} for {} to {}",
                             known_hosts::fingerprint(key),
@@ -129,7 +174,13 @@ impl Handler {
         let outcome = match verdict {
             Ok(known_hosts::CertVerdict::Trusted(at)) => {
                 let ca = known_hosts::fingerprint(&PublicKey::new(cert.signature_key().clone(), ""));
-                Ok(format!("certificate \"{}\" signed by CA {ca} ({at})", crate::term::one_line(cert.key_id(), 80)))
+                Ok(Trust {
+                    shown: format!(
+                        "certificate \"{}\" signed by CA {ca} ({at})",
+                        crate::term::one_line(cert.key_id(), 80)
+                    ),
+                    certificate: true,
+                })
             }
             Ok(known_hosts::CertVerdict::Revoked(at)) => Err(HostKeyProblem::Revoked {
                 at: at.to_string(),
@@ -158,6 +209,10 @@ pub struct SshSession {
     /// connections to one host in logs and status.
     serial: u64,
     handshake: Handshake,
+    /// The announced host keys, and the task that learns them (awaited,
+    /// bounded, when the connection closes).
+    announced: Arc<Announced>,
+    learning: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -180,8 +235,14 @@ impl SshSession {
         let authority = known.as_deref().is_ok_and(|t| known_hosts::has_authority(t, known_host, known_port));
         let config = Arc::new(client_config(target, &types, authority));
         let negotiated = Arc::new(Mutex::new(String::new()));
-        let handler =
-            Handler { target: target.clone(), known, verdict: verdict.clone(), negotiated: negotiated.clone() };
+        let announced = Arc::new(Announced::default());
+        let handler = Handler {
+            target: target.clone(),
+            known,
+            verdict: verdict.clone(),
+            negotiated: negotiated.clone(),
+            announced: announced.clone(),
+        };
         let timeout = target.timeout;
         // What a ProxyCommand says, for the error when the connection fails.
         let mut proxy_said = None;
@@ -240,13 +301,80 @@ impl SshSession {
             }
         };
         let auth = super::auth::authenticate(&mut handle, target, prompts).await?;
-        let host_key = verdict.lock().expect("verdict lock").take().and_then(Result::ok).unwrap_or_default();
+        let trust = verdict.lock().expect("verdict lock").take().and_then(Result::ok).unwrap_or_default();
         let algorithms = std::mem::take(&mut *negotiated.lock().expect("negotiated lock"));
-        let handshake = Handshake { host_key, auth, algorithms };
+        let handshake = Handshake { host_key: trust.shown, certified: trust.certificate, auth, algorithms };
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
         static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(SshSession { handle, target: target.clone(), jump, usage: Arc::default(), serial, handshake })
+        Ok(SshSession {
+            handle,
+            target: target.clone(),
+            jump,
+            usage: Arc::default(),
+            serial,
+            handshake,
+            announced,
+            learning: Mutex::new(None),
+        })
+    }
+
+    /// UpdateHostKeys: once the server announces its host keys (OpenSSH
+    /// does right after the login), those known_hosts does not list yet
+    /// for this host are proved by the server (`hostkeys-prove-00`) and
+    /// added, hashed, to the first known_hosts file. Only for a host
+    /// trusted by a plain host key (not a certificate), and never a key of
+    /// a type known_hosts already lists for the host. Runs aside; a
+    /// connection that closes waits for it a moment.
+    pub fn learn_host_keys(self: &Arc<Self>) {
+        let t = &self.target;
+        if !t.update_host_keys || self.handshake.certified {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let announced = self.announced.clone();
+        let target = t.clone();
+        let task = tokio::spawn(async move {
+            if tokio::time::timeout(LEARN_WAIT, announced.ready.notified()).await.is_err() {
+                return;
+            }
+            let Some(keys) = announced.keys.lock().expect("announced lock").take() else { return };
+            let (host, port) = target.known_as();
+            let Ok(texts) = known_hosts::read(&target.known_hosts) else { return };
+            let types = known_hosts::known_types(&texts, host, port);
+            let new: Vec<PublicKey> = keys
+                .into_iter()
+                .filter(|k| {
+                    known_hosts::check_texts(&texts, host, port, k) == Verdict::Unknown
+                        && !types.iter().any(|t| t == k.algorithm().as_str())
+                })
+                .collect();
+            if new.is_empty() {
+                return;
+            }
+            let Some(session) = weak.upgrade() else { return };
+            let proved = tokio::time::timeout(target.timeout, session.handle.hostkeys_prove(new.clone())).await;
+            drop(session);
+            if !matches!(proved, Ok(Ok(()))) {
+                tracing::debug!("{}: the server did not prove its other host keys: {proved:?}", target.name());
+                return;
+            }
+            let file = &target.known_hosts[0];
+            for key in &new {
+                if let Err(e) = known_hosts::append_hashed(file, host, port, key) {
+                    tracing::warn!("cannot record a host key of {} in {}: {e}", target.name(), file.display());
+                    return;
+                }
+            }
+            tracing::info!(
+                "learned {} more host key(s) of {} into {} (UpdateHostKeys): {}",
+                new.len(),
+                known_hosts::lookup_name(host, port),
+                file.display(),
+                new.iter().map(known_hosts::fingerprint).collect::<Vec<_>>().join(", ")
+            );
+        });
+        *self.learning.lock().expect("learning lock") = Some(task);
     }
 
     /// What the handshake showed.
@@ -370,11 +498,28 @@ impl SshSession {
         format!("{} #{}", self.name(), self.serial)
     }
 
-    /// Sends SSH_MSG_DISCONNECT.
+    /// Sends SSH_MSG_DISCONNECT, after the host keys being learned are
+    /// (a moment at most).
     pub async fn close(&self) {
+        let learning = self.learning.lock().expect("learning lock").take();
+        if let Some(task) = learning {
+            // A server that announced nothing (Dropbear, tinysshd) is not
+            // waited for.
+            if self.announced.arrived.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = tokio::time::timeout(LEARN_AT_CLOSE, task).await;
+            } else {
+                task.abort();
+            }
+        }
         let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "bye", "en").await;
     }
 }
+
+/// How long after the login a server's host key announcement is waited
+/// for (OpenSSH sends it at once).
+const LEARN_WAIT: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for host keys being learned.
+const LEARN_AT_CLOSE: Duration = Duration::from_secs(2);
 
 /// Why an exec channel did not open.
 #[derive(Debug)]
