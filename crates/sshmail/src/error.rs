@@ -90,7 +90,7 @@ pub enum Error {
     Delivery(String),
     /// An error, with what the process at the other end of the stream (a
     /// remote imapd, a tunnel command) said: it is graded as the error is.
-    #[error("{0}; the command at the other end said{exit}: {text}", exit = .1.exit_shown(), text = .1.text())]
+    #[error("{0}; {who} said{exit}: {text}", who = .1.who(), exit = .1.exit_shown(), text = .1.text())]
     Said(Box<Error>, Said),
 }
 
@@ -101,12 +101,18 @@ pub struct Said {
     pub exit: Option<i64>,
     /// The end of its stderr (bounded, printable).
     pub stderr: String,
+    /// It was the ProxyCommand under the SSH connection.
+    pub proxy: bool,
 }
 
 impl Said {
     /// Nothing said, no exit status: nothing to add.
     pub fn is_empty(&self) -> bool {
         self.exit.is_none() && self.stderr.is_empty()
+    }
+
+    fn who(&self) -> &'static str {
+        if self.proxy { "its ProxyCommand" } else { "the command at the other end" }
     }
 
     fn exit_shown(&self) -> String {
@@ -348,15 +354,17 @@ mod tests {
     /// message; the error keeps its grade.
     #[test]
     fn what_the_other_end_said_is_kept_beside_the_error_which_keeps_its_grade() {
-        let said = Said { exit: Some(127), stderr: "imapd: not found".into() };
+        let said = Said { exit: Some(127), stderr: "imapd: not found".into(), proxy: false };
         let e = Error::Said(Box::new(Error::Lost("the stream ended".into())), said);
         assert_eq!(
             e.to_string(),
             "the stream ended; the command at the other end said (exit status 127): imapd: not found"
         );
         assert_eq!((e.retry(), e.exit()), (Retry::Now, Exit::Connect));
-        let quiet =
-            Error::Said(Box::new(Error::Protocol("no greeting".into())), Said { exit: None, stderr: String::new() });
+        let quiet = Error::Said(
+            Box::new(Error::Protocol("no greeting".into())),
+            Said { exit: None, stderr: String::new(), proxy: false },
+        );
         assert_eq!(quiet.to_string(), "no greeting; the command at the other end said: nothing");
     }
 

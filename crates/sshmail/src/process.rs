@@ -237,6 +237,12 @@ pub struct Collected {
     stderr: std::sync::Mutex<Vec<u8>>,
     exit: std::sync::Mutex<Option<i64>>,
     exited: tokio::sync::Notify,
+    /// This is a ProxyCommand's: what it says explains an error only once
+    /// it has ended (its SSH connection with it).
+    proxy: std::sync::atomic::AtomicBool,
+    /// The ProxyCommand under the SSH connection this process's channel
+    /// runs on, if any: when it ended, it is the cause.
+    under: std::sync::OnceLock<Arc<Collected>>,
 }
 
 impl Collected {
@@ -268,6 +274,16 @@ impl Collected {
         self.exit()
     }
 
+    /// Marks this as a ProxyCommand's.
+    pub fn mark_proxy(&self) {
+        self.proxy.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Records the ProxyCommand under this process's SSH connection.
+    pub fn run_under(&self, proxy: Arc<Collected>) {
+        let _ = self.under.set(proxy);
+    }
+
     /// The stderr collected so far, as text, trimmed.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).trim().to_string()
@@ -283,6 +299,10 @@ pub fn shell_quote(w: &str) -> String {
     }
 }
 
+/// How long a ProxyCommand's exit is waited for before it is taken as
+/// still running (when it died, its SSH connection's loss came after).
+const PROXY_WAIT: Duration = Duration::from_millis(300);
+
 /// How long to wait for a process's exit status after its output ended
 /// (for an error message; a local command's status comes after its stderr
 /// is drained, which takes at most a second).
@@ -296,8 +316,18 @@ pub async fn explain(diagnostics: Option<&Collected>, e: Error) -> Error {
     if !matches!(e, Error::Connect(_) | Error::Lost(_) | Error::Protocol(_) | Error::Server(_)) {
         return e;
     }
+    // A ProxyCommand that ended took the SSH connection with it.
+    let d = match d.under.get() {
+        Some(p) if p.wait_exit(PROXY_WAIT).await.is_some() => p.as_ref(),
+        _ => d,
+    };
+    let proxy = d.proxy.load(std::sync::atomic::Ordering::SeqCst);
+    if proxy && d.wait_exit(PROXY_WAIT).await.is_none() {
+        // Still running: not the cause.
+        return e;
+    }
     d.wait_exit(EXIT_WAIT).await;
-    let said = crate::error::Said { exit: d.exit(), stderr: d.stderr() };
+    let said = crate::error::Said { exit: d.exit(), stderr: d.stderr(), proxy };
     if said.is_empty() { e } else { Error::Said(Box::new(e), said) }
 }
 

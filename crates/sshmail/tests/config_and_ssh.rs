@@ -709,3 +709,47 @@ fn update_host_keys_learns_the_servers_other_host_keys() {
         assert!(found.contains(key), "{line} not learned:\n{found}");
     }
 }
+
+/// Regression: a ProxyCommand that died in the middle of a fetch left only
+/// "closed the connection unexpectedly". Now the error names the
+/// ProxyCommand and what it said; nothing is deleted on the server before
+/// it is delivered and recorded, so the next fetch, through a proxy that
+/// lives, brings the rest: every message exactly once.
+#[test]
+fn regression_a_proxy_command_dying_mid_fetch_is_named_and_loses_nothing() {
+    let mut env = Env::new();
+    env.add_messages((0..20).map(|i| corpus::small_message(i, 60_000)));
+    let proxy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proxy.py");
+    let mark = env.home.path().join("proxy-runs");
+    let ssh_config = env.home.path().join("ssh_config");
+    let write = |limit: &str| {
+        std::fs::write(
+            &ssh_config,
+            format!(
+                "Host behind\n  HostName mail.invalid\n  Port {port}\n  HostKeyAlias [127.0.0.1]:{port}\n  \
+                 ProxyCommand /usr/bin/python3 {} 127.0.0.1 %p {} {limit}\n",
+                proxy.display(),
+                mark.display(),
+                port = env.bed.ssh_port
+            ),
+        )
+        .unwrap();
+    };
+    write("400000");
+    let fetch = || {
+        fetch_through(&env, "behind", &ssh_config, Some(&env.bed.client_key), &env.bed.known_hosts, &["--no-received"])
+    };
+    let out = fetch();
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("ProxyCommand") && err.contains("link lost after"), "{err}");
+    let first = env.delivered().len();
+    assert!(first < 20, "the proxy died before the end, yet {first} arrived");
+
+    write("");
+    let out = fetch();
+    assert_exit(&out, 0);
+    let delivered = env.delivered();
+    assert_eq!(delivered.len(), 20, "{}", stderr(&out));
+    assert!(delivered == env.expected(), "every message exactly once, byte for byte");
+}

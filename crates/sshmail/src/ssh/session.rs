@@ -213,6 +213,8 @@ pub struct SshSession {
     /// bounded, when the connection closes).
     announced: Arc<Announced>,
     learning: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What the ProxyCommand carrying this connection says, and its exit.
+    proxy: Option<Arc<crate::process::Collected>>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -255,6 +257,7 @@ impl SshSession {
                 (None, Some(command)) => {
                     let shell = crate::config::Command::Shell(command.clone());
                     let (stream, said, _) = crate::process::spawn_stream(&shell, "ProxyCommand")?;
+                    said.mark_proxy();
                     proxy_said = Some(said);
                     Ok(client::connect_stream(config, stream, handler).await)
                 }
@@ -316,6 +319,7 @@ impl SshSession {
             handshake,
             announced,
             learning: Mutex::new(None),
+            proxy: proxy_said,
         })
     }
 
@@ -375,6 +379,12 @@ impl SshSession {
             );
         });
         *self.learning.lock().expect("learning lock") = Some(task);
+    }
+
+    /// The ProxyCommand under this connection (or under its first
+    /// ProxyJump hop): what it said and how it ended.
+    pub fn proxy(&self) -> Option<Arc<crate::process::Collected>> {
+        self.proxy.clone().or_else(|| self.jump.as_ref().and_then(|j| j.proxy()))
     }
 
     /// What the handshake showed.
@@ -460,6 +470,9 @@ impl SshSession {
             }
         };
         let status = Arc::new(ExecStatus::default());
+        if let Some(proxy) = self.proxy() {
+            status.run_under(proxy);
+        }
         let st = status.clone();
         let ours = super::backlog::attach(ch, lease, move |msg| match msg {
             russh::ChannelMsg::ExtendedData { data, ext: 1 } => st.add_stderr(&data),

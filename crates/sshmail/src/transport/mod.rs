@@ -80,7 +80,7 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
                     peer: format!("{server} (via {})", session.name()),
                     preauth_ok: route.allow_preauth,
                     greeting: None,
-                    diagnostics: None,
+                    diagnostics: session.proxy(),
                     connection: Some(session.label()),
                 });
             }
