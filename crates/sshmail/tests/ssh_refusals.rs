@@ -287,6 +287,16 @@ fn regression_a_password_only_host_asks_on_the_terminal_or_names_ssh_password_co
     assert_exit(&out, 1);
     let log = std::fs::read_to_string(env.bed.sshd_log()).unwrap();
     assert_eq!(log.matches("Accepted password").count(), 2, "{log}");
+
+    // A wrong one is said to be refused, with the command to check.
+    let config = pop3_config(&env, "keep = true\nssh_password_command = \"echo wrong\"");
+    let out = fetch_with(&env, &config);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("the password was refused") && err.contains("check what ssh_password_command prints"),
+        "{err}"
+    );
 }
 
 /// Regression: with `publickey,keyboard-interactive` (a key and a one-time
@@ -348,4 +358,19 @@ fn a_gssapi_only_host_is_told_to_go_through_ssh() {
     assert_exit(&out, 3);
     let err = stderr(&out);
     assert!(err.contains("no Kerberos/GSSAPI") && err.contains("via = \"command\""), "{err}");
+}
+
+/// keyboard-interactive through PAM asking the account's password: on a
+/// terminal the server's own prompt is shown and answered, never echoed.
+#[test]
+fn keyboard_interactive_prompts_are_shown_and_answered_on_the_terminal() {
+    let (env, _pam) = env_with_pam("keyboard-interactive", &["password"]);
+    let config = pop3_config(&env, "keep = true");
+    let (tmux, done) = fetch_on_terminal(&env, &config);
+    tmux.wait_until("the server's password prompt", std::time::Duration::from_secs(30), |s| s.contains("Password:"));
+    tmux.type_line(SSH_PASSWORD);
+    let log = || std::fs::read_to_string(env.bed.sshd_log()).unwrap_or_default();
+    assert_eq!(exit_of(&tmux, &done), "0", "{}\n{}", tmux.screen(), log());
+    assert_eq!(env.delivered().len(), 2);
+    assert!(!tmux.screen().contains(SSH_PASSWORD), "the password was echoed:\n{}", tmux.screen());
 }

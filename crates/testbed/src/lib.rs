@@ -78,7 +78,8 @@ pub struct Options {
     /// (`/etc/pam.d/sshmail-test-PORT`, removed when the testbed ends; needs
     /// root): sshd runs under that name, so PAM reads that file and the
     /// system's `sshd` service is untouched. `account` and `session` are
-    /// `pam_permit`. Empty: no PAM service.
+    /// `pam_permit`, and so is a last, optional `auth` line (for
+    /// `pam_setcred`). Empty: no PAM service.
     pub pam: Vec<String>,
     /// A host CA's private key: the ed25519 host key is signed by it
     /// (`ssh-keygen -s CA -h -n 127.0.0.1`) and sshd shows the certificate
@@ -793,7 +794,10 @@ impl Testbed {
             let name = format!("sshmail-test-{port}");
             let service = PathBuf::from("/etc/pam.d").join(&name);
             let lines: String = opts.pam.iter().map(|l| format!("{l}\n")).collect();
-            fs::write(&service, format!("{lines}account required pam_permit.so\nsession required pam_permit.so\n"))
+            // pam_permit last: a stack whose modules all ignore
+            // pam_setcred (pam_exec does) fails it, and sshd hangs up.
+            let rest = "auth optional pam_permit.so\naccount required pam_permit.so\nsession required pam_permit.so\n";
+            fs::write(&service, format!("{lines}{rest}"))
                 .with_context(|| format!("writing {} (PAM services need root)", service.display()))?;
             self.pam_service = Some(service);
             let link = root.join(&name);
