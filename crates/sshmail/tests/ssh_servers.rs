@@ -131,3 +131,92 @@ fn regression_on_tinysshd_doctor_passes_and_a_forward_is_refused_with_advice() {
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("AllowTcpForwarding"), "{}", stderr(&out));
 }
+
+/// Ends the OpenSSH master on `socket` when dropped (`ssh -O exit`).
+struct Master {
+    socket: std::path::PathBuf,
+    dest: String,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-S"])
+            .arg(&self.socket)
+            .args(["-O", "exit", &self.dest])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A first step of riding the user's OpenSSH master: channels through its
+/// ControlPath socket in the mux protocol's proxy mode. An exec'd imapd
+/// greets PREAUTH and logs out with exit status 0, and a direct-tcpip
+/// channel reaches POP3, with no SSH login of their own at sshd; a socket
+/// that is not a master's is refused with the reason.
+#[test]
+fn channels_ride_an_openssh_master_in_proxy_mode_without_a_login_of_their_own() {
+    let env = env_with_mail();
+    let socket = env.home.path().join("master.sock");
+    let dest = env.bed.ssh_destination();
+    let (user_host, port) = dest.rsplit_once(':').unwrap();
+    let started = std::process::Command::new("ssh")
+        .args(["-F", "/dev/null", "-M", "-S"])
+        .arg(&socket)
+        .args(["-fN", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", env.bed.known_hosts.display()))
+        .arg("-i")
+        .arg(&env.bed.client_key)
+        .args(["-p", port, user_host])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "ssh -M: {}", String::from_utf8_lossy(&started.stderr));
+    let _master = Master { socket: socket.clone(), dest: user_host.to_string() };
+    let logins = || std::fs::read_to_string(env.bed.sshd_log()).unwrap().matches("Accepted publickey").count();
+    assert_eq!(logins(), 1);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+        let timeout = Duration::from_secs(20);
+        let imapd = format!("/usr/lib/dovecot/imap -c {}", env.bed.dovecot_config.display());
+        let (stream, status) = sshmail::ssh::mux::exec(&socket, &imapd, timeout).await.unwrap();
+        let mut stream = BufReader::new(stream);
+        let mut line = String::new();
+        stream.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("* PREAUTH"), "{line}");
+        stream.get_mut().write_all(b"a LOGOUT\r\n").await.unwrap();
+        let mut rest = String::new();
+        while stream.read_line(&mut line).await.unwrap() > 0 {
+            rest.push_str(&line);
+            line.clear();
+        }
+        assert!(rest.contains("a OK"), "{rest}");
+        assert_eq!(status.wait_exit(Duration::from_secs(5)).await, Some(0));
+
+        let stream = sshmail::ssh::mux::forward(&socket, "127.0.0.1", env.bed.pop3_port, timeout).await.unwrap();
+        let mut stream = BufReader::new(stream);
+        let mut line = String::new();
+        stream.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("+OK"), "{line}");
+
+        // Not a master: a socket of ours that speaks something else.
+        let fake = env.home.path().join("fake.sock");
+        let listener = tokio::net::UnixListener::bind(&fake).unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.write_all(b"\0\0\0\x04HTTP").await;
+            }
+        });
+        let e = sshmail::ssh::mux::forward(&fake, "127.0.0.1", 1, timeout).await.unwrap_err().to_string();
+        assert!(e.contains("is not an OpenSSH master's socket"), "{e}");
+        let e = sshmail::ssh::mux::forward(&env.home.path().join("none.sock"), "127.0.0.1", 1, timeout)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no OpenSSH master at"), "{e}");
+    });
+    assert_eq!(logins(), 1, "a channel logged in on its own");
+}

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod backlog;
 pub mod known_hosts;
 pub mod lease;
+pub mod mux;
 pub mod pool;
 pub mod session;
 
