@@ -370,6 +370,6 @@ fn ssh_config_directives_sshmail_does_not_honour_are_warnings_naming_the_line() 
     assert!(warned[0].what.contains(".ssh/config:3: ControlMaster"), "{}", d.stdout);
     assert!(warned[1].what.contains(".ssh/config:4: VerifyHostKeyDNS"), "{}", d.stdout);
     assert!(warned[2].what.contains(".ssh/config:6: KexAlgorithms sntrup761x25519-sha512@openssh.com"), "{}", d.stdout);
-    assert!(d.stdout.contains("fix: sshmail makes its own connection"), "{}", d.stdout);
+    assert!(d.stdout.contains("fix: sshmail rides a master that runs at ControlPath"), "{}", d.stdout);
     assert!(d.hops.iter().any(|h| h.hop == "algorithms" && h.what.contains("curve25519-sha256")), "{}", d.stdout);
 }

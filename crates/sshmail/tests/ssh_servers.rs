@@ -143,7 +143,8 @@ impl Drop for Master {
         let _ = std::process::Command::new("ssh")
             .args(["-F", "/dev/null", "-S"])
             .arg(&self.socket)
-            .args(["-O", "exit", &self.dest])
+            .args(["-O", "exit"])
+            .args(self.dest.split(' '))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -155,15 +156,15 @@ impl Drop for Master {
 /// greets PREAUTH and logs out with exit status 0, and a direct-tcpip
 /// channel reaches POP3, with no SSH login of their own at sshd; a socket
 /// that is not a master's is refused with the reason.
-#[test]
-fn channels_ride_an_openssh_master_in_proxy_mode_without_a_login_of_their_own() {
-    let env = env_with_mail();
-    let socket = env.home.path().join("master.sock");
+/// Starts an OpenSSH master (`ssh -M -S SOCKET -fN`) to the testbed's
+/// sshd; `socket` may hold `%C` and other ControlPath tokens. Returns once
+/// it has logged in.
+fn start_master(env: &Env, socket: &Path) -> Master {
     let dest = env.bed.ssh_destination();
     let (user_host, port) = dest.rsplit_once(':').unwrap();
     let started = std::process::Command::new("ssh")
         .args(["-F", "/dev/null", "-M", "-S"])
-        .arg(&socket)
+        .arg(socket)
         .args(["-fN", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
         .arg(format!("UserKnownHostsFile={}", env.bed.known_hosts.display()))
         .arg("-i")
@@ -173,7 +174,14 @@ fn channels_ride_an_openssh_master_in_proxy_mode_without_a_login_of_their_own() 
         .output()
         .unwrap();
     assert!(started.status.success(), "ssh -M: {}", String::from_utf8_lossy(&started.stderr));
-    let _master = Master { socket: socket.clone(), dest: user_host.to_string() };
+    Master { socket: socket.to_path_buf(), dest: format!("-p{port} {user_host}") }
+}
+
+#[test]
+fn channels_ride_an_openssh_master_in_proxy_mode_without_a_login_of_their_own() {
+    let env = env_with_mail();
+    let socket = env.home.path().join("master.sock");
+    let _master = start_master(&env, &socket);
     let logins = || std::fs::read_to_string(env.bed.sshd_log()).unwrap().matches("Accepted publickey").count();
     assert_eq!(logins(), 1);
 
@@ -208,6 +216,8 @@ fn channels_ride_an_openssh_master_in_proxy_mode_without_a_login_of_their_own() 
         tokio::spawn(async move {
             if let Ok((mut s, _)) = listener.accept().await {
                 let _ = s.write_all(b"\0\0\0\x04HTTP").await;
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink).await;
             }
         });
         let e = sshmail::ssh::mux::forward(&fake, "127.0.0.1", 1, timeout).await.unwrap_err().to_string();
@@ -219,4 +229,61 @@ fn channels_ride_an_openssh_master_in_proxy_mode_without_a_login_of_their_own() 
         assert!(e.contains("no OpenSSH master at"), "{e}");
     });
     assert_eq!(logins(), 1, "a channel logged in on its own");
+}
+
+/// Accounts ride an OpenSSH master: named by `ssh_control_path`, or by
+/// ~/.ssh/config's `ControlPath` with `%C` (computed as OpenSSH does: the
+/// master's own socket is found). POP3 through a forward and IMAP through
+/// an exec'd imapd fetch with no login of their own at sshd. With the
+/// master gone, `ssh_control_fallback = false` fails naming it; the
+/// ssh_config way connects on its own.
+#[test]
+fn fetch_rides_the_users_openssh_master_named_by_the_account_or_by_control_path() {
+    let env = env_with_mail();
+    let logins = || std::fs::read_to_string(env.bed.sshd_log()).unwrap().matches("Accepted publickey").count();
+    let socket = env.home.path().join("m.sock");
+    let master = start_master(&env, &socket);
+    let imapd = format!("imapd = [\"/usr/lib/dovecot/imap\", \"-c\", \"{}\"]\n", env.bed.dovecot_config.display());
+    let ride = format!("ssh_control_path = \"{}\"\nkeep = true\n", socket.display());
+    let accounts = format!("{}{}", env.pop3_toml("pop3", &ride), env.imap_toml("imap", &format!("{ride}{imapd}")));
+    let config = env.home.path().join("master.toml");
+    Daemon::write_config(&config, &env.config_toml(&accounts));
+    let out = sshmail(&env, &["fetch", "pop3"], &config);
+    assert_exit(&out, 0);
+    assert_eq!(env.delivered().len(), 3, "{}", stderr(&out));
+    let imap_dir = env.home.path().join("imap-maildir");
+    let out = sshmail(&env, &["fetch", "imap", "--deliver", &format!("maildir:{}", imap_dir.display())], &config);
+    assert_exit(&out, 0);
+    assert_eq!(common::read_dir_contents(&imap_dir.join("new")).len(), 3, "{}", stderr(&out));
+    let out = sshmail(&env, &["doctor", "pop3"], &config);
+    assert!(stdout(&out).contains("via OpenSSH master"), "{}", stdout(&out));
+    assert_eq!(logins(), 1, "a fetch logged in on its own");
+
+    drop(master);
+    let out = sshmail(&env, &["fetch", "pop3", "--all"], &config);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("no OpenSSH master answers at"), "{}", stderr(&out));
+    assert_eq!(logins(), 1);
+
+    // ~/.ssh/config's ControlPath, with %C.
+    let dir = env.home.path().join("cm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _master = start_master(&env, &dir.join("%C"));
+    assert_eq!(logins(), 2);
+    std::fs::create_dir_all(env.home.path().join(".ssh")).unwrap();
+    std::fs::write(
+        env.home.path().join(".ssh/config"),
+        format!("Host 127.0.0.1\n  ControlPath {}/%C\n", dir.display()),
+    )
+    .unwrap();
+    let accounts = env.pop3_toml("pop3", "keep = true\n");
+    Daemon::write_config(&config, &env.config_toml(&accounts));
+    let out = sshmail(&env, &["fetch", "pop3", "--all"], &config);
+    assert_exit(&out, 0);
+    assert_eq!(
+        logins(),
+        2,
+        "%C named another socket than OpenSSH's: {:?}",
+        std::fs::read_dir(&dir).unwrap().collect::<Vec<_>>()
+    );
 }

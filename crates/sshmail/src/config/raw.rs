@@ -97,6 +97,8 @@ pub struct RawAccount {
     pub host_key_policy: Option<String>,
     pub timeout: Option<u64>,
     pub ssh_password_command: Option<Command>,
+    pub ssh_control_path: Option<String>,
+    pub ssh_control_fallback: Option<bool>,
     pub folders: Option<Vec<String>>,
     pub policy: Option<String>,
     pub only_unseen: Option<bool>,

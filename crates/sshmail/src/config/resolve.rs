@@ -23,6 +23,12 @@ pub(super) struct Reach {
     pub(super) ssh_password: PasswordSource,
     /// Ask for SSH compression.
     pub(super) compress: bool,
+    /// The OpenSSH master to ride (`ssh_control_path`), if the account
+    /// names one.
+    pub(super) control_path: Option<PathBuf>,
+    /// Whether to connect on its own when no master answers
+    /// (`ssh_control_fallback`), if the account says.
+    pub(super) control_fallback: Option<bool>,
     /// How the stream to the mail server is made.
     pub(super) via: Via,
     /// The mail server as seen from the SSH host.
@@ -153,6 +159,8 @@ pub fn resolve(name: &str, raw: &RawAccount, given: &Resolving<'_>) -> Result<Ac
         host_key_policy,
         ssh_password,
         compress: raw.compress.unwrap_or(false),
+        control_path: raw.ssh_control_path.as_deref().map(expand_tilde),
+        control_fallback: raw.ssh_control_fallback,
         via,
         server_host,
         server_port,

@@ -67,6 +67,14 @@ pub struct SshTarget {
     /// `CertificateFile`: an OpenSSH user certificate for one of the
     /// identities (besides each identity's own `KEY-cert.pub`).
     pub certificate: Option<PathBuf>,
+    /// The OpenSSH master whose socket channels go through
+    /// (`ssh_control_path`, else ssh_config's `ControlPath`, tokens
+    /// expanded), instead of a connection of our own.
+    pub control_path: Option<PathBuf>,
+    /// When no master answers there, connect on our own (default: yes for
+    /// ssh_config's `ControlPath`, which `ssh` itself treats so; no for
+    /// `ssh_control_path`, which asks for the master).
+    pub control_fallback: bool,
     /// The algorithms offered: sshmail's defaults as ssh_config changes
     /// them.
     pub algorithms: super::algorithms::Algorithms,
@@ -189,6 +197,16 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         }
         _ => Vec::new(),
     };
+    let (control_path, control_fallback) = match &reach.control_path {
+        Some(path) => (Some(path.clone()), reach.control_fallback.unwrap_or(false)),
+        None => {
+            let jump = params.as_ref().and_then(|p| p.proxy_jump.clone()).map(|j| j.join(",")).unwrap_or_default();
+            let path = first("controlpath")
+                .filter(|v| !v.eq_ignore_ascii_case("none"))
+                .map(|v| expand_tilde(&control_path_tokens(&v, &host, port, &user, &dest.host, &jump)));
+            (path, reach.control_fallback.unwrap_or(true))
+        }
+    };
     if proxy_command.is_some() && !jumps.is_empty() {
         return Err(Error::Config(format!(
             "~/.ssh/config gives {} both ProxyJump and ProxyCommand; OpenSSH uses the one it reads first — keep one",
@@ -218,6 +236,8 @@ fn resolve_destination(dest: &SshDestination, ssh_config: Option<&SshConfig>, re
         proxy_command,
         agent: agent_socket(first("identityagent").as_deref()),
         unhonoured: params.as_ref().map(super::ssh_directives::unhonoured).unwrap_or_default(),
+        control_path,
+        control_fallback,
         update_host_keys: match first("updatehostkeys").as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("yes") => true,
             Some(_) => false,
@@ -254,23 +274,63 @@ fn shell_words(words: &[String]) -> String {
 /// OpenSSH's tokens in a ProxyCommand: `%h` the host name connected to,
 /// `%p` the port, `%r` the user, `%n` the host as given, `%%` a `%`.
 fn expand_tokens(command: &str, host: &str, port: u16, user: &str, given: &str) -> String {
-    let mut out = String::with_capacity(command.len());
-    let mut chars = command.chars();
+    let port = port.to_string();
+    expand(command, &[('h', host), ('p', &port), ('r', user), ('n', given)])
+}
+
+/// OpenSSH's tokens in a ControlPath: those of a ProxyCommand, and `%C`
+/// (the SHA-1 of `%l%h%p%r`, as OpenSSH 9.2 makes it), `%l` and `%L` (this
+/// machine's name, whole and first part), `%u` (the local user), `%i`
+/// (the uid), `%d` (the home directory), `%j` (the ProxyJump hops).
+fn control_path_tokens(path: &str, host: &str, port: u16, user: &str, given: &str, jump: &str) -> String {
+    use sha1::Digest as _;
+    let port = port.to_string();
+    let local = gethostname::gethostname().to_string_lossy().into_owned();
+    let short = local.split('.').next().unwrap_or_default().to_string();
+    let hash: String = sha1::Sha1::digest(format!("{local}{host}{port}{user}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let me = std::env::var("USER").unwrap_or_default();
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let home = home().display().to_string();
+    expand(
+        path,
+        &[
+            ('h', host),
+            ('p', &port),
+            ('r', user),
+            ('n', given),
+            ('C', &hash),
+            ('l', &local),
+            ('L', &short),
+            ('u', &me),
+            ('i', &uid),
+            ('d', &home),
+            ('j', jump),
+        ],
+    )
+}
+
+/// `text` with each `%X` of `tokens` replaced, `%%` a `%`; an unknown
+/// token stays as written.
+fn expand(text: &str, tokens: &[(char, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
     while let Some(c) = chars.next() {
         if c != '%' {
             out.push(c);
             continue;
         }
         match chars.next() {
-            Some('h') => out.push_str(host),
-            Some('p') => out.push_str(&port.to_string()),
-            Some('r') => out.push_str(user),
-            Some('n') => out.push_str(given),
             Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
+            Some(t) => match tokens.iter().find(|(k, _)| *k == t) {
+                Some((_, v)) => out.push_str(v),
+                None => {
+                    out.push('%');
+                    out.push(t);
+                }
+            },
             None => out.push('%'),
         }
     }
@@ -304,6 +364,8 @@ fn agent_socket(identity_agent: Option<&str>) -> Option<PathBuf> {
 pub(super) fn resolve_jump(dest: &SshDestination, ssh_config: Option<&SshConfig>, reach: &Reach) -> Result<SshTarget> {
     let mut t = resolve_destination(dest, ssh_config, reach)?;
     t.jumps.clear();
+    // A master, when there is one, carries the whole way.
+    t.control_path = None;
     Ok(t)
 }
 

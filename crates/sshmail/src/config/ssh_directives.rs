@@ -38,9 +38,9 @@ pub const DIRECTIVES: &[(&str, Treatment)] = &[
     ("Compression", Honoured),
     ("ConnectionAttempts", Instead("connects once per try; the daemon tries again with back-off")),
     ("ConnectTimeout", Honoured),
-    ("ControlMaster", Instead("makes its own connection; to ride an OpenSSH master, use via = \"command\" with ssh")),
-    ("ControlPath", Instead("makes its own connection; to ride an OpenSSH master, use via = \"command\" with ssh")),
-    ("ControlPersist", Instead("makes its own connection; to ride an OpenSSH master, use via = \"command\" with ssh")),
+    ("ControlMaster", Instead("rides a master that runs at ControlPath, but never starts one")),
+    ("ControlPath", Honoured),
+    ("ControlPersist", Instead("rides a master that runs at ControlPath, but never starts one")),
     ("DynamicForward", NotApplicable),
     ("EnableEscapeCommandline", NotApplicable),
     ("EnableSSHKeysign", Instead("has no host-based authentication")),
@@ -199,7 +199,7 @@ mod tests {
             )
             .unwrap();
         let names: Vec<&str> = unhonoured(&cfg.query("mail")).iter().map(|(d, _)| *d).collect();
-        assert_eq!(names, ["BindAddress", "ControlMaster", "ControlPath", "VerifyHostKeyDNS"]);
+        assert_eq!(names, ["BindAddress", "ControlMaster", "VerifyHostKeyDNS"]);
         assert_eq!(treatment("hostkeyalias"), Some(("HostKeyAlias", Honoured)));
     }
 }

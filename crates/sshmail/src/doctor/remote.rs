@@ -90,6 +90,42 @@ async fn ssh(report: &mut Report, target: &SshTarget, jumps: &[SshTarget], pool:
     for t in jumps.iter().chain([target]) {
         unhonoured(report, t);
     }
+    // An OpenSSH master carries the channels: it verified the host and
+    // logged in; what is left to check is that it is the user's and speaks
+    // proxy mode.
+    if let Some(socket) = &target.control_path {
+        if crate::ssh::mux::answers(socket).await {
+            return match crate::ssh::mux::master_pid(socket, target.timeout).await {
+                Ok(pid) => {
+                    report
+                        .pass("ssh", format!("{} via OpenSSH master {} (pid {pid})", target.name(), socket.display()));
+                    true
+                }
+                Err(e) => {
+                    report.error(
+                        "ssh",
+                        &e,
+                        "use a master of your own (ssh -fN with ControlMaster), OpenSSH 7.4 or later",
+                    );
+                    false
+                }
+            };
+        }
+        if !target.control_fallback {
+            report.fail(
+                "ssh",
+                format!("no OpenSSH master answers at {}", socket.display()),
+                "sign in once with `ssh -fN` and ControlMaster for that host, or set ssh_control_fallback = true",
+                Exit::Connect,
+            );
+            return false;
+        }
+        report.warn(
+            "ssh",
+            format!("no OpenSSH master answers at {}", socket.display()),
+            "sshmail connects on its own (a master, once running, is ridden)",
+        );
+    }
     let first = jumps.first().unwrap_or(target);
     if !reach_sshd(report, first).await {
         return false;

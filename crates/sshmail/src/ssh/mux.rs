@@ -105,6 +105,22 @@ pub async fn forward(socket: &Path, host: &str, port: u16, timeout: Duration) ->
     open_with(socket, &open, &extra, timeout).await.map(|(conn, remote)| pump(conn, remote, None))
 }
 
+/// Whether a master answers at `socket` (a socket file there that takes a
+/// connection): when none does, an account may connect on its own.
+pub async fn answers(socket: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    let is_socket = std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+    is_socket && UnixStream::connect(socket).await.is_ok()
+}
+
+/// The process id of the master at `socket`, once it has been checked as
+/// the user's own and as speaking the mux protocol's proxy mode.
+pub async fn master_pid(socket: &Path, timeout: Duration) -> Result<u32> {
+    let conn = within(timeout, socket, Conn::connect(socket)).await??;
+    let pid = conn.stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
+    Ok(u32::try_from(pid).unwrap_or(0))
+}
+
 /// The far end of a channel: its id, window and largest packet.
 #[derive(Debug, Clone, Copy)]
 struct Remote {
@@ -192,15 +208,15 @@ impl Conn {
         put_u32(&mut hello, MUX_MSG_HELLO);
         put_u32(&mut hello, MUX_VERSION);
         conn.write_framed(&hello).await?;
-        let mut proxy = Vec::new();
-        put_u32(&mut proxy, MUX_C_PROXY);
-        put_u32(&mut proxy, 0);
-        conn.write_framed(&proxy).await?;
         let reply = conn.read_framed().await?;
         let mut r = Reader::new(&reply);
         if r.u32()? != MUX_MSG_HELLO || r.u32()? != MUX_VERSION {
             return Err(conn.not_a_master("its first message is not a mux hello of version 4"));
         }
+        let mut proxy = Vec::new();
+        put_u32(&mut proxy, MUX_C_PROXY);
+        put_u32(&mut proxy, 0);
+        conn.write_framed(&proxy).await?;
         let reply = conn.read_framed().await?;
         let mut r = Reader::new(&reply);
         match r.u32()? {

@@ -188,6 +188,44 @@ impl SshPool {
         Ok(self.lease(target, jumps, false).await?.0)
     }
 
+    /// The OpenSSH master to ride for `target`: its socket when one
+    /// answers there; None when the target names none, or none answers and
+    /// it may connect on its own; an error when it must ride and cannot.
+    async fn master(&self, target: &SshTarget) -> Result<Option<std::path::PathBuf>> {
+        let Some(socket) = &target.control_path else { return Ok(None) };
+        if super::mux::answers(socket).await {
+            return Ok(Some(socket.clone()));
+        }
+        if target.control_fallback {
+            tracing::debug!("no OpenSSH master at {}: connecting to {} on our own", socket.display(), target.name());
+            return Ok(None);
+        }
+        Err(Error::Connect(format!(
+            "no OpenSSH master answers at {} for {} (ssh_control_fallback is off): sign in once with `ssh -fN` and \
+             ControlMaster for that host, or set ssh_control_fallback = true",
+            socket.display(),
+            target.name()
+        )))
+    }
+
+    /// A direct-tcpip channel to `host:port` as seen from `target`: through
+    /// its OpenSSH master when it rides one, else on a connection of the
+    /// pool.
+    pub async fn forward(&self, target: &SshTarget, jumps: &[SshTarget], host: &str, port: u16) -> Result<Forwarded> {
+        if let Some(socket) = self.master(target).await? {
+            let stream = super::mux::forward(&socket, host, port, target.timeout).await?;
+            return Ok(Forwarded {
+                stream,
+                via: format!("{} through the OpenSSH master {}", target.name(), socket.display()),
+                label: format!("OpenSSH master {}", socket.display()),
+                proxy: None,
+            });
+        }
+        let session = self.get(target, jumps).await?;
+        let stream = session.forward(host, port).await?;
+        Ok(Forwarded { stream, via: session.name(), label: session.label(), proxy: session.proxy() })
+    }
+
     /// Runs `command` in an exec channel on a connection to `target` that
     /// has a session channel free, opening another connection when all are
     /// full. Returns the stream, its status and the connection's label
@@ -198,6 +236,10 @@ impl SshPool {
         jumps: &[SshTarget],
         command: &str,
     ) -> Result<(tokio::io::DuplexStream, Arc<ExecStatus>, String)> {
+        if let Some(socket) = self.master(target).await? {
+            let (stream, status) = super::mux::exec(&socket, command, target.timeout).await?;
+            return Ok((stream, status, format!("OpenSSH master {}", socket.display())));
+        }
         // A refusal teaches the connection's limit; then the next is tried.
         for _ in 0..4 {
             let (session, lease) = self.lease(target, jumps, true).await?;
@@ -410,6 +452,18 @@ fn route_key(target: &SshTarget, via: &str) -> String {
 /// source, compression). A connection verified under one account's
 /// policy never serves an account that would have refused it. A
 /// password given in the config is represented by a hash, never itself.
+/// A direct-tcpip channel, and what it runs on (for messages and status).
+pub struct Forwarded {
+    /// The channel.
+    pub stream: super::Channel,
+    /// `user@host:port`, or that and the OpenSSH master carrying it.
+    pub via: String,
+    /// The connection's label (`user@host:port #N`, or the master).
+    pub label: String,
+    /// The ProxyCommand under the connection, if any.
+    pub proxy: Option<Arc<crate::process::Collected>>,
+}
+
 pub fn trust_key(target: &SshTarget) -> String {
     use crate::config::PasswordSource;
     let password = match &target.password {

@@ -73,15 +73,14 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
                 return Err(Error::Config(format!("the route to {server} has no SSH destination")));
             };
             if route.via == Via::Forward {
-                let session = pool.get(target, jumps).await?;
-                let ch = session.forward(&route.server_host, route.server_port).await?;
+                let f = pool.forward(target, jumps, &route.server_host, route.server_port).await?;
                 return Ok(Opened {
-                    stream: Box::new(ch),
-                    peer: format!("{server} (via {})", session.name()),
+                    stream: Box::new(f.stream),
+                    peer: format!("{server} (via {})", f.via),
                     preauth_ok: route.allow_preauth,
                     greeting: None,
-                    diagnostics: session.proxy(),
-                    connection: Some(session.label()),
+                    diagnostics: f.proxy,
+                    connection: Some(f.label),
                 });
             }
             let started = match &route.via {
