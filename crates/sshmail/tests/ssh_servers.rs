@@ -287,3 +287,37 @@ fn fetch_rides_the_users_openssh_master_named_by_the_account_or_by_control_path(
         std::fs::read_dir(&dir).unwrap().collect::<Vec<_>>()
     );
 }
+
+/// The daemon rides the master too: it fetches over IDLE and answers
+/// `sshmail tunnel` through it, and sshd sees no login but the master's.
+#[test]
+fn the_daemon_fetches_and_serves_the_tunnel_through_the_openssh_master() {
+    let env = env_with_mail();
+    let logins = || std::fs::read_to_string(env.bed.sshd_log()).unwrap().matches("Accepted publickey").count();
+    let socket = env.home.path().join("d.sock");
+    let _master = start_master(&env, &socket);
+    let imapd = format!("imapd = [\"/usr/lib/dovecot/imap\", \"-c\", \"{}\"]\n", env.bed.dovecot_config.display());
+    let ride = format!("ssh_control_path = \"{}\"\nkeep = true\n{imapd}", socket.display());
+    let daemon = Daemon::start(&env, &env.imap_toml("uni", &ride));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while env.delivered().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the daemon fetched nothing; log:\n{}", daemon.log.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut tunnel = Daemon::base_command(env.home.path())
+        .args(["tunnel", "uni", "--config"])
+        .arg(&daemon.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        tunnel.stdin.take().unwrap().write_all(b"a LOGOUT\r\n").unwrap();
+    }
+    let out = wait_bounded(tunnel, Duration::from_secs(30));
+    let said = stdout(&out);
+    assert!(said.starts_with("* PREAUTH") && said.contains("a OK"), "{said}\n{}", stderr(&out));
+    assert_eq!(logins(), 1, "the daemon or the tunnel logged in on its own; log:\n{}", daemon.log.text());
+}
