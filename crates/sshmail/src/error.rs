@@ -179,13 +179,13 @@ impl SshAuthRefused {
         let wants = |m: &str| self.accepts.iter().any(|a| a == m);
         let asks = wants("password") || wants("keyboard-interactive");
         if !self.accepts.is_empty() && self.accepts.iter().all(|m| m.starts_with("gssapi")) {
-            return "sshmail has no Kerberos/GSSAPI: reach this host through ssh, which has it \
-                    (via = \"command\" with tunnel = [\"ssh\", HOST, …]), or through an OpenSSH master"
+            return "sshmail has no Kerberos/GSSAPI: sign in with ssh, which has it, keeping an OpenSSH master \
+                    (ControlMaster), and sshmail rides it (ssh_control_path; README: Riding an OpenSSH master)"
                 .into();
         }
         let daemon_way = "a daemon or cron job cannot be asked: set ssh_password_command if a command can give \
-                          the answer (a TOTP: oathtool --totp), or sign in once through an OpenSSH master and \
-                          use via = \"command\" (README: passwords and two-factor hosts)";
+                          the answer (a TOTP: oathtool --totp), or sign in once with ssh keeping an OpenSSH master \
+                          (ControlMaster), which sshmail rides (ssh_control_path; README: Riding an OpenSSH master)";
         if self.password_refused {
             return if self.password_command {
                 "check what ssh_password_command prints: the server refused it".into()
@@ -392,6 +392,6 @@ mod tests {
         let password_only = SshAuthRefused { accepts: vec!["password".into()], accepted: None, ..refused.clone() };
         assert!(password_only.fix().contains("set ssh_password_command"), "{}", password_only.fix());
         let gssapi = SshAuthRefused { accepts: vec!["gssapi-with-mic".into()], accepted: None, ..refused };
-        assert!(gssapi.fix().contains("no Kerberos/GSSAPI") && gssapi.fix().contains("via = \"command\""));
+        assert!(gssapi.fix().contains("no Kerberos/GSSAPI") && gssapi.fix().contains("ssh_control_path"));
     }
 }

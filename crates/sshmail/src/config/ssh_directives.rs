@@ -54,7 +54,7 @@ pub const DIRECTIVES: &[(&str, Treatment)] = &[
     ("ForwardX11Trusted", NotApplicable),
     ("GatewayPorts", NotApplicable),
     ("GlobalKnownHostsFile", Instead("reads /etc/ssh/ssh_known_hosts as the system-wide file")),
-    ("GSSAPIAuthentication", Instead("has no GSSAPI/Kerberos: reach such a host with via = \"command\" and ssh")),
+    ("GSSAPIAuthentication", Instead("has no GSSAPI/Kerberos: ride an OpenSSH master that logged in with it")),
     ("GSSAPIDelegateCredentials", Instead("has no GSSAPI/Kerberos")),
     ("HashKnownHosts", Instead("always writes hashed known_hosts lines")),
     ("Host", Honoured),
