@@ -355,13 +355,7 @@ fn regression_identity_agent_names_the_agent_socket_and_none_asks_no_agent() {
     let mut env = Env::new();
     env.add_messages((0..2).map(|i| corpus::mixed_message(i, 0)));
     let socket = env.home.path().join("agent.sock");
-    let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(Stdio::null()).spawn().unwrap();
-    let _agent = Killed(agent);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < deadline, "ssh-agent did not make its socket");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let _agent = start_agent(&socket);
     let added = Command::new("ssh-add").arg(&env.bed.client_key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
     assert!(added.status.success(), "ssh-add: {}", String::from_utf8_lossy(&added.stderr));
     let ssh_config = env.home.path().join("ssh_config");
@@ -616,18 +610,25 @@ fn regression_a_user_certificate_logs_in_from_beside_the_key_from_certificate_fi
     // Held by an agent (ssh-add loads KEY-cert.pub with the key).
     sign_user_key(&ca, &key, &["-n", user]);
     let socket = env.home.path().join("agent.sock");
-    let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(Stdio::null()).spawn().unwrap();
-    let _agent = Killed(agent);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < deadline, "ssh-agent did not make its socket");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let _agent = start_agent(&socket);
     let added = Command::new("ssh-add").arg(&key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
     assert!(String::from_utf8_lossy(&added.stderr).contains("Certificate added"), "{added:?}");
     let ssh_config = host_srv(&env, &format!("  IdentityAgent {}\n", socket.display()));
     let out = fetch_through(&env, "srv", &ssh_config, None, &env.bed.known_hosts, &["--keep", "--all", "-v"]);
     assert_exit(&out, 0);
+}
+
+/// A private `ssh-agent` on `socket`, ended when dropped; returns once its
+/// socket is there.
+fn start_agent(socket: &std::path::Path) -> Killed {
+    let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(socket).stdout(Stdio::null()).spawn().unwrap();
+    let agent = Killed(agent);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "ssh-agent did not make its socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    agent
 }
 
 /// Ends a child process when dropped.

@@ -82,17 +82,11 @@ const KEYS: &[&str] = &[
     "rsa-sha2-256",
 ];
 
-/// Every key algorithm sshmail can verify or sign with: [`KEYS`] and
-/// SHA-1 `ssh-rsa`.
-const KEYS_IMPLEMENTED: &[&str] = &[
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "rsa-sha2-512",
-    "rsa-sha2-256",
-    "ssh-rsa",
-];
+/// Whether sshmail can verify or sign with the key algorithm `name`:
+/// those of [`KEYS`], and SHA-1 `ssh-rsa`.
+fn key_implemented(name: &str) -> bool {
+    KEYS.contains(&name) || name == "ssh-rsa"
+}
 
 /// The defaults, for the ssh_config parser to apply `+`, `-` and `^` to.
 pub fn defaults() -> ssh2_config::DefaultAlgorithms {
@@ -189,7 +183,7 @@ impl Algorithms {
         })?;
         let mac =
             keep(macs, "MACs", host, &mut unimplemented, |n| mac::Name::try_from(n).ok().filter(|m| *m != mac::NONE))?;
-        let key = |n: &str| KEYS_IMPLEMENTED.contains(&n).then(|| Algorithm::new(n).ok()).flatten();
+        let key = |n: &str| key_implemented(n).then(|| Algorithm::new(n).ok()).flatten();
         let host_key = keep(host_keys, "HostKeyAlgorithms", host, &mut unimplemented, key)?;
         let pubkey = keep(pubkeys, "PubkeyAcceptedAlgorithms", host, &mut unimplemented, key)?;
         Ok(Algorithms { kex, cipher, mac, host_key, host_key_default, pubkey, pubkey_default, unimplemented })
@@ -233,7 +227,7 @@ pub fn implemented(directive: &str) -> Vec<String> {
             cipher::ALL_CIPHERS.iter().map(|n| n.as_ref().to_string()).filter(|n| n != "none" && n != "clear").collect()
         }
         "MACs" => mac::ALL_MAC_ALGORITHMS.iter().map(|n| n.as_ref().to_string()).filter(|n| n != "none").collect(),
-        _ => KEYS_IMPLEMENTED.iter().map(|s| s.to_string()).collect(),
+        _ => KEYS.iter().chain(&["ssh-rsa"]).map(|s| s.to_string()).collect(),
     }
 }
 

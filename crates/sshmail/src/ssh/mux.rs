@@ -264,28 +264,14 @@ impl Conn {
         self.stream.write_all(&packet(payload)).await.map_err(|e| self.lost(e))
     }
 
-    /// The next message's payload (padding dropped).
+    /// The next message's payload.
     async fn recv(&mut self) -> Result<Vec<u8>> {
-        let len = self.stream.read_u32().await.map_err(|e| self.lost(e))? as usize;
-        if !(1..=MAX_PACKET).contains(&len) {
-            return Err(Error::Protocol(format!("the OpenSSH master at {} sent a packet of {len} bytes", self.socket)));
-        }
-        let mut packet = vec![0; len];
-        self.stream.read_exact(&mut packet).await.map_err(|e| self.lost(e))?;
-        let pad = usize::from(packet[0]);
-        if 1 + pad > len {
-            return Err(Error::Protocol(format!("the OpenSSH master at {} sent a malformed packet", self.socket)));
-        }
-        packet.truncate(len - pad);
-        packet.remove(0);
-        Ok(packet)
+        read_packet(&mut self.stream, &self.socket).await
     }
 
     /// Answers a global request that wants a reply with a refusal.
     async fn refuse_global(&mut self, p: &[u8]) -> Result<()> {
-        let mut r = Reader::new(p.get(1..).unwrap_or_default());
-        let _name = r.string()?;
-        if r.byte()? != 0 {
+        if wants_reply(p)? {
             self.send(&[REQUEST_FAILURE]).await?;
         }
         Ok(())
@@ -367,19 +353,7 @@ async fn carry(
     let mut taken: u32 = 0;
     let ended: Result<()> = async {
         loop {
-            let len = match from_master.read_u32().await {
-                Ok(len) => len as usize,
-                Err(e) => return Err(lost(e)),
-            };
-            if !(1..=MAX_PACKET).contains(&len) {
-                return Err(Error::Protocol(format!("the OpenSSH master at {socket} sent a packet of {len} bytes")));
-            }
-            let mut raw = vec![0; len];
-            if let Err(e) = from_master.read_exact(&mut raw).await {
-                return Err(lost(e));
-            }
-            let pad = usize::from(raw[0]);
-            let payload = raw.get(1..len.saturating_sub(pad)).unwrap_or_default();
+            let payload = read_packet(&mut from_master, &socket).await?;
             let mut r = Reader::new(payload.get(1..).unwrap_or_default());
             match payload.first().copied() {
                 Some(CHANNEL_DATA) => {
@@ -431,12 +405,7 @@ async fn carry(
                         reply(no).await?;
                     }
                 }
-                Some(GLOBAL_REQUEST) => {
-                    let _name = r.string()?;
-                    if r.byte()? != 0 {
-                        reply(vec![REQUEST_FAILURE]).await?;
-                    }
-                }
+                Some(GLOBAL_REQUEST) if wants_reply(&payload)? => reply(vec![REQUEST_FAILURE]).await?,
                 _ => {}
             }
             // Top our window up once the reader has taken half of it.
@@ -463,6 +432,32 @@ async fn within<T>(timeout: Duration, socket: &Path, fut: impl std::future::Futu
             timeout.as_secs()
         ))
     })
+}
+
+/// The next packet's payload (its padding dropped), at most
+/// [`MAX_PACKET`] read.
+async fn read_packet(from: &mut (impl tokio::io::AsyncRead + Unpin), socket: &str) -> Result<Vec<u8>> {
+    let lost = |e: std::io::Error| Error::Lost(format!("the OpenSSH master at {socket}: {e}"));
+    let len = from.read_u32().await.map_err(lost)? as usize;
+    if !(1..=MAX_PACKET).contains(&len) {
+        return Err(Error::Protocol(format!("the OpenSSH master at {socket} sent a packet of {len} bytes")));
+    }
+    let mut packet = vec![0; len];
+    from.read_exact(&mut packet).await.map_err(lost)?;
+    let pad = usize::from(packet[0]);
+    if 1 + pad > len {
+        return Err(Error::Protocol(format!("the OpenSSH master at {socket} sent a malformed packet")));
+    }
+    packet.truncate(len - pad);
+    packet.remove(0);
+    Ok(packet)
+}
+
+/// Whether a global request (`payload`, its type first) wants a reply.
+fn wants_reply(payload: &[u8]) -> Result<bool> {
+    let mut r = Reader::new(payload.get(1..).unwrap_or_default());
+    let _name = r.string()?;
+    Ok(r.byte()? != 0)
 }
 
 /// `payload` framed as an SSH packet with no padding and no MAC (uint32
