@@ -45,7 +45,7 @@ impl Backoff {
     /// (None: not until the config changes or a poll is asked for).
     pub fn next(&mut self, retry: Retry) -> Option<Duration> {
         match retry {
-            Retry::Never => None,
+            Retry::Never | Retry::Login => None,
             Retry::Now if !self.retried_at_once => {
                 self.retried_at_once = true;
                 Some(Duration::ZERO)

@@ -73,6 +73,10 @@ pub enum Error {
     /// A mail or relay login refused, or one that cannot be made.
     #[error("{0}")]
     Auth(String),
+    /// An SSH host that needs a person to log in (a one-time code, a
+    /// password typed), where no connection a person made is up.
+    #[error("{0}")]
+    LoginNeeded(Box<LoginNeeded>),
     /// Malformed or unexpected server data, or a timeout waiting for it.
     #[error("{0}")]
     Protocol(String),
@@ -174,6 +178,26 @@ impl SshAuthRefused {
         s
     }
 
+    /// What only a person could give, when that is what the login lacked:
+    /// the server's unanswered question, a second factor after a step it
+    /// took, or a password (none given, none refused). None: a person
+    /// would not help (no key it takes, a password refused).
+    pub fn person_needed(&self) -> Option<String> {
+        let wants = |m: &str| self.accepts.iter().any(|a| a == m);
+        if self.password_refused {
+            return None;
+        }
+        if let Some(prompt) = self.unanswered.first() {
+            return Some(format!("asks \"{prompt}\""));
+        }
+        let asks = wants("password") || wants("keyboard-interactive");
+        match &self.accepted {
+            Some(step) if asks => Some(format!("took {step} and asks for a second factor")),
+            None if asks && !self.password_command => Some("asks for a password".into()),
+            _ => None,
+        }
+    }
+
     /// What would help, from what the server asked for.
     pub fn fix(&self) -> String {
         let wants = |m: &str| self.accepts.iter().any(|a| a == m);
@@ -183,9 +207,11 @@ impl SshAuthRefused {
                     (ControlMaster), and sshmail rides it (ssh_control_path; README: Riding an OpenSSH master)"
                 .into();
         }
-        let daemon_way = "a daemon or cron job cannot be asked: set ssh_password_command if a command can give \
-                          the answer (a TOTP: oathtool --totp), or sign in once with ssh keeping an OpenSSH master \
-                          (ControlMaster), which sshmail rides (ssh_control_path; README: Riding an OpenSSH master)";
+        let daemon_way = "a daemon or cron job cannot be asked: with the daemon running, `sshmail login ACCOUNT` on a \
+                          terminal answers for it and the daemon holds the connection; or set ssh_password_command \
+                          if a command can give the answer (a TOTP: oathtool --totp), or sign in once with ssh \
+                          keeping an OpenSSH master (ControlMaster), which sshmail rides (ssh_control_path; README: \
+                          Two-factor hosts)";
         if self.password_refused {
             return if self.password_command {
                 "check what ssh_password_command prints: the server refused it".into()
@@ -218,6 +244,33 @@ impl SshAuthRefused {
 impl std::fmt::Display for SshAuthRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}. Fix: {}", self.facts(), self.fix())
+    }
+}
+
+/// An SSH host waiting for a person to log in (`sshmail login ACCOUNT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginNeeded {
+    /// `user@host:port`.
+    pub target: String,
+    /// Why: what the server asks for, or the loss of the connection a
+    /// login made.
+    pub why: String,
+    /// The account, once known: the command to run names it.
+    pub account: Option<String>,
+}
+
+impl std::fmt::Display for LoginNeeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let run = match &self.account {
+            Some(account) => format!("run `sshmail login {account}`"),
+            None => "run `sshmail login` with the account's name".to_string(),
+        };
+        write!(
+            f,
+            "waiting for login: SSH to {} {}; {run} on a terminal to answer (the daemon then holds the connection \
+             and does not try again by itself)",
+            self.target, self.why
+        )
     }
 }
 
@@ -288,6 +341,9 @@ pub enum Retry {
     /// login, a bad config. Retrying would only repeat the refusal (and,
     /// for a password, risk a lock-out).
     Never,
+    /// Not until a person logs in (`sshmail login`): the host asks what
+    /// only a person can answer, and failed tries lock accounts.
+    Login,
 }
 
 impl Error {
@@ -299,7 +355,20 @@ impl Error {
             Error::HostKey(_) | Error::SshAuth(_) | Error::Auth(_) | Error::Config(_) | Error::Permissions(_) => {
                 Retry::Never
             }
+            Error::LoginNeeded(_) => Retry::Login,
             Error::Said(e, _) => e.retry(),
+        }
+    }
+
+    /// The error with `account` named where it tells what to run.
+    pub fn for_account(self, account: &str) -> Error {
+        match self {
+            Error::LoginNeeded(mut l) => {
+                l.account = Some(account.to_string());
+                Error::LoginNeeded(l)
+            }
+            Error::Said(e, said) => Error::Said(Box::new(e.for_account(account)), said),
+            e => e,
         }
     }
 
@@ -307,7 +376,7 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Connect(_) | Error::Lost(_) | Error::HostKey(_) => Exit::Connect,
-            Error::SshAuth(_) | Error::Auth(_) => Exit::Auth,
+            Error::SshAuth(_) | Error::Auth(_) | Error::LoginNeeded(_) => Exit::Auth,
             Error::Said(e, _) => e.exit(),
             Error::Protocol(_) => Exit::Protocol,
             Error::Server(_) => Exit::Server,

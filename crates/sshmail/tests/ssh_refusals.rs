@@ -374,3 +374,118 @@ fn keyboard_interactive_prompts_are_shown_and_answered_on_the_terminal() {
     assert_eq!(env.delivered().len(), 2);
     assert!(!tmux.screen().contains(SSH_PASSWORD), "the password was echoed:\n{}", tmux.screen());
 }
+
+/// TCP connections sshd has taken so far (each login attempt is one).
+fn sshd_connections(env: &Env) -> usize {
+    std::fs::read_to_string(env.bed.sshd_log()).unwrap_or_default().matches("Connection from").count()
+}
+
+/// `sshmail login uni` against the daemon of `config`, on a terminal
+/// (tmux); its exit status is written to the returned file.
+fn login_on_terminal(env: &Env, config: &std::path::Path, tmux: &Tmux, name: &str) -> std::path::PathBuf {
+    let done = env.home.path().join(format!("{name}-exit"));
+    tmux.start(&format!(
+        "env -u SSH_AUTH_SOCK -u SSHMAIL_LOG HOME={home} XDG_RUNTIME_DIR={home}/run {bin} login uni --config {config}; \
+         echo $? > {done}; read x",
+        home = env.home.path().display(),
+        bin = env!("CARGO_BIN_EXE_sshmail"),
+        config = config.display(),
+        done = done.display()
+    ));
+    done
+}
+
+/// Logs in with `sshmail login` on a terminal, answering the one-time
+/// password prompt relayed from the daemon with a code other than `used`
+/// (pam_oath takes each code once); returns the code given.
+fn login_with_otp(env: &Env, config: &std::path::Path, name: &str, used: Option<&str>) -> String {
+    let tmux = Tmux { socket: env.home.path().join(format!("{name}.sock")) };
+    let done = login_on_terminal(env, config, &tmux, name);
+    tmux.wait_until("the one-time password prompt, relayed", std::time::Duration::from_secs(30), |s| {
+        s.contains("One-time password (OATH)")
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let code = loop {
+        let code = totp();
+        if used != Some(code.as_str()) {
+            break code;
+        }
+        assert!(std::time::Instant::now() < deadline, "the TOTP never changed");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    tmux.type_line(&code);
+    assert_eq!(exit_of(&tmux, &done), "0", "{}", tmux.screen());
+    let screen = tmux.screen();
+    assert!(screen.contains("logged in") && !screen.contains(&code), "{screen}");
+    code
+}
+
+/// `sshmail login` for a two-factor host (a key, then a TOTP from
+/// pam_oath): the daemon, which cannot answer, says "waiting for login"
+/// and does not try again by itself; `login` relays the server's prompt to
+/// the terminal and the daemon then fetches and pushes on that connection,
+/// through a poll and a SIGHUP, with no further login. When the connection
+/// is killed, it waits for login again — polls and reloads reach sshd no
+/// more — until `login` is run again.
+#[test]
+fn sshmail_login_answers_a_second_factor_for_the_daemon_which_holds_the_connection_and_never_retries_alone() {
+    use common::Daemon;
+    let (mut env, _pam) = env_with_pam("publickey,keyboard-interactive", &["otp"]);
+    let imapd = format!("imapd = [\"/usr/lib/dovecot/imap\", \"-c\", \"{}\"]\n", env.bed.dovecot_config.display());
+    let daemon = Daemon::start(&env, &env.imap_toml("uni", &imapd));
+    let waiting = |s: &sshmail::control::status::Status| {
+        s.connections.iter().any(|c| c.state == "waiting for login")
+            && s.accounts[0].folders.iter().all(|f| f.last_error.as_ref().is_some_and(|e| e.retry == "login"))
+    };
+    let limit = std::time::Duration::from_secs(60);
+    daemon.wait_status("the daemon waiting for login", limit, waiting);
+    let text = String::from_utf8_lossy(&daemon.ctl(&["status"]).stdout).to_string();
+    assert!(text.contains("waiting for login: sshmail login uni"), "{text}");
+    assert!(daemon.log.text().contains("run `sshmail login uni`"), "{}", daemon.log.text());
+    let tries = sshd_connections(&env);
+    // A poll does not try it again.
+    let out = daemon.ctl(&["poll"]);
+    assert!(stderr(&out).contains("waiting for login"), "{}", stderr(&out));
+    assert_eq!(sshd_connections(&env), tries, "a poll tried the two-factor host again");
+
+    let first = login_with_otp(&env, &daemon.config, "login1", None);
+    let delivered = |env: &Env, n: usize| {
+        let deadline = std::time::Instant::now() + limit;
+        while env.delivered().len() < n {
+            let got = env.delivered().len();
+            assert!(std::time::Instant::now() < deadline, "{got} of {n} delivered; log:\n{}", daemon.log.text());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    delivered(&env, 2);
+    let logged_in = sshd_connections(&env);
+    assert_eq!(logged_in, tries + 1, "the login made one connection");
+    // Pushed (IDLE), polled and reloaded on the same connection.
+    env.add_messages([corpus::mixed_message(7, 0)]);
+    delivered(&env, 3);
+    daemon.signal("HUP");
+    assert_exit(&daemon.ctl(&["poll"]), 1);
+    env.add_messages([corpus::mixed_message(8, 0)]);
+    delivered(&env, 4);
+    assert_eq!(sshd_connections(&env), logged_in, "a fetch, poll or reload logged in again");
+
+    // The connection killed: waiting for login, and nothing reaches sshd.
+    for pid in env.bed.sshd_session_pids() {
+        sshmail_testbed::signal(pid, "KILL");
+    }
+    daemon.wait_status("the daemon waiting for login after the loss", limit, waiting);
+    daemon.signal("HUP");
+    daemon.ctl(&["poll"]);
+    daemon.wait_status("still waiting for login", limit, waiting);
+    assert_eq!(sshd_connections(&env), logged_in, "the daemon tried the host again by itself");
+    let log = daemon.log.text();
+    let said = log.lines().filter(|l| l.contains("SSH to") && l.contains("lost the connection a login made"));
+    assert_eq!(said.filter(|l| !l.contains("uni: INBOX")).count(), 1, "the loss is said once:\n{log}");
+
+    login_with_otp(&env, &daemon.config, "login2", Some(&first));
+    env.add_messages([corpus::mixed_message(9, 0)]);
+    delivered(&env, 5);
+    assert_eq!(sshd_connections(&env), logged_in + 1);
+    let log = daemon.stop();
+    assert!(!log.contains(&first), "a one-time code reached the log");
+}

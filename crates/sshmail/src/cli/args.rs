@@ -61,6 +61,12 @@ pub enum Cmd {
     /// Ask the running daemon to stop, and wait until it has.
     #[command(after_help = "Exit codes: 0 stopped, 2 no daemon runs.")]
     Stop(ControlArgs),
+    /// Log in to an account's SSH host on this terminal, for hosts that
+    /// need a person (a one-time code, a password): the daemon makes the
+    /// connection and holds it, relaying the server's questions here.
+    /// Without a daemon, the first connect of a fetch.
+    #[command(after_help = LOGIN_HELP)]
+    Login(LoginArgs),
     /// Serve the local endpoints (serve.imap, serve.pop3, serve.smtp) of
     /// every account, or of the named ones, without fetching: a daemon
     /// for mail clients only, in the foreground.
@@ -233,6 +239,24 @@ SSH host, a forced command) is an error on stderr and, in the protocol, on stdou
 Exit codes: 0 the session ended, 2 the server or SSH host could not be reached (or
 its host key was refused), 3 a login failed, 4 the server did not greet as it should,
 5 the config or arguments are wrong, 7 the server refused the session.";
+
+const LOGIN_HELP: &str = "\
+The answers go to the daemon over its control socket (owner-only, the peer's uid
+checked) and from there to the SSH server; they are never written to disk or log.
+The daemon never tries such a host again by itself (failed tries lock accounts):
+after the connection is lost, `sshmail status` says \"waiting for login\" until this
+is run again. An account riding an OpenSSH master (ssh_control_path) needs no login.
+Exit codes: 0 logged in, 2 the host or the daemon could not be reached, 3 the login
+was refused, 5 no such account or no terminal.";
+
+/// `sshmail login` options.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The account ([account.NAME] in the config).
+    pub account: String,
+    #[command(flatten)]
+    pub daemon: ControlArgs,
+}
 
 /// `sshmail serve` options.
 #[derive(Debug, Args)]

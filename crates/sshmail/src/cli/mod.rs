@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Parser as _;
 
 mod args;
+mod login;
 pub use args::*;
 
 use crate::config::{self, Command as ConfigCommand, RawAccount};
@@ -83,6 +84,7 @@ pub fn main() -> i32 {
             Cmd::Poll(ref args) => poll(&cli, args).await,
             Cmd::Reload(ref args) => reload(args).await,
             Cmd::Stop(ref args) => stop(args).await,
+            Cmd::Login(ref args) => login::run(args.daemon.config.as_deref(), &args.account).await,
         };
         // No child started for a stream outlives the command.
         crate::process::wait_children(crate::process::CHILD_GRACE * 3).await;

@@ -116,6 +116,28 @@ pub async fn exchange(
     Ok((read_reply(&answer, socket)?, reader))
 }
 
+/// The next reply line on a connection whose exchange goes on (`login`),
+/// waiting at most `wait`.
+pub async fn next_reply(
+    reader: &mut BufReader<UnixStream>,
+    paths: &Paths,
+    wait: Duration,
+) -> std::result::Result<Response, NoAnswer> {
+    let socket = &paths.socket;
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(wait, (&mut *reader).take(64 << 20).read_until(b'\n', &mut line)).await;
+    match read {
+        Err(_) => Err(NoAnswer::Failed(format!(
+            "the daemon at {} did not answer within {} s",
+            socket.display(),
+            wait.as_secs()
+        ))),
+        Ok(Err(e)) => Err(NoAnswer::Failed(format!("talking to the daemon at {}: {e}", socket.display()))),
+        Ok(Ok(0)) => Err(NoAnswer::Failed(format!("the daemon at {} closed the connection", socket.display()))),
+        Ok(Ok(_)) => read_reply(&line, socket),
+    }
+}
+
 /// The daemon's reply line: its version read first, so that a daemon of
 /// another version is said to be one.
 fn read_reply(line: &[u8], socket: &Path) -> std::result::Result<Response, NoAnswer> {

@@ -13,6 +13,6 @@ pub mod paths;
 pub mod protocol;
 pub mod status;
 
-pub use client::{NoAnswer, ask, exchange};
+pub use client::{NoAnswer, ask, exchange, next_reply};
 pub use paths::{Held, Lock, Paths, held};
-pub use protocol::{Attempt, Command, Polled, Refusal, Reply, Request, Response, VERSION, Why};
+pub use protocol::{Answer, Attempt, Command, Polled, Refusal, Reply, Request, Response, VERSION, Why};

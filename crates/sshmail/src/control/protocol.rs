@@ -65,6 +65,28 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         service: Option<Service>,
     },
+    /// Log in to the account's SSH host in the daemon's pool, a person
+    /// answering (`sshmail login`): each question comes as a
+    /// [`Response::Ask`], answered by an [`Answer`] line; the last line is
+    /// [`Response::LoggedIn`] or a refusal.
+    Login {
+        /// The account.
+        account: String,
+    },
+}
+
+/// A person's answer to a [`Response::Ask`]: a line of its own, after
+/// which the next question, the login or a refusal comes. Never logged.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Answer {
+    /// None: no answer (the person gave up).
+    pub answer: Option<String>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.answer.is_some() { "Answer(<redacted>)" } else { "Answer(none)" })
+    }
 }
 
 /// The answer line: the version first, so that a client of another
@@ -97,6 +119,20 @@ pub enum Response {
     Sent {
         /// The outcome.
         attempt: Attempt,
+    },
+    /// For `login`: a question of the SSH server's (or a key's
+    /// passphrase) for the person; an [`Answer`] line goes back.
+    Ask {
+        /// What the server said before it, printable, a line each.
+        said: Vec<String>,
+        /// The prompt, one printable line; the answer is not echoed.
+        prompt: String,
+    },
+    /// For `login`: done, and what it was (`user@host:port (how)`).
+    #[serde(rename = "logged_in")]
+    LoggedIn {
+        /// For people.
+        text: String,
     },
     /// Not carried out.
     Refused(Refusal),

@@ -72,7 +72,8 @@ pub struct LastError {
     pub at: Stamp,
     /// The message (never a secret).
     pub text: String,
-    /// `now`, `later` or `never` (not until the config changes).
+    /// `now`, `later`, `never` (not until the config changes) or `login`
+    /// (not until `sshmail login`).
     pub retry: String,
     /// When the next try is; none while it waits for a config change or
     /// `sshmail poll`.
@@ -158,7 +159,8 @@ pub struct Status {
 pub struct ConnectionStatus {
     /// `user@host:port` (` via …` for ProxyJump).
     pub name: String,
-    /// `up`, `connecting`, `down` or `closed` (when idle).
+    /// `up`, `connecting`, `down`, `waiting for login` or `closed` (when
+    /// idle).
     pub state: String,
     /// Since when (the last change).
     pub since: Option<Stamp>,
@@ -230,6 +232,7 @@ impl Status {
                         (None, "never") => {
                             "not retried until the config changes (sshmail reload) or sshmail poll".to_string()
                         }
+                        (None, "login") => format!("waiting for login: sshmail login {}", a.name),
                         (None, _) => "retrying".to_string(),
                     };
                     let _ = writeln!(out, "    error {} ({}): {}", e.at.at, when, e.text);

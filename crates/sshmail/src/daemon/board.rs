@@ -186,6 +186,7 @@ impl Slot {
             Retry::Now => "now",
             Retry::Later => "later",
             Retry::Never => "never",
+            Retry::Login => "login",
         };
         self.board.update(self, |s| {
             s.busy = false;

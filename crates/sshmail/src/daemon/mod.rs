@@ -15,6 +15,7 @@
 //! its [`board`].
 
 pub mod board;
+mod login;
 mod socket;
 mod systemd;
 mod task;
@@ -122,7 +123,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
     let stop = Stop::process();
     let daemon = Arc::new(Daemon {
         board: Board::new(&path),
-        pool: Arc::new(SshPool::with_idle_close(plan.settings.ssh_idle_close)),
+        pool: Arc::new(SshPool::with_idle_close(plan.settings.ssh_idle_close).holding_logins()),
         ledgers: Arc::default(),
         stop: stop.clone(),
         path: path.clone(),
@@ -442,6 +443,7 @@ impl Daemon {
                 state: match l.state {
                     LinkState::Up => "up",
                     LinkState::Connecting => "connecting",
+                    LinkState::WaitingForLogin => "waiting for login",
                     LinkState::Down => "down",
                     LinkState::Closed => "closed",
                 }
@@ -481,7 +483,10 @@ impl Daemon {
             };
             r.account.clone()
         };
-        let failed = |e: Error| Refusal::new(Why::Failed, e.to_string(), e.exit());
+        let failed = |e: Error| {
+            let e = e.for_account(&account.name);
+            Refusal::new(Why::Failed, e.to_string(), e.exit())
+        };
         let service = service.unwrap_or(config::Service::of(account.protocol));
         let served = Served::new(&account, service).map_err(failed)?;
         gateway::connect(&served, &self.pool).await.map_err(failed)
@@ -672,6 +677,7 @@ impl Supervisor {
             match result {
                 Ok(o) => break Some(o.folders),
                 Err(e) => {
+                    let e = e.for_account(&account.name);
                     let pause = backoff.next(e.retry());
                     tracing::warn!(target: "sshmail::daemon", "{}: listing the folders {shown}: {e}", account.name);
                     slot.failed(&e, pause);
@@ -760,6 +766,7 @@ async fn answer_connection(daemon: Arc<Daemon>, stream: tokio::net::UnixStream, 
     match read.map(|r| r.command) {
         Err(refusal) => socket::write_response(&mut stream, refusal.into()).await,
         Ok(Command::Tunnel { account, service }) => daemon.tunnel_for_client(stream, &account, service, end).await,
+        Ok(Command::Login { account }) => daemon.login_for_client(stream, &account, end).await,
         Ok(command) => {
             let response = daemon.answer(command).await;
             socket::write_response(&mut stream, response).await;
@@ -787,8 +794,8 @@ impl Daemon {
                 Response::Done
             }
             Command::Send { id } => self.relay_for_sendmail(&id).await,
-            Command::Tunnel { .. } => {
-                Refusal::new(Why::BadRequest, "a tunnel is asked for on its own", Exit::Usage).into()
+            Command::Tunnel { .. } | Command::Login { .. } => {
+                Refusal::new(Why::BadRequest, "a tunnel or a login is asked for on its own", Exit::Usage).into()
             }
         }
     }

@@ -83,6 +83,7 @@ pub async fn run(task: Task) {
                 Some(next)
             }
             Err(e) => {
+                let e = e.for_account(&account.name);
                 if started.elapsed() >= LASTED {
                     backoff.reset();
                 }
@@ -117,6 +118,11 @@ pub async fn wait(pause: Option<Duration>, wake: &Notify, stop: &crate::stop::St
 
 /// One line for a failed try, and when the next is.
 fn log_failure(account: &str, folder: &str, e: &Error, pause: Option<Duration>) {
+    if e.retry() == crate::error::Retry::Login {
+        // The pool said it once for the host; this is the account's share.
+        tracing::warn!(target: "sshmail::daemon", "{account}: {folder}: {e}");
+        return;
+    }
     match pause {
         Some(p) if p.is_zero() => tracing::warn!(target: "sshmail::daemon", "{account}: {folder}: {e}; reconnecting"),
         Some(p) => tracing::warn!(target: "sshmail::daemon", "{account}: {folder}: {e}; next try in {} s", p.as_secs()),

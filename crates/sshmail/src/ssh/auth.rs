@@ -19,8 +19,8 @@ use crate::config::SshTarget;
 use crate::error::{Error, Result, SshAuthRefused};
 use crate::secret::Secret;
 
-/// Whether authentication may ask the user anything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Whether authentication may ask the user anything, and where.
+#[derive(Debug, Clone, Default)]
 pub enum Prompts {
     /// Never (a daemon, cron, scripts): the agent, unencrypted keys and
     /// `ssh_password_command` only.
@@ -29,6 +29,58 @@ pub enum Prompts {
     /// On the terminal, if stdin is one: a key's passphrase, an SSH
     /// password, the server's keyboard-interactive prompts.
     OnTerminal,
+    /// Relayed to a person elsewhere (`sshmail login` through the daemon:
+    /// its terminal, over the control socket).
+    Relayed(tokio::sync::mpsc::Sender<Question>),
+}
+
+/// A question relayed to a person ([`Prompts::Relayed`]).
+pub struct Question {
+    /// What the server said before it (its name and instructions for a
+    /// round of prompts), printable, one entry a line.
+    pub said: Vec<String>,
+    /// The prompt, one printable line.
+    pub prompt: String,
+    /// The answer; dropped or None: none came.
+    pub answer: tokio::sync::oneshot::Sender<Option<Secret>>,
+}
+
+impl Prompts {
+    /// Whether a person is there to answer.
+    pub fn person(&self) -> bool {
+        use std::io::IsTerminal as _;
+        match self {
+            Prompts::Never => false,
+            Prompts::OnTerminal => std::io::stdin().is_terminal(),
+            Prompts::Relayed(_) => true,
+        }
+    }
+
+    /// Asks `prompt` (after the lines `said`), never echoing the answer.
+    /// None: nobody is there, or no answer came.
+    async fn ask(&self, said: Vec<String>, prompt: String) -> Result<Option<Secret>> {
+        match self {
+            Prompts::Never => Ok(None),
+            Prompts::OnTerminal => ask(said, prompt).await,
+            Prompts::Relayed(to) => {
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                if to.send(Question { said, prompt, answer }).await.is_err() {
+                    return Ok(None);
+                }
+                Ok(answered.await.ok().flatten())
+            }
+        }
+    }
+}
+
+/// How the login went.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// What succeeded: `agent key SHA256:…`, a key file, `password`.
+    pub how: String,
+    /// A person's answer was part of it (a password or code typed, a
+    /// passphrase): another connection would need them again.
+    pub by_person: bool,
 }
 
 /// How many passwords typed on the terminal are tried, as `ssh` does.
@@ -49,6 +101,8 @@ struct Attempt {
     unanswered: Vec<String>,
     /// A password (from the command or the terminal) was refused.
     password_refused: bool,
+    /// A person answered something.
+    person_answered: bool,
 }
 
 impl Attempt {
@@ -70,9 +124,8 @@ impl Attempt {
 pub(super) async fn authenticate<H: client::Handler>(
     handle: &mut client::Handle<H>,
     t: &SshTarget,
-    prompts: Prompts,
-) -> Result<String> {
-    use std::io::IsTerminal as _;
+    prompts: &Prompts,
+) -> Result<Authenticated> {
     let mut a = Attempt {
         where_: t.name(),
         tried: Vec::new(),
@@ -80,9 +133,11 @@ pub(super) async fn authenticate<H: client::Handler>(
         accepted: None,
         unanswered: Vec::new(),
         password_refused: false,
+        person_answered: false,
     };
-    if let Some(done) = keys(handle, t, prompts, &mut a).await? {
-        return Ok(done);
+    let done = |how: String, a: &Attempt| Ok(Authenticated { how, by_person: a.person_answered });
+    if let Some(how) = keys(handle, t, prompts, &mut a).await? {
+        return done(how, &a);
     }
     if a.tried.is_empty() && a.accepts.is_empty() {
         // No key to offer: the "none" method tells what the server takes.
@@ -90,18 +145,18 @@ pub(super) async fn authenticate<H: client::Handler>(
         if let client::AuthResult::Failure { remaining_methods, partial_success } = &r {
             a.refused("nothing", remaining_methods, *partial_success);
         } else {
-            return Ok("no authentication".into());
+            return done("no authentication".into(), &a);
         }
     }
-    let terminal = prompts == Prompts::OnTerminal && std::io::stdin().is_terminal();
+    let terminal = prompts.person();
     let password = crate::process::password(&t.password, "ssh_password_command", t.timeout).await?;
     // OpenSSH's order: keyboard-interactive, then password.
     // Asked even without a terminal or a command: the error then shows
     // the server's question.
     if a.wants("keyboard-interactive")
-        && let Some(done) = keyboard_interactive(handle, t, password.as_ref(), terminal, &mut a).await?
+        && let Some(how) = keyboard_interactive(handle, t, password.as_ref(), prompts, &mut a).await?
     {
-        return Ok(done);
+        return done(how, &a);
     }
     if a.wants("password") && a.unanswered.is_empty() && (password.is_some() || terminal) {
         let tries = if password.is_some() { 1 } else { PASSWORD_TRIES };
@@ -109,8 +164,9 @@ pub(super) async fn authenticate<H: client::Handler>(
             let typed;
             let pw = match &password {
                 Some(pw) => pw.expose(),
-                None => match ask(format!("{}@{}'s password: ", t.user, t.host)).await? {
+                None => match prompts.ask(Vec::new(), format!("{}@{}'s password: ", t.user, t.host)).await? {
                     Some(p) => {
+                        a.person_answered = true;
                         typed = p;
                         typed.expose()
                     }
@@ -120,7 +176,7 @@ pub(super) async fn authenticate<H: client::Handler>(
             a.tried.push("password".into());
             let r = server(t, &a.where_, handle.authenticate_password(&t.user, pw)).await?;
             match &r {
-                client::AuthResult::Success => return Ok("password".into()),
+                client::AuthResult::Success => return done("password".into(), &a),
                 client::AuthResult::Failure { remaining_methods, partial_success } => {
                     a.password_refused |= !partial_success;
                     a.refused("the password", remaining_methods, *partial_success);
@@ -150,7 +206,7 @@ pub(super) async fn authenticate<H: client::Handler>(
 async fn keys<H: client::Handler>(
     handle: &mut client::Handle<H>,
     t: &SshTarget,
-    prompts: Prompts,
+    prompts: &Prompts,
     a: &mut Attempt,
 ) -> Result<Option<String>> {
     let where_ = a.where_.clone();
@@ -260,13 +316,11 @@ async fn keys<H: client::Handler>(
         let key = match russh::keys::load_secret_key(&path, None) {
             Ok(k) => k,
             Err(russh::keys::Error::KeyIsEncrypted) => {
-                let asked = match prompts {
-                    Prompts::OnTerminal => ask(format!("Enter passphrase for key '{}': ", path.display())).await?,
-                    Prompts::Never => None,
-                };
+                let asked = prompts.ask(Vec::new(), format!("Enter passphrase for key '{}': ", path.display())).await?;
                 let Some(pass) = asked else {
                     let why = match prompts {
                         Prompts::OnTerminal => "no terminal to ask for its passphrase",
+                        Prompts::Relayed(_) => "no passphrase was given",
                         Prompts::Never => "this run asks for no passphrase",
                     };
                     a.tried.push(format!(
@@ -276,6 +330,7 @@ async fn keys<H: client::Handler>(
                     ));
                     continue;
                 };
+                a.person_answered = true;
                 russh::keys::load_secret_key(&path, Some(pass.expose()))
                     .map_err(|e| Error::Auth(format!("cannot decrypt {}: {e}", path.display())))?
             }
@@ -327,15 +382,16 @@ async fn keys<H: client::Handler>(
 
 /// The server's keyboard-interactive prompts: a password prompt is
 /// answered by `ssh_password_command` when there is one; every other prompt
-/// (a one-time code, a PIN) on the terminal, showing the server's words, or
-/// not at all (noted in `a.unanswered`).
+/// (a one-time code, a PIN) by a person (on the terminal or relayed),
+/// showing the server's words, or not at all (noted in `a.unanswered`).
 async fn keyboard_interactive<H: client::Handler>(
     handle: &mut client::Handle<H>,
     t: &SshTarget,
     password: Option<&Secret>,
-    terminal: bool,
+    prompts: &Prompts,
     a: &mut Attempt,
 ) -> Result<Option<String>> {
+    let terminal = prompts.person();
     let where_ = a.where_.clone();
     a.tried.push("keyboard-interactive".into());
     let mut r = server(t, &where_, handle.authenticate_keyboard_interactive_start(&t.user, None::<String>)).await?;
@@ -348,9 +404,9 @@ async fn keyboard_interactive<H: client::Handler>(
                 a.refused("keyboard-interactive", &remaining_methods, partial_success);
                 return Ok(None);
             }
-            client::KeyboardInteractiveAuthResponse::InfoRequest { name, instructions, prompts } => {
-                let mut answers = Vec::with_capacity(prompts.len());
-                for p in &prompts {
+            client::KeyboardInteractiveAuthResponse::InfoRequest { name, instructions, prompts: asked } => {
+                let mut answers = Vec::with_capacity(asked.len());
+                for p in &asked {
                     let shown = crate::term::one_line(&p.prompt, 200);
                     match password {
                         Some(pw) if is_password_prompt(&p.prompt) => {
@@ -364,16 +420,20 @@ async fn keyboard_interactive<H: client::Handler>(
                         a.unanswered.push(shown.trim().to_string());
                         return Ok(None);
                     }
-                    if answers.is_empty() {
-                        for text in [&name, &instructions] {
-                            let text = crate::term::printable(text.trim());
-                            if !text.is_empty() {
-                                crate::errln!("{text}");
-                            }
+                    let said = if answers.is_empty() {
+                        [&name, &instructions]
+                            .into_iter()
+                            .map(|text| crate::term::printable(text.trim()).into_owned())
+                            .filter(|text| !text.is_empty())
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    match prompts.ask(said, shown).await? {
+                        Some(answer) => {
+                            a.person_answered = true;
+                            answers.push(answer.expose().to_string());
                         }
-                    }
-                    match ask(shown).await? {
-                        Some(answer) => answers.push(answer.expose().to_string()),
                         None => {
                             a.unanswered.push(crate::term::one_line(&p.prompt, 200).trim().to_string());
                             return Ok(None);
@@ -496,17 +556,20 @@ fn read_public_key_file(file: &std::path::Path) -> Option<PublicKey> {
     PublicKey::from_openssh(text.trim()).ok()
 }
 
-/// Asks on the terminal, if stdin is one, never echoing: one question at a
-/// time (accounts connect concurrently), read on a blocking thread so
-/// that the other connections' keepalives and transfers go on. None: no
-/// terminal.
-async fn ask(prompt: String) -> Result<Option<Secret>> {
+/// Asks on the terminal, if stdin is one, never echoing (after printing
+/// the lines `said` on stderr): one question at a time (accounts connect
+/// concurrently), read on a blocking thread so that the other
+/// connections' keepalives and transfers go on. None: no terminal.
+pub async fn ask(said: Vec<String>, prompt: String) -> Result<Option<Secret>> {
     use std::io::IsTerminal as _;
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     if !std::io::stdin().is_terminal() {
         return Ok(None);
     }
     let _turn = ONE_AT_A_TIME.lock().await;
+    for line in said {
+        crate::errln!("{line}");
+    }
     tokio::task::spawn_blocking(move || rpassword::prompt_password(prompt))
         .await
         .map_err(|e| Error::Auth(format!("cannot read from the terminal: {e}")))?

@@ -22,6 +22,16 @@
 //! - **Idle close.** With [`SshPool::with_idle_close`], a connection nobody
 //!   leases is closed after that long ([`SshPool::reap`], also run on every
 //!   lease); a dead one is dropped and replaced on the next lease.
+//! - **Logins a person made are held** (a daemon's pool,
+//!   [`SshPool::holding_logins`]): a host that asks what only a person can
+//!   answer (a one-time code, a password) waits for [`SshPool::login`]
+//!   (`sshmail login`, the prompts relayed to the person's terminal) and
+//!   is never tried again by itself — not on a poll, a reload or a
+//!   resume, since failed tries lock accounts. The connection a person
+//!   made is never closed for being idle; when it is lost, its route
+//!   waits for the next login ("waiting for login" in `status`).
+//! - **OpenSSH masters are ridden, and watched**: a master that answers or
+//!   goes away is said once in the log, and [`SshPool::links`] shows it.
 //! - **Said.** A connection lost (not closed by us) is logged once, and so
 //!   is the next connection of its route; [`SshPool::links`] tells each
 //!   route's state, since when, its channels and its last error (`sshmail
@@ -68,6 +78,20 @@ struct Said {
     since: Option<SystemTime>,
     /// Why the last connection went away, until another is made.
     lost: Option<String>,
+    /// Its connection was made by a person's login (a holding pool's):
+    /// never another without one.
+    by_person: bool,
+}
+
+/// An OpenSSH master ridden, as last seen.
+struct MasterSeen {
+    /// `user@host:port` of the target that rides it.
+    name: String,
+    /// Its pid, while it answers; None when it does not.
+    pid: Option<u32>,
+    since: SystemTime,
+    /// Why it is not ridden now.
+    error: Option<String>,
 }
 
 /// The state of a route's connections, for `status`.
@@ -77,6 +101,8 @@ pub enum LinkState {
     Up,
     /// Connecting (or authenticating) now.
     Connecting,
+    /// The host needs a person to log in (`sshmail login`).
+    WaitingForLogin,
     /// The last try failed, or the connection was lost.
     Down,
     /// None open: closed when idle, or not needed since.
@@ -114,22 +140,41 @@ impl Route {
         self.said.lock().expect("route lock").since = Some(SystemTime::now());
         let mut f = self.failure.lock().expect("route lock");
         let mut backoff = f.take().map_or_else(connect_backoff, |f| f.backoff);
-        // A refused host key or login waits for `forget_failures`.
-        let permanent = e.retry() == crate::error::Retry::Never;
+        // A refused host key or login waits for `forget_failures`; a host
+        // that needs a person, for `login`.
+        let permanent = matches!(e.retry(), crate::error::Retry::Never | crate::error::Retry::Login);
         let until = (!permanent).then(|| Instant::now() + backoff.pause());
         *f = Some(Failure { error: e.clone(), until, backoff });
     }
 
+    /// Whether the route waits for a person's login.
+    fn waits_for_login(&self) -> bool {
+        matches!(&*self.failure.lock().expect("route lock"), Some(Failure { error: Error::LoginNeeded(_), .. }))
+    }
+
     /// Drops the connections that went away (none of ours closes one
-    /// while it is listed): a loss, said once.
+    /// while it is listed): a loss, said once. The last one a person's
+    /// login made leaves the route waiting for the next login.
     fn drop_dead(&self, conns: &mut Vec<Arc<SshSession>>) {
         let before = conns.len();
         conns.retain(|c| !c.is_closed());
         if conns.len() < before {
             let mut said = self.said.lock().expect("route lock");
             let why = "the connection was lost (the server or the network ended it)".to_string();
-            tracing::warn!(target: LINK_LOG, "SSH to {}: {why}", said.name);
             said.since = Some(SystemTime::now());
+            if said.by_person && conns.is_empty() {
+                let needed = Error::LoginNeeded(Box::new(crate::error::LoginNeeded {
+                    target: said.name.clone(),
+                    why: "lost the connection a login made (the server or the network ended it)".into(),
+                    account: None,
+                }));
+                tracing::warn!(target: LINK_LOG, "{needed}");
+                said.by_person = false;
+                drop(said);
+                self.record(&needed);
+                return;
+            }
+            tracing::warn!(target: LINK_LOG, "SSH to {}: {why}", said.name);
             said.lost = Some(why);
         }
     }
@@ -158,6 +203,10 @@ pub struct SshPool {
     routes: Mutex<HashMap<String, Arc<Route>>>,
     idle_close: Option<Duration>,
     prompts: Prompts,
+    /// A host that needs a person waits for [`SshPool::login`].
+    holds_logins: bool,
+    /// The OpenSSH masters ridden, by socket.
+    masters: Mutex<HashMap<std::path::PathBuf, MasterSeen>>,
     /// Counts connections made where the last try had failed.
     recovered: tokio::sync::watch::Sender<u64>,
 }
@@ -182,10 +231,39 @@ impl SshPool {
         SshPool { idle_close: Some(idle), ..SshPool::default() }
     }
 
+    /// The same pool, as a daemon's: a host that asks what only a person
+    /// can answer waits for [`SshPool::login`] instead of failing (and is
+    /// never tried again by itself), and the connection a login made is
+    /// held until it is lost.
+    pub fn holding_logins(mut self) -> SshPool {
+        self.holds_logins = true;
+        self
+    }
+
+    /// Logs in to `target` (through `jumps`) with `prompts` — a person's
+    /// terminal — ending its wait for a login; a connection already up is
+    /// kept. Returns what the login was: `user@host:port` and how it
+    /// authenticated, or the OpenSSH master ridden.
+    pub async fn login(&self, target: &SshTarget, jumps: &[SshTarget], prompts: &Prompts) -> Result<String> {
+        if let Some(socket) = self.master(target).await? {
+            return Ok(format!("{} rides the OpenSSH master {}: no login of its own", target.name(), socket.display()));
+        }
+        let mut key = String::new();
+        for hop in jumps.iter().chain([target]) {
+            key = route_key(hop, &key);
+            if let Some(route) = self.routes.lock().expect("pool lock").get(&key) {
+                *route.failure.lock().expect("route lock") = None;
+            }
+        }
+        let (session, _) = self.lease(target, jumps, false, prompts).await?;
+        let h = session.handshake();
+        Ok(format!("{} ({})", session.name(), h.auth))
+    }
+
     /// A live connection to `target`, through `jumps` first: for forwards,
     /// which the server does not limit per connection.
     pub async fn get(&self, target: &SshTarget, jumps: &[SshTarget]) -> Result<Arc<SshSession>> {
-        Ok(self.lease(target, jumps, false).await?.0)
+        Ok(self.lease(target, jumps, false, &self.prompts).await?.0)
     }
 
     /// The OpenSSH master to ride for `target`: its socket when one
@@ -194,18 +272,56 @@ impl SshPool {
     async fn master(&self, target: &SshTarget) -> Result<Option<std::path::PathBuf>> {
         let Some(socket) = &target.control_path else { return Ok(None) };
         if super::mux::answers(socket).await {
+            self.master_seen(target, socket, None).await;
             return Ok(Some(socket.clone()));
         }
         if target.control_fallback {
+            let why = "no master answers there: sshmail connects on its own (ssh_control_fallback)";
+            self.master_seen(target, socket, Some(why)).await;
             tracing::debug!("no OpenSSH master at {}: connecting to {} on our own", socket.display(), target.name());
             return Ok(None);
         }
+        let why = "no master answers there (ssh_control_fallback is off): waiting for one";
+        self.master_seen(target, socket, Some(why)).await;
         Err(Error::Connect(format!(
             "no OpenSSH master answers at {} for {} (ssh_control_fallback is off): sign in once with `ssh -fN` and \
              ControlMaster for that host, or set ssh_control_fallback = true",
             socket.display(),
             target.name()
         )))
+    }
+
+    /// Notes whether the master at `socket` answers (`gone`: why not),
+    /// saying a change once in the log: its pid when it comes, that it went
+    /// away and what happens meanwhile.
+    async fn master_seen(&self, target: &SshTarget, socket: &std::path::Path, gone: Option<&str>) {
+        let was_up = self.masters.lock().expect("pool lock").get(socket).map(|m| m.pid.is_some());
+        let up = gone.is_none();
+        if was_up == Some(up) {
+            return;
+        }
+        let shown = socket.display();
+        let pid = match gone {
+            Some(why) => {
+                if was_up == Some(true) {
+                    tracing::warn!(target: LINK_LOG, "SSH to {}: the OpenSSH master {shown} went away; {why}", target.name());
+                }
+                None
+            }
+            None => match super::mux::master_pid(socket, target.timeout).await {
+                Ok(pid) => {
+                    let again = if was_up.is_some() { " again" } else { "" };
+                    tracing::info!(target: LINK_LOG, "SSH to {}: riding the OpenSSH master {shown} (pid {pid}){again}", target.name());
+                    Some(pid)
+                }
+                // Its channels fail with the reason; not a master ridden.
+                Err(_) => return,
+            },
+        };
+        self.masters.lock().expect("pool lock").insert(
+            socket.to_path_buf(),
+            MasterSeen { name: target.name(), pid, since: SystemTime::now(), error: gone.map(str::to_string) },
+        );
     }
 
     /// A direct-tcpip channel to `host:port` as seen from `target`: through
@@ -242,7 +358,7 @@ impl SshPool {
         }
         // A refusal teaches the connection's limit; then the next is tried.
         for _ in 0..4 {
-            let (session, lease) = self.lease(target, jumps, true).await?;
+            let (session, lease) = self.lease(target, jumps, true, &self.prompts).await?;
             let lease = lease.expect("a session lease");
             match session.exec(command, lease).await {
                 Ok((stream, status)) => return Ok((stream, status, session.label())),
@@ -277,16 +393,17 @@ impl SshPool {
         target: &SshTarget,
         jumps: &[SshTarget],
         session: bool,
+        prompts: &Prompts,
     ) -> Result<(Arc<SshSession>, Option<super::lease::Lease>)> {
         self.reap();
         let mut via: Option<Arc<SshSession>> = None;
         let mut key = String::new();
         for hop in jumps {
             key = route_key(hop, &key);
-            via = Some(self.connection(&key, hop, via, false).await?.0);
+            via = Some(self.connection(&key, hop, via, false, prompts).await?.0);
         }
         let key = route_key(target, &key);
-        self.connection(&key, target, via, session).await
+        self.connection(&key, target, via, session, prompts).await
     }
 
     async fn connection(
@@ -295,6 +412,7 @@ impl SshPool {
         target: &SshTarget,
         via: Option<Arc<SshSession>>,
         session: bool,
+        prompts: &Prompts,
     ) -> Result<(Arc<SshSession>, Option<super::lease::Lease>)> {
         let route = self.routes.lock().expect("pool lock").entry(key.to_string()).or_default().clone();
         {
@@ -320,11 +438,31 @@ impl SshPool {
         if let Some(e) = route.failed() {
             return Err(e);
         }
-        let conn = match SshSession::connect(target, via, self.prompts).await {
+        let unasked = matches!(prompts, Prompts::Never);
+        if unasked && route.said.lock().expect("route lock").by_person {
+            // Its connection, which a person's login made, is up but full:
+            // another would need them again.
+            return Err(Error::Connect(format!(
+                "{}: every session channel of the connection `sshmail login` made is in use (the server's \
+                 MaxSessions); another connection would need a person to log in again",
+                target.name()
+            )));
+        }
+        let conn = match SshSession::connect(target, via, prompts).await {
             Ok(c) => {
                 let c = Arc::new(c);
                 c.learn_host_keys();
                 c
+            }
+            Err(Error::SshAuth(refused)) if self.holds_logins && unasked && refused.person_needed().is_some() => {
+                let e = Error::LoginNeeded(Box::new(crate::error::LoginNeeded {
+                    target: target.name(),
+                    why: refused.person_needed().unwrap_or_default(),
+                    account: None,
+                }));
+                tracing::warn!(target: LINK_LOG, "{e}");
+                route.record(&e);
+                return Err(e);
             }
             Err(e) => {
                 route.record(&e);
@@ -341,6 +479,15 @@ impl SshPool {
                 tracing::info!(target: LINK_LOG, "SSH to {}: connected again", said.name);
             }
             said.since = Some(SystemTime::now());
+            if self.holds_logins && conn.handshake().by_person {
+                said.by_person = true;
+                tracing::info!(
+                    target: LINK_LOG,
+                    "SSH to {}: logged in by a person ({}); held until it is lost",
+                    said.name,
+                    conn.handshake().auth
+                );
+            }
         }
         let lease = if session { conn.usage().reserve_session() } else { None };
         route.conns.lock().expect("route lock").push(conn.clone());
@@ -356,8 +503,9 @@ impl SshPool {
             route.drop_dead(&mut conns);
             let mut idle = Vec::new();
             conns.retain(|c| {
-                let unused =
-                    self.idle_close.zip(c.usage().idle_since()).is_some_and(|(max, since)| since.elapsed() >= max);
+                // What a person's login made stays.
+                let unused = !c.handshake().by_person
+                    && self.idle_close.zip(c.usage().idle_since()).is_some_and(|(max, since)| since.elapsed() >= max);
                 if unused {
                     idle.push(c.clone());
                 }
@@ -379,10 +527,14 @@ impl SshPool {
         self.recovered.subscribe()
     }
 
-    /// Forgets recorded connect failures (after the configuration changed).
+    /// Forgets recorded connect failures (after the configuration
+    /// changed, a poll, a resume) — but a host waiting for a person's
+    /// login keeps waiting: only [`SshPool::login`] tries it again.
     pub fn forget_failures(&self) {
         for route in self.routes.lock().expect("pool lock").values() {
-            *route.failure.lock().expect("route lock") = None;
+            if !route.waits_for_login() {
+                *route.failure.lock().expect("route lock") = None;
+            }
         }
     }
 
@@ -401,6 +553,8 @@ impl SshPool {
                     LinkState::Up
                 } else if route.connecting.try_lock().is_err() {
                     LinkState::Connecting
+                } else if matches!(failure, Some(Error::LoginNeeded(_))) {
+                    LinkState::WaitingForLogin
                 } else if failure.is_some() || said.lost.is_some() {
                     LinkState::Down
                 } else {
@@ -416,6 +570,18 @@ impl SshPool {
                 }
             })
             .collect();
+        let masters = self.masters.lock().expect("pool lock");
+        links.extend(masters.iter().map(|(socket, m)| Link {
+            name: match m.pid {
+                Some(pid) => format!("{} via OpenSSH master {} (pid {pid})", m.name, socket.display()),
+                None => format!("{} via OpenSSH master {}", m.name, socket.display()),
+            },
+            state: if m.pid.is_some() { LinkState::Up } else { LinkState::Down },
+            since: Some(m.since),
+            connections: usize::from(m.pid.is_some()),
+            channels: 0,
+            last_error: m.error.clone(),
+        }));
         links.sort_by(|a, b| a.name.cmp(&b.name));
         links
     }

@@ -71,6 +71,9 @@ pub struct Handshake {
     pub certified: bool,
     /// What authenticated us: `agent key SHA256:…`, a key file, `password`.
     pub auth: String,
+    /// A person's answer was part of the login: another connection would
+    /// need them again.
+    pub by_person: bool,
     /// The key exchange, host key, cipher and MAC negotiated.
     pub algorithms: String,
 }
@@ -226,7 +229,7 @@ impl std::fmt::Debug for SshSession {
 impl SshSession {
     /// Connects and authenticates. `jump` is an already connected session
     /// through which to reach the target (ProxyJump).
-    pub async fn connect(target: &SshTarget, jump: Option<Arc<SshSession>>, prompts: Prompts) -> Result<SshSession> {
+    pub async fn connect(target: &SshTarget, jump: Option<Arc<SshSession>>, prompts: &Prompts) -> Result<SshSession> {
         let where_ = target.name();
         let verdict = Arc::new(Mutex::new(None));
         // known_hosts is read once: it orders the host key algorithms asked
@@ -306,7 +309,13 @@ impl SshSession {
         let auth = super::auth::authenticate(&mut handle, target, prompts).await?;
         let trust = verdict.lock().expect("verdict lock").take().and_then(Result::ok).unwrap_or_default();
         let algorithms = std::mem::take(&mut *negotiated.lock().expect("negotiated lock"));
-        let handshake = Handshake { host_key: trust.shown, certified: trust.certificate, auth, algorithms };
+        let handshake = Handshake {
+            host_key: trust.shown,
+            certified: trust.certificate,
+            auth: auth.how,
+            by_person: auth.by_person,
+            algorithms,
+        };
         tracing::info!("SSH connected to {where_}{}", if target.compress { " (compression requested)" } else { "" });
         static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
