@@ -26,6 +26,8 @@ use crate::error::{Error, Result};
 use crate::process::Collected;
 
 const MUX_MSG_HELLO: u32 = 0x0000_0001;
+const MUX_C_ALIVE_CHECK: u32 = 0x1000_0004;
+const MUX_S_ALIVE: u32 = 0x8000_0005;
 const MUX_C_PROXY: u32 = 0x1000_000f;
 const MUX_S_FAILURE: u32 = 0x8000_0003;
 const MUX_S_PERMISSION_DENIED: u32 = 0x8000_0002;
@@ -115,10 +117,24 @@ pub async fn answers(socket: &Path) -> bool {
 
 /// The process id of the master at `socket`, once it has been checked as
 /// the user's own and as speaking the mux protocol's proxy mode.
+/// The master says it (`MUX_C_ALIVE_CHECK`, as `ssh -O check`): the
+/// socket's peer credentials name the process that listened, which
+/// `ssh -f` leaves behind when it forks.
 pub async fn master_pid(socket: &Path, timeout: Duration) -> Result<u32> {
-    let conn = within(timeout, socket, Conn::connect(socket)).await??;
-    let pid = conn.stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
-    Ok(u32::try_from(pid).unwrap_or(0))
+    within(timeout, socket, async {
+        let mut conn = Conn::hello(socket).await?;
+        let mut check = Vec::new();
+        put_u32(&mut check, MUX_C_ALIVE_CHECK);
+        put_u32(&mut check, 1);
+        conn.write_framed(&check).await?;
+        let reply = conn.read_framed().await?;
+        let mut r = Reader::new(&reply);
+        if r.u32()? != MUX_S_ALIVE || r.u32()? != 1 {
+            return Err(conn.not_a_master("it did not answer an alive check"));
+        }
+        r.u32()
+    })
+    .await?
 }
 
 /// The far end of a channel: its id, window and largest packet.
@@ -172,9 +188,34 @@ struct Conn {
 }
 
 impl Conn {
-    /// Connects to `socket`, which must be the user's own (the file and the
-    /// process behind it), and switches it to proxy mode.
+    /// Connects to `socket` and switches it to proxy mode.
     async fn connect(socket: &Path) -> Result<Conn> {
+        let mut conn = Conn::hello(socket).await?;
+        let mut proxy = Vec::new();
+        put_u32(&mut proxy, MUX_C_PROXY);
+        put_u32(&mut proxy, 0);
+        conn.write_framed(&proxy).await?;
+        let reply = conn.read_framed().await?;
+        let mut r = Reader::new(&reply);
+        match r.u32()? {
+            MUX_S_PROXY => Ok(conn),
+            code @ (MUX_S_FAILURE | MUX_S_PERMISSION_DENIED) => {
+                let _rid = r.u32()?;
+                let why = String::from_utf8_lossy(r.string().unwrap_or_default()).into_owned();
+                Err(Error::Connect(format!(
+                    "the OpenSSH master at {} refused proxy mode ({}): {} (OpenSSH 7.4 or later is needed)",
+                    conn.socket,
+                    if code == MUX_S_FAILURE { "failure" } else { "permission denied" },
+                    crate::term::one_line(&why, 200)
+                )))
+            }
+            other => Err(conn.not_a_master(&format!("it answered proxy mode with message {other:#x}"))),
+        }
+    }
+
+    /// Connects to `socket`, which must be the user's own (the file and the
+    /// process behind it), and exchanges the mux hellos.
+    async fn hello(socket: &Path) -> Result<Conn> {
         use std::os::unix::fs::MetadataExt as _;
         let shown = socket.display().to_string();
         let me = rustix::process::geteuid().as_raw();
@@ -213,26 +254,7 @@ impl Conn {
         if r.u32()? != MUX_MSG_HELLO || r.u32()? != MUX_VERSION {
             return Err(conn.not_a_master("its first message is not a mux hello of version 4"));
         }
-        let mut proxy = Vec::new();
-        put_u32(&mut proxy, MUX_C_PROXY);
-        put_u32(&mut proxy, 0);
-        conn.write_framed(&proxy).await?;
-        let reply = conn.read_framed().await?;
-        let mut r = Reader::new(&reply);
-        match r.u32()? {
-            MUX_S_PROXY => Ok(conn),
-            code @ (MUX_S_FAILURE | MUX_S_PERMISSION_DENIED) => {
-                let _rid = r.u32()?;
-                let why = String::from_utf8_lossy(r.string().unwrap_or_default()).into_owned();
-                Err(Error::Connect(format!(
-                    "the OpenSSH master at {} refused proxy mode ({}): {} (OpenSSH 7.4 or later is needed)",
-                    conn.socket,
-                    if code == MUX_S_FAILURE { "failure" } else { "permission denied" },
-                    crate::term::one_line(&why, 200)
-                )))
-            }
-            other => Err(conn.not_a_master(&format!("it answered proxy mode with message {other:#x}"))),
-        }
+        Ok(conn)
     }
 
     fn not_a_master(&self, why: &str) -> Error {
