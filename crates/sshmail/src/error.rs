@@ -204,12 +204,11 @@ impl SshAuthRefused {
         let asks = wants("password") || wants("keyboard-interactive");
         if !self.accepts.is_empty() && self.accepts.iter().all(|m| m.starts_with("gssapi")) {
             return "sshmail has no Kerberos/GSSAPI: sign in with ssh, which has it, keeping an OpenSSH master \
-                    (ControlMaster), and sshmail rides it (ssh_control_path; README: Riding an OpenSSH master)"
+                    (ControlMaster), and sshmail rides it (ssh_control_path; README: Two-factor hosts)"
                 .into();
         }
         let daemon_way = "a daemon or cron job cannot be asked: with the daemon running, `sshmail login ACCOUNT` on a \
-                          terminal answers for it and the daemon holds the connection; or set ssh_password_command \
-                          if a command can give the answer (a TOTP: oathtool --totp), or sign in once with ssh \
+                          terminal answers for it and the daemon holds the connection; or sign in once with ssh \
                           keeping an OpenSSH master (ControlMaster), which sshmail rides (ssh_control_path; README: \
                           Two-factor hosts)";
         if self.password_refused {
