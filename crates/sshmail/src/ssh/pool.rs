@@ -424,10 +424,12 @@ impl SshPool {
                 };
             }
         }
+        // A person logging in tries, whatever a task recorded meanwhile.
+        let recorded = || if matches!(prompts, Prompts::Relayed(_)) { None } else { route.failed() };
         if let Some(found) = route.pick(session) {
             return Ok(found);
         }
-        if let Some(e) = route.failed() {
+        if let Some(e) = recorded() {
             return Err(e);
         }
         let _connecting = route.connecting.lock().await;
@@ -435,7 +437,7 @@ impl SshPool {
         if let Some(found) = route.pick(session) {
             return Ok(found);
         }
-        if let Some(e) = route.failed() {
+        if let Some(e) = recorded() {
             return Err(e);
         }
         let unasked = matches!(prompts, Prompts::Never);
