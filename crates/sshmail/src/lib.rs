@@ -29,6 +29,8 @@ pub mod gateway;
 pub mod import;
 pub mod ledger;
 pub mod logging;
+pub mod message;
+pub mod news;
 pub mod owned;
 pub mod process;
 pub mod secret;

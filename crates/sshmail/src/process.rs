@@ -87,6 +87,12 @@ impl Group {
         Group { pid: child.id(), own_group: !interactive() }
     }
 
+    /// The group of `child`, started in a process group of its own
+    /// (`process_group(0)`) whether or not there is a terminal.
+    pub fn own(child: &tokio::process::Child) -> Group {
+        Group { pid: child.id(), own_group: true }
+    }
+
     /// Ends everything in the child's group, when it has one of its own
     /// (the child itself is ended by dropping its handle: `kill_on_drop`).
     /// A group outlives its leader while a member lives, so this also
@@ -151,6 +157,22 @@ pub async fn read_bounded(mut r: impl tokio::io::AsyncRead + Unpin, max: usize) 
                 return (out, true);
             }
             Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads `r` to its end, keeping at most the first `keep` bytes: a writer
+/// that prints without end is read (it never blocks) at no cost in memory.
+pub async fn drain(mut r: impl tokio::io::AsyncRead + Unpin, keep: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = keep.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&buf[..room]);
+            }
         }
     }
 }

@@ -138,7 +138,12 @@ fn run_sendmail(args: &[String], list: bool) -> i32 {
         crate::errln!("sendmail: cannot start");
         return crate::send::sysexits::TEMPFAIL;
     };
-    let code = runtime.block_on(crate::send::sendmail(args, list));
+    let code = runtime.block_on(async {
+        let code = crate::send::sendmail(args, list).await;
+        // An on_sent hook of a message relayed here runs to its end.
+        crate::news::hook::wait_ended().await;
+        code
+    });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
 }
@@ -171,7 +176,11 @@ fn run_queue(cli: &Cli, q: &QueueArgs) -> i32 {
             let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
                 return sysexits::TEMPFAIL;
             };
-            let code = runtime.block_on(crate::send::flush(&outbox, config.as_deref()));
+            let code = runtime.block_on(async {
+                let code = crate::send::flush(&outbox, config.as_deref()).await;
+                crate::news::hook::wait_ended().await;
+                code
+            });
             runtime.shutdown_timeout(std::time::Duration::from_millis(200));
             code
         }
@@ -345,7 +354,9 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         // One pool for the whole watch: a dead connection is replaced on
         // the next lease, a live one reused.
         let ctx = fetch::Context::new(SshPool::new().prompting(), Stop::process(), Arc::new(fetch::report::Quiet));
-        return idle_forever(account, &show, &ctx).await;
+        let exit = idle_forever(account, &show, &ctx).await;
+        crate::news::hook::wait_all(crate::news::hook::longest([account.hooks.timeout])).await;
+        return exit;
     }
     // Accounts run concurrently (a few at a time), sharing SSH connections;
     // results are reported in the order the accounts were given.
@@ -428,6 +439,10 @@ async fn run_fetch(cli: &Cli, args: &FetchArgs) -> Exit {
         }
     }
     ctx.pool.close_all().await;
+    // The hooks told of the new mail run to their end (or timeout) before
+    // the exit; their failures are logged, the exit code is the fetch's.
+    let hooks = accounts.iter().filter_map(|(_, a)| a.as_ref().ok()).map(|a| a.hooks.timeout);
+    crate::news::hook::wait_all(crate::news::hook::longest(hooks)).await;
     match worst {
         Some(e) => e,
         None if any_mail => Exit::Delivered,

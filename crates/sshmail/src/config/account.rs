@@ -308,6 +308,37 @@ pub struct Account {
     pub serve: Serve,
     /// How mail is sent through it, if at all.
     pub send: Option<Send>,
+    /// Commands run when mail came or went.
+    pub hooks: Hooks,
+}
+
+/// An account's hooks: commands told of new mail (after it is durable and
+/// recorded) and of mail sent (after the relay accepted it).
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// After a batch of new mail, unless the folder has its own.
+    pub on_new: Option<Command>,
+    /// Per folder, in place of `on_new`; None: no hook for that folder.
+    pub on_new_folders: std::collections::BTreeMap<String, Option<Command>>,
+    /// After the relay accepted a message.
+    pub on_sent: Option<Command>,
+    /// The longest a hook runs before it is ended.
+    pub timeout: std::time::Duration,
+}
+
+impl Hooks {
+    /// The hook for new mail in `folder`, if any.
+    pub fn on_new_in(&self, folder: &str) -> Option<&Command> {
+        match self.on_new_folders.get(folder) {
+            Some(own) => own.as_ref(),
+            None => self.on_new.as_ref(),
+        }
+    }
+
+    /// Whether new mail in some folder is told to a hook.
+    pub fn any_on_new(&self) -> bool {
+        self.on_new.is_some() || self.on_new_folders.values().any(Option::is_some)
+    }
 }
 
 /// Who logs in to the mail server, and how.

@@ -119,6 +119,14 @@ pub struct RawAccount {
     pub serve: Option<RawServe>,
     /// How mail is sent through this account (`sshmail sendmail`).
     pub send: Option<RawSend>,
+    /// Run after each batch of new mail is durable and recorded.
+    pub on_new: Option<Command>,
+    /// `on_new` per folder, in place of the account's (`[]`: none there).
+    pub on_new_folders: Option<std::collections::BTreeMap<String, Command>>,
+    /// Run after the relay accepted a message sent through the account.
+    pub on_sent: Option<Command>,
+    /// Seconds a hook may run before it is ended (30).
+    pub hook_timeout: Option<u64>,
 }
 
 impl RawAccount {

@@ -207,6 +207,38 @@ pub fn resolve(name: &str, raw: &RawAccount, given: &Resolving<'_>) -> Result<Ac
         state_dir: given.state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
         serve,
         send,
+        hooks: resolve_hooks(raw).map_err(|e| ctx(e.to_string()))?,
+    })
+}
+
+/// An account's hooks, checked: a command must name a program; an empty
+/// one in `on_new_folders` means no hook for that folder.
+fn resolve_hooks(raw: &RawAccount) -> Result<super::account::Hooks> {
+    let checked = |c: &Option<Command>, key: &str| match c {
+        Some(Command::Argv(v)) if v.is_empty() => Err(Error::Config(format!("`{key}` is an empty command"))),
+        Some(Command::Shell(s)) if s.trim().is_empty() => Err(Error::Config(format!("`{key}` is an empty command"))),
+        other => Ok(other.clone()),
+    };
+    let on_new_folders = raw
+        .on_new_folders
+        .iter()
+        .flatten()
+        .map(|(folder, c)| {
+            let none =
+                matches!(c, Command::Argv(v) if v.is_empty()) || matches!(c, Command::Shell(s) if s.trim().is_empty());
+            (folder.clone(), (!none).then(|| c.clone()))
+        })
+        .collect();
+    let timeout = match raw.hook_timeout {
+        Some(0) => return Err(Error::Config("`hook_timeout` must be at least 1 second".into())),
+        Some(s) => Duration::from_secs(s),
+        None => Duration::from_secs(30),
+    };
+    Ok(super::account::Hooks {
+        on_new: checked(&raw.on_new, "on_new")?,
+        on_new_folders,
+        on_sent: checked(&raw.on_sent, "on_sent")?,
+        timeout,
     })
 }
 

@@ -397,8 +397,13 @@ impl Daemon {
             let _ = tokio::time::timeout(STOP_GRACE, async { while servers.join_next().await.is_some() {} }).await;
             servers.shutdown().await;
         };
-        let (clean, (), (sessions, sessions_cut), (control, control_cut)) =
-            tokio::join!(tasks, endpoints, self.sessions.end(STOP_GRACE), self.control.end(STOP_GRACE));
+        let (clean, (), (sessions, sessions_cut), (control, control_cut), ()) = tokio::join!(
+            tasks,
+            endpoints,
+            self.sessions.end(STOP_GRACE),
+            self.control.end(STOP_GRACE),
+            crate::news::hook::wait_all(STOP_GRACE)
+        );
         if !clean {
             tracing::warn!(target: "sshmail::daemon", "some tasks did not end in time; their work in flight is abandoned");
         }

@@ -93,9 +93,9 @@ impl Maildir {
     }
 
     /// After a crash: is the message recorded with `token` delivered?
-    /// Finishes a publish that was interrupted. Returns false if it is
-    /// nowhere, so the caller fetches it again.
-    pub fn recover(&self, token: &str) -> Result<bool> {
+    /// Finishes a publish that was interrupted. Returns where it is now,
+    /// or None if it is nowhere, so the caller fetches it again.
+    pub fn recover(&self, token: &str) -> Result<Option<PathBuf>> {
         let (subfolder, name) = match token.split_once('/') {
             Some((sub, name)) => {
                 let sub = crate::ledger::percent_decode(sub).and_then(|s| Subfolder::checked(&s));
@@ -110,9 +110,10 @@ impl Maildir {
             return Err(crate::error::Error::Delivery(format!("bad file name in ledger token {token:?}")));
         }
         let dir = self.folder_dir(subfolder.as_ref())?;
-        if dir.join("new").join(name).exists() {
+        let published = dir.join("new").join(name);
+        if published.exists() {
             sync_dir(&dir.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
-            return Ok(true);
+            return Ok(Some(published));
         }
         // A reader may have moved it to cur/ and added flags already.
         let prefix = format!("{name}:");
@@ -121,16 +122,26 @@ impl Maildir {
                 let n = e.file_name();
                 let n = n.to_string_lossy();
                 if n == name || n.starts_with(&prefix) {
-                    return Ok(true);
+                    return Ok(Some(e.path()));
                 }
             }
         }
         if self.root.join("tmp").join(name).exists() {
             self.publish_one(&dir, name)?;
             sync_dir(&dir.join("new")).map_err(|e| delivery("cannot sync Maildir new/", e))?;
-            return Ok(true);
+            return Ok(Some(published));
         }
-        Ok(false)
+        Ok(None)
+    }
+
+    /// Where a message staged as `name` is once published into
+    /// `subfolder`.
+    pub fn published(&self, subfolder: Option<&Subfolder>, name: &str) -> PathBuf {
+        let dir = match subfolder {
+            Some(sub) => self.root.join(&sub.0),
+            None => self.root.clone(),
+        };
+        dir.join("new").join(name)
     }
 }
 
@@ -244,7 +255,7 @@ mod tests {
         let token = md.token(Subfolder::checked(".My Lists").as_ref(), &f.name);
         assert!(!token.contains(' '));
         // Crash before publish: recovery puts it into the subfolder.
-        assert!(md.recover(&token).unwrap());
+        assert!(md.recover(&token).unwrap().is_some());
         assert!(dir.path().join(".My Lists/new").join(&f.name).exists());
         assert!(dir.path().join(".My Lists/maildirfolder").exists());
     }
@@ -288,14 +299,14 @@ mod tests {
         let f = md.spool().finish(s).unwrap();
         md.spool().sync(std::slice::from_ref(&f)).await.unwrap();
         // Crash before publish: recovery publishes it.
-        assert!(md.recover(&f.name).unwrap());
+        assert!(md.recover(&f.name).unwrap().is_some());
         assert_eq!(read_new(md.path()).len(), 1);
         // Already published: still delivered, not published twice.
-        assert!(md.recover(&f.name).unwrap());
+        assert!(md.recover(&f.name).unwrap().is_some());
         assert_eq!(read_new(md.path()).len(), 1);
         // Moved to cur/ with flags by a reader.
         fs::rename(md.path().join("new").join(&f.name), md.path().join("cur").join(format!("{}:2,S", f.name))).unwrap();
-        assert!(md.recover(&f.name).unwrap());
-        assert!(!md.recover("nonexistent.name").unwrap());
+        assert!(md.recover(&f.name).unwrap().is_some());
+        assert!(md.recover("nonexistent.name").unwrap().is_none());
     }
 }

@@ -337,7 +337,7 @@ async fn fetch_listed<S: Stream>(
     }
     let mut bar = store.report.transfer(folder, to_fetch.len(), to_fetch.iter().map(|(_, s)| s).sum());
     let result = imap_transfer(
-        &Job { account, keys: &keys, validity, subfolder: subfolder.as_ref(), batches: &batches },
+        &Job { account, folder, keys: &keys, validity, subfolder: subfolder.as_ref(), batches: &batches },
         imap,
         store,
         to_apply,
@@ -392,6 +392,8 @@ async fn recognise<S: Stream>(
 /// What one folder's transfer works on.
 struct Job<'a> {
     account: &'a Account,
+    /// The server's name of the folder.
+    folder: &'a str,
     /// The folder's ledger keys.
     keys: &'a FolderKeys,
     /// Its UIDVALIDITY.
@@ -426,7 +428,7 @@ async fn imap_transfer<S: Stream>(
         bodies.abort();
         let mut batch: Vec<(Key, Finished)> = syncing.map(|(c, _)| c.into_batch()).unwrap_or_default();
         batch.extend(collected.drain().map(|(uid, f)| (job.keys.key(job.validity, uid), f)));
-        store.salvage(&mut batch, job.subfolder).await;
+        store.salvage(&mut batch, job.subfolder, job.folder).await;
         return Err(e);
     }
     Ok(())
@@ -446,7 +448,7 @@ async fn finish_batch<S: Stream>(
     syncing: &mut Syncing,
 ) -> Result<()> {
     let Some((committing, uid_of)) = syncing.take() else { return Ok(()) };
-    let keys = store.finish_commit(committing, job.subfolder).await?;
+    let keys = store.finish_commit(committing, job.subfolder, job.folder).await?;
     let uids: Vec<u32> = keys.iter().filter_map(|k| uid_of.get(k).copied()).collect();
     if !uids.is_empty() {
         apply_policy(job.account, imap, &uids, in_flight).await?;
@@ -469,7 +471,7 @@ async fn imap_pipeline<S: Stream>(
     bodies: &mut Bodies<'_>,
     bar: &mut dyn Transfer,
 ) -> Result<()> {
-    let Job { account: _, keys: folder_keys, validity, subfolder: _, batches } = *job;
+    let Job { account: _, folder: _, keys: folder_keys, validity, subfolder: _, batches } = *job;
     let mut next = 0;
     let mut count = 0usize;
     // The UIDs of the batches in flight: a body for any other UID is

@@ -266,12 +266,31 @@ pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Re
         // first, then orphan clean-up, since recovery may still need staged
         // files.
         let (name, sink, ledger) = (account.name.clone(), sink.clone(), ledger.clone());
-        outcome.recovered = on_disk("the recovery of interrupted deliveries", move || {
+        let recovered = on_disk("the recovery of interrupted deliveries", move || {
             let recovered = recover(&name, &sink, &ledger)?;
             sink.spool().clean();
             Ok(recovered)
         })
         .await?;
+        outcome.recovered = recovered.len();
+        // Delivered by the run that was interrupted before it could tell.
+        let mut by_folder: std::collections::BTreeMap<String, Vec<(std::path::PathBuf, u64)>> = Default::default();
+        for (key, path) in recovered {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            by_folder.entry(key_folder(account.protocol, &key)).or_default().push((path, size));
+        }
+        for (folder, files) in by_folder {
+            if listened(account, ctx.report.as_ref(), &folder) {
+                let told = files
+                    .into_iter()
+                    .map(|(p, size)| {
+                        let summary = crate::news::Summary::of_file(&p);
+                        (Some(p), size, summary)
+                    })
+                    .collect();
+                announce(account, ctx.report.as_ref(), &folder, told);
+            }
+        }
     }
     if outcome.recovered > 0 {
         tracing::info!("{}: finished {} deliveries interrupted in an earlier run", account.name, outcome.recovered);
@@ -304,6 +323,7 @@ pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Re
         recipient: account.delivery.recipient.clone(),
     });
     let mut store = Store {
+        account,
         sink: &sink,
         ledger: &ledger,
         outcome: &mut outcome,
@@ -345,25 +365,71 @@ pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Re
 /// recovery that cannot succeed must not block the account on every later
 /// run. Under the ledger's lock, so the account's other tasks in this
 /// process wait rather than fetch what is being recovered.
-fn recover(account: &str, sink: &Sink, ledger: &Shared) -> Result<usize> {
+fn recover(account: &str, sink: &Sink, ledger: &Shared) -> Result<Vec<(Key, std::path::PathBuf)>> {
     let mut ledger = ledger.lock();
-    let mut recovered = 0;
+    let mut recovered = Vec::new();
     for (key, token) in ledger.pending() {
         let done = match sink.maildir().map(|m| m.recover(&token)).transpose() {
-            Ok(r) => r.unwrap_or(false),
+            Ok(r) => r.flatten(),
             Err(e) => {
                 tracing::warn!("{}: cannot finish an interrupted delivery ({e}); it will be fetched again", account);
-                false
+                None
             }
         };
-        if done {
-            ledger.commit(std::slice::from_ref(&key))?;
-            recovered += 1;
-        } else {
-            ledger.forget(&key)?;
+        match done {
+            Some(path) => {
+                ledger.commit(std::slice::from_ref(&key))?;
+                recovered.push((key, path));
+            }
+            None => ledger.forget(&key)?,
         }
     }
     Ok(recovered)
+}
+
+/// The server folder a ledger key belongs to (POP3: `INBOX`).
+fn key_folder(protocol: Protocol, key: &Key) -> String {
+    match protocol {
+        Protocol::Pop3 => "INBOX".to_string(),
+        Protocol::Imap => {
+            let first = key.as_str().split('/').next().unwrap_or("");
+            crate::ledger::percent_decode(first).unwrap_or_else(|| first.to_string())
+        }
+    }
+}
+
+/// Whether anyone is told of new mail in `folder`: the account's hook for
+/// it, or the report. Only then are the messages' headers read.
+fn listened(account: &Account, report: &dyn Report, folder: &str) -> bool {
+    account.hooks.on_new_in(folder).is_some() || report.hears_arrivals()
+}
+
+/// A message told of: the delivered file when there is one, its size, its
+/// header's summary.
+type Told = (Option<std::path::PathBuf>, u64, crate::news::Summary);
+
+/// Tells of messages of `folder` now durable and recorded: the account's
+/// hook for the folder (one run for the batch), and the report.
+fn announce(account: &Account, report: &dyn Report, folder: &str, told: Vec<Told>) {
+    if told.is_empty() {
+        return;
+    }
+    let sink = crate::news::sink_name(&account.delivery.to);
+    let batch: Vec<crate::news::Arrived> = told
+        .into_iter()
+        .map(|(path, size, summary)| crate::news::Arrived {
+            account: account.name.clone(),
+            folder: folder.to_string(),
+            path: path.map(|p| p.display().to_string()),
+            sink: sink.clone(),
+            summary,
+            size,
+        })
+        .collect();
+    if let Some(command) = account.hooks.on_new_in(folder) {
+        crate::news::hook::spawn(crate::news::hook::Run::new_mail(account, folder, command.clone(), &batch));
+    }
+    report.arrived(&batch);
 }
 
 /// Everything that selects the mailbox an account reaches: protocol,
@@ -431,6 +497,7 @@ fn policy_note(policy: Policy, earlier: usize) -> String {
 
 /// The local side of a fetch: where bodies go and what is on record.
 struct Store<'a> {
+    account: &'a Account,
     sink: &'a Arc<Sink>,
     ledger: &'a Shared,
     outcome: &'a mut Outcome,
@@ -462,9 +529,14 @@ impl Store<'_> {
     /// Maildir: sync, record staged (`P`), publish, record delivered (`D`).
     /// Other sinks: deliver, then record delivered; refusals stay on the
     /// server and are reported.
-    async fn commit(&mut self, batch: &mut Vec<(Key, Finished)>, subfolder: Option<&Subfolder>) -> Result<Vec<Key>> {
+    async fn commit(
+        &mut self,
+        batch: &mut Vec<(Key, Finished)>,
+        subfolder: Option<&Subfolder>,
+        folder: &str,
+    ) -> Result<Vec<Key>> {
         let started = self.begin_commit(std::mem::take(batch))?;
-        self.finish_commit(started, subfolder).await
+        self.finish_commit(started, subfolder, folder).await
     }
 
     /// Starts a group commit: for a Maildir, the batch's fdatasyncs begin
@@ -482,17 +554,25 @@ impl Store<'_> {
         Ok(Committing { batch, sync })
     }
 
-    /// Ends a group commit begun by [`Store::begin_commit`]. Returns the
+    /// Ends a group commit begun by [`Store::begin_commit`], then tells of
+    /// the messages of `folder` it made durable and recorded. Returns the
     /// keys delivered, in batch order.
-    async fn finish_commit(&mut self, committing: Committing, subfolder: Option<&Subfolder>) -> Result<Vec<Key>> {
+    async fn finish_commit(
+        &mut self,
+        committing: Committing,
+        subfolder: Option<&Subfolder>,
+        folder: &str,
+    ) -> Result<Vec<Key>> {
         let Committing { batch, sync } = committing;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let listened = !self.show.check && listened(self.account, self.report, folder);
         let (keys, mut files): (Vec<Key>, Vec<Finished>) = batch.into_iter().unzip();
         let spool = self.sink.spool();
         let Some(maildir) = self.sink.maildir() else {
             let results = self.sink.deliver(&files).await;
+            let mut told = Vec::new();
             let delivered = match results {
                 Ok(results) => {
                     fault::point("sink-delivered");
@@ -502,6 +582,9 @@ impl Store<'_> {
                             Ok(()) => {
                                 ok.push((key.clone(), f.fingerprint.clone()));
                                 self.outcome.bytes += f.len;
+                                if listened {
+                                    told.push((None, f.len, crate::news::Summary::of_file(&f.path)));
+                                }
                             }
                             Err(refusal) => {
                                 let kind =
@@ -522,6 +605,7 @@ impl Store<'_> {
             self.ledger.lock().commit_marked(&ok)?;
             fault::point("batch-recorded");
             self.outcome.delivered += ok.len();
+            announce(self.account, self.report, folder, told);
             return Ok(ok.into_iter().map(|(k, _)| k).collect());
         };
         // Order is important: content durable, then named in the ledger,
@@ -550,7 +634,7 @@ impl Store<'_> {
         // its end even if this task is cancelled: then it is recorded, and
         // the next cycle applies the policy.
         let (ledger, sink, subfolder) = (self.ledger.clone(), Arc::clone(self.sink), subfolder.cloned());
-        let keys = on_disk("the delivery step", move || {
+        let (keys, told) = on_disk("the delivery step", move || {
             let maildir = sink.maildir().expect("a Maildir sink");
             fault::pause_blocking("batch-recording");
             let mut ledger = ledger.lock();
@@ -559,11 +643,24 @@ impl Store<'_> {
             ledger.commit(&keys)?;
             drop(ledger);
             fault::point("batch-recorded");
-            Ok(keys)
+            let told: Vec<Told> = if listened {
+                files
+                    .iter()
+                    .map(|f| {
+                        let path = maildir.published(subfolder.as_ref(), &f.name);
+                        let summary = crate::news::Summary::of_file(&path);
+                        (Some(path), f.len, summary)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Ok((keys, told))
         })
         .await?;
         self.outcome.delivered += count;
         self.outcome.bytes += bytes;
+        announce(self.account, self.report, folder, told);
         Ok(keys)
     }
 
@@ -575,8 +672,8 @@ impl Store<'_> {
     }
 
     /// Saves what is complete after a failure; the failure is what counts.
-    async fn salvage(&mut self, batch: &mut Vec<(Key, Finished)>, subfolder: Option<&Subfolder>) {
-        if let Err(e) = self.commit(batch, subfolder).await {
+    async fn salvage(&mut self, batch: &mut Vec<(Key, Finished)>, subfolder: Option<&Subfolder>, folder: &str) {
+        if let Err(e) = self.commit(batch, subfolder, folder).await {
             tracing::error!("could not save the messages that were complete: {e}");
         }
     }

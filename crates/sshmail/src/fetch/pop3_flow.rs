@@ -276,7 +276,7 @@ async fn pop3_transfer<S: Stream>(
         }
         // Complete messages are still good: make them durable so the next
         // run need not fetch them again. Nothing is deleted (no QUIT).
-        store.salvage(&mut batch, None).await;
+        store.salvage(&mut batch, None, "INBOX").await;
         return Err(e);
     }
     Ok(accepted)
@@ -290,7 +290,7 @@ async fn finish_batch(
     numbers: &HashMap<&Key, u32>,
     dele_queue: Option<&mut VecDeque<(u32, Key)>>,
 ) -> Result<()> {
-    let keys = store.finish_commit(committing, None).await?;
+    let keys = store.finish_commit(committing, None, "INBOX").await?;
     if let Some(queue) = dele_queue {
         queue.extend(keys.into_iter().map(|k| (numbers[&k], k)));
     }

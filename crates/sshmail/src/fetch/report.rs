@@ -15,6 +15,15 @@ pub trait Report: Send + Sync {
 
     /// Something happened in a cycle; by default nobody listens.
     fn event(&self, _event: Event<'_>) {}
+
+    /// Whether [`Report::arrived`] is listened to: only then is each
+    /// delivered message's header read for its summary.
+    fn hears_arrivals(&self) -> bool {
+        false
+    }
+
+    /// A batch of messages is durable and recorded.
+    fn arrived(&self, _batch: &[crate::news::Arrived]) {}
 }
 
 /// What a cycle reports besides transfers.

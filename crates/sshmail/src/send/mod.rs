@@ -17,7 +17,6 @@
 //! `send` table.
 
 pub mod args;
-pub mod message;
 pub mod notice;
 pub mod outbox;
 pub mod relay;
@@ -150,9 +149,9 @@ async fn submit(outbox: &Outbox, args: &Args) -> i32 {
     };
     // The header first: -t recipients, the From: for a sender.
     use std::io::IsTerminal as _;
-    let how = message::Reading { ignore_dots: args.ignore_dots, terminal: std::io::stdin().is_terminal() };
+    let how = crate::message::Reading { ignore_dots: args.ignore_dots, terminal: std::io::stdin().is_terminal() };
     let mut input = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
-    let header = match message::Header::read(&mut input, how) {
+    let header = match crate::message::Header::read(&mut input, how) {
         Ok(h) => h,
         Err(e) => {
             crate::errln!("sendmail: cannot read the message: {e}");
@@ -191,7 +190,7 @@ async fn submit(outbox: &Outbox, args: &Args) -> i32 {
         return sysexits::USAGE;
     }
     let sender_shown = (!sender.is_empty()).then_some(&sender);
-    if let Some(bad) = recipients.iter().chain(sender_shown).find(|a| !message::valid_address(a)) {
+    if let Some(bad) = recipients.iter().chain(sender_shown).find(|a| !crate::message::valid_address(a)) {
         crate::errln!("sendmail: {bad:?} is not an address that can be relayed (no spaces, control characters or <>)");
         return sysexits::USAGE;
     }
@@ -205,7 +204,7 @@ async fn submit(outbox: &Outbox, args: &Args) -> i32 {
     let message_id = format!("{}.{}@{host}", outbox::now(), std::process::id());
     let head = header.rewrite(&sender, args.full_name.as_deref(), &message_id);
     let ended = header.ended();
-    let mut body = message::Body::new(&mut input, how, ended);
+    let mut body = crate::message::Body::new(&mut input, how, ended);
     let mut whole = head.as_slice().chain(&mut body);
     let mut entry = match outbox.add(&envelope, &mut whole) {
         Ok(e) => e,
@@ -331,7 +330,22 @@ pub async fn attempt(
     }
     if done {
         crate::fault::point("relay-accepted");
+        let told = account.hooks.on_sent.as_ref().map(|command| {
+            let summary = entry.message().map(crate::news::Summary::of_reader).unwrap_or_default();
+            let sent = crate::news::Sent {
+                account: account.name.clone(),
+                id: entry.id.clone(),
+                sender: entry.envelope.sender.clone(),
+                recipients: entry.envelope.recipients.clone(),
+                summary,
+                size: entry.size,
+            };
+            crate::news::hook::Run::sent(account, command.clone(), &sent)
+        });
         outbox.done(entry)?;
+        if let Some(run) = told {
+            crate::news::hook::spawn(run);
+        }
         return Ok(Attempt::Done);
     }
     state.last_error = Some(why_later.clone());

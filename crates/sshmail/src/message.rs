@@ -1,5 +1,6 @@
-//! What `sendmail` does to a message on its way into the outbox, as other
-//! sendmails do:
+//! A message's header as read: its fields for those who announce a message
+//! (`news`), and what `sendmail` does to a message on its way into the
+//! outbox, as other sendmails do:
 //!
 //! - without `-i`/`-oi`, a line holding only `.` ends the message when it
 //!   is typed at a terminal, or when nothing follows it; a `.` line with
@@ -113,6 +114,12 @@ impl Header {
             .filter(|f| field_name(f).eq_ignore_ascii_case(name))
             .flat_map(|f| addresses(&value(f)))
             .collect()
+    }
+
+    /// The first field named `name` (case-insensitive), unfolded, as
+    /// written (encoded words not decoded).
+    pub fn value(&self, name: &str) -> Option<String> {
+        self.fields.iter().find(|f| field_name(f).eq_ignore_ascii_case(name)).map(|f| value(f).trim().to_string())
     }
 
     /// Whether a field named `name` is present.
