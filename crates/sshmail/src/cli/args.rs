@@ -47,8 +47,10 @@ pub enum Cmd {
     /// `poll`, `reload` and `stop`.
     #[command(after_help = DAEMON_HELP)]
     Daemon(DaemonArgs),
-    /// Show what the running daemon is doing, per account and folder.
-    #[command(after_help = "Exit codes: 0 the daemon answered, 2 none runs for this config.")]
+    /// Show what the running daemon is doing, per account and folder; or
+    /// follow what happens (--follow), for status bars and scripts.
+    #[command(after_help = "Exit codes: 0 the daemon answered (with --follow: it stopped), 2 none runs for this \
+                            config.")]
     Status(StatusArgs),
     /// Ask the running daemon to fetch now, and print what came.
     #[command(after_help = "Exit codes: 0 mail was delivered, 1 no new mail, 2 no daemon runs or a fetch failed.")]
@@ -320,6 +322,11 @@ pub struct StatusArgs {
     /// Print the status as JSON, for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Stream events as they happen (new mail, connections, errors, logins
+    /// needed, the outbox), one line each (with --json, one JSON object),
+    /// until the daemon stops.
+    #[arg(long)]
+    pub follow: bool,
     #[command(flatten)]
     pub daemon: ControlArgs,
 }

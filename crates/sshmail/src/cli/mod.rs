@@ -253,6 +253,9 @@ fn unexpected(response: &crate::control::Response) -> Exit {
 
 async fn status(args: &StatusArgs) -> Exit {
     use crate::control::{Command, Response};
+    if args.follow {
+        return follow(args).await;
+    }
     let command = Command::Status { accounts: args.accounts.clone() };
     let status = match ask(&args.daemon, command, std::time::Duration::from_secs(10)).await {
         Ok(Response::Status { status }) => status,
@@ -265,6 +268,46 @@ async fn status(args: &StatusArgs) -> Exit {
         crate::term::out(status.render().trim_end_matches('\n'));
     }
     Exit::Delivered
+}
+
+/// `status --follow`: the daemon's events, a line each, until it stops.
+async fn follow(args: &StatusArgs) -> Exit {
+    use crate::control::{Command, NoAnswer, Response};
+    let paths = crate::control::Paths::of(args.daemon.config.as_deref());
+    let command = Command::Follow { accounts: args.accounts.clone() };
+    let mut stream = match crate::control::exchange(&paths, command, std::time::Duration::from_secs(10)).await {
+        Ok((Response::Done, stream)) => stream,
+        Ok((Response::Refused(r), _)) => {
+            crate::errln!("sshmail: the daemon refused: {}", r.text);
+            return r.exit();
+        }
+        Ok((other, _)) => return unexpected(&other),
+        Err(NoAnswer::Unsafe(why)) => {
+            crate::errln!("sshmail: {why}");
+            return Exit::Permissions;
+        }
+        Err(NoAnswer::NotRunning(why, _) | NoAnswer::Failed(why)) => {
+            crate::errln!("sshmail: {why}");
+            return Exit::Connect;
+        }
+    };
+    loop {
+        // Events come when they happen: no deadline but the daemon's end.
+        match crate::control::next_reply(&mut stream, &paths, std::time::Duration::MAX).await {
+            Ok(Response::Event { event }) => {
+                if args.json {
+                    crate::outln!("{}", serde_json::to_string(&event).unwrap_or_default());
+                } else {
+                    crate::term::out(&event.render());
+                }
+            }
+            Ok(other) => return unexpected(&other),
+            Err(_) => {
+                crate::errln!("sshmail: the daemon stopped");
+                return Exit::Delivered;
+            }
+        }
+    }
 }
 
 async fn poll(cli: &Cli, args: &PollArgs) -> Exit {

@@ -73,6 +73,15 @@ pub enum Command {
         /// The account.
         account: String,
     },
+    /// Events as they happen (`status --follow`): after a
+    /// [`Response::Done`], one [`Response::Event`] line each, until the
+    /// client goes away or the daemon stops.
+    Follow {
+        /// Only these accounts' (all when empty; link and outbox events
+        /// always).
+        #[serde(default)]
+        accounts: Vec<String>,
+    },
 }
 
 /// A person's answer to a [`Response::Ask`]: a line of its own, after
@@ -127,6 +136,11 @@ pub enum Response {
         said: Vec<String>,
         /// The prompt, one printable line; the answer is not echoed.
         prompt: String,
+    },
+    /// For `follow`: something happened.
+    Event {
+        /// What.
+        event: Box<super::status::FeedEvent>,
     },
     /// For `login`: done, and what it was (`user@host:port (how)`).
     #[serde(rename = "logged_in")]

@@ -111,6 +111,176 @@ pub struct FolderStatus {
     pub connects: u64,
     /// A pass or a connection is under way.
     pub busy: bool,
+    /// Messages in the folder's Maildir `new/`: delivered and not yet
+    /// seen by a mail client (None: not a Maildir, or not readable).
+    #[serde(default)]
+    pub unread_new: Option<u64>,
+}
+
+/// Something that happened, as `status --follow` streams it: one JSON
+/// object a line, `event` naming its kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum FeedEvent {
+    /// The first event a follower gets: each folder followed, with its
+    /// Maildir's unread new messages (for a status bar's first count).
+    Following {
+        /// When.
+        at: Stamp,
+        /// Each folder.
+        folders: Vec<FolderCount>,
+    },
+    /// New mail, durable and recorded.
+    New {
+        /// When.
+        at: Stamp,
+        /// The account.
+        account: String,
+        /// The server's folder.
+        folder: String,
+        /// How many.
+        count: usize,
+        /// Each, as a hook gets it.
+        messages: Vec<crate::news::Arrived>,
+    },
+    /// A folder's task reached its server.
+    Connected {
+        /// When.
+        at: Stamp,
+        /// The account.
+        account: String,
+        /// The folder.
+        folder: String,
+        /// The server, as named in messages.
+        peer: String,
+    },
+    /// A folder's try failed.
+    Error {
+        /// When.
+        at: Stamp,
+        /// The account.
+        account: String,
+        /// The folder.
+        folder: String,
+        /// The error.
+        text: String,
+        /// `now`, `later`, `never` or `login`.
+        retry: String,
+    },
+    /// A folder waits for `sshmail login`.
+    LoginNeeded {
+        /// When.
+        at: Stamp,
+        /// The account.
+        account: String,
+        /// The folder.
+        folder: String,
+        /// Why.
+        text: String,
+    },
+    /// An SSH connection (or an OpenSSH master ridden) went away, came
+    /// back or waits for a login.
+    Link {
+        /// When.
+        at: Stamp,
+        /// `user@host:port` (` via …`).
+        connection: String,
+        /// `up`, `lost`, `waiting for login`, `master up`, `master gone`.
+        state: String,
+        /// Why, when it is not up.
+        text: Option<String>,
+    },
+    /// An outbox entry was tried.
+    Outbox {
+        /// When.
+        at: Stamp,
+        /// The entry.
+        id: String,
+        /// `sent`, `failed` (refused for good) or `queued` (to try again).
+        outcome: String,
+        /// Why, when it was not sent.
+        text: Option<String>,
+    },
+    /// This follower read too slowly: so many events were dropped for it.
+    Dropped {
+        /// When.
+        at: Stamp,
+        /// How many.
+        count: u64,
+    },
+}
+
+/// A folder and its unread new messages, in [`FeedEvent::Following`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FolderCount {
+    /// The account.
+    pub account: String,
+    /// The folder.
+    pub folder: String,
+    /// As [`FolderStatus::unread_new`].
+    pub unread_new: Option<u64>,
+}
+
+impl FeedEvent {
+    /// The account it is about, if any.
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            FeedEvent::New { account, .. }
+            | FeedEvent::Connected { account, .. }
+            | FeedEvent::Error { account, .. }
+            | FeedEvent::LoginNeeded { account, .. } => Some(account),
+            _ => None,
+        }
+    }
+
+    /// One line for people.
+    pub fn render(&self) -> String {
+        let time = |at: &Stamp| at.at.split('T').nth(1).unwrap_or(&at.at).chars().take(8).collect::<String>();
+        match self {
+            FeedEvent::New { at, account, folder, count, messages } => {
+                let first = messages
+                    .first()
+                    .map(|m| format!(": {} — {}", m.summary.from, m.summary.subject))
+                    .unwrap_or_default();
+                let more = if *count > 1 { format!(" (and {} more)", count - 1) } else { String::new() };
+                format!("{} {account}/{folder}: {count} new{first}{more}", time(at))
+            }
+            FeedEvent::Connected { at, account, folder, peer } => {
+                format!("{} {account}/{folder}: connected to {peer}", time(at))
+            }
+            FeedEvent::Error { at, account, folder, text, .. } => {
+                format!("{} {account}/{folder}: error: {text}", time(at))
+            }
+            FeedEvent::LoginNeeded { at, account, folder, text } => {
+                format!("{} {account}/{folder}: {text}", time(at))
+            }
+            FeedEvent::Link { at, connection, state, text } => {
+                let why = text.as_ref().map(|t| format!(": {t}")).unwrap_or_default();
+                format!("{} ssh {connection}: {state}{why}", time(at))
+            }
+            FeedEvent::Outbox { at, id, outcome, text } => {
+                let why = text.as_ref().map(|t| format!(": {t}")).unwrap_or_default();
+                format!("{} outbox {id}: {outcome}{why}", time(at))
+            }
+            FeedEvent::Following { at, folders } => {
+                let counts: Vec<String> = folders
+                    .iter()
+                    .map(|f| match f.unread_new {
+                        Some(n) => format!("{}/{}: {n} unread", f.account, f.folder),
+                        None => format!("{}/{}", f.account, f.folder),
+                    })
+                    .collect();
+                format!(
+                    "{} following {}",
+                    time(at),
+                    if counts.is_empty() { "nothing".into() } else { counts.join(", ") }
+                )
+            }
+            FeedEvent::Dropped { at, count } => {
+                format!("{} ({count} events dropped: this reader was too slow)", time(at))
+            }
+        }
+    }
 }
 
 /// One account.

@@ -9,13 +9,17 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::control::status::{AccountStatus, Clients, FolderStatus, Happened, LastError, Mode, Next, Stamp, Status};
+use crate::control::status::{
+    AccountStatus, Clients, FeedEvent, FolderStatus, Happened, LastError, Mode, Next, Stamp, Status,
+};
 use crate::error::{Error, Retry};
 use crate::fetch::report::{Event, Quiet, Report, Transfer};
 
 /// Every task's status, by account and folder.
 pub struct Board {
     inner: Mutex<Inner>,
+    /// What followers (`status --follow`) are told.
+    feed: super::feed::Feed,
     /// Bumped at every change, for whoever waits for one (a poll).
     changed: watch::Sender<u64>,
     pid: u32,
@@ -39,6 +43,7 @@ impl Board {
     pub fn new(config: &std::path::Path) -> Arc<Board> {
         Arc::new(Board {
             inner: Mutex::new(Inner { accounts: BTreeMap::new(), config_error: None, slots: 0 }),
+            feed: super::feed::Feed::default(),
             changed: watch::channel(0).0,
             pid: std::process::id(),
             started: Stamp::now(),
@@ -73,6 +78,7 @@ impl Board {
                     failures: 0,
                     connects: 0,
                     busy: true,
+                    unread_new: None,
                 },
             ),
         );
@@ -126,6 +132,11 @@ impl Board {
             tunnels: Clients::default(),
             connections: Vec::new(),
         }
+    }
+
+    /// The event feed.
+    pub fn feed(&self) -> &super::feed::Feed {
+        &self.feed
     }
 
     /// A receiver that sees every change.
@@ -188,11 +199,16 @@ impl Slot {
             Retry::Never => "never",
             Retry::Login => "login",
         };
+        let text = error.to_string();
+        let (account, folder, at) = (self.account.clone(), self.folder.clone(), Stamp::now());
+        self.board.feed.send(match error.retry() {
+            Retry::Login => FeedEvent::LoginNeeded { at, account, folder, text: text.clone() },
+            _ => FeedEvent::Error { at, account, folder, text: text.clone(), retry: retry.to_string() },
+        });
         self.board.update(self, |s| {
             s.busy = false;
             s.connected = false;
             s.failures += 1;
-            let text = error.to_string();
             s.last_event = Some(Happened { at: Stamp::now(), what: format!("error: {text}") });
             s.last_error = Some(LastError {
                 at: Stamp::now(),
@@ -252,7 +268,31 @@ impl Report for Slot {
         Quiet.transfer(what, messages, bytes)
     }
 
+    fn hears_arrivals(&self) -> bool {
+        self.board.feed.followed()
+    }
+
+    fn arrived(&self, batch: &[crate::news::Arrived]) {
+        let Some(first) = batch.first() else { return };
+        self.board.feed.send(FeedEvent::New {
+            at: Stamp::now(),
+            account: first.account.clone(),
+            folder: first.folder.clone(),
+            count: batch.len(),
+            messages: batch.to_vec(),
+        });
+    }
+
     fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Connected { peer, .. } => self.board.feed.send(FeedEvent::Connected {
+                at: Stamp::now(),
+                account: self.account.clone(),
+                folder: self.folder.clone(),
+                peer: peer.to_string(),
+            }),
+            Event::Passed { .. } | Event::Waiting { .. } => {}
+        }
         match event {
             Event::Connected { peer, connection } => self.board.update(self, |s| {
                 s.connected = true;

@@ -15,6 +15,7 @@
 //! its [`board`].
 
 pub mod board;
+pub mod feed;
 mod login;
 mod socket;
 mod systemd;
@@ -165,6 +166,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
     background.spawn(watch_clock(daemon.clone()));
     background.spawn(reap(daemon.pool.clone(), reap_every));
     background.spawn(outbox(daemon.clone()));
+    background.spawn(links(daemon.clone()));
     stop.wait().await;
 
     systemd::notify("STOPPING=1");
@@ -425,6 +427,15 @@ impl Daemon {
             Clients { now, total }
         };
         let mut status = self.board.status(accounts);
+        {
+            let running = self.running.lock().expect("daemon lock");
+            for a in &mut status.accounts {
+                let Some(r) = running.get(&a.name) else { continue };
+                for f in &mut a.folders {
+                    f.unread_new = unread_new(&r.account, &f.folder);
+                }
+            }
+        }
         let endpoints = self.endpoints.lock().expect("daemon lock");
         status.endpoints = endpoints
             .iter()
@@ -603,6 +614,19 @@ impl Daemon {
     }
 }
 
+/// Messages in the Maildir `new/` that `folder` of `account` is delivered
+/// to: delivered, not yet seen by a mail client. None for other sinks.
+fn unread_new(account: &Account, folder: &str) -> Option<u64> {
+    let config::Delivery::Maildir(root) = &account.delivery.to else { return None };
+    let sub = match account.delivery.maildir_subfolders {
+        true => crate::deliver::maildir::Subfolder::for_folder(folder).ok()?,
+        false => None,
+    };
+    let dir = crate::deliver::Maildir::at(root).new_dir(sub.as_ref());
+    let visible = |e: &std::fs::DirEntry| !e.file_name().to_string_lossy().starts_with('.');
+    Some(std::fs::read_dir(dir).ok()?.flatten().filter(visible).count() as u64)
+}
+
 /// Starts an account's tasks and waits for them; an IMAP account whose
 /// folders include patterns first lists them (one cycle over all its
 /// folders, which fetches them too).
@@ -772,6 +796,25 @@ async fn answer_connection(daemon: Arc<Daemon>, stream: tokio::net::UnixStream, 
         Err(refusal) => socket::write_response(&mut stream, refusal.into()).await,
         Ok(Command::Tunnel { account, service }) => daemon.tunnel_for_client(stream, &account, service, end).await,
         Ok(Command::Login { account }) => daemon.login_for_client(stream, &account, end).await,
+        Ok(Command::Follow { accounts }) => match daemon.unknown(&accounts) {
+            Some(refusal) => socket::write_response(&mut stream, refusal.into()).await,
+            None => {
+                let status = daemon.status(&accounts);
+                let folders = status
+                    .accounts
+                    .iter()
+                    .flat_map(|a| {
+                        a.folders.iter().map(|f| crate::control::status::FolderCount {
+                            account: a.name.clone(),
+                            folder: f.folder.clone(),
+                            unread_new: f.unread_new,
+                        })
+                    })
+                    .collect();
+                let first = crate::control::status::FeedEvent::Following { at: Stamp::now(), folders };
+                daemon.board.feed().follow(stream, &accounts, first, end).await
+            }
+        },
         Ok(command) => {
             let response = daemon.answer(command).await;
             socket::write_response(&mut stream, response).await;
@@ -799,8 +842,8 @@ impl Daemon {
                 Response::Done
             }
             Command::Send { id } => self.relay_for_sendmail(&id).await,
-            Command::Tunnel { .. } | Command::Login { .. } => {
-                Refusal::new(Why::BadRequest, "a tunnel or a login is asked for on its own", Exit::Usage).into()
+            Command::Tunnel { .. } | Command::Login { .. } | Command::Follow { .. } => {
+                Refusal::new(Why::BadRequest, "a tunnel, a login or a feed is asked for on its own", Exit::Usage).into()
             }
         }
     }
@@ -815,6 +858,7 @@ impl Daemon {
         {
             Some(attempt) => {
                 tracing::info!(target: "sshmail::send", "{id}: relayed for sendmail: {attempt:?}");
+                self.board.feed().send(outbox_event(id.to_string(), &attempt));
                 Response::Sent { attempt }
             }
             None => {
@@ -911,8 +955,37 @@ async fn outbox(daemon: Arc<Daemon>) {
             continue;
         }
         let Ok(outbox) = crate::send::outbox::Outbox::open(&dir) else { continue };
-        crate::send::relay_due(&outbox, |a| daemon.sender(a), &daemon.pool, which).await;
+        for (id, attempt) in crate::send::relay_due(&outbox, |a| daemon.sender(a), &daemon.pool, which).await {
+            daemon.board.feed().send(outbox_event(id, &attempt));
+        }
         crate::send::deliver_notices(&outbox, |a| daemon.sender(a)).await;
+    }
+}
+
+/// The feed's event for an outbox entry tried.
+fn outbox_event(id: String, attempt: &control::Attempt) -> crate::control::status::FeedEvent {
+    let (outcome, text) = match attempt {
+        control::Attempt::Done => ("sent", None),
+        control::Attempt::Failed(why) => ("failed", Some(why.clone())),
+        control::Attempt::Later(why) => ("queued", Some(why.clone())),
+    };
+    crate::control::status::FeedEvent::Outbox { at: Stamp::now(), id, outcome: outcome.into(), text }
+}
+
+/// Tells the feed of the pool's link changes.
+async fn links(daemon: Arc<Daemon>) {
+    let mut changes = daemon.pool.link_changes();
+    loop {
+        match changes.recv().await {
+            Ok(c) => daemon.board.feed().send(crate::control::status::FeedEvent::Link {
+                at: Stamp::now(),
+                connection: c.name,
+                state: c.state.to_string(),
+                text: c.text,
+            }),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

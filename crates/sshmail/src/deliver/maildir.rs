@@ -137,11 +137,15 @@ impl Maildir {
     /// Where a message staged as `name` is once published into
     /// `subfolder`.
     pub fn published(&self, subfolder: Option<&Subfolder>, name: &str) -> PathBuf {
-        let dir = match subfolder {
-            Some(sub) => self.root.join(&sub.0),
-            None => self.root.clone(),
-        };
-        dir.join("new").join(name)
+        self.new_dir(subfolder).join(name)
+    }
+
+    /// The `new/` of the Maildir, or of a subfolder.
+    pub fn new_dir(&self, subfolder: Option<&Subfolder>) -> PathBuf {
+        match subfolder {
+            Some(sub) => self.root.join(&sub.0).join("new"),
+            None => self.root.join("new"),
+        }
     }
 }
 

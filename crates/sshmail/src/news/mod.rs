@@ -12,7 +12,7 @@ mod words;
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Delivery;
 
@@ -23,7 +23,7 @@ const LONGEST: usize = 998;
 
 /// What a message's header says of it, decoded (RFC 2047) and stripped of
 /// control characters: safe to print and to pass on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     /// `From:`.
     pub from: String,
@@ -62,7 +62,7 @@ impl Summary {
 }
 
 /// A message delivered, as a hook and the status feed are told of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arrived {
     /// The account.
     pub account: String,

@@ -526,28 +526,28 @@ pub async fn relay_due(
     find: impl Fn(&str) -> Option<std::sync::Arc<Account>>,
     pool: &SshPool,
     which: Which,
-) -> usize {
-    let Ok((queued, _)) = outbox.queued() else { return 0 };
+) -> Vec<(String, Attempt)> {
+    let Ok((queued, _)) = outbox.queued() else { return Vec::new() };
     let now = outbox::now();
     let chosen = |e: &&Entry| match which {
         Which::All => true,
         Which::Due => e.state.next_try.is_none_or(|t| t <= now),
         Which::DueOrWaitingForLink => e.state.link_down || e.state.next_try.is_none_or(|t| t <= now),
     };
-    let mut tried = 0;
+    let mut tried = Vec::new();
     for e in queued.iter().filter(chosen) {
         if which == Which::DueOrWaitingForLink && e.state.link_down {
             tracing::info!(target: "sshmail::send", "{}: a connection came back: trying it now", e.id);
         }
-        match relay_queued(outbox, &e.id, &find, pool, Waiting::Nobody).await {
-            Some(Attempt::Done) => tracing::info!(target: "sshmail::send", "{}: sent", e.id),
-            Some(Attempt::Failed(why)) => {
+        let Some(attempt) = relay_queued(outbox, &e.id, &find, pool, Waiting::Nobody).await else { continue };
+        match &attempt {
+            Attempt::Done => tracing::info!(target: "sshmail::send", "{}: sent", e.id),
+            Attempt::Failed(why) => {
                 tracing::warn!(target: "sshmail::send", "{}: refused for good, moved to failed: {why}", e.id)
             }
-            Some(Attempt::Later(why)) => tracing::info!(target: "sshmail::send", "{}: still queued: {why}", e.id),
-            None => continue,
+            Attempt::Later(why) => tracing::info!(target: "sshmail::send", "{}: still queued: {why}", e.id),
         }
-        tried += 1;
+        tried.push((e.id.clone(), attempt));
     }
     tried
 }

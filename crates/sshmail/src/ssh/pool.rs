@@ -109,6 +109,33 @@ pub enum LinkState {
     Closed,
 }
 
+/// A route's connection went away, came back, or waits for a login; or an
+/// OpenSSH master ridden went or came (for the daemon's event feed).
+#[derive(Debug, Clone)]
+pub struct LinkChange {
+    /// `user@host:port` (` via …`).
+    pub name: String,
+    /// `up`, `lost`, `waiting for login`, `master up`, `master gone`.
+    pub state: &'static str,
+    /// Why, when it is not up.
+    pub text: Option<String>,
+}
+
+/// Where link changes go; nobody need listen.
+struct Changes(tokio::sync::broadcast::Sender<LinkChange>);
+
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes(tokio::sync::broadcast::channel(256).0)
+    }
+}
+
+impl Changes {
+    fn tell(&self, name: &str, state: &'static str, text: Option<String>) {
+        let _ = self.0.send(LinkChange { name: name.to_string(), state, text });
+    }
+}
+
 /// One route's connections, as `status` shows them.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -155,7 +182,7 @@ impl Route {
     /// Drops the connections that went away (none of ours closes one
     /// while it is listed): a loss, said once. The last one a person's
     /// login made leaves the route waiting for the next login.
-    fn drop_dead(&self, conns: &mut Vec<Arc<SshSession>>) {
+    fn drop_dead(&self, conns: &mut Vec<Arc<SshSession>>, changes: &Changes) {
         let before = conns.len();
         conns.retain(|c| !c.is_closed());
         if conns.len() < before {
@@ -169,20 +196,22 @@ impl Route {
                     account: None,
                 }));
                 tracing::warn!(target: LINK_LOG, "{needed}");
+                changes.tell(&said.name, "waiting for login", Some(needed.to_string()));
                 said.by_person = false;
                 drop(said);
                 self.record(&needed);
                 return;
             }
             tracing::warn!(target: LINK_LOG, "SSH to {}: {why}", said.name);
+            changes.tell(&said.name, "lost", Some(why.clone()));
             said.lost = Some(why);
         }
     }
 
     /// A live connection, with a session slot reserved if `session`.
-    fn pick(&self, session: bool) -> Option<(Arc<SshSession>, Option<super::lease::Lease>)> {
+    fn pick(&self, session: bool, changes: &Changes) -> Option<(Arc<SshSession>, Option<super::lease::Lease>)> {
         let mut conns = self.conns.lock().expect("route lock");
-        self.drop_dead(&mut conns);
+        self.drop_dead(&mut conns, changes);
         for c in conns.iter() {
             if !session {
                 return Some((c.clone(), None));
@@ -207,6 +236,8 @@ pub struct SshPool {
     holds_logins: bool,
     /// The OpenSSH masters ridden, by socket.
     masters: Mutex<HashMap<std::path::PathBuf, MasterSeen>>,
+    /// Link changes, for whoever listens.
+    changes: Changes,
     /// Counts connections made where the last try had failed.
     recovered: tokio::sync::watch::Sender<u64>,
 }
@@ -305,6 +336,8 @@ impl SshPool {
             Some(why) => {
                 if was_up == Some(true) {
                     tracing::warn!(target: LINK_LOG, "SSH to {}: the OpenSSH master {shown} went away; {why}", target.name());
+                    let name = format!("{} via OpenSSH master {shown}", target.name());
+                    self.changes.tell(&name, "master gone", Some(why.to_string()));
                 }
                 None
             }
@@ -312,6 +345,8 @@ impl SshPool {
                 Ok(pid) => {
                     let again = if was_up.is_some() { " again" } else { "" };
                     tracing::info!(target: LINK_LOG, "SSH to {}: riding the OpenSSH master {shown} (pid {pid}){again}", target.name());
+                    let name = format!("{} via OpenSSH master {shown} (pid {pid})", target.name());
+                    self.changes.tell(&name, "master up", None);
                     Some(pid)
                 }
                 // Its channels fail with the reason; not a master ridden.
@@ -426,7 +461,7 @@ impl SshPool {
         }
         // A person logging in tries, whatever a task recorded meanwhile.
         let recorded = || if matches!(prompts, Prompts::Relayed(_)) { None } else { route.failed() };
-        if let Some(found) = route.pick(session) {
+        if let Some(found) = route.pick(session, &self.changes) {
             return Ok(found);
         }
         if let Some(e) = recorded() {
@@ -434,7 +469,7 @@ impl SshPool {
         }
         let _connecting = route.connecting.lock().await;
         // Someone else may have connected (or failed) meanwhile.
-        if let Some(found) = route.pick(session) {
+        if let Some(found) = route.pick(session, &self.changes) {
             return Ok(found);
         }
         if let Some(e) = recorded() {
@@ -463,6 +498,7 @@ impl SshPool {
                     account: None,
                 }));
                 tracing::warn!(target: LINK_LOG, "{e}");
+                self.changes.tell(&target.name(), "waiting for login", Some(e.to_string()));
                 route.record(&e);
                 return Err(e);
             }
@@ -479,6 +515,7 @@ impl SshPool {
             let mut said = route.said.lock().expect("route lock");
             if failed || said.lost.take().is_some() {
                 tracing::info!(target: LINK_LOG, "SSH to {}: connected again", said.name);
+                self.changes.tell(&said.name, "up", None);
             }
             said.since = Some(SystemTime::now());
             if self.holds_logins && conn.handshake().by_person {
@@ -502,7 +539,7 @@ impl SshPool {
         let routes: Vec<Arc<Route>> = self.routes.lock().expect("pool lock").values().cloned().collect();
         for route in routes {
             let mut conns = route.conns.lock().expect("route lock");
-            route.drop_dead(&mut conns);
+            route.drop_dead(&mut conns, &self.changes);
             let mut idle = Vec::new();
             conns.retain(|c| {
                 // What a person's login made stays.
@@ -521,6 +558,12 @@ impl SshPool {
                 tokio::spawn(async move { c.close().await });
             }
         }
+    }
+
+    /// Link changes from now on: connections lost and back, hosts waiting
+    /// for a login, OpenSSH masters gone and back.
+    pub fn link_changes(&self) -> tokio::sync::broadcast::Receiver<LinkChange> {
+        self.changes.0.subscribe()
     }
 
     /// Changes each time a connection is made where the last try had
@@ -548,7 +591,7 @@ impl SshPool {
             .iter()
             .map(|route| {
                 let mut conns = route.conns.lock().expect("route lock");
-                route.drop_dead(&mut conns);
+                route.drop_dead(&mut conns, &self.changes);
                 let failure = route.failed();
                 let said = route.said.lock().expect("route lock");
                 let state = if !conns.is_empty() {

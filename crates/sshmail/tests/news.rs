@@ -1,7 +1,8 @@
-//! Hooks told of mail: `on_new` after each batch of new mail is durable
-//! and recorded (the daemon's and `fetch`'s), `on_sent` after the relay
-//! accepted a message. Against the testbed's sshd and Dovecot (mail put in
-//! by `doveadm save`), aiosmtpd as the relay.
+//! New mail, told: hooks (`on_new` after each batch of new mail is durable
+//! and recorded, the daemon's and `fetch`'s; `on_sent` after the relay
+//! accepted a message) and the daemon's event feed (`status --follow`).
+//! Against the testbed's sshd and Dovecot (mail put in by `doveadm
+//! save`), aiosmtpd as the relay.
 
 mod common;
 
@@ -282,4 +283,107 @@ fn on_sent_is_told_of_a_message_the_relay_accepted() {
     assert_eq!(r["recipients"], serde_json::json!(["you@example.org"]));
     assert_eq!(r["sender"], "me@example.net");
     assert_eq!(r["env"]["SSHMAIL_ACCOUNT"], "isp");
+}
+
+/// A `status --follow --json` client: its lines as they come.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(daemon: &Daemon) -> Follower {
+        use std::io::BufRead as _;
+        let mut child = daemon
+            .command(&["status", "--follow", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// The next event of kind `kind` (bounded wait).
+    fn next(&self, kind: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| panic!("no {kind} event"));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if v["event"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `status --follow --json`: two followers each get a `new` event for
+/// every delivery, with the message's fields, while a third connection
+/// follows and never reads; `status --json` counts the Maildir's unread
+/// new messages per folder. Events about other accounts are left out for
+/// a follower of one.
+#[test]
+fn status_follow_streams_new_mail_to_every_follower_and_a_reader_that_stalls_holds_nobody_up() {
+    let env = Env::new();
+    let imapd = format!("imapd = [\"/usr/lib/dovecot/imap\", \"-c\", \"{}\"]\n", env.bed.dovecot_config.display());
+    let daemon = Daemon::start(&env, &env.imap_toml("uni", &imapd));
+    daemon.wait_status("the folder IDLE", Duration::from_secs(60), |s| {
+        s.accounts[0].folders.iter().all(|f| f.mode == sshmail::control::status::Mode::Idle)
+    });
+    let (a, b) = (Follower::start(&daemon), Follower::start(&daemon));
+    let other = daemon.command(&["status", "--follow", "--json", "someone-else"]).output().unwrap();
+    assert_exit(&other, 5);
+    // A follower that never reads.
+    let run = env.home.path().join("run/sshmail");
+    let socket = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("control")))
+        .expect("the control socket");
+    let mut stalled = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    {
+        use std::io::Write as _;
+        stalled.write_all(b"{\"version\":2,\"command\":\"follow\"}\n").unwrap();
+    }
+    // Each follower is in once it has its first event: the folders, with
+    // their unread counts.
+    for f in [&a, &b] {
+        let e = f.next("following");
+        assert_eq!(e["folders"][0]["unread_new"], 0, "{e}");
+    }
+    for i in 0..3 {
+        env.bed.deliver_by_dovecot("INBOX", &message(i)).unwrap();
+        for f in [&a, &b] {
+            let e = f.next("new");
+            assert_eq!(
+                (e["account"].as_str(), e["folder"].as_str(), e["count"].as_u64()),
+                (Some("uni"), Some("INBOX"), Some(1))
+            );
+            let m = &e["messages"][0];
+            assert_eq!(m["message_id"], format!("<hook-{i}@example.org>"));
+            assert_eq!(m["subject"], format!("n° {i} [31mred"));
+            assert!(std::path::Path::new(m["path"].as_str().unwrap()).is_file(), "{e}");
+        }
+    }
+    let status = daemon.status();
+    assert_eq!(status.accounts[0].folders[0].unread_new, Some(3));
+    drop(stalled);
+    daemon.stop();
 }
