@@ -122,6 +122,19 @@ impl Header {
         self.fields.iter().find(|f| field_name(f).eq_ignore_ascii_case(name)).map(|f| value(f).trim().to_string())
     }
 
+    /// Whether a field matches `pattern`: `Name` (present), or `Name:
+    /// text` (its value holds that text), without regard to case.
+    pub fn matches(&self, pattern: &str) -> bool {
+        let (name, text) = match pattern.split_once(':') {
+            Some((n, t)) => (n.trim(), Some(t.trim().to_ascii_lowercase())),
+            None => (pattern.trim(), None),
+        };
+        self.fields.iter().filter(|f| field_name(f).eq_ignore_ascii_case(name)).any(|f| match &text {
+            None => true,
+            Some(t) => value(f).to_ascii_lowercase().contains(t.as_str()),
+        })
+    }
+
     /// Whether a field named `name` is present.
     pub fn has(&self, name: &str) -> bool {
         self.fields.iter().any(|f| field_name(f).eq_ignore_ascii_case(name))

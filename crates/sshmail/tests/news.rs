@@ -387,3 +387,190 @@ fn status_follow_streams_new_mail_to_every_follower_and_a_reader_that_stalls_hol
     drop(stalled);
     daemon.stop();
 }
+
+/// A desktop session for a test: Xvfb, a session bus (dbus-daemon), dunst
+/// (a real notification server) and dbus-monitor recording every Notify
+/// call. Ended when dropped.
+struct Desktop {
+    children: Vec<std::process::Child>,
+    bus: String,
+    calls: PathBuf,
+}
+
+impl Desktop {
+    fn start(dir: &Path) -> Desktop {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let mut children = Vec::new();
+        let first_line = |child: &mut std::process::Child| {
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            line.trim().to_string()
+        };
+        let mut x = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb (scripts/install-deps)");
+        let display = format!(":{}", first_line(&mut x));
+        children.push(x);
+        let mut bus = Command::new("dbus-daemon")
+            .arg("--session")
+            .arg("--nofork")
+            .arg(format!("--address=unix:path={}", dir.join("bus").display()))
+            .arg("--print-address=1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (scripts/install-deps)");
+        let address = first_line(&mut bus);
+        children.push(bus);
+        let dunst = Command::new("dunst")
+            .env("DISPLAY", &display)
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dunst (scripts/install-deps)");
+        children.push(dunst);
+        let calls = dir.join("notify-calls");
+        let monitor = Command::new("dbus-monitor")
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .arg("type='method_call',interface='org.freedesktop.Notifications',member='Notify'")
+            .stdout(std::fs::File::create(&calls).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        children.push(monitor);
+        let desktop = Desktop { children, bus: address, calls };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The monitor is in once it was told of its name; dunst once it
+        // answers.
+        while !std::fs::read_to_string(&desktop.calls).unwrap_or_default().contains("NameLost")
+            || desktop.dunstctl("displayed").is_none()
+        {
+            assert!(Instant::now() < deadline, "the desktop session did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        desktop
+    }
+
+    /// `dunstctl count WHAT`.
+    fn dunstctl(&self, what: &str) -> Option<u64> {
+        let out = std::process::Command::new("dunstctl")
+            .args(["count", what])
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    /// The Notify calls so far: (replaces_id, summary, body).
+    fn notified(&self) -> Vec<(u32, String, String)> {
+        let text = std::fs::read_to_string(&self.calls).unwrap_or_default();
+        text.split("method call ")
+            .skip(1)
+            .map(|call| {
+                // dbus-monitor prints a string's line breaks as they are:
+                // the body runs from its `string "` to the `array [` after.
+                let lines: Vec<&str> = call.lines().skip(1).collect();
+                let string = |a: &str| a.trim().trim_start_matches("string ").trim_matches('"').to_string();
+                let replaces = lines[1].trim().trim_start_matches("uint32 ").parse().unwrap();
+                let end = lines.iter().position(|l| l.trim() == "array [").unwrap();
+                (replaces, string(lines[3]), string(&lines[4..end].join("\n")))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Desktop {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `notify = true`: a desktop notification per batch through the session
+/// bus to dunst, "N new in account/folder" with sender and subject; a
+/// flood is one notification, updated; a folder in `notify_skip_folders`
+/// and a message matching `notify_skip_headers` are never announced;
+/// without a session bus, the log says so and the mail comes all the same.
+#[test]
+fn notify_shows_one_desktop_notification_per_folder_and_a_flood_is_one() {
+    let env = Env::new();
+    let desktop = Desktop::start(env.home.path());
+    let imapd = format!("imapd = [\"/usr/lib/dovecot/imap\", \"-c\", \"{}\"]\n", env.bed.dovecot_config.display());
+    env.bed.deliver_by_dovecot("Junk", &message(500)).unwrap();
+    let account = env.imap_toml(
+        "uni",
+        &format!(
+            "{imapd}notify = true\nnotify_skip_folders = [\"Ju*\"]\nnotify_skip_headers = [\"X-Spam-Flag: yes\"]\n\
+             folders = [\"INBOX\", \"Junk\"]\n"
+        ),
+    );
+    let config = env.home.path().join("config.toml");
+    Daemon::write_config(&config, &env.config_toml(&account));
+    let daemon = Daemon::spawn(env.home.path(), &config, &[("DBUS_SESSION_BUS_ADDRESS", &desktop.bus)]);
+    daemon.wait_answering();
+    daemon.wait_status("both folders IDLE", Duration::from_secs(60), |s| {
+        s.accounts[0].folders.len() == 2
+            && s.accounts[0].folders.iter().all(|f| f.mode == sshmail::control::status::Mode::Idle)
+    });
+    let wait_calls = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let calls = desktop.notified();
+            if calls.len() >= n {
+                return calls;
+            }
+            assert!(Instant::now() < deadline, "{} Notify calls; log:\n{}", calls.len(), daemon.log.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    env.bed.deliver_by_dovecot("INBOX", &message(1)).unwrap();
+    let calls = wait_calls(1);
+    assert_eq!(calls[0].0, 0, "a new notification");
+    assert_eq!(calls[0].1, "1 new in uni/INBOX");
+    assert_eq!(calls[0].2, "Jürgen 1: n° 1 [31mred");
+    // One marked as spam, on its own: delivered, never named; then a
+    // flood, and a message into the skipped folder.
+    let mut spam = b"X-Spam-Flag: YES\r\n".to_vec();
+    spam.extend(message(600));
+    env.bed.deliver_by_dovecot("INBOX", &spam).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.delivered().len() < 3 {
+        assert!(Instant::now() < deadline, "{}", daemon.log.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.bed.deliver_by_dovecot("Junk", &message(501)).unwrap();
+    for i in 2..32 {
+        env.bed.deliver_by_dovecot("INBOX", &message(i)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !desktop.notified().last().is_some_and(|c| c.1 == "31 new in uni/INBOX") {
+        assert!(Instant::now() < deadline, "{:?}\nlog:\n{}", desktop.notified(), daemon.log.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let calls = desktop.notified();
+    assert!(calls.iter().all(|c| c.1.ends_with("uni/INBOX")), "the skipped folder was announced: {calls:?}");
+    assert!(!calls.iter().any(|c| c.2.contains("n° 600")), "the message marked as spam was announced: {calls:?}");
+    assert!(calls[1..].iter().all(|c| c.0 != 0), "the flood made new notifications, not one: {calls:?}");
+    assert!(calls.last().unwrap().2.ends_with("… and 28 more"), "{calls:?}");
+    assert_eq!(desktop.dunstctl("displayed").unwrap() + desktop.dunstctl("history").unwrap(), 1);
+    assert_eq!(env.delivered().len(), 34, "32 in INBOX, 2 in Junk: delivered, the spam and Junk not announced");
+    daemon.stop();
+
+    // No session bus: said at the start; the mail comes all the same.
+    let daemon = Daemon::spawn(env.home.path(), &config, &[]);
+    daemon.log.wait_until("the word that notifications are off", |l| l.contains("desktop notifications are off"));
+    env.bed.deliver_by_dovecot("INBOX", &message(40)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.delivered().len() < 35 {
+        assert!(Instant::now() < deadline, "{}", daemon.log.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.stop();
+}

@@ -324,6 +324,14 @@ pub struct Hooks {
     pub on_sent: Option<Command>,
     /// The longest a hook runs before it is ended.
     pub timeout: std::time::Duration,
+    /// The daemon shows a desktop notification for new mail.
+    pub notify: bool,
+    /// Folders whose new mail is never announced on the desktop.
+    pub notify_skip_folders: Vec<String>,
+    /// Header fields (`Name`, or `Name: text` for a field holding that
+    /// text, both without regard to case) that keep a message from being
+    /// announced on the desktop.
+    pub notify_skip_headers: Vec<String>,
 }
 
 impl Hooks {
@@ -333,6 +341,11 @@ impl Hooks {
             Some(own) => own.as_ref(),
             None => self.on_new.as_ref(),
         }
+    }
+
+    /// Whether new mail in `folder` is shown on the desktop.
+    pub fn notifies(&self, folder: &str) -> bool {
+        self.notify && !self.notify_skip_folders.iter().any(|pattern| glob(pattern, folder))
     }
 
     /// Whether new mail in some folder is told to a hook.
@@ -415,6 +428,22 @@ impl Account {
             Via::Forward => format!("{} via {ssh}", self.address()),
             Via::Command(c) => format!("tunnel command {}", c.program()),
             Via::Tls | Via::StartTls => self.address(),
+        }
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of
+/// characters (`Lists/*`).
+fn glob(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            name.len() >= head.len()
+                && name.starts_with(head)
+                && (0..=name.len() - head.len()).any(|i| {
+                    let rest = &name[head.len()..];
+                    rest.is_char_boundary(i) && glob(tail, &rest[i..])
+                })
         }
     }
 }

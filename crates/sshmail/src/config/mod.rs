@@ -105,8 +105,12 @@ impl Config {
             .iter()
             .map(|(name, written)| {
                 let resolved = ssh_config.as_ref().map_err(Clone::clone).and_then(|ssh_config| {
-                    let given =
-                        Resolving { state_dir, ssh_config: ssh_config.as_ref(), interval: Some(settings.interval) };
+                    let given = Resolving {
+                        state_dir,
+                        ssh_config: ssh_config.as_ref(),
+                        interval: Some(settings.interval),
+                        notify: settings.notify,
+                    };
                     resolve(name, &written.over(&overrides.account), &given)
                 });
                 (name.clone(), resolved)
@@ -142,8 +146,12 @@ impl Config {
     /// its ledger is named after the mailbox itself.
     pub fn adhoc(overrides: &Overrides) -> Result<Account> {
         let ssh_config = load_ssh_config(overrides.ssh_config.as_deref())?;
-        let given =
-            Resolving { state_dir: overrides.state_dir.as_deref(), ssh_config: ssh_config.as_ref(), interval: None };
+        let given = Resolving {
+            state_dir: overrides.state_dir.as_deref(),
+            ssh_config: ssh_config.as_ref(),
+            interval: None,
+            notify: false,
+        };
         let mut account = resolve("adhoc", &overrides.account, &given)?;
         account.adhoc = true;
         let dest = overrides.account.ssh.as_deref().unwrap_or_default();

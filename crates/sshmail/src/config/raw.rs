@@ -39,6 +39,9 @@ pub struct RawDaemon {
     /// Mail clients in session at once, over every endpoint and tunnel;
     /// default 512.
     pub max_clients: Option<u64>,
+    /// Desktop notifications of new mail, for accounts that set no
+    /// `notify`; default false.
+    pub notify: Option<bool>,
 }
 
 /// `sshmail daemon` settings, defaults filled.
@@ -53,6 +56,8 @@ pub struct DaemonSettings {
     pub ssh_idle_close: Duration,
     /// Gateway sessions at once; more clients wait to be accepted.
     pub max_clients: usize,
+    /// Desktop notifications for accounts that set no `notify`.
+    pub notify: bool,
 }
 
 impl RawDaemon {
@@ -70,6 +75,7 @@ impl RawDaemon {
                 0 => return Err(Error::Config("[daemon] max_clients must be at least 1".into())),
                 n => usize::try_from(n).unwrap_or(usize::MAX),
             },
+            notify: self.notify.unwrap_or(false),
         })
     }
 }
@@ -127,6 +133,14 @@ pub struct RawAccount {
     pub on_sent: Option<Command>,
     /// Seconds a hook may run before it is ended (30).
     pub hook_timeout: Option<u64>,
+    /// The daemon shows a desktop notification for new mail.
+    pub notify: Option<bool>,
+    /// Folders whose new mail is never announced (`*` matches any run of
+    /// characters).
+    pub notify_skip_folders: Option<Vec<String>>,
+    /// Messages with a header field like these (`Name` or `Name: text`)
+    /// are never announced.
+    pub notify_skip_headers: Option<Vec<String>>,
 }
 
 impl RawAccount {

@@ -52,6 +52,8 @@ pub struct Resolving<'a> {
     pub ssh_config: Option<&'a ssh2_config::SshConfig>,
     /// The `[daemon] interval`, for accounts that set none.
     pub interval: Option<Duration>,
+    /// The `[daemon] notify`, for accounts that set none.
+    pub notify: bool,
 }
 
 /// Resolves one raw account: typed values, defaults, its route with
@@ -207,13 +209,13 @@ pub fn resolve(name: &str, raw: &RawAccount, given: &Resolving<'_>) -> Result<Ac
         state_dir: given.state_dir.map(expand_tilde).unwrap_or_else(default_state_dir),
         serve,
         send,
-        hooks: resolve_hooks(raw).map_err(|e| ctx(e.to_string()))?,
+        hooks: resolve_hooks(raw, given.notify).map_err(|e| ctx(e.to_string()))?,
     })
 }
 
 /// An account's hooks, checked: a command must name a program; an empty
 /// one in `on_new_folders` means no hook for that folder.
-fn resolve_hooks(raw: &RawAccount) -> Result<super::account::Hooks> {
+fn resolve_hooks(raw: &RawAccount, given_notify: bool) -> Result<super::account::Hooks> {
     let checked = |c: &Option<Command>, key: &str| match c {
         Some(Command::Argv(v)) if v.is_empty() => Err(Error::Config(format!("`{key}` is an empty command"))),
         Some(Command::Shell(s)) if s.trim().is_empty() => Err(Error::Config(format!("`{key}` is an empty command"))),
@@ -239,6 +241,9 @@ fn resolve_hooks(raw: &RawAccount) -> Result<super::account::Hooks> {
         on_new_folders,
         on_sent: checked(&raw.on_sent, "on_sent")?,
         timeout,
+        notify: raw.notify.unwrap_or(given_notify),
+        notify_skip_folders: raw.notify_skip_folders.clone().unwrap_or_default(),
+        notify_skip_headers: raw.notify_skip_headers.clone().unwrap_or_default(),
     })
 }
 

@@ -20,6 +20,8 @@ pub struct Board {
     inner: Mutex<Inner>,
     /// What followers (`status --follow`) are told.
     feed: super::feed::Feed,
+    /// Desktop notifications.
+    notifier: Arc<super::notify::Notifier>,
     /// Bumped at every change, for whoever waits for one (a poll).
     changed: watch::Sender<u64>,
     pid: u32,
@@ -44,6 +46,7 @@ impl Board {
         Arc::new(Board {
             inner: Mutex::new(Inner { accounts: BTreeMap::new(), config_error: None, slots: 0 }),
             feed: super::feed::Feed::default(),
+            notifier: Arc::default(),
             changed: watch::channel(0).0,
             pid: std::process::id(),
             started: Stamp::now(),
@@ -84,7 +87,8 @@ impl Board {
         );
         drop(inner);
         self.bump();
-        Arc::new(Slot { board: self.clone(), account: account.name.clone(), folder: folder.to_string(), id })
+        let notify = account.hooks.notifies(folder).then(|| account.hooks.notify_skip_headers.clone());
+        Arc::new(Slot { board: self.clone(), account: account.name.clone(), folder: folder.to_string(), id, notify })
     }
 
     /// Forgets a slot's folder (its task ended: an account removed or
@@ -139,6 +143,11 @@ impl Board {
         &self.feed
     }
 
+    /// The desktop notifier.
+    pub fn notifier(&self) -> &Arc<super::notify::Notifier> {
+        &self.notifier
+    }
+
     /// A receiver that sees every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -169,6 +178,9 @@ pub struct Slot {
     account: String,
     folder: String,
     id: u64,
+    /// Its new mail is shown on the desktop, but for messages with these
+    /// header fields.
+    notify: Option<Vec<String>>,
 }
 
 impl Slot {
@@ -269,11 +281,28 @@ impl Report for Slot {
     }
 
     fn hears_arrivals(&self) -> bool {
-        self.board.feed.followed()
+        self.notify.is_some() || self.board.feed.followed()
     }
 
     fn arrived(&self, batch: &[crate::news::Arrived]) {
         let Some(first) = batch.first() else { return };
+        if let Some(skip) = &self.notify {
+            let (notifier, batch, skip) = (self.board.notifier.clone(), batch.to_vec(), skip.clone());
+            tokio::spawn(async move {
+                // Read on a blocking thread: the headers of the batch.
+                let shown = tokio::task::spawn_blocking(move || {
+                    batch
+                        .into_iter()
+                        .filter(|m| {
+                            m.path.as_ref().is_none_or(|p| !crate::news::Summary::file_matches(p.as_ref(), &skip))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                notifier.show(&shown).await;
+            });
+        }
         self.board.feed.send(FeedEvent::New {
             at: Stamp::now(),
             account: first.account.clone(),

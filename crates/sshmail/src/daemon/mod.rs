@@ -17,6 +17,7 @@
 pub mod board;
 pub mod feed;
 mod login;
+mod notify;
 mod socket;
 mod systemd;
 mod task;
@@ -161,6 +162,13 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
         return Exit::Usage;
     }
     systemd::notify("READY=1");
+    if daemon.running.lock().expect("daemon lock").values().any(|r| r.account.hooks.notify) {
+        // Said at the start when there is no session bus.
+        let notifier = daemon.board.notifier().clone();
+        background.spawn(async move {
+            notifier.bus().await;
+        });
+    }
 
     background.spawn(serve(daemon.clone(), listener));
     background.spawn(watch_clock(daemon.clone()));

@@ -51,6 +51,18 @@ impl Summary {
         }
     }
 
+    /// Whether the message in `path` has a header field matching one of
+    /// `patterns` ([`crate::message::Header::matches`]).
+    pub fn file_matches(path: &Path, patterns: &[String]) -> bool {
+        if patterns.is_empty() {
+            return false;
+        }
+        let Ok(file) = std::fs::File::open(path) else { return false };
+        let mut input = std::io::BufReader::new(std::io::Read::take(file, HEADER_READ));
+        let reading = crate::message::Reading { ignore_dots: true, terminal: false };
+        crate::message::Header::read(&mut input, reading).is_ok_and(|h| patterns.iter().any(|p| h.matches(p)))
+    }
+
     /// The summary of the message `input` reads (its first 64 KiB).
     pub fn of_reader(input: impl std::io::Read) -> Summary {
         let mut input = std::io::BufReader::new(input.take(HEADER_READ));

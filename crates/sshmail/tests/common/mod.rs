@@ -674,6 +674,7 @@ impl Daemon {
             .env_remove("SSHMAIL_FAULT")
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .stdin(Stdio::null());
         c
     }
