@@ -550,7 +550,7 @@ fn notify_shows_one_desktop_notification_per_folder_and_a_flood_is_one() {
         env.bed.deliver_by_dovecot("INBOX", &message(i)).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !desktop.notified().last().is_some_and(|c| c.1 == "31 new in uni/INBOX") {
+    while desktop.notified().last().is_none_or(|c| c.1 != "31 new in uni/INBOX") {
         assert!(Instant::now() < deadline, "{:?}\nlog:\n{}", desktop.notified(), daemon.log.text());
         std::thread::sleep(Duration::from_millis(50));
     }
