@@ -203,3 +203,28 @@ fn secrets_stay_secret_config_password_readable_by_others_is_refused() {
     let a = resolve("a", &raw.account["a"], &Resolving::default()).unwrap();
     assert!(!format!("{a:?}").contains("hunter2"));
 }
+
+#[test]
+fn hooks_resolve_per_folder_and_notify_skips_by_pattern() {
+    let raw: RawConfig = toml::from_str(
+        "[account.uni]\nssh = \"me@shell\"\nprotocol = \"imap\"\non_new = [\"tell\", \"-a\"]\n\
+         on_new_folders = { \"Lists/rust\" = \"tell rust\", \"Junk\" = [] }\non_sent = \"logger sent\"\n\
+         notify_skip_folders = [\"Lists/*\", \"Spam\"]\n",
+    )
+    .unwrap();
+    let given = Resolving { notify: true, ..Resolving::default() };
+    let a = resolve("uni", &raw.account["uni"], &given).unwrap();
+    let h = &a.hooks;
+    assert_eq!(h.on_new_in("INBOX"), Some(&Command::Argv(vec!["tell".into(), "-a".into()])));
+    assert_eq!(h.on_new_in("Lists/rust"), Some(&Command::Shell("tell rust".into())));
+    assert_eq!(h.on_new_in("Junk"), None, "[] is no hook for the folder");
+    assert_eq!(h.timeout, Duration::from_secs(30));
+    assert!(h.notify, "[daemon] notify is the default");
+    assert!(h.notifies("INBOX") && !h.notifies("Spam") && !h.notifies("Lists/rust") && h.notifies("Lists"));
+    let bad = RawAccount { ssh: Some("h".into()), on_new: Some(Command::Argv(Vec::new())), ..Default::default() };
+    assert!(
+        resolve("a", &bad, &Resolving::default()).unwrap_err().to_string().contains("`on_new` is an empty command")
+    );
+    let bad = RawAccount { ssh: Some("h".into()), hook_timeout: Some(0), ..Default::default() };
+    assert!(resolve("a", &bad, &Resolving::default()).is_err());
+}
