@@ -389,6 +389,12 @@ impl Error {
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whether `e` is the process or the system out of file descriptors
+/// (EMFILE, ENFILE): a temporary condition, never a reason to give up.
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() || code == rustix::io::Errno::NFILE.raw_os_error())
+}
+
 /// Shorthand for a delivery error from an I/O error with context.
 pub fn delivery(context: impl std::fmt::Display, e: std::io::Error) -> Error {
     Error::Delivery(format!("{context}: {e}"))
@@ -397,6 +403,15 @@ pub fn delivery(context: impl std::fmt::Display, e: std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: running out of descriptors while reading known_hosts
+    /// was a host key problem, not retried until the config changed.
+    #[test]
+    fn out_of_descriptors_is_temporary() {
+        assert!(out_of_descriptors(&std::io::Error::from_raw_os_error(24)));
+        assert!(out_of_descriptors(&std::io::Error::from_raw_os_error(23)));
+        assert!(!out_of_descriptors(&std::io::Error::from_raw_os_error(13)));
+    }
 
     /// A refused host key or login is never retried by itself: only a
     /// config change (or the user) can fix it; a connection that dropped is

@@ -79,6 +79,7 @@ impl Mode {
 
 /// Runs the daemon in the foreground until stopped; returns the exit code.
 pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
+    raise_open_files();
     let caught = match Signals::catch() {
         Ok(s) => s,
         Err(e) => {
@@ -185,6 +186,20 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
     let _ = std::fs::remove_file(&paths.socket);
     tracing::info!(target: "sshmail::daemon", "stopped");
     Exit::Delivered
+}
+
+/// Raises the soft limit on open files to the hard one: a daemon of a
+/// thousand accounts holds more than the 1024 a login or systemd gives by
+/// default, and the hard limit is there to be used.
+fn raise_open_files() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(target: "sshmail::daemon", "cannot raise the open-file limit: {e}");
+        }
+    }
 }
 
 /// The accounts of a config file, resolved, and the daemon settings.

@@ -234,7 +234,14 @@ impl SshSession {
         let verdict = Arc::new(Mutex::new(None));
         // known_hosts is read once: it orders the host key algorithms asked
         // for, then checks the key the server shows.
-        let known = known_hosts::read(&target.known_hosts).map_err(|e| e.to_string());
+        let known = known_hosts::read(&target.known_hosts);
+        if let Err(e) = &known
+            && crate::error::out_of_descriptors(e)
+        {
+            // Temporary: a later try finds descriptors free again.
+            return Err(Error::Connect(format!("{where_}: cannot read known_hosts: {e}")));
+        }
+        let known = known.map_err(|e| e.to_string());
         let (known_host, known_port) = target.known_as();
         let types = known.as_deref().map(|t| known_hosts::known_types(t, known_host, known_port)).unwrap_or_default();
         let authority = known.as_deref().is_ok_and(|t| known_hosts::has_authority(t, known_host, known_port));

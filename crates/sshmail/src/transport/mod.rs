@@ -86,7 +86,7 @@ pub async fn open(route: &Route, pool: &SshPool) -> Result<Opened> {
             let started = match &route.via {
                 Via::Exec(Some(c)) => {
                     let command = remote_command(c);
-                    let (stream, status, connection) = pool.exec(target, jumps, &command).await?;
+                    let (stream, status, connection) = pool.exec(target, jumps, &exec_line(c)).await?;
                     Started { command, stream: Box::new(stream), status, connection, greeting: None }
                 }
                 _ => detect_imapd(pool, target, jumps).await?,
@@ -135,6 +135,18 @@ pub fn remote_command(c: &Command) -> String {
     match c {
         Command::Shell(s) => s.clone(),
         Command::Argv(v) => v.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" "),
+    }
+}
+
+/// The line the remote shell runs for `c`: an argument vector (a simple
+/// command sshmail quoted) after `exec`, so that the shell becomes the
+/// program instead of waiting beside it (Debian's dash keeps a shell per
+/// session otherwise: twice the server's processes); the user's own shell
+/// text as written.
+pub fn exec_line(c: &Command) -> String {
+    match c {
+        Command::Shell(s) => s.clone(),
+        Command::Argv(_) => format!("exec {}", remote_command(c)),
     }
 }
 
@@ -195,7 +207,8 @@ async fn start_preauth(
     jumps: &[crate::config::SshTarget],
     command: &str,
 ) -> Result<std::result::Result<Started, String>> {
-    let (mut stream, status, connection) = pool.exec(target, jumps, command).await?;
+    // A candidate is one program path and its options: `exec` it.
+    let (mut stream, status, connection) = pool.exec(target, jumps, &format!("exec {command}")).await?;
     let first = greeting::first(&mut stream, target.timeout.min(std::time::Duration::from_secs(10))).await;
     match first.bytes {
         bytes if !bytes.is_empty() && imap::Greeting::parse(&bytes) == imap::Greeting::PreAuth => Ok(Ok(Started {
@@ -569,6 +582,12 @@ mod tests {
         let c = Command::Argv(vec!["/usr/lib/dovecot/imap".into(), "-c".into(), "/tmp/my conf".into(), "it's".into()]);
         assert_eq!(remote_command(&c), "/usr/lib/dovecot/imap -c '/tmp/my conf' 'it'\\''s'");
         assert_eq!(remote_command(&Command::Shell("imapd 2>/dev/null".into())), "imapd 2>/dev/null");
+        assert_eq!(exec_line(&c), "exec /usr/lib/dovecot/imap -c '/tmp/my conf' 'it'\\''s'");
+        assert_eq!(
+            exec_line(&Command::Shell("cd /x; imapd".into())),
+            "cd /x; imapd",
+            "the user's shell text as written"
+        );
         assert_eq!(shell_quote("$(rm -rf ~)"), "'$(rm -rf ~)'");
     }
 

@@ -652,6 +652,23 @@ impl Daemon {
         Daemon { child, log, config: config.to_path_buf(), home: home.to_path_buf() }
     }
 
+    /// Starts a daemon on `config` under `prlimit --nofile=LIMIT` (soft:hard).
+    pub fn spawn_with_nofile(home: &Path, config: &Path, limit: &str) -> Daemon {
+        let plain = Daemon::base_command(home);
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={limit}")).arg("--").arg(plain.get_program());
+        for (k, v) in plain.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.args(["daemon", "--config"]).arg(config).stdin(Stdio::null());
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let log = StderrLog::of(&mut child);
+        Daemon { child, log, config: config.to_path_buf(), home: home.to_path_buf() }
+    }
+
     /// The config file, private (it may name a password command).
     pub fn write_config(path: &Path, text: &str) {
         use std::os::unix::fs::PermissionsExt as _;
