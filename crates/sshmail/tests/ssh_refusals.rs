@@ -432,7 +432,13 @@ fn sshmail_login_answers_a_second_factor_for_the_daemon_which_holds_the_connecti
     use common::Daemon;
     let (mut env, _pam) = env_with_pam("publickey,keyboard-interactive", &["otp"]);
     let imapd = format!("imapd = [\"/usr/lib/dovecot/imap\", \"-c\", \"{}\"]\n", env.bed.dovecot_config.display());
-    let daemon = Daemon::start(&env, &env.imap_toml("uni", &imapd));
+    // A desktop, to be told when the account comes to wait for a login.
+    let desktop = common::desktop::Desktop::start(env.home.path());
+    let config = env.home.path().join("config.toml");
+    Daemon::write_config(&config, &env.config_toml(&env.imap_toml("uni", &format!("{imapd}notify = true\n"))));
+    let daemon = Daemon::spawn(env.home.path(), &config, &[("DBUS_SESSION_BUS_ADDRESS", &desktop.bus)]);
+    daemon.wait_answering();
+    let alerts = || desktop.notified().iter().filter(|c| c.1 == "uni: waiting for login").count();
     let waiting = |s: &sshmail::control::status::Status| {
         s.connections.iter().any(|c| c.state == "waiting for login")
             && s.accounts[0].folders.iter().all(|f| f.last_error.as_ref().is_some_and(|e| e.retry == "login"))
@@ -447,6 +453,11 @@ fn sshmail_login_answers_a_second_factor_for_the_daemon_which_holds_the_connecti
     let out = daemon.ctl(&["poll"]);
     assert!(stderr(&out).contains("waiting for login"), "{}", stderr(&out));
     assert_eq!(sshd_connections(&env), tries, "a poll tried the two-factor host again");
+    let deadline = std::time::Instant::now() + limit;
+    while alerts() < 1 {
+        assert!(std::time::Instant::now() < deadline, "not told on the desktop: {:?}", desktop.notified());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     let first = login_with_otp(&env, &daemon.config, "login1", None);
     let delivered = |env: &Env, n: usize| {
@@ -478,6 +489,11 @@ fn sshmail_login_answers_a_second_factor_for_the_daemon_which_holds_the_connecti
     daemon.ctl(&["poll"]);
     daemon.wait_status("still waiting for login", limit, waiting);
     assert_eq!(sshd_connections(&env), logged_in, "the daemon tried the host again by itself");
+    let deadline = std::time::Instant::now() + limit;
+    while alerts() < 2 {
+        assert!(std::time::Instant::now() < deadline, "not told of the second wait: {:?}", desktop.notified());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let log = daemon.log.text();
     let said = log.lines().filter(|l| l.contains("SSH to") && l.contains("lost the connection a login made"));
     assert_eq!(said.filter(|l| !l.contains("uni: INBOX")).count(), 1, "the loss is said once:\n{log}");
@@ -488,4 +504,5 @@ fn sshmail_login_answers_a_second_factor_for_the_daemon_which_holds_the_connecti
     assert_eq!(sshd_connections(&env), logged_in + 1);
     let log = daemon.stop();
     assert!(!log.contains(&first), "a one-time code reached the log");
+    assert_eq!(alerts(), 2, "once each time it came to wait: {:?}", desktop.notified());
 }

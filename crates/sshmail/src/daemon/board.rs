@@ -213,6 +213,15 @@ impl Slot {
         };
         let text = error.to_string();
         let (account, folder, at) = (self.account.clone(), self.folder.clone(), Stamp::now());
+        let waited = self.with_status(|s| s.last_error.as_ref().is_some_and(|e| e.retry == "login")) == Some(true);
+        if error.retry() == Retry::Login && !waited && self.notify.is_some() {
+            // Told once each time it comes to wait, not on every try.
+            let notifier = self.board.notifier.clone();
+            let about = format!("{account}/{folder}");
+            let summary = format!("{account}: waiting for login");
+            let body = format!("The SSH host needs a person: run `sshmail login {account}` on a terminal.");
+            tokio::spawn(async move { notifier.alert(&about, &summary, &body).await });
+        }
         self.board.feed.send(match error.retry() {
             Retry::Login => FeedEvent::LoginNeeded { at, account, folder, text: text.clone() },
             _ => FeedEvent::Error { at, account, folder, text: text.clone(), retry: retry.to_string() },

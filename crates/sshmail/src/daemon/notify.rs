@@ -5,8 +5,9 @@
 //! One notification per batch of a folder — "3 new in uni/INBOX", the
 //! newest senders and subjects — and a folder's next batch within
 //! [`REPLACE_WITHIN`] replaces it with the count so far, so that a flood
-//! of 500 messages is one notification, not 500. Without a session bus
-//! nothing is shown, and the log says so once.
+//! of 500 messages is one notification, not 500. An account that comes to
+//! wait for `sshmail login` is shown too, once each time. Without a
+//! session bus nothing is shown, and the log says so once.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -91,29 +92,52 @@ impl Notifier {
             body.push_str(&format!("\n… and {} more", count - newest.len()));
         }
         let summary = format!("{count} new in {}/{}", key.0, key.1);
-        let hints: HashMap<&str, zbus::Variant<'_>> =
-            HashMap::from([("category", "email.arrived".into()), ("desktop-entry", "sshmail".into())]);
-        let args =
-            ("sshmail", replaces, "mail-unread", summary.as_str(), body.as_str(), Vec::<&str>::new(), hints, -1i32);
-        let call = bus.call_method(
-            Some("org.freedesktop.Notifications"),
-            "/org/freedesktop/Notifications",
-            Some("org.freedesktop.Notifications"),
-            "Notify",
-            &args,
-        );
-        let id = match tokio::time::timeout(BUS_WAIT, call).await {
-            Ok(Ok(reply)) => reply.body().deserialize::<u32>().unwrap_or(0),
-            Ok(Err(e)) => {
-                tracing::warn!(target: "sshmail::daemon", "{}/{}: the desktop notification failed: {e}", key.0, key.1);
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(target: "sshmail::daemon", "{}/{}: the notification service did not answer", key.0, key.1);
-                return;
-            }
+        let about = format!("{}/{}", key.0, key.1);
+        let Some(id) = notify(bus, replaces, "mail-unread", &summary, &body, "email.arrived", &about).await else {
+            return;
         };
         shown.insert(key, Shown { id, count, named: newest, at: Instant::now() });
+    }
+
+    /// Shows a notification of its own (an account waiting for a login).
+    pub async fn alert(&self, about: &str, summary: &str, body: &str) {
+        if let Some(bus) = self.bus().await {
+            notify(bus, 0, "dialog-password", summary, &escape(body), "network.error", about).await;
+        }
+    }
+}
+
+/// One `Notify` call; the notification's id, None when it failed (said in
+/// the log, naming `about`).
+async fn notify(
+    bus: &zbus::Connection,
+    replaces: u32,
+    icon: &str,
+    summary: &str,
+    body: &str,
+    category: &str,
+    about: &str,
+) -> Option<u32> {
+    let hints: HashMap<&str, zbus::Variant<'_>> =
+        HashMap::from([("category", category.into()), ("desktop-entry", "sshmail".into())]);
+    let args = ("sshmail", replaces, icon, summary, body, Vec::<&str>::new(), hints, -1i32);
+    let call = bus.call_method(
+        Some("org.freedesktop.Notifications"),
+        "/org/freedesktop/Notifications",
+        Some("org.freedesktop.Notifications"),
+        "Notify",
+        &args,
+    );
+    match tokio::time::timeout(BUS_WAIT, call).await {
+        Ok(Ok(reply)) => Some(reply.body().deserialize::<u32>().unwrap_or(0)),
+        Ok(Err(e)) => {
+            tracing::warn!(target: "sshmail::daemon", "{about}: the desktop notification failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(target: "sshmail::daemon", "{about}: the notification service did not answer");
+            None
+        }
     }
 }
 
