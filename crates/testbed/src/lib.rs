@@ -1077,3 +1077,4 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 pub mod corpus;
+pub mod delay;

@@ -14,6 +14,14 @@
 //!
 //! Plays a misbehaving POP3 or IMAP server on stdin/stdout (see
 //! `sshmail_testbed::hostile`), for sshmail's `--via command`.
+//!
+//! ```text
+//! sshmail-testbed delay --to HOST:PORT --rtt 200ms [--listen ADDR] [--rate 10mbit]
+//!                       [--jitter 5ms] [--stall-every 30s --stall-for 2s]
+//! ```
+//!
+//! A delaying TCP proxy (`sshmail_testbed::delay`): prints the port it
+//! listens on, then carries connections until it is ended.
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +39,9 @@ fn main() -> Result<()> {
             bail!("usage: sshmail-testbed hostile SCENARIO --state DIR");
         };
         return sshmail_testbed::hostile::serve(scenario, std::path::Path::new(state));
+    }
+    if args.first().map(String::as_str) == Some("delay") {
+        return delay(&args[1..]);
     }
     if args.first().map(String::as_str) != Some("serve") {
         bail!("usage: sshmail-testbed serve [--messages N] [--kind mixed|small] [--size BYTES] --env-file FILE");
@@ -83,4 +94,34 @@ fn main() -> Result<()> {
     let _ = std::io::stdin().read_to_end(&mut sink);
     drop(bed);
     Ok(())
+}
+
+/// `sshmail-testbed delay …`.
+fn delay(args: &[String]) -> Result<()> {
+    use sshmail_testbed::delay;
+    let mut listen = "127.0.0.1:0".to_string();
+    let mut to = None;
+    let mut profile = delay::Profile {
+        rtt: std::time::Duration::ZERO,
+        rate: None,
+        jitter: std::time::Duration::ZERO,
+        stall_every: None,
+        stall_for: std::time::Duration::ZERO,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--listen" => listen = value()?,
+            "--to" => to = Some(value()?),
+            "--rtt" => profile.rtt = delay::duration(&value()?)?,
+            "--rate" => profile.rate = Some(delay::rate(&value()?)?),
+            "--jitter" => profile.jitter = delay::duration(&value()?)?,
+            "--stall-every" => profile.stall_every = Some(delay::duration(&value()?)?),
+            "--stall-for" => profile.stall_for = delay::duration(&value()?)?,
+            other => bail!("unknown option {other}"),
+        }
+    }
+    let to = to.context("--to HOST:PORT is required")?;
+    delay::serve(&listen, &to, profile)
 }
