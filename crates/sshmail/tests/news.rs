@@ -455,7 +455,7 @@ fn notify_shows_one_desktop_notification_per_folder_and_a_flood_is_one() {
     assert!(!calls.iter().any(|c| c.2.contains("n° 600")), "the message marked as spam was announced: {calls:?}");
     assert!(calls[1..].iter().all(|c| c.0 != 0), "the flood made new notifications, not one: {calls:?}");
     assert!(calls.last().unwrap().2.ends_with("… and 28 more"), "{calls:?}");
-    assert_eq!(desktop.dunstctl("displayed").unwrap() + desktop.dunstctl("history").unwrap(), 1);
+    assert_eq!(desktop.dunstctl("displayed"), Some(1), "one notification on screen for the flood");
     assert_eq!(env.delivered().len(), 34, "32 in INBOX, 2 in Junk: delivered, the spam and Junk not announced");
     daemon.stop();
 

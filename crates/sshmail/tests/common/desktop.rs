@@ -43,7 +43,17 @@ impl Desktop {
             .expect("dbus-daemon (scripts/install-deps)");
         let address = first_line(&mut bus);
         children.push(bus);
+        // Notifications stay until replaced or closed: a slow run sees
+        // what it counts, not what timed out meanwhile.
+        let dunstrc = dir.join("dunstrc");
+        std::fs::write(
+            &dunstrc,
+            "[urgency_low]\n    timeout = 0\n[urgency_normal]\n    timeout = 0\n[urgency_critical]\n    timeout = 0\n",
+        )
+        .unwrap();
         let dunst = Command::new("dunst")
+            .arg("-config")
+            .arg(&dunstrc)
             .env("DISPLAY", &display)
             .env("DBUS_SESSION_BUS_ADDRESS", &address)
             .stdout(Stdio::null())
