@@ -373,3 +373,24 @@ fn ssh_config_directives_sshmail_does_not_honour_are_warnings_naming_the_line() 
     assert!(d.stdout.contains("fix: sshmail rides a master that runs at ControlPath"), "{}", d.stdout);
     assert!(d.hops.iter().any(|h| h.hop == "algorithms" && h.what.contains("curve25519-sha256")), "{}", d.stdout);
 }
+
+/// The hooks and notifications hops: a hook whose program is not there
+/// and `notify = true` with no session bus are warnings with the fix; a
+/// hook that is there passes.
+#[test]
+fn a_missing_hook_program_and_no_session_bus_are_warnings() {
+    let env = Env::new();
+    let extra = "on_new = [\"/nonexistent/mail-came\"]\non_sent = \"true\"\nnotify = true\n";
+    let config = config(&env, "config.toml", &env.pop3_toml("pop3", extra));
+    let d = doctor(&env, &config, "pop3");
+    assert_eq!(d.code, 0, "warnings only:\n{}", d.stdout);
+    let warned =
+        |hop: &str, text: &str| d.hops.iter().any(|h| h.status == "WARN" && h.hop == hop && h.what.contains(text));
+    assert!(warned("hooks", "on_new: /nonexistent/mail-came is not found"), "{}", d.stdout);
+    assert!(
+        d.hops.iter().any(|h| h.status == "PASS" && h.hop == "hooks" && h.what.starts_with("on_sent: true is")),
+        "{}",
+        d.stdout
+    );
+    assert!(warned("notify", "no session D-Bus here"), "{}", d.stdout);
+}

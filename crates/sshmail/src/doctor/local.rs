@@ -1,5 +1,6 @@
-//! The hops on this machine: delivery target, ledger, sendmail and git,
-//! outbox, daemon, and `ssh -L` forwards of mail ports.
+//! The hops on this machine: delivery target, ledger, hooks and desktop
+//! notifications, sendmail and git, outbox, daemon, and `ssh -L` forwards
+//! of mail ports.
 
 use std::path::{Path, PathBuf};
 
@@ -114,6 +115,49 @@ fn found_in_path(program: &str) -> Option<PathBuf> {
         return Path::new(program).is_file().then(|| PathBuf::from(program));
     }
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// The `hooks` hop: each hook's program is there; and the `notify` hop:
+/// with `notify = true`, a session bus answers.
+pub async fn hooks(report: &mut Report, account: &Account) {
+    let h = &account.hooks;
+    let named = h
+        .on_new
+        .iter()
+        .map(|c| ("on_new".to_string(), c))
+        .chain(h.on_new_folders.iter().filter_map(|(f, c)| c.as_ref().map(|c| (format!("on_new for {f}"), c))))
+        .chain(h.on_sent.iter().map(|c| ("on_sent".to_string(), c)));
+    for (what, command) in named {
+        let program = command.program();
+        // Shell text may start with a builtin or an assignment: only a
+        // path, or a word the shell would look up, is checked.
+        let shell_word = matches!(command, crate::config::Command::Shell(_))
+            && (program.contains('=') || matches!(program, "exec" | "cd" | "test" | "[" | "if" | "for" | "case"));
+        match found_in_path(program) {
+            Some(path) => report.pass("hooks", format!("{what}: {program} is {}", path.display())),
+            None if shell_word => report.pass("hooks", format!("{what}: shell text starting `{program}`")),
+            None => report.warn(
+                "hooks",
+                format!("{what}: {program} is not found (PATH={})", std::env::var("PATH").unwrap_or_default()),
+                "give the hook's full path, or install it; its failure is only logged",
+            ),
+        }
+    }
+    if h.notify {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), zbus::Connection::session()).await {
+            Ok(Ok(_)) => report.pass("notify", "desktop notifications through the session D-Bus"),
+            Ok(Err(e)) => report.warn(
+                "notify",
+                format!("no session D-Bus here ({e}): desktop notifications are off"),
+                "run the daemon in the desktop session (systemctl --user), or set notify = false",
+            ),
+            Err(_) => report.warn(
+                "notify",
+                "the session D-Bus did not answer within 5 s",
+                "check the desktop session's bus (DBUS_SESSION_BUS_ADDRESS)",
+            ),
+        }
+    }
 }
 
 /// The `ledger` hop: the state directory is writable, the ledger readable.

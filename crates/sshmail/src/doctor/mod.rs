@@ -172,6 +172,7 @@ pub async fn run(args: Args<'_>) -> Exit {
             remote::account(&mut report, account, &pool).await;
             local::delivery(&mut report, account).await;
             local::ledger(&mut report, account);
+            local::hooks(&mut report, account).await;
         } else if account.serve.endpoints.iter().any(|e| e.service == config::Service::of(account.protocol)) {
             // Served only: its own protocol's route, as a client of the
             // endpoint meets it (nothing is delivered).
