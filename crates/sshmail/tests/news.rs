@@ -253,24 +253,10 @@ fn on_sent_is_told_of_a_message_the_relay_accepted() {
         ),
     );
     Daemon::write_config(&config, &env.config_toml(&account));
-    let mut send = Daemon::base_command(env.home.path())
-        .args(["sendmail", "--config"])
-        .arg(&config)
-        .args(["-i", "-f", "me@example.net", "you@example.org"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        send.stdin
-            .take()
-            .unwrap()
-            .write_all(b"Subject: =?utf-8?q?sent_=E2=9C=93?=\nMessage-ID: <s1@example.net>\n\nbody\n")
-            .unwrap();
-    }
-    let out = wait_bounded(send, Duration::from_secs(60));
+    let mut send = Daemon::base_command(env.home.path());
+    send.args(["sendmail", "--config"]).arg(&config).args(["-i", "-f", "me@example.net", "you@example.org"]);
+    let message = b"Subject: =?utf-8?q?sent_=E2=9C=93?=\nMessage-ID: <s1@example.net>\n\nbody\n";
+    let out = common::run_with_input(send, message, Duration::from_secs(60));
     assert_exit(&out, 0);
     assert_eq!(sink.received().len(), 1);
     // sendmail exits once its hook has run.

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, Env, assert_exit, stderr, wait_bounded};
+use common::{Daemon, Env, assert_exit, stderr, stdout};
 use sshmail_testbed::corpus;
 
 fn env_with_mail() -> Env {
@@ -21,14 +21,7 @@ fn env_with_mail() -> Env {
 }
 
 fn sshmail(env: &Env, args: &[&str], config: &Path) -> Output {
-    let mut c = Daemon::base_command(env.home.path());
-    c.arg(args[0]).arg("--config").arg(config).args(&args[1..]);
-    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    wait_bounded(child, Duration::from_secs(120))
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::sshmail_with_config(env.home.path(), args, config)
 }
 
 /// Ends the OpenSSH master on `socket` when dropped (`ssh -O exit`).
@@ -256,37 +249,14 @@ fn the_daemon_rides_the_openssh_master_for_every_channel_and_waits_for_a_new_one
     assert!(link.name.contains(&format!("{} (pid {pid})", socket.display())), "{link:?} {pid}");
 
     // tunnel
-    let mut tunnel = Daemon::base_command(env.home.path())
-        .args(["tunnel", "uni", "--config"])
-        .arg(&daemon.config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        tunnel.stdin.take().unwrap().write_all(b"a LOGOUT\r\n").unwrap();
-    }
-    let out = wait_bounded(tunnel, Duration::from_secs(30));
+    let out = common::run_with_input(daemon.command(&["tunnel", "uni"]), b"a LOGOUT\r\n", Duration::from_secs(30));
     let said = stdout(&out);
     assert!(said.starts_with("* PREAUTH") && said.contains("a OK"), "{said}\n{}", stderr(&out));
 
     // sendmail, relayed by the daemon
-    let mut send = Daemon::base_command(env.home.path())
-        .args(["sendmail", "--config"])
-        .arg(&daemon.config)
-        .args(["-i", "you@example.org"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        send.stdin.take().unwrap().write_all(b"Subject: through the master\n\nbody\n").unwrap();
-    }
-    let out = wait_bounded(send, Duration::from_secs(60));
+    let mut send = Daemon::base_command(env.home.path());
+    send.args(["sendmail", "--config"]).arg(&daemon.config).args(["-i", "you@example.org"]);
+    let out = common::run_with_input(send, b"Subject: through the master\n\nbody\n", Duration::from_secs(60));
     assert_exit(&out, 0);
     assert_eq!(sink.received().len(), 1, "{}", daemon.log.text());
     assert!(daemon.log.text().contains("relayed for sendmail: Done"), "{}", daemon.log.text());

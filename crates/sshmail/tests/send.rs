@@ -84,11 +84,9 @@ impl Sending {
         self.feed(self.command(Path::new(env!("CARGO_BIN_EXE_sshmail")), &all), message)
     }
 
-    fn feed(&self, mut cmd: Command, message: &[u8]) -> Output {
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    fn feed(&self, cmd: Command, message: &[u8]) -> Output {
         // A sendmail that gives up early (a full disk) stops reading.
-        let _ = child.stdin.take().unwrap().write_all(message);
-        wait_bounded(child, Duration::from_secs(120))
+        common::run_with_input(cmd, message, Duration::from_secs(120))
     }
 
     fn queue(&self, args: &[&str]) -> Output {

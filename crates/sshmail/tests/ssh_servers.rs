@@ -6,10 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 
-use common::{Daemon, Env, assert_exit, stderr, wait_bounded};
+use common::{Daemon, Env, assert_exit, stderr, stdout};
 use sshmail_testbed::corpus;
 use sshmail_testbed::other_sshd::OtherSshd;
 
@@ -39,14 +38,7 @@ fn config_for(env: &Env, server: &OtherSshd, extra: &str) -> std::path::PathBuf 
 }
 
 fn sshmail(env: &Env, args: &[&str], config: &Path) -> Output {
-    let mut c = Daemon::base_command(env.home.path());
-    c.arg(args[0]).arg("--config").arg(config).args(&args[1..]);
-    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    wait_bounded(child, Duration::from_secs(120))
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::sshmail_with_config(env.home.path(), args, config)
 }
 
 /// Dropbear with each host key type: IMAP through an exec'd imapd, POP3

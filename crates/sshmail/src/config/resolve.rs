@@ -216,20 +216,19 @@ pub fn resolve(name: &str, raw: &RawAccount, given: &Resolving<'_>) -> Result<Ac
 /// An account's hooks, checked: a command must name a program; an empty
 /// one in `on_new_folders` means no hook for that folder.
 fn resolve_hooks(raw: &RawAccount, given_notify: bool) -> Result<super::account::Hooks> {
+    let empty = |c: &Command| match c {
+        Command::Argv(v) => v.is_empty(),
+        Command::Shell(s) => s.trim().is_empty(),
+    };
     let checked = |c: &Option<Command>, key: &str| match c {
-        Some(Command::Argv(v)) if v.is_empty() => Err(Error::Config(format!("`{key}` is an empty command"))),
-        Some(Command::Shell(s)) if s.trim().is_empty() => Err(Error::Config(format!("`{key}` is an empty command"))),
+        Some(c) if empty(c) => Err(Error::Config(format!("`{key}` is an empty command"))),
         other => Ok(other.clone()),
     };
     let on_new_folders = raw
         .on_new_folders
         .iter()
         .flatten()
-        .map(|(folder, c)| {
-            let none =
-                matches!(c, Command::Argv(v) if v.is_empty()) || matches!(c, Command::Shell(s) if s.trim().is_empty());
-            (folder.clone(), (!none).then(|| c.clone()))
-        })
+        .map(|(folder, c)| (folder.clone(), (!empty(c)).then(|| c.clone())))
         .collect();
     let timeout = match raw.hook_timeout {
         Some(0) => return Err(Error::Config("`hook_timeout` must be at least 1 second".into())),

@@ -17,7 +17,7 @@
 pub mod board;
 pub mod feed;
 mod login;
-mod notify;
+pub mod notify;
 mod socket;
 mod systemd;
 mod task;

@@ -43,24 +43,17 @@ impl Notifier {
     pub async fn bus(&self) -> Option<&zbus::Connection> {
         self.bus
             .get_or_init(|| async {
-                match tokio::time::timeout(BUS_WAIT, zbus::Connection::session()).await {
-                    Ok(Ok(c)) => {
+                match session_bus().await {
+                    Ok(c) => {
                         tracing::info!(target: "sshmail::daemon", "desktop notifications through the session D-Bus");
                         Some(c)
                     }
-                    Ok(Err(e)) => {
+                    Err(why) => {
                         tracing::warn!(
                             target: "sshmail::daemon",
-                            "no session D-Bus ({e}): desktop notifications are off (notify = true needs a desktop \
-                             session; under systemd --user the bus is found by itself)"
-                        );
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!(
-                            target: "sshmail::daemon",
-                            "the session D-Bus did not answer within {} s: desktop notifications are off",
-                            BUS_WAIT.as_secs()
+                            "no session D-Bus ({why}): desktop notifications are off (notify = true needs a desktop \
+                             session; under \
+                             systemd --user the bus is found by itself)"
                         );
                         None
                     }
@@ -104,6 +97,17 @@ impl Notifier {
         if let Some(bus) = self.bus().await {
             notify(bus, 0, "dialog-password", summary, &escape(body), "network.error", about).await;
         }
+    }
+}
+
+/// The session bus, or why there is none (the error, or its silence),
+/// within [`BUS_WAIT`] (for the
+/// notifier and for `doctor`).
+pub async fn session_bus() -> std::result::Result<zbus::Connection, String> {
+    match tokio::time::timeout(BUS_WAIT, zbus::Connection::session()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("it did not answer within {} s", BUS_WAIT.as_secs())),
     }
 }
 

@@ -144,17 +144,12 @@ pub async fn hooks(report: &mut Report, account: &Account) {
         }
     }
     if h.notify {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), zbus::Connection::session()).await {
-            Ok(Ok(_)) => report.pass("notify", "desktop notifications through the session D-Bus"),
-            Ok(Err(e)) => report.warn(
+        match crate::daemon::notify::session_bus().await {
+            Ok(_) => report.pass("notify", "desktop notifications through the session D-Bus"),
+            Err(why) => report.warn(
                 "notify",
-                format!("no session D-Bus here ({e}): desktop notifications are off"),
+                format!("no session D-Bus here ({why}): desktop notifications are off"),
                 "run the daemon in the desktop session (systemctl --user), or set notify = false",
-            ),
-            Err(_) => report.warn(
-                "notify",
-                "the session D-Bus did not answer within 5 s",
-                "check the desktop session's bus (DBUS_SESSION_BUS_ADDRESS)",
             ),
         }
     }

@@ -57,20 +57,20 @@ impl Summary {
         if patterns.is_empty() {
             return false;
         }
-        let Ok(file) = std::fs::File::open(path) else { return false };
-        let mut input = std::io::BufReader::new(std::io::Read::take(file, HEADER_READ));
-        let reading = crate::message::Reading { ignore_dots: true, terminal: false };
-        crate::message::Header::read(&mut input, reading).is_ok_and(|h| patterns.iter().any(|p| h.matches(p)))
+        let header = std::fs::File::open(path).ok().and_then(header);
+        header.is_some_and(|h| patterns.iter().any(|p| h.matches(p)))
     }
 
     /// The summary of the message `input` reads (its first 64 KiB).
     pub fn of_reader(input: impl std::io::Read) -> Summary {
-        let mut input = std::io::BufReader::new(input.take(HEADER_READ));
-        match crate::message::Header::read(&mut input, crate::message::Reading { ignore_dots: true, terminal: false }) {
-            Ok(header) => Summary::of(&header),
-            Err(_) => Summary::default(),
-        }
+        header(input).map(|h| Summary::of(&h)).unwrap_or_default()
     }
+}
+
+/// The header of the message `input` reads (its first 64 KiB at most).
+fn header(input: impl std::io::Read) -> Option<crate::message::Header> {
+    let mut input = std::io::BufReader::new(input.take(HEADER_READ));
+    crate::message::Header::read(&mut input, crate::message::Reading { ignore_dots: true, terminal: false }).ok()
 }
 
 /// A message delivered, as a hook and the status feed are told of it.

@@ -123,11 +123,7 @@ pub async fn answers(socket: &Path) -> bool {
 pub async fn master_pid(socket: &Path, timeout: Duration) -> Result<u32> {
     within(timeout, socket, async {
         let mut conn = Conn::hello(socket).await?;
-        let mut check = Vec::new();
-        put_u32(&mut check, MUX_C_ALIVE_CHECK);
-        put_u32(&mut check, 1);
-        conn.write_framed(&check).await?;
-        let reply = conn.read_framed().await?;
+        let reply = conn.ask(MUX_C_ALIVE_CHECK, 1).await?;
         let mut r = Reader::new(&reply);
         if r.u32()? != MUX_S_ALIVE || r.u32()? != 1 {
             return Err(conn.not_a_master("it did not answer an alive check"));
@@ -191,11 +187,7 @@ impl Conn {
     /// Connects to `socket` and switches it to proxy mode.
     async fn connect(socket: &Path) -> Result<Conn> {
         let mut conn = Conn::hello(socket).await?;
-        let mut proxy = Vec::new();
-        put_u32(&mut proxy, MUX_C_PROXY);
-        put_u32(&mut proxy, 0);
-        conn.write_framed(&proxy).await?;
-        let reply = conn.read_framed().await?;
+        let reply = conn.ask(MUX_C_PROXY, 0).await?;
         let mut r = Reader::new(&reply);
         match r.u32()? {
             MUX_S_PROXY => Ok(conn),
@@ -259,6 +251,16 @@ impl Conn {
 
     fn not_a_master(&self, why: &str) -> Error {
         Error::Connect(format!("{} is not an OpenSSH master's socket: {why}", self.socket))
+    }
+
+    /// Sends the mux request `kind` with request id `id` and returns the
+    /// master's reply.
+    async fn ask(&mut self, kind: u32, id: u32) -> Result<Vec<u8>> {
+        let mut request = Vec::new();
+        put_u32(&mut request, kind);
+        put_u32(&mut request, id);
+        self.write_framed(&request).await?;
+        self.read_framed().await
     }
 
     /// A mux message: uint32 length, then the body.

@@ -216,6 +216,29 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> Output {
     }
 }
 
+/// Runs `cmd` with `input` on its stdin (a command that stops reading
+/// early is not an error), bounded; its output.
+pub fn run_with_input(mut cmd: Command, input: &[u8], limit: Duration) -> Output {
+    use std::io::Write as _;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input);
+    wait_bounded(child, limit)
+}
+
+/// `sshmail ARGS[0] --config CONFIG ARGS[1..]` in `home` (a daemon's
+/// environment, no stdin), bounded.
+pub fn sshmail_with_config(home: &Path, args: &[&str], config: &Path) -> Output {
+    let mut c = Daemon::base_command(home);
+    c.arg(args[0]).arg("--config").arg(config).args(&args[1..]);
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_bounded(child, Duration::from_secs(120))
+}
+
+/// A command's stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
