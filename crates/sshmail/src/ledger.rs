@@ -23,7 +23,12 @@
 //! A second process working on the same account is refused by an exclusive
 //! lock on `<account>.lock`. Within one process, the account's concurrent
 //! tasks (one per folder, in a daemon) share one open ledger through
-//! [`Ledgers`].
+//! [`Ledgers`], each holding it as a [`Working`]. While every one of them
+//! waits on its server (a daemon's IDLE), the ledger rests: its two files
+//! are closed and the lock released, so a thousand idle accounts hold no
+//! descriptors, and `sshmail fetch` may work on the account meanwhile. Its
+//! records are kept in memory; when a task wakes it, the lock is taken
+//! again and the journal replayed if another process wrote it meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -31,6 +36,7 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use crate::error::{Error, Result, delivery};
 use crate::fault;
@@ -102,8 +108,15 @@ impl FolderKeys {
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
-    file: File,
-    _lock: File,
+    lock_path: PathBuf,
+    account: String,
+    /// The journal (appending) and the account's lock, while the ledger
+    /// works; `None` while it rests.
+    open: Option<Open>,
+    /// The journal as it was when the ledger last rested.
+    rested: Option<Stamp>,
+    /// The tasks of this process working on it ([`Working`]).
+    working: usize,
     delivered: HashSet<Key>,
     pending: HashMap<Key, String>,
     /// Fingerprints of delivered and pending keys, where recorded.
@@ -116,32 +129,89 @@ impl Ledger {
     pub fn open(dir: &Path, account: &str) -> Result<Ledger> {
         crate::owned::private_dir(dir, "state directory")?;
         let safe = file_stem(account);
-        let lock_path = dir.join(format!("{safe}.lock"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(crate::owned::NO_FOLLOW)
-            .open(&lock_path)
-            .map_err(|e| delivery(format!("cannot open {}", lock_path.display()), e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-            Error::Delivery(format!(
-                "account {account} is being fetched by another sshmail process (lock {} is held); if `sshmail \
-                 daemon` runs it, `sshmail poll {account}` fetches now",
-                lock_path.display()
-            ))
-        })?;
-        let path = dir.join(format!("{safe}.ledger"));
-        let Replayed { delivered, pending, marks } = match crate::owned::read_file(&path) {
-            Ok(bytes) => replay(&bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-            Err(e) => {
-                return Err(delivery(format!("cannot read ledger {}", path.display()), e));
-            }
+        let mut ledger = Ledger {
+            path: dir.join(format!("{safe}.ledger")),
+            lock_path: dir.join(format!("{safe}.lock")),
+            account: account.to_string(),
+            open: None,
+            rested: None,
+            working: 0,
+            delivered: HashSet::new(),
+            pending: HashMap::new(),
+            marks: HashMap::new(),
         };
-        let file = open_append(&path)?;
-        Ok(Ledger { path, file, _lock: lock, delivered, pending, marks })
+        if !ledger.try_wake()? {
+            return Err(ledger.held());
+        }
+        Ok(ledger)
+    }
+
+    /// The refusal when another process holds the account's lock.
+    fn held(&self) -> Error {
+        Error::Delivery(format!(
+            "account {} is being fetched by another sshmail process (lock {} is held); if `sshmail daemon` runs \
+             it, `sshmail poll {}` fetches now",
+            self.account,
+            self.lock_path.display(),
+            self.account
+        ))
+    }
+
+    /// One more task works on the ledger: if it rested, its lock is taken
+    /// again and the journal replayed if it changed meanwhile. False, with
+    /// nothing changed, when another process holds the lock.
+    fn try_wake(&mut self) -> Result<bool> {
+        if self.open.is_none() {
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(crate::owned::NO_FOLLOW)
+                .open(&self.lock_path)
+                .map_err(|e| delivery(format!("cannot open {}", self.lock_path.display()), e))?;
+            match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+                Err(e) => return Err(delivery(format!("cannot lock {}", self.lock_path.display()), e.into())),
+            }
+            let now = Stamp::of_path(&self.path);
+            if self.rested.is_none() || self.rested != now {
+                let Replayed { delivered, pending, marks } = match crate::owned::read_file(&self.path) {
+                    Ok(bytes) => replay(&bytes),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                    Err(e) => {
+                        return Err(delivery(format!("cannot read ledger {}", self.path.display()), e));
+                    }
+                };
+                (self.delivered, self.pending, self.marks) = (delivered, pending, marks);
+            }
+            self.open = Some(Open { file: open_append(&self.path)?, _lock: lock });
+            self.rested = None;
+        }
+        self.working += 1;
+        Ok(true)
+    }
+
+    /// One task stopped working on the ledger; when none works on it any
+    /// more, it rests: its files are closed and the lock is released,
+    /// noting the journal as it is now.
+    fn rest(&mut self) {
+        self.working = self.working.saturating_sub(1);
+        if self.working == 0
+            && let Some(open) = self.open.take()
+        {
+            self.rested = open.file.metadata().ok().map(|m| Stamp::of(&m));
+        }
+    }
+
+    /// The journal, open for appending; an error while the ledger rests (a
+    /// task writes only while it works).
+    fn journal(&mut self) -> Result<&mut File> {
+        match &mut self.open {
+            Some(open) => Ok(&mut open.file),
+            None => Err(Error::Delivery(format!("ledger {} written while it rests", self.path.display()))),
+        }
     }
 
     /// Opens the ledger of the mailbox `identity` (everything that selects
@@ -181,7 +251,7 @@ impl Ledger {
                 ledger.delivered.clear();
                 ledger.pending.clear();
                 ledger.marks.clear();
-                ledger.file = open_append(&path)?;
+                *ledger.journal()? = open_append(&path)?;
                 write_synced(&mailbox, &hash)?;
             }
             Err(_) => write_synced(&mailbox, &hash)?,
@@ -305,6 +375,7 @@ impl Ledger {
             text.push_str(&format!("P {k} {t}"));
             push_mark(&mut text, self.marks.get(k).map(String::as_str))?;
         }
+        self.journal()?;
         let tmp = self.path.with_extension("ledger.new");
         let ctx = |e| delivery(format!("cannot rewrite ledger {}", self.path.display()), e);
         write_file(&tmp, &text).map_err(ctx)?;
@@ -312,7 +383,8 @@ impl Ledger {
         fs::rename(&tmp, &self.path).map_err(ctx)?;
         fault::point("compaction-renamed");
         sync_dir(self.path.parent().unwrap_or(Path::new("."))).map_err(ctx)?;
-        self.file = open_append(&self.path)?;
+        let file = open_append(&self.path)?;
+        *self.journal()? = file;
         Ok(())
     }
 
@@ -320,10 +392,12 @@ impl Ledger {
         if text.is_empty() {
             return Ok(());
         }
-        let ctx = |e| delivery(format!("cannot write ledger {}", self.path.display()), e);
-        self.file.write_all(text.as_bytes()).map_err(ctx)?;
+        let path = self.path.display().to_string();
+        let ctx = |e| delivery(format!("cannot write ledger {path}"), e);
+        let file = self.journal()?;
+        file.write_all(text.as_bytes()).map_err(ctx)?;
         fault::point("ledger-appended");
-        self.file.sync_data().map_err(ctx)?;
+        file.sync_data().map_err(ctx)?;
         fault::point("ledger-synced");
         Ok(())
     }
@@ -345,29 +419,183 @@ impl Shared {
     }
 }
 
+/// How often a task that wakes a ledger looks again while another process
+/// holds the account's lock, and for how long at most.
+const WAKE_RETRY: Duration = Duration::from_millis(200);
+const WAKE_BOUND: Duration = Duration::from_secs(15 * 60);
+
+/// The descriptors one working task may hold at once: the ledger's two
+/// files, the message being written, the batch's syncs
+/// ([`crate::deliver::spool::SYNCS_AT_ONCE`]) and a directory being synced.
+pub const FILES_PER_TASK: usize = 4 + crate::deliver::spool::SYNCS_AT_ONCE;
+
+/// One task's hold on an account's ledger ([`Ledgers`]): working from the
+/// start, resting while the task waits on its server ([`Working::rest`]),
+/// working again after [`Working::wake`]. The ledger's files are open while
+/// any task of the account works, and a working task holds one of the
+/// process's working slots ([`Ledgers::bounded`]); dropping the hold ends
+/// its part.
+#[derive(Debug)]
+pub struct Working {
+    shared: Shared,
+    slots: Arc<tokio::sync::Semaphore>,
+    /// The slot, while the task works.
+    slot: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl Working {
+    fn slot(&self) -> MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
+        self.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The task waits on its server and writes nothing until it wakes: its
+    /// slot is given back, and the ledger's files are closed if no other
+    /// task of the account works.
+    pub fn rest(&self) {
+        let slot = self.slot().take();
+        if let Some(slot) = slot {
+            self.shared.lock().rest();
+            drop(slot);
+        }
+    }
+
+    /// The task works again: it waits for a slot, then the ledger's lock
+    /// is taken again and what another process recorded meanwhile is read.
+    /// While another process holds the lock, this waits for it (saying so
+    /// once), until `stop` is requested or a bound passes.
+    pub async fn wake(&self, stop: &crate::stop::Stop) -> Result<()> {
+        if self.slot().is_some() {
+            return Ok(());
+        }
+        let slot = tokio::select! {
+            slot = self.slots.clone().acquire_owned() => slot.expect("the slots are never closed"),
+            _ = stop.wait() => return Err(Error::Connect("stopped".into())),
+        };
+        let started = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            let refusal = {
+                let mut ledger = self.shared.lock();
+                if ledger.try_wake()? {
+                    *self.slot() = Some(slot);
+                    return Ok(());
+                }
+                ledger.held()
+            };
+            if started.elapsed() > WAKE_BOUND || stop.requested() {
+                return Err(refusal);
+            }
+            if !said {
+                tracing::info!("{refusal}: waiting for it to finish");
+                said = true;
+            }
+            tokio::time::sleep(WAKE_RETRY).await;
+        }
+    }
+}
+
+impl std::ops::Deref for Working {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.rest();
+    }
+}
+
 /// The ledgers open in this process, by file: an account's concurrent
-/// tasks get the same [`Shared`] handle (the lock file refuses a second
-/// open, even from this process), and the ledger closes, releasing its
-/// lock, when the last task lets go of it.
-#[derive(Debug, Default)]
+/// tasks get the same [`Shared`] ledger (the lock file refuses a second
+/// open, even from this process), each as its own [`Working`]; the ledger
+/// is dropped when the last task lets go of it.
+#[derive(Debug)]
 pub struct Ledgers {
     open: Mutex<HashMap<PathBuf, Weak<Mutex<Ledger>>>>,
+    /// How many tasks may work at once.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Ledgers {
+    fn default() -> Ledgers {
+        Ledgers::bounded(tokio::sync::Semaphore::MAX_PERMITS)
+    }
 }
 
 impl Ledgers {
+    /// At most `at_once` tasks working at once (each holding up to
+    /// [`FILES_PER_TASK`] descriptors); the others wait for a slot.
+    pub fn bounded(at_once: usize) -> Ledgers {
+        Ledgers { open: Mutex::default(), slots: Arc::new(tokio::sync::Semaphore::new(at_once.max(1))) }
+    }
+
     /// The ledger of the mailbox `identity` named `name` in `dir`
-    /// ([`Ledger::open_for_mailbox`]), or the handle already open for it.
-    pub fn open_for_mailbox(&self, dir: &Path, name: &str, identity: &str, legacy: Option<&str>) -> Result<Shared> {
+    /// ([`Ledger::open_for_mailbox`]), or the one already open for it,
+    /// working for one more task once a slot is free.
+    pub async fn open_for_mailbox(
+        &self,
+        dir: &Path,
+        name: &str,
+        identity: &str,
+        legacy: Option<&str>,
+        stop: &crate::stop::Stop,
+    ) -> Result<Working> {
+        let slot = tokio::select! {
+            slot = self.slots.clone().acquire_owned() => slot.expect("the slots are never closed"),
+            _ = stop.wait() => return Err(Error::Connect("stopped".into())),
+        };
         let file = dir.join(format!("{}.ledger", file_stem(name)));
         let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(ledger) = open.get(&file).and_then(Weak::upgrade) {
-            return Ok(Shared(ledger));
-        }
-        let ledger = Arc::new(Mutex::new(Ledger::open_for_mailbox(dir, name, identity, legacy)?));
-        open.retain(|_, w| w.strong_count() > 0);
-        open.insert(file, Arc::downgrade(&ledger));
-        Ok(Shared(ledger))
+        let shared = match open.get(&file).and_then(Weak::upgrade) {
+            Some(ledger) => {
+                let shared = Shared(ledger);
+                let mut l = shared.lock();
+                if !l.try_wake()? {
+                    return Err(l.held());
+                }
+                drop(l);
+                shared
+            }
+            None => {
+                let ledger = Arc::new(Mutex::new(Ledger::open_for_mailbox(dir, name, identity, legacy)?));
+                open.retain(|_, w| w.strong_count() > 0);
+                open.insert(file, Arc::downgrade(&ledger));
+                Shared(ledger)
+            }
+        };
+        Ok(Working { shared, slots: self.slots.clone(), slot: Mutex::new(Some(slot)) })
     }
+}
+
+/// What tells whether a journal changed while its ledger rested: its inode
+/// (compaction renames a new file over it), size and modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    modified: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt as _;
+        Stamp { ino: m.ino(), len: m.len(), modified: (m.mtime(), m.mtime_nsec()) }
+    }
+
+    fn of_path(path: &Path) -> Option<Stamp> {
+        fs::symlink_metadata(path).ok().map(|m| Stamp::of(&m))
+    }
+}
+
+/// The open files of a ledger at work.
+#[derive(Debug)]
+struct Open {
+    /// The journal, appending.
+    file: File,
+    /// The account's lock, held.
+    _lock: File,
 }
 
 /// Percent-encodes `%`, `/`, space, controls and non-ASCII, so that the
@@ -583,6 +811,51 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("a.ledger."))
             .count();
         assert_eq!(aside, 1);
+    }
+
+    /// While every task of an account waits, its ledger holds no file and
+    /// no lock: another process may work on the account, and what it
+    /// recorded is known when a task wakes the ledger; while a task works,
+    /// another process is refused.
+    #[tokio::test]
+    async fn a_resting_ledger_holds_no_files_and_reads_what_another_process_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = crate::stop::Stop::new();
+        let ledgers = Ledgers::bounded(1);
+        // Descriptors of this process open on the state directory's files.
+        let open = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+                .filter(|target| target.starts_with(dir.path()))
+                .count()
+        };
+        let one = ledgers.open_for_mailbox(dir.path(), "a", "exec imapd", None, &stop).await.unwrap();
+        one.lock().commit(&[k("first")]).unwrap();
+        assert_eq!(open(), 2, "a working ledger holds its journal and lock");
+        assert!(Ledger::open(dir.path(), "a").is_err(), "another process worked beside a working task");
+        one.rest();
+        assert_eq!(open(), 0, "a resting ledger holds descriptors");
+        {
+            let mut other = Ledger::open(dir.path(), "a").expect("a resting ledger keeps its lock");
+            assert!(other.is_delivered(&k("first")));
+            other.commit(&[k("second")]).unwrap();
+            other.compact(|_| true).unwrap();
+        }
+        one.wake(&stop).await.unwrap();
+        assert!(one.lock().is_delivered(&k("first")) && one.lock().is_delivered(&k("second")));
+        one.lock().commit(&[k("third")]).unwrap();
+        // The one slot is this task's while it works.
+        let second = tokio::time::timeout(
+            Duration::from_millis(200),
+            ledgers.open_for_mailbox(dir.path(), "b", "exec imapd", None, &stop),
+        )
+        .await;
+        assert!(second.is_err(), "a second task worked beside the only slot's holder");
+        drop(one);
+        let two = ledgers.open_for_mailbox(dir.path(), "b", "exec imapd", None, &stop).await.unwrap();
+        drop(two);
+        assert!(Ledger::open(dir.path(), "a").unwrap().is_delivered(&k("third")));
     }
 
     #[test]

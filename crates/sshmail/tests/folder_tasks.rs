@@ -29,7 +29,8 @@ fn one_ledger_per_account_is_shared_by_its_concurrent_folder_tasks() {
     runtime.block_on(async {
         // Held open here for the whole test: a task that opened the ledger
         // file on its own would find it locked.
-        let held = ctx.ledgers.open_for_mailbox(&state, "tasks", &mailbox_identity(&account), None).unwrap();
+        let held =
+            ctx.ledgers.open_for_mailbox(&state, "tasks", &mailbox_identity(&account), None, &ctx.stop).await.unwrap();
         let task = |folder: &str| {
             let (account, ctx) = (account.clone(), ctx.clone());
             let cycle = Cycle { folders: Some(vec![folder.to_string()]), ..Cycle::default() };

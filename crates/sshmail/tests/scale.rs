@@ -54,3 +54,54 @@ fn a_daemon_raises_its_open_file_limit_and_every_account_comes_up() {
     assert!(open.split_whitespace().filter(|w| *w == "4096").count() == 2, "soft limit not raised: {open}");
     daemon.stop();
 }
+
+/// Two hundred IMAP accounts with only 128 descriptors, soft and hard: an
+/// idle account holds no file (its ledger rests while it waits in IDLE, its
+/// connection is a channel on a shared SSH connection), so every account
+/// comes up and none is left retrying "Too many open files"; and mail that
+/// arrives then is fetched by the account it is for, once.
+#[test]
+fn idle_accounts_hold_no_files_two_hundred_come_up_under_128_descriptors() {
+    const N: usize = 200;
+    let env = Env::new();
+    let imapd =
+        format!("imapd = [\"/usr/lib/dovecot/imap\", \"-c\", \"{}\"]\nkeep = true\n", env.bed.dovecot_config.display());
+    let accounts: String = (0..N)
+        .map(|i| {
+            env.imap_toml(&format!("a{i:03}"), &imapd).replace(
+                &env.maildir().display().to_string(),
+                &env.home.path().join(format!("md{i}")).display().to_string(),
+            )
+        })
+        .collect();
+    let config = env.home.path().join("config.toml");
+    Daemon::write_config(&config, &env.config_toml(&accounts));
+    let daemon = Daemon::spawn_with_nofile(env.home.path(), &config, "128");
+    daemon.wait_answering();
+    let all_idle = |s: &sshmail::control::status::Status| {
+        s.accounts.len() == N
+            && s.accounts
+                .iter()
+                .all(|a| a.folders.iter().all(|f| f.mode == sshmail::control::status::Mode::Idle && f.connected))
+    };
+    daemon.wait_status("all two hundred accounts IDLE", Duration::from_secs(300), all_idle);
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id())).unwrap().count();
+    assert!(fds < 100, "{fds} descriptors open with every account idle");
+    // Every account's INBOX is the same mailbox; a message delivered there
+    // now reaches each account's own Maildir once.
+    env.bed
+        .deliver_by_dovecot(
+            "INBOX",
+            b"From: a@example.org\r\nSubject: after idle\r\nMessage-ID: <idle@example.org>\r\n\r\nbody\r\n",
+        )
+        .unwrap();
+    daemon.wait_status("every account delivered the new message", Duration::from_secs(300), |s| {
+        all_idle(s) && s.accounts.iter().all(|a| a.folders.iter().all(|f| f.delivered >= 1))
+    });
+    for i in 0..N {
+        let new = std::fs::read_dir(env.home.path().join(format!("md{i}/new"))).unwrap().count();
+        assert_eq!(new, 1, "account a{i:03}");
+    }
+    assert!(!daemon.log.text().contains("Too many open files"), "{}", daemon.log.text());
+    daemon.stop();
+}

@@ -833,6 +833,15 @@ impl Drop for Testbed {
             signal(pid, "CONT");
             signal(pid, "KILL");
         }
+        // A server a session started whose session already ended (GNU
+        // imap4d, at the end of its input while idling, spins instead of
+        // exiting): every process whose command names this testbed's
+        // directory, which only ours do.
+        for pid in naming(self.path()) {
+            if Some(pid) != self.sshd_pid() && Some(pid) != self.dovecot.as_ref().map(Child::id) {
+                signal(pid, "KILL");
+            }
+        }
         // mailutils' daemons fork a process per connection.
         for master in [&self.pop3d, &self.imap4d].into_iter().flatten() {
             for pid in descendants(master.id()) {
@@ -898,6 +907,21 @@ pub fn signal(pid: u32, name: &str) {
     if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
         let _ = kill_process(pid, sig);
     }
+}
+
+/// The processes (not this one) whose command line names `path`.
+pub fn naming(path: &Path) -> Vec<u32> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| !needle.is_empty() && cmd.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
 }
 
 /// All descendants of `pid`, found through /proc.

@@ -79,7 +79,7 @@ impl Mode {
 
 /// Runs the daemon in the foreground until stopped; returns the exit code.
 pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
-    raise_open_files();
+    let open_files = raise_open_files();
     let caught = match Signals::catch() {
         Ok(s) => s,
         Err(e) => {
@@ -127,7 +127,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
     let daemon = Arc::new(Daemon {
         board: Board::new(&path),
         pool: Arc::new(SshPool::with_idle_close(plan.settings.ssh_idle_close).holding_logins()),
-        ledgers: Arc::default(),
+        ledgers: Arc::new(Ledgers::bounded(working_at_once(open_files))),
         stop: stop.clone(),
         path: path.clone(),
         running: Mutex::new(BTreeMap::new()),
@@ -190,16 +190,32 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
 
 /// Raises the soft limit on open files to the hard one: a daemon of a
 /// thousand accounts holds more than the 1024 a login or systemd gives by
-/// default, and the hard limit is there to be used.
-fn raise_open_files() {
+/// default, and the hard limit is there to be used. The soft limit now in
+/// effect (`None`: unlimited).
+fn raise_open_files() -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
         let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::warn!(target: "sshmail::daemon", "cannot raise the open-file limit: {e}");
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return limit.maximum,
+            Err(e) => tracing::warn!(target: "sshmail::daemon", "cannot raise the open-file limit: {e}"),
         }
     }
+    limit.current
+}
+
+/// How many fetch tasks may work at once (their ledgers and messages'
+/// files open) under an open-file limit: a quarter of it, and 32 more, is
+/// kept for everything else (SSH connections, the control socket,
+/// endpoints, clients, hooks), and each working task may hold up to
+/// [`crate::ledger::FILES_PER_TASK`]. The others wait for a turn, so a
+/// thousand accounts under the 1024 a login gives all come up, none left
+/// retrying "Too many open files". Idle tasks hold nothing.
+fn working_at_once(open_files: Option<u64>) -> usize {
+    let Some(limit) = open_files else { return 256 };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    (limit.saturating_sub(limit / 4 + 32) / crate::ledger::FILES_PER_TASK).clamp(1, 256)
 }
 
 /// The accounts of a config file, resolved, and the daemon settings.

@@ -80,6 +80,10 @@ impl Drop for Staged {
     }
 }
 
+/// How many of a batch's files are synced at once (each on a blocking
+/// thread, each an open descriptor while it is).
+pub const SYNCS_AT_ONCE: usize = 16;
+
 /// A staged message that is complete and flushed.
 #[derive(Debug)]
 pub struct Finished {
@@ -87,7 +91,6 @@ pub struct Finished {
     pub name: String,
     /// Where it is.
     pub path: PathBuf,
-    file: File,
     /// Bytes in the message.
     pub len: u64,
     /// What recognises the message if its server renumbers it, when the
@@ -214,14 +217,12 @@ impl Spool {
     pub fn finish(&self, mut staged: Staged) -> Result<Finished> {
         let writer = staged.file.take().expect("a staged file is open until finished");
         let (name, path, len) = (std::mem::take(&mut staged.name), staged.path.clone(), staged.len);
-        let file = match writer.into_inner() {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                return Err(delivery(format!("cannot write {}", path.display()), e.into_error()));
-            }
-        };
-        Ok(Finished { name, path, file, len, fingerprint: None, kept: false })
+        // Flushed and closed: a finished message holds no descriptor.
+        if let Err(e) = writer.into_inner() {
+            let _ = fs::remove_file(&path);
+            return Err(delivery(format!("cannot write {}", path.display()), e.into_error()));
+        }
+        Ok(Finished { name, path, len, fingerprint: None, kept: false })
     }
 
     /// Removes a finished message that will not be delivered from here (as
@@ -243,18 +244,20 @@ impl Spool {
     /// goes on while the disk works. Nothing counts as durable until
     /// [`SyncJob::wait`] returns.
     pub fn start_sync_of(&self, batch: &[&Finished]) -> Result<SyncJob> {
-        const PARALLEL: usize = 16;
-        let chunk = batch.len().div_ceil(PARALLEL).max(1);
-        let mut tasks = Vec::with_capacity(PARALLEL);
+        let chunk = batch.len().div_ceil(SYNCS_AT_ONCE).max(1);
+        let mut tasks = Vec::with_capacity(SYNCS_AT_ONCE);
         for part in batch.chunks(chunk) {
-            let files = part
-                .iter()
-                .map(|f| f.file.try_clone().map(|file| (f.path.clone(), file)))
-                .collect::<std::io::Result<Vec<_>>>()
-                .map_err(|e| delivery("cannot sync staged messages", e))?;
+            let paths: Vec<PathBuf> = part.iter().map(|f| f.path.clone()).collect();
             tasks.push(tokio::task::spawn_blocking(move || {
-                for (path, file) in files {
-                    file.sync_data().map_err(|e| (path, e))?;
+                for path in paths {
+                    // Opened again to be synced: a batch holds no
+                    // descriptor per message, only one per sync running.
+                    let synced = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(crate::owned::NO_FOLLOW)
+                        .open(&path)
+                        .and_then(|file| file.sync_data());
+                    synced.map_err(|e| (path, e))?;
                 }
                 Ok::<(), (PathBuf, std::io::Error)>(())
             }));

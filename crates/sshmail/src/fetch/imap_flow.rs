@@ -126,8 +126,13 @@ async fn watch<S: Stream>(account: &Account, imap: &mut Imap<S>, store: &mut Sto
         }
         let until = renewal.get().min(account.fetch.interval);
         store.report.event(Event::Waiting { folder, idle: imap.has("IDLE"), until });
+        // Waiting holds no file: the ledger rests until the next pass.
+        store.ledger.rest();
         let woke = match imap.idle(until, &store.stop, &store.wake).await {
-            Ok(w) => w,
+            Ok(w) => {
+                store.ledger.wake(&store.stop).await?;
+                w
+            }
             Err(e) => {
                 if let Some(lasted) = imap.idle_ended_after.take()
                     && let Some(now) = renewal.ended_after(lasted)

@@ -254,7 +254,8 @@ pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Re
     // Local state first: a broken state directory or Maildir should stop us
     // before we touch the server.
     let (identity, stem, legacy) = ledger_names(account);
-    let ledger = ctx.ledgers.open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref())?;
+    let ledger =
+        ctx.ledgers.open_for_mailbox(&account.state_dir, &stem, &identity, legacy.as_deref(), &ctx.stop).await?;
     let open_sink = if show.check { Sink::for_check } else { Sink::open };
     let spool_dir = ledger.lock().spool_dir();
     let sink =
@@ -265,7 +266,7 @@ pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Re
         // On a blocking thread (renames, fsyncs, a directory scan): recovery
         // first, then orphan clean-up, since recovery may still need staged
         // files.
-        let (name, sink, ledger) = (account.name.clone(), sink.clone(), ledger.clone());
+        let (name, sink, ledger) = (account.name.clone(), sink.clone(), Shared::clone(&ledger));
         let recovered = on_disk("the recovery of interrupted deliveries", move || {
             let recovered = recover(&name, &sink, &ledger)?;
             sink.spool().clean();
@@ -304,7 +305,11 @@ pub async fn fetch_account(account: &Account, show: &Cycle, ctx: &Context) -> Re
         crate::config::Via::Exec(_) | crate::config::Via::Command(_) if account.protocol == Protocol::Imap => None,
         _ => crate::process::password(&account.login.password, "password_command", account.route.timeout).await?,
     };
+    // Connecting holds no file: the ledger rests meanwhile (a login may
+    // wait for a person).
+    ledger.rest();
     let opened = transport::open(route, pool).await?;
+    ledger.wake(&ctx.stop).await?;
     ctx.report.event(report::Event::Connected { peer: &opened.peer, connection: opened.connection.as_deref() });
     let diagnostics = opened.diagnostics.clone();
     // A greeting read already (the imapd probe, STARTTLS) comes first.
@@ -499,7 +504,7 @@ fn policy_note(policy: Policy, earlier: usize) -> String {
 struct Store<'a> {
     account: &'a Account,
     sink: &'a Arc<Sink>,
-    ledger: &'a Shared,
+    ledger: &'a crate::ledger::Working,
     outcome: &'a mut Outcome,
     show: &'a Cycle,
     trace: Option<Trace>,
@@ -633,7 +638,7 @@ impl Store<'_> {
         // see this batch prepared but not committed. Once begun it runs to
         // its end even if this task is cancelled: then it is recorded, and
         // the next cycle applies the policy.
-        let (ledger, sink, subfolder) = (self.ledger.clone(), Arc::clone(self.sink), subfolder.cloned());
+        let (ledger, sink, subfolder) = (Shared::clone(self.ledger), Arc::clone(self.sink), subfolder.cloned());
         let (keys, told) = on_disk("the delivery step", move || {
             let maildir = sink.maildir().expect("a Maildir sink");
             fault::pause_blocking("batch-recording");
@@ -667,7 +672,7 @@ impl Store<'_> {
     /// Compacts the ledger ([`crate::ledger::Ledger::compact`]: a rewrite,
     /// an fsync, a rename) on a blocking thread.
     async fn compact(&self, keep: impl Fn(&Key) -> bool + Send + 'static) -> Result<()> {
-        let ledger = self.ledger.clone();
+        let ledger = Shared::clone(self.ledger);
         on_disk("the ledger compaction", move || ledger.lock().compact(keep)).await
     }
 

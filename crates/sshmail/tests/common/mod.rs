@@ -201,19 +201,42 @@ pub fn read_dir_contents(dir: &Path) -> Vec<Vec<u8>> {
 }
 
 /// Waits for a child with a deadline, killing it (and failing) on overrun.
-pub fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+pub fn wait_bounded(child: Child, limit: Duration) -> Output {
+    wait_bounded_telling(child, limit, String::new)
+}
+
+/// [`wait_bounded`], adding `more` (another process's log) to the failure.
+/// Its piped output is read as it comes, so a child that writes more than
+/// a pipe holds does not wait on us.
+pub fn wait_bounded_telling(mut child: Child, limit: Duration, more: impl FnOnce() -> String) -> Output {
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            out
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("sshmail did not finish within {limit:?}; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap();
+            panic!(
+                "sshmail did not finish within {limit:?}; stderr:\n{}\n{}",
+                String::from_utf8_lossy(&stderr),
+                more()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 /// Runs `cmd` with `input` on its stdin (a command that stops reading
@@ -731,7 +754,7 @@ impl Daemon {
     /// Runs `sshmail ARGS` against this daemon (bounded).
     pub fn ctl(&self, args: &[&str]) -> Output {
         let child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        wait_bounded(child, Duration::from_secs(120))
+        wait_bounded_telling(child, Duration::from_secs(120), || format!("the daemon's log:\n{}", self.log.text()))
     }
 
     /// The daemon's status.
