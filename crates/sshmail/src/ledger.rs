@@ -117,6 +117,9 @@ pub struct Ledger {
     rested: Option<Stamp>,
     /// The tasks of this process working on it ([`Working`]).
     working: usize,
+    /// The journal holds lines a compaction would drop (appends since the
+    /// last one): otherwise a compaction that keeps every key is skipped.
+    slack: bool,
     delivered: HashSet<Key>,
     pending: HashMap<Key, String>,
     /// Fingerprints of delivered and pending keys, where recorded.
@@ -136,6 +139,7 @@ impl Ledger {
             open: None,
             rested: None,
             working: 0,
+            slack: false,
             delivered: HashSet::new(),
             pending: HashMap::new(),
             marks: HashMap::new(),
@@ -177,13 +181,14 @@ impl Ledger {
             }
             let now = Stamp::of_path(&self.path);
             if self.rested.is_none() || self.rested != now {
-                let Replayed { delivered, pending, marks } = match crate::owned::read_file(&self.path) {
+                let Replayed { delivered, pending, marks, records } = match crate::owned::read_file(&self.path) {
                     Ok(bytes) => replay(&bytes),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
                     Err(e) => {
                         return Err(delivery(format!("cannot read ledger {}", self.path.display()), e));
                     }
                 };
+                self.slack = records != delivered.len() + pending.len();
                 (self.delivered, self.pending, self.marks) = (delivered, pending, marks);
             }
             self.open = Some(Open { file: open_append(&self.path)?, _lock: lock });
@@ -252,6 +257,7 @@ impl Ledger {
                 ledger.pending.clear();
                 ledger.marks.clear();
                 *ledger.journal()? = open_append(&path)?;
+                ledger.slack = false;
                 write_synced(&mailbox, &hash)?;
             }
             Err(_) => write_synced(&mailbox, &hash)?,
@@ -361,8 +367,14 @@ impl Ledger {
 
     /// Rewrites the journal keeping only the delivered keys for which `keep`
     /// is true (those still on the server) and every pending entry.
+    /// A compaction that would write what the journal already says is
+    /// skipped: an unchanged mailbox costs no rewrite and no fsync.
     pub fn compact(&mut self, keep: impl Fn(&Key) -> bool) -> Result<()> {
+        let before = self.delivered.len();
         self.delivered.retain(|k| keep(k));
+        if !self.slack && self.delivered.len() == before {
+            return Ok(());
+        }
         self.marks.retain(|k, _| self.delivered.contains(k) || self.pending.contains_key(k));
         let mut text = String::from(HEADER);
         let mut keys: Vec<_> = self.delivered.iter().collect();
@@ -385,6 +397,7 @@ impl Ledger {
         sync_dir(self.path.parent().unwrap_or(Path::new("."))).map_err(ctx)?;
         let file = open_append(&self.path)?;
         *self.journal()? = file;
+        self.slack = false;
         Ok(())
     }
 
@@ -394,6 +407,7 @@ impl Ledger {
         }
         let path = self.path.display().to_string();
         let ctx = |e| delivery(format!("cannot write ledger {path}"), e);
+        self.slack = true;
         let file = self.journal()?;
         file.write_all(text.as_bytes()).map_err(ctx)?;
         fault::point("ledger-appended");
@@ -712,6 +726,8 @@ struct Replayed {
     delivered: HashSet<Key>,
     pending: HashMap<Key, String>,
     marks: HashMap<Key, String>,
+    /// Record lines read.
+    records: usize,
 }
 
 /// Replays journal bytes. Only complete lines count.
@@ -719,11 +735,13 @@ fn replay(bytes: &[u8]) -> Replayed {
     let mut delivered = HashSet::new();
     let mut pending = HashMap::new();
     let mut marks = HashMap::new();
+    let mut records = 0;
     let complete = match bytes.iter().rposition(|&b| b == b'\n') {
         Some(i) => &bytes[..=i],
         None => &[][..],
     };
     for line in String::from_utf8_lossy(complete).lines() {
+        records += usize::from(!line.starts_with('#'));
         let mut w = line.split(' ');
         match (w.next(), w.next(), w.next(), w.next(), w.next()) {
             (Some("P"), Some(k), Some(t), fp, None) => {
@@ -748,7 +766,7 @@ fn replay(bytes: &[u8]) -> Replayed {
             _ => {}
         }
     }
-    Replayed { delivered, pending, marks }
+    Replayed { delivered, pending, marks, records }
 }
 
 /// fsyncs a directory, making renames and creations in it durable.
@@ -856,6 +874,34 @@ mod tests {
         let two = ledgers.open_for_mailbox(dir.path(), "b", "exec imapd", None, &stop).await.unwrap();
         drop(two);
         assert!(Ledger::open(dir.path(), "a").unwrap().is_delivered(&k("third")));
+    }
+
+    /// A compaction that keeps every key of a compact journal writes
+    /// nothing (no rewrite, no fsync on each pass over an unchanged
+    /// mailbox); one after an append, or one that drops a key, rewrites.
+    #[test]
+    fn an_unchanged_journal_is_not_rewritten() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.ledger");
+        let ino = || std::fs::metadata(&path).unwrap().ino();
+        let mut l = Ledger::open(dir.path(), "a").unwrap();
+        l.commit(&[k("a1"), k("a2")]).unwrap();
+        let appended = ino();
+        l.compact(|_| true).unwrap();
+        assert_ne!(ino(), appended, "appends were not compacted");
+        let compacted = ino();
+        l.compact(|_| true).unwrap();
+        assert_eq!(ino(), compacted, "a compact journal was rewritten");
+        drop(l);
+        let mut l = Ledger::open(dir.path(), "a").unwrap();
+        l.compact(|_| true).unwrap();
+        assert_eq!(ino(), compacted, "a compact journal was rewritten after a reopen");
+        l.compact(|key| key.as_str() == "a1").unwrap();
+        assert_ne!(ino(), compacted, "a dropped key was not compacted away");
+        drop(l);
+        let l = Ledger::open(dir.path(), "a").unwrap();
+        assert!(l.is_delivered(&k("a1")) && !l.is_delivered(&k("a2")));
     }
 
     #[test]

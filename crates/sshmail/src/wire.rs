@@ -92,6 +92,9 @@ impl AsyncWrite for QuickAck {
 /// Initial read buffer capacity.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Read buffer room during a long wait (IDLE) with nothing buffered.
+const IDLE_CHUNK: usize = 2 * 1024;
+
 /// The slowest a body may stream: bytes per second of the timeout.
 pub const MIN_RATE: u64 = 1024;
 
@@ -164,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
             write_error,
             keep_open,
             writer_task: Some(writer_task),
-            buf: Vec::with_capacity(READ_CHUNK),
+            buf: Vec::new(),
             start: 0,
             timeout,
             clock: Clock::default(),
@@ -239,18 +242,30 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Wire<S> {
     /// dropped before completion, it leaves the buffer as it was. What
     /// arrives starts a fresh timeout.
     pub async fn fill_untimed(&mut self) -> Result<()> {
-        self.read_more().await?;
+        // A long wait with nothing buffered holds a small buffer, not a
+        // transfer's: a thousand idle accounts hold 2 KiB each, not 64.
+        if self.start == self.buf.len() && self.buf.capacity() > IDLE_CHUNK {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+        self.read_more_by(IDLE_CHUNK).await?;
         self.progress();
         Ok(())
     }
 
     /// One read into the buffer. Cancel-safe.
     async fn read_more(&mut self) -> Result<()> {
+        self.read_more_by(READ_CHUNK).await
+    }
+
+    /// One read into the buffer, with room for at least `chunk` bytes.
+    /// Cancel-safe.
+    async fn read_more_by(&mut self, chunk: usize) -> Result<()> {
         if self.start > 0 && self.start * 2 >= self.buf.len() {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        self.buf.reserve(READ_CHUNK);
+        self.buf.reserve(chunk);
         let n = self
             .io
             .read_buf(&mut self.buf)

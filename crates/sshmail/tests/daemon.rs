@@ -566,17 +566,17 @@ fn with_syslog_its_lines_go_to_the_syslog_socket_with_facility_mail() {
     syslog.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut cmd = Daemon::base_command(env.home.path());
     cmd.args(["daemon", "--syslog", "--config"]).arg(&config).env("SSHMAIL_SYSLOG_SOCKET", &socket_path);
-    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Ended when dropped, should an assertion fail.
+    let daemon = Daemon::spawn_command(env.home.path(), &config, cmd);
     let mut buf = [0u8; 4096];
     let n = syslog.recv(&mut buf).expect("a line on the syslog socket within 30 s");
     let line = String::from_utf8_lossy(&buf[..n]).into_owned();
     // Facility mail (2), severity info (6): <22>.
-    assert!(line.starts_with(&format!("<22>sshmail[{}]: ", child.id())), "{line}");
+    assert!(line.starts_with(&format!("<22>sshmail[{}]: ", daemon.child.id())), "{line}");
     assert!(line.contains("started"), "{line}");
-    sshmail_testbed::signal(child.id(), "TERM");
-    assert_eq!(common::wait_bounded_status(&mut child, Duration::from_secs(5)), Some(0));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    daemon.signal("TERM");
+    let (code, stderr) = daemon.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0));
     assert!(stderr.is_empty(), "nothing on stderr with --syslog: {stderr}");
 }
 

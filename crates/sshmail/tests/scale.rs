@@ -49,6 +49,11 @@ fn a_daemon_raises_its_open_file_limit_and_every_account_comes_up() {
         !comms.iter().any(|c| matches!(c.as_str(), "sh" | "dash" | "bash")),
         "a shell waits beside an imapd: {comms:?}"
     );
+    // `status --json` says each account's imapd command once.
+    let json = String::from_utf8(daemon.ctl(&["status", "--json"]).stdout).unwrap();
+    let said = json.matches(&env.bed.dovecot_config.display().to_string()).count();
+    eprintln!("status --json: {} bytes for 40 accounts", json.len());
+    assert_eq!(said, 40, "{json}");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.child.id())).unwrap();
     let open = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
     assert!(open.split_whitespace().filter(|w| *w == "4096").count() == 2, "soft limit not raised: {open}");

@@ -91,7 +91,9 @@ pub struct FolderStatus {
     pub connected: bool,
     /// The SSH connection it runs on (`user@host:port #N`).
     pub connection: Option<String>,
-    /// The server, as named in messages.
+    /// The server, as named in messages, where it is not the account's
+    /// `peer` (said once there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
     /// The last thing that happened.
     pub last_event: Option<Happened>,
@@ -293,6 +295,10 @@ pub struct AccountStatus {
     /// The way to the mail server: `exec of IMAPD on SSH-HOST`,
     /// `user@server:port via SSH-HOST`, a tunnel command, or the server.
     pub server: String,
+    /// The server as it answered on the last connection, as named in
+    /// messages (for an exec'd imapd, the one found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// Its folders.
     pub folders: Vec<FolderStatus>,
 }

@@ -125,11 +125,27 @@ impl Board {
                 .accounts
                 .iter()
                 .filter(|(name, _)| accounts.is_empty() || accounts.contains(name))
-                .map(|(name, (protocol, server, folders))| AccountStatus {
-                    name: name.clone(),
-                    protocol: protocol.clone(),
-                    server: server.clone(),
-                    folders: folders.values().map(|(_, f)| f.clone()).collect(),
+                .map(|(name, (protocol, server, folders))| {
+                    // The server as it answered, said once: on the account,
+                    // and on a folder only where it answered otherwise.
+                    let peer = folders.values().find_map(|(_, f)| f.peer.clone());
+                    let folders = folders
+                        .values()
+                        .map(|(_, f)| {
+                            let mut f = f.clone();
+                            if f.peer == peer {
+                                f.peer = None;
+                            }
+                            f
+                        })
+                        .collect();
+                    AccountStatus {
+                        name: name.clone(),
+                        protocol: protocol.clone(),
+                        server: server.clone(),
+                        peer,
+                        folders,
+                    }
                 })
                 .collect(),
             endpoints: Vec::new(),
@@ -338,7 +354,7 @@ impl Report for Slot {
                 s.busy = true;
                 s.peer = Some(peer.to_string());
                 s.connection = connection.map(str::to_string);
-                s.last_event = Some(Happened { at: Stamp::now(), what: format!("connected to {peer}") });
+                s.last_event = Some(Happened { at: Stamp::now(), what: "connected".to_string() });
             }),
             Event::Passed { folder, delivered, bytes } => {
                 if delivered > 0 {

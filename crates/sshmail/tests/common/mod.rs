@@ -712,6 +712,12 @@ impl Daemon {
             };
         }
         cmd.args(["daemon", "--config"]).arg(config).stdin(Stdio::null());
+        Daemon::spawn_command(home, config, cmd)
+    }
+
+    /// Starts `cmd`, a daemon of `config` under `home`, its stderr the
+    /// log; ended when dropped.
+    pub fn spawn_command(home: &Path, config: &Path, mut cmd: Command) -> Daemon {
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let log = StderrLog::of(&mut child);
         Daemon { child, log, config: config.to_path_buf(), home: home.to_path_buf() }
