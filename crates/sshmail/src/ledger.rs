@@ -438,11 +438,6 @@ impl Shared {
 const WAKE_RETRY: Duration = Duration::from_millis(200);
 const WAKE_BOUND: Duration = Duration::from_secs(15 * 60);
 
-/// The descriptors one working task may hold at once: the ledger's two
-/// files, the message being written, the batch's syncs
-/// ([`crate::deliver::spool::SYNCS_AT_ONCE`]) and a directory being synced.
-pub const FILES_PER_TASK: usize = 4 + crate::deliver::spool::SYNCS_AT_ONCE;
-
 /// One task's hold on an account's ledger ([`Ledgers`]): working from the
 /// start, resting while the task waits on its server ([`Working::rest`]),
 /// working again after [`Working::wake`]. The ledger's files are open while
@@ -539,8 +534,8 @@ impl Default for Ledgers {
 }
 
 impl Ledgers {
-    /// At most `at_once` tasks working at once (each holding up to
-    /// [`FILES_PER_TASK`] descriptors); the others wait for a slot.
+    /// At most `at_once` tasks working at once; the others wait for a slot
+    /// (a fetch task holds up to `fetch::FILES_PER_TASK` descriptors).
     pub fn bounded(at_once: usize) -> Ledgers {
         Ledgers { open: Mutex::default(), slots: Arc::new(tokio::sync::Semaphore::new(at_once.max(1))) }
     }

@@ -209,13 +209,13 @@ fn raise_open_files() -> Option<u64> {
 /// files open) under an open-file limit: a quarter of it, and 32 more, is
 /// kept for everything else (SSH connections, the control socket,
 /// endpoints, clients, hooks), and each working task may hold up to
-/// [`crate::ledger::FILES_PER_TASK`]. The others wait for a turn, so a
+/// [`crate::fetch::FILES_PER_TASK`]. The others wait for a turn, so a
 /// thousand accounts under the 1024 a login gives all come up, none left
 /// retrying "Too many open files". Idle tasks hold nothing.
 fn working_at_once(open_files: Option<u64>) -> usize {
     let Some(limit) = open_files else { return 256 };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    (limit.saturating_sub(limit / 4 + 32) / crate::ledger::FILES_PER_TASK).clamp(1, 256)
+    (limit.saturating_sub(limit / 4 + 32) / crate::fetch::FILES_PER_TASK).clamp(1, 256)
 }
 
 /// The accounts of a config file, resolved, and the daemon settings.

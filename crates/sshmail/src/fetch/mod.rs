@@ -44,6 +44,11 @@ const BATCH_MESSAGES: usize = 256;
 const BATCH_BYTES: u64 = 64 << 20;
 /// POP3 RETR commands in flight when the server allows pipelining.
 const PIPELINE_DEPTH: usize = 64;
+/// The descriptors one working fetch task may hold at once: the ledger's
+/// two files, the message being written, the batch's syncs
+/// ([`crate::deliver::spool::SYNCS_AT_ONCE`]) and a directory being synced.
+pub const FILES_PER_TASK: usize = 4 + crate::deliver::spool::SYNCS_AT_ONCE;
+
 /// IMAP UID FETCH batches in flight.
 const IMAP_FETCHES_IN_FLIGHT: usize = 2;
 
