@@ -18,6 +18,7 @@ pub mod board;
 pub mod feed;
 mod login;
 pub mod notify;
+mod polls;
 mod socket;
 mod systemd;
 mod task;
@@ -27,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::{self, Account, DaemonSettings, Listen, Protocol, RawAccount};
@@ -42,8 +43,6 @@ use crate::ssh::pool::LinkState;
 use crate::stop::{Stop, Tracked};
 use board::{Board, Slot};
 
-/// Poll cycles (POP3, an IMAP account's folder discovery) at once.
-const POLLS_AT_ONCE: usize = 16;
 /// How far apart the first tries of consecutive tasks start.
 const STAGGER: Duration = Duration::from_millis(20);
 /// The latest any task's first try starts.
@@ -133,7 +132,7 @@ pub async fn run(config: Option<&Path>, mode: Mode) -> Exit {
         running: Mutex::new(BTreeMap::new()),
         supervisors: Mutex::new(JoinSet::new()),
         servers: Mutex::new(JoinSet::new()),
-        polls: Arc::new(Semaphore::new(POLLS_AT_ONCE)),
+        polls: Arc::default(),
         tunnels: Arc::default(),
         flush_outbox: Notify::new(),
         endpoints: Mutex::new(HashMap::new()),
@@ -295,7 +294,7 @@ struct Daemon {
     supervisors: Mutex<JoinSet<()>>,
     /// The endpoints' accept loops.
     servers: Mutex<JoinSet<()>>,
-    polls: Arc<Semaphore>,
+    polls: Arc<polls::Polls>,
     /// `sshmail tunnel` sessions.
     tunnels: Arc<gateway::Count>,
     /// Asks the outbox task to try everything queued now (a poll).
@@ -673,7 +672,7 @@ struct Supervisor {
     board: Arc<Board>,
     pool: Arc<SshPool>,
     ledgers: Arc<Ledgers>,
-    polls: Arc<Semaphore>,
+    polls: Arc<polls::Polls>,
     stop: Stop,
     tasks: Arc<Mutex<Vec<Handle>>>,
     idle_renew: Duration,
@@ -739,8 +738,10 @@ impl Supervisor {
             }
             slot.trying();
             let result = {
-                let _permit = self.polls.acquire().await;
-                fetch::fetch_account(account, &Cycle::default(), &ctx).await
+                let turn = self.polls.turn().await;
+                let result = fetch::fetch_account(account, &Cycle::default(), &ctx).await;
+                turn.done(result.as_ref().ok().map(|o| o.delivered));
+                result
             };
             match result {
                 Ok(o) => break Some(o.folders),

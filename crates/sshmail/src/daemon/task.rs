@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use super::board::Slot;
 use crate::backoff::{Backoff, jitter};
@@ -36,7 +36,7 @@ pub struct Task {
     /// How long to wait before the first try (starts are staggered).
     pub start_after: Duration,
     /// Limits the poll cycles running at once.
-    pub polls: Arc<Semaphore>,
+    pub polls: Arc<super::polls::Polls>,
 }
 
 /// The daemon's tasks' back-off: 2 s doubling to 2 min, ±25 %.
@@ -67,8 +67,10 @@ pub async fn run(task: Task) {
                 fetch::fetch_account(&account, &cycle, &ctx).await.map(|_| None)
             }
             None => {
-                let Ok(_permit) = polls.acquire().await else { break };
-                fetch::fetch_account(&account, &Cycle::default(), &ctx).await.map(Some)
+                let turn = polls.turn().await;
+                let result = fetch::fetch_account(&account, &Cycle::default(), &ctx).await;
+                turn.done(result.as_ref().ok().map(|o| o.delivered));
+                result.map(Some)
             }
         };
         if stop.requested() {
