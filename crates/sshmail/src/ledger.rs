@@ -477,6 +477,9 @@ impl Working {
             return Ok(());
         }
         let slot = tokio::select! {
+            // A free slot is taken even when a stop is requested: the
+            // caller ends its work in order.
+            biased;
             slot = self.slots.clone().acquire_owned() => slot.expect("the slots are never closed"),
             _ = stop.wait() => return Err(Error::Connect("stopped".into())),
         };
@@ -552,6 +555,7 @@ impl Ledgers {
         stop: &crate::stop::Stop,
     ) -> Result<Working> {
         let slot = tokio::select! {
+            biased;
             slot = self.slots.clone().acquire_owned() => slot.expect("the slots are never closed"),
             _ = stop.wait() => return Err(Error::Connect("stopped".into())),
         };

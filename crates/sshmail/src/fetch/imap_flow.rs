@@ -130,7 +130,10 @@ async fn watch<S: Stream>(account: &Account, imap: &mut Imap<S>, store: &mut Sto
         store.ledger.rest();
         let woke = match imap.idle(until, &store.stop, &store.wake).await {
             Ok(w) => {
-                store.ledger.wake(&store.stop).await?;
+                // Stopped: no pass follows, so the ledger stays at rest.
+                if !store.stop.requested() {
+                    store.ledger.wake(&store.stop).await?;
+                }
                 w
             }
             Err(e) => {
