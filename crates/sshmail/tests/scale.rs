@@ -8,18 +8,14 @@ use std::time::Duration;
 
 use common::{Daemon, Env};
 
-/// Forty IMAP accounts (exec'd imapds, each watching its INBOX with its
-/// ledger open) need more descriptors than a soft limit of 64: the daemon
-/// raises its soft limit to the hard one and every account goes IDLE,
-/// each an imap process at the server with no shell beside it.
-#[test]
-fn a_daemon_raises_its_open_file_limit_and_every_account_comes_up() {
-    let env = Env::new();
+/// `n` IMAP accounts (`a000`…), each an exec'd Dovecot imap keeping its
+/// mail, each with its own Maildir (`md0`…), written as the config.
+fn many_accounts(env: &Env, n: usize) -> std::path::PathBuf {
     let imapd =
         format!("imapd = [\"/usr/lib/dovecot/imap\", \"-c\", \"{}\"]\nkeep = true\n", env.bed.dovecot_config.display());
-    let accounts: String = (0..40)
+    let accounts: String = (0..n)
         .map(|i| {
-            env.imap_toml(&format!("a{i:02}"), &imapd).replace(
+            env.imap_toml(&format!("a{i:03}"), &imapd).replace(
                 &env.maildir().display().to_string(),
                 &env.home.path().join(format!("md{i}")).display().to_string(),
             )
@@ -27,6 +23,17 @@ fn a_daemon_raises_its_open_file_limit_and_every_account_comes_up() {
         .collect();
     let config = env.home.path().join("config.toml");
     Daemon::write_config(&config, &env.config_toml(&accounts));
+    config
+}
+
+/// Forty IMAP accounts (exec'd imapds, each watching its INBOX with its
+/// ledger open) need more descriptors than a soft limit of 64: the daemon
+/// raises its soft limit to the hard one and every account goes IDLE,
+/// each an imap process at the server with no shell beside it.
+#[test]
+fn a_daemon_raises_its_open_file_limit_and_every_account_comes_up() {
+    let env = Env::new();
+    let config = many_accounts(&env, 40);
     let daemon = Daemon::spawn_with_nofile(env.home.path(), &config, "64:4096");
     daemon.wait_answering();
     daemon.wait_status("all forty accounts IDLE", Duration::from_secs(120), |s| {
@@ -69,18 +76,7 @@ fn a_daemon_raises_its_open_file_limit_and_every_account_comes_up() {
 fn idle_accounts_hold_no_files_two_hundred_come_up_under_128_descriptors() {
     const N: usize = 200;
     let env = Env::new();
-    let imapd =
-        format!("imapd = [\"/usr/lib/dovecot/imap\", \"-c\", \"{}\"]\nkeep = true\n", env.bed.dovecot_config.display());
-    let accounts: String = (0..N)
-        .map(|i| {
-            env.imap_toml(&format!("a{i:03}"), &imapd).replace(
-                &env.maildir().display().to_string(),
-                &env.home.path().join(format!("md{i}")).display().to_string(),
-            )
-        })
-        .collect();
-    let config = env.home.path().join("config.toml");
-    Daemon::write_config(&config, &env.config_toml(&accounts));
+    let config = many_accounts(&env, N);
     let daemon = Daemon::spawn_with_nofile(env.home.path(), &config, "128");
     daemon.wait_answering();
     let all_idle = |s: &sshmail::control::status::Status| {
